@@ -1,0 +1,148 @@
+//! Ward's wire format.
+//!
+//! Every message that crosses a network or is signed is defined in
+//! `proto/ward/v1/*.proto` and generated here with prost. This crate holds no
+//! cryptography: signatures, keys and their checks live in `ward-core`.
+//!
+//! Untrusted bytes are decoded only through [`decode_bounded`], which refuses
+//! input over a caller-chosen size before prost sees it:
+//!
+//! ```
+//! use ward_proto::{decode_bounded, v1::AuthChallenge, Message};
+//!
+//! let bytes = AuthChallenge { version: 1, service: "ward-relay".into(), nonce: vec![7; 32] }
+//!     .encode_to_vec();
+//! let back: AuthChallenge = decode_bounded(&bytes, 1024).unwrap();
+//! assert_eq!(back.nonce, vec![7; 32]);
+//! assert!(decode_bounded::<AuthChallenge>(&bytes, 8).is_err());
+//! ```
+#![forbid(unsafe_code)]
+
+pub use prost::Message;
+
+/// The generated `ward.v1` messages.
+#[allow(missing_docs, clippy::all)] // generated code
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/ward.v1.rs"));
+}
+
+/// The protocol version carried in every versioned structure.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why untrusted bytes could not be decoded.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The input is longer than the limit for this message kind.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a valid encoding of the expected message.
+    #[error("malformed protobuf message")]
+    Malformed,
+}
+
+/// Decodes a message from untrusted bytes, refusing anything over `max` bytes
+/// before parsing. Nested messages are bounded by prost's recursion limit.
+pub fn decode_bounded<M: Message + Default>(bytes: &[u8], max: usize) -> Result<M, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    M::decode(bytes).map_err(|_| DecodeError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    proptest! {
+        #[test]
+        fn envelope_round_trips(header in arb_bytes(200), ct in arb_bytes(2000), sig in arb_bytes(64)) {
+            let e = Envelope { header, ciphertext: ct, signature: sig };
+            let back: Envelope = decode_bounded(&e.encode_to_vec(), 1 << 20).unwrap();
+            prop_assert_eq!(back, e);
+        }
+
+        #[test]
+        fn header_round_trips(
+            rid in arb_bytes(16), cid in arb_bytes(16), user in ".{0,40}", dev in arb_bytes(32),
+            ts in any::<u64>(), ct in 0i32..3, nonce in arb_bytes(24),
+            recips in proptest::collection::vec(".{0,20}", 0..5),
+        ) {
+            let h = EnvelopeHeader {
+                version: 1, resource_id: rid, conversation_id: cid, sender_user_id: user,
+                sender_device_id: dev, timestamp_ms: ts, content_type: ct, nonce,
+                recipient_user_ids: recips,
+            };
+            let back: EnvelopeHeader = decode_bounded(&h.encode_to_vec(), 1 << 20).unwrap();
+            prop_assert_eq!(back, h);
+        }
+
+        #[test]
+        fn relay_frames_round_trip(id in arb_bytes(16), payload in arb_bytes(500), seq in any::<u64>()) {
+            let f = ServerFrame { frame: Some(server_frame::Frame::Deliver(Deliver {
+                seq, message_id: id.clone(), sender_user_id: "u".into(), sender_device_id: id,
+                payload, received_at_ms: seq,
+            }))};
+            let back: ServerFrame = decode_bounded(&f.encode_to_vec(), 1 << 20).unwrap();
+            prop_assert_eq!(back, f);
+        }
+
+        #[test]
+        fn statement_round_trips(user in ".{0,40}", seq in any::<u64>(), prev in arb_bytes(32), key in arb_bytes(32)) {
+            let s = Statement {
+                version: 1, user_id: user, seq, prev_hash: prev, timestamp: seq, author: key.clone(),
+                body: Some(statement::Body::DeviceAddition(DeviceAddition {
+                    device: Some(DeviceKeys { signing_public_key: key.clone(), encryption_public_key: key }),
+                })),
+            };
+            let back: Statement = decode_bounded(&s.encode_to_vec(), 1 << 20).unwrap();
+            prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in arb_bytes(512)) {
+            let _ = decode_bounded::<KsRequest>(&bytes, 1 << 20);
+            let _ = decode_bounded::<ClientFrame>(&bytes, 1 << 20);
+            let _ = decode_bounded::<Envelope>(&bytes, 1 << 20);
+        }
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let big = vec![0u8; 1025];
+        assert_eq!(
+            decode_bounded::<Envelope>(&big, 1024),
+            Err(DecodeError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_input_is_malformed() {
+        let e = Envelope {
+            header: vec![1; 10],
+            ciphertext: vec![2; 10],
+            signature: vec![3; 64],
+        };
+        let bytes = e.encode_to_vec();
+        assert_eq!(
+            decode_bounded::<Envelope>(&bytes[..bytes.len() - 3], 1024),
+            Err(DecodeError::Malformed)
+        );
+    }
+}

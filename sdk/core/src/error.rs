@@ -1,0 +1,181 @@
+//! Typed errors, one enum per operation family.
+//!
+//! Decryption failures are deliberately coarse ([`WrapError::Undecryptable`],
+//! [`OpenError::Undecryptable`]): a caller, and so an attacker probing a
+//! client, learns that the bytes did not open, not why.
+
+use ward_proto::DecodeError;
+
+/// A key could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Keys are exactly 32 bytes.
+    #[error("a key must be exactly 32 bytes")]
+    InvalidLength,
+    /// Not a valid, non-weak Ed25519 point.
+    #[error("not a valid public key")]
+    InvalidPublicKey,
+}
+
+/// Wrapping or unwrapping a key failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WrapError {
+    /// A field has the wrong length.
+    #[error("malformed wrapped key")]
+    Malformed,
+    /// The Diffie-Hellman result was all zero: the peer key is of low order.
+    #[error("peer public key is of low order (non-contributory DH)")]
+    NonContributory,
+    /// The wrapped key names another recipient key.
+    #[error("wrapped key is addressed to another key")]
+    WrongRecipient,
+    /// The wrapped key names another resource than the one asked for.
+    #[error("wrapped key belongs to another resource")]
+    WrongResource,
+    /// Authentication failed: wrong key, tampered bytes or swapped binding.
+    #[error("wrapped key does not open")]
+    Undecryptable,
+}
+
+/// Sealing an envelope failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// Content over [`crate::envelope::MAX_CONTENT_BYTES`].
+    #[error("content of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// Recipients must be 1..=[`crate::envelope::MAX_RECIPIENTS`] valid user ids.
+    #[error("invalid recipient list")]
+    InvalidRecipients,
+    /// A user id is empty or longer than 128 bytes.
+    #[error("invalid user id")]
+    InvalidUserId,
+}
+
+/// Opening an envelope failed. Nothing of its content may be shown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Not a well-formed envelope (bad encoding, field lengths, limits).
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+    /// Envelope too large, or not protobuf.
+    #[error("undecodable envelope: {0}")]
+    Decode(#[from] DecodeError),
+    /// A protocol version this implementation does not speak.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u32),
+    /// The header names a sender other than the verified chain it is checked against.
+    #[error("envelope sender does not match the verified sender")]
+    SenderMismatch,
+    /// The signing device is not in the sender's verified chain.
+    #[error("sender device is unknown to the sender's chain")]
+    UnknownSenderDevice,
+    /// The signing device was revoked.
+    #[error("sender device has been revoked")]
+    SenderDeviceRevoked,
+    /// The signature does not verify.
+    #[error("bad envelope signature")]
+    BadSignature,
+    /// The envelope is not addressed to this user.
+    #[error("envelope is not addressed to this user")]
+    NotARecipient,
+    /// Decryption or padding failed; deliberately coarse.
+    #[error("envelope does not decrypt")]
+    Undecryptable,
+}
+
+/// A user's log, or an invite, does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// Bad encoding, missing field or wrong field length, at `seq` if known.
+    #[error("malformed statement: {0}")]
+    Malformed(&'static str),
+    /// Too large, or not protobuf.
+    #[error("undecodable statement: {0}")]
+    Decode(#[from] DecodeError),
+    /// A protocol version this implementation does not speak.
+    #[error("unsupported statement version {0}")]
+    UnsupportedVersion(u32),
+    /// An empty log: every user starts with a user creation.
+    #[error("empty log")]
+    EmptyLog,
+    /// The invite is not signed by the pinned organisation root.
+    #[error("invite is not signed by the organisation root")]
+    ForgedInvite,
+    /// The invite had expired when the user creation was made.
+    #[error("invite has expired")]
+    InviteExpired,
+    /// The invite was used before: a second user creation.
+    #[error("invite was already used")]
+    InviteReused,
+    /// A statement is signed by a key that may not sign it, or the signature is bad.
+    #[error("bad signature on entry {seq}")]
+    BadSignature {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The signer is not an active device of the user (nor the root, where allowed).
+    #[error("entry {seq} is signed by a key that may not sign it")]
+    UnauthorizedAuthor {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// A statement names another user than the log's.
+    #[error("entry {seq} belongs to another user")]
+    WrongUser {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// `seq` does not follow the previous entry.
+    #[error("entry at position {expected} carries seq {found}")]
+    BadSequence {
+        /// The position.
+        expected: u64,
+        /// The seq written in the entry.
+        found: u64,
+    },
+    /// `prev_hash` does not match the previous entry.
+    #[error("entry {seq} does not chain to its predecessor")]
+    BrokenChain {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// Timestamps must not go backwards.
+    #[error("entry {seq} is dated before its predecessor")]
+    TimeWentBackwards {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// A statement that makes no sense at this point (e.g. revoking an unknown device).
+    #[error("entry {seq}: {reason}")]
+    InvalidTransition {
+        /// Position in the log.
+        seq: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The served log is shorter than one already verified.
+    #[error("log rolled back from {known} to {served} entries")]
+    Rollback {
+        /// Entries known.
+        known: u64,
+        /// Entries served.
+        served: u64,
+    },
+    /// The served log does not extend the one already verified.
+    #[error("log forked at or before entry {seq}")]
+    Fork {
+        /// Last entry known.
+        seq: u64,
+    },
+}
+
+/// The authentication handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong field lengths or an invalid key.
+    #[error("malformed authentication response")]
+    Malformed,
+    /// The signature does not verify.
+    #[error("bad authentication signature")]
+    BadSignature,
+}

@@ -1,0 +1,51 @@
+//! Every domain-separation label and the one framing rule that uses them.
+//!
+//! A signature or hash input is `label || 0x00 || part_1 || ... || part_n`,
+//! each part written as `u32_be(len(part)) || part` (SECURITY.md §3). Labels
+//! are distinct ASCII strings, so no input for one purpose can be replayed as
+//! an input for another.
+
+use sha2::{Digest, Sha256};
+
+/// Organisation root signature over an encoded `Invite`.
+pub const SIG_INVITE: &[u8] = b"ward/v1/sig/invite";
+/// Signature over an encoded `Statement` of a user's log.
+pub const SIG_STATEMENT: &[u8] = b"ward/v1/sig/statement";
+/// Sender device signature over an envelope's header and ciphertext.
+pub const SIG_ENVELOPE: &[u8] = b"ward/v1/sig/envelope";
+/// Device signature in the authentication handshake.
+pub const SIG_AUTH: &[u8] = b"ward/v1/sig/auth";
+/// Hash of an encoded `Invite` (the `prev_hash` of log entry 0, and its single-use id).
+pub const HASH_INVITE: &[u8] = b"ward/v1/hash/invite";
+/// Hash of an encoded `Statement` (the next entry's `prev_hash`).
+pub const HASH_ENTRY: &[u8] = b"ward/v1/hash/entry";
+/// HPKE `info` when wrapping a resource key to a user key.
+pub const WRAP_INFO: &[u8] = b"ward/v1/wrap/resource-key";
+/// HPKE `info` when granting a user's private key to a device.
+pub const GRANT_INFO: &[u8] = b"ward/v1/wrap/device-grant";
+
+/// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
+pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let len = label.len() + 1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(label);
+    out.push(0);
+    for part in parts {
+        // Parts are bounded by decode limits far below 4 GiB.
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// SHA-256 over the same framing as [`framed`].
+pub(crate) fn framed_hash(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(label);
+    h.update([0u8]);
+    for part in parts {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}

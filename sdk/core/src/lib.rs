@@ -1,0 +1,68 @@
+//! Ward's protocol core: pure functions and state machines, no I/O.
+//!
+//! No sockets, no clock reads, no global randomness: callers pass a
+//! [`rand_core::CryptoRng`] and the current time. Both servers link this
+//! crate for its verifiers; the SDK wraps it with a store and a network
+//! client. SECURITY.md specifies every byte produced here; `vectors/` holds
+//! test vectors generated from it.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`keys`] | the key types; secrets zeroize and never print |
+//! | [`invite`], [`chain`] | the identity chain from the organisation root to every device |
+//! | [`wrap`] | HPKE key wrap of resource keys and device grants |
+//! | [`envelope`] | seal and open of messages and files |
+//! | [`auth`] | the challenge-response both servers use |
+//! | [`padding`] | length hiding |
+//!
+//! The smallest correct use: enroll from an invite, verify the log.
+//!
+//! ```
+//! use ward_core::{chain, invite, keys::*};
+//!
+//! let mut rng = rand::rng();
+//! let root = OrgRootKey::generate(&mut rng); // the organisation's, kept offline
+//! let details = invite::InviteDetails {
+//!     user_id: "dr.martin@chu-example".into(),
+//!     display_name: "Dr Claire Martin".into(),
+//!     profession: "physician".into(),
+//!     registry_number: "10101234567".into(),
+//!     expires_at: 1_800_000_000,
+//! };
+//! let (signed_invite, delegation) = invite::create_invite(&mut rng, &root, &details)?;
+//!
+//! // On the clinician's phone:
+//! let user_key = UserEncryptionKey::generate(&mut rng);
+//! let device = DeviceSigningKey::generate(&mut rng);
+//! let device_key = DeviceEncryptionKey::generate(&mut rng);
+//! let entry = chain::create_user(
+//!     &root.public_key(), &signed_invite, &delegation,
+//!     &user_key.public_key(), &device.public_key(), &device_key.public_key(),
+//!     1_790_000_000,
+//! )?;
+//!
+//! // Anyone holding the pinned root verifies the log the keyserver serves:
+//! let user = chain::verify_log(&root.public_key(), "dr.martin@chu-example", &[entry])?;
+//! assert_eq!(user.encryption_key(), &user_key.public_key());
+//! # Ok::<(), ward_core::ChainError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod chain;
+pub mod envelope;
+mod error;
+mod hpke;
+pub mod ids;
+pub mod invite;
+pub mod keys;
+pub mod labels;
+pub mod padding;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod wrap;
+
+pub use error::{AuthError, ChainError, KeyError, OpenError, SealError, WrapError};
+pub use ids::{ConversationId, ResourceId};
+pub use ward_proto as proto;

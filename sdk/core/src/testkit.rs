@@ -1,0 +1,97 @@
+//! A throwaway organisation for tests, benches, vectors and demos
+//! (feature `testkit`). A real organisation root key stays offline.
+
+use rand_core::CryptoRng;
+
+use crate::chain::{VerifiedUser, create_user, verify_log};
+use crate::invite::{InviteDetails, create_invite};
+use crate::keys::{
+    DeviceEncryptionKey, DeviceSigningKey, OrgRootKey, SigningPublicKey, UserEncryptionKey,
+};
+use ward_proto::v1::SignedStatement;
+
+/// Timestamp used by the kit's statements (2026-11-29, unix seconds).
+pub const KIT_TIME: u64 = 1_795_910_400;
+
+/// An organisation whose root key is held in memory.
+pub struct Org {
+    /// The root signing key.
+    pub root: OrgRootKey,
+}
+
+/// An enrolled user with one device.
+pub struct Clinician {
+    /// The user's key.
+    pub user_key: UserEncryptionKey,
+    /// The first device's signing key.
+    pub device: DeviceSigningKey,
+    /// The first device's encryption key.
+    pub device_key: DeviceEncryptionKey,
+    /// The log as served by a keyserver.
+    pub log: Vec<SignedStatement>,
+    /// The log, verified.
+    pub chain: VerifiedUser,
+}
+
+impl Org {
+    /// A new organisation.
+    pub fn new<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        Self {
+            root: OrgRootKey::generate(rng),
+        }
+    }
+
+    /// The pinned root public key.
+    pub fn root_public(&self) -> SigningPublicKey {
+        self.root.public_key()
+    }
+
+    /// Invites and enrolls `user_id` with one device.
+    pub fn enroll<R: CryptoRng + ?Sized>(&self, rng: &mut R, user_id: &str) -> Clinician {
+        let details = InviteDetails {
+            user_id: user_id.to_owned(),
+            display_name: format!("Dr {user_id}"),
+            profession: "physician".into(),
+            registry_number: "10001234567".into(),
+            expires_at: KIT_TIME + 7 * 86_400,
+        };
+        let (invite, delegation) = match create_invite(rng, &self.root, &details) {
+            Ok(x) => x,
+            Err(e) => unreachable_kit(e),
+        };
+        let user_key = UserEncryptionKey::generate(rng);
+        let device = DeviceSigningKey::generate(rng);
+        let device_key = DeviceEncryptionKey::generate(rng);
+        let root = self.root_public();
+        let entry = match create_user(
+            &root,
+            &invite,
+            &delegation,
+            &user_key.public_key(),
+            &device.public_key(),
+            &device_key.public_key(),
+            KIT_TIME,
+        ) {
+            Ok(x) => x,
+            Err(e) => unreachable_kit(e),
+        };
+        let log = vec![entry];
+        let chain = match verify_log(&root, user_id, &log) {
+            Ok(x) => x,
+            Err(e) => unreachable_kit(e),
+        };
+        Clinician {
+            user_key,
+            device,
+            device_key,
+            log,
+            chain,
+        }
+    }
+}
+
+// The kit builds only valid statements; a failure is a bug in the core.
+#[allow(clippy::panic)]
+fn unreachable_kit(e: crate::error::ChainError) -> ! {
+    panic!("testkit produced an invalid statement: {e}")
+}

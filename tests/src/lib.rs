@@ -1,0 +1,2 @@
+//! Shared helpers for Ward's cross-service tests in `tests/tests/`.
+#![forbid(unsafe_code)]
