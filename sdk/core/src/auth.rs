@@ -48,6 +48,7 @@ pub fn respond(
         user_id: user_id.to_owned(),
         device_id,
         signature,
+        log: Vec::new(),
     }
 }
 
