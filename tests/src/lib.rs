@@ -1,2 +1,4 @@
 //! Shared helpers for Ward's cross-service tests in `tests/tests/`.
 #![forbid(unsafe_code)]
+
+pub mod keyserver;
