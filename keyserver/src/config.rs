@@ -68,6 +68,12 @@ pub struct KsLimits {
     pub max_connections: usize,
     /// Time given to open connections to close at shutdown.
     pub shutdown_grace: Duration,
+    /// An authenticated connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// How often each open connection re-reads its device's status from the
+    /// database (a backstop for revocations written by another process; a
+    /// revocation made through this process closes connections at once).
+    pub revocation_recheck: Duration,
 }
 
 impl Default for KsLimits {
@@ -83,6 +89,8 @@ impl Default for KsLimits {
             request_burst: 200,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            revocation_recheck: Duration::from_secs(30),
         }
     }
 }

@@ -216,6 +216,27 @@ async fn run(
     outcome: &mut Outcome,
 ) -> Result<ks_response::Body, RequestError> {
     use ks_request::Body;
+    // A device enrolled by another connection since this one authenticated.
+    let upgraded;
+    let session = if !session.enrolled && !matches!(req.body, Some(Body::Append(_))) {
+        let (user, device) = (session.user_id.clone(), session.device);
+        let status = ctx
+            .db
+            .call(move |c| storage::device_status(c, &user, &device).map_err(RequestError::from))
+            .await?;
+        if status == storage::DeviceStatus::Active {
+            outcome.enrolled = true;
+            upgraded = Session {
+                enrolled: true,
+                ..session.clone()
+            };
+            &upgraded
+        } else {
+            session
+        }
+    } else {
+        session
+    };
     check_request(&ctx.limits, session, &req)?;
     let Some(body) = req.body else {
         return Err(RequestError::malformed("request without body"));
@@ -366,5 +387,29 @@ mod tests {
             enrolled: false,
         };
         assert!(check_request(&limits, &own, &append).is_ok());
+    }
+
+    #[test]
+    fn random_requests_never_panic() {
+        use rand::{Rng, RngExt};
+        use ward_proto::decode_bounded;
+        let mut rng = rand::rng();
+        let limits = KsLimits::default();
+        for enrolled in [false, true] {
+            let s = session(enrolled);
+            for _ in 0..5000 {
+                let len = rng.random_range(0..300);
+                let mut bytes = vec![0u8; len];
+                rng.fill_bytes(&mut bytes);
+                if let Ok(r) = decode_bounded::<KsRequest>(&bytes, 1 << 20) {
+                    let _ = check_request(&limits, &s, &r);
+                }
+                let entry = ward_proto::v1::SignedStatement {
+                    statement: bytes,
+                    signature: vec![0; 64],
+                };
+                let _ = directory::route(&entry);
+            }
+        }
     }
 }

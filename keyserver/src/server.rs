@@ -309,7 +309,13 @@ async fn serve(
     registration: &mut Registration,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let max = state.ctx.limits.net.max_frame_bytes;
+    let limits = &state.ctx.limits;
+    let max = limits.net.max_frame_bytes;
+    let mut recheck = tokio::time::interval(limits.revocation_recheck);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     loop {
         let frame = tokio::select! {
             biased;
@@ -321,8 +327,21 @@ async fn serve(
                 conn.close(close::DEVICE_REVOKED, "device revoked").await;
                 return;
             }
+            _ = recheck.tick() => {
+                if session.enrolled && !still_active(state, session).await {
+                    conn.close(close::DEVICE_REVOKED, "device revoked").await;
+                    return;
+                }
+                continue;
+            }
+            _ = &mut idle => {
+                conn.close(close::NORMAL, "idle").await;
+                return;
+            }
             frame = conn.recv() => frame,
         };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + limits.idle_timeout);
         let bytes = match frame {
             Ok(Some(b)) => b,
             Ok(None) => return,
@@ -360,4 +379,19 @@ async fn serve(
             return;
         }
     }
+}
+
+/// Whether the session's device is still active (a database error counts
+/// as active: the per-request check inside each transaction still holds).
+async fn still_active(state: &State, session: &Session) -> bool {
+    let (user, device) = (session.user_id.clone(), session.device);
+    let status = state
+        .ctx
+        .db
+        .call(move |c| storage::device_status(c, &user, &device).map_err(RequestError::from))
+        .await;
+    !matches!(
+        status,
+        Ok(DeviceStatus::Revoked | DeviceStatus::Unknown | DeviceStatus::NoSuchUser)
+    )
 }

@@ -336,8 +336,21 @@ fn insert_entry(
     Ok(())
 }
 
+/// What a verified entry will write.
+enum Plan {
+    Create(ward_core::chain::VerifiedUser),
+    Next { seq: u64, change: Change },
+}
+
+/// Times an append re-verifies because its user's log grew meanwhile.
+const APPEND_ATTEMPTS: usize = 3;
+
 /// Verifies `entry` against the stored directory and, if it is accepted,
 /// stores it and updates the derived tables, in one transaction.
+///
+/// Signatures are checked against a read snapshot, outside the write lock;
+/// the write transaction then confirms the log has not grown since (a log
+/// only grows, so an equal length means an equal log) or verifies again.
 pub fn append(
     conn: &mut Connection,
     root: &SigningPublicKey,
@@ -345,137 +358,176 @@ pub fn append(
     entry: &SignedStatement,
 ) -> Result<Appended, RequestError> {
     let routing = directory::route(entry)?;
-    let user_id = routing.user_id;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let log = load_log(&tx, &user_id)?;
-
-    // A retry of an entry already stored is acknowledged again.
-    if let Some(existing) = usize::try_from(routing.seq).ok().and_then(|i| log.get(i)) {
-        if existing == entry {
-            return Ok(Appended {
-                seq: routing.seq,
-                user_id,
-                change: None,
-            });
+    for _ in 0..APPEND_ATTEMPTS {
+        let log = load_log(conn, &routing.user_id)?;
+        // A retry of an entry already stored is acknowledged again.
+        if let Some(existing) = usize::try_from(routing.seq).ok().and_then(|i| log.get(i)) {
+            if existing == entry {
+                return Ok(Appended {
+                    seq: routing.seq,
+                    user_id: routing.user_id,
+                    change: None,
+                });
+            }
+            // A different creation for an existing user falls through: it
+            // is refused below as a used invite or an existing user.
+            if routing.kind != Kind::UserCreation {
+                return Err(RequestError::new(
+                    ErrorCode::Conflict,
+                    "log position already taken",
+                ));
+            }
         }
-        // A different creation for an existing user falls through: it is
-        // refused below as a used invite or an existing user.
-        if routing.kind != Kind::UserCreation {
-            return Err(RequestError::new(
-                ErrorCode::Conflict,
-                "log position already taken",
-            ));
-        }
-    }
-
-    let appended = if routing.kind == Kind::UserCreation {
-        let user = directory::accept_creation(root, now, entry)?;
-        let hash = user.invite().hash;
-        let used: Option<String> = tx
+        let plan = if routing.kind == Kind::UserCreation {
+            Plan::Create(directory::accept_creation(root, now, entry)?)
+        } else {
+            if log.is_empty() {
+                return Err(RequestError::new(ErrorCode::UnknownUser, "no such user"));
+            }
+            // Everything stored was verified on the way in; verifying again
+            // costs one signature per entry and catches a tampered database.
+            let verified = verify_log(root, &routing.user_id, &log).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "stored log of {:?} does not verify: {e}",
+                    routing.user_id
+                ))
+            })?;
+            let (_, change) = directory::accept_next(root, &verified, entry)?;
+            Plan::Next {
+                seq: verified.len(),
+                change,
+            }
+        };
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let len_now: i64 = tx
             .query_row(
-                "SELECT user_id FROM used_invites WHERE invite_hash = ?1",
-                params![hash.as_slice()],
+                "SELECT log_len FROM users WHERE user_id = ?1",
+                params![routing.user_id],
                 |r| r.get(0),
             )
-            .optional()?;
-        if used.is_some() {
-            return Err(RequestError::new(
-                ErrorCode::InviteUsed,
-                "invite already used",
-            ));
+            .optional()?
+            .unwrap_or(0);
+        if usize::try_from(len_now).ok() != Some(log.len()) {
+            // The log grew meanwhile: verify again against the new one.
+            continue;
         }
-        if !log.is_empty() {
-            return Err(RequestError::new(
-                ErrorCode::Conflict,
-                "user already exists",
-            ));
-        }
-        let key = user.encryption_key().as_bytes().as_slice();
-        tx.execute(
-            "INSERT INTO users (user_id, current_key, log_len, created_at) VALUES (?1, ?2, 1, ?3)",
-            params![user_id, key, now as i64],
-        )?;
-        insert_entry(&tx, &user_id, 0, entry, now)?;
-        tx.execute(
-            "INSERT INTO used_invites (invite_hash, user_id, used_at) VALUES (?1, ?2, ?3)",
-            params![hash.as_slice(), user_id, now as i64],
-        )?;
-        tx.execute(
-            "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, 0)",
-            params![user_id, key],
-        )?;
-        for d in user.devices() {
+        let appended = write_plan(&tx, &routing.user_id, now, entry, plan)?;
+        tx.commit()?;
+        return Ok(appended);
+    }
+    Err(RequestError::new(
+        ErrorCode::Conflict,
+        "the log changed concurrently; fetch it and retry",
+    ))
+}
+
+fn write_plan(
+    tx: &Connection,
+    user_id: &str,
+    now: u64,
+    entry: &SignedStatement,
+    plan: Plan,
+) -> Result<Appended, RequestError> {
+    let user_id = user_id.to_owned();
+    let appended = match plan {
+        Plan::Create(user) => {
+            let hash = user.invite().hash;
+            let used: Option<String> = tx
+                .query_row(
+                    "SELECT user_id FROM used_invites WHERE invite_hash = ?1",
+                    params![hash.as_slice()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if used.is_some() {
+                return Err(RequestError::new(
+                    ErrorCode::InviteUsed,
+                    "invite already used",
+                ));
+            }
+            if user_exists(tx, &user_id)? {
+                return Err(RequestError::new(
+                    ErrorCode::Conflict,
+                    "user already exists",
+                ));
+            }
+            let key = user.encryption_key().as_bytes().as_slice();
             tx.execute(
-                "INSERT INTO devices (user_id, device_id, encryption_key, active, added_seq)
-                 VALUES (?1, ?2, ?3, 1, 0)",
-                params![
-                    user_id,
-                    d.signing_key.as_bytes().as_slice(),
-                    d.encryption_key.as_bytes().as_slice()
-                ],
+                "INSERT INTO users (user_id, current_key, log_len, created_at) VALUES (?1, ?2, 1, ?3)",
+                params![user_id, key, now as i64],
             )?;
-        }
-        Appended {
-            seq: 0,
-            user_id,
-            change: None,
-        }
-    } else {
-        if log.is_empty() {
-            return Err(RequestError::new(ErrorCode::UnknownUser, "no such user"));
-        }
-        // Everything stored was verified on the way in; verifying again
-        // costs one signature per entry and catches a tampered database.
-        let verified = verify_log(root, &user_id, &log).map_err(|e| {
-            StorageError::Corrupt(format!("stored log of {user_id:?} does not verify: {e}"))
-        })?;
-        let (_, change) = directory::accept_next(root, &verified, entry)?;
-        let seq = verified.len();
-        insert_entry(&tx, &user_id, seq, entry, now)?;
-        tx.execute(
-            "UPDATE users SET log_len = ?2 WHERE user_id = ?1",
-            params![user_id, (seq + 1) as i64],
-        )?;
-        match &change {
-            Change::DeviceAdded(d) => {
+            insert_entry(tx, &user_id, 0, entry, now)?;
+            tx.execute(
+                "INSERT INTO used_invites (invite_hash, user_id, used_at) VALUES (?1, ?2, ?3)",
+                params![hash.as_slice(), user_id, now as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, 0)",
+                params![user_id, key],
+            )?;
+            for d in user.devices() {
                 tx.execute(
                     "INSERT INTO devices (user_id, device_id, encryption_key, active, added_seq)
-                     VALUES (?1, ?2, ?3, 1, ?4)",
+                     VALUES (?1, ?2, ?3, 1, 0)",
                     params![
                         user_id,
                         d.signing_key.as_bytes().as_slice(),
-                        d.encryption_key.as_bytes().as_slice(),
-                        seq as i64
+                        d.encryption_key.as_bytes().as_slice()
                     ],
                 )?;
             }
-            Change::DeviceRevoked {
-                device,
-                new_user_key,
-            } => {
-                tx.execute(
-                    "UPDATE devices SET active = 0, revoked_seq = ?3
-                     WHERE user_id = ?1 AND device_id = ?2",
-                    params![user_id, device.as_bytes().as_slice(), seq as i64],
-                )?;
-                let key = new_user_key.as_bytes().as_slice();
-                tx.execute(
-                    "UPDATE users SET current_key = ?2 WHERE user_id = ?1",
-                    params![user_id, key],
-                )?;
-                tx.execute(
-                    "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, ?3)",
-                    params![user_id, key, seq as i64],
-                )?;
+            Appended {
+                seq: 0,
+                user_id,
+                change: None,
             }
         }
-        Appended {
-            seq,
-            user_id,
-            change: Some(change),
+        Plan::Next { seq, change } => {
+            insert_entry(tx, &user_id, seq, entry, now)?;
+            tx.execute(
+                "UPDATE users SET log_len = ?2 WHERE user_id = ?1",
+                params![user_id, (seq + 1) as i64],
+            )?;
+            match &change {
+                Change::DeviceAdded(d) => {
+                    tx.execute(
+                        "INSERT INTO devices (user_id, device_id, encryption_key, active, added_seq)
+                         VALUES (?1, ?2, ?3, 1, ?4)",
+                        params![
+                            user_id,
+                            d.signing_key.as_bytes().as_slice(),
+                            d.encryption_key.as_bytes().as_slice(),
+                            seq as i64
+                        ],
+                    )?;
+                }
+                Change::DeviceRevoked {
+                    device,
+                    new_user_key,
+                } => {
+                    tx.execute(
+                        "UPDATE devices SET active = 0, revoked_seq = ?3
+                         WHERE user_id = ?1 AND device_id = ?2",
+                        params![user_id, device.as_bytes().as_slice(), seq as i64],
+                    )?;
+                    let key = new_user_key.as_bytes().as_slice();
+                    tx.execute(
+                        "UPDATE users SET current_key = ?2 WHERE user_id = ?1",
+                        params![user_id, key],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, ?3)",
+                        params![user_id, key, seq as i64],
+                    )?;
+                }
+            }
+            Appended {
+                seq,
+                user_id,
+                change: Some(change),
+            }
         }
     };
-    tx.commit()?;
     Ok(appended)
 }
 

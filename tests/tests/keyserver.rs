@@ -715,3 +715,62 @@ async fn everything_survives_a_restart() {
     ks.stop().await.unwrap();
     remove_db(&db);
 }
+
+#[tokio::test]
+async fn a_revocation_written_by_another_process_closes_sessions_within_the_recheck_period() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let root = org.root_public();
+    let db = temp_db_path("recheck");
+    let mut config = test_config(&org, &db);
+    config.limits.revocation_recheck = Duration::from_millis(200);
+    config.limits.idle_timeout = Duration::from_secs(60);
+    let ks = TestKeyserver::start(config).await;
+    let a = org.enroll(&mut rng, "dr.a");
+    let mut laptop = enroll(&ks.url(), &a).await;
+    let phone = new_device();
+    let chain = add_device(&mut laptop, &a.chain, &a.device, &root, &phone).await;
+    let p = KsClient::connect(&ks.url(), &phone.signing, "dr.a")
+        .await
+        .unwrap();
+
+    // An operator tool revokes the phone (root-signed) straight into the
+    // database, bypassing this keyserver process.
+    let revocation = chain.revoke_device(
+        Revoker::Root(&org.root),
+        &phone.signing.public_key(),
+        &UserEncryptionKey::generate(&mut rng).public_key(),
+        KIT_TIME,
+    );
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = ward_keyserver::storage::open_connection(&db2).unwrap();
+        ward_keyserver::storage::append(&mut conn, &root, KIT_TIME, &revocation).unwrap()
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(p.closed_with().await, Some(close::DEVICE_REVOKED));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The laptop, still active, keeps its session.
+    assert!(laptop.get_logs(&["dr.a"]).await.is_ok());
+
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let db = temp_db_path("idle");
+    let mut config = test_config(&org, &db);
+    config.limits.idle_timeout = Duration::from_millis(300);
+    let ks = TestKeyserver::start(config).await;
+    let a = org.enroll(&mut rng, "dr.a");
+    let client = enroll(&ks.url(), &a).await;
+    // Closed normally (no error code): the client may reconnect at will.
+    assert_eq!(client.closed_with().await, None);
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}
