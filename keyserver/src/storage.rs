@@ -536,7 +536,8 @@ fn write_plan(
 /// same (resource, recipient) is a `CONFLICT` and never overwrites. Keys
 /// must be wrapped to the recipient's *current* key (a stale key could be
 /// one a revoked device still holds), and a resource's keys all come from
-/// one sender user. Returns how many entries were accepted.
+/// one sender device (the first that stored keys under it). Returns how
+/// many entries were accepted.
 pub fn put_wrapped_keys(
     conn: &mut Connection,
     sender_user: &str,
@@ -592,16 +593,21 @@ pub fn put_wrapped_keys(
             }
             Some(_) => {}
         }
-        let other_sender: Option<String> = tx
+        let other_sender = tx
             .query_row(
-                "SELECT sender_user FROM wrapped_keys WHERE resource_id = ?1 AND sender_user != ?2 LIMIT 1",
-                params![w.resource_id, sender_user],
-                |r| r.get(0),
+                "SELECT 1 FROM wrapped_keys
+                 WHERE resource_id = ?1 AND (sender_user != ?2 OR sender_device != ?3) LIMIT 1",
+                params![
+                    w.resource_id,
+                    sender_user,
+                    sender_device.as_bytes().as_slice()
+                ],
+                |_| Ok(()),
             )
             .optional()?;
         if other_sender.is_some() {
             return Err(RequestError::forbidden(format!(
-                "entry {i}: resource id belongs to another sender"
+                "entry {i}: resource id belongs to another sender device"
             )));
         }
         tx.execute(

@@ -376,6 +376,12 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
         cb2.get_keys(&[rid.as_bytes()]).await.unwrap().keys,
         vec![wrapped.clone()]
     );
+    // Another device may not add recipients under A's resource id either.
+    let e = cb2
+        .put_keys(vec![to("dr.c", &c.user_key.public_key(), &rid)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden));
 
     // C gets nothing; B's revoked device and unauthenticated peers get no session.
     let got = cc.get_keys(&[rid.as_bytes()]).await.unwrap();
