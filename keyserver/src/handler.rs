@@ -292,7 +292,7 @@ async fn run(
         Body::GetGrant(g) => {
             let grant = ctx
                 .db
-                .call(move |c| storage::get_grant(c, &user, &device, &g.user_key))
+                .call(move |c| storage::get_grant(c, &user, &device, now, &g.user_key))
                 .await?;
             Ok(ks_response::Body::Grant(grant))
         }

@@ -21,7 +21,7 @@
 //! | `user_keys` | every encryption key a user has had | `(user_id, user_key)` |
 //! | `wrapped_keys` | resource keys wrapped to a user key, with sender and time | `(resource_id, recipient_user)` |
 //! | `device_grants` | a user key wrapped to one of its devices | `(user_id, user_key, device_key)` |
-//! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key read | `id` |
+//! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key and grant read | `id` |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -104,6 +104,7 @@ const MIGRATIONS: &[&str] = &[
         at          INTEGER NOT NULL,
         user_id     TEXT NOT NULL,
         device_id   BLOB NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('wrapped_key', 'device_grant')),
         resource_id BLOB NOT NULL
     ) STRICT;
     CREATE INDEX access_log_at ON access_log(at);
@@ -665,10 +666,7 @@ pub fn get_wrapped_keys(
             .optional()?;
         match found {
             Some(k) => {
-                tx.execute(
-                    "INSERT INTO access_log (at, user_id, device_id, resource_id) VALUES (?1, ?2, ?3, ?4)",
-                    params![now as i64, user_id, device.as_bytes().as_slice(), rid],
-                )?;
+                log_access(&tx, now, user_id, device, AccessKind::WrappedKey, rid)?;
                 out.keys.push(k);
             }
             None => out.missing.push(rid.clone()),
@@ -758,14 +756,16 @@ pub fn put_grants(
 }
 
 /// The grant of `user_key` (empty: the user's current key) addressed to the
-/// caller device's own encryption key.
+/// caller device's own encryption key. A grant served is recorded in the
+/// access log, in the same transaction.
 pub fn get_grant(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
+    now: u64,
     user_key: &[u8],
 ) -> Result<DeviceGrant, RequestError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     require_active(&tx, user_id, device)?;
     let device_key: Vec<u8> = tx.query_row(
         "SELECT encryption_key FROM devices WHERE user_id = ?1 AND device_id = ?2",
@@ -781,24 +781,83 @@ pub fn get_grant(
     } else {
         user_key.to_vec()
     };
-    tx.query_row(
-        "SELECT enc, ciphertext FROM device_grants
-         WHERE user_id = ?1 AND user_key = ?2 AND device_key = ?3",
-        params![user_id, user_key, device_key],
-        |r| {
-            Ok(DeviceGrant {
-                user_key: user_key.clone(),
-                device_key: device_key.clone(),
-                enc: r.get(0)?,
-                ciphertext: r.get(1)?,
-            })
-        },
-    )
-    .optional()?
-    .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no grant for this device"))
+    let grant = tx
+        .query_row(
+            "SELECT enc, ciphertext FROM device_grants
+             WHERE user_id = ?1 AND user_key = ?2 AND device_key = ?3",
+            params![user_id, user_key, device_key],
+            |r| {
+                Ok(DeviceGrant {
+                    user_key: user_key.clone(),
+                    device_key: device_key.clone(),
+                    enc: r.get(0)?,
+                    ciphertext: r.get(1)?,
+                })
+            },
+        )
+        .optional()?
+        .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no grant for this device"))?;
+    log_access(
+        &tx,
+        now,
+        user_id,
+        device,
+        AccessKind::DeviceGrant,
+        &user_key,
+    )?;
+    tx.commit()?;
+    Ok(grant)
 }
 
-/// One read of a wrapped key, as the access log records it.
+/// What was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    /// A wrapped resource key; the record's `resource_id` is the resource id.
+    WrappedKey,
+    /// A device grant; the record's `resource_id` is the user public key
+    /// whose private half the grant holds.
+    DeviceGrant,
+}
+
+impl AccessKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::WrappedKey => "wrapped_key",
+            AccessKind::DeviceGrant => "device_grant",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "wrapped_key" => Some(AccessKind::WrappedKey),
+            "device_grant" => Some(AccessKind::DeviceGrant),
+            _ => None,
+        }
+    }
+}
+
+fn log_access(
+    tx: &Connection,
+    now: u64,
+    user_id: &str,
+    device: &SigningPublicKey,
+    kind: AccessKind,
+    object: &[u8],
+) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO access_log (at, user_id, device_id, kind, resource_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            now as i64,
+            user_id,
+            device.as_bytes().as_slice(),
+            kind.as_str(),
+            object
+        ],
+    )?;
+    Ok(())
+}
+
+/// One read of a wrapped key or a grant, as the access log records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRecord {
     /// Position in the log (strictly increasing).
@@ -809,25 +868,43 @@ pub struct AccessRecord {
     pub user_id: String,
     /// The reading device (Ed25519 public key).
     pub device_id: Vec<u8>,
-    /// The resource whose key was read.
+    /// What was read.
+    pub kind: AccessKind,
+    /// The resource whose key was read; for a grant, the user public key.
     pub resource_id: Vec<u8>,
 }
 
 /// Every access-log record at or after `since` (unix seconds), oldest first.
 pub fn access_log_since(conn: &Connection, since: u64) -> Result<Vec<AccessRecord>, StorageError> {
     let mut stmt = conn.prepare(
-        "SELECT id, at, user_id, device_id, resource_id FROM access_log WHERE at >= ?1 ORDER BY id",
+        "SELECT id, at, user_id, device_id, kind, resource_id FROM access_log
+         WHERE at >= ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![since as i64], |r| {
-        Ok(AccessRecord {
-            id: r.get(0)?,
-            at: r.get::<_, i64>(1)?.max(0) as u64,
-            user_id: r.get(2)?,
-            device_id: r.get(3)?,
-            resource_id: r.get(4)?,
-        })
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
+        ))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, at, user_id, device_id, kind, resource_id) = row?;
+        let kind = AccessKind::parse(&kind)
+            .ok_or_else(|| StorageError::Corrupt(format!("access log kind {kind:?}")))?;
+        out.push(AccessRecord {
+            id,
+            at: at.max(0) as u64,
+            user_id,
+            device_id,
+            kind,
+            resource_id,
+        });
+    }
+    Ok(out)
 }
 
 /// Exports the access log of the database at `path` (read-only; safe while
@@ -868,7 +945,8 @@ mod tests {
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
         conn.execute(
-            "INSERT INTO access_log (at, user_id, device_id, resource_id) VALUES (1, 'u', x'00', x'01')",
+            "INSERT INTO access_log (at, user_id, device_id, kind, resource_id)
+             VALUES (1, 'u', x'00', 'wrapped_key', x'01')",
             [],
         )
         .unwrap();

@@ -14,7 +14,7 @@ use ward_core::keys::*;
 use ward_core::testkit::{KIT_TIME, Org};
 use ward_core::wrap::{accept_grant, grant_user_key, unwrap_resource_key, wrap_resource_key};
 use ward_core::{ResourceId, chain::VerifiedUser};
-use ward_keyserver::storage::export_access_log;
+use ward_keyserver::storage::{AccessKind, export_access_log};
 use ward_net::{NetError, close};
 use ward_proto::Message as _;
 use ward_proto::v1::{ErrorCode, KsRequest, KsResponse, WrappedKeyFor, ks_request, ks_response};
@@ -477,6 +477,21 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
     // Served only to the device it is addressed to.
     let got = cb2.get_grant(&[]).await.unwrap();
     assert_eq!(got, grant);
+    let last = export_access_log(&db, 0).unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            last.kind,
+            last.user_id.as_str(),
+            last.device_id,
+            last.resource_id
+        ),
+        (
+            AccessKind::DeviceGrant,
+            "dr.b",
+            b2.signing.public_key().as_bytes().to_vec(),
+            b_key2.public_key().as_bytes().to_vec()
+        )
+    );
     let opened = accept_grant(&got, &b2.encryption, b_seen.encryption_key()).unwrap();
     assert_eq!(opened.public_key(), b_key2.public_key());
     assert_eq!(
@@ -716,7 +731,8 @@ async fn everything_survives_a_restart() {
         ErrorCode::DeviceRevoked
     );
     assert_eq!(ca.append(&a.log[0]).await.unwrap(), 0);
-    assert_eq!(export_access_log(&db, 0).unwrap().len(), 2);
+    // Reads before and after the restart: two key reads and one grant read.
+    assert_eq!(export_access_log(&db, 0).unwrap().len(), 3);
 
     ks.stop().await.unwrap();
     remove_db(&db);
@@ -777,6 +793,70 @@ async fn idle_connections_are_closed() {
     let client = enroll(&ks.url(), &a).await;
     // Closed normally (no error code): the client may reconnect at will.
     assert_eq!(client.closed_with().await, None);
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}
+
+#[tokio::test]
+async fn concurrent_clients_are_all_served_and_every_read_is_logged() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let db = temp_db_path("concurrent");
+    let ks = TestKeyserver::start(test_config(&org, &db)).await;
+    const USERS: usize = 12;
+    const ROUNDS: usize = 5;
+    let users: Vec<_> = (0..USERS)
+        .map(|i| org.enroll(&mut rng, &format!("dr.{i}")))
+        .collect();
+    // Enroll everyone at once.
+    let url = ks.url();
+    let clients = futures_util::future::join_all(users.iter().map(|u| enroll(&url, u))).await;
+    let keys: Vec<EncryptionPublicKey> = users.iter().map(|u| u.user_key.public_key()).collect();
+
+    // Each user writes to the next one and reads what the previous one wrote.
+    let tasks = clients.into_iter().enumerate().map(|(i, mut c)| {
+        let next = (i + 1) % USERS;
+        let next_key = keys[next];
+        async move {
+            let mut rng = rand::rng();
+            let mut rids = Vec::new();
+            for _ in 0..ROUNDS {
+                let rid = ResourceId::random(&mut rng);
+                let key = ResourceKey::generate(&mut rng);
+                let w = wrap_resource_key(&mut rng, &key, &rid, &next_key).unwrap();
+                let n = c
+                    .put_keys(vec![WrappedKeyFor {
+                        recipient_user_id: format!("dr.{next}"),
+                        key: Some(w),
+                    }])
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1);
+                rids.push(rid);
+            }
+            (c, rids)
+        }
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    let mut clients = Vec::new();
+    let mut written = Vec::new();
+    for (c, rids) in results {
+        clients.push(c);
+        written.push(rids);
+    }
+    let reads = clients.into_iter().enumerate().map(|(i, mut c)| {
+        let prev = (i + USERS - 1) % USERS;
+        let rids = written[prev].clone();
+        async move {
+            let ids: Vec<&[u8]> = rids.iter().map(|r| r.as_bytes().as_slice()).collect();
+            let got = c.get_keys(&ids).await.unwrap();
+            assert_eq!(got.keys.len(), ROUNDS);
+            assert!(got.missing.is_empty());
+        }
+    });
+    futures_util::future::join_all(reads).await;
+    assert_eq!(export_access_log(&db, 0).unwrap().len(), USERS * ROUNDS);
+
     ks.stop().await.unwrap();
     remove_db(&db);
 }
