@@ -39,6 +39,7 @@
 //! | `--rate` | `WARD_KEYSERVER_RATE` | 50 | sustained requests per second per device |
 //! | `--burst` | `WARD_KEYSERVER_BURST` | 200 | request burst per device |
 //! | `--max-connections` | `WARD_KEYSERVER_MAX_CONNECTIONS` | 10000 | open connections |
+//! | `--idle-timeout-secs` | `WARD_KEYSERVER_IDLE_TIMEOUT_SECS` | 300 | close silent authenticated connections |
 //!
 //! Logging follows `RUST_LOG` (default `info`). SIGINT or SIGTERM stops the
 //! server gracefully.

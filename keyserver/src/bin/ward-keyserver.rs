@@ -43,6 +43,9 @@ struct Args {
     /// Connections open at once.
     #[arg(long, env = "WARD_KEYSERVER_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Seconds of silence after which an authenticated connection is closed.
+    #[arg(long, env = "WARD_KEYSERVER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    idle_timeout_secs: u64,
 }
 
 fn config(args: &Args) -> Result<Config, String> {
@@ -59,6 +62,7 @@ fn config(args: &Args) -> Result<Config, String> {
         requests_per_second: args.rate,
         request_burst: args.burst,
         max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         ..defaults
     };
     Ok(config)
@@ -115,5 +119,39 @@ async fn main() -> ExitCode {
             eprintln!("ward-keyserver: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_a_config() {
+        let mut rng = rand::rng();
+        let root = ward_core::keys::OrgRootKey::generate(&mut rng).public_key();
+        let hex_root = hex::encode(root.as_bytes());
+        let args = Args::try_parse_from([
+            "ward-keyserver",
+            "--org-root",
+            &hex_root,
+            "--db",
+            "/tmp/x.db",
+            "--max-items",
+            "10",
+            "--idle-timeout-secs",
+            "7",
+        ])
+        .unwrap();
+        let c = config(&args).unwrap();
+        assert_eq!(c.org_root, root);
+        assert_eq!(c.db_path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(c.limits.max_items_per_request, 10);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.limits.request_burst, 200);
+
+        let bad = Args::try_parse_from(["ward-keyserver", "--org-root", "abcd"]).unwrap();
+        assert!(config(&bad).is_err());
+        assert!(Args::try_parse_from(["ward-keyserver", "--listen", "nowhere"]).is_err());
     }
 }
