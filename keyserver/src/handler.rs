@@ -260,9 +260,10 @@ async fn run(
             Ok(ks_response::Body::Appended(Appended { seq: appended.seq }))
         }
         Body::GetLogs(g) => {
+            let max_bytes = ctx.limits.net.max_frame_bytes;
             let logs = ctx
                 .db
-                .call(move |c| storage::get_logs(c, &user, &device, &g.user_ids))
+                .call(move |c| storage::get_logs(c, &user, &device, &g.user_ids, max_bytes))
                 .await?;
             Ok(ks_response::Body::Logs(Logs {
                 logs: logs.into_iter().collect(),

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use ward_core::chain::{entry_hash, verify_log};
+use ward_core::chain::{MAX_LOG_ENTRIES, entry_hash, verify_log};
 use ward_core::keys::SigningPublicKey;
 use ward_proto::v1::{
     DeviceGrant, ErrorCode, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys,
@@ -284,18 +284,33 @@ pub fn load_log(conn: &Connection, user_id: &str) -> Result<Vec<SignedStatement>
     rows.collect()
 }
 
-/// The logs of the users asked for that exist.
+/// The logs of the users asked for that exist. Refuses with `TOO_LARGE`
+/// once the logs gathered exceed `max_bytes` (the reply could not be sent).
 pub fn get_logs(
     conn: &mut Connection,
     caller_user: &str,
     caller_device: &SigningPublicKey,
     user_ids: &[String],
+    max_bytes: usize,
 ) -> Result<BTreeMap<String, UserLog>, RequestError> {
     let tx = conn.transaction()?;
     require_active(&tx, caller_user, caller_device)?;
     let mut out = BTreeMap::new();
+    let mut total = 0usize;
     for id in user_ids {
+        if out.contains_key(id) {
+            continue;
+        }
         let entries = load_log(&tx, id)?;
+        total = entries.iter().fold(total, |t, e| {
+            t.saturating_add(e.statement.len() + e.signature.len())
+        });
+        if total > max_bytes {
+            return Err(RequestError::new(
+                ErrorCode::TooLarge,
+                "logs too large for one reply: ask for fewer users",
+            ));
+        }
         if !entries.is_empty() {
             out.insert(id.clone(), UserLog { entries });
         }
@@ -378,6 +393,12 @@ pub fn append(
                     "log position already taken",
                 ));
             }
+        }
+        if log.len() >= MAX_LOG_ENTRIES {
+            return Err(RequestError::new(
+                ErrorCode::InvalidStatement,
+                "log is full",
+            ));
         }
         let plan = if routing.kind == Kind::UserCreation {
             Plan::Create(directory::accept_creation(root, now, entry)?)
@@ -962,6 +983,32 @@ mod tests {
             migrate(&mut conn),
             Err(StorageError::TooNew { .. })
         ));
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn logs_are_deduplicated_and_bounded() {
+        let mut rng = rand::rng();
+        let org = ward_core::testkit::Org::new(&mut rng);
+        let a = org.enroll(&mut rng, "a");
+        let path = temp_db("logs");
+        let mut conn = open_connection(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let root = org.root_public();
+        let now = ward_core::testkit::KIT_TIME;
+        assert_eq!(append(&mut conn, &root, now, &a.log[0]).unwrap().seq, 0);
+        let dev = a.device.public_key();
+        let ids = vec!["a".to_string(); 3];
+        let logs = get_logs(&mut conn, "a", &dev, &ids, 1 << 20).unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs["a"].entries, a.log);
+        let err = get_logs(&mut conn, "a", &dev, &ids, 100).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        // A stranger's device gets nothing.
+        let other = ward_core::keys::DeviceSigningKey::generate(&mut rng).public_key();
+        let err = get_logs(&mut conn, "a", &other, &ids, 1 << 20).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
         drop(conn);
         let _ = std::fs::remove_file(&path);
     }
