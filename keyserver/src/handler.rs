@@ -198,7 +198,10 @@ pub async fn handle(ctx: &Ctx, session: &Session, req: KsRequest) -> Outcome {
             request_id,
             body: Some(body),
         },
-        Err(e) => error_response(request_id, &e),
+        Err(e) => {
+            tracing::debug!(user = %session.user_id, code = ?e.code, detail = %e.detail, "request refused");
+            error_response(request_id, &e)
+        }
     };
     if outcome.response.encoded_len() > ctx.limits.net.max_frame_bytes {
         outcome.response = error_response(
@@ -257,6 +260,15 @@ async fn run(
             if let Some(Change::DeviceRevoked { device, .. }) = &appended.change {
                 outcome.revoked = Some((appended.user_id.clone(), *device));
             }
+            tracing::info!(
+                user = %appended.user_id,
+                seq = appended.seq,
+                change = ?appended.change.as_ref().map(|c| match c {
+                    Change::DeviceAdded(_) => "device added",
+                    Change::DeviceRevoked { .. } => "device revoked",
+                }),
+                "log entry accepted"
+            );
             Ok(ks_response::Body::Appended(Appended { seq: appended.seq }))
         }
         Body::GetLogs(g) => {

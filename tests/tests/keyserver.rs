@@ -860,3 +860,33 @@ async fn concurrent_clients_are_all_served_and_every_read_is_logged() {
     ks.stop().await.unwrap();
     remove_db(&db);
 }
+
+#[tokio::test]
+async fn connection_cap_and_handshake_timeout_are_enforced() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let db = temp_db_path("caps");
+    let mut config = test_config(&org, &db);
+    config.limits.max_connections = 1;
+    config.limits.net.auth_timeout = Duration::from_millis(300);
+    let ks = TestKeyserver::start(config).await;
+    let limits = ward_net::Limits::default();
+
+    // A silent peer holds the only slot until its handshake times out.
+    let mut silent = ward_net::conn::connect(&ks.url(), &limits).await.unwrap();
+    let mut second = ward_net::conn::connect(&ks.url(), &limits).await.unwrap();
+    assert_eq!(
+        wait_close(&mut second).await,
+        Some(close::TOO_MANY_CONNECTIONS)
+    );
+    let _challenge = silent.recv().await.unwrap();
+    assert_eq!(wait_close(&mut silent).await, Some(close::AUTH_TIMEOUT));
+
+    // The slot is free again.
+    let a = org.enroll(&mut rng, "dr.a");
+    let mut c = enroll(&ks.url(), &a).await;
+    assert!(c.get_logs(&["dr.a"]).await.is_ok());
+
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}
