@@ -137,6 +137,18 @@ struct State {
     sessions: Arc<Sessions>,
     rate: RateLimiter,
     connections: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+}
+
+/// Connections over the cap that are being closed with a code at once.
+const REFUSALS_IN_FLIGHT: usize = 64;
+/// Time an over-the-cap peer gets to complete the WebSocket upgrade.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection's place: served, or only told it is refused.
+enum Slot {
+    Served(OwnedSemaphorePermit),
+    Refused(OwnedSemaphorePermit),
 }
 
 /// Serves the keyserver on `listener` until `shutdown` completes, then
@@ -160,6 +172,7 @@ pub async fn run(
     let state = Arc::new(State {
         rate: RateLimiter::new(&config.limits),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
         sessions: Arc::new(Sessions::default()),
         ctx: Ctx {
             db,
@@ -180,8 +193,16 @@ pub async fn run(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _addr)) => {
-                    let permit = Arc::clone(&state.connections).try_acquire_owned().ok();
-                    tasks.spawn(connection(stream, Arc::clone(&state), stop_rx.clone(), permit));
+                    let slot = match Arc::clone(&state.connections).try_acquire_owned() {
+                        Ok(p) => Slot::Served(p),
+                        // Over the cap: a few are told why (close code), the
+                        // rest are dropped at once.
+                        Err(_) => match Arc::clone(&state.refusals).try_acquire_owned() {
+                            Ok(p) => Slot::Refused(p),
+                            Err(_) => continue,
+                        },
+                    };
+                    tasks.spawn(connection(stream, Arc::clone(&state), stop_rx.clone(), slot));
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: back off, keep serving.
@@ -216,13 +237,15 @@ async fn connection(
     stream: TcpStream,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Slot,
 ) {
     let limits = state.ctx.limits.net;
+    let upgrade_time = match slot {
+        Slot::Served(_) => limits.auth_timeout,
+        Slot::Refused(_) => REFUSAL_TIMEOUT.min(limits.auth_timeout),
+    };
     let mut conn =
-        match tokio::time::timeout(limits.auth_timeout, ward_net::conn::accept(stream, &limits))
-            .await
-        {
+        match tokio::time::timeout(upgrade_time, ward_net::conn::accept(stream, &limits)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
@@ -230,10 +253,13 @@ async fn connection(
             }
             Err(_) => return,
         };
-    let Some(_permit) = permit else {
-        conn.close(close::TOO_MANY_CONNECTIONS, "too many connections")
-            .await;
-        return;
+    let _permit = match slot {
+        Slot::Served(p) => p,
+        Slot::Refused(_p) => {
+            conn.close(close::TOO_MANY_CONNECTIONS, "too many connections")
+                .await;
+            return;
+        }
     };
     let Some(nonce) = nonce() else {
         conn.close(close::INTERNAL_ERROR, "internal error").await;
