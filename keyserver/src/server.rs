@@ -224,6 +224,8 @@ pub async fn run(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
+    // Closing the last SQLite connections checkpoints the WAL: blocking work.
+    let _ = tokio::task::spawn_blocking(move || drop(state)).await;
     Ok(())
 }
 
