@@ -281,6 +281,21 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     );
     assert_eq!(user.encryption_key(), &new_key.public_key());
 
+    // A device that revokes itself gets its reply, then its session ends.
+    let tablet = new_device();
+    let chain = add_device(&mut laptop, &user, &a.device, &root, &tablet).await;
+    let mut t = KsClient::connect(&ks.url(), &tablet.signing, "dr.a")
+        .await
+        .unwrap();
+    let own = chain.revoke_device(
+        Revoker::Device(&tablet.signing),
+        &tablet.signing.public_key(),
+        &UserEncryptionKey::generate(&mut rng).public_key(),
+        KIT_TIME,
+    );
+    assert_eq!(t.append(&own).await.unwrap(), 4);
+    assert_eq!(t.closed_with().await, Some(close::DEVICE_REVOKED));
+
     ks.stop().await.unwrap();
     remove_db(&db);
 }
