@@ -905,3 +905,97 @@ async fn connection_cap_and_handshake_timeout_are_enforced() {
     ks.stop().await.unwrap();
     remove_db(&db);
 }
+
+/// Random but well-formed requests: each gets exactly one reply with its id,
+/// and the keyserver keeps serving.
+#[tokio::test]
+async fn random_requests_always_get_a_reply() {
+    use rand::RngExt;
+    use ward_proto::v1::*;
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let db = temp_db_path("random");
+    let mut config = test_config(&org, &db);
+    config.limits.request_burst = 10_000;
+    config.limits.requests_per_second = 10_000;
+    let ks = TestKeyserver::start(config).await;
+    let a = org.enroll(&mut rng, "dr.a");
+    let b = org.enroll(&mut rng, "dr.b");
+    let mut c = enroll(&ks.url(), &a).await;
+    drop(enroll(&ks.url(), &b).await);
+
+    fn bytes(rng: &mut rand::rngs::ThreadRng) -> Vec<u8> {
+        let len = *[0usize, 1, 15, 16, 31, 32, 47, 48, 64, 100]
+            .get(rng.random_range(0..10))
+            .unwrap();
+        let mut v = vec![0u8; len];
+        rand::fill(&mut v[..]);
+        v
+    }
+    fn user(rng: &mut rand::rngs::ThreadRng) -> String {
+        ["dr.a", "dr.b", "nobody", "", "x\u{0}y"][rng.random_range(0..5)].to_string()
+    }
+    for id in 1..=400u64 {
+        let body = match rng.random_range(0..6) {
+            0 => ks_request::Body::Append(SignedStatement {
+                statement: bytes(&mut rng),
+                signature: bytes(&mut rng),
+            }),
+            1 => ks_request::Body::GetLogs(GetLogs {
+                user_ids: (0..rng.random_range(0..4))
+                    .map(|_| user(&mut rng))
+                    .collect(),
+            }),
+            2 => ks_request::Body::PutKeys(PutWrappedKeys {
+                keys: (0..rng.random_range(0..3))
+                    .map(|_| WrappedKeyFor {
+                        recipient_user_id: user(&mut rng),
+                        key: Some(WrappedKey {
+                            resource_id: bytes(&mut rng),
+                            recipient_key: bytes(&mut rng),
+                            enc: bytes(&mut rng),
+                            ciphertext: bytes(&mut rng),
+                        }),
+                    })
+                    .collect(),
+            }),
+            3 => ks_request::Body::GetKeys(GetWrappedKeys {
+                resource_ids: (0..rng.random_range(0..3))
+                    .map(|_| bytes(&mut rng))
+                    .collect(),
+            }),
+            4 => ks_request::Body::PutGrants(PutDeviceGrants {
+                grants: (0..rng.random_range(0..3))
+                    .map(|_| DeviceGrant {
+                        user_key: bytes(&mut rng),
+                        device_key: bytes(&mut rng),
+                        enc: bytes(&mut rng),
+                        ciphertext: bytes(&mut rng),
+                    })
+                    .collect(),
+            }),
+            _ => ks_request::Body::GetGrant(GetDeviceGrant {
+                user_key: bytes(&mut rng),
+            }),
+        };
+        c.conn
+            .send_msg(&KsRequest {
+                request_id: id,
+                body: Some(body),
+            })
+            .await
+            .unwrap();
+        let r: KsResponse = c.conn.recv_msg().await.unwrap().unwrap();
+        assert_eq!(r.request_id, id);
+        if let Some(ks_response::Body::Error(e)) = &r.body {
+            assert_ne!(e.code, ErrorCode::Internal as i32, "{e:?}");
+        }
+    }
+    assert!(!ks.is_finished());
+    let mut fresh = KsClient::connect(&ks.url(), &a.device, "dr.a")
+        .await
+        .unwrap();
+    assert!(fresh.get_logs(&["dr.a"]).await.is_ok());
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}
