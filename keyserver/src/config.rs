@@ -70,6 +70,11 @@ pub struct KsLimits {
     pub shutdown_grace: Duration,
     /// An authenticated connection silent this long is closed.
     pub idle_timeout: Duration,
+    /// Sessions of devices whose user does not exist yet (they may only
+    /// enroll) open at once; more are refused with `RATE_LIMITED`.
+    pub max_enrolling: usize,
+    /// Time such a session has to enroll before it is closed.
+    pub enroll_timeout: Duration,
     /// How often each open connection re-reads its device's status from the
     /// database (a backstop for revocations written by another process; a
     /// revocation made through this process closes connections at once).
@@ -90,6 +95,8 @@ impl Default for KsLimits {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
+            max_enrolling: 1024,
+            enroll_timeout: Duration::from_secs(60),
             revocation_recheck: Duration::from_secs(30),
         }
     }

@@ -40,6 +40,7 @@
 //! | `--burst` | `WARD_KEYSERVER_BURST` | 200 | request burst per device |
 //! | `--max-connections` | `WARD_KEYSERVER_MAX_CONNECTIONS` | 10000 | open connections |
 //! | `--idle-timeout-secs` | `WARD_KEYSERVER_IDLE_TIMEOUT_SECS` | 300 | close silent authenticated connections |
+//! | `--max-enrolling` | `WARD_KEYSERVER_MAX_ENROLLING` | 1024 | open sessions of devices not enrolled yet |
 //!
 //! Logging follows `RUST_LOG` (default `info`). SIGINT or SIGTERM stops the
 //! server gracefully.

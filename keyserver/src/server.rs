@@ -138,6 +138,7 @@ struct State {
     rate: RateLimiter,
     connections: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
+    enrolling: Arc<Semaphore>,
 }
 
 /// Connections over the cap that are being closed with a code at once.
@@ -174,6 +175,7 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
         sessions: Arc::new(Sessions::default()),
+        enrolling: Arc::new(Semaphore::new(config.limits.max_enrolling)),
         ctx: Ctx {
             db,
             root: config.org_root,
@@ -270,9 +272,11 @@ async fn connection(
 
     let mut registration = None;
     let mut enrolled = false;
+    let mut enrolling_permit = None;
     let auth = {
         let slot = &mut registration;
         let enrolled = &mut enrolled;
+        let enrolling_permit = &mut enrolling_permit;
         let state = &state;
         tokio::select! {
             r = handshake::server(&mut conn, KEYSERVER, nonce, &limits, |peer: Peer| async move {
@@ -290,7 +294,15 @@ async fn connection(
                         *enrolled = true;
                         Ok(peer)
                     }
-                    Ok(DeviceStatus::NoSuchUser) => Ok(peer),
+                    // Unauthenticated in all but the key: bounded in number
+                    // and in time (see `serve`).
+                    Ok(DeviceStatus::NoSuchUser) => match Arc::clone(&state.enrolling).try_acquire_owned() {
+                        Ok(p) => {
+                            *enrolling_permit = Some(p);
+                            Ok(peer)
+                        }
+                        Err(_) => Err(ErrorCode::RateLimited),
+                    },
                     Ok(DeviceStatus::Revoked) => Err(ErrorCode::DeviceRevoked),
                     Ok(DeviceStatus::Unknown) => Err(ErrorCode::Unauthenticated),
                     Err(_) => Err(ErrorCode::Internal),
@@ -326,6 +338,7 @@ async fn connection(
         &mut session,
         &mut registration,
         &mut stop,
+        enrolling_permit,
     )
     .await;
 }
@@ -336,6 +349,7 @@ async fn serve(
     session: &mut Session,
     registration: &mut Registration,
     stop: &mut watch::Receiver<bool>,
+    mut enrolling_permit: Option<OwnedSemaphorePermit>,
 ) {
     let limits = &state.ctx.limits;
     let max = limits.net.max_frame_bytes;
@@ -344,6 +358,8 @@ async fn serve(
     recheck.reset();
     let idle = tokio::time::sleep(limits.idle_timeout);
     tokio::pin!(idle);
+    let enroll_deadline = tokio::time::sleep(limits.enroll_timeout);
+    tokio::pin!(enroll_deadline);
     loop {
         let frame = tokio::select! {
             biased;
@@ -361,6 +377,10 @@ async fn serve(
                     return;
                 }
                 continue;
+            }
+            _ = &mut enroll_deadline, if !session.enrolled => {
+                conn.close(close::AUTH_TIMEOUT, "enrollment not completed in time").await;
+                return;
             }
             _ = &mut idle => {
                 conn.close(close::NORMAL, "idle").await;
@@ -398,6 +418,7 @@ async fn serve(
         };
         if outcome.enrolled {
             session.enrolled = true;
+            drop(enrolling_permit.take());
         }
         let sent = conn.send_msg(&outcome.response).await;
         if let Some((user, device)) = &outcome.revoked {

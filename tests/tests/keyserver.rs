@@ -999,3 +999,44 @@ async fn random_requests_always_get_a_reply() {
     ks.stop().await.unwrap();
     remove_db(&db);
 }
+
+#[tokio::test]
+async fn devices_that_are_not_enrolled_are_bounded_in_number_and_time() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let db = temp_db_path("enrolling");
+    let mut config = test_config(&org, &db);
+    config.limits.max_enrolling = 1;
+    config.limits.enroll_timeout = Duration::from_millis(400);
+    let ks = TestKeyserver::start(config).await;
+    let a = org.enroll(&mut rng, "dr.a");
+    let mut ca = enroll(&ks.url(), &a).await;
+
+    let (s1, s2) = (new_device(), new_device());
+    let first = KsClient::connect(&ks.url(), &s1.signing, "dr.x")
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(KsClient::connect(&ks.url(), &s2.signing, "dr.y").await),
+        ErrorCode::RateLimited
+    );
+    // Enrolled devices are not affected.
+    assert!(ca.get_logs(&["dr.a"]).await.is_ok());
+    // The first stranger did not enroll in time.
+    assert_eq!(first.closed_with().await, Some(close::AUTH_TIMEOUT));
+    // (The server releases the place just after sending the close.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Its place is free again, and enrolling releases it.
+    let b = org.enroll(&mut rng, "dr.b");
+    let mut cb = enroll(&ks.url(), &b).await;
+    let again = KsClient::connect(&ks.url(), &s2.signing, "dr.y")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Enrolled sessions outlive the enrollment deadline.
+    assert!(cb.get_logs(&["dr.b"]).await.is_ok());
+    drop(again);
+
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}

@@ -46,6 +46,9 @@ struct Args {
     /// Seconds of silence after which an authenticated connection is closed.
     #[arg(long, env = "WARD_KEYSERVER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     idle_timeout_secs: u64,
+    /// Sessions of devices not enrolled yet, open at once.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_ENROLLING", default_value_t = 1024)]
+    max_enrolling: usize,
 }
 
 fn config(args: &Args) -> Result<Config, String> {
@@ -63,6 +66,7 @@ fn config(args: &Args) -> Result<Config, String> {
         request_burst: args.burst,
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_enrolling: args.max_enrolling,
         ..defaults
     };
     Ok(config)
