@@ -221,7 +221,7 @@ async fn run(
     use ks_request::Body;
     // A device enrolled by another connection since this one authenticated.
     let upgraded;
-    let session = if !session.enrolled && !matches!(req.body, Some(Body::Append(_))) {
+    let session = if !session.enrolled {
         let (user, device) = (session.user_id.clone(), session.device);
         let status = ctx
             .db
