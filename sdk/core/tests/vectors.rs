@@ -1463,7 +1463,7 @@ fn negative_cases() -> Vec<Case> {
         "log_with_invite_signed_by_non_root",
         "a user creation carrying an invite signed by a key other than the organisation root",
         "verify_log",
-        log_inputs(ALICE, &[forged_creation]),
+        log_inputs(ALICE, std::slice::from_ref(&forged_creation)),
         "ChainError::ForgedInvite",
         vec![],
     ));
@@ -1479,6 +1479,24 @@ fn negative_cases() -> Vec<Case> {
         ],
         "ChainError::Rollback",
         vec![("known", 3), ("served", 2)],
+    ));
+    cases.push(case(
+        "log_prefix_rewritten",
+        "alice's log known with 3 entries, served with entries 1 and 2 unchanged but entry 0 \
+         replaced by another user creation: the served log does not contain the known log as \
+         its prefix",
+        "update_log",
+        vec![
+            ("org_root_public", h(root_key.public_key().as_bytes())),
+            ("user_id", s(ALICE)),
+            ("known_log", log_json(full)),
+            (
+                "served_log",
+                log_json(&[forged_creation.clone(), full[1].clone(), full[2].clone()]),
+            ),
+        ],
+        "ChainError::Fork",
+        vec![("seq", 2)],
     ));
     let fork_entry = alice.states[0].add_device(
         &dev(L_ALICE_DEV1_SIG),
