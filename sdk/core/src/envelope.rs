@@ -38,7 +38,7 @@ use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use rand_core::CryptoRng;
 use ward_proto::v1::{Envelope, EnvelopeHeader, WrappedKey};
-use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded};
+use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded, decode_canonical};
 use zeroize::Zeroizing;
 
 use crate::chain::VerifiedUser;
@@ -140,6 +140,9 @@ pub fn seal<R: CryptoRng + ?Sized>(
     if req.content.len() > MAX_CONTENT_BYTES {
         return Err(SealError::TooLarge(req.content.len()));
     }
+    if req.content_type == ContentType::Text && core::str::from_utf8(req.content).is_err() {
+        return Err(SealError::InvalidText);
+    }
     if req.recipients.is_empty() || req.recipients.len() > MAX_RECIPIENTS {
         return Err(SealError::InvalidRecipients);
     }
@@ -149,6 +152,12 @@ pub fn seal<R: CryptoRng + ?Sized>(
             return Err(SealError::InvalidRecipients);
         }
         recipient_ids.push(r.user_id().to_owned());
+    }
+    if !sender
+        .device(&device.public_key())
+        .is_some_and(|d| d.is_active())
+    {
+        return Err(SealError::DeviceNotActive);
     }
     let resource_key = ResourceKey::generate(rng);
     let resource_id = ResourceId::random(rng);
@@ -228,7 +237,7 @@ impl ReceivedEnvelope {
         if env.header.len() > MAX_HEADER_BYTES {
             return Err(OpenError::Malformed("header too large"));
         }
-        let h: EnvelopeHeader = decode_bounded(&env.header, MAX_HEADER_BYTES)?;
+        let h: EnvelopeHeader = decode_canonical(&env.header, MAX_HEADER_BYTES)?;
         if h.version != PROTOCOL_VERSION {
             return Err(OpenError::UnsupportedVersion(h.version));
         }
@@ -253,6 +262,11 @@ impl ReceivedEnvelope {
             || !h.recipient_user_ids.iter().all(|r| valid_user_id(r))
         {
             return Err(OpenError::Malformed("recipients"));
+        }
+        let mut sorted: Vec<&String> = h.recipient_user_ids.iter().collect();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(OpenError::Malformed("duplicate recipient"));
         }
         if env.signature.len() != 64 {
             return Err(OpenError::Malformed("signature length"));
@@ -323,6 +337,12 @@ impl ReceivedEnvelope {
             .map(Zeroizing::new)
             .map_err(|_| OpenError::Undecryptable)?;
         let range = padding::unpad(&padded).ok_or(OpenError::Undecryptable)?;
+        // The sender signed it, so this is the sender's fault, not an oracle.
+        if self.content_type == ContentType::Text
+            && core::str::from_utf8(&padded[range.clone()]).is_err()
+        {
+            return Err(OpenError::Malformed("text content is not UTF-8"));
+        }
         Ok(OpenedMessage {
             resource_id: self.resource_id,
             conversation_id: self.conversation_id,
@@ -583,9 +603,13 @@ mod tests {
         );
         assert!(
             ReceivedEnvelope::parse(&edited(&sealed, |h, _| {
-                h.recipient_user_ids = vec!["r".into(); MAX_RECIPIENTS];
+                h.recipient_user_ids = (0..MAX_RECIPIENTS).map(|i| format!("r{i}")).collect();
             }))
             .is_ok()
+        );
+        assert_eq!(
+            e(|h, _| h.recipient_user_ids = vec!["r".into(), "s".into(), "r".into()]),
+            OpenError::Malformed("duplicate recipient")
         );
         assert_eq!(
             e(|h, _| h.recipient_user_ids.push(String::new())),
@@ -724,7 +748,11 @@ mod tests {
             let f = &*FIXTURE;
             let mut recipients: Vec<&VerifiedUser> = vec![&f.alice.chain];
             recipients.extend(f.others.iter().take(n - 1).map(|c| &c.chain));
-            let content_type = if file { ContentType::File } else { ContentType::Text };
+            let (content_type, content) = if file {
+                (ContentType::File, content)
+            } else {
+                (ContentType::Text, String::from_utf8_lossy(&content).into_owned().into_bytes())
+            };
             let sealed = seal_from_alice(&recipients, content_type, &content);
             prop_assert_eq!(sealed.wrapped_keys.len(), n);
             let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();

@@ -2,7 +2,7 @@
 //! (SECURITY.md §4.1).
 
 use ward_proto::v1::{Invite, SignedInvite};
-use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded};
+use ward_proto::{Message, PROTOCOL_VERSION, decode_canonical};
 
 use crate::error::ChainError;
 use crate::ids::valid_user_id;
@@ -101,7 +101,7 @@ pub fn verify_invite(
     if !root.verify(&framed(SIG_INVITE, &[&signed.invite]), &signed.signature) {
         return Err(ChainError::ForgedInvite);
     }
-    let invite: Invite = decode_bounded(&signed.invite, MAX_INVITE_BYTES)?;
+    let invite: Invite = decode_canonical(&signed.invite, MAX_INVITE_BYTES)?;
     if invite.version != PROTOCOL_VERSION {
         return Err(ChainError::UnsupportedVersion(invite.version));
     }

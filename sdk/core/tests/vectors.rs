@@ -45,7 +45,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::{TryCryptoRng, TryRng};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use ward_core::chain::{self, Revoker, VerifiedUser};
+use ward_core::chain::{self, VerifiedUser};
 use ward_core::envelope::{self, ContentType, ReceivedEnvelope, SealRequest};
 use ward_core::invite::{self, InviteDetails};
 use ward_core::keys::{
@@ -288,7 +288,8 @@ fn make_invite(
 }
 
 /// Alice's log: creation by delegation (T0), device 1 adds device 2
-/// (T0+60), the root revokes device 1 and rotates the user key (T0+120).
+/// (T0+60), the root revokes device 1 (T0+120), device 2 rotates the user
+/// key (T0+180).
 struct AliceLog {
     invite: SignedInvite,
     entries: Vec<SignedStatement>,
@@ -318,23 +319,26 @@ fn alice_log() -> AliceLog {
     );
     let mut s1 = s0.clone();
     s1.apply(&root.public_key(), &e1).unwrap();
-    let e2 = s1.revoke_device(
-        Revoker::Root(&root),
-        &dev(L_ALICE_DEV1_SIG).public_key(),
-        &ukey(L_ALICE_USER_2).public_key(),
-        T0 + 120,
-    );
+    let e2 = s1.revoke_device_as_root(&root, &dev(L_ALICE_DEV1_SIG).public_key(), T0 + 120);
     let mut s2 = s1.clone();
     s2.apply(&root.public_key(), &e2).unwrap();
-    let entries = vec![e0, e1, e2];
+    // The root chose no key; device 2 rotates the user key.
+    let e3 = s2.rotate_user_key(
+        &dev(L_ALICE_DEV2_SIG),
+        &ukey(L_ALICE_USER_2).public_key(),
+        T0 + 180,
+    );
+    let mut s3 = s2.clone();
+    s3.apply(&root.public_key(), &e3).unwrap();
+    let entries = vec![e0, e1, e2, e3];
     assert_eq!(
         chain::verify_log(&root.public_key(), ALICE, &entries).unwrap(),
-        s2
+        s3
     );
     AliceLog {
         invite,
         entries,
-        states: vec![s0, s1, s2],
+        states: vec![s0, s1, s2, s3],
     }
 }
 
@@ -729,7 +733,7 @@ fn sealed_envelope(inputs: &SealInputs) -> (Draws, envelope::Sealed) {
     let alice = alice_log();
     let (_, bob) = bob_log();
     let d = draws(inputs.prefix, &[ALICE, BOB]);
-    let sender = &alice.states[2];
+    let sender = alice.states.last().unwrap();
     let sealed = seal_with(&d, &dev(L_ALICE_DEV2_SIG), sender, &[sender, &bob], inputs);
     (d, sealed)
 }
@@ -854,7 +858,7 @@ fn gen_signatures() -> J {
         service: "ward-relay".into(),
         nonce: short("ward vector auth nonce", 32),
     };
-    let response = auth::respond(&device, ALICE, &challenge);
+    let response = auth::respond(&device, ALICE, "ward-relay", &challenge).unwrap();
     assert_eq!(
         auth::verify_response(&challenge, &response).unwrap(),
         (ALICE.to_owned(), device.public_key())
@@ -942,8 +946,18 @@ fn gen_signatures() -> J {
 fn gen_chain() -> J {
     let root = root();
     let log = alice_log();
-    let kinds = ["user_creation", "device_addition", "device_revocation"];
-    let signers = [L_ALICE_DELEGATION, L_ALICE_DEV1_SIG, L_ROOT];
+    let kinds = [
+        "user_creation",
+        "device_addition",
+        "device_revocation",
+        "key_rotation",
+    ];
+    let signers = [
+        L_ALICE_DELEGATION,
+        L_ALICE_DEV1_SIG,
+        L_ROOT,
+        L_ALICE_DEV2_SIG,
+    ];
     let entries: Vec<J> = log
         .entries
         .iter()
@@ -976,7 +990,7 @@ fn gen_chain() -> J {
             ])
         })
         .collect();
-    let state = &log.states[2];
+    let state = log.states.last().unwrap();
     let mut devices: Vec<_> = state.devices().collect();
     devices.sort_by_key(|d| d.added_at);
     let devices_json = J::A(
@@ -996,8 +1010,8 @@ fn gen_chain() -> J {
     file(
         "Ward v1 identity chain (SECURITY.md §4): the log of alice. Entry 0 (user creation) is \
          signed by the invite's delegation key with prev_hash = invite_hash; entry 1 (device 1 \
-         adds device 2) by device 1; entry 2 (the root revokes device 1 and rotates the user \
-         key) by the org root. signature = Ed25519(author, framed(SIG_STATEMENT, [statement])); \
+         adds device 2) by device 1; entry 2 (the root revokes device 1; a root revocation \
+         carries no key) by the org root; entry 3 (key rotation) by device 2. signature = Ed25519(author, framed(SIG_STATEMENT, [statement])); \
          entry_hash = SHA-256(framed(HASH_ENTRY, [statement])) is the next prev_hash. \
          verify_log(org_root_public, user_id, entries) must yield final_state.",
         vec![
@@ -1264,7 +1278,10 @@ fn negative_cases() -> Vec<Case> {
     // --- envelopes ---
     let (d, sealed) = sealed_envelope(&text_inputs());
     let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
-    let full = &alice.entries;
+    // The negative cases use the first three entries (up to the root's
+    // revocation, before the rotation): a valid log in its own right.
+    let full_prefix = alice.entries[..3].to_vec();
+    let full = &full_prefix;
     let mut tampered = env.clone();
     tampered.ciphertext[0] ^= 1;
     cases.push(case(
@@ -2113,7 +2130,10 @@ fn replay_signatures(v: &Value) {
     assert_eq!(user, st(&a["user_id"]));
     assert_eq!(device.as_bytes().to_vec(), hx(&a["device_id"]));
     let key = DeviceSigningKey::import_secret(&hx(&a["device_secret"])).unwrap();
-    assert_eq!(auth::respond(&key, &user, &challenge), response);
+    assert_eq!(
+        auth::respond(&key, &user, &challenge.service, &challenge).unwrap(),
+        response
+    );
 
     let i = &v["invite"];
     let root_key = OrgRootKey::import_secret(&hx(&i["org_root_secret"])).unwrap();
@@ -2186,6 +2206,7 @@ fn replay_chain(v: &Value) {
             }
             Some(Body::DeviceAddition(_)) => "device_addition",
             Some(Body::DeviceRevocation(_)) => "device_revocation",
+            Some(Body::KeyRotation(_)) => "key_rotation",
             None => panic!("entry {i} without body"),
         };
         assert_eq!(kind, st(&e["kind"]));
