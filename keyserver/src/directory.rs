@@ -24,6 +24,8 @@ pub enum Kind {
     DeviceAddition,
     /// A device revoked, by a device or the root.
     DeviceRevocation,
+    /// A new user key, by a device.
+    KeyRotation,
 }
 
 /// The routing fields of an unverified entry: which user, which position.
@@ -56,6 +58,7 @@ pub fn route(entry: &SignedStatement) -> Result<Routing, RequestError> {
         ),
         Some(Body::DeviceAddition(_)) => (Kind::DeviceAddition, None),
         Some(Body::DeviceRevocation(_)) => (Kind::DeviceRevocation, None),
+        Some(Body::KeyRotation(_)) => (Kind::KeyRotation, None),
         None => {
             return Err(RequestError::new(
                 ErrorCode::InvalidStatement,
@@ -106,10 +109,17 @@ pub fn accept_creation(
 pub enum Change {
     /// A device joined the user.
     DeviceAdded(DeviceRecord),
-    /// A device was revoked and the user key rotated.
+    /// A device was revoked. Signed by a device, it also rotated the user
+    /// key; signed by the root, it did not, and the user is rotation
+    /// pending until a [`Change::KeyRotated`].
     DeviceRevoked {
         /// The revoked device.
         device: SigningPublicKey,
+        /// The user's new encryption key (`None` for a root revocation).
+        new_user_key: Option<EncryptionPublicKey>,
+    },
+    /// A device rotated the user key.
+    KeyRotated {
         /// The user's new encryption key.
         new_user_key: EncryptionPublicKey,
     },
@@ -141,9 +151,13 @@ pub fn accept_next(
                 .map_err(|_| RequestError::new(ErrorCode::Internal, "revoked device id"))?;
             Change::DeviceRevoked {
                 device,
-                new_user_key: *next.encryption_key(),
+                new_user_key: (next.encryption_key() != user.encryption_key())
+                    .then_some(*next.encryption_key()),
             }
         }
+        Some(Body::KeyRotation(_)) => Change::KeyRotated {
+            new_user_key: *next.encryption_key(),
+        },
         // `apply` refuses both.
         Some(Body::UserCreation(_)) | None => {
             return Err(RequestError::new(
@@ -246,19 +260,34 @@ mod tests {
         );
 
         let new_key = UserEncryptionKey::generate(&mut rng).public_key();
-        let rev = after.revoke_device(
-            ward_core::chain::Revoker::Device(&a.device),
-            &phone.public_key(),
-            &new_key,
-            KIT_TIME,
-        );
+        let rev = after.revoke_device(&a.device, &phone.public_key(), &new_key, KIT_TIME);
         let (_, change) = accept_next(&root, &after, &rev).unwrap();
         assert_eq!(
             change,
             Change::DeviceRevoked {
                 device: phone.public_key(),
+                new_user_key: Some(new_key)
+            }
+        );
+        // The root revokes without choosing a key; a device rotates it later.
+        let rev = after.revoke_device_as_root(&org.root, &phone.public_key(), KIT_TIME);
+        let (pending, change) = accept_next(&root, &after, &rev).unwrap();
+        assert_eq!(
+            change,
+            Change::DeviceRevoked {
+                device: phone.public_key(),
+                new_user_key: None
+            }
+        );
+        assert!(pending.rotation_pending());
+        let rot = pending.rotate_user_key(&a.device, &new_key, KIT_TIME);
+        let (done, change) = accept_next(&root, &pending, &rot).unwrap();
+        assert_eq!(
+            change,
+            Change::KeyRotated {
                 new_user_key: new_key
             }
         );
+        assert!(!done.rotation_pending());
     }
 }

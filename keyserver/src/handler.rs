@@ -266,6 +266,7 @@ async fn run(
                 change = ?appended.change.as_ref().map(|c| match c {
                     Change::DeviceAdded(_) => "device added",
                     Change::DeviceRevoked { .. } => "device revoked",
+                    Change::KeyRotated { .. } => "user key rotated",
                 }),
                 "log entry accepted"
             );

@@ -14,7 +14,7 @@
 //!
 //! | table | rows | key |
 //! |---|---|---|
-//! | `users` | one per user: current encryption key, log length | `user_id` |
+//! | `users` | one per user: current encryption key, rotation pending, log length | `user_id` |
 //! | `log_entries` | each verified statement, exactly as signed, with its entry hash | `(user_id, seq)` |
 //! | `used_invites` | hash of every invite used | `invite_hash` |
 //! | `devices` | each device ever added, with its X25519 key and `active` flag | `(user_id, device_id)` |
@@ -44,10 +44,11 @@ const MIGRATIONS: &[&str] = &[
     // 0 -> 1
     r#"
     CREATE TABLE users (
-        user_id     TEXT PRIMARY KEY,
-        current_key BLOB NOT NULL,
-        log_len     INTEGER NOT NULL,
-        created_at  INTEGER NOT NULL
+        user_id          TEXT PRIMARY KEY,
+        current_key      BLOB NOT NULL,
+        rotation_pending INTEGER NOT NULL DEFAULT 0,
+        log_len          INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL
     ) STRICT;
     CREATE TABLE log_entries (
         user_id     TEXT NOT NULL REFERENCES users(user_id),
@@ -354,7 +355,7 @@ fn insert_entry(
 
 /// What a verified entry will write.
 enum Plan {
-    Create(ward_core::chain::VerifiedUser),
+    Create(Box<ward_core::chain::VerifiedUser>),
     Next { seq: u64, change: Change },
 }
 
@@ -401,7 +402,7 @@ pub fn append(
             ));
         }
         let plan = if routing.kind == Kind::UserCreation {
-            Plan::Create(directory::accept_creation(root, now, entry)?)
+            Plan::Create(Box::new(directory::accept_creation(root, now, entry)?))
         } else {
             if log.is_empty() {
                 return Err(RequestError::new(ErrorCode::UnknownUser, "no such user"));
@@ -441,6 +442,26 @@ pub fn append(
         ErrorCode::Conflict,
         "the log changed concurrently; fetch it and retry",
     ))
+}
+
+/// Makes `key` the user's current key (clearing rotation pending) and
+/// records it among the user's keys.
+fn set_user_key(
+    tx: &Connection,
+    user_id: &str,
+    key: &ward_core::keys::EncryptionPublicKey,
+    seq: u64,
+) -> Result<(), rusqlite::Error> {
+    let key = key.as_bytes().as_slice();
+    tx.execute(
+        "UPDATE users SET current_key = ?2, rotation_pending = 0 WHERE user_id = ?1",
+        params![user_id, key],
+    )?;
+    tx.execute(
+        "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, ?3)",
+        params![user_id, key, seq as i64],
+    )?;
+    Ok(())
 }
 
 fn write_plan(
@@ -532,15 +553,19 @@ fn write_plan(
                          WHERE user_id = ?1 AND device_id = ?2",
                         params![user_id, device.as_bytes().as_slice(), seq as i64],
                     )?;
-                    let key = new_user_key.as_bytes().as_slice();
-                    tx.execute(
-                        "UPDATE users SET current_key = ?2 WHERE user_id = ?1",
-                        params![user_id, key],
-                    )?;
-                    tx.execute(
-                        "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, ?3)",
-                        params![user_id, key, seq as i64],
-                    )?;
+                    match new_user_key {
+                        Some(key) => set_user_key(tx, &user_id, key, seq)?,
+                        // A root revocation: the key stays, rotation pending.
+                        None => {
+                            tx.execute(
+                                "UPDATE users SET rotation_pending = 1 WHERE user_id = ?1",
+                                params![user_id],
+                            )?;
+                        }
+                    }
+                }
+                Change::KeyRotated { new_user_key } => {
+                    set_user_key(tx, &user_id, new_user_key, seq)?;
                 }
             }
             Appended {

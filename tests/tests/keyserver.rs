@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use ward_core::chain::{Revoker, create_user, verify_log};
+use ward_core::chain::{create_user, verify_log};
 use ward_core::invite::{InviteDetails, create_invite};
 use ward_core::keys::*;
 use ward_core::testkit::{KIT_TIME, Org};
@@ -243,7 +243,7 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     // The laptop revokes the phone while the phone is connected.
     let new_key = UserEncryptionKey::generate(&mut rng);
     let revocation = chain.revoke_device(
-        Revoker::Device(&a.device),
+        &a.device,
         &phone.signing.public_key(),
         &new_key.public_key(),
         KIT_TIME,
@@ -259,12 +259,7 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     // A replayed revocation is just acknowledged; a conflicting entry at a
     // taken position is refused.
     assert_eq!(laptop.append(&revocation).await.unwrap(), 2);
-    let other = chain.revoke_device(
-        Revoker::Root(&org.root),
-        &phone.signing.public_key(),
-        &UserEncryptionKey::generate(&mut rng).public_key(),
-        KIT_TIME,
-    );
+    let other = chain.revoke_device_as_root(&org.root, &phone.signing.public_key(), KIT_TIME);
     assert_eq!(
         laptop.append(&other).await.unwrap_err().code(),
         Some(ErrorCode::Conflict)
@@ -288,7 +283,7 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
         .await
         .unwrap();
     let own = chain.revoke_device(
-        Revoker::Device(&tablet.signing),
+        &tablet.signing,
         &tablet.signing.public_key(),
         &UserEncryptionKey::generate(&mut rng).public_key(),
         KIT_TIME,
@@ -320,7 +315,7 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
     let chain = add_device(&mut cb1, &chain, &b.device, &root, &b3).await;
     let b_key2 = UserEncryptionKey::generate(&mut rng);
     let rev = chain.revoke_device(
-        Revoker::Device(&b.device),
+        &b.device,
         &b3.signing.public_key(),
         &b_key2.public_key(),
         KIT_TIME,
@@ -700,7 +695,7 @@ async fn everything_survives_a_restart() {
     let chain = add_device(&mut cb, &chain, &b.device, &root, &b3).await;
     let b_key2 = UserEncryptionKey::generate(&mut rng);
     cb.append(&chain.revoke_device(
-        Revoker::Device(&b.device),
+        &b.device,
         &b3.signing.public_key(),
         &b_key2.public_key(),
         KIT_TIME,
@@ -773,12 +768,7 @@ async fn a_revocation_written_by_another_process_closes_sessions_within_the_rech
 
     // An operator tool revokes the phone (root-signed) straight into the
     // database, bypassing this keyserver process.
-    let revocation = chain.revoke_device(
-        Revoker::Root(&org.root),
-        &phone.signing.public_key(),
-        &UserEncryptionKey::generate(&mut rng).public_key(),
-        KIT_TIME,
-    );
+    let revocation = chain.revoke_device_as_root(&org.root, &phone.signing.public_key(), KIT_TIME);
     let db2 = db.clone();
     tokio::task::spawn_blocking(move || {
         let mut conn = ward_keyserver::storage::open_connection(&db2).unwrap();
