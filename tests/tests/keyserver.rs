@@ -1030,3 +1030,80 @@ async fn devices_that_are_not_enrolled_are_bounded_in_number_and_time() {
     ks.stop().await.unwrap();
     remove_db(&db);
 }
+
+#[tokio::test]
+async fn a_lost_phone_is_revoked_by_the_root_and_a_remaining_device_rotates_the_key() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let root = org.root_public();
+    let db = temp_db_path("lost-phone");
+    let ks = TestKeyserver::start(test_config(&org, &db)).await;
+    let a = org.enroll(&mut rng, "dr.a");
+    let b = org.enroll(&mut rng, "dr.b");
+    let mut ca = enroll(&ks.url(), &a).await;
+    let mut laptop = enroll(&ks.url(), &b).await;
+    let phone = new_device();
+    let chain = add_device(&mut laptop, &b.chain, &b.device, &root, &phone).await;
+    let p = KsClient::connect(&ks.url(), &phone.signing, "dr.b")
+        .await
+        .unwrap();
+
+    // The admin's root-signed revocation is relayed by another user's device.
+    let revocation = chain.revoke_device_as_root(&org.root, &phone.signing.public_key(), KIT_TIME);
+    assert_eq!(ca.append(&revocation).await.unwrap(), 2);
+    assert_eq!(p.closed_with().await, Some(close::DEVICE_REVOKED));
+    let mut pending = chain.clone();
+    pending.apply(&root, &revocation).unwrap();
+    assert!(pending.rotation_pending());
+
+    // Until the rotation, the current key is unchanged (senders are warned by
+    // their own verifier; the keyserver does not block an urgent message).
+    let key = ResourceKey::generate(&mut rng);
+    let rid = ResourceId::random(&mut rng);
+    let w = wrap_resource_key(&mut rng, &key, &rid, &b.user_key.public_key()).unwrap();
+    assert_eq!(
+        ca.put_keys(vec![WrappedKeyFor {
+            recipient_user_id: "dr.b".into(),
+            key: Some(w),
+        }])
+        .await
+        .unwrap(),
+        1
+    );
+
+    // The laptop rotates; the old key is no longer accepted for new wraps.
+    let k2 = UserEncryptionKey::generate(&mut rng);
+    let rotation = pending.rotate_user_key(&b.device, &k2.public_key(), KIT_TIME);
+    assert_eq!(laptop.append(&rotation).await.unwrap(), 3);
+    let logs = ca.get_logs(&["dr.b"]).await.unwrap();
+    let seen = verify_log(&root, "dr.b", &logs["dr.b"].entries).unwrap();
+    assert!(!seen.rotation_pending());
+    assert_eq!(seen.encryption_key(), &k2.public_key());
+    let rid2 = ResourceId::random(&mut rng);
+    let stale = wrap_resource_key(&mut rng, &key, &rid2, &b.user_key.public_key()).unwrap();
+    let e = ca
+        .put_keys(vec![WrappedKeyFor {
+            recipient_user_id: "dr.b".into(),
+            key: Some(stale),
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Conflict));
+    let fresh = wrap_resource_key(&mut rng, &key, &rid2, &k2.public_key()).unwrap();
+    assert_eq!(
+        ca.put_keys(vec![WrappedKeyFor {
+            recipient_user_id: "dr.b".into(),
+            key: Some(fresh),
+        }])
+        .await
+        .unwrap(),
+        1
+    );
+    // The laptop grants the new key to itself and reads it back.
+    let grant = grant_user_key(&mut rng, &k2, &b.device_key.public_key()).unwrap();
+    assert_eq!(laptop.put_grants(vec![grant.clone()]).await.unwrap(), 1);
+    assert_eq!(laptop.get_grant(&[]).await.unwrap(), grant);
+
+    ks.stop().await.unwrap();
+    remove_db(&db);
+}
