@@ -1,8 +1,8 @@
 //! Ward's keyserver: the clinicians' public-key directory, the resource keys
 //! wrapped for each recipient, the device grants of user keys, and the
 //! access log of every wrapped-key read. It never sees a plaintext, a
-//! resource key or a private key. `SPEC.md` beside this crate describes the
-//! API, its authentication, its access rules and what the keyserver learns.
+//! resource key or a private key. SECURITY.md §10 specifies the API, its
+//! authentication, its access rules and what the keyserver learns.
 //!
 //! | module | what |
 //! |---|---|
