@@ -156,11 +156,23 @@ fn bench_auth_and_chain(c: &mut Criterion) {
         service: "ward-relay".into(),
         nonce: content(&mut rng, auth::AUTH_NONCE_BYTES),
     };
-    let response = auth::respond(&alice.device, "alice", &challenge);
+    let response = must(auth::respond(
+        &alice.device,
+        "alice",
+        "ward-relay",
+        &challenge,
+    ));
 
     let mut g = c.benchmark_group("auth");
     g.bench_function("respond", |b| {
-        b.iter(|| black_box(auth::respond(&alice.device, "alice", black_box(&challenge))))
+        b.iter(|| {
+            black_box(auth::respond(
+                &alice.device,
+                "alice",
+                "ward-relay",
+                black_box(&challenge),
+            ))
+        })
     });
     g.bench_function("verify_response", |b| {
         b.iter(|| {
