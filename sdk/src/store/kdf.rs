@@ -125,9 +125,9 @@ impl KdfParams {
     /// The lowest memory accepted: 8 MiB (tests and fixtures use it; apps
     /// should not go below the default).
     pub const MIN_M_COST_KIB: u32 = 8 * 1024;
-    /// The highest memory accepted: 4 GiB - 1 KiB. Also bounds what a
-    /// corrupted or tampered header can make the device allocate.
-    pub const MAX_M_COST_KIB: u32 = u32::MAX;
+    /// The highest memory accepted: 1 GiB. Also bounds what a corrupted or
+    /// tampered header can make the device allocate.
+    pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
     /// The most passes accepted.
     pub const MAX_T_COST: u32 = 64;
     /// The most lanes accepted.
@@ -137,6 +137,9 @@ impl KdfParams {
     pub fn validate(&self) -> Result<()> {
         if self.m_cost_kib < Self::MIN_M_COST_KIB {
             return Err(StoreError::InvalidKdfParams("memory below 8 MiB"));
+        }
+        if self.m_cost_kib > Self::MAX_M_COST_KIB {
+            return Err(StoreError::InvalidKdfParams("memory above 1 GiB"));
         }
         if self.t_cost == 0 || self.t_cost > Self::MAX_T_COST {
             return Err(StoreError::InvalidKdfParams("passes outside 1..=64"));
@@ -208,32 +211,40 @@ pub(crate) fn derive_db_key(
     params: &KdfParams,
     platform_secret: Option<&PlatformSecret>,
 ) -> Result<DbKey> {
+    let a = argon2id(pin, salt, params)?;
+    mix(&a, platform_secret)
+}
+
+/// Step 1: Argon2id(PIN, salt), 32 bytes.
+fn argon2id(pin: &Pin, salt: &[u8; SALT_BYTES], params: &KdfParams) -> Result<Zeroizing<[u8; 32]>> {
     params.validate()?;
     let a2params = Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
         .map_err(|_| StoreError::Kdf)?;
     let blocks_len = a2params.block_count();
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, a2params);
-
     let mut blocks = Vec::new();
     blocks
         .try_reserve_exact(blocks_len)
         .map_err(|_| StoreError::Kdf)?;
     blocks.resize(blocks_len, Block::default());
-
-    // ikm = argon2 output || platform secret
-    let mut ikm = Zeroizing::new([0u8; 64]);
-    let (a, ps) = ikm.split_at_mut(32);
-    let result = argon.hash_password_into_with_memory(pin.as_bytes(), salt, a, &mut blocks);
+    let mut out = Zeroizing::new([0u8; 32]);
+    let result = argon.hash_password_into_with_memory(pin.as_bytes(), salt, &mut *out, &mut blocks);
     // The memory holds values derived from the PIN: wipe it before freeing.
     for b in blocks.iter_mut() {
         b.zeroize();
     }
     drop(blocks);
     result.map_err(|_| StoreError::Kdf)?;
+    Ok(out)
+}
 
+/// Step 2: HKDF-SHA256 over the Argon2 output and the platform secret.
+fn mix(a: &[u8; 32], platform_secret: Option<&PlatformSecret>) -> Result<DbKey> {
+    let mut ikm = Zeroizing::new([0u8; 64]);
+    ikm[..32].copy_from_slice(a);
     let ikm_len = match platform_secret {
         Some(s) => {
-            ps.copy_from_slice(s.as_bytes());
+            ikm[32..].copy_from_slice(s.as_bytes());
             64
         }
         None => 32,
@@ -325,12 +336,108 @@ mod tests {
         assert_eq!(*lit, format!("x'{hex}'"));
     }
 
+    fn h(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn sha256(label: &str) -> [u8; 32] {
+        use sha2::Digest;
+        Sha256::digest(label.as_bytes()).into()
+    }
+
+    /// `vectors/ward-v1-store.json`: regenerate with
+    /// `WARD_WRITE_VECTORS=1 cargo test -p ward-sdk --lib vectors`.
+    #[test]
+    fn vectors() {
+        let cases = [
+            (
+                "493817",
+                "ward/v1/store vector 1 salt",
+                None,
+                KdfParams::DEFAULT,
+            ),
+            (
+                "493817",
+                "ward/v1/store vector 2 salt",
+                Some("ward/v1/store vector 2 platform secret"),
+                KdfParams::DEFAULT,
+            ),
+            (
+                "correct horse battery staple",
+                "ward/v1/store vector 3 salt",
+                None,
+                KdfParams {
+                    m_cost_kib: 8 * 1024,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+            ),
+        ];
+        let mut out = Vec::new();
+        for (pin_str, salt_label, ps_label, params) in cases {
+            let mut salt = [0u8; SALT_BYTES];
+            salt.copy_from_slice(&sha256(salt_label)[..SALT_BYTES]);
+            let ps = ps_label.map(|l| PlatformSecret::new(sha256(l)));
+            let a = argon2id(&pin(pin_str), &salt, &params).unwrap();
+            let key = mix(&a, ps.as_ref()).unwrap();
+            let whole = derive_db_key(&pin(pin_str), &salt, &params, ps.as_ref()).unwrap();
+            assert!(key.ct_eq(&whole));
+            out.push(serde_json::json!({
+                "pin": pin_str,
+                "pin_utf8": h(pin_str.as_bytes()),
+                "salt_label": salt_label,
+                "salt": h(&salt),
+                "argon2id": {
+                    "version": 19,
+                    "m_cost_kib": params.m_cost_kib,
+                    "t_cost": params.t_cost,
+                    "p_cost": params.p_cost,
+                    "output_len": 32,
+                },
+                "platform_secret_label": ps_label,
+                "platform_secret": ps.as_ref().map(|s| h(s.as_bytes())),
+                "argon2id_output": h(&*a),
+                "hkdf_ikm": match &ps {
+                    Some(s) => format!("{}{}", h(&*a), h(s.as_bytes())),
+                    None => h(&*a),
+                },
+                "db_key": h(key.as_bytes()),
+                "sqlcipher_key_pragma": format!("PRAGMA key = \"{}\";", &*key.sqlcipher_literal()),
+            }));
+        }
+        let doc = serde_json::json!({
+            "description": "Ward device store: PIN -> database key. a = Argon2id v1.3(password = PIN as UTF-8, salt, m, t, p, no secret, no associated data, 32 bytes); ikm = a, or a || platform_secret (32 bytes) when one is used; db_key = HKDF-SHA256(salt = \"ward/v1/store\", ikm, info = \"ward/v1/store/db-key\", L = 32); SQLCipher 4 takes db_key as a raw key. salt = the first 16 bytes of SHA-256(salt_label); platform_secret = SHA-256(platform_secret_label).",
+            "version": 1,
+            "hkdf_salt": String::from_utf8_lossy(DB_KEY_SALT),
+            "hkdf_info": String::from_utf8_lossy(DB_KEY_INFO),
+            "cases": out,
+        });
+        let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/ward-v1-store.json");
+        if std::env::var_os("WARD_WRITE_VECTORS").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            committed, text,
+            "vectors/ward-v1-store.json differs from the derivation"
+        );
+    }
+
     #[test]
     fn params_are_bounded() {
         assert!(KdfParams::DEFAULT.validate().is_ok());
         assert!(
             KdfParams {
                 m_cost_kib: 1024,
+                ..FAST
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            KdfParams {
+                m_cost_kib: 1024 * 1024 + 1,
                 ..FAST
             }
             .validate()

@@ -399,3 +399,134 @@ impl Store {
         Ok(Header::read(&header_path(&self.path))?.kdf.params)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams {
+        m_cost_kib: 8 * 1024,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    const STRONGER: KdfParams = KdfParams {
+        m_cost_kib: 8 * 1024,
+        t_cost: 2,
+        p_cost: 1,
+    };
+
+    fn pin() -> Pin {
+        Pin::new("123456".into()).unwrap()
+    }
+
+    /// Leaves the store as a crash in the middle of `upgrade_kdf` would:
+    /// pending slot written, database rekeyed (or not), final header not.
+    fn interrupted_upgrade(rekeyed: bool) -> (tempfile::TempDir, PathBuf, KdfSlot) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = Store::create(
+            &path,
+            &pin(),
+            None,
+            CreateOptions {
+                kdf: FAST,
+                max_attempts: 10,
+            },
+        )
+        .unwrap();
+        s.set_relay_cursor(5).unwrap();
+        let hp = header_path(&path);
+        let mut h = Header::read(&hp).unwrap();
+        let slot = KdfSlot {
+            params: STRONGER,
+            salt: [9; 16],
+        };
+        h.pending = Some(slot);
+        h.write_atomic(&hp).unwrap();
+        if rekeyed {
+            let k = derive_db_key(&pin(), &slot.salt, &slot.params, None).unwrap();
+            db::rekey(&s.conn, &k).unwrap();
+        }
+        s.lock();
+        (dir, path, slot)
+    }
+
+    #[test]
+    fn an_interrupted_upgrade_after_the_rekey_completes_on_unlock() {
+        let (_d, path, slot) = interrupted_upgrade(true);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(5));
+        let h = Header::read(&header_path(&path)).unwrap();
+        assert_eq!((h.kdf, h.pending, h.failed_attempts), (slot, None, 0));
+    }
+
+    #[test]
+    fn an_interrupted_upgrade_before_the_rekey_is_dropped_on_unlock() {
+        let (_d, path, _) = interrupted_upgrade(false);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(5));
+        let h = Header::read(&header_path(&path)).unwrap();
+        assert_eq!((h.kdf.params, h.pending), (FAST, None));
+    }
+
+    #[test]
+    fn an_interrupted_wipe_is_finished_on_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        Store::create(
+            &path,
+            &pin(),
+            None,
+            CreateOptions {
+                kdf: FAST,
+                max_attempts: 2,
+            },
+        )
+        .unwrap()
+        .lock();
+        // The counter reached the maximum but the files are still there.
+        let hp = header_path(&path);
+        let mut h = Header::read(&hp).unwrap();
+        h.failed_attempts = 2;
+        h.write_atomic(&hp).unwrap();
+        assert!(matches!(
+            Store::unlock(&path, &pin(), None),
+            Err(StoreError::Wiped)
+        ));
+        assert!(!Store::exists(&path));
+    }
+
+    #[test]
+    fn the_attempt_is_counted_before_the_derivation() {
+        // A process killed during the derivation (here: a database that
+        // fails to open for another reason) keeps the attempt counted.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        Store::create(
+            &path,
+            &pin(),
+            None,
+            CreateOptions {
+                kdf: FAST,
+                max_attempts: 10,
+            },
+        )
+        .unwrap()
+        .lock();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap(); // SQLite cannot open it
+        assert!(Store::unlock(&path, &pin(), None).is_err());
+        let hp = header_path(&path);
+        assert_eq!(Header::read(&hp).unwrap().failed_attempts, 1);
+    }
+
+    #[test]
+    fn shred_overwrites_then_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![0xaa; 200_000]).unwrap();
+        shred(&p).unwrap();
+        assert!(!p.exists());
+        shred(&p).unwrap();
+    }
+}
