@@ -136,11 +136,14 @@ fn configure(conn: &Connection) -> Result<()> {
         return Err(StoreError::Corrupt("the database refused WAL mode"));
     }
     // FULL: a commit survives a power loss, so that acking the relay after
-    // storing a message cannot lose it.
+    // storing a message cannot lose it. secure_delete: freed pages are
+    // zeroed (inside the encryption). temp_store: sorts and temporary tables
+    // stay in memory, never in a temporary file.
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA secure_delete = ON;",
+         PRAGMA secure_delete = ON;
+         PRAGMA temp_store = MEMORY;",
     )?;
     Ok(())
 }
