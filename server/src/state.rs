@@ -1,0 +1,104 @@
+//! State shared by every connection: configuration, the writer, the readers
+//! and the registry of connected devices.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::error::StorageError;
+use crate::registry::Registry;
+use crate::writer::Writer;
+
+/// Most reads running at once (each holds one pooled SQLite connection).
+const MAX_READERS: usize = 8;
+
+/// Read-only connections reused across `spawn_blocking` reads.
+pub struct Readers {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            pool: Mutex::new(Vec::new()),
+            permits: Semaphore::new(MAX_READERS),
+        }
+    }
+
+    fn take(&self) -> Result<Connection, StorageError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => {
+                let c = Connection::open(&self.path)?;
+                c.busy_timeout(std::time::Duration::from_secs(30))?;
+                c.pragma_update(None, "query_only", "ON")?;
+                Ok(c)
+            }
+        }
+    }
+
+    fn put(&self, conn: Connection) {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+    }
+}
+
+/// Everything a connection task needs.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The single writer.
+    pub writer: Writer,
+    /// Connected devices.
+    pub registry: Arc<Registry>,
+    readers: Arc<Readers>,
+}
+
+impl Shared {
+    /// Bundles the state.
+    pub fn new(config: Config, writer: Writer, registry: Arc<Registry>) -> Self {
+        let readers = Arc::new(Readers::new(config.db_path.clone()));
+        Self {
+            config,
+            writer,
+            registry,
+            readers,
+        }
+    }
+
+    /// Runs `f` on a pooled read connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let r = f(&conn);
+            readers.put(conn);
+            r
+        })
+        .await
+        .map_err(|e| StorageError::Join(e.to_string()))?
+    }
+}

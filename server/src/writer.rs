@@ -1,0 +1,292 @@
+//! The single writer: one thread owns the write connection and commits
+//! everything queued in one transaction per fsync (group commit).
+//!
+//! While batch N is being fsynced, commands keep arriving on the channel;
+//! batch N+1 takes all of them (up to `max_batch`). Under load, one fsync
+//! therefore carries many sends; when idle, a lone send commits at once, with
+//! no added delay. Each command runs inside its own SAVEPOINT, so one failing
+//! command does not abort the others. Callers are answered only after COMMIT
+//! returned: a `SendAck` built from the answer is durable (WAL,
+//! synchronous=FULL).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, trace};
+use ward_proto::v1::SignedStatement;
+
+use crate::error::StorageError;
+use crate::registry::Registry;
+use crate::storage::{self, Mailbox, NewMessage, SendOutcome, Swept};
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+enum Command {
+    Send {
+        sender: Mailbox,
+        msg: NewMessage,
+        reply: Reply<SendOutcome>,
+    },
+    Ack {
+        mailbox: Mailbox,
+        up_to_seq: u64,
+        reply: Reply<usize>,
+    },
+    StoreLog {
+        user_id: String,
+        prev_len: u64,
+        entries: Vec<SignedStatement>,
+        reply: Reply<bool>,
+    },
+    Sweep {
+        cutoff_ms: u64,
+        reply: Reply<Swept>,
+    },
+    Stop,
+}
+
+enum Done {
+    Send(Reply<SendOutcome>, Result<SendOutcome, StorageError>),
+    Ack(Reply<usize>, Result<usize, StorageError>),
+    StoreLog(Reply<bool>, Result<bool, StorageError>),
+    Sweep(Reply<Swept>, Result<Swept, StorageError>),
+}
+
+impl Done {
+    fn fail(self, why: &str) -> Self {
+        let e = || StorageError::CommitFailed(why.to_owned());
+        match self {
+            Done::Send(r, _) => Done::Send(r, Err(e())),
+            Done::Ack(r, _) => Done::Ack(r, Err(e())),
+            Done::StoreLog(r, _) => Done::StoreLog(r, Err(e())),
+            Done::Sweep(r, _) => Done::Sweep(r, Err(e())),
+        }
+    }
+
+    fn answer(self) {
+        // A caller that went away no longer needs its answer.
+        match self {
+            Done::Send(r, v) => drop(r.send(v)),
+            Done::Ack(r, v) => drop(r.send(v)),
+            Done::StoreLog(r, v) => drop(r.send(v)),
+            Done::Sweep(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+/// The handle async code uses to reach the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Milliseconds since the Unix epoch, from the relay's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the writer thread on `conn`. After each commit it wakes the
+/// connected recipients through `registry`.
+pub fn spawn(
+    conn: Connection,
+    max_batch: usize,
+    queue: usize,
+    registry: Arc<Registry>,
+) -> std::io::Result<(Writer, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let handle = std::thread::Builder::new()
+        .name("ward-relay-writer".into())
+        .spawn(move || writer_loop(conn, rx, max_batch.max(1), &registry))?;
+    Ok((Writer { tx }, handle))
+}
+
+impl Writer {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        rx.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// Stores a message durably; returns once committed.
+    pub async fn send(
+        &self,
+        sender: Mailbox,
+        msg: NewMessage,
+    ) -> Result<SendOutcome, StorageError> {
+        self.call(|reply| Command::Send { sender, msg, reply })
+            .await
+    }
+
+    /// Deletes `mailbox`'s entries up to `up_to_seq`; returns once committed.
+    pub async fn ack(&self, mailbox: Mailbox, up_to_seq: u64) -> Result<usize, StorageError> {
+        self.call(|reply| Command::Ack {
+            mailbox,
+            up_to_seq,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces a user's log if it still has `prev_len` entries.
+    pub async fn store_log(
+        &self,
+        user_id: String,
+        prev_len: u64,
+        entries: Vec<SignedStatement>,
+    ) -> Result<bool, StorageError> {
+        self.call(|reply| Command::StoreLog {
+            user_id,
+            prev_len,
+            entries,
+            reply,
+        })
+        .await
+    }
+
+    /// Expires everything received before `cutoff_ms`.
+    pub async fn sweep(&self, cutoff_ms: u64) -> Result<Swept, StorageError> {
+        self.call(|reply| Command::Sweep { cutoff_ms, reply }).await
+    }
+
+    /// Asks the writer to commit what it holds and exit. Commands sent
+    /// afterwards fail with [`StorageError::WriterGone`].
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    registry: &Registry,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let (done, woken, saw_stop) = commit_batch(&conn, batch.drain(..));
+        stop = saw_stop;
+        trace!(commands = n, "group commit");
+        for d in done {
+            d.answer();
+        }
+        if !woken.is_empty() {
+            registry.notify(&woken);
+        }
+    }
+    rx.close();
+    debug!("writer stopped");
+}
+
+fn commit_batch(
+    conn: &Connection,
+    batch: impl Iterator<Item = Command>,
+) -> (Vec<Done>, Vec<Mailbox>, bool) {
+    let mut done = Vec::new();
+    let mut woken = Vec::new();
+    let mut stop = false;
+    // If BEGIN fails, running the commands would autocommit each one (a
+    // SAVEPOINT outside a transaction opens its own): refuse them all instead.
+    let begun = conn.execute_batch("BEGIN IMMEDIATE");
+    let now = now_ms();
+    for cmd in batch {
+        if let Err(e) = &begun {
+            let why = e.to_string();
+            let fail = || StorageError::CommitFailed(why.clone());
+            match cmd {
+                Command::Stop => stop = true,
+                Command::Send { reply, .. } => done.push(Done::Send(reply, Err(fail()))),
+                Command::Ack { reply, .. } => done.push(Done::Ack(reply, Err(fail()))),
+                Command::StoreLog { reply, .. } => done.push(Done::StoreLog(reply, Err(fail()))),
+                Command::Sweep { reply, .. } => done.push(Done::Sweep(reply, Err(fail()))),
+            }
+            continue;
+        }
+        let item = match cmd {
+            Command::Stop => {
+                stop = true;
+                continue;
+            }
+            Command::Send { sender, msg, reply } => {
+                let r = in_savepoint(conn, || storage::insert_message(conn, &sender, &msg, now));
+                if let Ok(SendOutcome::Stored(m)) = &r {
+                    woken.extend(m.iter().cloned());
+                }
+                Done::Send(reply, r)
+            }
+            Command::Ack {
+                mailbox,
+                up_to_seq,
+                reply,
+            } => Done::Ack(
+                reply,
+                in_savepoint(conn, || storage::ack(conn, &mailbox, up_to_seq)),
+            ),
+            Command::StoreLog {
+                user_id,
+                prev_len,
+                entries,
+                reply,
+            } => Done::StoreLog(
+                reply,
+                in_savepoint(conn, || {
+                    storage::store_log(conn, &user_id, prev_len, &entries, now)
+                }),
+            ),
+            Command::Sweep { cutoff_ms, reply } => Done::Sweep(
+                reply,
+                in_savepoint(conn, || storage::sweep(conn, cutoff_ms)),
+            ),
+        };
+        done.push(item);
+    }
+    if begun.is_err() {
+        error!("could not begin a transaction; batch refused");
+        return (done, Vec::new(), stop);
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        error!(error = %e, "group commit failed; batch refused");
+        let _ = conn.execute_batch("ROLLBACK");
+        let why = e.to_string();
+        done = done.into_iter().map(|d| d.fail(&why)).collect();
+        woken.clear();
+    }
+    (done, woken, stop)
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    conn.execute_batch("SAVEPOINT cmd")?;
+    match f() {
+        Ok(v) => {
+            conn.execute_batch("RELEASE cmd")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+            Err(e)
+        }
+    }
+}
