@@ -1,0 +1,157 @@
+//! Issue 4, scenario 3: the relay process is killed hard (SIGKILL) right
+//! after `SendAck`s, then restarted on the same database: every
+//! acknowledged message is delivered. Runs the real `ward-relay` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use ward_core::testkit::{Clinician, Org};
+use ward_net::handshake::{RELAY, client};
+use ward_proto::v1::{ClientFrame, Recipient, Send, ServerFrame, client_frame, server_frame};
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    let p = std::env::temp_dir().join(format!("ward-crash-{}", hex::encode(r)));
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+/// Starts the relay binary; returns it and its `ws://` URL.
+async fn start(db: &Path, root_hex: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ward-relay"))
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .args(["--org-root", root_hex])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("ward-relay listening on ")
+        .unwrap()
+        .to_owned();
+    (child, format!("ws://{addr}"))
+}
+
+type Conn = ward_net::Conn<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, who: &Clinician, user: &str) -> Conn {
+    let mut c = ward_net::conn::connect(url, &ward_net::Limits::default())
+        .await
+        .unwrap();
+    client(&mut c, &who.device, user, RELAY, &who.log)
+        .await
+        .unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_send_ack_loses_no_acknowledged_message() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let bob = org.enroll(&mut rng, "bob");
+    let senders: Vec<Clinician> = (0..4)
+        .map(|i| org.enroll(&mut rng, &format!("sender{i}")))
+        .collect();
+    let dir = temp_dir();
+    let db = dir.0.join("relay.db");
+    let root_hex = hex::encode(org.root_public().as_bytes());
+    let bob_device = bob.device.public_key().as_bytes().to_vec();
+
+    let (mut relay, url) = start(&db, &root_hex).await;
+    // Senders write concurrently (several messages per group commit) and
+    // record every id the relay acknowledged.
+    let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (i, s) in senders.iter().enumerate() {
+        let mut c = connect(&url, s, &format!("sender{i}")).await;
+        let acked = acked.clone();
+        let to = Recipient {
+            user_id: "bob".into(),
+            device_id: bob_device.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            for n in 0u32.. {
+                let mut id = [0u8; 16];
+                getrandom::fill(&mut id).unwrap();
+                let send = ClientFrame {
+                    frame: Some(client_frame::Frame::Send(Send {
+                        message_id: id.to_vec(),
+                        recipients: vec![to.clone()],
+                        payload: n.to_be_bytes().repeat(64),
+                    })),
+                };
+                if c.send_msg(&send).await.is_err() {
+                    return;
+                }
+                match c.recv_msg::<ServerFrame>().await {
+                    Ok(Some(ServerFrame {
+                        frame: Some(server_frame::Frame::SendAck(a)),
+                    })) => {
+                        assert_eq!(a.message_id, id.to_vec());
+                        acked.lock().unwrap().push(a.message_id);
+                    }
+                    _ => return, // the relay died
+                }
+            }
+        }));
+    }
+    // Kill the relay hard as soon as 200 sends are acknowledged, while more
+    // are in flight.
+    loop {
+        if acked.lock().unwrap().len() >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    relay.kill().await.unwrap(); // SIGKILL
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked: HashSet<Vec<u8>> = acked.lock().unwrap().iter().cloned().collect();
+    assert!(acked.len() >= 200);
+
+    // Restart on the same database: bob receives every acknowledged message.
+    let (_relay, url) = start(&db, &root_hex).await;
+    let mut b = connect(&url, &bob, "bob").await;
+    let mut received = HashSet::new();
+    let mut last_seq = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), b.recv_msg::<ServerFrame>()).await {
+            Ok(Ok(Some(ServerFrame {
+                frame: Some(server_frame::Frame::Deliver(d)),
+            }))) => {
+                assert!(d.seq > last_seq, "in order");
+                last_seq = d.seq;
+                received.insert(d.message_id);
+            }
+            Err(_) => break, // nothing more
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    let missing = acked.difference(&received).count();
+    assert_eq!(missing, 0, "{missing} acknowledged messages lost");
+}
