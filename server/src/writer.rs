@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, trace};
+use tracing::{error, info, trace};
 use ward_proto::v1::SignedStatement;
 
 use crate::error::StorageError;
@@ -172,6 +172,7 @@ fn writer_loop(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut stop = false;
+    let (mut commits, mut commands) = (0u64, 0u64);
     while !stop {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -184,6 +185,8 @@ fn writer_loop(
             }
         }
         let n = batch.len();
+        commits += 1;
+        commands += n as u64;
         let (done, woken, saw_stop) = commit_batch(&conn, batch.drain(..));
         stop = saw_stop;
         trace!(commands = n, "group commit");
@@ -195,7 +198,12 @@ fn writer_loop(
         }
     }
     rx.close();
-    debug!("writer stopped");
+    info!(
+        commits,
+        commands,
+        per_commit = commands as f64 / commits.max(1) as f64,
+        "writer stopped"
+    );
 }
 
 fn commit_batch(

@@ -427,3 +427,25 @@ async fn revoked_device_is_disconnected_and_refused() {
     .await;
     assert_eq!(t.error().await.code, ErrorCode::InvalidStatement as i32);
 }
+
+/// Undelivered entries expire after the retention period, ciphertext included.
+#[tokio::test]
+async fn retention_sweeper_expires_undelivered_entries() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let relay = Relay::start_with(org.root_public(), |c| {
+        c.retention = Duration::from_millis(300);
+        c.sweep_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut a = Client::of(&relay.url(), &alice, "alice").await;
+    a.send_acked(message_id(), vec![to(&bob, "bob")], vec![1; 10])
+        .await;
+    assert_eq!(relay.count("queue"), 1);
+    relay.wait_count("queue", 0).await;
+    relay.wait_count("messages", 0).await;
+    let mut b = Client::of(&relay.url(), &bob, "bob").await;
+    assert!(b.next_within(Duration::from_millis(300)).await.is_none());
+}
