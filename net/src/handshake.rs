@@ -65,7 +65,9 @@ where
             Ok(ok) => ok,
             Err(e) => {
                 let code = match e {
-                    ward_core::AuthError::Malformed => ErrorCode::Malformed,
+                    ward_core::AuthError::Malformed | ward_core::AuthError::UnexpectedChallenge => {
+                        ErrorCode::Malformed
+                    }
                     ward_core::AuthError::BadSignature => ErrorCode::Unauthenticated,
                 };
                 let _ = conn
@@ -128,12 +130,7 @@ where
     if challenge.service != expected_service {
         return Err(NetError::WrongService(challenge.service));
     }
-    if challenge.version != PROTOCOL_VERSION
-        || challenge.nonce.len() != ward_core::auth::AUTH_NONCE_BYTES
-    {
-        return Err(NetError::Unexpected("challenge"));
-    }
-    let mut response = ward_core::auth::respond(device, user_id, &challenge);
+    let mut response = ward_core::auth::respond(device, user_id, expected_service, &challenge)?;
     response.log = log.to_vec();
     conn.send_msg(&response).await?;
     let result: AuthResult = conn

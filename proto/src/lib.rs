@@ -43,6 +43,11 @@ pub enum DecodeError {
     /// The bytes are not a valid encoding of the expected message.
     #[error("malformed protobuf message")]
     Malformed,
+    /// The bytes decode, but are not the canonical encoding of what they
+    /// decode to (unknown fields, repeated scalars, default values written,
+    /// fields out of order): refused for signed structures.
+    #[error("non-canonical protobuf encoding")]
+    NonCanonical,
 }
 
 /// Decodes a message from untrusted bytes, refusing anything over `max` bytes
@@ -55,6 +60,17 @@ pub fn decode_bounded<M: Message + Default>(bytes: &[u8], max: usize) -> Result<
         });
     }
     M::decode(bytes).map_err(|_| DecodeError::Malformed)
+}
+
+/// Decodes a *signed* structure: as [`decode_bounded`], and the bytes must be
+/// exactly what encoding the decoded message gives back. Two parsers then
+/// cannot read the same signed bytes differently (SECURITY.md §3.2).
+pub fn decode_canonical<M: Message + Default>(bytes: &[u8], max: usize) -> Result<M, DecodeError> {
+    let msg: M = decode_bounded(bytes, max)?;
+    if msg.encode_to_vec() != bytes {
+        return Err(DecodeError::NonCanonical);
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -129,6 +145,32 @@ mod tests {
                 len: 1025,
                 max: 1024
             })
+        );
+    }
+
+    #[test]
+    fn non_canonical_signed_bytes_are_refused() {
+        let h = EnvelopeHeader {
+            version: 1,
+            sender_user_id: "a".into(),
+            ..Default::default()
+        };
+        let bytes = h.encode_to_vec();
+        assert_eq!(decode_canonical::<EnvelopeHeader>(&bytes, 1024), Ok(h));
+        // An unknown field appended (field 99, varint 1): prost skips it.
+        let mut extra = bytes.clone();
+        extra.extend_from_slice(&[0x98, 0x06, 0x01]);
+        assert!(decode_bounded::<EnvelopeHeader>(&extra, 1024).is_ok());
+        assert_eq!(
+            decode_canonical::<EnvelopeHeader>(&extra, 1024),
+            Err(DecodeError::NonCanonical)
+        );
+        // A scalar field written twice: the last value wins in prost.
+        let mut twice = bytes.clone();
+        twice.extend_from_slice(&[0x08, 0x01]);
+        assert_eq!(
+            decode_canonical::<EnvelopeHeader>(&twice, 1024),
+            Err(DecodeError::NonCanonical)
         );
     }
 

@@ -34,22 +34,33 @@ fn transcript(challenge: &AuthChallenge, user_id: &str, device_id: &[u8]) -> Vec
     )
 }
 
-/// The device's answer to a server's challenge.
+/// The device's answer to a server's challenge. Refuses to sign a challenge
+/// of another version, for another service than `expected_service`, or with
+/// a nonce of the wrong length: a server must not be able to relay another
+/// service's challenge and act as the device there.
 pub fn respond(
     device: &DeviceSigningKey,
     user_id: &str,
+    expected_service: &str,
     challenge: &AuthChallenge,
-) -> AuthResponse {
+) -> Result<AuthResponse, AuthError> {
+    if challenge.version != ward_proto::PROTOCOL_VERSION
+        || challenge.service != expected_service
+        || challenge.nonce.len() != AUTH_NONCE_BYTES
+        || !valid_user_id(user_id)
+    {
+        return Err(AuthError::UnexpectedChallenge);
+    }
     let device_id = device.public_key().as_bytes().to_vec();
     let signature = device
         .sign(&transcript(challenge, user_id, &device_id))
         .to_vec();
-    AuthResponse {
+    Ok(AuthResponse {
         user_id: user_id.to_owned(),
         device_id,
         signature,
         log: Vec::new(),
-    }
+    })
 }
 
 /// Checks a response to the challenge this server sent; returns who signed.
@@ -88,7 +99,7 @@ mod tests {
         let mut rng = rand::rng();
         let dev = DeviceSigningKey::generate(&mut rng);
         let c = challenge("ward-relay");
-        let r = respond(&dev, "alice", &c);
+        let r = respond(&dev, "alice", "ward-relay", &c).unwrap();
         assert_eq!(
             verify_response(&c, &r),
             Ok(("alice".to_owned(), dev.public_key()))
@@ -106,6 +117,11 @@ mod tests {
         let mut swapped = r.clone();
         swapped.user_id = "mallory".into();
         assert_eq!(verify_response(&c, &swapped), Err(AuthError::BadSignature));
+        // A device will not sign a challenge meant for another service.
+        assert_eq!(
+            respond(&dev, "alice", "ward-keyserver", &c).err(),
+            Some(AuthError::UnexpectedChallenge)
+        );
         // Garbage.
         let mut junk = r;
         junk.device_id = vec![1, 2, 3];

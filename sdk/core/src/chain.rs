@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 
 use ward_proto::v1::{
-    DeviceAddition, DeviceKeys, DeviceRevocation, SignedInvite, SignedStatement, Statement,
-    UserCreation, statement::Body,
+    DeviceAddition, DeviceKeys, DeviceRevocation, KeyRotation, SignedInvite, SignedStatement,
+    Statement, UserCreation, statement::Body,
 };
-use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded};
+use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded, decode_canonical};
 
 use crate::error::ChainError;
 use crate::invite::{VerifiedInvite, verify_invite};
@@ -61,14 +61,21 @@ pub struct VerifiedUser {
     len: u64,
     head: [u8; 32],
     last_timestamp: u64,
+    rotation_pending: bool,
 }
 
-/// Who signs a revocation.
-pub enum Revoker<'a> {
-    /// An active device of the same user.
-    Device(&'a DeviceSigningKey),
-    /// The organisation root, for a lost phone.
-    Root(&'a OrgRootKey),
+/// Parses an X25519 key for the chain, refusing low-order points: nothing
+/// could ever be wrapped to them (SECURITY.md §4).
+fn x25519_key(bytes: &[u8], what: &'static str) -> Result<EncryptionPublicKey, ChainError> {
+    let key = EncryptionPublicKey::from_bytes(bytes).map_err(|_| ChainError::Malformed(what))?;
+    if key.is_low_order() {
+        return Err(ChainError::Malformed(what));
+    }
+    Ok(key)
+}
+
+fn user_key(bytes: &[u8]) -> Result<EncryptionPublicKey, ChainError> {
+    x25519_key(bytes, "user encryption key")
 }
 
 fn device_keys(
@@ -79,8 +86,7 @@ fn device_keys(
         .ok_or(ChainError::Malformed("missing device keys"))?;
     let s = SigningPublicKey::from_bytes(&keys.signing_public_key)
         .map_err(|_| ChainError::Malformed("device signing key"))?;
-    let e = EncryptionPublicKey::from_bytes(&keys.encryption_public_key)
-        .map_err(|_| ChainError::Malformed("device encryption key"))?;
+    let e = x25519_key(&keys.encryption_public_key, "device encryption key")?;
     Ok((s, e))
 }
 
@@ -137,7 +143,7 @@ fn open_entry(entry: &SignedStatement) -> Result<Statement, ChainError> {
     if entry.statement.len() > MAX_STATEMENT_BYTES {
         return Err(ChainError::Malformed("statement too large"));
     }
-    let st: Statement = decode_bounded(&entry.statement, MAX_STATEMENT_BYTES)?;
+    let st: Statement = decode_canonical(&entry.statement, MAX_STATEMENT_BYTES)?;
     if st.version != PROTOCOL_VERSION {
         return Err(ChainError::UnsupportedVersion(st.version));
     }
@@ -196,8 +202,7 @@ impl VerifiedUser {
         if st.timestamp > invite.details.expires_at {
             return Err(ChainError::InviteExpired);
         }
-        let user_key = EncryptionPublicKey::from_bytes(&creation.user_encryption_public_key)
-            .map_err(|_| ChainError::Malformed("user encryption key"))?;
+        let user_key = user_key(&creation.user_encryption_public_key)?;
         let (signing_key, encryption_key) = device_keys(&creation.device)?;
         let mut devices = BTreeMap::new();
         devices.insert(
@@ -217,6 +222,7 @@ impl VerifiedUser {
             len: 1,
             head: entry_hash(entry),
             last_timestamp: st.timestamp,
+            rotation_pending: false,
         })
     }
 
@@ -250,8 +256,21 @@ impl VerifiedUser {
             .get(&author)
             .is_some_and(DeviceRecord::is_active);
         match &st.body {
-            // A second creation in one log: an invite for this user id used again.
-            Some(Body::UserCreation(_)) => return Err(ChainError::InviteReused),
+            // A second creation in one log: an invite for this user id used
+            // again. Reported as reuse only if the entry is genuinely signed
+            // under a root-signed invite; anything else is a bad signature.
+            Some(Body::UserCreation(creation)) => {
+                let invite = creation
+                    .invite
+                    .as_ref()
+                    .ok_or(ChainError::Malformed("missing invite"))?;
+                let invite = verify_invite(root, invite)?;
+                if author != invite.delegation_key {
+                    return Err(ChainError::UnauthorizedAuthor { seq });
+                }
+                check_signature(entry, &author, seq)?;
+                return Err(ChainError::InviteReused);
+            }
             Some(Body::DeviceAddition(DeviceAddition { device })) => {
                 if !author_is_device {
                     return Err(ChainError::UnauthorizedAuthor { seq });
@@ -278,22 +297,26 @@ impl VerifiedUser {
                 device_id,
                 new_user_encryption_public_key,
             })) => {
-                if !author_is_device && author != *root {
+                let by_root = !author_is_device && author == *root;
+                if !author_is_device && !by_root {
                     return Err(ChainError::UnauthorizedAuthor { seq });
                 }
                 check_signature(entry, &author, seq)?;
                 let target = SigningPublicKey::from_bytes(device_id)
                     .map_err(|_| ChainError::Malformed("device id"))?;
-                let new_key = EncryptionPublicKey::from_bytes(new_user_encryption_public_key)
-                    .map_err(|_| ChainError::Malformed("new user key"))?;
-                if new_key == self.encryption_key || self.past_encryption_keys.contains(&new_key) {
-                    return Err(ChainError::InvalidTransition {
-                        seq,
-                        reason: "user key not rotated",
-                    });
-                }
-                match self.devices.get_mut(&target) {
-                    Some(d) if d.is_active() => d.revoked_at = Some(seq),
+                // The root never chooses a user's key; a device always rotates it.
+                let new_key = match (by_root, new_user_encryption_public_key.is_empty()) {
+                    (true, true) => None,
+                    (true, false) => {
+                        return Err(ChainError::InvalidTransition {
+                            seq,
+                            reason: "the root may not choose a user key",
+                        });
+                    }
+                    (false, _) => Some(self.check_new_key(new_user_encryption_public_key, seq)?),
+                };
+                match self.devices.get(&target) {
+                    Some(d) if d.is_active() => {}
                     Some(_) => {
                         return Err(ChainError::InvalidTransition {
                             seq,
@@ -307,8 +330,23 @@ impl VerifiedUser {
                         });
                     }
                 }
-                let old = core::mem::replace(&mut self.encryption_key, new_key);
-                self.past_encryption_keys.push(old);
+                if let Some(d) = self.devices.get_mut(&target) {
+                    d.revoked_at = Some(seq);
+                }
+                match new_key {
+                    Some(k) => self.rotate(k),
+                    None => self.rotation_pending = true,
+                }
+            }
+            Some(Body::KeyRotation(KeyRotation {
+                new_user_encryption_public_key,
+            })) => {
+                if !author_is_device {
+                    return Err(ChainError::UnauthorizedAuthor { seq });
+                }
+                check_signature(entry, &author, seq)?;
+                let new_key = self.check_new_key(new_user_encryption_public_key, seq)?;
+                self.rotate(new_key);
             }
             None => return Err(ChainError::Malformed("statement without body")),
         }
@@ -316,6 +354,23 @@ impl VerifiedUser {
         self.head = entry_hash(entry);
         self.last_timestamp = st.timestamp;
         Ok(())
+    }
+
+    fn check_new_key(&self, bytes: &[u8], seq: u64) -> Result<EncryptionPublicKey, ChainError> {
+        let new_key = user_key(bytes)?;
+        if new_key == self.encryption_key || self.past_encryption_keys.contains(&new_key) {
+            return Err(ChainError::InvalidTransition {
+                seq,
+                reason: "user key not rotated",
+            });
+        }
+        Ok(new_key)
+    }
+
+    fn rotate(&mut self, new_key: EncryptionPublicKey) {
+        let old = core::mem::replace(&mut self.encryption_key, new_key);
+        self.past_encryption_keys.push(old);
+        self.rotation_pending = false;
     }
 
     /// Verifies a log served anew against this verified state: it must be at
@@ -336,9 +391,19 @@ impl VerifiedUser {
                 served,
             });
         }
-        // The hash chain makes equal heads mean equal prefixes.
+        // The served entry at the known head must hash to the known head, and
+        // each served entry before it must be the one its successor's
+        // prev_hash names: then the served prefix is the known log, statement
+        // for statement. (Comparing the head alone let a served log carry
+        // arbitrary entries before it.)
         let known_last = (self.len - 1) as usize;
-        if entries.get(known_last).map(entry_hash) != Some(self.head) {
+        let linked = |pair: &[SignedStatement]| {
+            decode_bounded::<Statement>(&pair[1].statement, MAX_STATEMENT_BYTES)
+                .is_ok_and(|st| st.prev_hash == entry_hash(&pair[0]))
+        };
+        if entries.get(known_last).map(entry_hash) != Some(self.head)
+            || !entries[..=known_last].windows(2).all(linked)
+        {
             return Err(ChainError::Fork { seq: self.len - 1 });
         }
         let mut next = self.clone();
@@ -366,10 +431,11 @@ impl VerifiedUser {
         sign_statement(&st, |m| author.sign(m))
     }
 
-    /// Makes the next entry: revoke `device` and rotate the user key to `new_user_key`.
+    /// Makes the next entry: `author`, an active device, revokes `device`
+    /// and rotates the user key to `new_user_key`.
     pub fn revoke_device(
         &self,
-        author: Revoker<'_>,
+        author: &DeviceSigningKey,
         device: &SigningPublicKey,
         new_user_key: &EncryptionPublicKey,
         timestamp: u64,
@@ -378,18 +444,47 @@ impl VerifiedUser {
             device_id: device.as_bytes().to_vec(),
             new_user_encryption_public_key: new_user_key.as_bytes().to_vec(),
         });
-        match author {
-            Revoker::Device(k) => {
-                sign_statement(&self.next_statement(k.public_key(), timestamp, body), |m| {
-                    k.sign(m)
-                })
-            }
-            Revoker::Root(k) => {
-                sign_statement(&self.next_statement(k.public_key(), timestamp, body), |m| {
-                    k.sign(m)
-                })
-            }
-        }
+        let st = self.next_statement(author.public_key(), timestamp, body);
+        sign_statement(&st, |m| author.sign(m))
+    }
+
+    /// Makes the next entry: the organisation root revokes `device` (a lost
+    /// phone). It carries no new user key: one of the user's remaining
+    /// devices must follow with [`Self::rotate_user_key`]
+    /// ([`Self::rotation_pending`] says so until then).
+    pub fn revoke_device_as_root(
+        &self,
+        root: &OrgRootKey,
+        device: &SigningPublicKey,
+        timestamp: u64,
+    ) -> SignedStatement {
+        let body = Body::DeviceRevocation(DeviceRevocation {
+            device_id: device.as_bytes().to_vec(),
+            new_user_encryption_public_key: Vec::new(),
+        });
+        let st = self.next_statement(root.public_key(), timestamp, body);
+        sign_statement(&st, |m| root.sign(m))
+    }
+
+    /// Makes the next entry: `author`, an active device, rotates the user key.
+    pub fn rotate_user_key(
+        &self,
+        author: &DeviceSigningKey,
+        new_user_key: &EncryptionPublicKey,
+        timestamp: u64,
+    ) -> SignedStatement {
+        let body = Body::KeyRotation(KeyRotation {
+            new_user_encryption_public_key: new_user_key.as_bytes().to_vec(),
+        });
+        let st = self.next_statement(author.public_key(), timestamp, body);
+        sign_statement(&st, |m| author.sign(m))
+    }
+
+    /// True after a root-signed revocation until a device rotates the user
+    /// key: the revoked device may still hold the current user key, so a
+    /// client should warn before sending to this user.
+    pub fn rotation_pending(&self) -> bool {
+        self.rotation_pending
     }
 
     fn next_statement(&self, author: SigningPublicKey, timestamp: u64, body: Body) -> Statement {
@@ -465,4 +560,561 @@ pub fn verify_log(
         user.apply(root, entry)?;
     }
     Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invite::{InviteDetails, create_invite};
+    use crate::keys::{DeviceEncryptionKey, UserEncryptionKey};
+    use crate::testkit::{KIT_TIME, Org};
+
+    /// An enrolled user whose delegation key is kept, for crafting entry 0.
+    struct Enrolled {
+        invite: SignedInvite,
+        delegation: DelegationKey,
+        user_key: UserEncryptionKey,
+        device: DeviceSigningKey,
+        log: Vec<SignedStatement>,
+        state: VerifiedUser,
+    }
+
+    fn details(user_id: &str) -> InviteDetails {
+        InviteDetails {
+            user_id: user_id.into(),
+            display_name: "Dr Test".into(),
+            profession: "physician".into(),
+            registry_number: "10001234567".into(),
+            expires_at: KIT_TIME + 86_400,
+        }
+    }
+
+    fn enroll(org: &Org, user_id: &str) -> Enrolled {
+        let mut rng = rand::rng();
+        let (invite, delegation) = create_invite(&mut rng, &org.root, &details(user_id)).unwrap();
+        let user_key = UserEncryptionKey::generate(&mut rng);
+        let device = DeviceSigningKey::generate(&mut rng);
+        let device_key = DeviceEncryptionKey::generate(&mut rng);
+        let entry = create_user(
+            &org.root_public(),
+            &invite,
+            &delegation,
+            &user_key.public_key(),
+            &device.public_key(),
+            &device_key.public_key(),
+            KIT_TIME,
+        )
+        .unwrap();
+        let log = vec![entry];
+        let state = verify_log(&org.root_public(), user_id, &log).unwrap();
+        Enrolled {
+            invite,
+            delegation,
+            user_key,
+            device,
+            log,
+            state,
+        }
+    }
+
+    fn new_device() -> (DeviceSigningKey, EncryptionPublicKey) {
+        let mut rng = rand::rng();
+        (
+            DeviceSigningKey::generate(&mut rng),
+            DeviceEncryptionKey::generate(&mut rng).public_key(),
+        )
+    }
+
+    fn new_user_key() -> EncryptionPublicKey {
+        UserEncryptionKey::generate(&mut rand::rng()).public_key()
+    }
+
+    fn decode(entry: &SignedStatement) -> Statement {
+        Statement::decode(entry.statement.as_slice()).unwrap()
+    }
+
+    /// Applies `entry` to a copy of `state`, returning the new state.
+    fn applied(
+        state: &VerifiedUser,
+        root: &SigningPublicKey,
+        entry: &SignedStatement,
+    ) -> Result<VerifiedUser, ChainError> {
+        let mut next = state.clone();
+        next.apply(root, entry).map(|()| next)
+    }
+
+    /// Adds a fresh device, authored by `author`; returns the entry and state.
+    fn add(
+        state: &VerifiedUser,
+        root: &SigningPublicKey,
+        author: &DeviceSigningKey,
+        timestamp: u64,
+    ) -> (DeviceSigningKey, SignedStatement, VerifiedUser) {
+        let (dev, enc) = new_device();
+        let entry = state.add_device(author, &dev.public_key(), &enc, timestamp);
+        let next = applied(state, root, &entry).unwrap();
+        (dev, entry, next)
+    }
+
+    #[test]
+    fn verify_log_applies_additions_and_revocations_by_device_and_by_root() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let k1 = a.user_key.public_key();
+        let (dev2, e1, s1) = add(&a.state, &root, &a.device, KIT_TIME + 10);
+        // Device 2 revokes device 1 (a device revocation) ...
+        let k2 = new_user_key();
+        let e2 = s1.revoke_device(&dev2, &a.device.public_key(), &k2, KIT_TIME + 20);
+        let s2 = applied(&s1, &root, &e2).unwrap();
+        let (dev3, e3, s3) = add(&s2, &root, &dev2, KIT_TIME + 30);
+        // ... and the root revokes device 2 (a lost phone), without choosing a key ...
+        let e4 = s3.revoke_device_as_root(&org.root, &dev2.public_key(), KIT_TIME + 40);
+        let s4 = applied(&s3, &root, &e4).unwrap();
+        assert!(s4.rotation_pending());
+        assert_eq!(s4.encryption_key(), &k2);
+        // ... so device 3 rotates the user key.
+        let k3 = new_user_key();
+        let e5 = s4.rotate_user_key(&dev3, &k3, KIT_TIME + 50);
+        let s5 = applied(&s4, &root, &e5).unwrap();
+        assert!(!s5.rotation_pending());
+
+        let log = [a.log[0].clone(), e1, e2, e3, e4, e5.clone()];
+        let user = verify_log(&root, "alice", &log).unwrap();
+        assert_eq!(user, s5);
+        assert_eq!(user.len(), 6);
+        assert_eq!(user.head(), &entry_hash(&e5));
+        assert_eq!(user.encryption_key(), &k3);
+        assert_eq!(user.past_encryption_keys(), &[k1, k2]);
+        let d1 = user.device(&a.device.public_key()).unwrap();
+        assert_eq!((d1.added_at, d1.revoked_at), (0, Some(2)));
+        let d2 = user.device(&dev2.public_key()).unwrap();
+        assert_eq!((d2.added_at, d2.revoked_at), (1, Some(4)));
+        let d3 = user.device(&dev3.public_key()).unwrap();
+        assert_eq!((d3.added_at, d3.revoked_at), (3, None));
+        assert!(d3.is_active() && !d1.is_active() && !d2.is_active());
+        assert_eq!(user.devices().count(), 3);
+        assert_eq!(user.user_id(), "alice");
+        assert_eq!(user.invite().details, details("alice"));
+    }
+
+    #[test]
+    fn additions_by_anyone_but_an_active_device_are_unauthorized() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (dev2, _, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        let e2 = s1.revoke_device(&dev2, &a.device.public_key(), &new_user_key(), KIT_TIME);
+        let s2 = applied(&s1, &root, &e2).unwrap();
+
+        // The revoked device 1 adds a device.
+        let (dev, enc) = new_device();
+        let by_revoked = s2.add_device(&a.device, &dev.public_key(), &enc, KIT_TIME);
+        let mut after = s2.clone();
+        assert_eq!(
+            after.apply(&root, &by_revoked),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        assert_eq!(after, s2, "a refused entry leaves the state unchanged");
+
+        // A key that never was a device of alice.
+        let stranger = DeviceSigningKey::generate(&mut rand::rng());
+        let by_stranger = s2.add_device(&stranger, &dev.public_key(), &enc, KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &by_stranger),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        // Another user's active device.
+        let b = enroll(&org, "bob");
+        let by_bob = s2.add_device(&b.device, &dev.public_key(), &enc, KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &by_bob),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        // The root may revoke but not add.
+        let mut st = decode(&by_stranger);
+        st.author = root.as_bytes().to_vec();
+        let by_root = sign_statement(&st, |m| org.root.sign(m));
+        assert_eq!(
+            applied(&s2, &root, &by_root),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        // A stranger may not revoke either.
+        let revoke = s2.revoke_device(&stranger, &dev2.public_key(), &new_user_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &revoke),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        // The author field names an active device, but another key signed.
+        let mut st = decode(&by_stranger);
+        st.author = dev2.public_key().as_bytes().to_vec();
+        let forged = sign_statement(&st, |m| stranger.sign(m));
+        assert_eq!(
+            applied(&s2, &root, &forged),
+            Err(ChainError::BadSignature { seq: 3 })
+        );
+    }
+
+    #[test]
+    fn entry_zero_must_be_signed_by_the_invite_delegation_key() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let other = DelegationKey::generate(&mut rand::rng());
+        let (dev, enc) = new_device();
+        assert_eq!(
+            create_user(
+                &root,
+                &a.invite,
+                &other,
+                &new_user_key(),
+                &dev.public_key(),
+                &enc,
+                KIT_TIME
+            ),
+            Err(ChainError::UnauthorizedAuthor { seq: 0 })
+        );
+        let mut st = decode(&a.log[0]);
+        st.author = other.public_key().as_bytes().to_vec();
+        let e0 = sign_statement(&st, |m| other.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[e0]),
+            Err(ChainError::UnauthorizedAuthor { seq: 0 })
+        );
+        assert_eq!(verify_log(&root, "alice", &[]), Err(ChainError::EmptyLog));
+        // Entry 0 that is not a creation.
+        let (_, e1, _) = add(&a.state, &root, &a.device, KIT_TIME);
+        let mut st = decode(&e1);
+        st.seq = 0;
+        let not_creation = sign_statement(&st, |m| a.device.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[not_creation]),
+            Err(ChainError::Malformed("entry 0 must be a user creation"))
+        );
+    }
+
+    #[test]
+    fn a_second_user_creation_is_a_reused_invite() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let mut st = decode(&a.log[0]);
+        st.seq = 1;
+        st.prev_hash = a.state.head().to_vec();
+        let again = sign_statement(&st, |m| a.delegation.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[a.log[0].clone(), again]),
+            Err(ChainError::InviteReused)
+        );
+    }
+
+    #[test]
+    fn bad_sequence_numbers_are_refused() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (_, e1, _) = add(&a.state, &root, &a.device, KIT_TIME);
+        for seq in [0, 2, u64::MAX] {
+            let mut st = decode(&e1);
+            st.seq = seq;
+            let e = sign_statement(&st, |m| a.device.sign(m));
+            assert_eq!(
+                verify_log(&root, "alice", &[a.log[0].clone(), e]),
+                Err(ChainError::BadSequence {
+                    expected: 1,
+                    found: seq
+                })
+            );
+        }
+        // Entry 0 carrying seq 1.
+        let mut st = decode(&a.log[0]);
+        st.seq = 1;
+        let e0 = sign_statement(&st, |m| a.delegation.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[e0]),
+            Err(ChainError::BadSequence {
+                expected: 0,
+                found: 1
+            })
+        );
+        // The same valid entry twice.
+        assert_eq!(
+            verify_log(&root, "alice", &[a.log[0].clone(), e1.clone(), e1]),
+            Err(ChainError::BadSequence {
+                expected: 2,
+                found: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_broken_prev_hash_is_refused() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (_, e1, _) = add(&a.state, &root, &a.device, KIT_TIME);
+        let mut st = decode(&e1);
+        st.prev_hash = vec![0; 32];
+        let e = sign_statement(&st, |m| a.device.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[a.log[0].clone(), e]),
+            Err(ChainError::BrokenChain { seq: 1 })
+        );
+        // Entry 0 must chain to the invite.
+        let mut st = decode(&a.log[0]);
+        st.prev_hash = vec![0; 32];
+        let e0 = sign_statement(&st, |m| a.delegation.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[e0]),
+            Err(ChainError::BrokenChain { seq: 0 })
+        );
+    }
+
+    #[test]
+    fn entries_for_another_user_are_refused() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        // The log served for "bob" is alice's.
+        assert_eq!(
+            verify_log(&root, "bob", &a.log),
+            Err(ChainError::WrongUser { seq: 0 })
+        );
+        let (_, e1, _) = add(&a.state, &root, &a.device, KIT_TIME);
+        let mut st = decode(&e1);
+        st.user_id = "bob".into();
+        let e = sign_statement(&st, |m| a.device.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[a.log[0].clone(), e]),
+            Err(ChainError::WrongUser { seq: 1 })
+        );
+        // Entry 0 naming another user than its invite.
+        let mut st = decode(&a.log[0]);
+        st.user_id = "bob".into();
+        let e0 = sign_statement(&st, |m| a.delegation.sign(m));
+        assert_eq!(
+            verify_log(&root, "bob", &[e0]),
+            Err(ChainError::WrongUser { seq: 0 })
+        );
+    }
+
+    #[test]
+    fn time_may_not_go_backwards() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (_, e1, s1) = add(&a.state, &root, &a.device, KIT_TIME + 100);
+        let mut st = decode(&e1);
+        st.timestamp = KIT_TIME - 1;
+        let e = sign_statement(&st, |m| a.device.sign(m));
+        assert_eq!(
+            verify_log(&root, "alice", &[a.log[0].clone(), e]),
+            Err(ChainError::TimeWentBackwards { seq: 1 })
+        );
+        // Equal timestamps are fine; the builders never date an entry earlier.
+        let (_, e2, _) = add(&s1, &root, &a.device, KIT_TIME + 100);
+        assert!(verify_log(&root, "alice", &[a.log[0].clone(), e1.clone(), e2]).is_ok());
+        let (_, e2, _) = add(&s1, &root, &a.device, KIT_TIME);
+        assert_eq!(decode(&e2).timestamp, KIT_TIME + 100);
+    }
+
+    #[test]
+    fn revoking_an_unknown_or_revoked_device_is_refused() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (dev2, _, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        let (stranger, _) = new_device();
+        let e = s1.revoke_device(&dev2, &stranger.public_key(), &new_user_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s1, &root, &e),
+            Err(ChainError::InvalidTransition {
+                seq: 2,
+                reason: "unknown device"
+            })
+        );
+        let e2 = s1.revoke_device_as_root(&org.root, &a.device.public_key(), KIT_TIME);
+        let s2 = applied(&s1, &root, &e2).unwrap();
+        let again = s2.revoke_device_as_root(&org.root, &a.device.public_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &again),
+            Err(ChainError::InvalidTransition {
+                seq: 3,
+                reason: "device already revoked"
+            })
+        );
+        // A device added twice.
+        let d = s2.device(&dev2.public_key()).unwrap();
+        let twice = s2.add_device(&dev2, &dev2.public_key(), &d.encryption_key, KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &twice),
+            Err(ChainError::InvalidTransition {
+                seq: 3,
+                reason: "device already in the log"
+            })
+        );
+        // Nor can a revoked device come back.
+        let back = s2.add_device(&dev2, &a.device.public_key(), &new_user_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &back),
+            Err(ChainError::InvalidTransition {
+                seq: 3,
+                reason: "device already in the log"
+            })
+        );
+    }
+
+    #[test]
+    fn the_root_revokes_but_never_chooses_a_user_key() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (dev2, _, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        // A root-signed revocation that carries a key of the root's choosing.
+        let st = Statement {
+            version: 1,
+            user_id: "alice".into(),
+            seq: 2,
+            prev_hash: s1.head().to_vec(),
+            timestamp: KIT_TIME,
+            author: org.root.public_key().as_bytes().to_vec(),
+            body: Some(Body::DeviceRevocation(DeviceRevocation {
+                device_id: a.device.public_key().as_bytes().to_vec(),
+                new_user_encryption_public_key: new_user_key().as_bytes().to_vec(),
+            })),
+        };
+        let chosen = sign_statement(&st, |m| org.root.sign(m));
+        assert_eq!(
+            applied(&s1, &root, &chosen),
+            Err(ChainError::InvalidTransition {
+                seq: 2,
+                reason: "the root may not choose a user key"
+            })
+        );
+        // Only an active device may rotate.
+        let e2 = s1.revoke_device_as_root(&org.root, &a.device.public_key(), KIT_TIME);
+        let s2 = applied(&s1, &root, &e2).unwrap();
+        let by_revoked = s2.rotate_user_key(&a.device, &new_user_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &by_revoked),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        // A low-order key is refused: nothing could be wrapped to it.
+        let low = EncryptionPublicKey::from_bytes(&[0u8; 32]).unwrap();
+        let bad = s2.rotate_user_key(&dev2, &low, KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &bad),
+            Err(ChainError::Malformed("user encryption key"))
+        );
+        let good = s2.rotate_user_key(&dev2, &new_user_key(), KIT_TIME);
+        assert!(!applied(&s2, &root, &good).unwrap().rotation_pending());
+    }
+
+    #[test]
+    fn a_revocation_must_rotate_to_a_new_user_key() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (dev2, _, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        let (dev3, _, s2) = add(&s1, &root, &dev2, KIT_TIME);
+        let same = s2.revoke_device(&dev2, &a.device.public_key(), s2.encryption_key(), KIT_TIME);
+        let mut after = s2.clone();
+        assert_eq!(
+            after.apply(&root, &same),
+            Err(ChainError::InvalidTransition {
+                seq: 3,
+                reason: "user key not rotated"
+            })
+        );
+        assert_eq!(after, s2, "the device is not revoked by a refused entry");
+        // Rotating back to a key used before is refused too.
+        let e3 = s2.revoke_device(&dev3, &a.device.public_key(), &new_user_key(), KIT_TIME);
+        let s3 = applied(&s2, &root, &e3).unwrap();
+        let back = s3.revoke_device(
+            &dev3,
+            &dev2.public_key(),
+            &a.user_key.public_key(),
+            KIT_TIME,
+        );
+        assert_eq!(
+            applied(&s3, &root, &back),
+            Err(ChainError::InvalidTransition {
+                seq: 4,
+                reason: "user key not rotated"
+            })
+        );
+    }
+
+    #[test]
+    fn update_refuses_rollback_and_fork_and_accepts_an_extension() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (_, e1, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        let (_, e2, s2) = add(&s1, &root, &a.device, KIT_TIME + 1);
+        let known = verify_log(&root, "alice", &[a.log[0].clone(), e1.clone()]).unwrap();
+        assert_eq!(known, s1);
+
+        // Rolled back.
+        assert_eq!(
+            known.update(&root, &a.log),
+            Err(ChainError::Rollback {
+                known: 2,
+                served: 1
+            })
+        );
+        assert_eq!(
+            known.update(&root, &[]),
+            Err(ChainError::Rollback {
+                known: 2,
+                served: 0
+            })
+        );
+        // Forked: another, validly signed entry 1, alone or extended.
+        let (_, fork1, fork_state) = add(&a.state, &root, &a.device, KIT_TIME);
+        let (_, fork2, _) = add(&fork_state, &root, &a.device, KIT_TIME);
+        assert_eq!(
+            known.update(&root, &[a.log[0].clone(), fork1.clone()]),
+            Err(ChainError::Fork { seq: 1 })
+        );
+        assert_eq!(
+            known.update(&root, &[a.log[0].clone(), fork1, fork2]),
+            Err(ChainError::Fork { seq: 1 })
+        );
+        // The same log again, and a valid extension.
+        assert_eq!(
+            known.update(&root, &[a.log[0].clone(), e1.clone()]),
+            Ok(s1.clone())
+        );
+        let full = [a.log[0].clone(), e1.clone(), e2.clone()];
+        assert_eq!(known.update(&root, &full), Ok(s2.clone()));
+        assert_eq!(
+            known.update(&root, &full).unwrap(),
+            verify_log(&root, "alice", &full).unwrap()
+        );
+        // An extension whose new entry is bad: refused, whatever precedes it.
+        let mut bad = e2.clone();
+        bad.signature[0] ^= 1;
+        assert_eq!(
+            known.update(&root, &[a.log[0].clone(), e1.clone(), bad]),
+            Err(ChainError::BadSignature { seq: 2 })
+        );
+        // A served log whose known head is right but whose earlier entries are
+        // not the known ones: the served log does not contain the known log as
+        // its prefix.
+        let mut other0 = a.log[0].clone();
+        other0.statement.push(0);
+        assert_eq!(
+            known.update(&root, &[other0, e1.clone(), e2.clone()]),
+            Err(ChainError::Fork { seq: 1 })
+        );
+        let garbage = SignedStatement {
+            statement: vec![1, 2, 3],
+            signature: vec![],
+        };
+        assert_eq!(
+            s2.update(&root, &[a.log[0].clone(), garbage, e2]),
+            Err(ChainError::Fork { seq: 2 })
+        );
+    }
 }

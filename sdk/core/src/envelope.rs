@@ -38,7 +38,7 @@ use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use rand_core::CryptoRng;
 use ward_proto::v1::{Envelope, EnvelopeHeader, WrappedKey};
-use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded};
+use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded, decode_canonical};
 use zeroize::Zeroizing;
 
 use crate::chain::VerifiedUser;
@@ -140,6 +140,9 @@ pub fn seal<R: CryptoRng + ?Sized>(
     if req.content.len() > MAX_CONTENT_BYTES {
         return Err(SealError::TooLarge(req.content.len()));
     }
+    if req.content_type == ContentType::Text && core::str::from_utf8(req.content).is_err() {
+        return Err(SealError::InvalidText);
+    }
     if req.recipients.is_empty() || req.recipients.len() > MAX_RECIPIENTS {
         return Err(SealError::InvalidRecipients);
     }
@@ -149,6 +152,12 @@ pub fn seal<R: CryptoRng + ?Sized>(
             return Err(SealError::InvalidRecipients);
         }
         recipient_ids.push(r.user_id().to_owned());
+    }
+    if !sender
+        .device(&device.public_key())
+        .is_some_and(|d| d.is_active())
+    {
+        return Err(SealError::DeviceNotActive);
     }
     let resource_key = ResourceKey::generate(rng);
     let resource_id = ResourceId::random(rng);
@@ -228,7 +237,7 @@ impl ReceivedEnvelope {
         if env.header.len() > MAX_HEADER_BYTES {
             return Err(OpenError::Malformed("header too large"));
         }
-        let h: EnvelopeHeader = decode_bounded(&env.header, MAX_HEADER_BYTES)?;
+        let h: EnvelopeHeader = decode_canonical(&env.header, MAX_HEADER_BYTES)?;
         if h.version != PROTOCOL_VERSION {
             return Err(OpenError::UnsupportedVersion(h.version));
         }
@@ -253,6 +262,11 @@ impl ReceivedEnvelope {
             || !h.recipient_user_ids.iter().all(|r| valid_user_id(r))
         {
             return Err(OpenError::Malformed("recipients"));
+        }
+        let mut sorted: Vec<&String> = h.recipient_user_ids.iter().collect();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(OpenError::Malformed("duplicate recipient"));
         }
         if env.signature.len() != 64 {
             return Err(OpenError::Malformed("signature length"));
@@ -323,6 +337,12 @@ impl ReceivedEnvelope {
             .map(Zeroizing::new)
             .map_err(|_| OpenError::Undecryptable)?;
         let range = padding::unpad(&padded).ok_or(OpenError::Undecryptable)?;
+        // The sender signed it, so this is the sender's fault, not an oracle.
+        if self.content_type == ContentType::Text
+            && core::str::from_utf8(&padded[range.clone()]).is_err()
+        {
+            return Err(OpenError::Malformed("text content is not UTF-8"));
+        }
         Ok(OpenedMessage {
             resource_id: self.resource_id,
             conversation_id: self.conversation_id,
@@ -363,5 +383,397 @@ impl fmt::Debug for OpenedMessage {
             .field("sender_user_id", &self.sender_user_id)
             .field("content_len", &self.content.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::error::WrapError;
+    use crate::testkit::{Clinician, Org};
+    use crate::wrap::unwrap_resource_key;
+
+    struct Fixture {
+        alice: Clinician,
+        others: Vec<Clinician>,
+    }
+
+    // Enrolled once: each enrollment signs and verifies several statements.
+    static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        Fixture {
+            alice: org.enroll(&mut rng, "alice"),
+            others: ["bob", "carol", "dave"]
+                .iter()
+                .map(|id| org.enroll(&mut rng, id))
+                .collect(),
+        }
+    });
+
+    fn request<'a>(
+        recipients: &'a [&'a VerifiedUser],
+        content_type: ContentType,
+        content: &'a [u8],
+    ) -> SealRequest<'a> {
+        SealRequest {
+            conversation_id: ConversationId([7; 16]),
+            recipients,
+            content_type,
+            content,
+            timestamp_ms: 1_795_910_400_000,
+        }
+    }
+
+    fn seal_from_alice(
+        recipients: &[&VerifiedUser],
+        content_type: ContentType,
+        content: &[u8],
+    ) -> Sealed {
+        let f = &*FIXTURE;
+        seal(
+            &mut rand::rng(),
+            &f.alice.device,
+            &f.alice.chain,
+            &request(recipients, content_type, content),
+        )
+        .unwrap()
+    }
+
+    /// Unwraps `who`'s key and opens `sealed` as `who`.
+    fn open_as(sealed: &Sealed, who: &Clinician) -> Result<OpenedMessage, OpenError> {
+        let received = ReceivedEnvelope::parse(&sealed.envelope)?;
+        let (_, wrapped) = sealed
+            .wrapped_keys
+            .iter()
+            .find(|(id, _)| id == who.chain.user_id())
+            .unwrap();
+        let key = unwrap_resource_key(wrapped, &received.resource_id(), &who.user_key).unwrap();
+        received.open(&FIXTURE.alice.chain, who.chain.user_id(), &key)
+    }
+
+    #[test]
+    fn text_and_file_round_trip_for_every_recipient() {
+        let f = &*FIXTURE;
+        let bob = &f.others[0];
+        let recipients = [&f.alice.chain, &bob.chain];
+        let text = "Patient in bed 12: potassium 6.1 mmol/L, à revoir".as_bytes();
+        let file: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        for (content_type, content) in [(ContentType::Text, text), (ContentType::File, &file)] {
+            let sealed = seal_from_alice(&recipients, content_type, content);
+            assert_eq!(sealed.wrapped_keys.len(), 2);
+            for who in [&f.alice, bob] {
+                let m = open_as(&sealed, who).unwrap();
+                assert_eq!(&m.content[..], content);
+                assert_eq!(m.content_type, content_type);
+                assert_eq!(m.resource_id, sealed.resource_id);
+                assert_eq!(m.conversation_id, ConversationId([7; 16]));
+                assert_eq!(m.sender_user_id, "alice");
+                assert_eq!(m.sender_device, f.alice.device.public_key());
+                assert_eq!(m.timestamp_ms, 1_795_910_400_000);
+                assert_eq!(m.recipients, ["alice", "bob"]);
+            }
+            // The sender keeps the resource key; it opens too.
+            let received = ReceivedEnvelope::parse(&sealed.envelope).unwrap();
+            assert_eq!(received.resource_id(), sealed.resource_id);
+            assert_eq!(
+                received.claimed_sender(),
+                ("alice", &f.alice.device.public_key())
+            );
+            let m = received
+                .open(&f.alice.chain, "alice", &sealed.resource_key)
+                .unwrap();
+            assert_eq!(&m.content[..], content);
+            // The ciphertext is the padded length plus the tag.
+            let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
+            assert_eq!(
+                env.ciphertext.len(),
+                padding::padded_len(content.len()) + TAG_BYTES
+            );
+        }
+    }
+
+    #[test]
+    fn a_recipient_cannot_use_another_recipients_wrapped_key() {
+        let f = &*FIXTURE;
+        let bob = &f.others[0];
+        let sealed = seal_from_alice(&[&f.alice.chain, &bob.chain], ContentType::Text, b"hi");
+        let alices = &sealed.wrapped_keys[0].1;
+        assert_eq!(
+            unwrap_resource_key(alices, &sealed.resource_id, &bob.user_key).err(),
+            Some(WrapError::WrongRecipient)
+        );
+    }
+
+    #[test]
+    fn replaying_an_envelope_opens_it_identically() {
+        // Opening is a pure function of the bytes: a replayed envelope opens
+        // again, identically. Deduplication (on the resource id, which the
+        // signature covers) is the SDK's job, not the core's.
+        let f = &*FIXTURE;
+        let bob = &f.others[0];
+        let sealed = seal_from_alice(&[&bob.chain], ContentType::Text, b"same twice");
+        let first = open_as(&sealed, bob).unwrap();
+        let second = open_as(&sealed, bob).unwrap();
+        assert_eq!(&first.content[..], &second.content[..]);
+        assert_eq!(first.resource_id, second.resource_id);
+        assert_eq!(first.timestamp_ms, second.timestamp_ms);
+    }
+
+    #[test]
+    fn seal_refuses_bad_requests() {
+        let f = &*FIXTURE;
+        let dev = &f.alice.device;
+        let me = &f.alice.chain;
+        let mut rng = rand::rng();
+        let none: [&VerifiedUser; 0] = [];
+        assert_eq!(
+            seal(&mut rng, dev, me, &request(&none, ContentType::Text, b"x")).err(),
+            Some(SealError::InvalidRecipients)
+        );
+        let twice = [me, &f.others[0].chain, me];
+        assert_eq!(
+            seal(&mut rng, dev, me, &request(&twice, ContentType::Text, b"x")).err(),
+            Some(SealError::InvalidRecipients)
+        );
+        let big = vec![0u8; MAX_CONTENT_BYTES + 1];
+        assert_eq!(
+            seal(&mut rng, dev, me, &request(&[me], ContentType::File, &big)).err(),
+            Some(SealError::TooLarge(MAX_CONTENT_BYTES + 1))
+        );
+    }
+
+    /// Re-encodes `sealed` after `edit` changed its decoded header or its
+    /// envelope. If the edit left `env.header` as it was, the header is
+    /// re-encoded from the (possibly edited) decoded header; otherwise the
+    /// edit's raw header bytes stand. The signature is not redone: parse does
+    /// not check it.
+    fn edited(sealed: &Sealed, edit: impl FnOnce(&mut EnvelopeHeader, &mut Envelope)) -> Vec<u8> {
+        let mut env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
+        let mut h = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
+        edit(&mut h, &mut env);
+        if env.header == Envelope::decode(sealed.envelope.as_slice()).unwrap().header {
+            env.header = h.encode_to_vec();
+        }
+        env.encode_to_vec()
+    }
+
+    fn parse_err(bytes: &[u8]) -> OpenError {
+        ReceivedEnvelope::parse(bytes).unwrap_err()
+    }
+
+    #[test]
+    fn parse_enforces_every_limit() {
+        let f = &*FIXTURE;
+        let sealed = seal_from_alice(&[&f.others[0].chain], ContentType::Text, b"limits");
+        let e = |edit: fn(&mut EnvelopeHeader, &mut Envelope)| parse_err(&edited(&sealed, edit));
+        assert!(ReceivedEnvelope::parse(&edited(&sealed, |_, _| {})).is_ok());
+
+        assert_eq!(e(|h, _| h.version = 2), OpenError::UnsupportedVersion(2));
+        assert_eq!(e(|h, _| h.version = 0), OpenError::UnsupportedVersion(0));
+        assert_eq!(
+            e(|h, _| h.nonce.truncate(23)),
+            OpenError::Malformed("nonce")
+        );
+        assert_eq!(e(|h, _| h.nonce.push(0)), OpenError::Malformed("nonce"));
+        assert_eq!(e(|h, _| h.nonce.clear()), OpenError::Malformed("nonce"));
+        assert_eq!(
+            e(|h, _| h.content_type = 0),
+            OpenError::Malformed("content type")
+        );
+        assert_eq!(
+            e(|h, _| h.content_type = 3),
+            OpenError::Malformed("content type")
+        );
+        assert_eq!(
+            e(|h, _| h.content_type = -1),
+            OpenError::Malformed("content type")
+        );
+        assert_eq!(
+            e(|h, _| h.recipient_user_ids.clear()),
+            OpenError::Malformed("recipients")
+        );
+        assert_eq!(
+            e(|h, _| h.recipient_user_ids = vec!["r".into(); MAX_RECIPIENTS + 1]),
+            OpenError::Malformed("recipients")
+        );
+        assert!(
+            ReceivedEnvelope::parse(&edited(&sealed, |h, _| {
+                h.recipient_user_ids = (0..MAX_RECIPIENTS).map(|i| format!("r{i}")).collect();
+            }))
+            .is_ok()
+        );
+        assert_eq!(
+            e(|h, _| h.recipient_user_ids = vec!["r".into(), "s".into(), "r".into()]),
+            OpenError::Malformed("duplicate recipient")
+        );
+        assert_eq!(
+            e(|h, _| h.recipient_user_ids.push(String::new())),
+            OpenError::Malformed("recipients")
+        );
+        assert_eq!(
+            e(|h, _| h.recipient_user_ids.push("a\nb".into())),
+            OpenError::Malformed("recipients")
+        );
+        assert_eq!(
+            e(|h, _| h.resource_id.truncate(15)),
+            OpenError::Malformed("resource id")
+        );
+        assert_eq!(
+            e(|h, _| h.conversation_id.push(0)),
+            OpenError::Malformed("conversation id")
+        );
+        assert_eq!(
+            e(|h, _| h.sender_user_id = "x".repeat(129)),
+            OpenError::Malformed("sender user id")
+        );
+        assert_eq!(
+            e(|h, _| h.sender_device_id.truncate(31)),
+            OpenError::Malformed("sender device")
+        );
+        // The identity point is a weak (small-order) Ed25519 key.
+        assert_eq!(
+            e(|h, _| {
+                h.sender_device_id = vec![0; 32];
+                h.sender_device_id[0] = 1;
+            }),
+            OpenError::Malformed("sender device")
+        );
+        assert_eq!(
+            e(|_, env| env.signature.truncate(63)),
+            OpenError::Malformed("signature length")
+        );
+        // Ciphertext shorter than the smallest padded content and its tag.
+        assert_eq!(
+            e(|_, env| env
+                .ciphertext
+                .truncate(padding::MIN_PADDED_LEN + TAG_BYTES - 1)),
+            OpenError::Malformed("ciphertext too short")
+        );
+        assert_eq!(
+            e(|_, env| env.ciphertext.clear()),
+            OpenError::Malformed("ciphertext too short")
+        );
+        // Sizes and encodings.
+        assert_eq!(
+            e(|_, env| env.header = vec![0x0a; MAX_HEADER_BYTES + 1]),
+            OpenError::Malformed("header too large")
+        );
+        assert_eq!(
+            e(|_, env| env.header = vec![0xff; 8]),
+            OpenError::Decode(ward_proto::DecodeError::Malformed)
+        );
+        assert_eq!(
+            parse_err(&[0xff; 8]),
+            OpenError::Decode(ward_proto::DecodeError::Malformed)
+        );
+        assert_eq!(
+            parse_err(&vec![0; MAX_ENVELOPE_BYTES + 1]),
+            OpenError::Decode(ward_proto::DecodeError::TooLarge {
+                len: MAX_ENVELOPE_BYTES + 1,
+                max: MAX_ENVELOPE_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn open_checks_sender_signature_and_recipients() {
+        let f = &*FIXTURE;
+        let bob = &f.others[0];
+        let carol = &f.others[1];
+        let sealed = seal_from_alice(&[&bob.chain], ContentType::Text, b"for bob");
+        let received = ReceivedEnvelope::parse(&sealed.envelope).unwrap();
+        let key = &sealed.resource_key;
+        assert_eq!(
+            received.open(&bob.chain, "bob", key).err().unwrap(),
+            OpenError::SenderMismatch
+        );
+        assert_eq!(
+            received.open(&f.alice.chain, "carol", key).err().unwrap(),
+            OpenError::NotARecipient
+        );
+        let wrong = ResourceKey::import_secret(&[9; 32]).unwrap();
+        assert_eq!(
+            received.open(&f.alice.chain, "bob", &wrong).err().unwrap(),
+            OpenError::Undecryptable
+        );
+        // Signed by carol's device while claiming alice's: unknown to alice's chain.
+        let mut claimed = edited(&sealed, |h, _| {
+            h.sender_device_id = carol.device.public_key().as_bytes().to_vec();
+        });
+        let mut env = Envelope::decode(claimed.as_slice()).unwrap();
+        env.signature = carol
+            .device
+            .sign(&signature_input(&env.header, &env.ciphertext))
+            .to_vec();
+        claimed = env.encode_to_vec();
+        assert_eq!(
+            ReceivedEnvelope::parse(&claimed)
+                .unwrap()
+                .open(&f.alice.chain, "bob", key)
+                .err()
+                .unwrap(),
+            OpenError::UnknownSenderDevice
+        );
+        // A bit of the header (inside the resource id, so that it still
+        // parses), of the ciphertext or of the signature.
+        for which in 0..3 {
+            let bytes = edited(&sealed, |_, env| match which {
+                0 => env.header[5] ^= 1,
+                1 => env.ciphertext[0] ^= 1,
+                _ => env.signature[0] ^= 1,
+            });
+            let r = ReceivedEnvelope::parse(&bytes).unwrap();
+            assert_eq!(
+                r.open(&f.alice.chain, "bob", key).err(),
+                Some(OpenError::BadSignature),
+                "{which}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn seal_open_round_trips(
+            content in proptest::collection::vec(any::<u8>(), 0..20_000),
+            n in 1usize..4,
+            file in any::<bool>(),
+        ) {
+            let f = &*FIXTURE;
+            let mut recipients: Vec<&VerifiedUser> = vec![&f.alice.chain];
+            recipients.extend(f.others.iter().take(n - 1).map(|c| &c.chain));
+            let (content_type, content) = if file {
+                (ContentType::File, content)
+            } else {
+                (ContentType::Text, String::from_utf8_lossy(&content).into_owned().into_bytes())
+            };
+            let sealed = seal_from_alice(&recipients, content_type, &content);
+            prop_assert_eq!(sealed.wrapped_keys.len(), n);
+            let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
+            prop_assert_eq!(
+                env.ciphertext.len(),
+                padding::padded_len(content.len()) + TAG_BYTES
+            );
+            for who in std::iter::once(&f.alice).chain(f.others.iter().take(n - 1)) {
+                let m = open_as(&sealed, who).unwrap();
+                prop_assert_eq!(&m.content[..], &content[..]);
+                prop_assert_eq!(m.content_type, content_type);
+                prop_assert_eq!(m.recipients.len(), n);
+            }
+            // Those left out are not recipients.
+            for who in f.others.iter().skip(n - 1) {
+                let received = ReceivedEnvelope::parse(&sealed.envelope).unwrap();
+                prop_assert_eq!(
+                    received.open(&f.alice.chain, who.chain.user_id(), &sealed.resource_key).err(),
+                    Some(OpenError::NotARecipient)
+                );
+            }
+        }
     }
 }

@@ -32,6 +32,9 @@ pub enum WrapError {
     /// The wrapped key names another resource than the one asked for.
     #[error("wrapped key belongs to another resource")]
     WrongResource,
+    /// The grant carries another user key than the verified chain's.
+    #[error("grant is for another user key")]
+    WrongUserKey,
     /// Authentication failed: wrong key, tampered bytes or swapped binding.
     #[error("wrapped key does not open")]
     Undecryptable,
@@ -46,9 +49,12 @@ pub enum SealError {
     /// Recipients must be 1..=[`crate::envelope::MAX_RECIPIENTS`] valid user ids.
     #[error("invalid recipient list")]
     InvalidRecipients,
-    /// A user id is empty or longer than 128 bytes.
-    #[error("invalid user id")]
-    InvalidUserId,
+    /// Text content must be UTF-8.
+    #[error("text content is not UTF-8")]
+    InvalidText,
+    /// The signing device is not an active device of the sender's chain.
+    #[error("the signing device is not active in the sender's chain")]
+    DeviceNotActive,
 }
 
 /// Opening an envelope failed. Nothing of its content may be shown.
@@ -178,4 +184,8 @@ pub enum AuthError {
     /// The signature does not verify.
     #[error("bad authentication signature")]
     BadSignature,
+    /// The device refuses to sign: the challenge is for another service or
+    /// version, or malformed.
+    #[error("unexpected challenge")]
+    UnexpectedChallenge,
 }

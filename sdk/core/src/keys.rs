@@ -37,7 +37,10 @@ impl SigningPublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidLength)?;
         let vk = VerifyingKey::from_bytes(&arr).map_err(|_| KeyError::InvalidPublicKey)?;
-        if vk.is_weak() {
+        // Decompression accepts a few non-canonical encodings (y >= p, or a
+        // "negative" zero x); RFC 8032 §5.1.3 rejects them, and so do we, so
+        // that every implementation agrees on which logs verify.
+        if vk.is_weak() || vk.to_edwards().compress().to_bytes() != arr {
             return Err(KeyError::InvalidPublicKey);
         }
         Ok(Self(arr))
@@ -81,6 +84,14 @@ impl EncryptionPublicKey {
     /// The 32 encoded bytes; also this key's id in wrapped keys and grants.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// Whether the point has small order (the all-zero DH output for every
+    /// secret). A clamped scalar is a multiple of the cofactor 8, so any
+    /// point of order dividing 8 maps to zero.
+    pub fn is_low_order(&self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(x25519_dalek::x25519([1u8; 32], self.0).ct_eq(&[0u8; 32]))
     }
 
     pub(crate) fn dalek(&self) -> x25519_dalek::PublicKey {
@@ -322,6 +333,36 @@ mod tests {
             UserEncryptionKey::import_secret(&[0; 31]).err(),
             Some(KeyError::InvalidLength)
         );
+    }
+
+    #[test]
+    fn non_canonical_signing_keys_are_refused() {
+        // Encodings of y = p + k (k small) decompress in dalek to the point
+        // with y = k; find the ones that are valid, non-weak points.
+        let mut found = 0;
+        for k in 0u8..19 {
+            for sign in [0u8, 0x80] {
+                let mut enc = [0xffu8; 32];
+                enc[0] = 0xed + k;
+                enc[31] = 0x7f | sign;
+                if let Ok(vk) = VerifyingKey::from_bytes(&enc)
+                    && !vk.is_weak()
+                {
+                    found += 1;
+                    assert_eq!(
+                        SigningPublicKey::from_bytes(&enc),
+                        Err(KeyError::InvalidPublicKey)
+                    );
+                }
+            }
+        }
+        assert!(
+            found > 0,
+            "dalek accepted no non-canonical encoding to test"
+        );
+        let mut rng = rand::rng();
+        let good = DeviceSigningKey::generate(&mut rng).public_key();
+        assert_eq!(SigningPublicKey::from_bytes(good.as_bytes()), Ok(good));
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub fn accept_grant(
         return Err(WrapError::WrongRecipient);
     }
     if grant.user_key != expected_user_key.as_bytes() {
-        return Err(WrapError::WrongResource);
+        return Err(WrapError::WrongUserKey);
     }
     let aad = grant_aad(expected_user_key, &me);
     let secret = open_from(
@@ -241,7 +241,7 @@ mod tests {
         other.user_key = planted.public_key().as_bytes().to_vec();
         assert_eq!(
             accept_grant(&other, &device, &user.public_key()).err(),
-            Some(WrapError::WrongResource)
+            Some(WrapError::WrongUserKey)
         );
     }
 

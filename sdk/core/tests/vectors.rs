@@ -1,0 +1,2393 @@
+//! Ward's language-neutral test vectors (`vectors/ward-v1-*.json`): their
+//! generator, and a replay that checks them the way an independent
+//! implementation would.
+//!
+//! * `vectors_match_the_generator` rebuilds every vector in memory from fixed
+//!   inputs and asserts that the committed files are byte-for-byte identical,
+//!   so any change of format or output shows up in review. With
+//!   `WARD_WRITE_VECTORS=1` it (re)writes them instead:
+//!
+//!   ```sh
+//!   WARD_WRITE_VECTORS=1 cargo test -p ward-core --test vectors
+//!   ```
+//!
+//! * `committed_vectors_replay` reads the committed JSON only, decodes the
+//!   hex, and runs the core's public API (parse, open, unwrap, verify_log,
+//!   update, verify_invite, verify_response) plus the framing rule and plain
+//!   Ed25519/XChaCha20-Poly1305 where the core keeps a step private. It shares
+//!   no state with the generator.
+//!
+//! # Where every input comes from
+//!
+//! Every secret and every "random" value is `SHA-256(ascii label)` (truncated
+//! to the length needed); longer content is `SHA-256(label + " 0") ||
+//! SHA-256(label + " 1") || ...`. Each file records the label beside the value.
+//!
+//! Functions that draw from an RNG are fed by [`ScriptRng`], which hands out
+//! pre-set byte strings and fails the test unless each `fill_bytes` call asks
+//! for exactly the next string's length. The draw orders it enforces:
+//!
+//! | operation | draws, in order |
+//! |---|---|
+//! | `invite::create_invite` | 32 (the delegation key's Ed25519 seed) |
+//! | `wrap::wrap_resource_key`, `wrap::grant_user_key` | 32 (HPKE `ikmE`) |
+//! | `envelope::seal` | 32 resource key, 16 resource id, 24 nonce, then 32 (`ikmE`) per recipient, in recipient order |
+//!
+//! Signing (Ed25519) and everything else is deterministic and draws nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::{TryCryptoRng, TryRng};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use ward_core::chain::{self, VerifiedUser};
+use ward_core::envelope::{self, ContentType, ReceivedEnvelope, SealRequest};
+use ward_core::invite::{self, InviteDetails};
+use ward_core::keys::{
+    DelegationKey, DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, OrgRootKey,
+    ResourceKey, SigningPublicKey, UserEncryptionKey,
+};
+use ward_core::proto::Message;
+use ward_core::proto::v1::{
+    AuthChallenge, AuthResponse, DeviceGrant, DeviceKeys, Envelope, EnvelopeHeader, Invite,
+    SignedInvite, SignedStatement, Statement, UserCreation, WrappedKey, statement::Body,
+};
+use ward_core::{ConversationId, ResourceId, auth, labels, padding, wrap};
+
+const VECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vectors/");
+
+// ---------------------------------------------------------------------------
+// Deterministic inputs
+// ---------------------------------------------------------------------------
+
+/// `SHA-256(label)`.
+fn seed(label: &str) -> [u8; 32] {
+    Sha256::digest(label.as_bytes()).into()
+}
+
+/// The first `n` (<= 32) bytes of `SHA-256(label)`.
+fn short(label: &str, n: usize) -> Vec<u8> {
+    seed(label)[..n].to_vec()
+}
+
+/// `SHA-256(label + " 0") || SHA-256(label + " 1") || ...`, truncated to `n`.
+fn stream(label: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 32);
+    let mut i = 0u32;
+    while out.len() < n {
+        out.extend_from_slice(&seed(&format!("{label} {i}")));
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// An RNG that returns pre-set byte strings, one per `fill_bytes` call, and
+/// fails unless each call asks for exactly the next string's length.
+struct ScriptRng {
+    draws: VecDeque<Vec<u8>>,
+}
+
+impl ScriptRng {
+    fn new(draws: &[&[u8]]) -> Self {
+        Self {
+            draws: draws.iter().map(|d| d.to_vec()).collect(),
+        }
+    }
+
+    /// Asserts every pre-set draw was consumed.
+    fn done(self) {
+        assert!(self.draws.is_empty(), "{} draws unused", self.draws.len());
+    }
+}
+
+impl TryRng for ScriptRng {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        panic!("Ward draws randomness only through fill_bytes")
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        panic!("Ward draws randomness only through fill_bytes")
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        let next = self.draws.pop_front().expect("more draws than scripted");
+        assert_eq!(next.len(), dst.len(), "draw of an unexpected length");
+        dst.copy_from_slice(&next);
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for ScriptRng {}
+
+/// The framing rule of SECURITY.md §3, written out independently of the core:
+/// `label || 0x00 || (u32_be(len(part)) || part)*`.
+fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = label.to_vec();
+    out.push(0);
+    for p in parts {
+        out.extend_from_slice(&u32::try_from(p.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+// ---------------------------------------------------------------------------
+// A tiny JSON writer: insertion-ordered objects, two-space indent. Written
+// here rather than through serde_json::Value so that key order does not
+// depend on serde_json's features.
+// ---------------------------------------------------------------------------
+
+enum J {
+    S(String),
+    N(u64),
+    Null,
+    A(Vec<J>),
+    O(Vec<(String, J)>),
+}
+
+fn h(bytes: impl AsRef<[u8]>) -> J {
+    J::S(hex::encode(bytes))
+}
+
+fn s(text: &str) -> J {
+    J::S(text.to_owned())
+}
+
+fn o(pairs: Vec<(&str, J)>) -> J {
+    J::O(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn render(j: &J, indent: usize, out: &mut String) {
+    let pad = |n: usize, out: &mut String| out.extend(std::iter::repeat_n("  ", n));
+    match j {
+        J::S(text) => out.push_str(&serde_json::to_string(text).unwrap()),
+        J::N(n) => out.push_str(&n.to_string()),
+        J::Null => out.push_str("null"),
+        J::A(items) if items.is_empty() => out.push_str("[]"),
+        J::O(items) if items.is_empty() => out.push_str("{}"),
+        J::A(items) => {
+            out.push_str("[\n");
+            for (i, item) in items.iter().enumerate() {
+                pad(indent + 1, out);
+                render(item, indent + 1, out);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            pad(indent, out);
+            out.push(']');
+        }
+        J::O(items) => {
+            out.push_str("{\n");
+            for (i, (k, v)) in items.iter().enumerate() {
+                pad(indent + 1, out);
+                out.push_str(&serde_json::to_string(k).unwrap());
+                out.push_str(": ");
+                render(v, indent + 1, out);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            pad(indent, out);
+            out.push('}');
+        }
+    }
+}
+
+fn to_text(j: &J) -> String {
+    let mut out = String::new();
+    render(j, 0, &mut out);
+    out.push('\n');
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The fixture: one organisation, three clinicians, a stranger.
+// ---------------------------------------------------------------------------
+
+const ALICE: &str = "alice@chu-example";
+const BOB: &str = "bob@chu-example";
+const CAROL: &str = "carol@chu-example";
+/// 2026-11-29T00:00:00Z, unix seconds (the testkit's `KIT_TIME`).
+const T0: u64 = 1_795_910_400;
+const WEEK: u64 = 7 * 86_400;
+
+const L_ROOT: &str = "ward vector org root";
+const L_STRANGER: &str = "ward vector stranger signing key";
+const L_ALICE_DELEGATION: &str = "ward vector alice delegation";
+const L_ALICE_USER_1: &str = "ward vector alice user key 1";
+const L_ALICE_USER_2: &str = "ward vector alice user key 2";
+const L_ALICE_DEV1_SIG: &str = "ward vector alice device 1 signing";
+const L_ALICE_DEV1_ENC: &str = "ward vector alice device 1 encryption";
+const L_ALICE_DEV2_SIG: &str = "ward vector alice device 2 signing";
+const L_ALICE_DEV2_ENC: &str = "ward vector alice device 2 encryption";
+const L_ALICE_DEV3_SIG: &str = "ward vector alice device 3 signing";
+const L_ALICE_DEV3_ENC: &str = "ward vector alice device 3 encryption";
+const L_BOB_DELEGATION: &str = "ward vector bob delegation";
+const L_BOB_USER: &str = "ward vector bob user key";
+const L_BOB_DEV_SIG: &str = "ward vector bob device signing";
+const L_BOB_DEV_ENC: &str = "ward vector bob device encryption";
+const L_CAROL_USER: &str = "ward vector carol user key";
+
+fn sig_key<K>(label: &str, import: fn(&[u8]) -> Result<K, ward_core::KeyError>) -> K {
+    import(&seed(label)).unwrap()
+}
+
+fn root() -> OrgRootKey {
+    sig_key(L_ROOT, OrgRootKey::import_secret)
+}
+
+fn dev(label: &str) -> DeviceSigningKey {
+    sig_key(label, DeviceSigningKey::import_secret)
+}
+
+fn denc(label: &str) -> DeviceEncryptionKey {
+    sig_key(label, DeviceEncryptionKey::import_secret)
+}
+
+fn ukey(label: &str) -> UserEncryptionKey {
+    sig_key(label, UserEncryptionKey::import_secret)
+}
+
+fn details(user_id: &str, name: &str, profession: &str, registry: &str) -> InviteDetails {
+    InviteDetails {
+        user_id: user_id.into(),
+        display_name: name.into(),
+        profession: profession.into(),
+        registry_number: registry.into(),
+        expires_at: T0 + WEEK,
+    }
+}
+
+fn alice_details() -> InviteDetails {
+    details(ALICE, "Dr Alice Martin", "physician", "10101234567")
+}
+
+fn bob_details() -> InviteDetails {
+    details(BOB, "Bob Durand", "nurse", "20207654321")
+}
+
+/// The invite of `user`, signed by `signer`, delegating to `delegation_label`'s seed.
+fn make_invite(
+    signer: &OrgRootKey,
+    d: &InviteDetails,
+    delegation_label: &str,
+) -> (SignedInvite, DelegationKey) {
+    let mut rng = ScriptRng::new(&[&seed(delegation_label)]);
+    let out = invite::create_invite(&mut rng, signer, d).unwrap();
+    rng.done();
+    out
+}
+
+/// Alice's log: creation by delegation (T0), device 1 adds device 2
+/// (T0+60), the root revokes device 1 (T0+120), device 2 rotates the user
+/// key (T0+180).
+struct AliceLog {
+    invite: SignedInvite,
+    entries: Vec<SignedStatement>,
+    /// `states[i]`: the verified state after entries `0..=i`.
+    states: Vec<VerifiedUser>,
+}
+
+fn alice_log() -> AliceLog {
+    let root = root();
+    let (invite, delegation) = make_invite(&root, &alice_details(), L_ALICE_DELEGATION);
+    let e0 = chain::create_user(
+        &root.public_key(),
+        &invite,
+        &delegation,
+        &ukey(L_ALICE_USER_1).public_key(),
+        &dev(L_ALICE_DEV1_SIG).public_key(),
+        &denc(L_ALICE_DEV1_ENC).public_key(),
+        T0,
+    )
+    .unwrap();
+    let s0 = chain::verify_log(&root.public_key(), ALICE, std::slice::from_ref(&e0)).unwrap();
+    let e1 = s0.add_device(
+        &dev(L_ALICE_DEV1_SIG),
+        &dev(L_ALICE_DEV2_SIG).public_key(),
+        &denc(L_ALICE_DEV2_ENC).public_key(),
+        T0 + 60,
+    );
+    let mut s1 = s0.clone();
+    s1.apply(&root.public_key(), &e1).unwrap();
+    let e2 = s1.revoke_device_as_root(&root, &dev(L_ALICE_DEV1_SIG).public_key(), T0 + 120);
+    let mut s2 = s1.clone();
+    s2.apply(&root.public_key(), &e2).unwrap();
+    // The root chose no key; device 2 rotates the user key.
+    let e3 = s2.rotate_user_key(
+        &dev(L_ALICE_DEV2_SIG),
+        &ukey(L_ALICE_USER_2).public_key(),
+        T0 + 180,
+    );
+    let mut s3 = s2.clone();
+    s3.apply(&root.public_key(), &e3).unwrap();
+    let entries = vec![e0, e1, e2, e3];
+    assert_eq!(
+        chain::verify_log(&root.public_key(), ALICE, &entries).unwrap(),
+        s3
+    );
+    AliceLog {
+        invite,
+        entries,
+        states: vec![s0, s1, s2, s3],
+    }
+}
+
+fn bob_log() -> (Vec<SignedStatement>, VerifiedUser) {
+    let root = root();
+    let (invite, delegation) = make_invite(&root, &bob_details(), L_BOB_DELEGATION);
+    let e0 = chain::create_user(
+        &root.public_key(),
+        &invite,
+        &delegation,
+        &ukey(L_BOB_USER).public_key(),
+        &dev(L_BOB_DEV_SIG).public_key(),
+        &denc(L_BOB_DEV_ENC).public_key(),
+        T0 + 30,
+    )
+    .unwrap();
+    let log = vec![e0];
+    let state = chain::verify_log(&root.public_key(), BOB, &log).unwrap();
+    (log, state)
+}
+
+fn log_json(entries: &[SignedStatement]) -> J {
+    J::A(
+        entries
+            .iter()
+            .map(|e| {
+                o(vec![
+                    ("statement", h(&e.statement)),
+                    ("signature", h(&e.signature)),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// A vector file: its description and format version, then its content.
+fn file(description: &str, mut rest: Vec<(&str, J)>) -> J {
+    let mut pairs = vec![("description", s(description)), ("version", J::N(1))];
+    pairs.append(&mut rest);
+    o(pairs)
+}
+
+fn nonce24(bytes: &[u8]) -> [u8; 24] {
+    bytes.try_into().unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// ward-v1-keys.json
+// ---------------------------------------------------------------------------
+
+fn gen_keys() -> J {
+    let signing: [(&str, &str); 7] = [
+        ("OrgRootKey", L_ROOT),
+        ("DelegationKey", L_ALICE_DELEGATION),
+        ("DeviceSigningKey", L_ALICE_DEV1_SIG),
+        ("DeviceSigningKey", L_ALICE_DEV2_SIG),
+        ("DeviceSigningKey", L_ALICE_DEV3_SIG),
+        ("DeviceSigningKey", L_BOB_DEV_SIG),
+        ("DeviceSigningKey", L_STRANGER),
+    ];
+    let encryption: [(&str, &str); 8] = [
+        ("UserEncryptionKey", L_ALICE_USER_1),
+        ("UserEncryptionKey", L_ALICE_USER_2),
+        ("UserEncryptionKey", L_BOB_USER),
+        ("UserEncryptionKey", L_CAROL_USER),
+        ("DeviceEncryptionKey", L_ALICE_DEV1_ENC),
+        ("DeviceEncryptionKey", L_ALICE_DEV2_ENC),
+        ("DeviceEncryptionKey", L_ALICE_DEV3_ENC),
+        ("DeviceEncryptionKey", L_BOB_DEV_ENC),
+    ];
+    let mut keys = Vec::new();
+    for (ty, label) in signing {
+        // All Ed25519 key types share one derivation: check each type agrees.
+        let public = match ty {
+            "OrgRootKey" => sig_key(label, OrgRootKey::import_secret).public_key(),
+            "DelegationKey" => sig_key(label, DelegationKey::import_secret).public_key(),
+            _ => dev(label).public_key(),
+        };
+        assert_eq!(public, dev(label).public_key());
+        keys.push(o(vec![
+            ("type", s(ty)),
+            ("algorithm", s("Ed25519")),
+            ("label", s(label)),
+            ("secret", h(seed(label))),
+            ("public", h(public.as_bytes())),
+        ]));
+    }
+    for (ty, label) in encryption {
+        let public = match ty {
+            "UserEncryptionKey" => ukey(label).public_key(),
+            _ => denc(label).public_key(),
+        };
+        assert_eq!(public, ukey(label).public_key());
+        keys.push(o(vec![
+            ("type", s(ty)),
+            ("algorithm", s("X25519")),
+            ("label", s(label)),
+            ("secret", h(seed(label))),
+            ("public", h(public.as_bytes())),
+        ]));
+    }
+
+    let all_labels: [(&str, &[u8]); 8] = [
+        ("SIG_INVITE", labels::SIG_INVITE),
+        ("SIG_STATEMENT", labels::SIG_STATEMENT),
+        ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
+        ("SIG_AUTH", labels::SIG_AUTH),
+        ("HASH_INVITE", labels::HASH_INVITE),
+        ("HASH_ENTRY", labels::HASH_ENTRY),
+        ("WRAP_INFO", labels::WRAP_INFO),
+        ("GRANT_INFO", labels::GRANT_INFO),
+    ];
+    let labels_json = J::A(
+        all_labels
+            .iter()
+            .map(|(name, l)| {
+                o(vec![
+                    ("name", s(name)),
+                    ("ascii", s(std::str::from_utf8(l).unwrap())),
+                    ("hex", h(l)),
+                ])
+            })
+            .collect(),
+    );
+
+    let log = alice_log();
+    let framing_cases: Vec<(&[u8], Vec<Vec<u8>>)> = vec![
+        (labels::SIG_AUTH, vec![]),
+        (labels::HASH_ENTRY, vec![vec![]]),
+        (
+            labels::SIG_ENVELOPE,
+            vec![vec![0x01], vec![], vec![0xab, 0xcd, 0xef]],
+        ),
+        (labels::HASH_INVITE, vec![log.invite.invite.clone()]),
+        (labels::HASH_ENTRY, vec![log.entries[0].statement.clone()]),
+    ];
+    // The last two are the hashes the chain uses: check them against the core.
+    let invite_hash = sha256(&framed(labels::HASH_INVITE, &[&log.invite.invite]));
+    assert_eq!(&invite_hash, log.states[0].invite().hash.as_slice());
+    let entry0 = sha256(&framed(labels::HASH_ENTRY, &[&log.entries[0].statement]));
+    assert_eq!(entry0, chain::entry_hash(&log.entries[0]));
+    let framing_json = J::A(
+        framing_cases
+            .iter()
+            .map(|(label, parts)| {
+                let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                let f = framed(label, &refs);
+                o(vec![
+                    ("label", s(std::str::from_utf8(label).unwrap())),
+                    ("parts", J::A(parts.iter().map(h).collect())),
+                    ("framed", h(&f)),
+                    ("sha256", h(sha256(&f))),
+                ])
+            })
+            .collect(),
+    );
+
+    let padding_json = J::A(
+        [0usize, 1, 5, 252, 253, 1000, 20_000, 1_000_000, 16 << 20]
+            .iter()
+            .map(|&n| {
+                o(vec![
+                    ("content_len", J::N(n as u64)),
+                    ("padded_len", J::N(padding::padded_len(n) as u64)),
+                ])
+            })
+            .collect(),
+    );
+
+    file(
+        "Ward v1 keys, labels, framing and padding lengths. Every secret is SHA-256 of its ASCII \
+         label. Ed25519 secrets are RFC 8032 32-byte seeds; X25519 secrets are the 32 raw scalar \
+         bytes as given, clamped on use (RFC 7748). Framing: label || 0x00 || (u32_be(len(part)) \
+         || part)* (SECURITY.md §3); hashes are SHA-256 of the framed bytes. Padding: \
+         padded_len = max(256, padme(4 + content_len)).",
+        vec![
+            ("keys", J::A(keys)),
+            ("labels", labels_json),
+            ("framing", framing_json),
+            ("padding", padding_json),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// ward-v1-wrap.json
+// ---------------------------------------------------------------------------
+
+const L_WRAP_RK: &str = "ward vector wrap resource key";
+const L_WRAP_RID: &str = "ward vector wrap resource id";
+const L_WRAP_IKM: &str = "ward vector wrap ikmE";
+const L_GRANT_IKM: &str = "ward vector grant ikmE";
+
+/// Alice's resource key wrap, as in the wrap file.
+fn wrap_vector() -> (ResourceKey, ResourceId, WrappedKey) {
+    let rk = ResourceKey::import_secret(&seed(L_WRAP_RK)).unwrap();
+    let rid = ResourceId::from_slice(&short(L_WRAP_RID, 16)).unwrap();
+    let mut rng = ScriptRng::new(&[&seed(L_WRAP_IKM)]);
+    let w =
+        wrap::wrap_resource_key(&mut rng, &rk, &rid, &ukey(L_ALICE_USER_2).public_key()).unwrap();
+    rng.done();
+    (rk, rid, w)
+}
+
+fn gen_wrap() -> J {
+    let (rk, rid, w) = wrap_vector();
+    let alice = ukey(L_ALICE_USER_2);
+    let back = wrap::unwrap_resource_key(&w, &rid, &alice).unwrap();
+    assert_eq!(*back.export_secret(), *rk.export_secret());
+    let mut aad = rid.as_bytes().to_vec();
+    aad.extend_from_slice(alice.public_key().as_bytes());
+
+    let user = ukey(L_ALICE_USER_2);
+    let device = denc(L_ALICE_DEV2_ENC);
+    let mut rng = ScriptRng::new(&[&seed(L_GRANT_IKM)]);
+    let g = wrap::grant_user_key(&mut rng, &user, &device.public_key()).unwrap();
+    rng.done();
+    let back = wrap::accept_grant(&g, &device, &user.public_key()).unwrap();
+    assert_eq!(back.public_key(), user.public_key());
+    let mut gaad = user.public_key().as_bytes().to_vec();
+    gaad.extend_from_slice(device.public_key().as_bytes());
+
+    file(
+        "Ward v1 key wrap (SECURITY.md §6): HPKE base mode, DHKEM(X25519, HKDF-SHA256), \
+         HKDF-SHA256, ChaCha20Poly1305, one seal at sequence 0. A resource key is wrapped to a \
+         user key with info = WRAP_INFO and aad = resource_id || recipient_public; a user key is \
+         granted to a device with info = GRANT_INFO and aad = user_public || device_public. \
+         ikm_e is the single 32-byte draw (HPKE DeriveKeyPair input of the ephemeral key).",
+        vec![
+            (
+                "resource_key_wrap",
+                o(vec![
+                    ("resource_id_label", s(L_WRAP_RID)),
+                    ("resource_id", h(rid.as_bytes())),
+                    ("resource_key_label", s(L_WRAP_RK)),
+                    ("resource_key", h(*rk.export_secret())),
+                    ("recipient_secret_label", s(L_ALICE_USER_2)),
+                    ("recipient_secret", h(seed(L_ALICE_USER_2))),
+                    ("recipient_public", h(alice.public_key().as_bytes())),
+                    ("info", h(labels::WRAP_INFO)),
+                    ("aad", h(&aad)),
+                    ("ikm_e_label", s(L_WRAP_IKM)),
+                    ("ikm_e", h(seed(L_WRAP_IKM))),
+                    (
+                        "wrapped_key",
+                        o(vec![
+                            ("resource_id", h(&w.resource_id)),
+                            ("recipient_key", h(&w.recipient_key)),
+                            ("enc", h(&w.enc)),
+                            ("ciphertext", h(&w.ciphertext)),
+                        ]),
+                    ),
+                    ("encoded", h(w.encode_to_vec())),
+                ]),
+            ),
+            (
+                "device_grant",
+                o(vec![
+                    ("user_secret_label", s(L_ALICE_USER_2)),
+                    ("user_secret", h(seed(L_ALICE_USER_2))),
+                    ("user_public", h(user.public_key().as_bytes())),
+                    ("device_secret_label", s(L_ALICE_DEV2_ENC)),
+                    ("device_secret", h(seed(L_ALICE_DEV2_ENC))),
+                    ("device_public", h(device.public_key().as_bytes())),
+                    ("info", h(labels::GRANT_INFO)),
+                    ("aad", h(&gaad)),
+                    ("ikm_e_label", s(L_GRANT_IKM)),
+                    ("ikm_e", h(seed(L_GRANT_IKM))),
+                    (
+                        "grant",
+                        o(vec![
+                            ("user_key", h(&g.user_key)),
+                            ("device_key", h(&g.device_key)),
+                            ("enc", h(&g.enc)),
+                            ("ciphertext", h(&g.ciphertext)),
+                        ]),
+                    ),
+                    ("encoded", h(g.encode_to_vec())),
+                ]),
+            ),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// ward-v1-envelope.json
+// ---------------------------------------------------------------------------
+
+struct SealInputs {
+    name: &'static str,
+    prefix: &'static str,
+    content_type: ContentType,
+    content: Vec<u8>,
+    timestamp_ms: u64,
+}
+
+fn conversation_id() -> ConversationId {
+    ConversationId::from_slice(&short("ward vector conversation id", 16)).unwrap()
+}
+
+fn text_inputs() -> SealInputs {
+    SealInputs {
+        name: "text",
+        prefix: "ward vector text envelope",
+        content_type: ContentType::Text,
+        content: b"Patient in bed 12: potassium 6.1 mmol/L, please review before 14:00.".to_vec(),
+        timestamp_ms: (T0 + 3600) * 1000,
+    }
+}
+
+fn file_inputs() -> SealInputs {
+    SealInputs {
+        name: "file",
+        prefix: "ward vector file envelope",
+        content_type: ContentType::File,
+        content: stream("ward vector file envelope content", 1000),
+        timestamp_ms: (T0 + 3660) * 1000,
+    }
+}
+
+struct Draws {
+    rk: [u8; 32],
+    rid: Vec<u8>,
+    nonce: Vec<u8>,
+    ikm: Vec<[u8; 32]>,
+    labels: Vec<String>,
+}
+
+fn draws(prefix: &str, recipients: &[&str]) -> Draws {
+    let l = |what: &str| format!("{prefix} {what}");
+    let mut labels = vec![l("resource key"), l("resource id"), l("nonce")];
+    let ikm = recipients
+        .iter()
+        .map(|r| {
+            labels.push(l(&format!("ikmE {r}")));
+            seed(&l(&format!("ikmE {r}")))
+        })
+        .collect();
+    Draws {
+        rk: seed(&l("resource key")),
+        rid: short(&l("resource id"), 16),
+        nonce: short(&l("nonce"), 24),
+        ikm,
+        labels,
+    }
+}
+
+fn seal_with(
+    d: &Draws,
+    device: &DeviceSigningKey,
+    sender: &VerifiedUser,
+    recipients: &[&VerifiedUser],
+    inputs: &SealInputs,
+) -> envelope::Sealed {
+    let mut script: Vec<&[u8]> = vec![&d.rk, &d.rid, &d.nonce];
+    script.extend(d.ikm.iter().map(|k| k.as_slice()));
+    let mut rng = ScriptRng::new(&script);
+    let sealed = envelope::seal(
+        &mut rng,
+        device,
+        sender,
+        &SealRequest {
+            conversation_id: conversation_id(),
+            recipients,
+            content_type: inputs.content_type,
+            content: &inputs.content,
+            timestamp_ms: inputs.timestamp_ms,
+        },
+    )
+    .unwrap();
+    rng.done();
+    sealed
+}
+
+/// `u32_be(len) || content || zeros` to `padded_len` (SECURITY.md §7.2).
+fn pad(content: &[u8]) -> Vec<u8> {
+    let mut p = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+    p.extend_from_slice(content);
+    p.resize(padding::padded_len(content.len()), 0);
+    p
+}
+
+fn content_type_name(c: ContentType) -> &'static str {
+    match c {
+        ContentType::Text => "text",
+        ContentType::File => "file",
+    }
+}
+
+/// The happy-path envelope of `inputs`: alice's device 2 to alice and bob.
+fn sealed_envelope(inputs: &SealInputs) -> (Draws, envelope::Sealed) {
+    let alice = alice_log();
+    let (_, bob) = bob_log();
+    let d = draws(inputs.prefix, &[ALICE, BOB]);
+    let sender = alice.states.last().unwrap();
+    let sealed = seal_with(&d, &dev(L_ALICE_DEV2_SIG), sender, &[sender, &bob], inputs);
+    (d, sealed)
+}
+
+fn envelope_case(inputs: &SealInputs) -> J {
+    let (d, sealed) = sealed_envelope(inputs);
+    let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
+    let padded = pad(&inputs.content);
+    let plain = XChaCha20Poly1305::new(&d.rk.into())
+        .decrypt(
+            &nonce24(&d.nonce).into(),
+            Payload {
+                msg: &env.ciphertext,
+                aad: &env.header,
+            },
+        )
+        .unwrap();
+    assert_eq!(plain, padded);
+    let sig_input = framed(labels::SIG_ENVELOPE, &[&env.header, &env.ciphertext]);
+    let device = dev(L_ALICE_DEV2_SIG);
+    assert_eq!(
+        SigningKey::from_bytes(&seed(L_ALICE_DEV2_SIG))
+            .sign(&sig_input)
+            .to_bytes()
+            .to_vec(),
+        env.signature
+    );
+    let hd = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
+
+    let recipients = [(ALICE, L_ALICE_USER_2), (BOB, L_BOB_USER)];
+    let wrapped: Vec<J> = sealed
+        .wrapped_keys
+        .iter()
+        .zip(recipients)
+        .zip(&d.ikm)
+        .map(|(((id, w), (rid_name, label)), ikm)| {
+            assert_eq!(id, rid_name);
+            o(vec![
+                ("user_id", s(id)),
+                ("user_secret_label", s(label)),
+                ("user_secret", h(seed(label))),
+                ("user_public", h(ukey(label).public_key().as_bytes())),
+                ("ikm_e", h(ikm)),
+                ("wrapped_key", h(w.encode_to_vec())),
+            ])
+        })
+        .collect();
+
+    o(vec![
+        ("name", s(inputs.name)),
+        (
+            "seal_inputs",
+            o(vec![
+                ("draw_labels", J::A(d.labels.iter().map(|l| s(l)).collect())),
+                ("resource_key", h(d.rk)),
+                ("resource_id", h(&d.rid)),
+                ("nonce", h(&d.nonce)),
+                ("conversation_id", h(conversation_id().as_bytes())),
+                ("sender_user_id", s(ALICE)),
+                ("sender_device_secret_label", s(L_ALICE_DEV2_SIG)),
+                ("sender_device_secret", h(seed(L_ALICE_DEV2_SIG))),
+                ("sender_device_id", h(device.public_key().as_bytes())),
+                ("recipient_user_ids", J::A(vec![s(ALICE), s(BOB)])),
+                ("timestamp_ms", J::N(inputs.timestamp_ms)),
+                ("content_type", s(content_type_name(inputs.content_type))),
+                (
+                    "content_type_wire",
+                    J::N(u64::try_from(hd.content_type).unwrap()),
+                ),
+                ("content", h(&inputs.content)),
+            ]),
+        ),
+        ("header", h(&env.header)),
+        ("padded_plaintext", h(&padded)),
+        ("ciphertext", h(&env.ciphertext)),
+        ("signature_input", h(&sig_input)),
+        ("signature", h(&env.signature)),
+        ("envelope", h(&sealed.envelope)),
+        ("wrapped_keys", J::A(wrapped)),
+    ])
+}
+
+fn gen_envelope() -> J {
+    let alice = alice_log();
+    let (bob_entries, _) = bob_log();
+    file(
+        "Ward v1 envelopes (SECURITY.md §7). seal draws, in order: resource_key (32), \
+         resource_id (16), nonce (24), then ikm_e (32) per recipient in recipient order. header \
+         is the encoded EnvelopeHeader (protobuf); ciphertext = XChaCha20-Poly1305(key = \
+         resource_key, nonce, aad = header, padded_plaintext); signature = Ed25519(sender \
+         device, signature_input) with signature_input = framed(SIG_ENVELOPE, [header, \
+         ciphertext]); envelope is the encoded Envelope. To open: verify sender_log from \
+         org_root_public, unwrap the recipient's wrapped key with its user secret, open.",
+        vec![
+            ("org_root_public", h(root().public_key().as_bytes())),
+            (
+                "logs",
+                o(vec![
+                    (ALICE, log_json(&alice.entries)),
+                    (BOB, log_json(&bob_entries)),
+                ]),
+            ),
+            (
+                "envelopes",
+                J::A(vec![
+                    envelope_case(&text_inputs()),
+                    envelope_case(&file_inputs()),
+                ]),
+            ),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// ward-v1-signatures.json
+// ---------------------------------------------------------------------------
+
+fn gen_signatures() -> J {
+    let device = dev(L_ALICE_DEV2_SIG);
+    let challenge = AuthChallenge {
+        version: 1,
+        service: "ward-relay".into(),
+        nonce: short("ward vector auth nonce", 32),
+    };
+    let response = auth::respond(&device, ALICE, "ward-relay", &challenge).unwrap();
+    assert_eq!(
+        auth::verify_response(&challenge, &response).unwrap(),
+        (ALICE.to_owned(), device.public_key())
+    );
+    let transcript = framed(
+        labels::SIG_AUTH,
+        &[
+            &challenge.version.to_be_bytes(),
+            challenge.service.as_bytes(),
+            &challenge.nonce,
+            ALICE.as_bytes(),
+            device.public_key().as_bytes(),
+        ],
+    );
+    assert_eq!(
+        SigningKey::from_bytes(&seed(L_ALICE_DEV2_SIG))
+            .sign(&transcript)
+            .to_bytes()
+            .to_vec(),
+        response.signature
+    );
+
+    let root = root();
+    let d = alice_details();
+    let (signed, delegation) = make_invite(&root, &d, L_ALICE_DELEGATION);
+    let verified = invite::verify_invite(&root.public_key(), &signed).unwrap();
+    let sig_input = framed(labels::SIG_INVITE, &[&signed.invite]);
+    file(
+        "Ward v1 signatures. Auth (SECURITY.md §8): signature = Ed25519(device, \
+         framed(SIG_AUTH, [u32_be(version), service, nonce, user_id, device_id])). Invite \
+         (SECURITY.md §4.1): signature = Ed25519(org root, framed(SIG_INVITE, [invite])) over \
+         the encoded Invite; create_invite draws one 32-byte delegation key seed; invite_hash = \
+         SHA-256(framed(HASH_INVITE, [invite])).",
+        vec![
+            (
+                "auth",
+                o(vec![
+                    ("device_secret_label", s(L_ALICE_DEV2_SIG)),
+                    ("device_secret", h(seed(L_ALICE_DEV2_SIG))),
+                    ("device_id", h(device.public_key().as_bytes())),
+                    ("user_id", s(ALICE)),
+                    (
+                        "challenge",
+                        o(vec![
+                            ("version", J::N(u64::from(challenge.version))),
+                            ("service", s(&challenge.service)),
+                            ("nonce", h(&challenge.nonce)),
+                            ("encoded", h(challenge.encode_to_vec())),
+                        ]),
+                    ),
+                    ("transcript", h(&transcript)),
+                    ("signature", h(&response.signature)),
+                    ("response", h(response.encode_to_vec())),
+                ]),
+            ),
+            (
+                "invite",
+                o(vec![
+                    ("org_root_secret_label", s(L_ROOT)),
+                    ("org_root_secret", h(seed(L_ROOT))),
+                    ("org_root_public", h(root.public_key().as_bytes())),
+                    ("user_id", s(&d.user_id)),
+                    ("display_name", s(&d.display_name)),
+                    ("profession", s(&d.profession)),
+                    ("registry_number", s(&d.registry_number)),
+                    ("expires_at", J::N(d.expires_at)),
+                    ("delegation_seed_label", s(L_ALICE_DELEGATION)),
+                    ("delegation_seed", h(seed(L_ALICE_DELEGATION))),
+                    ("delegation_public", h(delegation.public_key().as_bytes())),
+                    ("invite", h(&signed.invite)),
+                    ("signature_input", h(&sig_input)),
+                    ("signature", h(&signed.signature)),
+                    ("invite_hash", h(verified.hash)),
+                    ("signed_invite", h(signed.encode_to_vec())),
+                ]),
+            ),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// ward-v1-chain.json
+// ---------------------------------------------------------------------------
+
+fn gen_chain() -> J {
+    let root = root();
+    let log = alice_log();
+    let kinds = [
+        "user_creation",
+        "device_addition",
+        "device_revocation",
+        "key_rotation",
+    ];
+    let signers = [
+        L_ALICE_DELEGATION,
+        L_ALICE_DEV1_SIG,
+        L_ROOT,
+        L_ALICE_DEV2_SIG,
+    ];
+    let entries: Vec<J> = log
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let st = Statement::decode(e.statement.as_slice()).unwrap();
+            assert_eq!(st.seq, i as u64);
+            let sig_input = framed(labels::SIG_STATEMENT, &[&e.statement]);
+            assert_eq!(
+                SigningKey::from_bytes(&seed(signers[i]))
+                    .sign(&sig_input)
+                    .to_bytes()
+                    .to_vec(),
+                e.signature
+            );
+            let hash = sha256(&framed(labels::HASH_ENTRY, &[&e.statement]));
+            assert_eq!(hash, chain::entry_hash(e));
+            o(vec![
+                ("seq", J::N(st.seq)),
+                ("kind", s(kinds[i])),
+                ("signer_label", s(signers[i])),
+                ("author", h(&st.author)),
+                ("timestamp", J::N(st.timestamp)),
+                ("prev_hash", h(&st.prev_hash)),
+                ("statement", h(&e.statement)),
+                ("signature_input", h(&sig_input)),
+                ("signature", h(&e.signature)),
+                ("signed_statement", h(e.encode_to_vec())),
+                ("entry_hash", h(hash)),
+            ])
+        })
+        .collect();
+    let state = log.states.last().unwrap();
+    let mut devices: Vec<_> = state.devices().collect();
+    devices.sort_by_key(|d| d.added_at);
+    let devices_json = J::A(
+        devices
+            .iter()
+            .map(|d| {
+                o(vec![
+                    ("signing_key", h(d.signing_key.as_bytes())),
+                    ("encryption_key", h(d.encryption_key.as_bytes())),
+                    ("added_at", J::N(d.added_at)),
+                    ("revoked_at", d.revoked_at.map_or(J::Null, J::N)),
+                ])
+            })
+            .collect(),
+    );
+    let verified = state.invite();
+    file(
+        "Ward v1 identity chain (SECURITY.md §4): the log of alice. Entry 0 (user creation) is \
+         signed by the invite's delegation key with prev_hash = invite_hash; entry 1 (device 1 \
+         adds device 2) by device 1; entry 2 (the root revokes device 1; a root revocation \
+         carries no key) by the org root; entry 3 (key rotation) by device 2. signature = Ed25519(author, framed(SIG_STATEMENT, [statement])); \
+         entry_hash = SHA-256(framed(HASH_ENTRY, [statement])) is the next prev_hash. \
+         verify_log(org_root_public, user_id, entries) must yield final_state.",
+        vec![
+            ("org_root_public", h(root.public_key().as_bytes())),
+            ("user_id", s(ALICE)),
+            ("signed_invite", h(log.invite.encode_to_vec())),
+            ("invite_hash", h(verified.hash)),
+            ("entries", J::A(entries)),
+            (
+                "final_state",
+                o(vec![
+                    ("len", J::N(state.len())),
+                    ("head", h(state.head())),
+                    ("encryption_key", h(state.encryption_key().as_bytes())),
+                    (
+                        "past_encryption_keys",
+                        J::A(
+                            state
+                                .past_encryption_keys()
+                                .iter()
+                                .map(|k| h(k.as_bytes()))
+                                .collect(),
+                        ),
+                    ),
+                    ("devices", devices_json),
+                    (
+                        "active_devices",
+                        J::A(
+                            devices
+                                .iter()
+                                .filter(|d| d.is_active())
+                                .map(|d| h(d.signing_key.as_bytes()))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "revoked_devices",
+                        J::A(
+                            devices
+                                .iter()
+                                .filter(|d| !d.is_active())
+                                .map(|d| h(d.signing_key.as_bytes()))
+                                .collect(),
+                        ),
+                    ),
+                ]),
+            ),
+        ],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// ward-v1-negative.json
+// ---------------------------------------------------------------------------
+
+/// Splits an error's `Debug` form into its variant name and `field: value` pairs.
+fn error_parts(debug: &str) -> (String, String) {
+    let end = debug
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(debug.len());
+    (debug[..end].to_owned(), debug[end..].to_owned())
+}
+
+struct Case {
+    name: &'static str,
+    description: &'static str,
+    operation: &'static str,
+    inputs: Vec<(&'static str, J)>,
+    error: String,
+    fields: Vec<(&'static str, u64)>,
+}
+
+fn case(
+    name: &'static str,
+    description: &'static str,
+    operation: &'static str,
+    inputs: Vec<(&'static str, J)>,
+    error: &str,
+    fields: Vec<(&'static str, u64)>,
+) -> Case {
+    Case {
+        name,
+        description,
+        operation,
+        inputs,
+        error: error.to_owned(),
+        fields,
+    }
+}
+
+/// Asserts the core yields `expected` (`Enum::Variant`) with `fields`.
+fn assert_error<T, E: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, E>,
+    expected: &str,
+    fields: &[(String, u64)],
+) {
+    let Err(e) = result else {
+        panic!("{what}: succeeded, expected {expected}");
+    };
+    let debug = format!("{e:?}");
+    let enum_name = std::any::type_name::<E>().rsplit("::").next().unwrap();
+    let (variant, rest) = error_parts(&debug);
+    assert_eq!(
+        format!("{enum_name}::{variant}"),
+        expected,
+        "{what}: got {debug}"
+    );
+    for (k, v) in fields {
+        assert!(
+            rest.contains(&format!("{k}: {v}")),
+            "{what}: expected {k} = {v}, got {debug}"
+        );
+    }
+}
+
+/// Re-signs an envelope as `signer` after `edit` changed its header or ciphertext.
+fn resign(
+    env: &Envelope,
+    signer_label: &str,
+    edit: impl FnOnce(&mut EnvelopeHeader, &mut Vec<u8>),
+) -> Vec<u8> {
+    let mut hd = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
+    let mut ct = env.ciphertext.clone();
+    edit(&mut hd, &mut ct);
+    let header = hd.encode_to_vec();
+    let sig = SigningKey::from_bytes(&seed(signer_label))
+        .sign(&framed(labels::SIG_ENVELOPE, &[&header, &ct]))
+        .to_bytes()
+        .to_vec();
+    Envelope {
+        header,
+        ciphertext: ct,
+        signature: sig,
+    }
+    .encode_to_vec()
+}
+
+fn sign_statement(st: &Statement, signer_label: &str) -> SignedStatement {
+    let statement = st.encode_to_vec();
+    let signature = SigningKey::from_bytes(&seed(signer_label))
+        .sign(&framed(labels::SIG_STATEMENT, &[&statement]))
+        .to_bytes()
+        .to_vec();
+    SignedStatement {
+        statement,
+        signature,
+    }
+}
+
+fn open_inputs(
+    sender: &str,
+    log: &[SignedStatement],
+    env: &[u8],
+    me: &str,
+    key: &[u8],
+) -> Vec<(&'static str, J)> {
+    vec![
+        ("org_root_public", h(root().public_key().as_bytes())),
+        ("sender_user_id", s(sender)),
+        ("sender_log", log_json(log)),
+        ("envelope", h(env)),
+        ("me", s(me)),
+        ("resource_key", h(key)),
+    ]
+}
+
+fn log_inputs(user: &str, log: &[SignedStatement]) -> Vec<(&'static str, J)> {
+    vec![
+        ("org_root_public", h(root().public_key().as_bytes())),
+        ("user_id", s(user)),
+        ("log", log_json(log)),
+    ]
+}
+
+fn unwrap_inputs(w: &WrappedKey, rid: &[u8], user_label: &str) -> Vec<(&'static str, J)> {
+    vec![
+        ("wrapped_key", h(w.encode_to_vec())),
+        ("resource_id", h(rid)),
+        ("user_secret", h(seed(user_label))),
+    ]
+}
+
+#[allow(clippy::too_many_lines)]
+fn negative_cases() -> Vec<Case> {
+    let root_key = root();
+    let alice = alice_log();
+    let (bob_entries, bob) = bob_log();
+    let mut cases = Vec::new();
+
+    // --- key wrap ---
+    let (rk, rid, w) = wrap_vector();
+    cases.push(case(
+        "wrap_wrong_recipient",
+        "alice's wrapped key unwrapped with bob's user key",
+        "unwrap_resource_key",
+        unwrap_inputs(&w, rid.as_bytes(), L_BOB_USER),
+        "WrapError::WrongRecipient",
+        vec![],
+    ));
+    let other_rid = short("ward vector other resource id", 16);
+    cases.push(case(
+        "wrap_wrong_resource",
+        "alice's wrapped key asked for under another resource id",
+        "unwrap_resource_key",
+        unwrap_inputs(&w, &other_rid, L_ALICE_USER_2),
+        "WrapError::WrongResource",
+        vec![],
+    ));
+    let mut swapped = w.clone();
+    swapped.resource_id.clone_from(&other_rid);
+    cases.push(case(
+        "wrap_rewritten_resource_id",
+        "the resource id written in the record is swapped for another one and asked for: the \
+         AAD binds the original id, so the seal does not open",
+        "unwrap_resource_key",
+        unwrap_inputs(&swapped, &other_rid, L_ALICE_USER_2),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+    let mut flipped = w.clone();
+    flipped.ciphertext[0] ^= 1;
+    cases.push(case(
+        "wrap_tampered_ciphertext",
+        "first byte of the wrapped key's ciphertext flipped",
+        "unwrap_resource_key",
+        unwrap_inputs(&flipped, rid.as_bytes(), L_ALICE_USER_2),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+    let mut low_enc = w.clone();
+    low_enc.enc = vec![0; 32];
+    cases.push(case(
+        "unwrap_low_order_enc",
+        "the encapsulated key is the all-zero (low-order) point: DH output is zero",
+        "unwrap_resource_key",
+        unwrap_inputs(&low_enc, rid.as_bytes(), L_ALICE_USER_2),
+        "WrapError::NonContributory",
+        vec![],
+    ));
+    for (name, point) in [
+        ("wrap_low_order_recipient_zero", [0u8; 32]),
+        ("wrap_low_order_recipient_one", {
+            let mut p = [0u8; 32];
+            p[0] = 1;
+            p
+        }),
+    ] {
+        cases.push(case(
+            name,
+            "wrap to a low-order recipient key (u = 0 or u = 1): DH output is zero",
+            "wrap_resource_key",
+            vec![
+                ("resource_key", h(*rk.export_secret())),
+                ("resource_id", h(rid.as_bytes())),
+                ("recipient_public", h(point)),
+                ("ikm_e", h(seed(L_WRAP_IKM))),
+            ],
+            "WrapError::NonContributory",
+            vec![],
+        ));
+    }
+
+    // --- envelopes ---
+    let (d, sealed) = sealed_envelope(&text_inputs());
+    let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
+    // The negative cases use the first three entries (up to the root's
+    // revocation, before the rotation): a valid log in its own right.
+    let full_prefix = alice.entries[..3].to_vec();
+    let full = &full_prefix;
+    let mut tampered = env.clone();
+    tampered.ciphertext[0] ^= 1;
+    cases.push(case(
+        "envelope_tampered_ciphertext",
+        "first ciphertext byte flipped: the sender's signature no longer verifies",
+        "open_envelope",
+        open_inputs(ALICE, full, &tampered.encode_to_vec(), BOB, &d.rk),
+        "OpenError::BadSignature",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_tampered_ciphertext_resigned",
+        "first ciphertext byte flipped and the envelope signed again by the sender's device \
+         (a faulty or malicious sender): AEAD authentication fails",
+        "open_envelope",
+        open_inputs(
+            ALICE,
+            full,
+            &resign(&env, L_ALICE_DEV2_SIG, |_, ct| ct[0] ^= 1),
+            BOB,
+            &d.rk,
+        ),
+        "OpenError::Undecryptable",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_wrong_resource_key",
+        "a valid envelope opened with another resource key",
+        "open_envelope",
+        open_inputs(ALICE, full, &sealed.envelope, BOB, &seed(L_WRAP_RK)),
+        "OpenError::Undecryptable",
+        vec![],
+    ));
+    // Non-zero padding under a valid AEAD and signature.
+    let bad_padding = {
+        let mut padded = pad(&text_inputs().content);
+        let last = padded.len() - 1;
+        padded[last] = 1;
+        resign(&env, L_ALICE_DEV2_SIG, |hd, ct| {
+            *ct = XChaCha20Poly1305::new(&d.rk.into())
+                .encrypt(
+                    &nonce24(&hd.nonce).into(),
+                    Payload {
+                        msg: &padded,
+                        aad: &env.header,
+                    },
+                )
+                .unwrap();
+        })
+    };
+    cases.push(case(
+        "envelope_bad_padding",
+        "a correctly encrypted and signed envelope whose padding is not all zero",
+        "open_envelope",
+        open_inputs(ALICE, full, &bad_padding, BOB, &d.rk),
+        "OpenError::Undecryptable",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_not_a_recipient",
+        "carol opens an envelope sealed for alice and bob only (even holding the key)",
+        "open_envelope",
+        open_inputs(ALICE, full, &sealed.envelope, CAROL, &d.rk),
+        "OpenError::NotARecipient",
+        vec![],
+    ));
+    let mut forged = env.clone();
+    forged.signature[0] ^= 1;
+    cases.push(case(
+        "envelope_forged_signature",
+        "first byte of the envelope signature flipped",
+        "open_envelope",
+        open_inputs(ALICE, full, &forged.encode_to_vec(), BOB, &d.rk),
+        "OpenError::BadSignature",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_signed_by_another_key",
+        "the header names alice's device 2 but the signature is by alice's revoked device 1",
+        "open_envelope",
+        open_inputs(
+            ALICE,
+            full,
+            &{
+                let mut e =
+                    Envelope::decode(resign(&env, L_ALICE_DEV1_SIG, |_, _| {}).as_slice()).unwrap();
+                e.header.clone_from(&env.header);
+                e.encode_to_vec()
+            },
+            BOB,
+            &d.rk,
+        ),
+        "OpenError::BadSignature",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_swapped_sender",
+        "alice's envelope checked against bob's verified chain",
+        "open_envelope",
+        open_inputs(BOB, &bob_entries, &sealed.envelope, BOB, &d.rk),
+        "OpenError::SenderMismatch",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_unknown_sender_device",
+        "header claims sender alice with bob's device, signed by bob's device",
+        "open_envelope",
+        open_inputs(
+            ALICE,
+            full,
+            &resign(&env, L_BOB_DEV_SIG, |hd, _| {
+                hd.sender_device_id = dev(L_BOB_DEV_SIG).public_key().as_bytes().to_vec();
+            }),
+            BOB,
+            &d.rk,
+        ),
+        "OpenError::UnknownSenderDevice",
+        vec![],
+    ));
+    let revoked_inputs = SealInputs {
+        name: "revoked",
+        prefix: "ward vector revoked device envelope",
+        ..text_inputs()
+    };
+    let rd = draws(revoked_inputs.prefix, &[ALICE, BOB]);
+    let revoked = seal_with(
+        &rd,
+        &dev(L_ALICE_DEV1_SIG),
+        &alice.states[1],
+        &[&alice.states[1], &bob],
+        &revoked_inputs,
+    );
+    cases.push(case(
+        "envelope_revoked_sender_device",
+        "sealed by alice's device 1, opened against alice's log in which the root revoked it",
+        "open_envelope",
+        open_inputs(ALICE, full, &revoked.envelope, BOB, &rd.rk),
+        "OpenError::SenderDeviceRevoked",
+        vec![],
+    ));
+    let v2 = resign(&env, L_ALICE_DEV2_SIG, |hd, _| hd.version = 2);
+    cases.push(case(
+        "envelope_unsupported_version",
+        "header version 2",
+        "parse_envelope",
+        vec![("envelope", h(&v2))],
+        "OpenError::UnsupportedVersion",
+        vec![],
+    ));
+    let unspecified = resign(&env, L_ALICE_DEV2_SIG, |hd, _| hd.content_type = 0);
+    cases.push(case(
+        "envelope_unspecified_content_type",
+        "content type CONTENT_TYPE_UNSPECIFIED",
+        "parse_envelope",
+        vec![("envelope", h(&unspecified))],
+        "OpenError::Malformed",
+        vec![],
+    ));
+
+    // --- identity chain ---
+    let mut bad_sig = full.clone();
+    bad_sig[1].signature[0] ^= 1;
+    cases.push(case(
+        "statement_forged_signature",
+        "first byte of entry 1's signature flipped",
+        "verify_log",
+        log_inputs(ALICE, &bad_sig),
+        "ChainError::BadSignature",
+        vec![("seq", 1)],
+    ));
+    let stranger = sig_key(L_STRANGER, OrgRootKey::import_secret);
+    let (forged_invite, forged_delegation) =
+        make_invite(&stranger, &alice_details(), L_ALICE_DELEGATION);
+    cases.push(case(
+        "invite_signed_by_non_root",
+        "an invite for alice signed by a key other than the organisation root",
+        "verify_invite",
+        vec![
+            ("org_root_public", h(root_key.public_key().as_bytes())),
+            ("signed_invite", h(forged_invite.encode_to_vec())),
+        ],
+        "ChainError::ForgedInvite",
+        vec![],
+    ));
+    let forged_creation = chain::create_user(
+        &stranger.public_key(),
+        &forged_invite,
+        &forged_delegation,
+        &ukey(L_ALICE_USER_1).public_key(),
+        &dev(L_ALICE_DEV1_SIG).public_key(),
+        &denc(L_ALICE_DEV1_ENC).public_key(),
+        T0,
+    )
+    .unwrap();
+    cases.push(case(
+        "log_with_invite_signed_by_non_root",
+        "a user creation carrying an invite signed by a key other than the organisation root",
+        "verify_log",
+        log_inputs(ALICE, std::slice::from_ref(&forged_creation)),
+        "ChainError::ForgedInvite",
+        vec![],
+    ));
+    cases.push(case(
+        "log_rolled_back",
+        "alice's log known with 3 entries, served with 2",
+        "update_log",
+        vec![
+            ("org_root_public", h(root_key.public_key().as_bytes())),
+            ("user_id", s(ALICE)),
+            ("known_log", log_json(full)),
+            ("served_log", log_json(&full[..2])),
+        ],
+        "ChainError::Rollback",
+        vec![("known", 3), ("served", 2)],
+    ));
+    cases.push(case(
+        "log_prefix_rewritten",
+        "alice's log known with 3 entries, served with entries 1 and 2 unchanged but entry 0 \
+         replaced by another user creation: the served log does not contain the known log as \
+         its prefix",
+        "update_log",
+        vec![
+            ("org_root_public", h(root_key.public_key().as_bytes())),
+            ("user_id", s(ALICE)),
+            ("known_log", log_json(full)),
+            (
+                "served_log",
+                log_json(&[forged_creation.clone(), full[1].clone(), full[2].clone()]),
+            ),
+        ],
+        "ChainError::Fork",
+        vec![("seq", 2)],
+    ));
+    let fork_entry = alice.states[0].add_device(
+        &dev(L_ALICE_DEV1_SIG),
+        &dev(L_ALICE_DEV3_SIG).public_key(),
+        &denc(L_ALICE_DEV3_ENC).public_key(),
+        T0 + 60,
+    );
+    cases.push(case(
+        "log_forked",
+        "alice's log known with 2 entries, served with a different, validly signed entry 1 \
+         (device 1 adds device 3 instead of device 2)",
+        "update_log",
+        vec![
+            ("org_root_public", h(root_key.public_key().as_bytes())),
+            ("user_id", s(ALICE)),
+            ("known_log", log_json(&full[..2])),
+            ("served_log", log_json(&[full[0].clone(), fork_entry])),
+        ],
+        "ChainError::Fork",
+        vec![("seq", 1)],
+    ));
+    let reuse = sign_statement(
+        &Statement {
+            version: 1,
+            user_id: ALICE.into(),
+            seq: 1,
+            prev_hash: chain::entry_hash(&full[0]).to_vec(),
+            timestamp: T0 + 60,
+            author: dev(L_ALICE_DELEGATION).public_key().as_bytes().to_vec(),
+            body: Some(Body::UserCreation(UserCreation {
+                invite: Some(alice.invite.clone()),
+                user_encryption_public_key: ukey(L_CAROL_USER).public_key().as_bytes().to_vec(),
+                device: Some(DeviceKeys {
+                    signing_public_key: dev(L_ALICE_DEV3_SIG).public_key().as_bytes().to_vec(),
+                    encryption_public_key: denc(L_ALICE_DEV3_ENC).public_key().as_bytes().to_vec(),
+                }),
+            })),
+        },
+        L_ALICE_DELEGATION,
+    );
+    cases.push(case(
+        "invite_reused",
+        "entry 1 is a second user creation from alice's invite, signed by its delegation key",
+        "verify_log",
+        log_inputs(ALICE, &[full[0].clone(), reuse]),
+        "ChainError::InviteReused",
+        vec![],
+    ));
+    let (invite, delegation) = make_invite(&root_key, &alice_details(), L_ALICE_DELEGATION);
+    let late = chain::create_user(
+        &root_key.public_key(),
+        &invite,
+        &delegation,
+        &ukey(L_ALICE_USER_1).public_key(),
+        &dev(L_ALICE_DEV1_SIG).public_key(),
+        &denc(L_ALICE_DEV1_ENC).public_key(),
+        T0 + WEEK + 1,
+    )
+    .unwrap();
+    cases.push(case(
+        "invite_expired",
+        "user creation dated one second after the invite's expires_at",
+        "verify_log",
+        log_inputs(ALICE, &[late]),
+        "ChainError::InviteExpired",
+        vec![],
+    ));
+    let by_stranger = alice.states[0].add_device(
+        &dev(L_STRANGER),
+        &dev(L_ALICE_DEV3_SIG).public_key(),
+        &denc(L_ALICE_DEV3_ENC).public_key(),
+        T0 + 60,
+    );
+    cases.push(case(
+        "statement_stranger_author",
+        "entry 1 adds a device and is signed by a key that is no device of alice",
+        "verify_log",
+        log_inputs(ALICE, &[full[0].clone(), by_stranger]),
+        "ChainError::UnauthorizedAuthor",
+        vec![("seq", 1)],
+    ));
+    let by_revoked = alice.states[2].add_device(
+        &dev(L_ALICE_DEV1_SIG),
+        &dev(L_ALICE_DEV3_SIG).public_key(),
+        &denc(L_ALICE_DEV3_ENC).public_key(),
+        T0 + 180,
+    );
+    let mut with_revoked = full.clone();
+    with_revoked.push(by_revoked);
+    cases.push(case(
+        "statement_by_revoked_device",
+        "entry 3 adds a device and is signed by device 1, revoked at entry 2",
+        "verify_log",
+        log_inputs(ALICE, &with_revoked),
+        "ChainError::UnauthorizedAuthor",
+        vec![("seq", 3)],
+    ));
+    let mut wrong_prev = Statement::decode(full[1].statement.as_slice()).unwrap();
+    wrong_prev.prev_hash = vec![0; 32];
+    cases.push(case(
+        "statement_broken_chain",
+        "entry 1's prev_hash is not the hash of entry 0 (validly signed by device 1)",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &[
+                full[0].clone(),
+                sign_statement(&wrong_prev, L_ALICE_DEV1_SIG),
+            ],
+        ),
+        "ChainError::BrokenChain",
+        vec![("seq", 1)],
+    ));
+
+    // Check each case against the core before writing it.
+    for c in &cases {
+        let fields: Vec<(String, u64)> = c
+            .fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        let inputs = o(c.inputs.iter().map(|(k, v)| (*k, clone_j(v))).collect());
+        let value: Value = serde_json::from_str(&to_text(&inputs)).unwrap();
+        run_negative(c.name, c.operation, &value, &c.error, &fields);
+    }
+    cases
+}
+
+fn clone_j(j: &J) -> J {
+    match j {
+        J::S(x) => J::S(x.clone()),
+        J::N(n) => J::N(*n),
+        J::Null => J::Null,
+        J::A(v) => J::A(v.iter().map(clone_j).collect()),
+        J::O(v) => J::O(v.iter().map(|(k, x)| (k.clone(), clone_j(x))).collect()),
+    }
+}
+
+fn gen_negative() -> J {
+    let cases = negative_cases()
+        .into_iter()
+        .map(|c| {
+            o(vec![
+                ("name", s(c.name)),
+                ("description", s(c.description)),
+                ("operation", s(c.operation)),
+                (
+                    "inputs",
+                    J::O(
+                        c.inputs
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect(),
+                    ),
+                ),
+                ("error", J::S(c.error)),
+                (
+                    "error_fields",
+                    J::O(
+                        c.fields
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), J::N(v)))
+                            .collect(),
+                    ),
+                ),
+            ])
+        })
+        .collect();
+    file(
+        "Ward v1 negative cases: each must fail with exactly the named error (Rust: \
+         Enum::Variant, with error_fields where the variant carries them). Operations: \
+         unwrap_resource_key(wrapped_key, resource_id, user_secret); \
+         wrap_resource_key(resource_key, resource_id, recipient_public, ikm_e); \
+         parse_envelope(envelope); open_envelope: parse, verify_log(org_root_public, \
+         sender_user_id, sender_log) (which succeeds), then open(sender chain, me, \
+         resource_key); verify_log(org_root_public, user_id, log); \
+         update_log: verify_log(known_log) (succeeds), then update(served_log); \
+         verify_invite(org_root_public, signed_invite). Logs are lists of SignedStatement \
+         fields; envelope, wrapped_key and signed_invite are encoded protobuf.",
+        vec![("cases", J::A(cases))],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Replay: JSON in, core out.
+// ---------------------------------------------------------------------------
+
+fn hx(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))).unwrap()
+}
+
+fn st(v: &Value) -> &str {
+    v.as_str().unwrap()
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap()
+}
+
+fn signing_public(v: &Value) -> SigningPublicKey {
+    SigningPublicKey::from_bytes(&hx(v)).unwrap()
+}
+
+fn enc_public(v: &Value) -> EncryptionPublicKey {
+    EncryptionPublicKey::from_bytes(&hx(v)).unwrap()
+}
+
+fn parse_log(v: &Value) -> Vec<SignedStatement> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| SignedStatement {
+            statement: hx(&e["statement"]),
+            signature: hx(&e["signature"]),
+        })
+        .collect()
+}
+
+fn ed25519_verifies(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let vk = VerifyingKey::from_bytes(public.try_into().unwrap()).unwrap();
+    vk.verify_strict(msg, &Signature::from_slice(sig).unwrap())
+        .is_ok()
+}
+
+fn run_negative(name: &str, op: &str, inputs: &Value, expected: &str, fields: &[(String, u64)]) {
+    let what = format!("negative case {name}");
+    match op {
+        "unwrap_resource_key" => {
+            let w = WrappedKey::decode(hx(&inputs["wrapped_key"]).as_slice()).unwrap();
+            let rid = ResourceId::from_slice(&hx(&inputs["resource_id"])).unwrap();
+            let key = UserEncryptionKey::import_secret(&hx(&inputs["user_secret"])).unwrap();
+            assert_error(
+                &what,
+                wrap::unwrap_resource_key(&w, &rid, &key),
+                expected,
+                fields,
+            );
+        }
+        "wrap_resource_key" => {
+            let rk = ResourceKey::import_secret(&hx(&inputs["resource_key"])).unwrap();
+            let rid = ResourceId::from_slice(&hx(&inputs["resource_id"])).unwrap();
+            let mut rng = ScriptRng::new(&[&hx(&inputs["ikm_e"])]);
+            let r = wrap::wrap_resource_key(
+                &mut rng,
+                &rk,
+                &rid,
+                &enc_public(&inputs["recipient_public"]),
+            );
+            rng.done();
+            assert_error(&what, r, expected, fields);
+        }
+        "parse_envelope" => {
+            assert_error(
+                &what,
+                ReceivedEnvelope::parse(&hx(&inputs["envelope"])),
+                expected,
+                fields,
+            );
+        }
+        "open_envelope" => {
+            let root = signing_public(&inputs["org_root_public"]);
+            let sender = chain::verify_log(
+                &root,
+                st(&inputs["sender_user_id"]),
+                &parse_log(&inputs["sender_log"]),
+            )
+            .unwrap();
+            let key = ResourceKey::import_secret(&hx(&inputs["resource_key"])).unwrap();
+            let r = ReceivedEnvelope::parse(&hx(&inputs["envelope"]))
+                .and_then(|env| env.open(&sender, st(&inputs["me"]), &key));
+            assert_error(&what, r, expected, fields);
+        }
+        "verify_log" => {
+            let root = signing_public(&inputs["org_root_public"]);
+            let r = chain::verify_log(&root, st(&inputs["user_id"]), &parse_log(&inputs["log"]));
+            assert_error(&what, r, expected, fields);
+        }
+        "update_log" => {
+            let root = signing_public(&inputs["org_root_public"]);
+            let known = chain::verify_log(
+                &root,
+                st(&inputs["user_id"]),
+                &parse_log(&inputs["known_log"]),
+            )
+            .unwrap();
+            let r = known.update(&root, &parse_log(&inputs["served_log"]));
+            assert_error(&what, r, expected, fields);
+        }
+        "verify_invite" => {
+            let root = signing_public(&inputs["org_root_public"]);
+            let signed = SignedInvite::decode(hx(&inputs["signed_invite"]).as_slice()).unwrap();
+            assert_error(
+                &what,
+                invite::verify_invite(&root, &signed),
+                expected,
+                fields,
+            );
+        }
+        other => panic!("{what}: unknown operation {other}"),
+    }
+}
+
+fn load(name: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{VECTOR_DIR}{name}"))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["version"], 1, "{name}");
+    assert!(v["description"].is_string(), "{name}");
+    v
+}
+
+fn replay_keys(v: &Value) {
+    for k in v["keys"].as_array().unwrap() {
+        let secret = hx(&k["secret"]);
+        assert_eq!(secret, seed(st(&k["label"])));
+        let public = match st(&k["type"]) {
+            "OrgRootKey" => OrgRootKey::import_secret(&secret)
+                .unwrap()
+                .public_key()
+                .as_bytes()
+                .to_vec(),
+            "DelegationKey" => DelegationKey::import_secret(&secret)
+                .unwrap()
+                .public_key()
+                .as_bytes()
+                .to_vec(),
+            "DeviceSigningKey" => DeviceSigningKey::import_secret(&secret)
+                .unwrap()
+                .public_key()
+                .as_bytes()
+                .to_vec(),
+            "UserEncryptionKey" => UserEncryptionKey::import_secret(&secret)
+                .unwrap()
+                .public_key()
+                .as_bytes()
+                .to_vec(),
+            "DeviceEncryptionKey" => DeviceEncryptionKey::import_secret(&secret)
+                .unwrap()
+                .public_key()
+                .as_bytes()
+                .to_vec(),
+            other => panic!("unknown key type {other}"),
+        };
+        assert_eq!(public, hx(&k["public"]), "{}", k["label"]);
+        // Independently of the core's types.
+        let direct = match st(&k["algorithm"]) {
+            "Ed25519" => SigningKey::from_bytes(&secret.clone().try_into().unwrap())
+                .verifying_key()
+                .to_bytes(),
+            "X25519" => x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(
+                <[u8; 32]>::try_from(secret).unwrap(),
+            ))
+            .to_bytes(),
+            other => panic!("unknown algorithm {other}"),
+        };
+        assert_eq!(direct.to_vec(), public);
+    }
+    let core_labels: [(&str, &[u8]); 8] = [
+        ("SIG_INVITE", labels::SIG_INVITE),
+        ("SIG_STATEMENT", labels::SIG_STATEMENT),
+        ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
+        ("SIG_AUTH", labels::SIG_AUTH),
+        ("HASH_INVITE", labels::HASH_INVITE),
+        ("HASH_ENTRY", labels::HASH_ENTRY),
+        ("WRAP_INFO", labels::WRAP_INFO),
+        ("GRANT_INFO", labels::GRANT_INFO),
+    ];
+    let listed = v["labels"].as_array().unwrap();
+    assert_eq!(listed.len(), core_labels.len());
+    for (l, (name, bytes)) in listed.iter().zip(core_labels) {
+        assert_eq!(st(&l["name"]), name);
+        assert_eq!(st(&l["ascii"]).as_bytes(), bytes);
+        assert_eq!(hx(&l["hex"]), bytes);
+    }
+    for f in v["framing"].as_array().unwrap() {
+        let parts: Vec<Vec<u8>> = f["parts"].as_array().unwrap().iter().map(hx).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let framed_bytes = framed(st(&f["label"]).as_bytes(), &refs);
+        assert_eq!(framed_bytes, hx(&f["framed"]));
+        assert_eq!(sha256(&framed_bytes).to_vec(), hx(&f["sha256"]));
+    }
+    for p in v["padding"].as_array().unwrap() {
+        let n = usize::try_from(num(&p["content_len"])).unwrap();
+        assert_eq!(padding::padded_len(n) as u64, num(&p["padded_len"]), "{n}");
+    }
+}
+
+fn replay_wrap(v: &Value) {
+    let r = &v["resource_key_wrap"];
+    let encoded = hx(&r["encoded"]);
+    let w = WrappedKey::decode(encoded.as_slice()).unwrap();
+    let f = &r["wrapped_key"];
+    assert_eq!(w.resource_id, hx(&f["resource_id"]));
+    assert_eq!(w.recipient_key, hx(&f["recipient_key"]));
+    assert_eq!(w.enc, hx(&f["enc"]));
+    assert_eq!(w.ciphertext, hx(&f["ciphertext"]));
+    assert_eq!(w.resource_id, hx(&r["resource_id"]));
+    assert_eq!(w.recipient_key, hx(&r["recipient_public"]));
+    assert_eq!(hx(&r["info"]), labels::WRAP_INFO);
+    assert_eq!(
+        hx(&r["aad"]),
+        [hx(&r["resource_id"]), hx(&r["recipient_public"])].concat()
+    );
+    let rid = ResourceId::from_slice(&hx(&r["resource_id"])).unwrap();
+    let user = UserEncryptionKey::import_secret(&hx(&r["recipient_secret"])).unwrap();
+    assert_eq!(
+        user.public_key().as_bytes().to_vec(),
+        hx(&r["recipient_public"])
+    );
+    let key = wrap::unwrap_resource_key(&w, &rid, &user).unwrap();
+    assert_eq!(key.export_secret().to_vec(), hx(&r["resource_key"]));
+    // Wrapping again with the same ikmE gives the same bytes.
+    let mut rng = ScriptRng::new(&[&hx(&r["ikm_e"])]);
+    let again = wrap::wrap_resource_key(&mut rng, &key, &rid, &user.public_key()).unwrap();
+    rng.done();
+    assert_eq!(again.encode_to_vec(), encoded);
+
+    let g = &v["device_grant"];
+    let encoded = hx(&g["encoded"]);
+    let grant = DeviceGrant::decode(encoded.as_slice()).unwrap();
+    let f = &g["grant"];
+    assert_eq!(grant.user_key, hx(&f["user_key"]));
+    assert_eq!(grant.device_key, hx(&f["device_key"]));
+    assert_eq!(grant.enc, hx(&f["enc"]));
+    assert_eq!(grant.ciphertext, hx(&f["ciphertext"]));
+    assert_eq!(hx(&g["info"]), labels::GRANT_INFO);
+    assert_eq!(
+        hx(&g["aad"]),
+        [hx(&g["user_public"]), hx(&g["device_public"])].concat()
+    );
+    let device = DeviceEncryptionKey::import_secret(&hx(&g["device_secret"])).unwrap();
+    assert_eq!(
+        device.public_key().as_bytes().to_vec(),
+        hx(&g["device_public"])
+    );
+    let user_public = enc_public(&g["user_public"]);
+    let user = wrap::accept_grant(&grant, &device, &user_public).unwrap();
+    assert_eq!(user.export_secret().to_vec(), hx(&g["user_secret"]));
+    let mut rng = ScriptRng::new(&[&hx(&g["ikm_e"])]);
+    let again = wrap::grant_user_key(&mut rng, &user, &device.public_key()).unwrap();
+    rng.done();
+    assert_eq!(again.encode_to_vec(), encoded);
+}
+
+fn replay_envelope(v: &Value) {
+    let root = signing_public(&v["org_root_public"]);
+    let logs = v["logs"].as_object().unwrap();
+    let chains: Vec<(String, VerifiedUser)> = logs
+        .iter()
+        .map(|(id, log)| {
+            (
+                id.clone(),
+                chain::verify_log(&root, id, &parse_log(log)).unwrap(),
+            )
+        })
+        .collect();
+    let chain_of = |id: &str| chain_of(&chains, id);
+    for e in v["envelopes"].as_array().unwrap() {
+        let inp = &e["seal_inputs"];
+        let name = st(&e["name"]);
+        let bytes = hx(&e["envelope"]);
+        let env = Envelope::decode(bytes.as_slice()).unwrap();
+        assert_eq!(env.header, hx(&e["header"]), "{name}");
+        assert_eq!(env.ciphertext, hx(&e["ciphertext"]), "{name}");
+        assert_eq!(env.signature, hx(&e["signature"]), "{name}");
+
+        // The header carries the seal inputs.
+        let hd = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
+        assert_eq!(hd.version, 1);
+        assert_eq!(hd.resource_id, hx(&inp["resource_id"]));
+        assert_eq!(hd.conversation_id, hx(&inp["conversation_id"]));
+        assert_eq!(hd.sender_user_id, st(&inp["sender_user_id"]));
+        assert_eq!(hd.sender_device_id, hx(&inp["sender_device_id"]));
+        assert_eq!(hd.timestamp_ms, num(&inp["timestamp_ms"]));
+        assert_eq!(
+            u64::try_from(hd.content_type).unwrap(),
+            num(&inp["content_type_wire"])
+        );
+        assert_eq!(hd.nonce, hx(&inp["nonce"]));
+        let recipients: Vec<&str> = inp["recipient_user_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(st)
+            .collect();
+        assert_eq!(hd.recipient_user_ids, recipients);
+
+        // Padding, AEAD and signature, independently of the core.
+        let content = hx(&inp["content"]);
+        let padded = hx(&e["padded_plaintext"]);
+        assert_eq!(padded, pad(&content));
+        let rk: [u8; 32] = hx(&inp["resource_key"]).try_into().unwrap();
+        let ct = XChaCha20Poly1305::new(&rk.into())
+            .encrypt(
+                &nonce24(&hd.nonce).into(),
+                Payload {
+                    msg: &padded,
+                    aad: &env.header,
+                },
+            )
+            .unwrap();
+        assert_eq!(ct, env.ciphertext, "{name}");
+        let sig_input = hx(&e["signature_input"]);
+        assert_eq!(
+            sig_input,
+            framed(labels::SIG_ENVELOPE, &[&env.header, &env.ciphertext])
+        );
+        assert!(ed25519_verifies(
+            &hd.sender_device_id,
+            &sig_input,
+            &env.signature
+        ));
+        let device = DeviceSigningKey::import_secret(&hx(&inp["sender_device_secret"])).unwrap();
+        assert_eq!(device.public_key().as_bytes().to_vec(), hd.sender_device_id);
+
+        // Every recipient unwraps its key and opens.
+        let sender = chain_of(st(&inp["sender_user_id"]));
+        let received = ReceivedEnvelope::parse(&bytes).unwrap();
+        let wrapped = e["wrapped_keys"].as_array().unwrap();
+        assert_eq!(wrapped.len(), recipients.len());
+        for (wk, id) in wrapped.iter().zip(&recipients) {
+            assert_eq!(st(&wk["user_id"]), *id);
+            let user = UserEncryptionKey::import_secret(&hx(&wk["user_secret"])).unwrap();
+            assert_eq!(
+                user.public_key().as_bytes().to_vec(),
+                hx(&wk["user_public"])
+            );
+            assert_eq!(&user.public_key(), chain_of(id).encryption_key());
+            let w = WrappedKey::decode(hx(&wk["wrapped_key"]).as_slice()).unwrap();
+            let key = wrap::unwrap_resource_key(&w, &received.resource_id(), &user).unwrap();
+            assert_eq!(key.export_secret().to_vec(), rk.to_vec());
+            let msg = received.open(sender, id, &key).unwrap();
+            assert_eq!(&msg.content[..], &content[..], "{name}");
+            assert_eq!(msg.sender_user_id, hd.sender_user_id);
+            assert_eq!(msg.timestamp_ms, hd.timestamp_ms);
+            assert_eq!(msg.recipients, hd.recipient_user_ids);
+            assert_eq!(msg.resource_id.as_bytes().to_vec(), hd.resource_id);
+            assert_eq!(msg.conversation_id.as_bytes().to_vec(), hd.conversation_id);
+            let ct_name = match msg.content_type {
+                ContentType::Text => "text",
+                ContentType::File => "file",
+            };
+            assert_eq!(ct_name, st(&inp["content_type"]));
+        }
+
+        // Sealing again from the same draws gives the same bytes.
+        let ikms: Vec<Vec<u8>> = wrapped.iter().map(|w| hx(&w["ikm_e"])).collect();
+        let (rid, nonce) = (hx(&inp["resource_id"]), hx(&inp["nonce"]));
+        let mut script: Vec<&[u8]> = vec![&rk, &rid, &nonce];
+        script.extend(ikms.iter().map(Vec::as_slice));
+        let mut rng = ScriptRng::new(&script);
+        let recipient_chains: Vec<&VerifiedUser> = recipients.iter().map(|r| chain_of(r)).collect();
+        let again = envelope::seal(
+            &mut rng,
+            &device,
+            sender,
+            &SealRequest {
+                conversation_id: ConversationId::from_slice(&hd.conversation_id).unwrap(),
+                recipients: &recipient_chains,
+                content_type: msg_type(st(&inp["content_type"])),
+                content: &content,
+                timestamp_ms: hd.timestamp_ms,
+            },
+        )
+        .unwrap();
+        rng.done();
+        assert_eq!(again.envelope, bytes, "{name}");
+        for ((_, w), wk) in again.wrapped_keys.iter().zip(wrapped) {
+            assert_eq!(w.encode_to_vec(), hx(&wk["wrapped_key"]));
+        }
+    }
+}
+
+fn chain_of<'a>(chains: &'a [(String, VerifiedUser)], id: &str) -> &'a VerifiedUser {
+    &chains.iter().find(|(c, _)| c == id).unwrap().1
+}
+
+fn msg_type(name: &str) -> ContentType {
+    match name {
+        "text" => ContentType::Text,
+        "file" => ContentType::File,
+        other => panic!("unknown content type {other}"),
+    }
+}
+
+fn replay_signatures(v: &Value) {
+    let a = &v["auth"];
+    let c = &a["challenge"];
+    let challenge = AuthChallenge::decode(hx(&c["encoded"]).as_slice()).unwrap();
+    assert_eq!(u64::from(challenge.version), num(&c["version"]));
+    assert_eq!(challenge.service, st(&c["service"]));
+    assert_eq!(challenge.nonce, hx(&c["nonce"]));
+    let response = AuthResponse::decode(hx(&a["response"]).as_slice()).unwrap();
+    assert_eq!(response.user_id, st(&a["user_id"]));
+    assert_eq!(response.device_id, hx(&a["device_id"]));
+    assert_eq!(response.signature, hx(&a["signature"]));
+    let transcript = framed(
+        labels::SIG_AUTH,
+        &[
+            &challenge.version.to_be_bytes(),
+            challenge.service.as_bytes(),
+            &challenge.nonce,
+            response.user_id.as_bytes(),
+            &response.device_id,
+        ],
+    );
+    assert_eq!(transcript, hx(&a["transcript"]));
+    assert!(ed25519_verifies(
+        &response.device_id,
+        &transcript,
+        &response.signature
+    ));
+    let (user, device) = auth::verify_response(&challenge, &response).unwrap();
+    assert_eq!(user, st(&a["user_id"]));
+    assert_eq!(device.as_bytes().to_vec(), hx(&a["device_id"]));
+    let key = DeviceSigningKey::import_secret(&hx(&a["device_secret"])).unwrap();
+    assert_eq!(
+        auth::respond(&key, &user, &challenge.service, &challenge).unwrap(),
+        response
+    );
+
+    let i = &v["invite"];
+    let root_key = OrgRootKey::import_secret(&hx(&i["org_root_secret"])).unwrap();
+    let root = signing_public(&i["org_root_public"]);
+    assert_eq!(root_key.public_key(), root);
+    let signed = SignedInvite::decode(hx(&i["signed_invite"]).as_slice()).unwrap();
+    assert_eq!(signed.invite, hx(&i["invite"]));
+    assert_eq!(signed.signature, hx(&i["signature"]));
+    let sig_input = framed(labels::SIG_INVITE, &[&signed.invite]);
+    assert_eq!(sig_input, hx(&i["signature_input"]));
+    assert!(ed25519_verifies(
+        root.as_bytes(),
+        &sig_input,
+        &signed.signature
+    ));
+    let decoded = Invite::decode(signed.invite.as_slice()).unwrap();
+    assert_eq!(decoded.delegation_public_key, hx(&i["delegation_public"]));
+    let verified = invite::verify_invite(&root, &signed).unwrap();
+    let details = InviteDetails {
+        user_id: st(&i["user_id"]).into(),
+        display_name: st(&i["display_name"]).into(),
+        profession: st(&i["profession"]).into(),
+        registry_number: st(&i["registry_number"]).into(),
+        expires_at: num(&i["expires_at"]),
+    };
+    assert_eq!(verified.details, details);
+    assert_eq!(
+        verified.delegation_key.as_bytes().to_vec(),
+        hx(&i["delegation_public"])
+    );
+    assert_eq!(verified.hash.to_vec(), hx(&i["invite_hash"]));
+    assert_eq!(
+        verified.hash,
+        sha256(&framed(labels::HASH_INVITE, &[&signed.invite]))
+    );
+    let mut rng = ScriptRng::new(&[&hx(&i["delegation_seed"])]);
+    let (again, delegation) = invite::create_invite(&mut rng, &root_key, &details).unwrap();
+    rng.done();
+    assert_eq!(again, signed);
+    assert_eq!(delegation.public_key(), verified.delegation_key);
+}
+
+fn replay_chain(v: &Value) {
+    let root = signing_public(&v["org_root_public"]);
+    let user_id = st(&v["user_id"]);
+    let signed_invite = SignedInvite::decode(hx(&v["signed_invite"]).as_slice()).unwrap();
+    let entries_json = v["entries"].as_array().unwrap();
+    let mut entries = Vec::new();
+    let mut prev = hx(&v["invite_hash"]);
+    assert_eq!(
+        prev,
+        sha256(&framed(labels::HASH_INVITE, &[&signed_invite.invite]))
+    );
+    for (i, e) in entries_json.iter().enumerate() {
+        let signed = SignedStatement::decode(hx(&e["signed_statement"]).as_slice()).unwrap();
+        assert_eq!(signed.statement, hx(&e["statement"]));
+        assert_eq!(signed.signature, hx(&e["signature"]));
+        let stmt = Statement::decode(signed.statement.as_slice()).unwrap();
+        assert_eq!(stmt.seq, i as u64);
+        assert_eq!(stmt.seq, num(&e["seq"]));
+        assert_eq!(stmt.user_id, user_id);
+        assert_eq!(stmt.author, hx(&e["author"]));
+        assert_eq!(stmt.timestamp, num(&e["timestamp"]));
+        assert_eq!(stmt.prev_hash, hx(&e["prev_hash"]));
+        assert_eq!(stmt.prev_hash, prev);
+        let kind = match stmt.body {
+            Some(Body::UserCreation(ref c)) => {
+                assert_eq!(c.invite.as_ref(), Some(&signed_invite));
+                "user_creation"
+            }
+            Some(Body::DeviceAddition(_)) => "device_addition",
+            Some(Body::DeviceRevocation(_)) => "device_revocation",
+            Some(Body::KeyRotation(_)) => "key_rotation",
+            None => panic!("entry {i} without body"),
+        };
+        assert_eq!(kind, st(&e["kind"]));
+        let sig_input = framed(labels::SIG_STATEMENT, &[&signed.statement]);
+        assert_eq!(sig_input, hx(&e["signature_input"]));
+        assert!(ed25519_verifies(
+            &stmt.author,
+            &sig_input,
+            &signed.signature
+        ));
+        let hash = sha256(&framed(labels::HASH_ENTRY, &[&signed.statement]));
+        assert_eq!(hash.to_vec(), hx(&e["entry_hash"]));
+        assert_eq!(chain::entry_hash(&signed), hash);
+        prev = hash.to_vec();
+        entries.push(signed);
+    }
+    let user = chain::verify_log(&root, user_id, &entries).unwrap();
+    let f = &v["final_state"];
+    assert_eq!(user.len(), num(&f["len"]));
+    assert_eq!(user.head().to_vec(), hx(&f["head"]));
+    assert_eq!(user.head().to_vec(), prev);
+    assert_eq!(user.encryption_key(), &enc_public(&f["encryption_key"]));
+    let past: Vec<EncryptionPublicKey> = f["past_encryption_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(enc_public)
+        .collect();
+    assert_eq!(user.past_encryption_keys(), past.as_slice());
+    let devices = f["devices"].as_array().unwrap();
+    assert_eq!(user.devices().count(), devices.len());
+    for d in devices {
+        let rec = user.device(&signing_public(&d["signing_key"])).unwrap();
+        assert_eq!(rec.encryption_key, enc_public(&d["encryption_key"]));
+        assert_eq!(rec.added_at, num(&d["added_at"]));
+        assert_eq!(rec.revoked_at, d["revoked_at"].as_u64());
+        assert_eq!(rec.is_active(), d["revoked_at"].is_null());
+    }
+    let ids = |key: &str| -> Vec<SigningPublicKey> {
+        f[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(signing_public)
+            .collect()
+    };
+    let active: Vec<SigningPublicKey> = user
+        .devices()
+        .filter(|d| d.is_active())
+        .map(|d| d.signing_key)
+        .collect();
+    let revoked: Vec<SigningPublicKey> = user
+        .devices()
+        .filter(|d| !d.is_active())
+        .map(|d| d.signing_key)
+        .collect();
+    let (mut want_active, mut want_revoked) = (ids("active_devices"), ids("revoked_devices"));
+    want_active.sort();
+    want_revoked.sort();
+    assert_eq!(active, want_active);
+    assert_eq!(revoked, want_revoked);
+    // Each prefix is a valid log, and the full log extends every prefix.
+    for n in 1..entries.len() {
+        let prefix = chain::verify_log(&root, user_id, &entries[..n]).unwrap();
+        assert_eq!(prefix.update(&root, &entries).unwrap(), user);
+    }
+}
+
+fn replay_negative(v: &Value) {
+    let cases = v["cases"].as_array().unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for c in cases {
+        let name = st(&c["name"]);
+        assert!(names.insert(name), "duplicate case {name}");
+        let fields: Vec<(String, u64)> = c["error_fields"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), num(v)))
+            .collect();
+        run_negative(
+            name,
+            st(&c["operation"]),
+            &c["inputs"],
+            st(&c["error"]),
+            &fields,
+        );
+    }
+    // The cases the specification promises.
+    let errors: Vec<&str> = cases.iter().map(|c| st(&c["error"])).collect();
+    for required in [
+        "OpenError::Undecryptable",
+        "WrapError::WrongRecipient",
+        "OpenError::NotARecipient",
+        "WrapError::WrongResource",
+        "WrapError::Undecryptable",
+        "OpenError::BadSignature",
+        "ChainError::BadSignature",
+        "ChainError::ForgedInvite",
+        "ChainError::Rollback",
+        "ChainError::Fork",
+        "ChainError::InviteReused",
+        "ChainError::InviteExpired",
+        "OpenError::SenderMismatch",
+        "OpenError::SenderDeviceRevoked",
+        "WrapError::NonContributory",
+    ] {
+        assert!(errors.contains(&required), "no case for {required}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------
+
+fn generate() -> Vec<(&'static str, String)> {
+    vec![
+        ("ward-v1-keys.json", to_text(&gen_keys())),
+        ("ward-v1-wrap.json", to_text(&gen_wrap())),
+        ("ward-v1-envelope.json", to_text(&gen_envelope())),
+        ("ward-v1-signatures.json", to_text(&gen_signatures())),
+        ("ward-v1-chain.json", to_text(&gen_chain())),
+        ("ward-v1-negative.json", to_text(&gen_negative())),
+    ]
+}
+
+fn write_mode() -> bool {
+    std::env::var("WARD_WRITE_VECTORS").is_ok_and(|v| v == "1")
+}
+
+#[test]
+fn vectors_match_the_generator() {
+    let files = generate();
+    // Generating twice gives the same bytes: nothing random slipped in.
+    assert_eq!(files, generate());
+    let write = write_mode();
+    for (name, text) in files {
+        let path = format!("{VECTOR_DIR}{name}");
+        if write {
+            // Write then rename, so a concurrent reader sees old or new, never half.
+            let tmp = format!("{path}.tmp");
+            std::fs::write(&tmp, &text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            continue;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{path}: {e}; run WARD_WRITE_VECTORS=1 cargo test -p ward-core --test vectors")
+        });
+        if committed != text {
+            let line = committed
+                .lines()
+                .zip(text.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| committed.lines().count().min(text.lines().count()));
+            panic!(
+                "{name} differs from the generator's output (first at line {}). If the change is \
+                 intended, run WARD_WRITE_VECTORS=1 cargo test -p ward-core --test vectors and \
+                 review the diff.",
+                line + 1
+            );
+        }
+    }
+    if write {
+        // The replay test skips itself while files are being written: run it here, after.
+        replay_all();
+    }
+}
+
+#[test]
+fn committed_vectors_replay() {
+    if write_mode() {
+        return;
+    }
+    replay_all();
+}
+
+fn replay_all() {
+    replay_keys(&load("ward-v1-keys.json"));
+    replay_wrap(&load("ward-v1-wrap.json"));
+    replay_envelope(&load("ward-v1-envelope.json"));
+    replay_signatures(&load("ward-v1-signatures.json"));
+    replay_chain(&load("ward-v1-chain.json"));
+    replay_negative(&load("ward-v1-negative.json"));
+}
