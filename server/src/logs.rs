@@ -20,7 +20,7 @@
 //! `PublishLog`); until then the revoked device can still connect.
 
 use tracing::{info, warn};
-use ward_core::chain::{VerifiedUser, entry_hash, verify_log};
+use ward_core::chain::{VerifiedUser, verify_log};
 use ward_proto::v1::{ErrorCode, SignedStatement};
 
 use crate::registry::CloseReason;
@@ -83,12 +83,16 @@ fn decide(
             })
         }
         Some((known, entries)) => {
-            if let Some(last) = presented.last() {
-                let i = presented.len() - 1;
-                if entries.get(i).map(entry_hash) != Some(entry_hash(last)) {
-                    warn!(user = user_id, "presented log forks from the stored one");
-                    return Err(ErrorCode::InvalidStatement);
-                }
+            // Every presented entry must be the stored one, statement for
+            // statement (comparing the last hash alone would let earlier
+            // entries be anything).
+            let is_prefix = presented
+                .iter()
+                .zip(&entries)
+                .all(|(p, s)| p.statement == s.statement);
+            if !is_prefix {
+                warn!(user = user_id, "presented log forks from the stored one");
+                return Err(ErrorCode::InvalidStatement);
             }
             Ok(Decision::Keep(known))
         }

@@ -358,8 +358,7 @@ async fn slow_reader_is_cut_off_without_delaying_others() {
 /// the relay: the revoked device is disconnected and refused afterwards.
 #[tokio::test]
 async fn revoked_device_is_disconnected_and_refused() {
-    use ward_core::chain::Revoker;
-    use ward_core::keys::{DeviceEncryptionKey, DeviceSigningKey, UserEncryptionKey};
+    use ward_core::keys::{DeviceEncryptionKey, DeviceSigningKey};
     use ward_core::testkit::KIT_TIME;
 
     let mut rng = rand::rng();
@@ -377,12 +376,7 @@ async fn revoked_device_is_disconnected_and_refused() {
     let mut log2 = bob.log.clone();
     log2.push(add);
     let chain2 = bob.chain.update(&org.root_public(), &log2).unwrap();
-    let revoke = chain2.revoke_device(
-        Revoker::Root(&org.root),
-        &bob.device.public_key(),
-        &UserEncryptionKey::generate(&mut rng).public_key(),
-        KIT_TIME + 60,
-    );
+    let revoke = chain2.revoke_device_as_root(&org.root, &bob.device.public_key(), KIT_TIME + 60);
     let mut log3 = log2.clone();
     log3.push(revoke);
 
@@ -413,12 +407,7 @@ async fn revoked_device_is_disconnected_and_refused() {
         "{err:?}"
     );
     // A forked log is refused.
-    let fork = chain2.revoke_device(
-        Revoker::Root(&org.root),
-        &tablet.public_key(),
-        &UserEncryptionKey::generate(&mut rng).public_key(),
-        KIT_TIME + 120,
-    );
+    let fork = chain2.revoke_device_as_root(&org.root, &tablet.public_key(), KIT_TIME + 120);
     let mut forked = log2.clone();
     forked.push(fork);
     t.frame(client_frame::Frame::PublishLog(
