@@ -6,11 +6,16 @@
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
-//! | `messages` | stored ciphertext | deleted once no `queue` row refers to it, or at retention |
+//! | `sends` | accepted message | client id, sender, time; the idempotency record, kept until retention |
+//! | `messages` | stored ciphertext | keyed by `sends.id`; deleted once no `queue` row refers to it |
 //! | `queue` | (recipient mailbox, seq) | `seq` from `mailboxes.next_seq`: monotonic per mailbox, never reused |
 //! | `mailboxes` | recipient device | holds `next_seq`, so acks never make a seq come back |
-//! | `sends` | accepted message id | idempotency record: outlives the ciphertext until retention |
 //! | `logs` | user | longest verified user log seen (encoded `UserLog`) |
+//!
+//! Client message ids are random, so every index keyed by them costs one
+//! random page write per message. Only `sends.message_id` is; the ciphertext
+//! and queue entries refer to the internal, increasing `sends.id`, so their
+//! pages fill in order.
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,21 +32,18 @@ pub const SCHEMA_VERSION: i64 = 1;
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
     "
-    CREATE TABLE messages (
-        message_id    BLOB PRIMARY KEY,
-        sender_user   TEXT NOT NULL,
-        sender_device BLOB NOT NULL,
-        created_at    INTEGER NOT NULL,   -- unix ms, relay clock
-        payload       BLOB NOT NULL       -- encoded Envelope, opaque
-    );
-    CREATE INDEX messages_created ON messages(created_at);
     CREATE TABLE sends (
-        message_id    BLOB PRIMARY KEY,
+        id            INTEGER PRIMARY KEY,
+        message_id    BLOB NOT NULL UNIQUE,  -- 16 bytes, client-chosen
         sender_user   TEXT NOT NULL,
         sender_device BLOB NOT NULL,
-        created_at    INTEGER NOT NULL
+        created_at    INTEGER NOT NULL       -- unix ms, relay clock
     );
     CREATE INDEX sends_created ON sends(created_at);
+    CREATE TABLE messages (
+        id      INTEGER PRIMARY KEY,         -- sends.id
+        payload BLOB NOT NULL                -- encoded Envelope, opaque
+    );
     CREATE TABLE mailboxes (
         user_id   TEXT NOT NULL,
         device_id BLOB NOT NULL,
@@ -49,17 +51,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, device_id)
     ) WITHOUT ROWID;
     CREATE TABLE queue (
-        user_id    TEXT NOT NULL,
-        device_id  BLOB NOT NULL,
-        seq        INTEGER NOT NULL,
-        message_id BLOB NOT NULL,
+        user_id   TEXT NOT NULL,
+        device_id BLOB NOT NULL,
+        seq       INTEGER NOT NULL,
+        msg       INTEGER NOT NULL,          -- sends.id / messages.id
         PRIMARY KEY (user_id, device_id, seq)
     ) WITHOUT ROWID;
-    CREATE INDEX queue_message ON queue(message_id);
+    CREATE INDEX queue_msg ON queue(msg);
     CREATE TABLE logs (
         user_id    TEXT PRIMARY KEY,
         len        INTEGER NOT NULL,
-        entries    BLOB NOT NULL,        -- encoded UserLog
+        entries    BLOB NOT NULL,            -- encoded UserLog
         updated_at INTEGER NOT NULL
     );
     ",
@@ -103,6 +105,8 @@ pub fn open(path: &Path) -> Result<Connection, StorageError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 64 MiB of page cache: index pages stay hot between commits.
+    conn.pragma_update(None, "cache_size", -65_536)?;
     Ok(conn)
 }
 
@@ -139,39 +143,34 @@ pub fn insert_message(
             SendOutcome::Conflict
         });
     }
-    let now = now_ms as i64;
-    conn.prepare_cached(
-        "INSERT INTO sends (message_id, sender_user, sender_device, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![&msg.message_id[..], sender.user_id, &sender.device_id[..], now])?;
-    conn.prepare_cached(
-        "INSERT INTO messages (message_id, sender_user, sender_device, created_at, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        &msg.message_id[..],
-        sender.user_id,
-        &sender.device_id[..],
-        now,
-        msg.payload
-    ])?;
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO sends (message_id, sender_user, sender_device, created_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )?
+        .query_row(
+            params![
+                &msg.message_id[..],
+                sender.user_id,
+                &sender.device_id[..],
+                now_ms as i64
+            ],
+            |r| r.get(0),
+        )?;
+    conn.prepare_cached("INSERT INTO messages (id, payload) VALUES (?1, ?2)")?
+        .execute(params![id, msg.payload])?;
     let mut next_seq = conn.prepare_cached(
         "INSERT INTO mailboxes (user_id, device_id, next_seq) VALUES (?1, ?2, 2)
          ON CONFLICT (user_id, device_id) DO UPDATE SET next_seq = next_seq + 1
          RETURNING next_seq - 1",
     )?;
     let mut enqueue = conn.prepare_cached(
-        "INSERT INTO queue (user_id, device_id, seq, message_id) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO queue (user_id, device_id, seq, msg) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for r in &msg.recipients {
         let seq: i64 =
             next_seq.query_row(params![r.user_id, &r.device_id[..]], |row| row.get(0))?;
-        enqueue.execute(params![
-            r.user_id,
-            &r.device_id[..],
-            seq,
-            &msg.message_id[..]
-        ])?;
+        enqueue.execute(params![r.user_id, &r.device_id[..], seq, id])?;
     }
     Ok(SendOutcome::Stored(msg.recipients.clone()))
 }
@@ -180,10 +179,10 @@ pub fn insert_message(
 /// ciphertexts no entry refers to any more. Returns the entries deleted.
 pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize, StorageError> {
     let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
-    let ids: Vec<Vec<u8>> = conn
+    let ids: Vec<i64> = conn
         .prepare_cached(
             "DELETE FROM queue WHERE user_id = ?1 AND device_id = ?2 AND seq <= ?3
-             RETURNING message_id",
+             RETURNING msg",
         )?
         .query_map(
             params![mailbox.user_id, &mailbox.device_id[..], up_to],
@@ -191,8 +190,8 @@ pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize
         )?
         .collect::<Result<_, _>>()?;
     let mut drop_orphan = conn.prepare_cached(
-        "DELETE FROM messages WHERE message_id = ?1
-         AND NOT EXISTS (SELECT 1 FROM queue WHERE message_id = ?1)",
+        "DELETE FROM messages WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM queue WHERE msg = ?1)",
     )?;
     for id in &ids {
         drop_orphan.execute(params![id])?;
@@ -213,12 +212,11 @@ pub struct Swept {
 pub fn sweep(conn: &Connection, cutoff_ms: u64) -> Result<Swept, StorageError> {
     let cutoff = i64::try_from(cutoff_ms).unwrap_or(i64::MAX);
     let entries = conn.execute(
-        "DELETE FROM queue WHERE message_id IN
-         (SELECT message_id FROM messages WHERE created_at < ?1)",
+        "DELETE FROM queue WHERE msg IN (SELECT id FROM sends WHERE created_at < ?1)",
         params![cutoff],
     )?;
     let messages = conn.execute(
-        "DELETE FROM messages WHERE created_at < ?1",
+        "DELETE FROM messages WHERE id IN (SELECT id FROM sends WHERE created_at < ?1)",
         params![cutoff],
     )?;
     conn.execute("DELETE FROM sends WHERE created_at < ?1", params![cutoff])?;
@@ -284,8 +282,8 @@ pub fn backlog(
 ) -> Result<Vec<Deliver>, StorageError> {
     let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(
-        "SELECT q.seq, q.message_id, m.sender_user, m.sender_device, m.payload, m.created_at
-         FROM queue q JOIN messages m ON m.message_id = q.message_id
+        "SELECT q.seq, s.message_id, s.sender_user, s.sender_device, m.payload, s.created_at
+         FROM queue q JOIN messages m ON m.id = q.msg JOIN sends s ON s.id = q.msg
          WHERE q.user_id = ?1 AND q.device_id = ?2 AND q.seq > ?3
          ORDER BY q.seq LIMIT ?4",
     )?;
