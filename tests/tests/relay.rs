@@ -438,3 +438,37 @@ async fn retention_sweeper_expires_undelivered_entries() {
     let mut b = Client::of(&relay.url(), &bob, "bob").await;
     assert!(b.next_within(Duration::from_millis(300)).await.is_none());
 }
+
+/// Connections over the cap are closed with TOO_MANY_CONNECTIONS; a second
+/// connection of the same device replaces the first.
+#[tokio::test]
+async fn connection_cap_and_one_connection_per_device() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let relay = Relay::start_with(org.root_public(), |c| c.limits.max_connections = 2).await;
+    let url = relay.url();
+    let mut a = Client::of(&url, &alice, "alice").await;
+    let b = Client::of(&url, &bob, "bob").await;
+    assert_eq!(
+        closed(raw(&url).await).await,
+        Some(close::TOO_MANY_CONNECTIONS)
+    );
+
+    // Bob reconnects (after the old connection is gone, to stay under the cap
+    // of 2): the newer connection gets the mailbox.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut b2 = Client::of(&url, &bob, "bob").await;
+    let id = message_id();
+    a.send_acked(id, vec![to(&bob, "bob")], vec![5]).await;
+    assert_eq!(b2.deliver().await.message_id, id.to_vec());
+
+    // A second connection of the same device closes the first one.
+    let relay2 = Relay::start(org.root_public()).await;
+    let first = Client::of(&relay2.url(), &bob, "bob").await;
+    let first_closed = tokio::spawn(closed(first.conn));
+    let _second = Client::of(&relay2.url(), &bob, "bob").await;
+    assert_eq!(first_closed.await.unwrap(), Some(close::NORMAL));
+}
