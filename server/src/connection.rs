@@ -298,7 +298,12 @@ async fn session(
     {
         info!(user = %mailbox.user_id, code = r.code, reason = r.reason, "closing connection");
     }
-    finish(conn, end, limits.close_grace).await;
+    // Also answer a peer that closed first, so its close handshake completes.
+    let end = end.unwrap_or(CloseReason {
+        code: close::NORMAL,
+        reason: "",
+    });
+    finish(conn, Some(end), limits.close_grace).await;
 }
 
 fn budget_permits(limits: &Limits) -> usize {

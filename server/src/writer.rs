@@ -10,6 +10,7 @@
 //! synchronous=FULL).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,16 @@ impl Done {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of the writer's work so far.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed (one fsync each).
+    pub commits: AtomicU64,
+    /// Commands carried by those transactions.
+    pub commands: AtomicU64,
 }
 
 /// Milliseconds since the Unix epoch, from the relay's clock.
@@ -100,13 +111,23 @@ pub fn spawn(
     registry: Arc<Registry>,
 ) -> std::io::Result<(Writer, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue.max(1));
+    let stats = Arc::new(Stats::default());
+    let counters = stats.clone();
     let handle = std::thread::Builder::new()
         .name("ward-relay-writer".into())
-        .spawn(move || writer_loop(conn, rx, max_batch.max(1), &registry))?;
-    Ok((Writer { tx }, handle))
+        .spawn(move || writer_loop(conn, rx, max_batch.max(1), &registry, &counters))?;
+    Ok((Writer { tx, stats }, handle))
 }
 
 impl Writer {
+    /// `(commits, commands)` so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.commands.load(Ordering::Relaxed),
+        )
+    }
+
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -169,6 +190,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Command>,
     max_batch: usize,
     registry: &Registry,
+    stats: &Stats,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut stop = false;
@@ -187,6 +209,8 @@ fn writer_loop(
         let n = batch.len();
         commits += 1;
         commands += n as u64;
+        stats.commits.store(commits, Ordering::Relaxed);
+        stats.commands.store(commands, Ordering::Relaxed);
         let (done, woken, saw_stop) = commit_batch(&conn, batch.drain(..));
         stop = saw_stop;
         trace!(commands = n, "group commit");
@@ -296,5 +320,69 @@ fn in_savepoint<T>(
             let _ = conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(user: &str, d: u8) -> Mailbox {
+        Mailbox {
+            user_id: user.into(),
+            device_id: [d; 32],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sends_share_commits_and_are_answered_after_commit() {
+        let dir = std::env::temp_dir().join(format!("ward-writer-{}", now_ms()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let mut conn = storage::open(&path).unwrap();
+        storage::migrate(&mut conn).unwrap();
+        let (writer, thread) = spawn(conn, 1024, 4096, Arc::new(Registry::default())).unwrap();
+        let sends = (0..200u8).map(|i| {
+            let w = writer.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                let msg = NewMessage {
+                    message_id: [i; 16],
+                    recipients: vec![mailbox("bob", 2)],
+                    payload: vec![i; 100],
+                };
+                let outcome = w.send(mailbox("alice", 1), msg).await.unwrap();
+                // Answered only after commit: another connection sees it now.
+                let visible: i64 = tokio::task::spawn_blocking(move || {
+                    rusqlite::Connection::open(&path)
+                        .unwrap()
+                        .query_row(
+                            "SELECT count(*) FROM sends WHERE message_id = ?1",
+                            [&[i; 16][..]],
+                            |r| r.get(0),
+                        )
+                        .unwrap()
+                })
+                .await
+                .unwrap();
+                assert_eq!(visible, 1);
+                outcome
+            })
+        });
+        let sends: Vec<_> = sends.collect();
+        for s in sends {
+            assert!(matches!(s.await.unwrap(), SendOutcome::Stored(_)));
+        }
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 200);
+        let (commits, commands) = writer.stats();
+        assert_eq!(commands, 200);
+        assert!(commits < 200, "{commits} commits for 200 concurrent sends");
+        writer.stop().await;
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
