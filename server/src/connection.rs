@@ -470,6 +470,11 @@ impl Session {
     }
 
     async fn publish_log(&mut self, p: PublishLog) -> Outcome {
+        // Verifying a long log costs CPU: it draws on the same budget as sends.
+        if !self.bucket.try_take() {
+            return Outcome::error(ErrorCode::RateLimited, Vec::new(), "rate exceeded")
+                .closing(close::RATE_LIMITED, "rate exceeded");
+        }
         match logs::refresh(&self.shared, &self.mailbox.user_id, p.entries).await {
             Ok(user) => Outcome::reply(server_frame::Frame::LogAccepted(LogAccepted {
                 len: user.len(),

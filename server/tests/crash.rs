@@ -155,3 +155,47 @@ async fn sigkill_after_send_ack_loses_no_acknowledged_message() {
     let missing = acked.difference(&received).count();
     assert_eq!(missing, 0, "{missing} acknowledged messages lost");
 }
+
+/// SIGTERM is a graceful stop: connected devices get GOING_AWAY and the
+/// process exits successfully.
+#[tokio::test]
+async fn sigterm_closes_connections_with_going_away_and_exits_cleanly() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let bob = org.enroll(&mut rng, "bob");
+    let dir = temp_dir();
+    let (mut relay, url) = start(
+        &dir.0.join("relay.db"),
+        &hex::encode(org.root_public().as_bytes()),
+    )
+    .await;
+    let c = connect(&url, &bob, "bob").await;
+    let pid = relay.id().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let mut ws = c.into_inner();
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(f)) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(ward_net::close::GOING_AWAY));
+    drop(ws);
+    let exit = tokio::time::timeout(Duration::from_secs(10), relay.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
