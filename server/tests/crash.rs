@@ -1,6 +1,9 @@
-//! Issue 4, scenario 3: the relay process is killed hard (SIGKILL) right
+//! Tests that need the relay as its own process (the real `ward-relay`
+//! binary). Issue 4, scenario 3: the relay is killed hard (SIGKILL) right
 //! after `SendAck`s, then restarted on the same database: every
-//! acknowledged message is delivered. Runs the real `ward-relay` binary.
+//! acknowledged message is delivered. Also: SIGTERM is a graceful stop, and
+//! a reader that stops reading does not grow the relay's memory (its peak
+//! RSS stays far below the bytes queued for it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
@@ -33,10 +36,15 @@ fn temp_dir() -> TempDir {
 
 /// Starts the relay binary; returns it and its `ws://` URL.
 async fn start(db: &Path, root_hex: &str) -> (Child, String) {
+    start_with(db, root_hex, &[]).await
+}
+
+async fn start_with(db: &Path, root_hex: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ward-relay"))
         .args(["--listen", "127.0.0.1:0", "--db"])
         .arg(db)
         .args(["--org-root", root_hex])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -198,4 +206,115 @@ async fn sigterm_closes_connections_with_going_away_and_exits_cleanly() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+fn peak_rss_mib(child: &Child) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Issue 4, scenario 5 (memory): 300 MiB queued for a device that never
+/// reads; the relay's peak RSS stays far below that, and the device is cut
+/// off with SLOW_CONSUMER while the messages stay stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_does_not_grow_relay_memory() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let dir = temp_dir();
+    let (relay, url) = start_with(
+        &dir.0.join("relay.db"),
+        &hex::encode(org.root_public().as_bytes()),
+        &[
+            "--outbound-bytes",
+            "262144",
+            "--outbound-queue",
+            "4",
+            "--slow-consumer-ms",
+            "500",
+            "--send-burst",
+            "100000",
+            "--send-rate",
+            "100000",
+        ],
+    )
+    .await;
+    let bob_conn = connect(&url, &bob, "bob").await; // never reads
+    let mut a = connect(&url, &alice, "alice").await;
+    const N: usize = 600;
+    const SIZE: usize = 512 << 10;
+    let to = Recipient {
+        user_id: "bob".into(),
+        device_id: bob.device.public_key().as_bytes().to_vec(),
+    };
+    for i in 0..N {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).unwrap();
+        a.send_msg(&ClientFrame {
+            frame: Some(client_frame::Frame::Send(Send {
+                message_id: id.to_vec(),
+                recipients: vec![to.clone()],
+                payload: vec![i as u8; SIZE],
+            })),
+        })
+        .await
+        .unwrap();
+        match a.recv_msg::<ServerFrame>().await.unwrap() {
+            Some(ServerFrame {
+                frame: Some(server_frame::Frame::SendAck(_)),
+            }) => {}
+            other => panic!("expected SendAck, got {other:?}"),
+        }
+    }
+    let queued_mib = (N * SIZE) as f64 / (1 << 20) as f64;
+    let peak = peak_rss_mib(&relay);
+    eprintln!(
+        "relay peak RSS {peak:.1} MiB with {queued_mib:.0} MiB queued for a reader that never reads"
+    );
+    assert!(peak < 110.0, "relay peak RSS {peak:.1} MiB");
+    // Bob was cut off; reading now, he finds the close code after what was buffered.
+    let mut ws = bob_conn.into_inner();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        use futures_util::StreamExt;
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    // The close frame may be lost if the relay gave up flushing it first.
+    assert!(
+        matches!(code, Some(ward_net::close::SLOW_CONSUMER) | None),
+        "{code:?}"
+    );
+    drop(ws);
+    // Everything is still stored.
+    let mut b = connect(&url, &bob, "bob").await;
+    let d = tokio::time::timeout(Duration::from_secs(10), b.recv_msg::<ServerFrame>())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        d,
+        Some(ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(ref d)),
+        }) if d.seq == 1 && d.payload.len() == SIZE
+    ));
 }
