@@ -11,7 +11,7 @@ use ward_core::envelope::ReceivedEnvelope;
 use ward_core::testkit::Org;
 use ward_net::close;
 use ward_proto::v1::{Ack, ErrorCode, Recipient, client_frame, server_frame};
-use ward_tests::{Client, Relay, closed, message_id, raw, seal, to};
+use ward_tests::relay::{Client, Relay, WAIT, closed, message_id, raw, seal, to};
 
 /// 1. A sends to B while B is offline; B connects later and receives the
 /// messages in order; B's ack deletes them from the store.
@@ -326,11 +326,7 @@ async fn slow_reader_is_cut_off_without_delaying_others() {
     c.ack(d.seq).await;
     let mut delivered = 0usize;
     let code = loop {
-        match tokio::time::timeout(
-            ward_tests::WAIT,
-            slow.conn.recv_msg::<ward_proto::v1::ServerFrame>(),
-        )
-        .await
+        match tokio::time::timeout(WAIT, slow.conn.recv_msg::<ward_proto::v1::ServerFrame>()).await
         {
             Ok(Ok(Some(f))) => {
                 assert!(matches!(f.frame, Some(server_frame::Frame::Deliver(_))));
