@@ -227,6 +227,14 @@ async fn session(
 ) {
     let limits = shared.config.limits;
     let mut reg = shared.registry.register(mailbox.clone());
+    // A revocation stored between the handshake's check and this
+    // registration found nothing to close: look again, now that any later
+    // one will find this connection.
+    if let Err(reason) = still_active(&shared, &mailbox).await {
+        shared.registry.unregister(&mailbox, reg.id);
+        finish(conn, Some(reason), limits.close_grace).await;
+        return;
+    }
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
     let budget = Arc::new(Semaphore::new(budget_permits(&limits)));
     let mut delivery = tokio::spawn(deliver(
@@ -304,6 +312,21 @@ async fn session(
         reason: "",
     });
     finish(conn, Some(end), limits.close_grace).await;
+}
+
+async fn still_active(shared: &Shared, mailbox: &Mailbox) -> Result<(), CloseReason> {
+    let user = logs::refresh(shared, &mailbox.user_id, Vec::new())
+        .await
+        .map_err(|_| INTERNAL)?;
+    let device =
+        ward_core::keys::SigningPublicKey::from_bytes(&mailbox.device_id).map_err(|_| INTERNAL)?;
+    match user.device(&device) {
+        Some(d) if d.is_active() => Ok(()),
+        _ => Err(CloseReason {
+            code: close::DEVICE_REVOKED,
+            reason: "device revoked",
+        }),
+    }
 }
 
 fn budget_permits(limits: &Limits) -> usize {
