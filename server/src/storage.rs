@@ -77,7 +77,6 @@ pub struct Mailbox {
 }
 
 /// A validated `Send`.
-#[derive(Debug)]
 pub struct NewMessage {
     /// Client-chosen id.
     pub message_id: [u8; 16],
@@ -85,6 +84,16 @@ pub struct NewMessage {
     pub recipients: Vec<Mailbox>,
     /// The encoded envelope. Never logged.
     pub payload: Vec<u8>,
+}
+
+// Never print the payload (ciphertext or not, it stays out of logs).
+impl std::fmt::Debug for NewMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMessage")
+            .field("recipients", &self.recipients.len())
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What storing a `Send` did.
