@@ -1,6 +1,59 @@
-//! Ward's keyserver: the clinicians' public-key directory and the wrapped
-//! resource keys.
+//! Ward's keyserver: the clinicians' public-key directory, the resource keys
+//! wrapped for each recipient, the device grants of user keys, and the
+//! access log of every wrapped-key read. It never sees a plaintext, a
+//! resource key or a private key. SECURITY.md §10 specifies the API, its
+//! authentication, its access rules and what the keyserver learns.
 //!
-//! Not built yet: see issue 3. This crate exists so the workspace has its
-//! final shape from the first commit.
+//! | module | what |
+//! |---|---|
+//! | [`config`] | [`Config`], limits, the server clock |
+//! | [`directory`] | statement acceptance: pure logic over `ward-core`'s verifiers |
+//! | [`storage`] | SQLite schema, migrations, queries; [`storage::export_access_log`] |
+//! | [`handler`] | request to response |
+//! | `server` | accept loop, per-connection task, revocation fan-out, shutdown ([`run`]) |
+//!
+//! Transport and authentication are `ward-net`'s, shared with the relay: one
+//! protobuf message per binary WebSocket message, then the device handshake
+//! (`ward_net::handshake`, service `"ward-keyserver"`), then `KsRequest` /
+//! `KsResponse` frames (`proto/ward/v1/keyserver.proto`).
+//!
+//! # Running
+//!
+//! ```text
+//! ward-keyserver --listen 127.0.0.1:7071 --db /var/lib/ward/keyserver.db \
+//!                --org-root <64 hex digits: the organisation root's Ed25519 public key>
+//! ```
+//!
+//! Every flag may also be set from the environment; a flag wins over its
+//! variable. No configuration file is needed (a wrapper may still keep one
+//! as an environment file).
+//!
+//! | flag | environment | default | meaning |
+//! |---|---|---|---|
+//! | `--listen` | `WARD_KEYSERVER_LISTEN` | `127.0.0.1:7071` | TCP address to listen on |
+//! | `--db` | `WARD_KEYSERVER_DB` | `keyserver.db` | SQLite database file (created if missing) |
+//! | `--org-root` | `WARD_KEYSERVER_ORG_ROOT` | required | organisation root public key, hex |
+//! | `--max-frame-bytes` | `WARD_KEYSERVER_MAX_FRAME_BYTES` | 1048576 | largest WebSocket message |
+//! | `--auth-timeout-secs` | `WARD_KEYSERVER_AUTH_TIMEOUT_SECS` | 10 | time to finish the handshake |
+//! | `--max-items` | `WARD_KEYSERVER_MAX_ITEMS` | 256 | items per request (keys, ids, grants, users) |
+//! | `--rate` | `WARD_KEYSERVER_RATE` | 50 | sustained requests per second per device |
+//! | `--burst` | `WARD_KEYSERVER_BURST` | 200 | request burst per device |
+//! | `--max-connections` | `WARD_KEYSERVER_MAX_CONNECTIONS` | 10000 | open connections |
+//! | `--idle-timeout-secs` | `WARD_KEYSERVER_IDLE_TIMEOUT_SECS` | 300 | close silent authenticated connections |
+//! | `--max-enrolling` | `WARD_KEYSERVER_MAX_ENROLLING` | 1024 | open sessions of devices not enrolled yet |
+//!
+//! Logging follows `RUST_LOG` (default `info`). SIGINT or SIGTERM stops the
+//! server gracefully.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod directory;
+mod error;
+pub mod handler;
+mod server;
+pub mod storage;
+
+pub use config::{Clock, Config, KsLimits};
+pub use error::{KeyserverError, RequestError, StorageError};
+pub use server::run;

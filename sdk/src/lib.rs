@@ -3,9 +3,15 @@
 //! All cryptography happens here, on the device. The sans-IO protocol core
 //! lives in its own crate, [`ward_core`] (`sdk/core/`), so that the servers can
 //! link the verifiers without the client's store and network code; this crate
-//! re-exports it and will add the encrypted device store and the network
-//! client around it.
+//! re-exports it and adds around it:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`store`] | the PIN-locked, SQLCipher-encrypted device store (synchronous) |
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod store;
 
 pub use ward_core as core;
 pub use ward_proto as proto;

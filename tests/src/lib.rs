@@ -1,4 +1,5 @@
 //! Shared helpers for Ward's cross-service tests in `tests/tests/`.
 #![forbid(unsafe_code)]
 
+pub mod keyserver;
 pub mod relay;

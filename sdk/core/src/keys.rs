@@ -186,24 +186,30 @@ signing_key_type!(
     DelegationKey
 );
 
-/// An X25519 static secret, shared by the encryption key types below.
-#[derive(ZeroizeOnDrop)]
-struct X25519Secret(x25519_dalek::StaticSecret);
+/// An X25519 static secret, shared by the encryption key types below. The
+/// public key is computed once: every unwrap needs it (BENCHMARKS.md).
+/// `StaticSecret` zeroizes itself on drop.
+struct X25519Secret(x25519_dalek::StaticSecret, EncryptionPublicKey);
 
 impl X25519Secret {
+    fn new(secret: x25519_dalek::StaticSecret) -> Self {
+        let public = EncryptionPublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+        Self(secret, public)
+    }
+
     fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        Self(x25519_dalek::StaticSecret::random_from_rng(rng))
+        Self::new(x25519_dalek::StaticSecret::random_from_rng(rng))
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let mut arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidLength)?;
         let s = x25519_dalek::StaticSecret::from(arr);
         arr.zeroize();
-        Ok(Self(s))
+        Ok(Self::new(s))
     }
 
     fn public(&self) -> EncryptionPublicKey {
-        EncryptionPublicKey(x25519_dalek::PublicKey::from(&self.0).to_bytes())
+        self.1
     }
 }
 

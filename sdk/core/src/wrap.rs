@@ -35,6 +35,7 @@ fn seal_to<R: CryptoRng + ?Sized>(
 
 fn open_from(
     sk: &x25519_dalek::StaticSecret,
+    pk: &EncryptionPublicKey,
     enc: &[u8],
     ct: &[u8],
     info: &[u8],
@@ -44,7 +45,7 @@ fn open_from(
     if ct.len() != 48 {
         return Err(WrapError::Malformed);
     }
-    let shared = hpke::decap(&enc, sk)?;
+    let shared = hpke::decap(&enc, sk, pk.as_bytes())?;
     let ctx = Context::key_schedule(&shared, info);
     let pt = ctx.open(0, aad, ct)?;
     let out: [u8; 32] = pt
@@ -107,6 +108,7 @@ pub fn unwrap_resource_key(
     let aad = wrap_aad(resource_id, &me);
     let key = open_from(
         user_key.secret(),
+        &me,
         &wrapped.enc,
         &wrapped.ciphertext,
         WRAP_INFO,
@@ -154,6 +156,7 @@ pub fn accept_grant(
     let aad = grant_aad(expected_user_key, &me);
     let secret = open_from(
         device_key.secret(),
+        &me,
         &grant.enc,
         &grant.ciphertext,
         GRANT_INFO,

@@ -1,0 +1,161 @@
+//! The keyserver binary: flags and environment into a [`Config`], then
+//! [`ward_keyserver::run`] until SIGINT or SIGTERM. See the crate docs for
+//! every setting.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ward_core::keys::SigningPublicKey;
+use ward_keyserver::{Config, KsLimits};
+
+/// Ward's keyserver: verified directory and wrapped-key store.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TCP address to listen on.
+    #[arg(long, env = "WARD_KEYSERVER_LISTEN", default_value = "127.0.0.1:7071")]
+    listen: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "WARD_KEYSERVER_DB", default_value = "keyserver.db")]
+    db: PathBuf,
+    /// The organisation root's Ed25519 public key, 64 hex digits.
+    #[arg(long, env = "WARD_KEYSERVER_ORG_ROOT")]
+    org_root: String,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// Seconds a new connection has to complete the handshake.
+    #[arg(long, env = "WARD_KEYSERVER_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    auth_timeout_secs: u64,
+    /// Most items (keys, resource ids, grants, user ids) in one request.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_ITEMS", default_value_t = 256)]
+    max_items: usize,
+    /// Sustained requests per second per device.
+    #[arg(long, env = "WARD_KEYSERVER_RATE", default_value_t = 50)]
+    rate: u32,
+    /// Requests a device may send in a burst.
+    #[arg(long, env = "WARD_KEYSERVER_BURST", default_value_t = 200)]
+    burst: u32,
+    /// Connections open at once.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Seconds of silence after which an authenticated connection is closed.
+    #[arg(long, env = "WARD_KEYSERVER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    idle_timeout_secs: u64,
+    /// Sessions of devices not enrolled yet, open at once.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_ENROLLING", default_value_t = 1024)]
+    max_enrolling: usize,
+}
+
+fn config(args: &Args) -> Result<Config, String> {
+    let root = hex::decode(args.org_root.trim()).map_err(|e| format!("--org-root: {e}"))?;
+    let org_root = SigningPublicKey::from_bytes(&root).map_err(|e| format!("--org-root: {e}"))?;
+    let mut config = Config::new(&args.db, org_root);
+    let defaults = KsLimits::default();
+    config.limits = KsLimits {
+        net: ward_net::Limits {
+            max_frame_bytes: args.max_frame_bytes,
+            auth_timeout: Duration::from_secs(args.auth_timeout_secs),
+        },
+        max_items_per_request: args.max_items,
+        requests_per_second: args.rate,
+        request_burst: args.burst,
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_enrolling: args.max_enrolling,
+        ..defaults
+    };
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ward-keyserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ward-keyserver: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match ward_keyserver::run(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ward-keyserver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_a_config() {
+        let mut rng = rand::rng();
+        let root = ward_core::keys::OrgRootKey::generate(&mut rng).public_key();
+        let hex_root = hex::encode(root.as_bytes());
+        let args = Args::try_parse_from([
+            "ward-keyserver",
+            "--org-root",
+            &hex_root,
+            "--db",
+            "/tmp/x.db",
+            "--max-items",
+            "10",
+            "--idle-timeout-secs",
+            "7",
+        ])
+        .unwrap();
+        let c = config(&args).unwrap();
+        assert_eq!(c.org_root, root);
+        assert_eq!(c.db_path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(c.limits.max_items_per_request, 10);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.limits.request_burst, 200);
+
+        let bad = Args::try_parse_from(["ward-keyserver", "--org-root", "abcd"]).unwrap();
+        assert!(config(&bad).is_err());
+        assert!(Args::try_parse_from(["ward-keyserver", "--listen", "nowhere"]).is_err());
+    }
+}

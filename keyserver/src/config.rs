@@ -1,0 +1,129 @@
+//! The keyserver's configuration: what the binary reads from flags and
+//! environment, and what tests build directly.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ward_core::keys::SigningPublicKey;
+
+/// Where the keyserver reads the time (unix seconds). Tests may pin it.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        }))
+    }
+
+    /// A clock that calls `f`.
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// A clock stopped at `t`.
+    pub fn fixed(t: u64) -> Self {
+        Self::from_fn(move || t)
+    }
+
+    /// The current time in unix seconds.
+    pub fn now(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock(now = {})", self.now())
+    }
+}
+
+/// Bounds on what one peer may ask of the keyserver.
+#[derive(Debug, Clone, Copy)]
+pub struct KsLimits {
+    /// Frame size and handshake time (shared with the relay).
+    pub net: ward_net::Limits,
+    /// Most items in one request: wrapped keys put, resource ids asked,
+    /// grants put, user ids whose logs are asked.
+    pub max_items_per_request: usize,
+    /// Sustained requests per second per device (token bucket refill rate).
+    pub requests_per_second: u32,
+    /// Requests a device may send in a burst (token bucket size).
+    pub request_burst: u32,
+    /// Connections open at once, authenticated or not; more are closed with
+    /// `TOO_MANY_CONNECTIONS`.
+    pub max_connections: usize,
+    /// Time given to open connections to close at shutdown.
+    pub shutdown_grace: Duration,
+    /// An authenticated connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Sessions of devices whose user does not exist yet (they may only
+    /// enroll) open at once; more are refused with `RATE_LIMITED`.
+    pub max_enrolling: usize,
+    /// Time such a session has to enroll before it is closed.
+    pub enroll_timeout: Duration,
+    /// How often each open connection re-reads its device's status from the
+    /// database (a backstop for revocations written by another process; a
+    /// revocation made through this process closes connections at once).
+    pub revocation_recheck: Duration,
+}
+
+impl Default for KsLimits {
+    fn default() -> Self {
+        Self {
+            net: ward_net::Limits {
+                // 256 recipients of ~150 bytes, or a handful of logs: far below.
+                max_frame_bytes: 1 << 20,
+                auth_timeout: Duration::from_secs(10),
+            },
+            max_items_per_request: 256,
+            requests_per_second: 50,
+            request_burst: 200,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_enrolling: 1024,
+            enroll_timeout: Duration::from_secs(60),
+            revocation_recheck: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SQLite database file (created if missing). Its `-wal` and `-shm`
+    /// files live beside it.
+    pub db_path: PathBuf,
+    /// The organisation root's public key: every invite must be signed by it.
+    pub org_root: SigningPublicKey,
+    /// Request and connection limits.
+    pub limits: KsLimits,
+    /// The server clock, used for invite expiry and access-log times.
+    pub clock: Clock,
+}
+
+impl Config {
+    /// A configuration with default limits and the system clock.
+    pub fn new(db_path: impl Into<PathBuf>, org_root: SigningPublicKey) -> Self {
+        Self {
+            db_path: db_path.into(),
+            org_root,
+            limits: KsLimits::default(),
+            clock: Clock::system(),
+        }
+    }
+}

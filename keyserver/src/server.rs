@@ -1,0 +1,446 @@
+//! The accept loop, one task per connection, revocation fan-out and
+//! graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use ward_core::keys::SigningPublicKey;
+use ward_net::handshake::{self, KEYSERVER, Peer};
+use ward_net::{Conn, close};
+use ward_proto::decode_bounded;
+use ward_proto::v1::{ErrorCode, KsRequest};
+
+use crate::config::{Config, KsLimits};
+use crate::error::{KeyserverError, RequestError};
+use crate::handler::{self, Ctx, Session};
+use crate::storage::{self, Db, DeviceStatus};
+
+type DeviceKey = (String, [u8; 32]);
+
+/// Open sessions by device, so that a revocation closes them at once.
+#[derive(Default)]
+struct Sessions {
+    next_id: AtomicU64,
+    by_device: Mutex<HashMap<DeviceKey, HashMap<u64, watch::Sender<bool>>>>,
+}
+
+/// One connection's entry in [`Sessions`]; removed on drop.
+struct Registration {
+    sessions: Arc<Sessions>,
+    key: DeviceKey,
+    id: u64,
+    revoked: watch::Receiver<bool>,
+}
+
+impl Sessions {
+    fn register(self: &Arc<Self>, user_id: &str, device: &SigningPublicKey) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = (user_id.to_owned(), *device.as_bytes());
+        let (tx, rx) = watch::channel(false);
+        self.by_device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .insert(id, tx);
+        Registration {
+            sessions: Arc::clone(self),
+            key,
+            id,
+            revoked: rx,
+        }
+    }
+
+    fn revoke(&self, user_id: &str, device: &SigningPublicKey) {
+        let key = (user_id.to_owned(), *device.as_bytes());
+        let map = self.by_device.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conns) = map.get(&key) {
+            for tx in conns.values() {
+                let _ = tx.send(true);
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self
+            .sessions
+            .by_device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(conns) = map.get_mut(&self.key) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Per-device request budgets, shared by all of a device's connections.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
+}
+
+/// Buckets kept before idle (full) ones are dropped.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimiter {
+    fn new(limits: &KsLimits) -> Self {
+        Self {
+            rate: f64::from(limits.requests_per_second.max(1)),
+            burst: f64::from(limits.request_burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, device: &SigningPublicKey) -> bool {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_BUCKETS {
+            let (rate, burst) = (self.rate, self.burst);
+            map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+        }
+        let b = map.entry(*device.as_bytes()).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(self.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct State {
+    ctx: Ctx,
+    sessions: Arc<Sessions>,
+    rate: RateLimiter,
+    connections: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    enrolling: Arc<Semaphore>,
+}
+
+/// Connections over the cap that are being closed with a code at once.
+const REFUSALS_IN_FLIGHT: usize = 64;
+/// Time an over-the-cap peer gets to complete the WebSocket upgrade.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection's place: served, or only told it is refused.
+enum Slot {
+    Served(OwnedSemaphorePermit),
+    Refused(OwnedSemaphorePermit),
+}
+
+/// Serves the keyserver on `listener` until `shutdown` completes, then
+/// closes every connection (`GOING_AWAY`), waits for them up to
+/// `limits.shutdown_grace`, and returns. Opens and migrates the database
+/// first; fails if it cannot.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KeyserverError> {
+    if config.limits.max_items_per_request == 0 || config.limits.net.max_frame_bytes < 1024 {
+        return Err(KeyserverError::Config(
+            "limits too small to serve anything".into(),
+        ));
+    }
+    let path = config.db_path.clone();
+    let db = tokio::task::spawn_blocking(move || Db::open(&path))
+        .await
+        .map_err(|e| KeyserverError::Config(format!("database task: {e}")))??;
+    let state = Arc::new(State {
+        rate: RateLimiter::new(&config.limits),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+        sessions: Arc::new(Sessions::default()),
+        enrolling: Arc::new(Semaphore::new(config.limits.max_enrolling)),
+        ctx: Ctx {
+            db,
+            root: config.org_root,
+            clock: config.clock,
+            limits: config.limits,
+        },
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "keyserver listening");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = shutdown;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _addr)) => {
+                    let slot = match Arc::clone(&state.connections).try_acquire_owned() {
+                        Ok(p) => Slot::Served(p),
+                        // Over the cap: a few are told why (close code), the
+                        // rest are dropped at once.
+                        Err(_) => match Arc::clone(&state.refusals).try_acquire_owned() {
+                            Ok(p) => Slot::Refused(p),
+                            Err(_) => continue,
+                        },
+                    };
+                    tasks.spawn(connection(stream, Arc::clone(&state), stop_rx.clone(), slot));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tracing::info!("keyserver shutting down");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(state.ctx.limits.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    // Closing the last SQLite connections checkpoints the WAL: blocking work.
+    let _ = tokio::task::spawn_blocking(move || drop(state)).await;
+    Ok(())
+}
+
+fn nonce() -> Option<[u8; 32]> {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).ok()?;
+    Some(n)
+}
+
+async fn connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    slot: Slot,
+) {
+    let limits = state.ctx.limits.net;
+    let upgrade_time = match slot {
+        Slot::Served(_) => limits.auth_timeout,
+        Slot::Refused(_) => REFUSAL_TIMEOUT.min(limits.auth_timeout),
+    };
+    let mut conn =
+        match tokio::time::timeout(upgrade_time, ward_net::conn::accept(stream, &limits)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+            Err(_) => return,
+        };
+    let _permit = match slot {
+        Slot::Served(p) => p,
+        Slot::Refused(_p) => {
+            conn.close(close::TOO_MANY_CONNECTIONS, "too many connections")
+                .await;
+            return;
+        }
+    };
+    let Some(nonce) = nonce() else {
+        conn.close(close::INTERNAL_ERROR, "internal error").await;
+        return;
+    };
+
+    let mut registration = None;
+    let mut enrolled = false;
+    let mut enrolling_permit = None;
+    let auth = {
+        let slot = &mut registration;
+        let enrolled = &mut enrolled;
+        let enrolling_permit = &mut enrolling_permit;
+        let state = &state;
+        tokio::select! {
+            r = handshake::server(&mut conn, KEYSERVER, nonce, &limits, |peer: Peer| async move {
+                // Register before reading the directory: a revocation
+                // committed after this read still reaches the session.
+                *slot = Some(state.sessions.register(&peer.user_id, &peer.device));
+                let (user, device) = (peer.user_id.clone(), peer.device);
+                let status = state
+                    .ctx
+                    .db
+                    .call(move |c| storage::device_status(c, &user, &device).map_err(RequestError::from))
+                    .await;
+                match status {
+                    Ok(DeviceStatus::Active) => {
+                        *enrolled = true;
+                        Ok(peer)
+                    }
+                    // Unauthenticated in all but the key: bounded in number
+                    // and in time (see `serve`).
+                    Ok(DeviceStatus::NoSuchUser) => match Arc::clone(&state.enrolling).try_acquire_owned() {
+                        Ok(p) => {
+                            *enrolling_permit = Some(p);
+                            Ok(peer)
+                        }
+                        Err(_) => Err(ErrorCode::RateLimited),
+                    },
+                    Ok(DeviceStatus::Revoked) => Err(ErrorCode::DeviceRevoked),
+                    Ok(DeviceStatus::Unknown) => Err(ErrorCode::Unauthenticated),
+                    Err(_) => Err(ErrorCode::Internal),
+                }
+            }) => Some(r),
+            _ = stop.changed() => None,
+        }
+    };
+    let peer = match auth {
+        None => {
+            conn.close(close::GOING_AWAY, "shutting down").await;
+            return;
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "handshake refused");
+            conn.close_for(&e).await;
+            return;
+        }
+        Some(Ok(peer)) => peer,
+    };
+    let Some(mut registration) = registration else {
+        conn.close(close::INTERNAL_ERROR, "internal error").await;
+        return;
+    };
+    let mut session = Session {
+        user_id: peer.user_id,
+        device: peer.device,
+        enrolled,
+    };
+    serve(
+        &mut conn,
+        &state,
+        &mut session,
+        &mut registration,
+        &mut stop,
+        enrolling_permit,
+    )
+    .await;
+}
+
+async fn serve(
+    conn: &mut Conn<TcpStream>,
+    state: &State,
+    session: &mut Session,
+    registration: &mut Registration,
+    stop: &mut watch::Receiver<bool>,
+    mut enrolling_permit: Option<OwnedSemaphorePermit>,
+) {
+    let limits = &state.ctx.limits;
+    let max = limits.net.max_frame_bytes;
+    let mut recheck = tokio::time::interval(limits.revocation_recheck);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    let enroll_deadline = tokio::time::sleep(limits.enroll_timeout);
+    tokio::pin!(enroll_deadline);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                conn.close(close::GOING_AWAY, "shutting down").await;
+                return;
+            }
+            _ = registration.revoked.changed() => {
+                conn.close(close::DEVICE_REVOKED, "device revoked").await;
+                return;
+            }
+            _ = recheck.tick() => {
+                if session.enrolled && !still_active(state, session).await {
+                    conn.close(close::DEVICE_REVOKED, "device revoked").await;
+                    return;
+                }
+                continue;
+            }
+            _ = &mut enroll_deadline, if !session.enrolled => {
+                conn.close(close::AUTH_TIMEOUT, "enrollment not completed in time").await;
+                return;
+            }
+            _ = &mut idle => {
+                conn.close(close::NORMAL, "idle").await;
+                return;
+            }
+            frame = conn.recv() => frame,
+        };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + limits.idle_timeout);
+        let bytes = match frame {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "closing connection");
+                conn.close_for(&e).await;
+                return;
+            }
+        };
+        let Ok(req) = decode_bounded::<KsRequest>(&bytes, max) else {
+            conn.close(close::PROTOCOL_ERROR, "undecodable request")
+                .await;
+            return;
+        };
+        let outcome = if state.rate.allow(&session.device) {
+            handler::handle(&state.ctx, session, req).await
+        } else {
+            handler::Outcome {
+                response: handler::error_response(
+                    req.request_id,
+                    &RequestError::new(ErrorCode::RateLimited, "slow down"),
+                ),
+                revoked: None,
+                enrolled: false,
+            }
+        };
+        if outcome.enrolled {
+            session.enrolled = true;
+            drop(enrolling_permit.take());
+        }
+        let sent = conn.send_msg(&outcome.response).await;
+        if let Some((user, device)) = &outcome.revoked {
+            state.sessions.revoke(user, device);
+        }
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether the session's device is still active (a database error counts
+/// as active: the per-request check inside each transaction still holds).
+async fn still_active(state: &State, session: &Session) -> bool {
+    let (user, device) = (session.user_id.clone(), session.device);
+    let status = state
+        .ctx
+        .db
+        .call(move |c| storage::device_status(c, &user, &device).map_err(RequestError::from))
+        .await;
+    !matches!(
+        status,
+        Ok(DeviceStatus::Revoked | DeviceStatus::Unknown | DeviceStatus::NoSuchUser)
+    )
+}

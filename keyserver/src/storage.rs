@@ -1,0 +1,1040 @@
+//! SQLite storage: schema, migrations and every query.
+//!
+//! * WAL mode, `synchronous = FULL`: a reply is sent only after its
+//!   transaction committed durably.
+//! * Every write runs in one `BEGIN IMMEDIATE` transaction, which also holds
+//!   the checks it depends on (device still active, invite unused, no
+//!   conflicting key), so concurrent requests cannot interleave badly.
+//! * Versioned migrations keyed on `PRAGMA user_version`.
+//! * The functions here are blocking; the server calls them through
+//!   [`Db::call`], which runs them on tokio's blocking pool with a pooled
+//!   connection, never on the async workers.
+//!
+//! Schema (version 1):
+//!
+//! | table | rows | key |
+//! |---|---|---|
+//! | `users` | one per user: current encryption key, rotation pending, log length | `user_id` |
+//! | `log_entries` | each verified statement, exactly as signed, with its entry hash | `(user_id, seq)` |
+//! | `used_invites` | hash of every invite used | `invite_hash` |
+//! | `devices` | each device ever added, with its X25519 key and `active` flag | `(user_id, device_id)` |
+//! | `user_keys` | every encryption key a user has had | `(user_id, user_key)` |
+//! | `wrapped_keys` | resource keys wrapped to a user key, with sender and time | `(resource_id, recipient_user)` |
+//! | `device_grants` | a user key wrapped to one of its devices | `(user_id, user_key, device_key)` |
+//! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key and grant read | `id` |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use ward_core::chain::{MAX_LOG_ENTRIES, entry_hash, verify_log};
+use ward_core::keys::SigningPublicKey;
+use ward_proto::v1::{
+    DeviceGrant, ErrorCode, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys,
+};
+
+use crate::directory::{self, Change, Kind};
+use crate::error::{RequestError, StorageError};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    r#"
+    CREATE TABLE users (
+        user_id          TEXT PRIMARY KEY,
+        current_key      BLOB NOT NULL,
+        rotation_pending INTEGER NOT NULL DEFAULT 0,
+        log_len          INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE log_entries (
+        user_id     TEXT NOT NULL REFERENCES users(user_id),
+        seq         INTEGER NOT NULL,
+        statement   BLOB NOT NULL,
+        signature   BLOB NOT NULL,
+        entry_hash  BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (user_id, seq)
+    ) STRICT;
+    CREATE TABLE used_invites (
+        invite_hash BLOB PRIMARY KEY,
+        user_id     TEXT NOT NULL,
+        used_at     INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE devices (
+        user_id        TEXT NOT NULL REFERENCES users(user_id),
+        device_id      BLOB NOT NULL,
+        encryption_key BLOB NOT NULL,
+        active         INTEGER NOT NULL,
+        added_seq      INTEGER NOT NULL,
+        revoked_seq    INTEGER,
+        PRIMARY KEY (user_id, device_id)
+    ) STRICT;
+    CREATE TABLE user_keys (
+        user_id   TEXT NOT NULL REFERENCES users(user_id),
+        user_key  BLOB NOT NULL,
+        since_seq INTEGER NOT NULL,
+        PRIMARY KEY (user_id, user_key)
+    ) STRICT;
+    CREATE TABLE wrapped_keys (
+        resource_id    BLOB NOT NULL,
+        recipient_user TEXT NOT NULL REFERENCES users(user_id),
+        recipient_key  BLOB NOT NULL,
+        enc            BLOB NOT NULL,
+        ciphertext     BLOB NOT NULL,
+        sender_user    TEXT NOT NULL,
+        sender_device  BLOB NOT NULL,
+        created_at     INTEGER NOT NULL,
+        PRIMARY KEY (resource_id, recipient_user)
+    ) STRICT;
+    CREATE TABLE device_grants (
+        user_id       TEXT NOT NULL REFERENCES users(user_id),
+        user_key      BLOB NOT NULL,
+        device_key    BLOB NOT NULL,
+        enc           BLOB NOT NULL,
+        ciphertext    BLOB NOT NULL,
+        sender_device BLOB NOT NULL,
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (user_id, user_key, device_key)
+    ) STRICT;
+    CREATE TABLE access_log (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        user_id     TEXT NOT NULL,
+        device_id   BLOB NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('wrapped_key', 'device_grant')),
+        resource_id BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX access_log_at ON access_log(at);
+    CREATE TRIGGER access_log_no_update BEFORE UPDATE ON access_log
+        BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
+    CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log
+        BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
+    "#,
+];
+
+/// Opens (creating if needed) the database at `path` and configures the
+/// connection. Does not migrate.
+pub fn open_connection(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
+pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The database: a path and a small pool of open connections. Every query
+/// goes through [`Db::call`].
+pub struct Db {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// Connections kept open between calls.
+const POOL_KEEP: usize = 8;
+
+impl Db {
+    /// Opens and migrates the database at `path` (blocking: call before
+    /// serving, or from a blocking task).
+    pub fn open(path: &Path) -> Result<Arc<Self>, StorageError> {
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn)?;
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            pool: Mutex::new(vec![conn]),
+        }))
+    }
+
+    fn take(&self) -> Result<Connection, StorageError> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => open_connection(&self.path),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_KEEP {
+            pool.push(conn);
+        }
+    }
+
+    /// Runs `f` with a connection on the blocking pool.
+    pub async fn call<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let db = Arc::clone(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut conn = db.take()?;
+            let out = f(&mut conn);
+            // A connection left inside a failed transaction rolls back on
+            // drop of the `Transaction`; it is safe to reuse.
+            db.give_back(conn);
+            out
+        })
+        .await;
+        match joined {
+            Ok(r) => r,
+            Err(e) => Err(StorageError::Task(e.to_string()).into()),
+        }
+    }
+}
+
+/// Where a device stands in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// An active device of the user.
+    Active,
+    /// A device of the user, revoked.
+    Revoked,
+    /// The user exists, the device is not one of its devices.
+    Unknown,
+    /// No such user (yet).
+    NoSuchUser,
+}
+
+/// The directory's view of `device` of `user_id`.
+pub fn device_status(
+    conn: &Connection,
+    user_id: &str,
+    device: &SigningPublicKey,
+) -> Result<DeviceStatus, rusqlite::Error> {
+    let active: Option<i64> = conn
+        .query_row(
+            "SELECT active FROM devices WHERE user_id = ?1 AND device_id = ?2",
+            params![user_id, device.as_bytes().as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match active {
+        Some(1) => DeviceStatus::Active,
+        Some(_) => DeviceStatus::Revoked,
+        None if user_exists(conn, user_id)? => DeviceStatus::Unknown,
+        None => DeviceStatus::NoSuchUser,
+    })
+}
+
+fn user_exists(conn: &Connection, user_id: &str) -> Result<bool, rusqlite::Error> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM users WHERE user_id = ?1",
+            params![user_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Refuses a request from a device that is no longer active (checked inside
+/// the request's own transaction, so a revocation committed before is seen).
+fn require_active(
+    conn: &Connection,
+    user_id: &str,
+    device: &SigningPublicKey,
+) -> Result<(), RequestError> {
+    match device_status(conn, user_id, device)? {
+        DeviceStatus::Active => Ok(()),
+        DeviceStatus::Revoked => Err(RequestError::new(
+            ErrorCode::DeviceRevoked,
+            "device revoked",
+        )),
+        DeviceStatus::Unknown | DeviceStatus::NoSuchUser => Err(RequestError::new(
+            ErrorCode::Unauthenticated,
+            "not an active device",
+        )),
+    }
+}
+
+/// A user's log, in order.
+pub fn load_log(conn: &Connection, user_id: &str) -> Result<Vec<SignedStatement>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT statement, signature FROM log_entries WHERE user_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![user_id], |r| {
+        Ok(SignedStatement {
+            statement: r.get(0)?,
+            signature: r.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The logs of the users asked for that exist. Refuses with `TOO_LARGE`
+/// once the logs gathered exceed `max_bytes` (the reply could not be sent).
+pub fn get_logs(
+    conn: &mut Connection,
+    caller_user: &str,
+    caller_device: &SigningPublicKey,
+    user_ids: &[String],
+    max_bytes: usize,
+) -> Result<BTreeMap<String, UserLog>, RequestError> {
+    let tx = conn.transaction()?;
+    require_active(&tx, caller_user, caller_device)?;
+    let mut out = BTreeMap::new();
+    let mut total = 0usize;
+    for id in user_ids {
+        if out.contains_key(id) {
+            continue;
+        }
+        let entries = load_log(&tx, id)?;
+        total = entries.iter().fold(total, |t, e| {
+            t.saturating_add(e.statement.len() + e.signature.len())
+        });
+        if total > max_bytes {
+            return Err(RequestError::new(
+                ErrorCode::TooLarge,
+                "logs too large for one reply: ask for fewer users",
+            ));
+        }
+        if !entries.is_empty() {
+            out.insert(id.clone(), UserLog { entries });
+        }
+    }
+    Ok(out)
+}
+
+/// What an accepted append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The entry's position in its user's log.
+    pub seq: u64,
+    /// The user whose log grew.
+    pub user_id: String,
+    /// What changed in the directory; `None` for a creation or an
+    /// idempotent retry of an entry already stored.
+    pub change: Option<Change>,
+}
+
+fn insert_entry(
+    tx: &Connection,
+    user_id: &str,
+    seq: u64,
+    entry: &SignedStatement,
+    now: u64,
+) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO log_entries (user_id, seq, statement, signature, entry_hash, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            user_id,
+            seq as i64,
+            entry.statement,
+            entry.signature,
+            entry_hash(entry).as_slice(),
+            now as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// What a verified entry will write.
+enum Plan {
+    Create(Box<ward_core::chain::VerifiedUser>),
+    Next { seq: u64, change: Change },
+}
+
+/// Times an append re-verifies because its user's log grew meanwhile.
+const APPEND_ATTEMPTS: usize = 3;
+
+/// Verifies `entry` against the stored directory and, if it is accepted,
+/// stores it and updates the derived tables, in one transaction.
+///
+/// Signatures are checked against a read snapshot, outside the write lock;
+/// the write transaction then confirms the log has not grown since (a log
+/// only grows, so an equal length means an equal log) or verifies again.
+pub fn append(
+    conn: &mut Connection,
+    root: &SigningPublicKey,
+    now: u64,
+    entry: &SignedStatement,
+) -> Result<Appended, RequestError> {
+    let routing = directory::route(entry)?;
+    for _ in 0..APPEND_ATTEMPTS {
+        let log = load_log(conn, &routing.user_id)?;
+        // A retry of an entry already stored is acknowledged again.
+        if let Some(existing) = usize::try_from(routing.seq).ok().and_then(|i| log.get(i)) {
+            if existing == entry {
+                return Ok(Appended {
+                    seq: routing.seq,
+                    user_id: routing.user_id,
+                    change: None,
+                });
+            }
+            // A different creation for an existing user falls through: it
+            // is refused below as a used invite or an existing user.
+            if routing.kind != Kind::UserCreation {
+                return Err(RequestError::new(
+                    ErrorCode::Conflict,
+                    "log position already taken",
+                ));
+            }
+        }
+        if log.len() >= MAX_LOG_ENTRIES {
+            return Err(RequestError::new(
+                ErrorCode::InvalidStatement,
+                "log is full",
+            ));
+        }
+        let plan = if routing.kind == Kind::UserCreation {
+            Plan::Create(Box::new(directory::accept_creation(root, now, entry)?))
+        } else {
+            if log.is_empty() {
+                return Err(RequestError::new(ErrorCode::UnknownUser, "no such user"));
+            }
+            // Everything stored was verified on the way in; verifying again
+            // costs one signature per entry and catches a tampered database.
+            let verified = verify_log(root, &routing.user_id, &log).map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "stored log of {:?} does not verify: {e}",
+                    routing.user_id
+                ))
+            })?;
+            let (_, change) = directory::accept_next(root, &verified, entry)?;
+            Plan::Next {
+                seq: verified.len(),
+                change,
+            }
+        };
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let len_now: i64 = tx
+            .query_row(
+                "SELECT log_len FROM users WHERE user_id = ?1",
+                params![routing.user_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if usize::try_from(len_now).ok() != Some(log.len()) {
+            // The log grew meanwhile: verify again against the new one.
+            continue;
+        }
+        let appended = write_plan(&tx, &routing.user_id, now, entry, plan)?;
+        tx.commit()?;
+        return Ok(appended);
+    }
+    Err(RequestError::new(
+        ErrorCode::Conflict,
+        "the log changed concurrently; fetch it and retry",
+    ))
+}
+
+/// Makes `key` the user's current key (clearing rotation pending) and
+/// records it among the user's keys.
+fn set_user_key(
+    tx: &Connection,
+    user_id: &str,
+    key: &ward_core::keys::EncryptionPublicKey,
+    seq: u64,
+) -> Result<(), rusqlite::Error> {
+    let key = key.as_bytes().as_slice();
+    tx.execute(
+        "UPDATE users SET current_key = ?2, rotation_pending = 0 WHERE user_id = ?1",
+        params![user_id, key],
+    )?;
+    tx.execute(
+        "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, ?3)",
+        params![user_id, key, seq as i64],
+    )?;
+    Ok(())
+}
+
+fn write_plan(
+    tx: &Connection,
+    user_id: &str,
+    now: u64,
+    entry: &SignedStatement,
+    plan: Plan,
+) -> Result<Appended, RequestError> {
+    let user_id = user_id.to_owned();
+    let appended = match plan {
+        Plan::Create(user) => {
+            let hash = user.invite().hash;
+            let used: Option<String> = tx
+                .query_row(
+                    "SELECT user_id FROM used_invites WHERE invite_hash = ?1",
+                    params![hash.as_slice()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if used.is_some() {
+                return Err(RequestError::new(
+                    ErrorCode::InviteUsed,
+                    "invite already used",
+                ));
+            }
+            if user_exists(tx, &user_id)? {
+                return Err(RequestError::new(
+                    ErrorCode::Conflict,
+                    "user already exists",
+                ));
+            }
+            let key = user.encryption_key().as_bytes().as_slice();
+            tx.execute(
+                "INSERT INTO users (user_id, current_key, log_len, created_at) VALUES (?1, ?2, 1, ?3)",
+                params![user_id, key, now as i64],
+            )?;
+            insert_entry(tx, &user_id, 0, entry, now)?;
+            tx.execute(
+                "INSERT INTO used_invites (invite_hash, user_id, used_at) VALUES (?1, ?2, ?3)",
+                params![hash.as_slice(), user_id, now as i64],
+            )?;
+            tx.execute(
+                "INSERT INTO user_keys (user_id, user_key, since_seq) VALUES (?1, ?2, 0)",
+                params![user_id, key],
+            )?;
+            for d in user.devices() {
+                tx.execute(
+                    "INSERT INTO devices (user_id, device_id, encryption_key, active, added_seq)
+                     VALUES (?1, ?2, ?3, 1, 0)",
+                    params![
+                        user_id,
+                        d.signing_key.as_bytes().as_slice(),
+                        d.encryption_key.as_bytes().as_slice()
+                    ],
+                )?;
+            }
+            Appended {
+                seq: 0,
+                user_id,
+                change: None,
+            }
+        }
+        Plan::Next { seq, change } => {
+            insert_entry(tx, &user_id, seq, entry, now)?;
+            tx.execute(
+                "UPDATE users SET log_len = ?2 WHERE user_id = ?1",
+                params![user_id, (seq + 1) as i64],
+            )?;
+            match &change {
+                Change::DeviceAdded(d) => {
+                    tx.execute(
+                        "INSERT INTO devices (user_id, device_id, encryption_key, active, added_seq)
+                         VALUES (?1, ?2, ?3, 1, ?4)",
+                        params![
+                            user_id,
+                            d.signing_key.as_bytes().as_slice(),
+                            d.encryption_key.as_bytes().as_slice(),
+                            seq as i64
+                        ],
+                    )?;
+                }
+                Change::DeviceRevoked {
+                    device,
+                    new_user_key,
+                } => {
+                    tx.execute(
+                        "UPDATE devices SET active = 0, revoked_seq = ?3
+                         WHERE user_id = ?1 AND device_id = ?2",
+                        params![user_id, device.as_bytes().as_slice(), seq as i64],
+                    )?;
+                    match new_user_key {
+                        Some(key) => set_user_key(tx, &user_id, key, seq)?,
+                        // A root revocation: the key stays, rotation pending.
+                        None => {
+                            tx.execute(
+                                "UPDATE users SET rotation_pending = 1 WHERE user_id = ?1",
+                                params![user_id],
+                            )?;
+                        }
+                    }
+                }
+                Change::KeyRotated { new_user_key } => {
+                    set_user_key(tx, &user_id, new_user_key, seq)?;
+                }
+            }
+            Appended {
+                seq,
+                user_id,
+                change: Some(change),
+            }
+        }
+    };
+    Ok(appended)
+}
+
+/// Stores wrapped keys from an authenticated sender, all or none. A key
+/// already stored identically is accepted again; a different key for the
+/// same (resource, recipient) is a `CONFLICT` and never overwrites. Keys
+/// must be wrapped to the recipient's *current* key (a stale key could be
+/// one a revoked device still holds), and a resource's keys all come from
+/// one sender device (the first that stored keys under it). Returns how
+/// many entries were accepted.
+pub fn put_wrapped_keys(
+    conn: &mut Connection,
+    sender_user: &str,
+    sender_device: &SigningPublicKey,
+    now: u64,
+    keys: &[WrappedKeyFor],
+) -> Result<u32, RequestError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    require_active(&tx, sender_user, sender_device)?;
+    let mut count = 0u32;
+    for (i, k) in keys.iter().enumerate() {
+        let w = k
+            .key
+            .as_ref()
+            .ok_or_else(|| RequestError::malformed(format!("entry {i}: missing key")))?;
+        let existing: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = tx
+            .query_row(
+                "SELECT recipient_key, enc, ciphertext FROM wrapped_keys
+                 WHERE resource_id = ?1 AND recipient_user = ?2",
+                params![w.resource_id, k.recipient_user_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((rk, enc, ct)) = existing {
+            if rk == w.recipient_key && enc == w.enc && ct == w.ciphertext {
+                count += 1;
+                continue;
+            }
+            return Err(RequestError::new(
+                ErrorCode::Conflict,
+                format!("entry {i}: another key is stored for this resource and recipient"),
+            ));
+        }
+        let current: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT current_key FROM users WHERE user_id = ?1",
+                params![k.recipient_user_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match current {
+            None => {
+                return Err(RequestError::new(
+                    ErrorCode::UnknownUser,
+                    format!("entry {i}: unknown recipient user"),
+                ));
+            }
+            Some(c) if c != w.recipient_key => {
+                return Err(RequestError::new(
+                    ErrorCode::Conflict,
+                    format!("entry {i}: not the recipient's current key; refresh its log"),
+                ));
+            }
+            Some(_) => {}
+        }
+        let other_sender = tx
+            .query_row(
+                "SELECT 1 FROM wrapped_keys
+                 WHERE resource_id = ?1 AND (sender_user != ?2 OR sender_device != ?3) LIMIT 1",
+                params![
+                    w.resource_id,
+                    sender_user,
+                    sender_device.as_bytes().as_slice()
+                ],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if other_sender.is_some() {
+            return Err(RequestError::forbidden(format!(
+                "entry {i}: resource id belongs to another sender device"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO wrapped_keys (resource_id, recipient_user, recipient_key, enc, ciphertext,
+                                       sender_user, sender_device, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                w.resource_id,
+                k.recipient_user_id,
+                w.recipient_key,
+                w.enc,
+                w.ciphertext,
+                sender_user,
+                sender_device.as_bytes().as_slice(),
+                now as i64
+            ],
+        )?;
+        count += 1;
+    }
+    tx.commit()?;
+    Ok(count)
+}
+
+/// Returns the keys of `resource_ids` wrapped for the caller's user, and
+/// records each one returned in the access log, in the same transaction.
+pub fn get_wrapped_keys(
+    conn: &mut Connection,
+    user_id: &str,
+    device: &SigningPublicKey,
+    now: u64,
+    resource_ids: &[Vec<u8>],
+) -> Result<WrappedKeys, RequestError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    require_active(&tx, user_id, device)?;
+    let mut out = WrappedKeys::default();
+    let mut seen = BTreeSet::new();
+    for rid in resource_ids {
+        if !seen.insert(rid.clone()) {
+            continue;
+        }
+        let found: Option<WrappedKey> = tx
+            .query_row(
+                "SELECT recipient_key, enc, ciphertext FROM wrapped_keys
+                 WHERE resource_id = ?1 AND recipient_user = ?2",
+                params![rid, user_id],
+                |r| {
+                    Ok(WrappedKey {
+                        resource_id: rid.clone(),
+                        recipient_key: r.get(0)?,
+                        enc: r.get(1)?,
+                        ciphertext: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        match found {
+            Some(k) => {
+                log_access(&tx, now, user_id, device, AccessKind::WrappedKey, rid)?;
+                out.keys.push(k);
+            }
+            None => out.missing.push(rid.clone()),
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Stores grants of the caller's user key to its own active devices, all or
+/// none. The user key must be one of the user's keys (current or past), the
+/// device key the encryption key of one of its active devices.
+pub fn put_grants(
+    conn: &mut Connection,
+    user_id: &str,
+    device: &SigningPublicKey,
+    now: u64,
+    grants: &[DeviceGrant],
+) -> Result<u32, RequestError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    require_active(&tx, user_id, device)?;
+    let mut count = 0u32;
+    for (i, g) in grants.iter().enumerate() {
+        let known_key = tx
+            .query_row(
+                "SELECT 1 FROM user_keys WHERE user_id = ?1 AND user_key = ?2",
+                params![user_id, g.user_key],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !known_key {
+            return Err(RequestError::forbidden(format!(
+                "grant {i}: not a key of this user"
+            )));
+        }
+        let device_ok = tx
+            .query_row(
+                "SELECT 1 FROM devices WHERE user_id = ?1 AND encryption_key = ?2 AND active = 1",
+                params![user_id, g.device_key],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !device_ok {
+            return Err(RequestError::forbidden(format!(
+                "grant {i}: not an active device of this user"
+            )));
+        }
+        let existing: Option<(Vec<u8>, Vec<u8>)> = tx
+            .query_row(
+                "SELECT enc, ciphertext FROM device_grants
+                 WHERE user_id = ?1 AND user_key = ?2 AND device_key = ?3",
+                params![user_id, g.user_key, g.device_key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match existing {
+            Some((enc, ct)) if enc == g.enc && ct == g.ciphertext => {}
+            Some(_) => {
+                return Err(RequestError::new(
+                    ErrorCode::Conflict,
+                    format!("grant {i}: another grant is stored for this key and device"),
+                ));
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO device_grants (user_id, user_key, device_key, enc, ciphertext,
+                                                sender_device, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        user_id,
+                        g.user_key,
+                        g.device_key,
+                        g.enc,
+                        g.ciphertext,
+                        device.as_bytes().as_slice(),
+                        now as i64
+                    ],
+                )?;
+            }
+        }
+        count += 1;
+    }
+    tx.commit()?;
+    Ok(count)
+}
+
+/// The grant of `user_key` (empty: the user's current key) addressed to the
+/// caller device's own encryption key. A grant served is recorded in the
+/// access log, in the same transaction.
+pub fn get_grant(
+    conn: &mut Connection,
+    user_id: &str,
+    device: &SigningPublicKey,
+    now: u64,
+    user_key: &[u8],
+) -> Result<DeviceGrant, RequestError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    require_active(&tx, user_id, device)?;
+    let device_key: Vec<u8> = tx.query_row(
+        "SELECT encryption_key FROM devices WHERE user_id = ?1 AND device_id = ?2",
+        params![user_id, device.as_bytes().as_slice()],
+        |r| r.get(0),
+    )?;
+    let user_key: Vec<u8> = if user_key.is_empty() {
+        tx.query_row(
+            "SELECT current_key FROM users WHERE user_id = ?1",
+            params![user_id],
+            |r| r.get(0),
+        )?
+    } else {
+        user_key.to_vec()
+    };
+    let grant = tx
+        .query_row(
+            "SELECT enc, ciphertext FROM device_grants
+             WHERE user_id = ?1 AND user_key = ?2 AND device_key = ?3",
+            params![user_id, user_key, device_key],
+            |r| {
+                Ok(DeviceGrant {
+                    user_key: user_key.clone(),
+                    device_key: device_key.clone(),
+                    enc: r.get(0)?,
+                    ciphertext: r.get(1)?,
+                })
+            },
+        )
+        .optional()?
+        .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no grant for this device"))?;
+    log_access(
+        &tx,
+        now,
+        user_id,
+        device,
+        AccessKind::DeviceGrant,
+        &user_key,
+    )?;
+    tx.commit()?;
+    Ok(grant)
+}
+
+/// What was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    /// A wrapped resource key; the record's `resource_id` is the resource id.
+    WrappedKey,
+    /// A device grant; the record's `resource_id` is the user public key
+    /// whose private half the grant holds.
+    DeviceGrant,
+}
+
+impl AccessKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::WrappedKey => "wrapped_key",
+            AccessKind::DeviceGrant => "device_grant",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "wrapped_key" => Some(AccessKind::WrappedKey),
+            "device_grant" => Some(AccessKind::DeviceGrant),
+            _ => None,
+        }
+    }
+}
+
+fn log_access(
+    tx: &Connection,
+    now: u64,
+    user_id: &str,
+    device: &SigningPublicKey,
+    kind: AccessKind,
+    object: &[u8],
+) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO access_log (at, user_id, device_id, kind, resource_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            now as i64,
+            user_id,
+            device.as_bytes().as_slice(),
+            kind.as_str(),
+            object
+        ],
+    )?;
+    Ok(())
+}
+
+/// One read of a wrapped key or a grant, as the access log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// Position in the log (strictly increasing).
+    pub id: i64,
+    /// Unix seconds, server clock.
+    pub at: u64,
+    /// The reader's user.
+    pub user_id: String,
+    /// The reading device (Ed25519 public key).
+    pub device_id: Vec<u8>,
+    /// What was read.
+    pub kind: AccessKind,
+    /// The resource whose key was read; for a grant, the user public key.
+    pub resource_id: Vec<u8>,
+}
+
+/// Every access-log record at or after `since` (unix seconds), oldest first.
+pub fn access_log_since(conn: &Connection, since: u64) -> Result<Vec<AccessRecord>, StorageError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, user_id, device_id, kind, resource_id FROM access_log
+         WHERE at >= ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![since as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, at, user_id, device_id, kind, resource_id) = row?;
+        let kind = AccessKind::parse(&kind)
+            .ok_or_else(|| StorageError::Corrupt(format!("access log kind {kind:?}")))?;
+        out.push(AccessRecord {
+            id,
+            at: at.max(0) as u64,
+            user_id,
+            device_id,
+            kind,
+            resource_id,
+        });
+    }
+    Ok(out)
+}
+
+/// Exports the access log of the database at `path` (read-only; safe while
+/// the keyserver runs): every record at or after `since`, oldest first.
+pub fn export_access_log(path: &Path, since: u64) -> Result<Vec<AccessRecord>, StorageError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        return Err(StorageError::Corrupt(format!(
+            "schema version {version}, expected {SCHEMA_VERSION}"
+        )));
+    }
+    access_log_since(&conn, since)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> PathBuf {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).unwrap();
+        std::env::temp_dir().join(format!("ward-ks-{name}-{}.db", hex::encode(bytes)))
+    }
+
+    #[test]
+    fn migrations_are_idempotent_and_the_access_log_is_append_only() {
+        let path = temp_db("migrate");
+        let mut conn = open_connection(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        conn.execute(
+            "INSERT INTO access_log (at, user_id, device_id, kind, resource_id)
+             VALUES (1, 'u', x'00', 'wrapped_key', x'01')",
+            [],
+        )
+        .unwrap();
+        assert!(conn.execute("DELETE FROM access_log", []).is_err());
+        assert!(conn.execute("UPDATE access_log SET at = 2", []).is_err());
+        let log = export_access_log(&path, 0).unwrap();
+        assert_eq!(log.len(), 1);
+        assert!(export_access_log(&path, 2).unwrap().is_empty());
+
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StorageError::TooNew { .. })
+        ));
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn logs_are_deduplicated_and_bounded() {
+        let mut rng = rand::rng();
+        let org = ward_core::testkit::Org::new(&mut rng);
+        let a = org.enroll(&mut rng, "a");
+        let path = temp_db("logs");
+        let mut conn = open_connection(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let root = org.root_public();
+        let now = ward_core::testkit::KIT_TIME;
+        assert_eq!(append(&mut conn, &root, now, &a.log[0]).unwrap().seq, 0);
+        let dev = a.device.public_key();
+        let ids = vec!["a".to_string(); 3];
+        let logs = get_logs(&mut conn, "a", &dev, &ids, 1 << 20).unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs["a"].entries, a.log);
+        let err = get_logs(&mut conn, "a", &dev, &ids, 100).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        // A stranger's device gets nothing.
+        let other = ward_core::keys::DeviceSigningKey::generate(&mut rng).public_key();
+        let err = get_logs(&mut conn, "a", &other, &ids, 1 << 20).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
+}

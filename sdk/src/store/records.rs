@@ -1,0 +1,738 @@
+//! Typed access to what the SDK client keeps: its identity and keys, the
+//! verified logs it has cached, conversations, messages, the outbox and the
+//! relay cursor. Every value lives inside the encrypted database.
+
+use core::fmt;
+
+use ward_core::envelope::ContentType;
+use ward_core::keys::{
+    DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, SigningPublicKey, UserEncryptionKey,
+};
+use ward_core::{ConversationId, ResourceId};
+use zeroize::Zeroizing;
+
+use super::error::{Result, StoreError};
+use super::rusqlite::{OptionalExtension, Row, params};
+use super::{Store, rusqlite};
+
+/// This device's identity: whose it is and its two key pairs.
+pub struct Identity {
+    /// The user this device belongs to.
+    pub user_id: String,
+    /// The device's signing key (its public key is the device id).
+    pub device_signing: DeviceSigningKey,
+    /// The device's encryption key (the user key is granted to it).
+    pub device_encryption: DeviceEncryptionKey,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key types print only their public halves.
+        f.debug_struct("Identity")
+            .field("user_id", &self.user_id)
+            .field("device_signing", &self.device_signing)
+            .field("device_encryption", &self.device_encryption)
+            .finish()
+    }
+}
+
+/// A conversation and its members (user ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// Its id.
+    pub id: ConversationId,
+    /// Its members, sorted.
+    pub members: Vec<String>,
+}
+
+/// A verified, decrypted message as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The resource id; with the sender's user id, the deduplication key.
+    pub resource_id: ResourceId,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The sender's user id.
+    pub sender_user_id: String,
+    /// The device that signed it.
+    pub sender_device: SigningPublicKey,
+    /// The sender's claimed time, unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Text or file.
+    pub content_type: ContentType,
+    /// The plaintext (zeroized on drop).
+    pub content: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("resource_id", &self.resource_id)
+            .field("conversation_id", &self.conversation_id)
+            .field("sender_user_id", &self.sender_user_id)
+            .field("sender_device", &self.sender_device)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("content_type", &self.content_type)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .finish()
+    }
+}
+
+/// An outbox entry's id (increasing: the queue's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboxId(pub i64);
+
+/// Where an outgoing message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Queued, not yet handed to the relay.
+    Pending,
+    /// Handed to the relay at least once, not yet confirmed; sending it
+    /// again is safe (receivers deduplicate on the resource id).
+    Sent,
+}
+
+impl OutboxState {
+    fn to_db(self) -> i64 {
+        match self {
+            Self::Pending => 0,
+            Self::Sent => 1,
+        }
+    }
+
+    fn from_db(v: i64) -> Result<Self> {
+        match v {
+            0 => Ok(Self::Pending),
+            1 => Ok(Self::Sent),
+            _ => Err(StoreError::InvalidData("outbox state")),
+        }
+    }
+}
+
+/// One queued outgoing message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Its id.
+    pub id: OutboxId,
+    /// The conversation it goes to.
+    pub conversation_id: ConversationId,
+    /// What the client needs to (re)send it, opaque to the store.
+    pub payload: Zeroizing<Vec<u8>>,
+    /// Pending or sent.
+    pub state: OutboxState,
+    /// When it was queued, unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for OutboxItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxItem")
+            .field("id", &self.id)
+            .field("conversation_id", &self.conversation_id)
+            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
+            .field("state", &self.state)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
+}
+
+fn content_type_to_db(t: ContentType) -> i64 {
+    match t {
+        ContentType::Text => 1,
+        ContentType::File => 2,
+    }
+}
+
+fn content_type_from_db(v: i64) -> Result<ContentType> {
+    match v {
+        1 => Ok(ContentType::Text),
+        2 => Ok(ContentType::File),
+        _ => Err(StoreError::InvalidData("content type")),
+    }
+}
+
+fn to_i64(v: u64, what: &'static str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::InvalidData(what))
+}
+
+fn to_u64(v: i64, what: &'static str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::InvalidData(what))
+}
+
+fn id16<T>(bytes: &[u8], parse: fn(&[u8]) -> Option<T>, what: &'static str) -> Result<T> {
+    parse(bytes).ok_or(StoreError::InvalidData(what))
+}
+
+/// A secret column, read straight into a zeroizing buffer.
+fn secret(row: &Row<'_>, idx: usize) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
+    row.get::<_, Vec<u8>>(idx).map(Zeroizing::new)
+}
+
+type MessageRow = (
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    Vec<u8>,
+    i64,
+    i64,
+    Zeroizing<Vec<u8>>,
+);
+
+fn message_from_row(r: MessageRow) -> Result<Message> {
+    let (rid, cid, sender_user_id, device, ts, ct, content) = r;
+    Ok(Message {
+        resource_id: id16(&rid, ResourceId::from_slice, "resource id")?,
+        conversation_id: id16(&cid, ConversationId::from_slice, "conversation id")?,
+        sender_user_id,
+        sender_device: SigningPublicKey::from_bytes(&device)
+            .map_err(|_| StoreError::InvalidData("sender device"))?,
+        timestamp_ms: to_u64(ts, "timestamp")?,
+        content_type: content_type_from_db(ct)?,
+        content,
+    })
+}
+
+impl Store {
+    // ---- identity ---------------------------------------------------------
+
+    /// Stores this device's identity. Once only: a second call fails with
+    /// [`StoreError::IdentityAlreadySet`] (a device never changes owner;
+    /// wipe the store instead).
+    pub fn set_identity(&self, identity: &Identity) -> Result<()> {
+        let sign = identity.device_signing.export_secret();
+        let enc = identity.device_encryption.export_secret();
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO identity
+                 (id, user_id, device_signing_secret, device_encryption_secret)
+             VALUES (1, ?1, ?2, ?3)",
+            params![identity.user_id, &sign[..], &enc[..]],
+        )?;
+        if n == 0 {
+            return Err(StoreError::IdentityAlreadySet);
+        }
+        Ok(())
+    }
+
+    /// This device's identity, if enrolled.
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT user_id, device_signing_secret, device_encryption_secret
+                 FROM identity WHERE id = 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, secret(r, 1)?, secret(r, 2)?)),
+            )
+            .optional()?;
+        let Some((user_id, sign, enc)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Identity {
+            user_id,
+            device_signing: DeviceSigningKey::import_secret(&sign)
+                .map_err(|_| StoreError::InvalidData("device signing key"))?,
+            device_encryption: DeviceEncryptionKey::import_secret(&enc)
+                .map_err(|_| StoreError::InvalidData("device encryption key"))?,
+        }))
+    }
+
+    // ---- user encryption keys ----------------------------------------------
+
+    /// Keeps a user encryption key (current or past: old messages stay
+    /// readable after a rotation). Adding one twice is a no-op.
+    pub fn add_user_key(&self, key: &UserEncryptionKey) -> Result<()> {
+        let secret = key.export_secret();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO user_keys (public_key, secret) VALUES (?1, ?2)",
+            params![&key.public_key().as_bytes()[..], &secret[..]],
+        )?;
+        Ok(())
+    }
+
+    /// The user encryption key whose public half is `public`.
+    pub fn user_key(&self, public: &EncryptionPublicKey) -> Result<Option<UserEncryptionKey>> {
+        let s = self
+            .conn
+            .query_row(
+                "SELECT secret FROM user_keys WHERE public_key = ?1",
+                [&public.as_bytes()[..]],
+                |r| secret(r, 0),
+            )
+            .optional()?;
+        let Some(s) = s else { return Ok(None) };
+        let key = UserEncryptionKey::import_secret(&s)
+            .map_err(|_| StoreError::InvalidData("user encryption key"))?;
+        if key.public_key() != *public {
+            return Err(StoreError::InvalidData(
+                "user key does not match its public key",
+            ));
+        }
+        Ok(Some(key))
+    }
+
+    /// Every user encryption key held.
+    pub fn user_keys(&self) -> Result<Vec<UserEncryptionKey>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT secret FROM user_keys ORDER BY rowid")?;
+        let secrets = stmt
+            .query_map([], |r| secret(r, 0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        secrets
+            .iter()
+            .map(|s| {
+                UserEncryptionKey::import_secret(s)
+                    .map_err(|_| StoreError::InvalidData("user encryption key"))
+            })
+            .collect()
+    }
+
+    // ---- verified logs -------------------------------------------------------
+
+    /// Replaces the cached log of `user_id` (encoded `SignedStatement`s, in
+    /// order), to be stored only after it verified.
+    pub fn set_verified_log<S: AsRef<[u8]>>(&mut self, user_id: &str, entries: &[S]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM verified_logs WHERE user_id = ?1", [user_id])?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO verified_logs (user_id, idx, statement) VALUES (?1, ?2, ?3)",
+            )?;
+            for (i, e) in entries.iter().enumerate() {
+                let idx = i64::try_from(i).map_err(|_| StoreError::InvalidData("log length"))?;
+                stmt.execute(params![user_id, idx, e.as_ref()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The cached log of `user_id`, `None` if none is cached.
+    pub fn verified_log(&self, user_id: &str) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT statement FROM verified_logs WHERE user_id = ?1 ORDER BY idx")?;
+        let entries = stmt
+            .query_map([user_id], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(if entries.is_empty() {
+            None
+        } else {
+            Some(entries)
+        })
+    }
+
+    // ---- conversations ----------------------------------------------------
+
+    /// Creates the conversation or replaces its member list.
+    pub fn put_conversation(&mut self, id: &ConversationId, members: &[String]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO conversations (id) VALUES (?1)",
+            [&id.as_bytes()[..]],
+        )?;
+        tx.execute(
+            "DELETE FROM conversation_members WHERE conversation_id = ?1",
+            [&id.as_bytes()[..]],
+        )?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id)
+                 VALUES (?1, ?2)",
+            )?;
+            for m in members {
+                stmt.execute(params![&id.as_bytes()[..], m])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One conversation.
+    pub fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>> {
+        let known = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM conversations WHERE id = ?1",
+                [&id.as_bytes()[..]],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT user_id FROM conversation_members WHERE conversation_id = ?1 ORDER BY user_id",
+        )?;
+        let members = stmt
+            .query_map([&id.as_bytes()[..]], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(Conversation { id: *id, members }))
+    }
+
+    /// Every conversation, by id.
+    pub fn conversations(&self) -> Result<Vec<Conversation>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM conversations ORDER BY id")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = id16(&id, ConversationId::from_slice, "conversation id")?;
+            if let Some(c) = self.conversation(&id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- messages -------------------------------------------------------------
+
+    /// Stores a message unless one with the same (sender user id, resource
+    /// id) is already stored. Returns whether it was new. Durable when it
+    /// returns (synchronous = FULL): ack the relay after this.
+    pub fn insert_message(&self, m: &Message) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO messages
+                 (sender_user_id, resource_id, conversation_id, sender_device,
+                  timestamp_ms, content_type, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                m.sender_user_id,
+                &m.resource_id.as_bytes()[..],
+                &m.conversation_id.as_bytes()[..],
+                &m.sender_device.as_bytes()[..],
+                to_i64(m.timestamp_ms, "timestamp")?,
+                content_type_to_db(m.content_type),
+                &m.content[..],
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A conversation's messages, oldest first (by the sender's timestamp,
+    /// then by arrival).
+    pub fn messages(&self, conversation: &ConversationId) -> Result<Vec<Message>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT resource_id, conversation_id, sender_user_id, sender_device,
+                    timestamp_ms, content_type, content
+             FROM messages WHERE conversation_id = ?1
+             ORDER BY timestamp_ms, local_seq",
+        )?;
+        let rows = stmt
+            .query_map([&conversation.as_bytes()[..]], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    secret(r, 6)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<MessageRow>>>()?;
+        rows.into_iter().map(message_from_row).collect()
+    }
+
+    /// One message by its deduplication key.
+    pub fn message(
+        &self,
+        sender_user_id: &str,
+        resource_id: &ResourceId,
+    ) -> Result<Option<Message>> {
+        let row: Option<MessageRow> = self
+            .conn
+            .query_row(
+                "SELECT resource_id, conversation_id, sender_user_id, sender_device,
+                        timestamp_ms, content_type, content
+                 FROM messages WHERE sender_user_id = ?1 AND resource_id = ?2",
+                params![sender_user_id, &resource_id.as_bytes()[..]],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        secret(r, 6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(message_from_row).transpose()
+    }
+
+    // ---- outbox ---------------------------------------------------------------
+
+    /// Queues an outgoing message; durable when it returns.
+    pub fn outbox_enqueue(
+        &self,
+        conversation: &ConversationId,
+        payload: &[u8],
+        created_at_ms: u64,
+    ) -> Result<OutboxId> {
+        self.conn.execute(
+            "INSERT INTO outbox (conversation_id, payload, state, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                &conversation.as_bytes()[..],
+                payload,
+                OutboxState::Pending.to_db(),
+                to_i64(created_at_ms, "created_at")?,
+            ],
+        )?;
+        Ok(OutboxId(self.conn.last_insert_rowid()))
+    }
+
+    /// The oldest queued entry, whatever its state.
+    pub fn outbox_peek(&self) -> Result<Option<OutboxItem>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, conversation_id, payload, state, created_at_ms
+                 FROM outbox ORDER BY id LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        secret(r, 2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, cid, payload, state, created)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(OutboxItem {
+            id: OutboxId(id),
+            conversation_id: id16(&cid, ConversationId::from_slice, "conversation id")?,
+            payload,
+            state: OutboxState::from_db(state)?,
+            created_at_ms: to_u64(created, "created_at")?,
+        }))
+    }
+
+    /// How many entries are queued.
+    pub fn outbox_len(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        to_u64(n, "count")
+    }
+
+    /// Marks an entry as handed to the relay. Returns whether it existed.
+    pub fn outbox_mark_sent(&self, id: OutboxId) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE outbox SET state = ?1 WHERE id = ?2",
+            params![OutboxState::Sent.to_db(), id.0],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Removes an entry (delivery confirmed). Returns whether it existed.
+    pub fn outbox_remove(&self, id: OutboxId) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [id.0])?;
+        Ok(n == 1)
+    }
+
+    // ---- relay cursor -----------------------------------------------------------
+
+    /// The last relay sequence number acked, if any.
+    pub fn relay_cursor(&self) -> Result<Option<u64>> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last_acked_seq FROM relay_cursor WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.map(|v| to_u64(v, "relay cursor")).transpose()
+    }
+
+    /// Records the last relay sequence number acked.
+    pub fn set_relay_cursor(&self, seq: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO relay_cursor (id, last_acked_seq) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last_acked_seq = excluded.last_acked_seq",
+            [to_i64(seq, "relay cursor")?],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CreateOptions, KdfParams, Pin};
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CreateOptions {
+            kdf: KdfParams {
+                m_cost_kib: 8 * 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            max_attempts: 10,
+        };
+        let pin = Pin::new("123456".into()).unwrap();
+        let s = Store::create(&dir.path().join("s.db"), &pin, None, opts).unwrap();
+        (dir, s)
+    }
+
+    fn message(rid: u8, ts: u64, text: &str) -> Message {
+        let dev = DeviceSigningKey::generate(&mut rand::rng());
+        Message {
+            resource_id: ResourceId([rid; 16]),
+            conversation_id: ConversationId([9; 16]),
+            sender_user_id: "alice@x".into(),
+            sender_device: dev.public_key(),
+            timestamp_ms: ts,
+            content_type: ContentType::Text,
+            content: Zeroizing::new(text.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn identity_is_set_once() {
+        let (_d, s) = store();
+        assert!(s.identity().unwrap().is_none());
+        let mut rng = rand::rng();
+        let id = Identity {
+            user_id: "alice@x".into(),
+            device_signing: DeviceSigningKey::generate(&mut rng),
+            device_encryption: DeviceEncryptionKey::generate(&mut rng),
+        };
+        s.set_identity(&id).unwrap();
+        let back = s.identity().unwrap().unwrap();
+        assert_eq!(back.user_id, "alice@x");
+        assert_eq!(
+            back.device_signing.public_key(),
+            id.device_signing.public_key()
+        );
+        assert_eq!(
+            back.device_encryption.public_key(),
+            id.device_encryption.public_key()
+        );
+        assert!(matches!(
+            s.set_identity(&id),
+            Err(StoreError::IdentityAlreadySet)
+        ));
+    }
+
+    #[test]
+    fn user_keys_by_public_key() {
+        let (_d, s) = store();
+        let mut rng = rand::rng();
+        let (k1, k2) = (
+            UserEncryptionKey::generate(&mut rng),
+            UserEncryptionKey::generate(&mut rng),
+        );
+        s.add_user_key(&k1).unwrap();
+        s.add_user_key(&k1).unwrap();
+        s.add_user_key(&k2).unwrap();
+        let got = s.user_key(&k2.public_key()).unwrap().unwrap();
+        assert_eq!(got.public_key(), k2.public_key());
+        let other = UserEncryptionKey::generate(&mut rng).public_key();
+        assert!(s.user_key(&other).unwrap().is_none());
+        let all: Vec<_> = s
+            .user_keys()
+            .unwrap()
+            .iter()
+            .map(|k| k.public_key())
+            .collect();
+        assert_eq!(all, vec![k1.public_key(), k2.public_key()]);
+    }
+
+    #[test]
+    fn logs_are_replaced_whole() {
+        let (_d, mut s) = store();
+        assert!(s.verified_log("bob").unwrap().is_none());
+        s.set_verified_log("bob", &[b"e0".to_vec(), b"e1".to_vec()])
+            .unwrap();
+        s.set_verified_log("bob", &[b"f0"]).unwrap();
+        assert_eq!(
+            s.verified_log("bob").unwrap().unwrap(),
+            vec![b"f0".to_vec()]
+        );
+    }
+
+    #[test]
+    fn conversations_and_members() {
+        let (_d, mut s) = store();
+        let c = ConversationId([1; 16]);
+        s.put_conversation(&c, &["bob".into(), "alice".into()])
+            .unwrap();
+        s.put_conversation(&c, &["carol".into(), "alice".into()])
+            .unwrap();
+        let got = s.conversation(&c).unwrap().unwrap();
+        assert_eq!(got.members, vec!["alice".to_string(), "carol".into()]);
+        assert!(s.conversation(&ConversationId([2; 16])).unwrap().is_none());
+        assert_eq!(s.conversations().unwrap(), vec![got]);
+    }
+
+    #[test]
+    fn messages_deduplicate_and_order() {
+        let (_d, s) = store();
+        let m2 = message(2, 2000, "second");
+        let m1 = message(1, 1000, "first");
+        assert!(s.insert_message(&m2).unwrap());
+        assert!(s.insert_message(&m1).unwrap());
+        assert!(!s.insert_message(&m1).unwrap(), "duplicate");
+        // Same resource id from another sender is another message.
+        let mut other = message(1, 3000, "other sender");
+        other.sender_user_id = "bob@x".into();
+        assert!(s.insert_message(&other).unwrap());
+        let got = s.messages(&ConversationId([9; 16])).unwrap();
+        assert_eq!(got, vec![m1.clone(), m2, other]);
+        assert_eq!(
+            s.message("alice@x", &ResourceId([1; 16])).unwrap(),
+            Some(m1.clone())
+        );
+        assert!(!format!("{m1:?}").contains("first"));
+    }
+
+    #[test]
+    fn outbox_queue() {
+        let (_d, s) = store();
+        let c = ConversationId([4; 16]);
+        assert!(s.outbox_peek().unwrap().is_none());
+        let a = s.outbox_enqueue(&c, b"A", 10).unwrap();
+        let b = s.outbox_enqueue(&c, b"B", 11).unwrap();
+        let head = s.outbox_peek().unwrap().unwrap();
+        assert_eq!(
+            (head.id, &head.payload[..], head.state),
+            (a, &b"A"[..], OutboxState::Pending)
+        );
+        assert!(s.outbox_mark_sent(a).unwrap());
+        assert_eq!(s.outbox_peek().unwrap().unwrap().state, OutboxState::Sent);
+        assert!(s.outbox_remove(a).unwrap());
+        assert!(!s.outbox_remove(a).unwrap());
+        let head = s.outbox_peek().unwrap().unwrap();
+        assert_eq!((head.id, head.created_at_ms), (b, 11));
+        assert_eq!(s.outbox_len().unwrap(), 1);
+    }
+
+    #[test]
+    fn relay_cursor() {
+        let (_d, s) = store();
+        assert_eq!(s.relay_cursor().unwrap(), None);
+        s.set_relay_cursor(5).unwrap();
+        s.set_relay_cursor(7).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(7));
+        assert!(matches!(
+            s.set_relay_cursor(u64::MAX),
+            Err(StoreError::InvalidData(_))
+        ));
+    }
+}

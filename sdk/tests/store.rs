@@ -1,0 +1,511 @@
+//! The device store from the outside: PIN, attempts and wipe, platform
+//! secret, no plaintext on disk, KDF upgrade, and the committed fixture that
+//! pins the format.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use ward_core::envelope::ContentType;
+use ward_core::keys::{DeviceEncryptionKey, DeviceSigningKey, UserEncryptionKey};
+use ward_core::{ConversationId, ResourceId};
+use ward_sdk::store::{
+    CreateOptions, FORMAT_VERSION, Identity, KdfParams, Message, OutboxState, Pin, PlatformSecret,
+    SCHEMA_VERSION, Store, StoreError,
+};
+use zeroize::Zeroizing;
+
+/// Cheap parameters so the suite stays fast; the default is tested in the
+/// vectors and timed by the `store_unlock_time` example.
+const FAST: KdfParams = KdfParams {
+    m_cost_kib: 8 * 1024,
+    t_cost: 1,
+    p_cost: 1,
+};
+
+fn opts(max_attempts: u32) -> CreateOptions {
+    CreateOptions {
+        kdf: FAST,
+        max_attempts,
+    }
+}
+
+fn pin(s: &str) -> Pin {
+    Pin::new(s.to_owned()).unwrap()
+}
+
+fn tmp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    (dir, path)
+}
+
+fn header_bytes(path: &Path) -> Vec<u8> {
+    let mut h = path.as_os_str().to_owned();
+    h.push(".header");
+    std::fs::read(h).unwrap()
+}
+
+fn failed_attempts(path: &Path) -> u32 {
+    let h = header_bytes(path);
+    u32::from_be_bytes(h[44..48].try_into().unwrap())
+}
+
+fn text(conv: [u8; 16], rid: u8, ts: u64, body: &str, device: &DeviceSigningKey) -> Message {
+    Message {
+        resource_id: ResourceId([rid; 16]),
+        conversation_id: ConversationId(conv),
+        sender_user_id: "dr.martin@chu-example".into(),
+        sender_device: device.public_key(),
+        timestamp_ms: ts,
+        content_type: ContentType::Text,
+        content: Zeroizing::new(body.as_bytes().to_vec()),
+    }
+}
+
+#[test]
+fn a_wrong_pin_is_a_typed_error_and_the_right_one_resets_the_count() {
+    let (_d, path) = tmp();
+    Store::create(&path, &pin("111111"), None, opts(5))
+        .unwrap()
+        .lock();
+    for left in [4, 3] {
+        match Store::unlock(&path, &pin("222222"), None) {
+            Err(StoreError::WrongPin { attempts_left }) => assert_eq!(attempts_left, left),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(failed_attempts(&path), 2);
+    Store::unlock(&path, &pin("111111"), None).unwrap().lock();
+    assert_eq!(failed_attempts(&path), 0);
+    assert!(matches!(
+        Store::unlock(&path, &pin("222222"), None),
+        Err(StoreError::WrongPin { attempts_left: 4 })
+    ));
+}
+
+#[test]
+fn the_store_is_wiped_after_max_attempts() {
+    let (dir, path) = tmp();
+    let s = Store::create(&path, &pin("111111"), None, opts(3)).unwrap();
+    s.set_relay_cursor(1).unwrap();
+    s.lock();
+    for left in [2, 1] {
+        assert!(matches!(
+            Store::unlock(&path, &pin("999999"), None),
+            Err(StoreError::WrongPin { attempts_left }) if attempts_left == left
+        ));
+    }
+    assert!(matches!(
+        Store::unlock(&path, &pin("999999"), None),
+        Err(StoreError::Wiped)
+    ));
+    assert!(!Store::exists(&path));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+    // Even the right PIN finds nothing now.
+    assert!(matches!(
+        Store::unlock(&path, &pin("111111"), None),
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[test]
+fn the_right_pin_restores_everything() {
+    let (_d, path) = tmp();
+    let mut rng = rand::rng();
+    let device = DeviceSigningKey::generate(&mut rng);
+    let device_enc = DeviceEncryptionKey::generate(&mut rng);
+    let user_key = UserEncryptionKey::generate(&mut rng);
+    let conv = [7; 16];
+    let mut s = Store::create(&path, &pin("314159"), None, opts(10)).unwrap();
+    s.set_identity(&Identity {
+        user_id: "dr.martin@chu-example".into(),
+        device_signing: DeviceSigningKey::import_secret(&*device.export_secret()).unwrap(),
+        device_encryption: DeviceEncryptionKey::import_secret(&*device_enc.export_secret())
+            .unwrap(),
+    })
+    .unwrap();
+    s.add_user_key(&user_key).unwrap();
+    s.put_conversation(
+        &ConversationId(conv),
+        &[
+            "dr.martin@chu-example".into(),
+            "nurse.dupont@chu-example".into(),
+        ],
+    )
+    .unwrap();
+    let m = text(conv, 1, 1_790_000_000_000, "BP 120/80, continue", &device);
+    assert!(s.insert_message(&m).unwrap());
+    s.outbox_enqueue(&ConversationId(conv), b"sealed bytes", 5)
+        .unwrap();
+    s.set_relay_cursor(99).unwrap();
+    s.lock();
+
+    let s = Store::unlock(&path, &pin("314159"), None).unwrap();
+    let id = s.identity().unwrap().unwrap();
+    assert_eq!(id.user_id, "dr.martin@chu-example");
+    assert_eq!(id.device_signing.public_key(), device.public_key());
+    assert_eq!(id.device_encryption.public_key(), device_enc.public_key());
+    assert!(s.user_key(&user_key.public_key()).unwrap().is_some());
+    assert_eq!(s.conversations().unwrap().len(), 1);
+    assert_eq!(s.messages(&ConversationId(conv)).unwrap(), vec![m.clone()]);
+    assert!(
+        !s.insert_message(&m).unwrap(),
+        "deduplicated after reopening"
+    );
+    let out = s.outbox_peek().unwrap().unwrap();
+    assert_eq!(
+        (&out.payload[..], out.state),
+        (&b"sealed bytes"[..], OutboxState::Pending)
+    );
+    assert_eq!(s.relay_cursor().unwrap(), Some(99));
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn no_plaintext_reaches_the_disk() {
+    let (dir, path) = tmp();
+    const SECRETS: [&str; 4] = [
+        "PATIENT-ZEBRA-4417 glycaemia 3.1 mmol/l",
+        "user-QUOKKA-9921@chu-example",
+        "member-NARWHAL-5530@chu-example",
+        "OUTBOX-PANGOLIN-7781",
+    ];
+    let mut rng = rand::rng();
+    let device = DeviceSigningKey::generate(&mut rng);
+    let device_enc = DeviceEncryptionKey::generate(&mut rng);
+    let signing_secret = device.export_secret();
+    let mut s = Store::create(&path, &pin("271828"), None, opts(10)).unwrap();
+    s.set_identity(&Identity {
+        user_id: SECRETS[1].into(),
+        device_signing: device,
+        device_encryption: device_enc,
+    })
+    .unwrap();
+    s.put_conversation(&ConversationId([1; 16]), &[SECRETS[2].into()])
+        .unwrap();
+    let signer = DeviceSigningKey::generate(&mut rng);
+    for i in 0..50u8 {
+        let m = text([1; 16], i, u64::from(i), SECRETS[0], &signer);
+        s.insert_message(&m).unwrap();
+    }
+    s.outbox_enqueue(&ConversationId([1; 16]), SECRETS[3].as_bytes(), 1)
+        .unwrap();
+
+    let wal = {
+        let mut w = path.as_os_str().to_owned();
+        w.push("-wal");
+        PathBuf::from(w)
+    };
+    let check = |when: &str| {
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let p = entry.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            for secret in SECRETS {
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{when}: {secret} found in {}",
+                    p.display()
+                );
+            }
+            assert!(
+                !contains(&bytes, &signing_secret[..]),
+                "{when}: a device key in {}",
+                p.display()
+            );
+            assert!(
+                !bytes.starts_with(b"SQLite format 3"),
+                "{when}: {}",
+                p.display()
+            );
+            checked += 1;
+        }
+        checked
+    };
+    // While open: the WAL holds the recent writes.
+    assert!(wal.exists());
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    assert!(check("open") >= 3, "database, WAL and header at least");
+    s.lock();
+    check("locked");
+}
+
+#[test]
+fn the_platform_secret_is_mixed_in() {
+    let (_d, path) = tmp();
+    let secret = || PlatformSecret::new([0x42; 32]);
+    let s = Store::create(&path, &pin("123456"), Some(&secret()), opts(10)).unwrap();
+    s.set_relay_cursor(3).unwrap();
+    s.lock();
+    assert!(matches!(
+        Store::unlock(&path, &pin("123456"), None),
+        Err(StoreError::PlatformSecretRequired)
+    ));
+    assert_eq!(
+        failed_attempts(&path),
+        0,
+        "a missing secret costs no attempt"
+    );
+    let wrong = PlatformSecret::new([0x43; 32]);
+    assert!(matches!(
+        Store::unlock(&path, &pin("123456"), Some(&wrong)),
+        Err(StoreError::WrongPin { attempts_left: 9 })
+    ));
+    let s = Store::unlock(&path, &pin("123456"), Some(&secret())).unwrap();
+    assert_eq!(s.relay_cursor().unwrap(), Some(3));
+    s.lock();
+
+    let (_d2, plain) = tmp();
+    Store::create(&plain, &pin("123456"), None, opts(10))
+        .unwrap()
+        .lock();
+    assert!(matches!(
+        Store::unlock(&plain, &pin("123456"), Some(&secret())),
+        Err(StoreError::PlatformSecretNotExpected)
+    ));
+    assert!(matches!(
+        PlatformSecret::from_slice(&[0; 31]),
+        Err(StoreError::InvalidPlatformSecret)
+    ));
+}
+
+#[test]
+fn debug_leaks_nothing() {
+    let (_d, path) = tmp();
+    let p = pin("864209");
+    let secret = PlatformSecret::new([0x5c; 32]);
+    let s = Store::create(&path, &p, Some(&secret), opts(10)).unwrap();
+    let all = format!("{p:?} {secret:?} {s:?} {:#?}", s);
+    assert!(!all.contains("864209"), "{all}");
+    assert!(!all.contains("5c") && !all.contains("92"), "{all}");
+    assert!(!all.contains("device.db"), "{all}");
+    let err = Store::unlock(&path, &pin("000000"), Some(&secret)).unwrap_err();
+    assert!(!format!("{err:?} {err}").contains("000000"));
+}
+
+#[test]
+fn pins_are_mandatory_and_stores_are_not_overwritten() {
+    assert!(matches!(
+        Pin::new("12345".into()),
+        Err(StoreError::PinTooShort { min: 6 })
+    ));
+    let (_d, path) = tmp();
+    assert!(!Store::exists(&path));
+    Store::create(&path, &pin("123456"), None, opts(10))
+        .unwrap()
+        .lock();
+    assert!(Store::exists(&path));
+    assert!(matches!(
+        Store::create(&path, &pin("654321"), None, opts(10)),
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        Store::create(
+            &tmp().1,
+            &pin("123456"),
+            None,
+            CreateOptions {
+                kdf: KdfParams {
+                    m_cost_kib: 64,
+                    ..FAST
+                },
+                max_attempts: 3
+            }
+        ),
+        Err(StoreError::InvalidKdfParams(_))
+    ));
+}
+
+#[test]
+fn kdf_upgrade_and_pin_change_keep_the_data() {
+    let (_d, path) = tmp();
+    let mut s = Store::create(&path, &pin("123456"), None, opts(10)).unwrap();
+    s.set_relay_cursor(17).unwrap();
+    let salt_before = header_bytes(&path)[24..40].to_vec();
+    let stronger = KdfParams {
+        m_cost_kib: 16 * 1024,
+        t_cost: 2,
+        p_cost: 1,
+    };
+    assert!(matches!(
+        s.upgrade_kdf(&pin("654321"), None, stronger),
+        Err(StoreError::PinMismatch)
+    ));
+    assert!(matches!(
+        s.upgrade_kdf(
+            &pin("123456"),
+            None,
+            KdfParams {
+                t_cost: 1,
+                m_cost_kib: 12 * 1024,
+                p_cost: 1
+            }
+        ),
+        Ok(())
+    ));
+    assert!(matches!(
+        s.upgrade_kdf(&pin("123456"), None, FAST),
+        Err(StoreError::KdfDowngrade)
+    ));
+    s.upgrade_kdf(&pin("123456"), None, stronger).unwrap();
+    assert_eq!(s.kdf_params().unwrap(), stronger);
+    assert_ne!(header_bytes(&path)[24..40], salt_before[..], "fresh salt");
+    s.set_relay_cursor(18).unwrap();
+    s.lock();
+
+    let mut s = Store::unlock(&path, &pin("123456"), None).unwrap();
+    assert_eq!(s.relay_cursor().unwrap(), Some(18));
+    s.change_pin(&pin("123456"), &pin("a-longer-passphrase"), None)
+        .unwrap();
+    s.lock();
+    assert!(matches!(
+        Store::unlock(&path, &pin("123456"), None),
+        Err(StoreError::WrongPin { .. })
+    ));
+    let s = Store::unlock(&path, &pin("a-longer-passphrase"), None).unwrap();
+    assert_eq!(s.relay_cursor().unwrap(), Some(18));
+    assert_eq!(s.kdf_params().unwrap(), stronger);
+}
+
+// ---- the committed fixture ----------------------------------------------------
+
+const FIXTURE_PIN: &str = "271828";
+const FIXTURE_SALT: [u8; 16] = *b"ward-fixture-slt";
+const FIXTURE_CONV: [u8; 16] = [0xc0; 16];
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+}
+
+fn fixture_device() -> DeviceSigningKey {
+    DeviceSigningKey::import_secret(&[1; 32]).unwrap()
+}
+
+fn fixture_messages() -> Vec<Message> {
+    let d = fixture_device();
+    vec![
+        text(
+            FIXTURE_CONV,
+            1,
+            1_790_000_000_000,
+            "fixture message one",
+            &d,
+        ),
+        Message {
+            content_type: ContentType::File,
+            content: Zeroizing::new(vec![0, 1, 2, 3, 255]),
+            ..text(FIXTURE_CONV, 2, 1_790_000_000_001, "", &d)
+        },
+    ]
+}
+
+fn write_fixture(path: &Path) {
+    let mut s =
+        Store::create_with_fixed_salt(path, &pin(FIXTURE_PIN), None, opts(10), FIXTURE_SALT)
+            .unwrap();
+    s.set_identity(&Identity {
+        user_id: "fixture@ward".into(),
+        device_signing: fixture_device(),
+        device_encryption: DeviceEncryptionKey::import_secret(&[2; 32]).unwrap(),
+    })
+    .unwrap();
+    s.add_user_key(&UserEncryptionKey::import_secret(&[3; 32]).unwrap())
+        .unwrap();
+    s.set_verified_log(
+        "peer@ward",
+        &[b"statement 0".to_vec(), b"statement 1".to_vec()],
+    )
+    .unwrap();
+    s.put_conversation(
+        &ConversationId(FIXTURE_CONV),
+        &["fixture@ward".into(), "peer@ward".into()],
+    )
+    .unwrap();
+    for m in fixture_messages() {
+        s.insert_message(&m).unwrap();
+    }
+    s.outbox_enqueue(
+        &ConversationId(FIXTURE_CONV),
+        b"queued payload",
+        1_790_000_000_002,
+    )
+    .unwrap();
+    s.set_relay_cursor(42).unwrap();
+    s.lock();
+}
+
+/// Opens `tests/fixtures/store-v1.db` (committed) and reads back every row
+/// written by `write_fixture`. A change of the header, the KDF, the SQLCipher
+/// settings or the schema that breaks existing stores fails here. To
+/// regenerate after an intended format change (with a migration!):
+/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store fixture`.
+#[test]
+fn the_committed_fixture_still_opens() {
+    assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
+    assert_eq!(SCHEMA_VERSION, 1, "new schema: add a fixture for it");
+    let committed = fixture_dir().join("store-v1.db");
+    if std::env::var_os("WARD_WRITE_FIXTURES").is_some() {
+        Store::wipe(&committed).unwrap();
+        write_fixture(&committed);
+    }
+    // Work on a copy: unlocking writes the header and the WAL.
+    let (_d, path) = tmp();
+    std::fs::copy(&committed, &path).unwrap();
+    let mut h = path.as_os_str().to_owned();
+    h.push(".header");
+    let mut ch = committed.as_os_str().to_owned();
+    ch.push(".header");
+    std::fs::copy(&ch, &h).unwrap();
+
+    // The header, byte by byte (see sdk/STORE.md).
+    let header = header_bytes(&path);
+    assert_eq!(header.len(), 108);
+    assert_eq!(&header[0..12], b"WARDSTOR\x00\x01\x00\x01");
+    assert_eq!(&header[12..24], &[0, 0, 0x20, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(&header[24..40], &FIXTURE_SALT);
+    assert_eq!(&header[40..48], &[0, 0, 0, 10, 0, 0, 0, 0]);
+
+    assert!(matches!(
+        Store::unlock(&path, &pin("000000"), None),
+        Err(StoreError::WrongPin { attempts_left: 9 })
+    ));
+    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    let id = s.identity().unwrap().unwrap();
+    assert_eq!(id.user_id, "fixture@ward");
+    assert_eq!(
+        id.device_signing.public_key(),
+        fixture_device().public_key()
+    );
+    assert_eq!(
+        id.device_encryption.public_key(),
+        DeviceEncryptionKey::import_secret(&[2; 32])
+            .unwrap()
+            .public_key()
+    );
+    let uk = UserEncryptionKey::import_secret(&[3; 32]).unwrap();
+    assert!(s.user_key(&uk.public_key()).unwrap().is_some());
+    assert_eq!(
+        s.verified_log("peer@ward").unwrap().unwrap(),
+        vec![b"statement 0".to_vec(), b"statement 1".to_vec()]
+    );
+    let conv = s
+        .conversation(&ConversationId(FIXTURE_CONV))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        conv.members,
+        vec!["fixture@ward".to_string(), "peer@ward".into()]
+    );
+    assert_eq!(
+        s.messages(&ConversationId(FIXTURE_CONV)).unwrap(),
+        fixture_messages()
+    );
+    let out = s.outbox_peek().unwrap().unwrap();
+    assert_eq!(&out.payload[..], b"queued payload");
+    assert_eq!(out.created_at_ms, 1_790_000_000_002);
+    assert_eq!(s.relay_cursor().unwrap(), Some(42));
+}
