@@ -48,6 +48,11 @@ pub struct Limits {
     /// How long a closing connection may take to flush its close frame
     /// and see the peer's close.
     pub close_grace: Duration,
+    /// TCP keepalive idle time on accepted sockets (probes every 10 s after
+    /// it), so that a phone that vanished without closing (lift, dead
+    /// battery, NAT timeout) is noticed and its connection freed. `None`
+    /// leaves the system default (usually off).
+    pub tcp_keepalive: Option<Duration>,
     /// Most deliveries read from the store per batch (also capped at
     /// `outbound_bytes` of payload, but at least one).
     pub delivery_batch: usize,
@@ -65,6 +70,7 @@ impl Default for Limits {
             outbound_bytes: 4 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(60)),
             delivery_batch: 64,
         }
     }

@@ -49,6 +49,9 @@ struct Args {
     /// Milliseconds a full outbound queue is tolerated before SLOW_CONSUMER.
     #[arg(long, env = "WARD_RELAY_SLOW_CONSUMER_MS")]
     slow_consumer_ms: Option<u64>,
+    /// TCP keepalive idle seconds on accepted sockets (0: off).
+    #[arg(long, env = "WARD_RELAY_TCP_KEEPALIVE_SECS")]
+    tcp_keepalive_secs: Option<u64>,
     /// Days an undelivered message is kept.
     #[arg(long, env = "WARD_RELAY_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u64,
@@ -81,6 +84,11 @@ fn config(args: &Args) -> Result<Config, String> {
             .slow_consumer_ms
             .map(Duration::from_millis)
             .unwrap_or(d.slow_consumer_timeout),
+        tcp_keepalive: match args.tcp_keepalive_secs {
+            None => d.tcp_keepalive,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        },
         ..d
     };
     config.retention = Duration::from_secs(args.retention_days.saturating_mul(86_400));

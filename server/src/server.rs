@@ -48,6 +48,9 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    if let Some(idle) = shared.config.limits.tcp_keepalive {
+                        set_keepalive(&stream, idle);
+                    }
                     match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let shared = shared.clone();
@@ -90,6 +93,15 @@ pub async fn run(
     Ok(())
 }
 
+fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
+    let params = socket2::TcpKeepalive::new().with_time(idle);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+    let params = params.with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&params) {
+        warn!(error = %e, "could not enable TCP keepalive");
+    }
+}
+
 async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick =
         tokio::time::interval(shared.config.sweep_interval.max(Duration::from_millis(10)));
@@ -109,5 +121,23 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_tcp_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        set_keepalive(&stream, Duration::from_secs(60));
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
     }
 }
