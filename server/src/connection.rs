@@ -247,7 +247,7 @@ async fn session(
     let mut s = Session {
         shared: shared.clone(),
         mailbox: mailbox.clone(),
-        bucket: TokenBucket::new(limits.send_rate_per_sec, limits.send_burst),
+        bucket: shared.buckets.take(&mailbox),
     };
     let write_timeout = limits.slow_consumer_timeout;
     let end: Option<CloseReason> = loop {
@@ -300,6 +300,7 @@ async fn session(
     };
     delivery.abort();
     shared.registry.unregister(&mailbox, reg.id);
+    shared.buckets.park(mailbox.clone(), s.bucket);
     if let Some(r) = end
         && r.code != close::NORMAL
         && r.code != close::GOING_AWAY

@@ -9,7 +9,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::StorageError;
+use crate::rate::Buckets;
 use crate::registry::Registry;
+use crate::storage::Mailbox;
 use crate::writer::Writer;
 
 /// Most reads running at once (each holds one pooled SQLite connection).
@@ -64,6 +66,8 @@ pub struct Shared {
     pub writer: Writer,
     /// Connected devices.
     pub registry: Arc<Registry>,
+    /// Send-rate buckets of devices between connections.
+    pub buckets: Buckets<Mailbox>,
     readers: Arc<Readers>,
 }
 
@@ -71,10 +75,12 @@ impl Shared {
     /// Bundles the state.
     pub fn new(config: Config, writer: Writer, registry: Arc<Registry>) -> Self {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
+        let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
         Self {
             config,
             writer,
             registry,
+            buckets,
             readers,
         }
     }

@@ -253,7 +253,8 @@ async fn refusals_do_not_disturb_other_clients() {
     still_works(&mut a, &mut b, &bob).await;
 }
 
-/// Per-device send rate: a burst over the bucket is closed with RATE_LIMITED.
+/// Per-device send rate: a burst over the bucket is closed with RATE_LIMITED,
+/// and reconnecting does not refill the bucket.
 #[tokio::test]
 async fn send_rate_is_limited_per_device() {
     let mut rng = rand::rng();
@@ -274,6 +275,12 @@ async fn send_rate_is_limited_per_device() {
     a.send(message_id(), vec![to(&bob, "bob")], vec![1]).await;
     assert_eq!(a.error().await.code, ErrorCode::RateLimited as i32);
     assert_eq!(a.closed().await, Some(close::RATE_LIMITED));
+
+    // Reconnecting does not refill the bucket.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut a = Client::of(&url, &alice, "alice").await;
+    a.send(message_id(), vec![to(&bob, "bob")], vec![1]).await;
+    assert_eq!(a.error().await.code, ErrorCode::RateLimited as i32);
 }
 
 /// 5. A client that stops reading does not delay delivery to the others; it
