@@ -14,7 +14,7 @@ use crate::connection;
 use crate::error::RelayError;
 use crate::registry::Registry;
 use crate::state::Shared;
-use crate::storage;
+use crate::storage::{self, Swept};
 use crate::writer::{self, now_ms};
 
 /// Commands waiting for the writer before senders wait in turn.
@@ -102,23 +102,46 @@ fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
     }
 }
 
+/// Messages expired per writer command: other commands get the writer
+/// between steps, so a large expiry never stalls sends.
+const SWEEP_STEP: usize = 1000;
+
+async fn sweep(shared: &Shared, stop: &watch::Receiver<bool>) {
+    let retention = u64::try_from(shared.config.retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = now_ms().saturating_sub(retention);
+    let mut total = Swept::default();
+    loop {
+        match shared.writer.sweep(cutoff, SWEEP_STEP).await {
+            Ok(s) => {
+                total.sends += s.sends;
+                total.entries += s.entries;
+                total.messages += s.messages;
+                if s.sends < SWEEP_STEP || *stop.borrow() {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "retention sweep failed");
+                break;
+            }
+        }
+    }
+    if total.sends > 0 {
+        info!(
+            messages = total.sends,
+            entries = total.entries,
+            "retention sweep expired undelivered messages"
+        );
+    }
+}
+
 async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick =
         tokio::time::interval(shared.config.sweep_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let retention = u64::try_from(shared.config.retention.as_millis()).unwrap_or(u64::MAX);
-                let cutoff = now_ms().saturating_sub(retention);
-                match shared.writer.sweep(cutoff).await {
-                    Ok(s) if s.entries > 0 || s.messages > 0 => {
-                        info!(entries = s.entries, messages = s.messages, "retention sweep");
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "retention sweep failed"),
-                }
-            }
+            _ = tick.tick() => sweep(&shared, &stop).await,
             _ = stop.changed() => break,
         }
     }

@@ -211,25 +211,33 @@ pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize
 /// What a retention sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
+    /// Messages (idempotency records) expired.
+    pub sends: usize,
     /// Queue entries expired.
     pub entries: usize,
     /// Ciphertexts expired.
     pub messages: usize,
 }
 
-/// Removes everything received before `cutoff_ms`.
-pub fn sweep(conn: &Connection, cutoff_ms: u64) -> Result<Swept, StorageError> {
+/// Removes up to `limit` of the oldest messages received before
+/// `cutoff_ms`, with their entries and ciphertext. Bounded so that one
+/// sweep step never holds the writer long; repeat while `sends == limit`.
+pub fn sweep(conn: &Connection, cutoff_ms: u64, limit: usize) -> Result<Swept, StorageError> {
     let cutoff = i64::try_from(cutoff_ms).unwrap_or(i64::MAX);
-    let entries = conn.execute(
-        "DELETE FROM queue WHERE msg IN (SELECT id FROM sends WHERE created_at < ?1)",
-        params![cutoff],
-    )?;
-    let messages = conn.execute(
-        "DELETE FROM messages WHERE id IN (SELECT id FROM sends WHERE created_at < ?1)",
-        params![cutoff],
-    )?;
-    conn.execute("DELETE FROM sends WHERE created_at < ?1", params![cutoff])?;
-    Ok(Swept { entries, messages })
+    let ids: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM sends WHERE created_at < ?1 ORDER BY created_at LIMIT ?2")?
+        .query_map(params![cutoff, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut swept = Swept::default();
+    let mut entries = conn.prepare_cached("DELETE FROM queue WHERE msg = ?1")?;
+    let mut messages = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    let mut sends = conn.prepare_cached("DELETE FROM sends WHERE id = ?1")?;
+    for id in ids {
+        swept.entries += entries.execute(params![id])?;
+        swept.messages += messages.execute(params![id])?;
+        swept.sends += sends.execute(params![id])?;
+    }
+    Ok(swept)
 }
 
 /// Replaces `user_id`'s stored log if it still has `prev_len` entries
@@ -403,13 +411,27 @@ mod tests {
             insert_message(&c, &a, &m, t).unwrap();
         }
         assert_eq!(
-            sweep(&c, 150).unwrap(),
+            sweep(&c, 150, 100).unwrap(),
             Swept {
+                sends: 1,
                 entries: 1,
                 messages: 1
             }
         );
         let left = backlog(&c, &b, 0, 10, usize::MAX).unwrap();
+        // Bounded steps: two messages old enough, one per step.
+        for (id, t) in [(3u8, 300u64), (4, 301)] {
+            let m = NewMessage {
+                message_id: [id; 16],
+                recipients: vec![b.clone()],
+                payload: vec![0; 4],
+            };
+            insert_message(&c, &a, &m, t).unwrap();
+        }
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 0);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].message_id, vec![2; 16]);
     }

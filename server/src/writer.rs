@@ -44,6 +44,7 @@ enum Command {
     },
     Sweep {
         cutoff_ms: u64,
+        limit: usize,
         reply: Reply<Swept>,
     },
     Stop,
@@ -173,9 +174,14 @@ impl Writer {
         .await
     }
 
-    /// Expires everything received before `cutoff_ms`.
-    pub async fn sweep(&self, cutoff_ms: u64) -> Result<Swept, StorageError> {
-        self.call(|reply| Command::Sweep { cutoff_ms, reply }).await
+    /// Expires up to `limit` of the oldest messages received before `cutoff_ms`.
+    pub async fn sweep(&self, cutoff_ms: u64, limit: usize) -> Result<Swept, StorageError> {
+        self.call(|reply| Command::Sweep {
+            cutoff_ms,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Asks the writer to commit what it holds and exit. Commands sent
@@ -285,9 +291,13 @@ fn commit_batch(
                     storage::store_log(conn, &user_id, prev_len, &entries, now)
                 }),
             ),
-            Command::Sweep { cutoff_ms, reply } => Done::Sweep(
+            Command::Sweep {
+                cutoff_ms,
+                limit,
                 reply,
-                in_savepoint(conn, || storage::sweep(conn, cutoff_ms)),
+            } => Done::Sweep(
+                reply,
+                in_savepoint(conn, || storage::sweep(conn, cutoff_ms, limit)),
             ),
         };
         done.push(item);
