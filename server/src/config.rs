@@ -42,6 +42,10 @@ pub struct Limits {
     /// Bytes of payload queued towards one connection before it counts as
     /// slow. With `delivery_batch`, this bounds a connection's memory.
     pub outbound_bytes: usize,
+    /// Bytes of payload queued towards all connections together. When it is
+    /// used up, deliveries wait (they are not counted as slow) until slow
+    /// readers are cut off or fast ones drain.
+    pub global_outbound_bytes: usize,
     /// How long the outbound queue may stay full (or a write may block)
     /// before the connection is closed with `SLOW_CONSUMER`.
     pub slow_consumer_timeout: Duration,
@@ -54,7 +58,7 @@ pub struct Limits {
     /// leaves the system default (usually off).
     pub tcp_keepalive: Option<Duration>,
     /// Most deliveries read from the store per batch (also capped at
-    /// `outbound_bytes` of payload, but at least one).
+    /// 256 KiB of payload, but at least one).
     pub delivery_batch: usize,
 }
 
@@ -68,6 +72,7 @@ impl Default for Limits {
             send_burst: 200,
             outbound_queue: 64,
             outbound_bytes: 4 << 20,
+            global_outbound_bytes: 512 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
             tcp_keepalive: Some(Duration::from_secs(60)),

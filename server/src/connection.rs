@@ -170,7 +170,12 @@ async fn finish(mut conn: Conn<TcpStream>, reason: Option<CloseReason>, grace: D
     .await;
 }
 
-type Outbound = (ServerFrame, OwnedSemaphorePermit);
+/// A frame and the budget it holds (this connection's, and the global one)
+/// until it is written.
+type Outbound = (ServerFrame, (OwnedSemaphorePermit, OwnedSemaphorePermit));
+
+/// Payload read from the store per delivery batch (at least one entry).
+const BATCH_BYTES: usize = 256 << 10;
 
 enum DeliveryEnd {
     Slow,
@@ -299,6 +304,8 @@ async fn session(
         }
     };
     delivery.abort();
+    // Release the queued frames' budget now, not after the close handshake.
+    drop(out_rx);
     shared.registry.unregister(&mailbox, reg.id);
     shared.buckets.park(mailbox.clone(), s.bucket);
     if let Some(r) = end
@@ -343,12 +350,12 @@ async fn deliver(
     budget: Arc<Semaphore>,
 ) -> DeliveryEnd {
     let limits = shared.config.limits;
-    let max_cost = budget_permits(&limits);
+    let max_cost = budget_permits(&limits).min(crate::state::global_permits(&shared.config));
     let wait = limits.slow_consumer_timeout;
     let mut cursor = 0u64;
     loop {
         let mb = mailbox.clone();
-        let (n, max_bytes) = (limits.delivery_batch.max(1), limits.outbound_bytes);
+        let (n, max_bytes) = (limits.delivery_batch.max(1), BATCH_BYTES);
         let batch = match shared
             .read(move |c| storage::backlog(c, &mb, cursor, n, max_bytes))
             .await
@@ -366,11 +373,17 @@ async fn deliver(
         for d in batch {
             cursor = d.seq;
             let cost = d.payload.len().clamp(1, max_cost) as u32;
-            let permit = match timeout(wait, budget.clone().acquire_many_owned(cost)).await {
+            let own = match timeout(wait, budget.clone().acquire_many_owned(cost)).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => return DeliveryEnd::Gone,
                 Err(_) => return DeliveryEnd::Slow,
             };
+            // The global budget is shared: waiting for it is not this
+            // reader's fault, so it has no timeout.
+            let Ok(global) = shared.outbound.clone().acquire_many_owned(cost).await else {
+                return DeliveryEnd::Gone;
+            };
+            let permit = (own, global);
             let frame = ServerFrame {
                 frame: Some(server_frame::Frame::Deliver(d)),
             };

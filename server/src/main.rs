@@ -46,6 +46,9 @@ struct Args {
     /// Payload bytes queued towards one connection.
     #[arg(long, env = "WARD_RELAY_OUTBOUND_BYTES")]
     outbound_bytes: Option<usize>,
+    /// Payload bytes queued towards all connections together.
+    #[arg(long, env = "WARD_RELAY_GLOBAL_OUTBOUND_BYTES")]
+    global_outbound_bytes: Option<usize>,
     /// Milliseconds a full outbound queue is tolerated before SLOW_CONSUMER.
     #[arg(long, env = "WARD_RELAY_SLOW_CONSUMER_MS")]
     slow_consumer_ms: Option<u64>,
@@ -80,6 +83,9 @@ fn config(args: &Args) -> Result<Config, String> {
         send_burst: args.send_burst.unwrap_or(d.send_burst),
         outbound_queue: args.outbound_queue.unwrap_or(d.outbound_queue),
         outbound_bytes: args.outbound_bytes.unwrap_or(d.outbound_bytes),
+        global_outbound_bytes: args
+            .global_outbound_bytes
+            .unwrap_or(d.global_outbound_bytes),
         slow_consumer_timeout: args
             .slow_consumer_ms
             .map(Duration::from_millis)

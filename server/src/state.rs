@@ -58,6 +58,14 @@ impl Readers {
     }
 }
 
+/// Permits of the global outbound budget (one per byte, at most `u32::MAX`).
+pub fn global_permits(config: &Config) -> usize {
+    config
+        .limits
+        .global_outbound_bytes
+        .clamp(1, u32::MAX as usize)
+}
+
 /// Everything a connection task needs.
 pub struct Shared {
     /// The configuration.
@@ -68,6 +76,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Send-rate buckets of devices between connections.
     pub buckets: Buckets<Mailbox>,
+    /// Payload bytes that may be queued towards all connections together.
+    pub outbound: Arc<Semaphore>,
     readers: Arc<Readers>,
 }
 
@@ -76,11 +86,13 @@ impl Shared {
     pub fn new(config: Config, writer: Writer, registry: Arc<Registry>) -> Self {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
+        let outbound = Arc::new(Semaphore::new(global_permits(&config)));
         Self {
             config,
             writer,
             registry,
             buckets,
+            outbound,
             readers,
         }
     }

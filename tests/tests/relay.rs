@@ -475,3 +475,35 @@ async fn connection_cap_and_one_connection_per_device() {
     let _second = Client::of(&relay2.url(), &bob, "bob").await;
     assert_eq!(first_closed.await.unwrap(), Some(close::NORMAL));
 }
+
+/// The global outbound budget: a slow reader that holds all of it only
+/// delays others until it is cut off; nothing deadlocks.
+#[tokio::test]
+async fn global_outbound_budget_held_by_a_slow_reader_is_released() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let carol = org.enroll(&mut rng, "carol");
+    let relay = Relay::start_with(org.root_public(), |c| {
+        c.limits.outbound_bytes = 256 << 10;
+        c.limits.global_outbound_bytes = 256 << 10;
+        c.limits.slow_consumer_timeout = Duration::from_millis(300);
+        c.limits.close_grace = Duration::from_secs(1);
+        c.limits.send_burst = 1000;
+    })
+    .await;
+    let url = relay.url();
+    let mut a = Client::of(&url, &alice, "alice").await;
+    let slow = Client::of(&url, &bob, "bob").await; // never reads
+    let mut c = Client::of(&url, &carol, "carol").await;
+    for i in 0..80u8 {
+        a.send_acked(message_id(), vec![to(&bob, "bob")], vec![i; 256 << 10])
+            .await;
+    }
+    let id = message_id();
+    a.send_acked(id, vec![to(&carol, "carol")], vec![1; 100])
+        .await;
+    assert_eq!(c.deliver().await.message_id, id.to_vec());
+    drop(slow);
+}
