@@ -507,3 +507,127 @@ async fn global_outbound_budget_held_by_a_slow_reader_is_released() {
     assert_eq!(c.deliver().await.message_id, id.to_vec());
     drop(slow);
 }
+
+/// Stress: devices send to each other concurrently while connecting and
+/// dropping at random. Every acknowledged message reaches its recipient,
+/// seqs only grow within a connection, and once everything is acked the
+/// store is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_loses_nothing_and_keeps_order() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+
+    use rand::RngExt;
+
+    const USERS: usize = 6;
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let users: Arc<Vec<_>> = Arc::new(
+        (0..USERS)
+            .map(|i| org.enroll(&mut rng, &format!("u{i}")))
+            .collect(),
+    );
+    let relay = Relay::start_with(org.root_public(), |c| c.limits.send_burst = 10_000).await;
+    let url = relay.url();
+    // recipient -> ids acked by the relay; recipient -> ids received.
+    let acked: Arc<Mutex<HashMap<usize, HashSet<Vec<u8>>>>> = Arc::default();
+    let received: Arc<Mutex<HashMap<usize, HashSet<Vec<u8>>>>> = Arc::default();
+
+    let mut tasks = Vec::new();
+    for me in 0..USERS {
+        let (users, url, acked, received) =
+            (users.clone(), url.clone(), acked.clone(), received.clone());
+        // Per round: the recipients of each send, and whether to ack at the end.
+        let plan: Vec<(Vec<usize>, bool)> = (0..6)
+            .map(|_| {
+                let n = rng.random_range(1..8);
+                let to: Vec<usize> = (0..n).map(|_| rng.random_range(0..USERS)).collect();
+                (to, rng.random_bool(0.5))
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for (sends, ack_at_end) in plan {
+                let mut c = Client::of(&url, &users[me], &format!("u{me}")).await;
+                let mut last_seq = 0;
+                for to_user in sends {
+                    let id = message_id();
+                    c.send(
+                        id,
+                        vec![to(&users[to_user], &format!("u{to_user}"))],
+                        vec![7; 32],
+                    )
+                    .await;
+                    // Read until our SendAck, recording deliveries on the way.
+                    loop {
+                        match c.next().await {
+                            server_frame::Frame::SendAck(a) if a.message_id == id.to_vec() => {
+                                acked
+                                    .lock()
+                                    .unwrap()
+                                    .entry(to_user)
+                                    .or_default()
+                                    .insert(a.message_id);
+                                break;
+                            }
+                            server_frame::Frame::Deliver(d) => {
+                                assert!(d.seq > last_seq, "seq went back within a connection");
+                                last_seq = d.seq;
+                                received
+                                    .lock()
+                                    .unwrap()
+                                    .entry(me)
+                                    .or_default()
+                                    .insert(d.message_id);
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                }
+                // Sometimes ack what we saw, sometimes just vanish.
+                if ack_at_end && last_seq > 0 {
+                    c.ack(last_seq).await;
+                }
+                drop(c);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Everyone drains the rest and acks it.
+    for (me, user) in users.iter().enumerate() {
+        let mut c = Client::of(&url, user, &format!("u{me}")).await;
+        let mut last_seq = 0;
+        while let Some(f) = c.next_within(Duration::from_millis(300)).await {
+            let server_frame::Frame::Deliver(d) = f else {
+                panic!("unexpected {f:?}");
+            };
+            assert!(d.seq > last_seq);
+            last_seq = d.seq;
+            received
+                .lock()
+                .unwrap()
+                .entry(me)
+                .or_default()
+                .insert(d.message_id);
+        }
+        if last_seq > 0 {
+            c.ack(last_seq).await;
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    let received = received.lock().unwrap().clone();
+    let mut total = 0;
+    for (user, ids) in &acked {
+        let got = received.get(user).cloned().unwrap_or_default();
+        let missing = ids.difference(&got).count();
+        assert_eq!(
+            missing, 0,
+            "u{user} is missing {missing} acknowledged messages"
+        );
+        total += ids.len();
+    }
+    assert!(total > 20, "only {total} messages exercised");
+    relay.wait_count("queue", 0).await;
+    relay.wait_count("messages", 0).await;
+}
