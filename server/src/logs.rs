@@ -42,17 +42,23 @@ fn decide(
     stored: Option<Vec<SignedStatement>>,
     presented: &[SignedStatement],
 ) -> Result<Decision, ErrorCode> {
+    // Stored logs were verified before being stored; re-verifying keeps the
+    // relay from trusting its own disk blindly. One that no longer verifies
+    // (tampered with, or the configured root changed) is treated as absent:
+    // the presented log must then verify on its own, and replaces it.
+    let mut stored_len = 0u64;
     let stored = match stored {
         None => None,
-        // Stored logs were verified before being stored; re-verifying keeps
-        // the relay from trusting its own disk blindly.
-        Some(entries) => Some((
-            verify_log(root, user_id, &entries).map_err(|e| {
-                warn!(user = user_id, error = %e, "stored log no longer verifies");
-                ErrorCode::Internal
-            })?,
-            entries,
-        )),
+        Some(entries) => {
+            stored_len = entries.len() as u64;
+            match verify_log(root, user_id, &entries) {
+                Ok(known) => Some((known, entries)),
+                Err(e) => {
+                    warn!(user = user_id, error = %e, "stored log no longer verifies; ignoring it");
+                    None
+                }
+            }
+        }
     };
     match stored {
         None => {
@@ -65,7 +71,7 @@ fn decide(
             })?;
             let newly_revoked = revoked_since(&next, 0);
             Ok(Decision::Replace {
-                prev_len: 0,
+                prev_len: stored_len,
                 next,
                 newly_revoked,
             })
@@ -165,4 +171,58 @@ pub async fn refresh(
         }
     }
     Err(ErrorCode::Conflict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_core::testkit::Org;
+
+    #[test]
+    fn decisions() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let root = org.root_public();
+        let bob = org.enroll(&mut rng, "bob");
+        let other = Org::new(&mut rng);
+        let bob_elsewhere = other.enroll(&mut rng, "bob");
+
+        // Nothing stored: the presented log is stored.
+        assert!(matches!(
+            decide(&root, "bob", None, &bob.log),
+            Ok(Decision::Replace { prev_len: 0, .. })
+        ));
+        assert!(matches!(
+            decide(&root, "bob", None, &[]),
+            Err(ErrorCode::UnknownUser)
+        ));
+        assert!(matches!(
+            decide(&root, "bob", None, &bob_elsewhere.log),
+            Err(ErrorCode::InvalidStatement)
+        ));
+        assert!(matches!(
+            decide(&root, "alice", None, &bob.log),
+            Err(ErrorCode::InvalidStatement)
+        ));
+        // Same log, or nothing presented: keep the stored one.
+        assert!(matches!(
+            decide(&root, "bob", Some(bob.log.clone()), &bob.log),
+            Ok(Decision::Keep(_))
+        ));
+        assert!(matches!(
+            decide(&root, "bob", Some(bob.log.clone()), &[]),
+            Ok(Decision::Keep(_))
+        ));
+        // Another log of the same length: a fork.
+        let bob2 = org.enroll(&mut rng, "bob");
+        assert!(matches!(
+            decide(&root, "bob", Some(bob.log.clone()), &bob2.log),
+            Err(ErrorCode::InvalidStatement)
+        ));
+        // A stored log that no longer verifies (another root) is replaced.
+        assert!(matches!(
+            decide(&root, "bob", Some(bob_elsewhere.log.clone()), &bob.log),
+            Ok(Decision::Replace { prev_len: 1, .. })
+        ));
+    }
 }
