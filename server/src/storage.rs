@@ -116,6 +116,8 @@ pub fn open(path: &Path) -> Result<Connection, StorageError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // 64 MiB of page cache: index pages stay hot between commits.
     conn.pragma_update(None, "cache_size", -65_536)?;
+    // Room for every statement the writer runs, so none is re-parsed.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

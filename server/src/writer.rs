@@ -245,7 +245,7 @@ fn commit_batch(
     let mut stop = false;
     // If BEGIN fails, running the commands would autocommit each one (a
     // SAVEPOINT outside a transaction opens its own): refuse them all instead.
-    let begun = conn.execute_batch("BEGIN IMMEDIATE");
+    let begun = run_cached(conn, "BEGIN IMMEDIATE");
     let now = now_ms();
     for cmd in batch {
         if let Err(e) = &begun {
@@ -306,7 +306,7 @@ fn commit_batch(
         error!("could not begin a transaction; batch refused");
         return (done, Vec::new(), stop);
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    if let Err(e) = run_cached(conn, "COMMIT") {
         error!(error = %e, "group commit failed; batch refused");
         let _ = conn.execute_batch("ROLLBACK");
         let why = e.to_string();
@@ -316,14 +316,20 @@ fn commit_batch(
     (done, woken, stop)
 }
 
+/// Runs a parameterless statement, prepared once per connection (the
+/// transaction statements run for every command).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce() -> Result<T, StorageError>,
 ) -> Result<T, StorageError> {
-    conn.execute_batch("SAVEPOINT cmd")?;
+    run_cached(conn, "SAVEPOINT cmd")?;
     match f() {
         Ok(v) => {
-            conn.execute_batch("RELEASE cmd")?;
+            run_cached(conn, "RELEASE cmd")?;
             Ok(v)
         }
         Err(e) => {
