@@ -1,5 +1,38 @@
-//! Ward's relay: store-and-forward of ciphertext between devices.
+//! Ward's relay: durable store-and-forward of ciphertext between devices.
 //!
-//! Not built yet: see issue 4. This crate exists so the workspace has its
-//! final shape from the first commit.
+//! * One authenticated WebSocket per device ([`ward_net`] framing and
+//!   handshake). The relay learns devices from the user logs they present,
+//!   verified from the configured organisation root ([`logs`]).
+//! * `Send`: one stored ciphertext plus one queue entry per recipient device;
+//!   `SendAck` only after a durable commit by the group-committing
+//!   [`writer`]. Idempotent on the client-chosen message id.
+//! * Delivery: pushed at once to connected devices, backlog in seq order on
+//!   connect; acked entries deleted, orphaned ciphertext deleted, the rest
+//!   expired by a retention sweeper.
+//! * Bounded per-connection queues; limits on frame size, recipients, auth
+//!   time, send rate and connections, each violation closing with a code.
+//!
+//! ```no_run
+//! # async fn demo(root: ward_core::keys::SigningPublicKey) -> Result<(), ward_relay::RelayError> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = ward_relay::Config::new("relay.db", root);
+//! ward_relay::run(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod connection;
+mod error;
+pub mod logs;
+pub mod rate;
+pub mod registry;
+mod server;
+mod state;
+pub mod storage;
+pub mod writer;
+
+pub use config::{Config, DEFAULT_RETENTION, Limits};
+pub use error::{RelayError, StorageError};
+pub use server::run;

@@ -1,0 +1,505 @@
+//! `ward-load`: drives N authenticated connections x M messages through a
+//! relay over loopback, then the same client against a raw
+//! tokio-tungstenite echo server (no auth, no storage), and prints both.
+//!
+//! ```sh
+//! cargo build --release -p ward-relay -p ward-load
+//! target/release/ward-load --connections 1000 --messages 100000 --size 1024
+//! ```
+//! The relay runs as a child process (`--relay-bin`, default: next to this
+//! binary) on a temporary database, so that its peak RSS (VmHWM) can be read;
+//! the echo server is this binary again (`ward-load echo-server`).
+//!
+//! Workload: connection i sends M/N messages to connection i+1, one at a time
+//! (waits for each `SendAck`), and receives the M/N messages of connection
+//! i-1, acking every 64. Send->ack latency is measured per message;
+//! delivery latency from the send to the `Deliver` at the recipient.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use ward_core::testkit::{Clinician, Org};
+use ward_proto::v1::{Ack, ClientFrame, Recipient, Send, ServerFrame, client_frame, server_frame};
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Concurrent authenticated connections (one device each).
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Messages in total (spread evenly over the connections).
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// The relay binary (default: `ward-relay` next to this binary).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Skip the echo baseline.
+    #[arg(long)]
+    no_echo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Internal: a raw tokio-tungstenite echo server on 127.0.0.1:0.
+    #[command(hide = true)]
+    EchoServer,
+}
+
+type Error = Box<dyn std::error::Error + std::marker::Send + Sync>;
+type Conn = ward_net::Conn<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Default)]
+struct Stats {
+    ack_us: Vec<u64>,
+    deliver_us: Vec<u64>,
+    errors: u64,
+}
+
+struct Report {
+    name: &'static str,
+    elapsed: Duration,
+    messages: usize,
+    stats: Stats,
+    peak_rss_kib: Option<u64>,
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+impl Report {
+    fn print(&mut self) {
+        self.stats.ack_us.sort_unstable();
+        self.stats.deliver_us.sort_unstable();
+        let rate = self.messages as f64 / self.elapsed.as_secs_f64();
+        let a = &self.stats.ack_us;
+        let d = &self.stats.deliver_us;
+        println!("== {}", self.name);
+        println!(
+            "messages {}  in {:.2} s  = {:.0} msg/s  (errors {})",
+            self.messages,
+            self.elapsed.as_secs_f64(),
+            rate,
+            self.stats.errors
+        );
+        println!(
+            "send->ack ms     p50 {:.2}  p99 {:.2}  max {:.2}",
+            pct(a, 0.5),
+            pct(a, 0.99),
+            pct(a, 1.0)
+        );
+        if !d.is_empty() {
+            println!(
+                "send->deliver ms p50 {:.2}  p99 {:.2}  max {:.2}",
+                pct(d, 0.5),
+                pct(d, 0.99),
+                pct(d, 1.0)
+            );
+        }
+        match self.peak_rss_kib {
+            Some(k) => println!("server peak RSS  {:.1} MiB", k as f64 / 1024.0),
+            None => println!("server peak RSS  n/a"),
+        }
+    }
+}
+
+/// Starts `bin args...` and returns it with the address it prints on its first line.
+async fn start_child(bin: &std::path::Path, args: &[String]) -> Result<(Child, String), Error> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,ward_relay::writer=info".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .ok_or("child exited")?;
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .ok_or("no address printed")?
+        .to_owned();
+    Ok((child, addr))
+}
+
+fn peak_rss_kib(child: &Child) -> Option<u64> {
+    let pid = child.id()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// SIGTERM (graceful stop), then wait.
+async fn stop_child(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+}
+
+async fn echo_server() -> Result<(), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("echo listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_binary() && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn now_us(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// One relay connection's workload.
+async fn relay_worker(
+    mut conn: Conn,
+    to: Recipient,
+    n_send: usize,
+    n_expect: usize,
+    size: usize,
+    start: Instant,
+) -> Stats {
+    let mut st = Stats::default();
+    let (mut sent, mut received, mut last_seq) = (0usize, 0usize, 0u64);
+    let mut outstanding: Option<(Vec<u8>, u64)> = None;
+    loop {
+        if outstanding.is_none() && sent < n_send {
+            let mut id = vec![0u8; 16];
+            let _ = getrandom::fill(&mut id);
+            let t = now_us(start);
+            let mut payload = vec![0u8; size.max(8)];
+            payload[..8].copy_from_slice(&t.to_be_bytes());
+            let frame = ClientFrame {
+                frame: Some(client_frame::Frame::Send(Send {
+                    message_id: id.clone(),
+                    recipients: vec![to.clone()],
+                    payload,
+                })),
+            };
+            if conn.send_msg(&frame).await.is_err() {
+                st.errors += 1;
+                return st;
+            }
+            outstanding = Some((id, t));
+            sent += 1;
+        }
+        if outstanding.is_none() && received >= n_expect {
+            break;
+        }
+        let frame = match conn.recv_msg::<ServerFrame>().await {
+            Ok(Some(ServerFrame { frame: Some(f) })) => f,
+            _ => {
+                st.errors += 1;
+                return st;
+            }
+        };
+        match frame {
+            server_frame::Frame::SendAck(a) => {
+                if let Some((id, t)) = outstanding.take() {
+                    if a.message_id == id {
+                        st.ack_us.push(now_us(start).saturating_sub(t));
+                    } else {
+                        st.errors += 1;
+                        outstanding = Some((id, t));
+                    }
+                }
+            }
+            server_frame::Frame::Deliver(d) => {
+                if let Some(b) = d.payload.get(..8) {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(b);
+                    st.deliver_us
+                        .push(now_us(start).saturating_sub(u64::from_be_bytes(t)));
+                }
+                received += 1;
+                last_seq = d.seq;
+                if received % 64 == 0 {
+                    let _ = conn.send_msg(&ack(last_seq)).await;
+                }
+            }
+            _ => st.errors += 1,
+        }
+    }
+    let _ = conn.send_msg(&ack(last_seq)).await;
+    conn.close(ward_net::close::NORMAL, "done").await;
+    st
+}
+
+fn ack(seq: u64) -> ClientFrame {
+    ClientFrame {
+        frame: Some(client_frame::Frame::Ack(Ack {
+            up_to_seq: seq,
+            device_id: Vec::new(),
+        })),
+    }
+}
+
+/// One echo connection's workload: the echoed frame stands for the ack.
+async fn echo_worker(mut conn: Conn, n_send: usize, size: usize, start: Instant) -> Stats {
+    let mut st = Stats::default();
+    let frame = ClientFrame {
+        frame: Some(client_frame::Frame::Send(Send {
+            message_id: vec![1; 16],
+            recipients: vec![Recipient {
+                user_id: "echo".into(),
+                device_id: vec![2; 32],
+            }],
+            payload: vec![0u8; size],
+        })),
+    };
+    for _ in 0..n_send {
+        let t = now_us(start);
+        if conn.send_msg(&frame).await.is_err() {
+            st.errors += 1;
+            return st;
+        }
+        match conn.recv().await {
+            Ok(Some(_)) => st.ack_us.push(now_us(start).saturating_sub(t)),
+            _ => {
+                st.errors += 1;
+                return st;
+            }
+        }
+    }
+    conn.close(ward_net::close::NORMAL, "done").await;
+    st
+}
+
+fn merge(all: Vec<Stats>) -> Stats {
+    let mut m = Stats::default();
+    for s in all {
+        m.ack_us.extend(s.ack_us);
+        m.deliver_us.extend(s.deliver_us);
+        m.errors += s.errors;
+    }
+    m
+}
+
+async fn run_relay(
+    args: &Args,
+    org_root: String,
+    users: &[Clinician],
+    relay_bin: &std::path::Path,
+) -> Result<Report, Error> {
+    let n = users.len();
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| format!("{e}"))?;
+    let dir = std::env::temp_dir().join(format!("ward-load-{}", hex::encode(r)));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("relay.db");
+    let relay_args = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--db".into(),
+        db.display().to_string(),
+        "--org-root".into(),
+        org_root,
+        "--max-connections".into(),
+        (n + 16).to_string(),
+        "--send-rate".into(),
+        "1000000".into(),
+        "--send-burst".into(),
+        "1000000".into(),
+    ];
+    let (child, addr) = start_child(relay_bin, &relay_args).await?;
+    let url = format!("ws://{addr}");
+
+    // Connect and authenticate everyone first.
+    let gate = Arc::new(Semaphore::new(64));
+    let mut connecting = Vec::with_capacity(n);
+    for (i, u) in users.iter().enumerate() {
+        let (url, gate) = (url.clone(), gate.clone());
+        let device =
+            ward_core::keys::DeviceSigningKey::import_secret(&u.device.export_secret()[..])?;
+        let log = u.log.clone();
+        connecting.push(tokio::spawn(async move {
+            let _p = gate.acquire().await;
+            let mut c = ward_net::conn::connect(&url, &ward_net::Limits::default()).await?;
+            ward_net::handshake::client(
+                &mut c,
+                &device,
+                &format!("load{i}"),
+                ward_net::handshake::RELAY,
+                &log,
+            )
+            .await?;
+            Ok::<Conn, ward_net::NetError>(c)
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for c in connecting {
+        conns.push(c.await??);
+    }
+    let per = args.messages / n;
+    let start = Instant::now();
+    let mut workers = Vec::with_capacity(n);
+    for (i, conn) in conns.into_iter().enumerate() {
+        let next = (i + 1) % n;
+        let to = Recipient {
+            user_id: format!("load{next}"),
+            device_id: users[next].device.public_key().as_bytes().to_vec(),
+        };
+        workers.push(tokio::spawn(relay_worker(
+            conn, to, per, per, args.size, start,
+        )));
+    }
+    let mut all = Vec::with_capacity(n);
+    for w in workers {
+        all.push(w.await?);
+    }
+    let elapsed = start.elapsed();
+    let peak = peak_rss_kib(&child);
+    stop_child(child).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Report {
+        name: "ward-relay (auth, SQLite WAL synchronous=FULL, group commit)",
+        elapsed,
+        messages: per * n,
+        stats: merge(all),
+        peak_rss_kib: peak,
+    })
+}
+
+async fn run_echo(args: &Args) -> Result<Report, Error> {
+    let me = std::env::current_exe()?;
+    let (child, addr) = start_child(&me, &["echo-server".to_owned()]).await?;
+    let url = format!("ws://{addr}");
+    let n = args.connections.max(1);
+    let gate = Arc::new(Semaphore::new(64));
+    let mut connecting = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (url, gate) = (url.clone(), gate.clone());
+        connecting.push(tokio::spawn(async move {
+            let _p = gate.acquire().await;
+            ward_net::conn::connect(&url, &ward_net::Limits::default()).await
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for c in connecting {
+        conns.push(c.await??);
+    }
+    let per = args.messages / n;
+    let start = Instant::now();
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|c| tokio::spawn(echo_worker(c, per, args.size, start)))
+        .collect();
+    let mut all = Vec::with_capacity(n);
+    for w in workers {
+        all.push(w.await?);
+    }
+    let elapsed = start.elapsed();
+    let peak = peak_rss_kib(&child);
+    stop_child(child).await;
+    Ok(Report {
+        name: "raw tokio-tungstenite echo (no auth, no storage)",
+        elapsed,
+        messages: per * n,
+        stats: merge(all),
+        peak_rss_kib: peak,
+    })
+}
+
+async fn main_load(args: Args) -> Result<(), Error> {
+    if let Some(Cmd::EchoServer) = args.cmd {
+        return echo_server().await;
+    }
+    let n = args.connections.max(1);
+    let relay_bin = match &args.relay_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or("no exe dir")?
+            .join("ward-relay"),
+    };
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let users: Vec<Clinician> = (0..n)
+        .map(|i| org.enroll(&mut rng, &format!("load{i}")))
+        .collect();
+    println!(
+        "{} connections, {} messages of {} bytes (loopback, {} CPUs)",
+        n,
+        (args.messages / n) * n,
+        args.size,
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
+    let mut relay = run_relay(
+        &args,
+        hex::encode(org.root_public().as_bytes()),
+        &users,
+        &relay_bin,
+    )
+    .await?;
+    relay.print();
+    if !args.no_echo {
+        let mut echo = run_echo(&args).await?;
+        echo.print();
+        let rr = relay.messages as f64 / relay.elapsed.as_secs_f64();
+        let er = echo.messages as f64 / echo.elapsed.as_secs_f64();
+        println!("== ratio relay/echo throughput: {:.2}", rr / er);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ward-load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_load(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ward-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The relay's configuration: storage, trust root and limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ward_core::keys::SigningPublicKey;
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SQLite database file (created if missing; `-wal`/`-shm` beside it).
+    pub db_path: PathBuf,
+    /// The pinned organisation root: every device's log is verified from it.
+    pub org_root: SigningPublicKey,
+    /// Connection and traffic limits.
+    pub limits: Limits,
+    /// How long an undelivered entry is kept.
+    pub retention: Duration,
+    /// How often the retention sweeper runs.
+    pub sweep_interval: Duration,
+    /// How long graceful shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+    /// Most commands the writer commits in one transaction (one fsync).
+    pub max_batch: usize,
+}
+
+/// Limits. Each violation closes the connection with a reason code.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Frame size and authentication timeout, enforced by ward-net.
+    pub net: ward_net::Limits,
+    /// Most recipient devices in one `Send`.
+    pub max_recipients: usize,
+    /// Most simultaneous connections (authenticated or not).
+    pub max_connections: usize,
+    /// Sustained `Send` frames per second per device (token bucket rate).
+    pub send_rate_per_sec: f64,
+    /// `Send` frames a device may burst above the rate (bucket size).
+    pub send_burst: u32,
+    /// Frames queued towards one connection before it counts as slow.
+    pub outbound_queue: usize,
+    /// Bytes of payload queued towards one connection before it counts as
+    /// slow. With `delivery_batch`, this bounds a connection's memory.
+    pub outbound_bytes: usize,
+    /// Bytes of payload queued towards all connections together. When it is
+    /// used up, deliveries wait (they are not counted as slow) until slow
+    /// readers are cut off or fast ones drain.
+    pub global_outbound_bytes: usize,
+    /// How long the outbound queue may stay full (or a write may block)
+    /// before the connection is closed with `SLOW_CONSUMER`.
+    pub slow_consumer_timeout: Duration,
+    /// How long a closing connection may take to flush its close frame
+    /// and see the peer's close.
+    pub close_grace: Duration,
+    /// TCP keepalive idle time on accepted sockets (probes every 10 s after
+    /// it), so that a phone that vanished without closing (lift, dead
+    /// battery, NAT timeout) is noticed and its connection freed. `None`
+    /// leaves the system default (usually off).
+    pub tcp_keepalive: Option<Duration>,
+    /// Most deliveries read from the store per batch (also capped at
+    /// 256 KiB of payload, but at least one).
+    pub delivery_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            net: ward_net::Limits::default(),
+            max_recipients: 1024,
+            max_connections: 10_000,
+            send_rate_per_sec: 100.0,
+            send_burst: 200,
+            outbound_queue: 64,
+            outbound_bytes: 4 << 20,
+            global_outbound_bytes: 512 << 20,
+            slow_consumer_timeout: Duration::from_secs(10),
+            close_grace: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            delivery_batch: 64,
+        }
+    }
+}
+
+/// 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
+impl Config {
+    /// A configuration with default limits and retention.
+    pub fn new(db_path: impl Into<PathBuf>, org_root: SigningPublicKey) -> Self {
+        Self {
+            db_path: db_path.into(),
+            org_root,
+            limits: Limits::default(),
+            retention: DEFAULT_RETENTION,
+            sweep_interval: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(10),
+            max_batch: 1024,
+        }
+    }
+}

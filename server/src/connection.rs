@@ -1,0 +1,522 @@
+//! One connection: WebSocket upgrade, device authentication, then the
+//! session loop (inbound frames, deliveries, close signals).
+//!
+//! ```text
+//!             +-------------------- session task -------------------+
+//!  socket <-> | select! { close signal | shutdown | delivery ended | |
+//!             |           outbound frame -> socket (timed)          |
+//!             |           inbound frame -> writer -> reply (timed) }|
+//!             +-----------------------------^-----------------------+
+//!                      bounded queue (frames and bytes)
+//!             +-------------------- delivery task ------------------+
+//!             | loop { read backlog after cursor; queue it;         |
+//!             |        nothing left: wait for the writer's notify } |
+//!             +-----------------------------------------------------+
+//! ```
+//! A reader that does not keep up fills the bounded queue; the delivery task
+//! then gives up after `slow_consumer_timeout` and the connection closes with
+//! `SLOW_CONSUMER`. Its entries stay stored: nothing is lost.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+use ward_core::ids::valid_user_id;
+use ward_net::handshake::{self, Peer};
+use ward_net::{Conn, close};
+use ward_proto::v1::{
+    Ack, ClientFrame, ErrorCode, LogAccepted, PublishLog, RelayError, Send, SendAck, ServerFrame,
+    client_frame, server_frame,
+};
+
+use crate::config::Limits;
+use crate::logs;
+use crate::rate::TokenBucket;
+use crate::registry::CloseReason;
+use crate::state::Shared;
+use crate::storage::{self, Mailbox, NewMessage, SendOutcome};
+
+const GOING_AWAY: CloseReason = CloseReason {
+    code: close::GOING_AWAY,
+    reason: "relay shutting down",
+};
+const SLOW: CloseReason = CloseReason {
+    code: close::SLOW_CONSUMER,
+    reason: "not reading fast enough; messages kept",
+};
+const INTERNAL: CloseReason = CloseReason {
+    code: close::INTERNAL_ERROR,
+    reason: "internal error",
+};
+
+/// Resolves once the relay is shutting down.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the server is gone: stop as well.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = shared.config.limits;
+    let mut conn = match timeout(
+        limits.net.auth_timeout,
+        ward_net::conn::accept(stream, &limits.net),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(%addr, error = %e, "websocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%addr, "websocket upgrade timed out");
+            return;
+        }
+    };
+    let mut nonce = [0u8; 32];
+    if getrandom::fill(&mut nonce).is_err() {
+        warn!("no randomness for a challenge");
+        finish(conn, Some(INTERNAL), limits.close_grace).await;
+        return;
+    }
+    let check_shared = shared.clone();
+    let authenticated = {
+        let auth = handshake::server(
+            &mut conn,
+            handshake::RELAY,
+            nonce,
+            &limits.net,
+            move |peer| async move { check(&check_shared, peer).await },
+        );
+        tokio::select! {
+            r = auth => Some(r),
+            _ = stopped(&mut shutdown) => None,
+        }
+    };
+    let peer = match authenticated {
+        None => {
+            finish(conn, Some(GOING_AWAY), limits.close_grace).await;
+            return;
+        }
+        Some(Err(e)) => {
+            debug!(%addr, error = %e, "handshake refused");
+            let (code, reason) = ward_net::conn::close_code_for(&e);
+            finish(conn, Some(CloseReason { code, reason }), limits.close_grace).await;
+            return;
+        }
+        Some(Ok(peer)) => peer,
+    };
+    let mailbox = Mailbox {
+        user_id: peer.user_id,
+        device_id: *peer.device.as_bytes(),
+    };
+    debug!(%addr, user = %mailbox.user_id, "device authenticated");
+    session(conn, shared, mailbox, shutdown).await;
+}
+
+/// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`.
+pub async fn refuse_busy(stream: TcpStream, limits: Limits) {
+    let grace = Duration::from_secs(1);
+    if let Ok(Ok(conn)) = timeout(grace, ward_net::conn::accept(stream, &limits.net)).await {
+        let reason = CloseReason {
+            code: close::TOO_MANY_CONNECTIONS,
+            reason: "too many connections",
+        };
+        finish(conn, Some(reason), grace).await;
+    }
+}
+
+/// The device must be active in the relay's view of its user's log.
+async fn check(shared: &Shared, mut peer: Peer) -> Result<Peer, ErrorCode> {
+    let log = std::mem::take(&mut peer.log);
+    let user = logs::refresh(shared, &peer.user_id, log).await?;
+    match user.device(&peer.device) {
+        Some(d) if d.is_active() => Ok(peer),
+        Some(_) => Err(ErrorCode::DeviceRevoked),
+        None => Err(ErrorCode::Unauthenticated),
+    }
+}
+
+/// Sends the close frame (if any) within `grace`, half-closes the socket and
+/// waits for the peer to finish, so that the close frame is not lost to a
+/// reset.
+async fn finish(mut conn: Conn<TcpStream>, reason: Option<CloseReason>, grace: Duration) {
+    if let Some(r) = reason {
+        let _ = timeout(grace, conn.close(r.code, r.reason)).await;
+    }
+    let mut ws = conn.into_inner();
+    let tcp = ws.get_mut();
+    let _ = timeout(grace, async {
+        let _ = tcp.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A frame and the budget it holds (this connection's, and the global one)
+/// until it is written.
+type Outbound = (ServerFrame, (OwnedSemaphorePermit, OwnedSemaphorePermit));
+
+/// Payload read from the store per delivery batch (at least one entry).
+const BATCH_BYTES: usize = 256 << 10;
+
+enum DeliveryEnd {
+    Slow,
+    Storage,
+    Gone,
+}
+
+/// What handling one inbound frame asks of the session.
+struct Outcome {
+    reply: Option<ServerFrame>,
+    close: Option<CloseReason>,
+}
+
+impl Outcome {
+    fn reply(frame: server_frame::Frame) -> Self {
+        Self {
+            reply: Some(ServerFrame { frame: Some(frame) }),
+            close: None,
+        }
+    }
+
+    fn none() -> Self {
+        Self {
+            reply: None,
+            close: None,
+        }
+    }
+
+    fn error(code: ErrorCode, message_id: Vec<u8>, detail: &str) -> Self {
+        Self::reply(server_frame::Frame::Error(RelayError {
+            code: code as i32,
+            message_id,
+            detail: detail.to_owned(),
+        }))
+    }
+
+    fn closing(mut self, code: u16, reason: &'static str) -> Self {
+        self.close = Some(CloseReason { code, reason });
+        self
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    mailbox: Mailbox,
+    bucket: TokenBucket,
+}
+
+async fn session(
+    mut conn: Conn<TcpStream>,
+    shared: Arc<Shared>,
+    mailbox: Mailbox,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = shared.config.limits;
+    let mut reg = shared.registry.register(mailbox.clone());
+    // A revocation stored between the handshake's check and this
+    // registration found nothing to close: look again, now that any later
+    // one will find this connection.
+    if let Err(reason) = still_active(&shared, &mailbox).await {
+        shared.registry.unregister(&mailbox, reg.id);
+        finish(conn, Some(reason), limits.close_grace).await;
+        return;
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
+    let budget = Arc::new(Semaphore::new(budget_permits(&limits)));
+    let mut delivery = tokio::spawn(deliver(
+        shared.clone(),
+        mailbox.clone(),
+        reg.notify.clone(),
+        out_tx,
+        budget,
+    ));
+    let mut s = Session {
+        shared: shared.clone(),
+        mailbox: mailbox.clone(),
+        bucket: shared.buckets.take(&mailbox),
+    };
+    let write_timeout = limits.slow_consumer_timeout;
+    let end: Option<CloseReason> = loop {
+        tokio::select! {
+            biased;
+            changed = reg.close.changed() => {
+                let reason = match changed {
+                    Ok(()) => *reg.close.borrow(),
+                    Err(_) => None,
+                };
+                break Some(reason.unwrap_or(CloseReason { code: close::NORMAL, reason: "" }));
+            }
+            _ = stopped(&mut shutdown) => break Some(GOING_AWAY),
+            ended = &mut delivery => {
+                break match ended {
+                    Ok(DeliveryEnd::Slow) => Some(SLOW),
+                    Ok(DeliveryEnd::Storage) | Err(_) => Some(INTERNAL),
+                    Ok(DeliveryEnd::Gone) => None,
+                };
+            }
+            Some((frame, permit)) = out_rx.recv() => {
+                match timeout(write_timeout, conn.send_msg(&frame)).await {
+                    Ok(Ok(())) => drop(permit),
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some(SLOW),
+                }
+            }
+            inbound = conn.recv_msg::<ClientFrame>() => {
+                let outcome = match inbound {
+                    Ok(Some(frame)) => s.handle(frame).await,
+                    Ok(None) => break None,
+                    Err(e) => {
+                        let (code, reason) = ward_net::conn::close_code_for(&e);
+                        debug!(user = %mailbox.user_id, error = %e, "connection failed");
+                        break Some(CloseReason { code, reason });
+                    }
+                };
+                if let Some(reply) = outcome.reply {
+                    match timeout(write_timeout, conn.send_msg(&reply)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break Some(SLOW),
+                    }
+                }
+                if let Some(close) = outcome.close {
+                    break Some(close);
+                }
+            }
+        }
+    };
+    delivery.abort();
+    // Release the queued frames' budget now, not after the close handshake.
+    drop(out_rx);
+    shared.registry.unregister(&mailbox, reg.id);
+    shared.buckets.park(mailbox.clone(), s.bucket);
+    if let Some(r) = end
+        && r.code != close::NORMAL
+        && r.code != close::GOING_AWAY
+    {
+        info!(user = %mailbox.user_id, code = r.code, reason = r.reason, "closing connection");
+    }
+    // Also answer a peer that closed first, so its close handshake completes.
+    let end = end.unwrap_or(CloseReason {
+        code: close::NORMAL,
+        reason: "",
+    });
+    finish(conn, Some(end), limits.close_grace).await;
+}
+
+async fn still_active(shared: &Shared, mailbox: &Mailbox) -> Result<(), CloseReason> {
+    let user = logs::refresh(shared, &mailbox.user_id, Vec::new())
+        .await
+        .map_err(|_| INTERNAL)?;
+    let device =
+        ward_core::keys::SigningPublicKey::from_bytes(&mailbox.device_id).map_err(|_| INTERNAL)?;
+    match user.device(&device) {
+        Some(d) if d.is_active() => Ok(()),
+        _ => Err(CloseReason {
+            code: close::DEVICE_REVOKED,
+            reason: "device revoked",
+        }),
+    }
+}
+
+fn budget_permits(limits: &Limits) -> usize {
+    limits.outbound_bytes.clamp(1, u32::MAX as usize)
+}
+
+/// Feeds the mailbox's entries, in seq order, into the bounded queue.
+async fn deliver(
+    shared: Arc<Shared>,
+    mailbox: Mailbox,
+    notify: Arc<Notify>,
+    out: mpsc::Sender<Outbound>,
+    budget: Arc<Semaphore>,
+) -> DeliveryEnd {
+    let limits = shared.config.limits;
+    let max_cost = budget_permits(&limits).min(crate::state::global_permits(&shared.config));
+    let wait = limits.slow_consumer_timeout;
+    let mut cursor = 0u64;
+    loop {
+        let mb = mailbox.clone();
+        let (n, max_bytes) = (limits.delivery_batch.max(1), BATCH_BYTES);
+        let batch = match shared
+            .read(move |c| storage::backlog(c, &mb, cursor, n, max_bytes))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "reading a mailbox failed");
+                return DeliveryEnd::Storage;
+            }
+        };
+        if batch.is_empty() {
+            notify.notified().await;
+            continue;
+        }
+        for d in batch {
+            cursor = d.seq;
+            let cost = d.payload.len().clamp(1, max_cost) as u32;
+            let own = match timeout(wait, budget.clone().acquire_many_owned(cost)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return DeliveryEnd::Gone,
+                Err(_) => return DeliveryEnd::Slow,
+            };
+            // The global budget is shared: waiting for it is not this
+            // reader's fault, so it has no timeout.
+            let Ok(global) = shared.outbound.clone().acquire_many_owned(cost).await else {
+                return DeliveryEnd::Gone;
+            };
+            let permit = (own, global);
+            let frame = ServerFrame {
+                frame: Some(server_frame::Frame::Deliver(d)),
+            };
+            match out.send_timeout((frame, permit), wait).await {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => return DeliveryEnd::Slow,
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return DeliveryEnd::Gone,
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn handle(&mut self, frame: ClientFrame) -> Outcome {
+        match frame.frame {
+            Some(client_frame::Frame::Send(send)) => self.send(send).await,
+            Some(client_frame::Frame::Ack(ack)) => self.ack(ack).await,
+            Some(client_frame::Frame::PublishLog(p)) => self.publish_log(p).await,
+            None => Outcome::error(ErrorCode::Malformed, Vec::new(), "empty frame")
+                .closing(close::PROTOCOL_ERROR, "malformed frame"),
+        }
+    }
+
+    async fn send(&mut self, send: Send) -> Outcome {
+        let limits = self.shared.config.limits;
+        if !self.bucket.try_take() {
+            return Outcome::error(
+                ErrorCode::RateLimited,
+                send.message_id,
+                "send rate exceeded",
+            )
+            .closing(close::RATE_LIMITED, "send rate exceeded");
+        }
+        let Ok(message_id) = <[u8; 16]>::try_from(send.message_id.as_slice()) else {
+            return Outcome::error(
+                ErrorCode::Malformed,
+                send.message_id,
+                "message id must be 16 bytes",
+            )
+            .closing(close::PROTOCOL_ERROR, "malformed frame");
+        };
+        if send.recipients.len() > limits.max_recipients {
+            return Outcome::error(ErrorCode::TooLarge, send.message_id, "too many recipients")
+                .closing(close::TOO_BIG, "too many recipients");
+        }
+        let mut seen = HashSet::with_capacity(send.recipients.len());
+        let mut recipients = Vec::with_capacity(send.recipients.len());
+        for r in send.recipients {
+            let Ok(device_id) = <[u8; 32]>::try_from(r.device_id.as_slice()) else {
+                return Outcome::error(
+                    ErrorCode::Malformed,
+                    send.message_id,
+                    "device id must be 32 bytes",
+                )
+                .closing(close::PROTOCOL_ERROR, "malformed frame");
+            };
+            if !valid_user_id(&r.user_id) {
+                return Outcome::error(ErrorCode::Malformed, send.message_id, "invalid user id")
+                    .closing(close::PROTOCOL_ERROR, "malformed frame");
+            }
+            let m = Mailbox {
+                user_id: r.user_id,
+                device_id,
+            };
+            if seen.insert(m.clone()) {
+                recipients.push(m);
+            }
+        }
+        if recipients.is_empty() || send.payload.is_empty() {
+            return Outcome::error(
+                ErrorCode::Malformed,
+                send.message_id,
+                "no recipient or no payload",
+            )
+            .closing(close::PROTOCOL_ERROR, "malformed frame");
+        }
+        let msg = NewMessage {
+            message_id,
+            recipients,
+            payload: send.payload,
+        };
+        match self.shared.writer.send(self.mailbox.clone(), msg).await {
+            Ok(SendOutcome::Stored(_) | SendOutcome::Duplicate) => {
+                Outcome::reply(server_frame::Frame::SendAck(SendAck {
+                    message_id: message_id.to_vec(),
+                }))
+            }
+            Ok(SendOutcome::Conflict) => Outcome::error(
+                ErrorCode::Conflict,
+                message_id.to_vec(),
+                "message id already used by another sender",
+            ),
+            Err(e) => {
+                warn!(error = %e, "storing a message failed");
+                Outcome::error(
+                    ErrorCode::Internal,
+                    message_id.to_vec(),
+                    "not stored; retry",
+                )
+            }
+        }
+    }
+
+    async fn ack(&mut self, ack: Ack) -> Outcome {
+        if !ack.device_id.is_empty() && ack.device_id[..] != self.mailbox.device_id[..] {
+            return Outcome::error(ErrorCode::Forbidden, Vec::new(), "not your mailbox")
+                .closing(close::FORBIDDEN, "another device's mailbox");
+        }
+        match self
+            .shared
+            .writer
+            .ack(self.mailbox.clone(), ack.up_to_seq)
+            .await
+        {
+            Ok(_) => Outcome::none(),
+            Err(e) => {
+                warn!(error = %e, "ack failed");
+                Outcome::error(ErrorCode::Internal, Vec::new(), "ack not applied; retry")
+            }
+        }
+    }
+
+    async fn publish_log(&mut self, p: PublishLog) -> Outcome {
+        // Verifying a long log costs CPU: it draws on the same budget as sends.
+        if !self.bucket.try_take() {
+            return Outcome::error(ErrorCode::RateLimited, Vec::new(), "rate exceeded")
+                .closing(close::RATE_LIMITED, "rate exceeded");
+        }
+        match logs::refresh(&self.shared, &self.mailbox.user_id, p.entries).await {
+            Ok(user) => Outcome::reply(server_frame::Frame::LogAccepted(LogAccepted {
+                len: user.len(),
+            })),
+            Err(code) => Outcome::error(code, Vec::new(), "log refused"),
+        }
+    }
+}

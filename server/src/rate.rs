@@ -1,0 +1,130 @@
+//! A token bucket, for the per-device send rate, and the buckets of devices
+//! between their connections (so that reconnecting does not refill one).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+/// Refills at `rate` tokens per second up to `capacity`; each frame takes one.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate_per_sec: f64, burst: u32) -> Self {
+        let capacity = f64::from(burst.max(1));
+        Self {
+            capacity,
+            rate: rate_per_sec.max(0.0),
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        self.try_take_at(Instant::now())
+    }
+
+    /// Whether the bucket has refilled completely by `now`.
+    fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.capacity
+    }
+
+    fn try_take_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Buckets of devices that are not connected right now. A full bucket is
+/// not kept: a fresh one is the same.
+pub struct Buckets<K> {
+    rate: f64,
+    burst: u32,
+    parked: Mutex<HashMap<K, TokenBucket>>,
+}
+
+/// Parked buckets beyond which full ones are pruned.
+const PRUNE_ABOVE: usize = 4096;
+
+impl<K: Eq + Hash> Buckets<K> {
+    /// Buckets of `rate_per_sec` and `burst`.
+    pub fn new(rate_per_sec: f64, burst: u32) -> Self {
+        Self {
+            rate: rate_per_sec,
+            burst,
+            parked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bucket `key` left behind, or a full one.
+    pub fn take(&self, key: &K) -> TokenBucket {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .unwrap_or_else(|| TokenBucket::new(self.rate, self.burst))
+    }
+
+    /// Parks `key`'s bucket until its next connection.
+    pub fn park(&self, key: K, bucket: TokenBucket) {
+        let now = Instant::now();
+        if bucket.is_full_at(now) {
+            return;
+        }
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        if parked.len() >= PRUNE_ABOVE {
+            parked.retain(|_, b| !b.is_full_at(now));
+        }
+        parked.insert(key, bucket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 3);
+        b.last = t0;
+        assert!((0..3).all(|_| b.try_take_at(t0)));
+        assert!(!b.try_take_at(t0));
+        assert!(b.try_take_at(t0 + Duration::from_millis(100)));
+        assert!(!b.try_take_at(t0 + Duration::from_millis(100)));
+        // Never more than the burst, however long the pause.
+        let later = t0 + Duration::from_secs(60);
+        assert!((0..3).all(|_| b.try_take_at(later)));
+        assert!(!b.try_take_at(later));
+    }
+
+    #[test]
+    fn a_parked_bucket_is_not_refilled_by_reconnecting() {
+        let buckets = Buckets::new(0.001, 2);
+        let mut b = buckets.take(&"dev");
+        assert!(b.try_take() && b.try_take() && !b.try_take());
+        buckets.park("dev", b);
+        let mut again = buckets.take(&"dev");
+        assert!(!again.try_take());
+        // A full bucket is not kept.
+        buckets.park("other", buckets.take(&"other"));
+        assert!(buckets.parked.lock().unwrap().get("other").is_none());
+    }
+}

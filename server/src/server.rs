@@ -1,0 +1,166 @@
+//! The accept loop, the retention sweeper and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::timeout;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::connection;
+use crate::error::RelayError;
+use crate::registry::Registry;
+use crate::state::Shared;
+use crate::storage::{self, Swept};
+use crate::writer::{self, now_ms};
+
+/// Commands waiting for the writer before senders wait in turn.
+const WRITER_QUEUE: usize = 8192;
+
+/// Runs the relay on `listener` until `shutdown` resolves, then stops
+/// accepting, closes every connection with `GOING_AWAY` (waiting up to
+/// `config.shutdown_grace`), commits what the writer holds and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let mut db = storage::open(&config.db_path)?;
+    storage::migrate(&mut db)?;
+    let registry = Arc::new(Registry::default());
+    let (writer, writer_thread) =
+        writer::spawn(db, config.max_batch, WRITER_QUEUE, registry.clone())?;
+    let max_connections = config.limits.max_connections.clamp(1, u32::MAX as usize);
+    let grace = config.shutdown_grace;
+    let shared = Arc::new(Shared::new(config, writer.clone(), registry));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sweeper = tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone()));
+    let permits = Arc::new(Semaphore::new(max_connections));
+    info!(addr = ?listener.local_addr().ok(), "relay listening");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Some(idle) = shared.config.limits.tcp_keepalive {
+                        set_keepalive(&stream, idle);
+                    }
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = shared.clone();
+                            let stop = stop_rx.clone();
+                            tokio::spawn(async move {
+                                connection::serve(stream, addr, shared, stop).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            warn!(%addr, "connection refused: too many connections");
+                            tokio::spawn(connection::refuse_busy(stream, shared.config.limits));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    info!("shutting down: no new connections");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    if timeout(grace, permits.acquire_many(max_connections as u32))
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the shutdown grace period");
+    }
+    let _ = sweeper.await;
+    writer.stop().await;
+    match tokio::task::spawn_blocking(move || writer_thread.join()).await {
+        Ok(Ok(())) => info!("writer flushed; relay stopped"),
+        _ => error!("writer thread failed"),
+    }
+    Ok(())
+}
+
+fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
+    let params = socket2::TcpKeepalive::new().with_time(idle);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+    let params = params.with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&params) {
+        warn!(error = %e, "could not enable TCP keepalive");
+    }
+}
+
+/// Messages expired per writer command: other commands get the writer
+/// between steps, so a large expiry never stalls sends.
+const SWEEP_STEP: usize = 1000;
+
+async fn sweep(shared: &Shared, stop: &watch::Receiver<bool>) {
+    let retention = u64::try_from(shared.config.retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = now_ms().saturating_sub(retention);
+    let mut total = Swept::default();
+    loop {
+        match shared.writer.sweep(cutoff, SWEEP_STEP).await {
+            Ok(s) => {
+                total.sends += s.sends;
+                total.entries += s.entries;
+                total.messages += s.messages;
+                if s.sends < SWEEP_STEP || *stop.borrow() {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "retention sweep failed");
+                break;
+            }
+        }
+    }
+    if total.sends > 0 {
+        info!(
+            messages = total.sends,
+            entries = total.entries,
+            "retention sweep expired undelivered messages"
+        );
+    }
+}
+
+async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick =
+        tokio::time::interval(shared.config.sweep_interval.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => sweep(&shared, &stop).await,
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_tcp_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        set_keepalive(&stream, Duration::from_secs(60));
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+    }
+}

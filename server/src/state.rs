@@ -1,0 +1,122 @@
+//! State shared by every connection: configuration, the writer, the readers
+//! and the registry of connected devices.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::error::StorageError;
+use crate::rate::Buckets;
+use crate::registry::Registry;
+use crate::storage::Mailbox;
+use crate::writer::Writer;
+
+/// Most reads running at once (each holds one pooled SQLite connection).
+const MAX_READERS: usize = 8;
+
+/// Read-only connections reused across `spawn_blocking` reads.
+pub struct Readers {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            pool: Mutex::new(Vec::new()),
+            permits: Semaphore::new(MAX_READERS),
+        }
+    }
+
+    fn take(&self) -> Result<Connection, StorageError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => {
+                let c = Connection::open(&self.path)?;
+                c.busy_timeout(std::time::Duration::from_secs(30))?;
+                c.pragma_update(None, "query_only", "ON")?;
+                Ok(c)
+            }
+        }
+    }
+
+    fn put(&self, conn: Connection) {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+    }
+}
+
+/// Permits of the global outbound budget (one per byte, at most `u32::MAX`).
+pub fn global_permits(config: &Config) -> usize {
+    config
+        .limits
+        .global_outbound_bytes
+        .clamp(1, u32::MAX as usize)
+}
+
+/// Everything a connection task needs.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The single writer.
+    pub writer: Writer,
+    /// Connected devices.
+    pub registry: Arc<Registry>,
+    /// Send-rate buckets of devices between connections.
+    pub buckets: Buckets<Mailbox>,
+    /// Payload bytes that may be queued towards all connections together.
+    pub outbound: Arc<Semaphore>,
+    readers: Arc<Readers>,
+}
+
+impl Shared {
+    /// Bundles the state.
+    pub fn new(config: Config, writer: Writer, registry: Arc<Registry>) -> Self {
+        let readers = Arc::new(Readers::new(config.db_path.clone()));
+        let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
+        let outbound = Arc::new(Semaphore::new(global_permits(&config)));
+        Self {
+            config,
+            writer,
+            registry,
+            buckets,
+            outbound,
+            readers,
+        }
+    }
+
+    /// Runs `f` on a pooled read connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let r = f(&conn);
+            readers.put(conn);
+            r
+        })
+        .await
+        .map_err(|e| StorageError::Join(e.to_string()))?
+    }
+}

@@ -1,0 +1,454 @@
+//! SQLite storage: schema, migrations and the statements the writer and the
+//! readers run. Every function here blocks: call them from the writer thread
+//! or from `spawn_blocking`, never on the async runtime.
+//!
+//! Schema (version 1):
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `sends` | accepted message | client id, sender, time; the idempotency record, kept until retention |
+//! | `messages` | stored ciphertext | keyed by `sends.id`; deleted once no `queue` row refers to it |
+//! | `queue` | (recipient mailbox, seq) | `seq` from `mailboxes.next_seq`: monotonic per mailbox, never reused |
+//! | `mailboxes` | recipient device | holds `next_seq`, so acks never make a seq come back |
+//! | `logs` | user | longest verified user log seen (encoded `UserLog`) |
+//!
+//! Client message ids are random, so every index keyed by them costs one
+//! random page write per message. Only `sends.message_id` is; the ciphertext
+//! and queue entries refer to the internal, increasing `sends.id`, so their
+//! pages fill in order.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use ward_proto::v1::{Deliver, SignedStatement, UserLog};
+use ward_proto::{Message, decode_bounded};
+
+use crate::error::StorageError;
+
+/// The schema version this relay writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    "
+    CREATE TABLE sends (
+        id            INTEGER PRIMARY KEY,
+        message_id    BLOB NOT NULL UNIQUE,  -- 16 bytes, client-chosen
+        sender_user   TEXT NOT NULL,
+        sender_device BLOB NOT NULL,
+        created_at    INTEGER NOT NULL       -- unix ms, relay clock
+    );
+    CREATE INDEX sends_created ON sends(created_at);
+    CREATE TABLE messages (
+        id      INTEGER PRIMARY KEY,         -- sends.id
+        payload BLOB NOT NULL                -- encoded Envelope, opaque
+    );
+    CREATE TABLE mailboxes (
+        user_id   TEXT NOT NULL,
+        device_id BLOB NOT NULL,
+        next_seq  INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE queue (
+        user_id   TEXT NOT NULL,
+        device_id BLOB NOT NULL,
+        seq       INTEGER NOT NULL,
+        msg       INTEGER NOT NULL,          -- sends.id / messages.id
+        PRIMARY KEY (user_id, device_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX queue_msg ON queue(msg);
+    CREATE TABLE logs (
+        user_id    TEXT PRIMARY KEY,
+        len        INTEGER NOT NULL,
+        entries    BLOB NOT NULL,            -- encoded UserLog
+        updated_at INTEGER NOT NULL
+    );
+    ",
+];
+
+/// One device's mailbox: the authenticated (user, device) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mailbox {
+    /// The user the device belongs to.
+    pub user_id: String,
+    /// The device's signing public key.
+    pub device_id: [u8; 32],
+}
+
+/// A validated `Send`.
+pub struct NewMessage {
+    /// Client-chosen id.
+    pub message_id: [u8; 16],
+    /// Distinct recipient mailboxes.
+    pub recipients: Vec<Mailbox>,
+    /// The encoded envelope. Never logged.
+    pub payload: Vec<u8>,
+}
+
+// Never print the payload (ciphertext or not, it stays out of logs).
+impl std::fmt::Debug for NewMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMessage")
+            .field("recipients", &self.recipients.len())
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What storing a `Send` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Stored now, with the queue entries created for these mailboxes.
+    Stored(Vec<Mailbox>),
+    /// The same sender sent this id before: nothing new stored.
+    Duplicate,
+    /// Another sender used this id: refused.
+    Conflict,
+}
+
+/// Opens (creating if needed) the database with the relay's settings.
+pub fn open(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 64 MiB of page cache: index pages stay hot between commits.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    // Room for every statement the writer runs, so none is re-parsed.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]; each step in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StorageError::SchemaTooNew(version));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Stores one message and its queue entries, idempotently on `message_id`.
+pub fn insert_message(
+    conn: &Connection,
+    sender: &Mailbox,
+    msg: &NewMessage,
+    now_ms: u64,
+) -> Result<SendOutcome, StorageError> {
+    let existing: Option<(String, Vec<u8>)> = conn
+        .prepare_cached("SELECT sender_user, sender_device FROM sends WHERE message_id = ?1")?
+        .query_row(params![&msg.message_id[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((user, device)) = existing {
+        return Ok(if user == sender.user_id && device == sender.device_id {
+            SendOutcome::Duplicate
+        } else {
+            SendOutcome::Conflict
+        });
+    }
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO sends (message_id, sender_user, sender_device, created_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )?
+        .query_row(
+            params![
+                &msg.message_id[..],
+                sender.user_id,
+                &sender.device_id[..],
+                now_ms as i64
+            ],
+            |r| r.get(0),
+        )?;
+    conn.prepare_cached("INSERT INTO messages (id, payload) VALUES (?1, ?2)")?
+        .execute(params![id, msg.payload])?;
+    let mut next_seq = conn.prepare_cached(
+        "INSERT INTO mailboxes (user_id, device_id, next_seq) VALUES (?1, ?2, 2)
+         ON CONFLICT (user_id, device_id) DO UPDATE SET next_seq = next_seq + 1
+         RETURNING next_seq - 1",
+    )?;
+    let mut enqueue = conn.prepare_cached(
+        "INSERT INTO queue (user_id, device_id, seq, msg) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for r in &msg.recipients {
+        let seq: i64 =
+            next_seq.query_row(params![r.user_id, &r.device_id[..]], |row| row.get(0))?;
+        enqueue.execute(params![r.user_id, &r.device_id[..], seq, id])?;
+    }
+    Ok(SendOutcome::Stored(msg.recipients.clone()))
+}
+
+/// Deletes `mailbox`'s entries up to and including `up_to_seq`, then the
+/// ciphertexts no entry refers to any more. Returns the entries deleted.
+pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize, StorageError> {
+    let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
+    let ids: Vec<i64> = conn
+        .prepare_cached(
+            "DELETE FROM queue WHERE user_id = ?1 AND device_id = ?2 AND seq <= ?3
+             RETURNING msg",
+        )?
+        .query_map(
+            params![mailbox.user_id, &mailbox.device_id[..], up_to],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut drop_orphan = conn.prepare_cached(
+        "DELETE FROM messages WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM queue WHERE msg = ?1)",
+    )?;
+    for id in &ids {
+        drop_orphan.execute(params![id])?;
+    }
+    Ok(ids.len())
+}
+
+/// What a retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Messages (idempotency records) expired.
+    pub sends: usize,
+    /// Queue entries expired.
+    pub entries: usize,
+    /// Ciphertexts expired.
+    pub messages: usize,
+}
+
+/// Removes up to `limit` of the oldest messages received before
+/// `cutoff_ms`, with their entries and ciphertext. Bounded so that one
+/// sweep step never holds the writer long; repeat while `sends == limit`.
+pub fn sweep(conn: &Connection, cutoff_ms: u64, limit: usize) -> Result<Swept, StorageError> {
+    let cutoff = i64::try_from(cutoff_ms).unwrap_or(i64::MAX);
+    let ids: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM sends WHERE created_at < ?1 ORDER BY created_at LIMIT ?2")?
+        .query_map(params![cutoff, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut swept = Swept::default();
+    let mut entries = conn.prepare_cached("DELETE FROM queue WHERE msg = ?1")?;
+    let mut messages = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    let mut sends = conn.prepare_cached("DELETE FROM sends WHERE id = ?1")?;
+    for id in ids {
+        swept.entries += entries.execute(params![id])?;
+        swept.messages += messages.execute(params![id])?;
+        swept.sends += sends.execute(params![id])?;
+    }
+    Ok(swept)
+}
+
+/// Replaces `user_id`'s stored log if it still has `prev_len` entries
+/// (0: none stored). Returns false if another writer got there first.
+pub fn store_log(
+    conn: &Connection,
+    user_id: &str,
+    prev_len: u64,
+    entries: &[SignedStatement],
+    now_ms: u64,
+) -> Result<bool, StorageError> {
+    let current: Option<i64> = conn
+        .prepare_cached("SELECT len FROM logs WHERE user_id = ?1")?
+        .query_row(params![user_id], |r| r.get(0))
+        .optional()?;
+    if current.unwrap_or(0) as u64 != prev_len {
+        return Ok(false);
+    }
+    let blob = UserLog {
+        entries: entries.to_vec(),
+    }
+    .encode_to_vec();
+    conn.prepare_cached(
+        "INSERT INTO logs (user_id, len, entries, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user_id) DO UPDATE SET len = excluded.len, entries = excluded.entries,
+         updated_at = excluded.updated_at",
+    )?
+    .execute(params![user_id, entries.len() as i64, blob, now_ms as i64])?;
+    Ok(true)
+}
+
+/// The stored log of `user_id`, if any.
+pub fn load_log(
+    conn: &Connection,
+    user_id: &str,
+) -> Result<Option<Vec<SignedStatement>>, StorageError> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT entries FROM logs WHERE user_id = ?1")?
+        .query_row(params![user_id], |r| r.get(0))
+        .optional()?;
+    match blob {
+        None => Ok(None),
+        Some(b) => {
+            let log: UserLog =
+                decode_bounded(&b, usize::MAX).map_err(|_| StorageError::Corrupt("stored log"))?;
+            Ok(Some(log.entries))
+        }
+    }
+}
+
+/// Up to `limit` entries of `mailbox` after `after_seq`, in seq order,
+/// stopping once `max_bytes` of payload are read (but at least one entry).
+pub fn backlog(
+    conn: &Connection,
+    mailbox: &Mailbox,
+    after_seq: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<Deliver>, StorageError> {
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT q.seq, s.message_id, s.sender_user, s.sender_device, m.payload, s.created_at
+         FROM queue q JOIN messages m ON m.id = q.msg JOIN sends s ON s.id = q.msg
+         WHERE q.user_id = ?1 AND q.device_id = ?2 AND q.seq > ?3
+         ORDER BY q.seq LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![mailbox.user_id, &mailbox.device_id[..], after, limit as i64],
+        |r| {
+            Ok(Deliver {
+                seq: r.get::<_, i64>(0)? as u64,
+                message_id: r.get(1)?,
+                sender_user_id: r.get(2)?,
+                sender_device_id: r.get(3)?,
+                payload: r.get(4)?,
+                received_at_ms: r.get::<_, i64>(5)? as u64,
+            })
+        },
+    )?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let d = row?;
+        bytes = bytes.saturating_add(d.payload.len());
+        out.push(d);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(user: &str, d: u8) -> Mailbox {
+        Mailbox {
+            user_id: user.into(),
+            device_id: [d; 32],
+        }
+    }
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c).unwrap();
+        c
+    }
+
+    #[test]
+    fn send_ack_and_orphan_deletion() {
+        let c = db();
+        let a = mailbox("alice", 1);
+        let b1 = mailbox("bob", 2);
+        let b2 = mailbox("bob", 3);
+        let msg = |id: u8| NewMessage {
+            message_id: [id; 16],
+            recipients: vec![b1.clone(), b2.clone()],
+            payload: vec![id; 10],
+        };
+        assert!(matches!(
+            insert_message(&c, &a, &msg(1), 5).unwrap(),
+            SendOutcome::Stored(_)
+        ));
+        assert_eq!(
+            insert_message(&c, &a, &msg(1), 6).unwrap(),
+            SendOutcome::Duplicate
+        );
+        assert_eq!(
+            insert_message(&c, &b1, &msg(1), 6).unwrap(),
+            SendOutcome::Conflict
+        );
+        insert_message(&c, &a, &msg(2), 7).unwrap();
+        let got = backlog(&c, &b1, 0, 10, usize::MAX).unwrap();
+        assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(got[1].payload, vec![2; 10]);
+        assert_eq!(backlog(&c, &b1, 1, 10, 1).unwrap().len(), 1);
+
+        assert_eq!(ack(&c, &b1, 2).unwrap(), 2);
+        let count = |t: &str| -> i64 {
+            c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        // b2 still holds both: ciphertexts stay.
+        assert_eq!(count("messages"), 2);
+        assert_eq!(ack(&c, &b2, 1).unwrap(), 1);
+        assert_eq!(count("messages"), 1);
+        assert_eq!(ack(&c, &b2, u64::MAX).unwrap(), 1);
+        assert_eq!(count("messages"), 0);
+        // Seqs are never reused after acks.
+        insert_message(&c, &a, &msg(3), 8).unwrap();
+        assert_eq!(backlog(&c, &b1, 0, 10, usize::MAX).unwrap()[0].seq, 3);
+        // Still a duplicate after its ciphertext was delivered and deleted.
+        assert_eq!(
+            insert_message(&c, &a, &msg(1), 9).unwrap(),
+            SendOutcome::Duplicate
+        );
+    }
+
+    #[test]
+    fn sweep_expires_old_entries() {
+        let c = db();
+        let a = mailbox("alice", 1);
+        let b = mailbox("bob", 2);
+        for (id, t) in [(1u8, 100u64), (2, 200)] {
+            let m = NewMessage {
+                message_id: [id; 16],
+                recipients: vec![b.clone()],
+                payload: vec![0; 4],
+            };
+            insert_message(&c, &a, &m, t).unwrap();
+        }
+        assert_eq!(
+            sweep(&c, 150, 100).unwrap(),
+            Swept {
+                sends: 1,
+                entries: 1,
+                messages: 1
+            }
+        );
+        let left = backlog(&c, &b, 0, 10, usize::MAX).unwrap();
+        // Bounded steps: two messages old enough, one per step.
+        for (id, t) in [(3u8, 300u64), (4, 301)] {
+            let m = NewMessage {
+                message_id: [id; 16],
+                recipients: vec![b.clone()],
+                payload: vec![0; 4],
+            };
+            insert_message(&c, &a, &m, t).unwrap();
+        }
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
+        assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 0);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].message_id, vec![2; 16]);
+    }
+
+    #[test]
+    fn log_compare_and_swap() {
+        let c = db();
+        let e = SignedStatement {
+            statement: vec![1],
+            signature: vec![2],
+        };
+        assert!(store_log(&c, "u", 0, std::slice::from_ref(&e), 1).unwrap());
+        assert!(!store_log(&c, "u", 0, std::slice::from_ref(&e), 1).unwrap());
+        assert!(store_log(&c, "u", 1, &[e.clone(), e.clone()], 1).unwrap());
+        assert_eq!(load_log(&c, "u").unwrap().unwrap().len(), 2);
+        assert!(load_log(&c, "v").unwrap().is_none());
+    }
+}

@@ -1,0 +1,404 @@
+//! The single writer: one thread owns the write connection and commits
+//! everything queued in one transaction per fsync (group commit).
+//!
+//! While batch N is being fsynced, commands keep arriving on the channel;
+//! batch N+1 takes all of them (up to `max_batch`). Under load, one fsync
+//! therefore carries many sends; when idle, a lone send commits at once, with
+//! no added delay. Each command runs inside its own SAVEPOINT, so one failing
+//! command does not abort the others. Callers are answered only after COMMIT
+//! returned: a `SendAck` built from the answer is durable (WAL,
+//! synchronous=FULL).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, trace};
+use ward_proto::v1::SignedStatement;
+
+use crate::error::StorageError;
+use crate::registry::Registry;
+use crate::storage::{self, Mailbox, NewMessage, SendOutcome, Swept};
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+enum Command {
+    Send {
+        sender: Mailbox,
+        msg: NewMessage,
+        reply: Reply<SendOutcome>,
+    },
+    Ack {
+        mailbox: Mailbox,
+        up_to_seq: u64,
+        reply: Reply<usize>,
+    },
+    StoreLog {
+        user_id: String,
+        prev_len: u64,
+        entries: Vec<SignedStatement>,
+        reply: Reply<bool>,
+    },
+    Sweep {
+        cutoff_ms: u64,
+        limit: usize,
+        reply: Reply<Swept>,
+    },
+    Stop,
+}
+
+enum Done {
+    Send(Reply<SendOutcome>, Result<SendOutcome, StorageError>),
+    Ack(Reply<usize>, Result<usize, StorageError>),
+    StoreLog(Reply<bool>, Result<bool, StorageError>),
+    Sweep(Reply<Swept>, Result<Swept, StorageError>),
+}
+
+impl Done {
+    fn fail(self, why: &str) -> Self {
+        let e = || StorageError::CommitFailed(why.to_owned());
+        match self {
+            Done::Send(r, _) => Done::Send(r, Err(e())),
+            Done::Ack(r, _) => Done::Ack(r, Err(e())),
+            Done::StoreLog(r, _) => Done::StoreLog(r, Err(e())),
+            Done::Sweep(r, _) => Done::Sweep(r, Err(e())),
+        }
+    }
+
+    fn answer(self) {
+        // A caller that went away no longer needs its answer.
+        match self {
+            Done::Send(r, v) => drop(r.send(v)),
+            Done::Ack(r, v) => drop(r.send(v)),
+            Done::StoreLog(r, v) => drop(r.send(v)),
+            Done::Sweep(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+/// The handle async code uses to reach the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of the writer's work so far.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed (one fsync each).
+    pub commits: AtomicU64,
+    /// Commands carried by those transactions.
+    pub commands: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch, from the relay's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the writer thread on `conn`. After each commit it wakes the
+/// connected recipients through `registry`.
+pub fn spawn(
+    conn: Connection,
+    max_batch: usize,
+    queue: usize,
+    registry: Arc<Registry>,
+) -> std::io::Result<(Writer, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let stats = Arc::new(Stats::default());
+    let counters = stats.clone();
+    let handle = std::thread::Builder::new()
+        .name("ward-relay-writer".into())
+        .spawn(move || writer_loop(conn, rx, max_batch.max(1), &registry, &counters))?;
+    Ok((Writer { tx, stats }, handle))
+}
+
+impl Writer {
+    /// `(commits, commands)` so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.commands.load(Ordering::Relaxed),
+        )
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        rx.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// Stores a message durably; returns once committed.
+    pub async fn send(
+        &self,
+        sender: Mailbox,
+        msg: NewMessage,
+    ) -> Result<SendOutcome, StorageError> {
+        self.call(|reply| Command::Send { sender, msg, reply })
+            .await
+    }
+
+    /// Deletes `mailbox`'s entries up to `up_to_seq`; returns once committed.
+    pub async fn ack(&self, mailbox: Mailbox, up_to_seq: u64) -> Result<usize, StorageError> {
+        self.call(|reply| Command::Ack {
+            mailbox,
+            up_to_seq,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces a user's log if it still has `prev_len` entries.
+    pub async fn store_log(
+        &self,
+        user_id: String,
+        prev_len: u64,
+        entries: Vec<SignedStatement>,
+    ) -> Result<bool, StorageError> {
+        self.call(|reply| Command::StoreLog {
+            user_id,
+            prev_len,
+            entries,
+            reply,
+        })
+        .await
+    }
+
+    /// Expires up to `limit` of the oldest messages received before `cutoff_ms`.
+    pub async fn sweep(&self, cutoff_ms: u64, limit: usize) -> Result<Swept, StorageError> {
+        self.call(|reply| Command::Sweep {
+            cutoff_ms,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks the writer to commit what it holds and exit. Commands sent
+    /// afterwards fail with [`StorageError::WriterGone`].
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    registry: &Registry,
+    stats: &Stats,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut stop = false;
+    let (mut commits, mut commands) = (0u64, 0u64);
+    while !stop {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        commits += 1;
+        commands += n as u64;
+        stats.commits.store(commits, Ordering::Relaxed);
+        stats.commands.store(commands, Ordering::Relaxed);
+        let (done, woken, saw_stop) = commit_batch(&conn, batch.drain(..));
+        stop = saw_stop;
+        trace!(commands = n, "group commit");
+        for d in done {
+            d.answer();
+        }
+        if !woken.is_empty() {
+            registry.notify(&woken);
+        }
+    }
+    rx.close();
+    info!(
+        commits,
+        commands,
+        per_commit = commands as f64 / commits.max(1) as f64,
+        "writer stopped"
+    );
+}
+
+fn commit_batch(
+    conn: &Connection,
+    batch: impl Iterator<Item = Command>,
+) -> (Vec<Done>, Vec<Mailbox>, bool) {
+    let mut done = Vec::new();
+    let mut woken = Vec::new();
+    let mut stop = false;
+    // If BEGIN fails, running the commands would autocommit each one (a
+    // SAVEPOINT outside a transaction opens its own): refuse them all instead.
+    let begun = run_cached(conn, "BEGIN IMMEDIATE");
+    let now = now_ms();
+    for cmd in batch {
+        if let Err(e) = &begun {
+            let why = e.to_string();
+            let fail = || StorageError::CommitFailed(why.clone());
+            match cmd {
+                Command::Stop => stop = true,
+                Command::Send { reply, .. } => done.push(Done::Send(reply, Err(fail()))),
+                Command::Ack { reply, .. } => done.push(Done::Ack(reply, Err(fail()))),
+                Command::StoreLog { reply, .. } => done.push(Done::StoreLog(reply, Err(fail()))),
+                Command::Sweep { reply, .. } => done.push(Done::Sweep(reply, Err(fail()))),
+            }
+            continue;
+        }
+        let item = match cmd {
+            Command::Stop => {
+                stop = true;
+                continue;
+            }
+            Command::Send { sender, msg, reply } => {
+                let r = in_savepoint(conn, || storage::insert_message(conn, &sender, &msg, now));
+                if let Ok(SendOutcome::Stored(m)) = &r {
+                    woken.extend(m.iter().cloned());
+                }
+                Done::Send(reply, r)
+            }
+            Command::Ack {
+                mailbox,
+                up_to_seq,
+                reply,
+            } => Done::Ack(
+                reply,
+                in_savepoint(conn, || storage::ack(conn, &mailbox, up_to_seq)),
+            ),
+            Command::StoreLog {
+                user_id,
+                prev_len,
+                entries,
+                reply,
+            } => Done::StoreLog(
+                reply,
+                in_savepoint(conn, || {
+                    storage::store_log(conn, &user_id, prev_len, &entries, now)
+                }),
+            ),
+            Command::Sweep {
+                cutoff_ms,
+                limit,
+                reply,
+            } => Done::Sweep(
+                reply,
+                in_savepoint(conn, || storage::sweep(conn, cutoff_ms, limit)),
+            ),
+        };
+        done.push(item);
+    }
+    if begun.is_err() {
+        error!("could not begin a transaction; batch refused");
+        return (done, Vec::new(), stop);
+    }
+    if let Err(e) = run_cached(conn, "COMMIT") {
+        error!(error = %e, "group commit failed; batch refused");
+        let _ = conn.execute_batch("ROLLBACK");
+        let why = e.to_string();
+        done = done.into_iter().map(|d| d.fail(&why)).collect();
+        woken.clear();
+    }
+    (done, woken, stop)
+}
+
+/// Runs a parameterless statement, prepared once per connection (the
+/// transaction statements run for every command).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    run_cached(conn, "SAVEPOINT cmd")?;
+    match f() {
+        Ok(v) => {
+            run_cached(conn, "RELEASE cmd")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(user: &str, d: u8) -> Mailbox {
+        Mailbox {
+            user_id: user.into(),
+            device_id: [d; 32],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sends_share_commits_and_are_answered_after_commit() {
+        let dir = std::env::temp_dir().join(format!("ward-writer-{}", now_ms()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let mut conn = storage::open(&path).unwrap();
+        storage::migrate(&mut conn).unwrap();
+        let (writer, thread) = spawn(conn, 1024, 4096, Arc::new(Registry::default())).unwrap();
+        let sends = (0..200u8).map(|i| {
+            let w = writer.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                let msg = NewMessage {
+                    message_id: [i; 16],
+                    recipients: vec![mailbox("bob", 2)],
+                    payload: vec![i; 100],
+                };
+                let outcome = w.send(mailbox("alice", 1), msg).await.unwrap();
+                // Answered only after commit: another connection sees it now.
+                let visible: i64 = tokio::task::spawn_blocking(move || {
+                    rusqlite::Connection::open(&path)
+                        .unwrap()
+                        .query_row(
+                            "SELECT count(*) FROM sends WHERE message_id = ?1",
+                            [&[i; 16][..]],
+                            |r| r.get(0),
+                        )
+                        .unwrap()
+                })
+                .await
+                .unwrap();
+                assert_eq!(visible, 1);
+                outcome
+            })
+        });
+        let sends: Vec<_> = sends.collect();
+        for s in sends {
+            assert!(matches!(s.await.unwrap(), SendOutcome::Stored(_)));
+        }
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 200);
+        let (commits, commands) = writer.stats();
+        assert_eq!(commands, 200);
+        assert!(commits < 200, "{commits} commits for 200 concurrent sends");
+        writer.stop().await;
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
