@@ -159,6 +159,7 @@ async fn up(
     let relay_config = ward_relay::Config::new(data.join("relay.db"), org_root);
     let ks_config = ward_keyserver::Config::new(data.join("keyserver.db"), org_root);
 
+    let stop = stop_signal()?;
     let org = hex(org_root.as_bytes());
     if created {
         println!(
@@ -190,7 +191,7 @@ async fn up(
     let relay = ward_relay::run(relay_listener, relay_config, stopped(stop_rx.clone()));
     let keyserver = ward_keyserver::run(ks_listener, ks_config, stopped(stop_rx));
     let ctrl_c = async {
-        stop_signal().await;
+        stop.await;
         println!("Stopping: flushing and closing connections...");
         let _ = stop_tx.send(true);
     };
@@ -200,26 +201,27 @@ async fn up(
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM from a service manager.
-async fn stop_signal() {
+/// Ctrl-C, or SIGTERM from a service manager. The handlers are installed
+/// when this is called, not when the future is first polled, so a signal
+/// that arrives right after "Ward is up" is not lost.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).map_err(io("cannot listen for SIGTERM"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io("cannot listen for Ctrl-C"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
