@@ -9,8 +9,9 @@
 //!             +-----------------------------^-----------------------+
 //!                      bounded queue (frames and bytes)
 //!             +-------------------- delivery task ------------------+
-//!             | loop { read backlog after cursor; queue it;         |
-//!             |        nothing left: wait for the writer's notify } |
+//!             | backlog from the store after cursor; then the       |
+//!             | writer's hints (committed entries) as they come;    |
+//!             | store again on a dropped hint or a seq gap          |
 //!             +-----------------------------------------------------+
 //! ```
 //! A reader that does not keep up fills the bounded queue; the delivery task
