@@ -170,3 +170,57 @@ impl Registry {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(d: u8) -> Mailbox {
+        Mailbox {
+            user_id: "u".into(),
+            device_id: [d; 32],
+        }
+    }
+
+    fn fresh(seq: u64, to: &Mailbox, size: usize) -> Fresh {
+        Fresh {
+            message_id: [seq as u8; 16],
+            sender: mailbox(9),
+            payload: vec![0; size],
+            received_at_ms: 1,
+            entries: vec![(to.clone(), seq)],
+        }
+    }
+
+    #[test]
+    fn hints_in_order_then_overflow() {
+        let reg = Registry::default();
+        let bob = mailbox(1);
+        let mut r = reg.register(bob.clone());
+        let batch: Vec<Fresh> = (1..=HINT_QUEUE as u64 + 3)
+            .map(|s| fresh(s, &bob, 10))
+            .collect();
+        reg.deliver_fresh(&batch);
+        for s in 1..=HINT_QUEUE as u64 {
+            assert_eq!(r.hints.try_recv().unwrap().seq, s);
+        }
+        assert!(r.hints.try_recv().is_err());
+        assert!(
+            r.overflow.swap(false, Ordering::SeqCst),
+            "dropped hints must be flagged"
+        );
+
+        // Too large to hand over: flagged, not queued.
+        reg.deliver_fresh(&[fresh(40, &bob, HINT_MAX_BYTES + 1)]);
+        assert!(r.hints.try_recv().is_err());
+        assert!(r.overflow.load(Ordering::SeqCst));
+
+        // Not connected: nothing happens; replaced: the old one is told to close.
+        reg.deliver_fresh(&[fresh(1, &mailbox(2), 10)]);
+        let _newer = reg.register(bob.clone());
+        assert!(r.close.has_changed().unwrap_or(true));
+        assert_eq!(reg.len(), 1);
+        reg.unregister(&bob, r.id);
+        assert_eq!(reg.len(), 1, "the newer registration stays");
+    }
+}
