@@ -461,7 +461,7 @@ fn the_committed_fixture_still_opens() {
     ch.push(".header");
     std::fs::copy(&ch, &h).unwrap();
 
-    // The header, byte by byte (see sdk/STORE.md).
+    // The header, byte by byte (see SECURITY.md §14).
     let header = header_bytes(&path);
     assert_eq!(header.len(), 108);
     assert_eq!(&header[0..12], b"WARDSTOR\x00\x01\x00\x01");

@@ -5,7 +5,7 @@
 //! and the failed-attempt counter. The database key is derived from the
 //! mandatory PIN with Argon2id, optionally mixed with a 32-byte platform
 //! secret (a biometric keystore slot); see [`kdf`] for the exact
-//! construction and [`header`] for the header's bytes. `sdk/STORE.md`
+//! construction and [`header`] for the header's bytes. SECURITY.md §14
 //! states what this protects against, and what it does not.
 //!
 //! ```no_run
