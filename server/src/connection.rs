@@ -9,8 +9,9 @@
 //!             +-----------------------------^-----------------------+
 //!                      bounded queue (frames and bytes)
 //!             +-------------------- delivery task ------------------+
-//!             | loop { read backlog after cursor; queue it;         |
-//!             |        nothing left: wait for the writer's notify } |
+//!             | backlog from the store after cursor; then the       |
+//!             | writer's hints (committed entries) as they come;    |
+//!             | store again on a dropped hint or a seq gap          |
 //!             +-----------------------------------------------------+
 //! ```
 //! A reader that does not keep up fills the bounded queue; the delivery task
@@ -20,6 +21,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,14 +33,14 @@ use ward_core::ids::valid_user_id;
 use ward_net::handshake::{self, Peer};
 use ward_net::{Conn, close};
 use ward_proto::v1::{
-    Ack, ClientFrame, ErrorCode, LogAccepted, PublishLog, RelayError, Send, SendAck, ServerFrame,
-    client_frame, server_frame,
+    Ack, ClientFrame, Deliver, ErrorCode, LogAccepted, PublishLog, RelayError, Send, SendAck,
+    ServerFrame, client_frame, server_frame,
 };
 
 use crate::config::Limits;
 use crate::logs;
 use crate::rate::TokenBucket;
-use crate::registry::CloseReason;
+use crate::registry::{CloseReason, Registration};
 use crate::state::Shared;
 use crate::storage::{self, Mailbox, NewMessage, SendOutcome};
 
@@ -231,12 +233,18 @@ async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = shared.config.limits;
-    let mut reg = shared.registry.register(mailbox.clone());
+    let Registration {
+        id: reg_id,
+        notify,
+        close: mut close_rx,
+        hints,
+        overflow,
+    } = shared.registry.register(mailbox.clone());
     // A revocation stored between the handshake's check and this
     // registration found nothing to close: look again, now that any later
     // one will find this connection.
     if let Err(reason) = still_active(&shared, &mailbox).await {
-        shared.registry.unregister(&mailbox, reg.id);
+        shared.registry.unregister(&mailbox, reg_id);
         finish(conn, Some(reason), limits.close_grace).await;
         return;
     }
@@ -245,7 +253,11 @@ async fn session(
     let mut delivery = tokio::spawn(deliver(
         shared.clone(),
         mailbox.clone(),
-        reg.notify.clone(),
+        Wake {
+            notify,
+            hints,
+            overflow,
+        },
         out_tx,
         budget,
     ));
@@ -258,9 +270,9 @@ async fn session(
     let end: Option<CloseReason> = loop {
         tokio::select! {
             biased;
-            changed = reg.close.changed() => {
+            changed = close_rx.changed() => {
                 let reason = match changed {
-                    Ok(()) => *reg.close.borrow(),
+                    Ok(()) => *close_rx.borrow(),
                     Err(_) => None,
                 };
                 break Some(reason.unwrap_or(CloseReason { code: close::NORMAL, reason: "" }));
@@ -306,7 +318,7 @@ async fn session(
     delivery.abort();
     // Release the queued frames' budget now, not after the close handshake.
     drop(out_rx);
-    shared.registry.unregister(&mailbox, reg.id);
+    shared.registry.unregister(&mailbox, reg_id);
     shared.buckets.park(mailbox.clone(), s.bucket);
     if let Some(r) = end
         && r.code != close::NORMAL
@@ -341,58 +353,120 @@ fn budget_permits(limits: &Limits) -> usize {
     limits.outbound_bytes.clamp(1, u32::MAX as usize)
 }
 
-/// Feeds the mailbox's entries, in seq order, into the bounded queue.
+/// How the writer reaches a delivery task.
+struct Wake {
+    notify: Arc<Notify>,
+    hints: mpsc::Receiver<Deliver>,
+    overflow: Arc<AtomicBool>,
+}
+
+/// Where delivered frames go, and the budgets they draw on.
+struct Sink {
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Outbound>,
+    budget: Arc<Semaphore>,
+    max_cost: usize,
+    wait: Duration,
+}
+
+impl Sink {
+    /// Queues one delivery for the socket, holding its budget until written.
+    async fn push(&self, d: Deliver) -> Result<(), DeliveryEnd> {
+        let cost = d.payload.len().clamp(1, self.max_cost) as u32;
+        let own = match timeout(self.wait, self.budget.clone().acquire_many_owned(cost)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(DeliveryEnd::Gone),
+            Err(_) => return Err(DeliveryEnd::Slow),
+        };
+        // The global budget is shared: waiting for it is not this reader's
+        // fault, so it has no timeout.
+        let Ok(global) = self.shared.outbound.clone().acquire_many_owned(cost).await else {
+            return Err(DeliveryEnd::Gone);
+        };
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(d)),
+        };
+        match self
+            .out
+            .send_timeout((frame, (own, global)), self.wait)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(DeliveryEnd::Slow),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(DeliveryEnd::Gone),
+        }
+    }
+}
+
+/// Feeds the mailbox's entries, in seq order, into the bounded queue: the
+/// backlog from the store first, then the writer's hints as they come,
+/// falling back to the store whenever a hint was dropped or seqs have a gap.
 async fn deliver(
     shared: Arc<Shared>,
     mailbox: Mailbox,
-    notify: Arc<Notify>,
+    mut wake: Wake,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
 ) -> DeliveryEnd {
     let limits = shared.config.limits;
-    let max_cost = budget_permits(&limits).min(crate::state::global_permits(&shared.config));
-    let wait = limits.slow_consumer_timeout;
+    let sink = Sink {
+        max_cost: budget_permits(&limits).min(crate::state::global_permits(&shared.config)),
+        wait: limits.slow_consumer_timeout,
+        shared: shared.clone(),
+        out,
+        budget,
+    };
     let mut cursor = 0u64;
+    let mut need_read = true;
     loop {
-        let mb = mailbox.clone();
-        let (n, max_bytes) = (limits.delivery_batch.max(1), BATCH_BYTES);
-        let batch = match shared
-            .read(move |c| storage::backlog(c, &mb, cursor, n, max_bytes))
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "reading a mailbox failed");
-                return DeliveryEnd::Storage;
+        if wake.overflow.swap(false, Ordering::SeqCst) {
+            need_read = true;
+        }
+        if !need_read {
+            while let Ok(d) = wake.hints.try_recv() {
+                if d.seq <= cursor {
+                    continue; // already delivered from the store
+                }
+                if d.seq != cursor + 1 {
+                    need_read = true; // a gap: the store has what is missing
+                    break;
+                }
+                cursor = d.seq;
+                if let Err(end) = sink.push(d).await {
+                    return end;
+                }
             }
-        };
-        if batch.is_empty() {
-            notify.notified().await;
+        }
+        if need_read {
+            // Every hint queued now is committed, so the read covers it.
+            while wake.hints.try_recv().is_ok() {}
+            need_read = false;
+            loop {
+                let mb = mailbox.clone();
+                let n = limits.delivery_batch.max(1);
+                let batch = match shared
+                    .read(move |c| storage::backlog(c, &mb, cursor, n, BATCH_BYTES))
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!(error = %e, "reading a mailbox failed");
+                        return DeliveryEnd::Storage;
+                    }
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                for d in batch {
+                    cursor = d.seq;
+                    if let Err(end) = sink.push(d).await {
+                        return end;
+                    }
+                }
+            }
             continue;
         }
-        for d in batch {
-            cursor = d.seq;
-            let cost = d.payload.len().clamp(1, max_cost) as u32;
-            let own = match timeout(wait, budget.clone().acquire_many_owned(cost)).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return DeliveryEnd::Gone,
-                Err(_) => return DeliveryEnd::Slow,
-            };
-            // The global budget is shared: waiting for it is not this
-            // reader's fault, so it has no timeout.
-            let Ok(global) = shared.outbound.clone().acquire_many_owned(cost).await else {
-                return DeliveryEnd::Gone;
-            };
-            let permit = (own, global);
-            let frame = ServerFrame {
-                frame: Some(server_frame::Frame::Deliver(d)),
-            };
-            match out.send_timeout((frame, permit), wait).await {
-                Ok(()) => {}
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => return DeliveryEnd::Slow,
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => return DeliveryEnd::Gone,
-            }
-        }
+        wake.notify.notified().await;
     }
 }
 

@@ -99,8 +99,8 @@ impl std::fmt::Debug for NewMessage {
 /// What storing a `Send` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
-    /// Stored now, with the queue entries created for these mailboxes.
-    Stored(Vec<Mailbox>),
+    /// Stored now, with the queue entry (mailbox, seq) of each recipient.
+    Stored(Vec<(Mailbox, u64)>),
     /// The same sender sent this id before: nothing new stored.
     Duplicate,
     /// Another sender used this id: refused.
@@ -178,12 +178,14 @@ pub fn insert_message(
     let mut enqueue = conn.prepare_cached(
         "INSERT INTO queue (user_id, device_id, seq, msg) VALUES (?1, ?2, ?3, ?4)",
     )?;
+    let mut entries = Vec::with_capacity(msg.recipients.len());
     for r in &msg.recipients {
         let seq: i64 =
             next_seq.query_row(params![r.user_id, &r.device_id[..]], |row| row.get(0))?;
         enqueue.execute(params![r.user_id, &r.device_id[..], seq, id])?;
+        entries.push((r.clone(), seq as u64));
     }
-    Ok(SendOutcome::Stored(msg.recipients.clone()))
+    Ok(SendOutcome::Stored(entries))
 }
 
 /// Deletes `mailbox`'s entries up to and including `up_to_seq`, then the

@@ -20,7 +20,7 @@ use tracing::{error, info, trace};
 use ward_proto::v1::SignedStatement;
 
 use crate::error::StorageError;
-use crate::registry::Registry;
+use crate::registry::{Fresh, Registry};
 use crate::storage::{self, Mailbox, NewMessage, SendOutcome, Swept};
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
@@ -217,14 +217,14 @@ fn writer_loop(
         commands += n as u64;
         stats.commits.store(commits, Ordering::Relaxed);
         stats.commands.store(commands, Ordering::Relaxed);
-        let (done, woken, saw_stop) = commit_batch(&conn, batch.drain(..));
+        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..));
         stop = saw_stop;
         trace!(commands = n, "group commit");
         for d in done {
             d.answer();
         }
-        if !woken.is_empty() {
-            registry.notify(&woken);
+        if !fresh.is_empty() {
+            registry.deliver_fresh(&fresh);
         }
     }
     rx.close();
@@ -239,9 +239,9 @@ fn writer_loop(
 fn commit_batch(
     conn: &Connection,
     batch: impl Iterator<Item = Command>,
-) -> (Vec<Done>, Vec<Mailbox>, bool) {
+) -> (Vec<Done>, Vec<Fresh>, bool) {
     let mut done = Vec::new();
-    let mut woken = Vec::new();
+    let mut fresh = Vec::new();
     let mut stop = false;
     // If BEGIN fails, running the commands would autocommit each one (a
     // SAVEPOINT outside a transaction opens its own): refuse them all instead.
@@ -267,8 +267,14 @@ fn commit_batch(
             }
             Command::Send { sender, msg, reply } => {
                 let r = in_savepoint(conn, || storage::insert_message(conn, &sender, &msg, now));
-                if let Ok(SendOutcome::Stored(m)) = &r {
-                    woken.extend(m.iter().cloned());
+                if let Ok(SendOutcome::Stored(entries)) = &r {
+                    fresh.push(Fresh {
+                        message_id: msg.message_id,
+                        sender,
+                        payload: msg.payload,
+                        received_at_ms: now,
+                        entries: entries.clone(),
+                    });
                 }
                 Done::Send(reply, r)
             }
@@ -311,9 +317,9 @@ fn commit_batch(
         let _ = conn.execute_batch("ROLLBACK");
         let why = e.to_string();
         done = done.into_iter().map(|d| d.fail(&why)).collect();
-        woken.clear();
+        fresh.clear();
     }
-    (done, woken, stop)
+    (done, fresh, stop)
 }
 
 /// Runs a parameterless statement, prepared once per connection (the

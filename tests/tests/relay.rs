@@ -631,3 +631,132 @@ async fn churn_loses_nothing_and_keeps_order() {
     relay.wait_count("queue", 0).await;
     relay.wait_count("messages", 0).await;
 }
+
+/// More refusals: malformed sends, an empty frame, another user's log.
+#[tokio::test]
+async fn malformed_service_frames_are_refused() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let relay = Relay::start(org.root_public()).await;
+    let url = relay.url();
+    let mut b = Client::of(&url, &bob, "bob").await;
+
+    // A message id that is not 16 bytes.
+    let mut a = Client::of(&url, &alice, "alice").await;
+    a.frame(client_frame::Frame::Send(ward_proto::v1::Send {
+        message_id: vec![1; 15],
+        recipients: vec![to(&bob, "bob")],
+        payload: vec![1],
+    }))
+    .await;
+    assert_eq!(a.error().await.code, ErrorCode::Malformed as i32);
+    assert_eq!(a.closed().await, Some(close::PROTOCOL_ERROR));
+
+    // A recipient device id that is not 32 bytes; no recipient; no payload.
+    for (recipients, payload) in [
+        (
+            vec![Recipient {
+                user_id: "bob".into(),
+                device_id: vec![1; 31],
+            }],
+            vec![1],
+        ),
+        (vec![], vec![1]),
+        (vec![to(&bob, "bob")], vec![]),
+    ] {
+        let mut a = Client::of(&url, &alice, "alice").await;
+        a.send(message_id(), recipients, payload).await;
+        assert_eq!(a.error().await.code, ErrorCode::Malformed as i32);
+        assert_eq!(a.closed().await, Some(close::PROTOCOL_ERROR));
+    }
+
+    // A frame with nothing in it.
+    let mut a = Client::of(&url, &alice, "alice").await;
+    a.conn
+        .send_msg(&ward_proto::v1::ClientFrame { frame: None })
+        .await
+        .unwrap();
+    assert_eq!(a.error().await.code, ErrorCode::Malformed as i32);
+    assert_eq!(a.closed().await, Some(close::PROTOCOL_ERROR));
+
+    // Publishing another user's log is refused; the connection stays usable.
+    let mut a = Client::of(&url, &alice, "alice").await;
+    a.frame(client_frame::Frame::PublishLog(
+        ward_proto::v1::PublishLog {
+            entries: bob.log.clone(),
+        },
+    ))
+    .await;
+    assert_eq!(a.error().await.code, ErrorCode::InvalidStatement as i32);
+    // Naming its own mailbox in an Ack is fine.
+    let id = message_id();
+    a.send_acked(id, vec![to(&alice, "alice"), to(&bob, "bob")], vec![3])
+        .await;
+    let d = a.deliver().await;
+    a.frame(client_frame::Frame::Ack(Ack {
+        up_to_seq: d.seq,
+        device_id: alice.device.public_key().as_bytes().to_vec(),
+    }))
+    .await;
+    assert_eq!(b.deliver().await.message_id, id.to_vec());
+    b.ack(1).await;
+    relay.wait_count("messages", 0).await;
+}
+
+/// Graceful shutdown while sends are in flight: every acknowledged message
+/// is in the store afterwards, and `run` returns Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_acknowledged_sends() {
+    use std::sync::{Arc, Mutex};
+
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let bob = org.enroll(&mut rng, "bob");
+    let senders: Vec<_> = (0..4)
+        .map(|i| org.enroll(&mut rng, &format!("s{i}")))
+        .collect();
+    let mut relay = Relay::start_with(org.root_public(), |c| c.limits.send_burst = 100_000).await;
+    let url = relay.url();
+    let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (i, s) in senders.iter().enumerate() {
+        let mut c = Client::of(&url, s, &format!("s{i}")).await;
+        let acked = acked.clone();
+        let to_bob = to(&bob, "bob");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let id = message_id();
+                c.send(id, vec![to_bob.clone()], vec![1; 64]).await;
+                match tokio::time::timeout(WAIT, c.conn.recv_msg::<ward_proto::v1::ServerFrame>())
+                    .await
+                {
+                    Ok(Ok(Some(ward_proto::v1::ServerFrame {
+                        frame: Some(server_frame::Frame::SendAck(a)),
+                    }))) => acked.lock().unwrap().push(a.message_id),
+                    _ => return, // closed by the shutdown
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    relay.stop().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let c = rusqlite::Connection::open(&relay.db).unwrap();
+    for id in &acked {
+        let n: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sends WHERE message_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "an acknowledged message is missing after shutdown");
+    }
+}
