@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -84,51 +84,19 @@ impl Drop for Registration {
     }
 }
 
-/// A token bucket.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 /// Per-device request budgets, shared by all of a device's connections.
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
-}
-
-/// Buckets kept before idle (full) ones are dropped.
-const MAX_BUCKETS: usize = 100_000;
+struct RateLimiter(ward_net::rate::SharedBuckets<[u8; 32]>);
 
 impl RateLimiter {
     fn new(limits: &KsLimits) -> Self {
-        Self {
-            rate: f64::from(limits.requests_per_second.max(1)),
-            burst: f64::from(limits.request_burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self(ward_net::rate::SharedBuckets::new(
+            f64::from(limits.requests_per_second.max(1)),
+            limits.request_burst.max(1),
+        ))
     }
 
     fn allow(&self, device: &SigningPublicKey) -> bool {
-        let now = Instant::now();
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_BUCKETS {
-            let (rate, burst) = (self.rate, self.burst);
-            map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
-        }
-        let b = map.entry(*device.as_bytes()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        b.tokens =
-            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(self.burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.0.allow(device.as_bytes())
     }
 }
 

@@ -23,6 +23,7 @@ pub mod close;
 pub mod conn;
 mod error;
 pub mod handshake;
+pub mod rate;
 
 pub use conn::Conn;
 pub use error::NetError;

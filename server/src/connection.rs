@@ -39,10 +39,10 @@ use ward_proto::v1::{
 
 use crate::config::Limits;
 use crate::logs;
-use crate::rate::TokenBucket;
 use crate::registry::{CloseReason, Registration};
 use crate::state::Shared;
 use crate::storage::{self, Mailbox, NewMessage, SendOutcome};
+use ward_net::rate::TokenBucket;
 
 const GOING_AWAY: CloseReason = CloseReason {
     code: close::GOING_AWAY,

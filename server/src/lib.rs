@@ -26,7 +26,6 @@ pub mod config;
 mod connection;
 mod error;
 pub mod logs;
-pub mod rate;
 pub mod registry;
 mod server;
 mod state;

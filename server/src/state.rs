@@ -9,10 +9,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::StorageError;
-use crate::rate::Buckets;
 use crate::registry::Registry;
 use crate::storage::Mailbox;
 use crate::writer::Writer;
+use ward_net::rate::Buckets;
 
 /// Most reads running at once (each holds one pooled SQLite connection).
 const MAX_READERS: usize = 8;

@@ -1,5 +1,7 @@
-//! A token bucket, for the per-device send rate, and the buckets of devices
-//! between their connections (so that reconnecting does not refill one).
+//! Per-device rate limits, shared by the relay and the keyserver: a token
+//! bucket, the buckets of devices between their connections (so that
+//! reconnecting does not refill one), and buckets shared by all of a
+//! device's concurrent connections.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -95,6 +97,37 @@ impl<K: Eq + Hash> Buckets<K> {
     }
 }
 
+/// Buckets shared by every connection of a key (a device may hold several
+/// keyserver connections at once; they draw on one budget).
+pub struct SharedBuckets<K> {
+    rate: f64,
+    burst: u32,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
+}
+
+impl<K: Eq + Hash + Clone> SharedBuckets<K> {
+    /// Buckets of `rate_per_sec` and `burst`.
+    pub fn new(rate_per_sec: f64, burst: u32) -> Self {
+        Self {
+            rate: rate_per_sec,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket; false when it is empty.
+    pub fn allow(&self, key: &K) -> bool {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= PRUNE_ABOVE {
+            map.retain(|_, b| !b.is_full_at(now));
+        }
+        map.entry(key.clone())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .try_take_at(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +146,17 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!((0..3).all(|_| b.try_take_at(later)));
         assert!(!b.try_take_at(later));
+    }
+
+    #[test]
+    fn shared_buckets_draw_on_one_budget_per_key() {
+        let shared = SharedBuckets::new(0.001, 2);
+        assert!(shared.allow(&"dev") && shared.allow(&"dev"));
+        assert!(
+            !shared.allow(&"dev"),
+            "a second connection gets no fresh bucket"
+        );
+        assert!(shared.allow(&"other"));
     }
 
     #[test]
