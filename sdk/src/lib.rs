@@ -7,11 +7,15 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`client`] | the async client: enroll, unlock, send, receive (tokio) |
 //! | [`store`] | the PIN-locked, SQLCipher-encrypted device store (synchronous) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod store;
+
+pub use client::{Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice};
 
 pub use ward_core as core;
 pub use ward_proto as proto;
