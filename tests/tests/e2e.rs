@@ -482,3 +482,138 @@ async fn killed_mid_send_then_restarted_delivers_once() {
     assert_eq!(bob.history(conv).await.unwrap().len(), 3);
     quiet(&mut alice_ev, Duration::from_millis(100)).await;
 }
+
+/// The receive path's verdicts on what a device other than a real sender's
+/// hands the relay: each one a typed [`Event::Rejected`], none stored or
+/// shown, none blocking the mailbox. (Tampering *servers* are tested
+/// through a proxy elsewhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_misaddressed_and_keyless_envelopes_are_rejected() {
+    use ward_core::chain::verify_log;
+    use ward_core::envelope::{ContentType, SealRequest, seal};
+    use ward_core::{ConversationId, OpenError};
+    use ward_proto::v1::{Recipient, WrappedKeyFor};
+    use ward_tests::keyserver::{KsClient, enroll};
+    use ward_tests::relay::{Client as RawRelay, message_id};
+
+    let w = World::new().await;
+    let mut cfg = w.config("bob-phone");
+    cfg.key_wait = Duration::from_millis(400);
+    let mut bob = w.enroll_with("bob@chu", cfg).await;
+    let mut bob_ev = bob.events().unwrap();
+    let mut rng = rand::rng();
+    let mallory = w.org.enroll(&mut rng, "mallory@chu");
+    let carol = w.org.enroll(&mut rng, "carol@chu");
+    let mut m_ks = enroll(&w.ks_url(), &mallory).await;
+    enroll(&w.ks_url(), &carol).await;
+    let mut m_relay = RawRelay::of(&w.relay.url(), &mallory, "mallory@chu").await;
+    let bob_log = m_ks.get_logs(&["bob@chu"]).await.unwrap()["bob@chu"]
+        .entries
+        .clone();
+    let bob_chain = verify_log(&w.org.root_public(), "bob@chu", &bob_log).unwrap();
+    let to_bob = || {
+        vec![Recipient {
+            user_id: "bob@chu".into(),
+            device_id: bob.device_id().as_bytes().to_vec(),
+        }]
+    };
+    let conv = ConversationId([3; 16]);
+    let seal_as = |from: &ward_core::testkit::Clinician,
+                   to: &[&ward_core::chain::VerifiedUser],
+                   text: &str| {
+        seal(
+            &mut rand::rng(),
+            &from.device,
+            &from.chain,
+            &SealRequest {
+                conversation_id: conv,
+                recipients: to,
+                content_type: ContentType::Text,
+                content: text.as_bytes(),
+                timestamp_ms: 1,
+            },
+        )
+        .unwrap()
+    };
+    async fn put(ks: &mut KsClient, sealed: &ward_core::envelope::Sealed) {
+        let keys = sealed
+            .wrapped_keys
+            .iter()
+            .map(|(u, k)| WrappedKeyFor {
+                recipient_user_id: u.clone(),
+                key: Some(k.clone()),
+            })
+            .collect();
+        ks.put_keys(keys).await.unwrap();
+    }
+    async fn rejected(events: &mut Receiver<Event>) -> ClientError {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::Rejected { reason, .. } => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    // 1. Carol's envelope handed over by Mallory: the relay's sender is not
+    //    the envelope's.
+    let s = seal_as(&carol, &[&carol.chain, &bob_chain], "WARD-FORGED-1");
+    m_relay.send_acked(message_id(), to_bob(), s.envelope).await;
+    assert!(matches!(
+        rejected(&mut bob_ev).await,
+        ClientError::SenderMismatch
+    ));
+
+    // 2. Addressed to other users only.
+    let s = seal_as(&mallory, &[&mallory.chain, &carol.chain], "WARD-FORGED-2");
+    put(&mut m_ks, &s).await;
+    m_relay.send_acked(message_id(), to_bob(), s.envelope).await;
+    assert!(matches!(
+        rejected(&mut bob_ev).await,
+        ClientError::Open(OpenError::NotARecipient)
+    ));
+
+    // 3. A flipped ciphertext bit.
+    let s = seal_as(&mallory, &[&mallory.chain, &bob_chain], "WARD-FORGED-3");
+    put(&mut m_ks, &s).await;
+    let mut env = s.envelope.clone();
+    let n = env.len();
+    env[n - 80] ^= 1; // inside the ciphertext (the signature is the last 64)
+    m_relay.send_acked(message_id(), to_bob(), env).await;
+    let r = rejected(&mut bob_ev).await;
+    assert!(
+        matches!(r, ClientError::Open(OpenError::BadSignature)),
+        "{r:?}"
+    );
+
+    // 4. A key that never reaches the keyserver.
+    let s = seal_as(&mallory, &[&mallory.chain, &bob_chain], "WARD-FORGED-4");
+    m_relay.send_acked(message_id(), to_bob(), s.envelope).await;
+    assert!(matches!(
+        rejected(&mut bob_ev).await,
+        ClientError::WrappedKeyMissing(_)
+    ));
+
+    // 5. A genuine message, then the same envelope again under a new relay
+    //    message id: shown once, then a typed replay.
+    let s = seal_as(&mallory, &[&mallory.chain, &bob_chain], "WARD-GENUINE-5");
+    put(&mut m_ks, &s).await;
+    m_relay
+        .send_acked(message_id(), to_bob(), s.envelope.clone())
+        .await;
+    let got = messages(&mut bob_ev, 1).await;
+    assert_eq!(text(&got[0]), "WARD-GENUINE-5");
+    assert_eq!(got[0].sender_user_id, "mallory@chu");
+    m_relay.send_acked(message_id(), to_bob(), s.envelope).await;
+    assert!(matches!(
+        rejected(&mut bob_ev).await,
+        ClientError::Replay { .. }
+    ));
+
+    // Nothing but the genuine message was stored, and every entry was acked.
+    let h = bob.history(conv).await.unwrap();
+    assert_eq!(sorted_texts(&h), vec!["WARD-GENUINE-5".to_owned()]);
+    w.relay.wait_count("queue", 0).await;
+}
