@@ -498,7 +498,7 @@ async fn forged_replayed_misaddressed_and_keyless_envelopes_are_rejected() {
 
     let w = World::new().await;
     let mut cfg = w.config("bob-phone");
-    cfg.key_wait = Duration::from_millis(400);
+    cfg.key_wait = Duration::from_millis(1500);
     let mut bob = w.enroll_with("bob@chu", cfg).await;
     let mut bob_ev = bob.events().unwrap();
     let mut rng = rand::rng();
@@ -612,8 +612,99 @@ async fn forged_replayed_misaddressed_and_keyless_envelopes_are_rejected() {
         ClientError::Replay { .. }
     ));
 
-    // Nothing but the genuine message was stored, and every entry was acked.
+    // 6. Keys that arrive after the envelope: the receiver waits for them.
+    let s = seal_as(&mallory, &[&mallory.chain, &bob_chain], "WARD-GENUINE-6");
+    m_relay
+        .send_acked(message_id(), to_bob(), s.envelope.clone())
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put(&mut m_ks, &s).await;
+    assert_eq!(text(&messages(&mut bob_ev, 1).await[0]), "WARD-GENUINE-6");
+
+    // Nothing but the genuine messages was stored, and every entry was acked.
     let h = bob.history(conv).await.unwrap();
-    assert_eq!(sorted_texts(&h), vec!["WARD-GENUINE-5".to_owned()]);
+    assert_eq!(
+        sorted_texts(&h),
+        vec!["WARD-GENUINE-5".to_owned(), "WARD-GENUINE-6".to_owned()]
+    );
     w.relay.wait_count("queue", 0).await;
+}
+
+/// The relay goes away and comes back on the same address: both clients
+/// reconnect with backoff, the outbox filled meanwhile drains, nothing is
+/// lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_reconnects_and_drains_the_outbox() {
+    use tokio::sync::oneshot;
+
+    async fn start_relay(
+        addr: std::net::SocketAddr,
+        db: &Path,
+        root: ward_core::keys::SigningPublicKey,
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ward_relay::RelayError>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ward_relay::run(
+            listener,
+            ward_tests::relay::test_config(db, root),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (stop, task)
+    }
+
+    let w = World::new().await;
+    let dir = TempDir::new("e2e-relay2");
+    let db = dir.path().join("relay.db");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (stop, task) = start_relay(addr, &db, w.org.root_public()).await;
+    let config = |name: &str| {
+        let mut c = w.config(name);
+        c.relay_url = format!("ws://{addr}");
+        c
+    };
+    let mut alice = w.enroll_with("alice@chu", config("alice")).await;
+    let mut bob = w.enroll_with("bob@chu", config("bob")).await;
+    let (mut a_ev, mut b_ev) = (alice.events().unwrap(), bob.events().unwrap());
+    let conv = alice.create_conversation(&["bob@chu"]).await.unwrap();
+    let r1 = alice.send_text(conv, "WARD-RESTART-1").await.unwrap();
+    sent(&mut a_ev, r1).await;
+    assert_eq!(text(&messages(&mut b_ev, 1).await[0]), "WARD-RESTART-1");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let r2 = alice.send_text(conv, "WARD-RESTART-2").await.unwrap();
+    let r3 = bob.send_text(conv, "WARD-RESTART-3").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await; // a few failed reconnects
+    assert_eq!(alice.outbox_len().await.unwrap(), 1);
+    assert_eq!(bob.outbox_len().await.unwrap(), 1);
+
+    let (_stop, _task) = start_relay(addr, &db, w.org.root_public()).await;
+    let got_a = sent(&mut a_ev, r2).await;
+    let got_b = sent(&mut b_ev, r3).await;
+    let a_msgs = if got_a.is_empty() {
+        messages(&mut a_ev, 1).await
+    } else {
+        got_a
+    };
+    let b_msgs = if got_b.is_empty() {
+        messages(&mut b_ev, 1).await
+    } else {
+        got_b
+    };
+    assert_eq!(sorted_texts(&a_msgs), vec!["WARD-RESTART-3".to_owned()]);
+    assert_eq!(sorted_texts(&b_msgs), vec!["WARD-RESTART-2".to_owned()]);
+    quiet(&mut a_ev, Duration::from_millis(300)).await;
+    quiet(&mut b_ev, Duration::from_millis(300)).await;
+    for c in [&alice, &bob] {
+        assert_eq!(c.history(conv).await.unwrap().len(), 3);
+        assert_eq!(c.outbox_len().await.unwrap(), 0);
+    }
 }
