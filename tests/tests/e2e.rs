@@ -18,7 +18,36 @@ use ward_sdk::{Client, ClientConfig, ClientError, Event};
 use ward_tests::keyserver::{TestKeyserver, remove_db, temp_db_path, test_config};
 use ward_tests::relay::{Relay, TempDir, WAIT};
 
-const PIN: &str = "493817";
+const PIN: &str = "ward-pin-493817";
+
+/// Every `tracing` line any test in this binary emits (servers and clients
+/// alike), at every level: checked for plaintexts and keys.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || Sink(b.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
 
 /// An organisation, its two servers and a directory for device stores.
 struct World {
@@ -31,6 +60,7 @@ struct World {
 
 impl World {
     async fn new() -> Self {
+        captured_logs();
         let org = Org::new(&mut rand::rng());
         let relay = Relay::start(org.root_public()).await;
         let ks_db = temp_db_path("e2e-ks");
@@ -351,6 +381,26 @@ async fn two_clinicians_three_devices_both_ways_and_offline() {
     assert_absent(&files, &fragments, "plaintext fragment");
     let keys: Vec<Vec<u8>> = resource_keys.iter().map(|k| k.to_vec()).collect();
     assert_absent(&files, &keys, "resource key");
+    // Nor does any log line, of the servers or the clients.
+    let logs = captured_logs().lock().unwrap().clone();
+    assert!(contains(&logs, b"relay: connected"), "logs are captured");
+    assert!(
+        contains(&logs, b"receive: message stored"),
+        "debug lines too"
+    );
+    let logs_dump = std::env::temp_dir().join(format!("ward-e2e-logs-{}", std::process::id()));
+    std::fs::write(&logs_dump, &logs).unwrap();
+    let hex_keys: Vec<Vec<u8>> = resource_keys
+        .iter()
+        .map(|k| hex::encode(k).into_bytes())
+        .collect();
+    let log_file = vec![logs_dump.clone()];
+    assert_absent(&log_file, &pt, "plaintext");
+    assert_absent(&log_file, &fragments, "plaintext fragment");
+    assert_absent(&log_file, &keys, "resource key");
+    assert_absent(&log_file, &hex_keys, "hex resource key");
+    assert_absent(&log_file, &[PIN.as_bytes().to_vec()], "PIN");
+    let _ = std::fs::remove_file(&logs_dump);
     // Sanity: the checker does find what is there.
     let relay_bytes = std::fs::read(&w.relay.db).unwrap();
     assert!(relay_bytes.len() > 1000);
