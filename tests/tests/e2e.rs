@@ -263,6 +263,11 @@ async fn two_clinicians_three_devices_both_ways_and_offline() {
         .unwrap();
     // Not approved yet: the keyserver does not know this device.
     assert!(pending.complete().await.is_err());
+    // The app closes while waiting, and reopens the pending device.
+    drop(pending);
+    let pending = ward_sdk::PendingDevice::resume(w.config("alice-tablet"), pin())
+        .await
+        .unwrap();
     a1.approve_device(&pending.device_keys()).await.unwrap();
     let mut a2 = pending.complete().await.unwrap();
     assert_eq!(a2.user_id(), "alice@chu");

@@ -219,6 +219,26 @@ impl core::fmt::Debug for PendingDevice {
 }
 
 impl PendingDevice {
+    /// Reopens a device whose pairing was started by
+    /// [`Client::pair_new_device`] and not completed (the app was closed
+    /// while waiting for the approval).
+    pub async fn resume(config: ClientConfig, pin: Pin) -> Result<Self> {
+        let path = config.store_path.clone();
+        let store = blocking(move || Ok(Store::unlock(&path, &pin, None)?)).await?;
+        let store = StoreCell::new(store);
+        let identity = store
+            .run(|s| s.identity())
+            .await?
+            .ok_or(ClientError::NotEnrolled)?;
+        Ok(Self {
+            config,
+            user_id: identity.user_id,
+            store,
+            device: Arc::new(identity.device_signing),
+            device_encryption: Arc::new(identity.device_encryption),
+        })
+    }
+
     /// The keys to show to the approving device.
     pub fn device_keys(&self) -> NewDeviceKeys {
         NewDeviceKeys {

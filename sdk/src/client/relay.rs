@@ -183,3 +183,20 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let bounds = [100u64, 200, 400, 800, 1000, 1000];
+        for hi in bounds {
+            let d = b.next_delay().as_millis() as u64;
+            assert!(d >= hi / 2 && d <= hi, "{d} not in [{}, {hi}]", hi / 2);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
