@@ -60,12 +60,17 @@ struct World {
 
 impl World {
     async fn new() -> Self {
+        Self::new_with(|_| {}).await
+    }
+
+    async fn new_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
         captured_logs();
         let org = Org::new(&mut rand::rng());
         let relay = Relay::start(org.root_public()).await;
         let ks_db = temp_db_path("e2e-ks");
         let mut config = test_config(&org, &ks_db);
         config.clock = Clock::system();
+        tweak(&mut config);
         let keyserver = TestKeyserver::start(config).await;
         Self {
             org,
@@ -762,4 +767,52 @@ async fn relay_restart_reconnects_and_drains_the_outbox() {
         assert_eq!(c.history(conv).await.unwrap().len(), 3);
         assert_eq!(c.outbox_len().await.unwrap(), 0);
     }
+}
+
+/// A backlog larger than every in-memory queue (the client's channels, the
+/// relay's outbound queue, which closes slow readers after 500 ms here)
+/// reaches an offline device in full, once each, in the sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_queues_arrives_once_in_order() {
+    const N: usize = 300;
+    let w = World::new_with(|c| {
+        c.limits.requests_per_second = 100_000;
+        c.limits.request_burst = 100_000;
+    })
+    .await;
+    let mut alice = w.enroll("alice@chu", "alice-phone").await;
+    let bob = w.enroll("bob@chu", "bob-phone").await;
+    bob.lock().await;
+    let mut a_ev = alice.events().unwrap();
+    let conv = alice.create_conversation(&["bob@chu"]).await.unwrap();
+    let mut last = None;
+    for i in 0..N {
+        last = Some(
+            alice
+                .send_text(conv, &format!("WARD-BACKLOG-{i:04}"))
+                .await
+                .unwrap(),
+        );
+    }
+    sent(&mut a_ev, last.unwrap()).await;
+    assert_eq!(alice.outbox_len().await.unwrap(), 0);
+
+    let mut bob = Client::unlock(w.config("bob-phone"), pin()).await.unwrap();
+    let mut b_ev = bob.events().unwrap();
+    let mut got = Vec::new();
+    while got.len() < N {
+        let ev = tokio::time::timeout(Duration::from_secs(60), b_ev.recv())
+            .await
+            .expect("backlog stalled")
+            .unwrap();
+        match ev {
+            Event::Message(m) => got.push(text(&m)),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("WARD-BACKLOG-{i:04}")).collect();
+    assert_eq!(got, expected);
+    quiet(&mut b_ev, Duration::from_millis(500)).await;
+    assert_eq!(bob.history(conv).await.unwrap().len(), N);
+    w.relay.wait_count("queue", 0).await;
 }

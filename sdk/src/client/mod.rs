@@ -163,6 +163,7 @@ pub(crate) struct Inner {
     pub(crate) directory: Directory,
     pub(crate) keyserver: Keyserver,
     pub(crate) relay_cmds: mpsc::Sender<RelayCmd>,
+    acked: watch::Sender<u64>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) outbox_notify: Notify,
     #[cfg(feature = "testkit")]
@@ -170,8 +171,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Acks the relay mailbox up to `seq` (cumulative; never waits).
     pub(crate) async fn ack(&self, seq: u64) {
-        let _ = self.relay_cmds.send(RelayCmd::Ack(seq)).await;
+        // Always notifies, so that a redelivered entry's ack is sent again.
+        self.acked.send_modify(|last| *last = (*last).max(seq));
     }
 
     pub(crate) async fn emit(&self, event: Event) {
@@ -491,6 +494,8 @@ impl Client {
             config.request_timeout,
         );
         let (relay_cmds, relay_rx) = mpsc::channel(256);
+        let cursor = store.run(|s| s.relay_cursor()).await?.unwrap_or(0);
+        let (acked, acked_rx) = watch::channel(cursor);
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
         let (connected_tx, connected_rx) = watch::channel(false);
         let (deliver_tx, deliver_rx) = mpsc::channel(256);
@@ -502,6 +507,7 @@ impl Client {
             directory,
             keyserver,
             relay_cmds,
+            acked,
             events: events_tx,
             outbox_notify: Notify::new(),
             #[cfg(feature = "testkit")]
@@ -511,6 +517,7 @@ impl Client {
             tokio::spawn(relay::run(
                 inner.clone(),
                 relay_rx,
+                acked_rx,
                 connected_tx,
                 deliver_tx,
             )),

@@ -3,10 +3,13 @@
 //! `Deliver`s to the receive worker and carry `Send`, `Ack` and
 //! `PublishLog` frames for the rest of the client.
 //!
-//! Acks are cumulative and per mailbox, not per connection: an `Ack`
-//! queued while disconnected is dropped, and the entries it covered come
-//! back on the next connection, where the receive worker recognises them
-//! by the relay cursor (already handled) and acks them again.
+//! Acks are cumulative and per mailbox, not per connection, so they travel
+//! as one value, the highest sequence number handled (a `watch`): the
+//! receive worker never waits on the connection to ack (it cannot deadlock
+//! against a connection waiting for it to take more `Deliver`s), acks
+//! coalesce, and each new connection starts by acking the latest value, so
+//! an ack lost with a connection is resent. Entries delivered again anyway
+//! are recognised by the relay cursor and acked again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +30,6 @@ use super::error::{ClientError, Result};
 pub(crate) enum RelayCmd {
     /// Send a message; the reply comes with its `SendAck` or `RelayError`.
     Send(Send, oneshot::Sender<Result<()>>),
-    /// Ack the mailbox up to this seq.
-    Ack(u64),
     /// Publish this user's log (after it changed).
     PublishLog(Vec<ward_proto::v1::SignedStatement>),
 }
@@ -65,12 +66,22 @@ impl Backoff {
 pub(crate) async fn run(
     inner: Arc<Inner>,
     mut cmds: mpsc::Receiver<RelayCmd>,
+    mut acked: watch::Receiver<u64>,
     connected: watch::Sender<bool>,
     delivers: mpsc::Sender<Deliver>,
 ) {
     let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
     loop {
-        match session(&inner, &mut cmds, &connected, &delivers, &mut backoff).await {
+        match session(
+            &inner,
+            &mut cmds,
+            &mut acked,
+            &connected,
+            &delivers,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Disconnected) => {}
             Err(e) => tracing::debug!(error = %e, "relay connection failed"),
@@ -89,12 +100,20 @@ pub(crate) async fn run(
                     Some(RelayCmd::Send(_, reply)) => {
                         let _ = reply.send(Err(ClientError::Net(NetError::Closed(None, String::new()))));
                     }
-                    // Acks come back through redelivery; the log is presented
-                    // at the next handshake.
-                    Some(RelayCmd::Ack(_) | RelayCmd::PublishLog(_)) => {}
+                    // The log is presented at the next handshake.
+                    Some(RelayCmd::PublishLog(_)) => {}
                 },
             }
         }
+    }
+}
+
+fn ack_frame(up_to_seq: u64) -> ClientFrame {
+    ClientFrame {
+        frame: Some(client_frame::Frame::Ack(Ack {
+            up_to_seq,
+            device_id: Vec::new(),
+        })),
     }
 }
 
@@ -106,6 +125,7 @@ enum Stop {
 async fn session(
     inner: &Inner,
     cmds: &mut mpsc::Receiver<RelayCmd>,
+    acked: &mut watch::Receiver<u64>,
     connected: &watch::Sender<bool>,
     delivers: &mpsc::Sender<Deliver>,
     backoff: &mut Backoff,
@@ -132,10 +152,24 @@ async fn session(
     .map_err(|_| ClientError::Timeout)??;
     tracing::debug!("relay: connected");
     backoff.reset();
+    let last = *acked.borrow_and_update();
+    if last > 0 {
+        conn.send_msg(&ack_frame(last)).await?;
+    }
     let _ = connected.send(true);
     let mut pending: HashMap<Vec<u8>, oneshot::Sender<Result<()>>> = HashMap::new();
     loop {
         tokio::select! {
+            // Acks and sends first: they free the relay's queues; reading
+            // more `Deliver`s can wait.
+            biased;
+            changed = acked.changed() => {
+                if changed.is_err() {
+                    return Ok(Stop::Shutdown);
+                }
+                let seq = *acked.borrow_and_update();
+                conn.send_msg(&ack_frame(seq)).await?;
+            }
             cmd = cmds.recv() => {
                 let frame = match cmd {
                     None => {
@@ -146,7 +180,6 @@ async fn session(
                         pending.insert(send.message_id.clone(), reply);
                         client_frame::Frame::Send(send)
                     }
-                    Some(RelayCmd::Ack(seq)) => client_frame::Frame::Ack(Ack { up_to_seq: seq, device_id: Vec::new() }),
                     Some(RelayCmd::PublishLog(entries)) => client_frame::Frame::PublishLog(PublishLog { entries }),
                 };
                 conn.send_msg(&ClientFrame { frame: Some(frame) }).await?;
