@@ -816,3 +816,79 @@ async fn a_backlog_larger_than_the_queues_arrives_once_in_order() {
     assert_eq!(bob.history(conv).await.unwrap().len(), N);
     w.relay.wait_count("queue", 0).await;
 }
+
+/// A message sealed offline to a key that rotates before it leaves the
+/// device: the keyserver refuses the stale wrapped key (`CONFLICT`), the
+/// client reseals from the freshly verified log, and the recipient opens it
+/// with its new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_while_queued_is_resealed_to_the_new_key() {
+    use ward_core::chain::verify_log;
+    use ward_core::envelope::ReceivedEnvelope;
+    use ward_core::keys::UserEncryptionKey;
+    use ward_core::testkit::KIT_TIME;
+    use ward_core::wrap::unwrap_resource_key;
+    use ward_tests::keyserver::enroll;
+    use ward_tests::relay::Client as RawRelay;
+
+    let w = World::new().await;
+    let mut rng = rand::rng();
+    let carol = w.org.enroll(&mut rng, "carol@chu");
+    let mut c_ks = enroll(&w.ks_url(), &carol).await;
+    let alice = w.enroll("alice@chu", "alice-phone").await;
+    let conv = alice.create_conversation(&["carol@chu"]).await.unwrap();
+    drop(alice);
+
+    // Offline from the keyserver: sealed to Carol's key as verified before.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ws://{}", l.local_addr().unwrap())
+    };
+    let mut offline = w.config("alice-phone");
+    offline.keyserver_url = dead;
+    let alice = Client::unlock(offline, pin()).await.unwrap();
+    let old_rid = alice.send_text(conv, "WARD-RESEAL-1").await.unwrap();
+    drop(alice);
+
+    // Carol rotates her key meanwhile.
+    let new_key = UserEncryptionKey::generate(&mut rng);
+    let rotation = carol
+        .chain
+        .rotate_user_key(&carol.device, &new_key.public_key(), KIT_TIME + 1);
+    c_ks.append(&rotation).await.unwrap();
+
+    let mut alice = Client::unlock(w.config("alice-phone"), pin())
+        .await
+        .unwrap();
+    let mut a_ev = alice.events().unwrap();
+    let new_rid = match tokio::time::timeout(WAIT, a_ev.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Event::Resealed { old, new } => {
+            assert_eq!(old, old_rid);
+            new
+        }
+        other => panic!("expected a reseal, got {other:?}"),
+    };
+    assert_ne!(new_rid, old_rid);
+    sent(&mut a_ev, new_rid).await;
+    let h = alice.history(conv).await.unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].resource_id, new_rid);
+
+    // Carol opens it with the new key.
+    let mut c_relay = RawRelay::of(&w.relay.url(), &carol, "carol@chu").await;
+    let d = c_relay.deliver().await;
+    let env = ReceivedEnvelope::parse(&d.payload).unwrap();
+    assert_eq!(env.resource_id(), new_rid);
+    let keys = c_ks.get_keys(&[&new_rid.as_bytes()[..]]).await.unwrap();
+    let key = unwrap_resource_key(&keys.keys[0], &new_rid, &new_key).unwrap();
+    let alice_log = c_ks.get_logs(&["alice@chu"]).await.unwrap()["alice@chu"]
+        .entries
+        .clone();
+    let alice_chain = verify_log(&w.org.root_public(), "alice@chu", &alice_log).unwrap();
+    let opened = env.open(&alice_chain, "carol@chu", &key).unwrap();
+    assert_eq!(&opened.content[..], b"WARD-RESEAL-1");
+}

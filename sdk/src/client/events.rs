@@ -24,6 +24,15 @@ pub enum Event {
         /// Why.
         reason: ClientError,
     },
+    /// A queued message was sealed again under a new resource id, because a
+    /// member's key rotated before it left the device (see `send.rs`). Its
+    /// `Sent` event and history entry carry the new id.
+    Resealed {
+        /// The id `send_text` returned.
+        old: ResourceId,
+        /// The id it now has.
+        new: ResourceId,
+    },
     /// The relay durably stored an outgoing message (its `SendAck`).
     Sent {
         /// The message.

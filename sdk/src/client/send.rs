@@ -25,10 +25,11 @@ use tokio::sync::{oneshot, watch};
 use ward_core::chain::VerifiedUser;
 use ward_core::envelope::{ContentType, SealRequest, seal};
 use ward_core::{ConversationId, ResourceId};
-use ward_proto::v1::{Recipient, Send, WrappedKeyFor};
+use ward_proto::v1::{ErrorCode, Recipient, Send, WrappedKeyFor};
 use zeroize::Zeroizing;
 
 use super::Inner;
+use super::directory::Known;
 use super::error::{ClientError, Result};
 use super::events::Event;
 use super::relay::{Backoff, RelayCmd};
@@ -58,29 +59,19 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) async fn send(
+/// Seals `content` for every member in `known` and builds the outbox entry.
+fn seal_for(
     inner: &Inner,
+    known: &[Known],
     conversation_id: ConversationId,
     content_type: ContentType,
-    content: Zeroizing<Vec<u8>>,
-) -> Result<ResourceId> {
-    let conv = inner
-        .store
-        .run(move |s| s.conversation(&conversation_id))
-        .await?
-        .ok_or(ClientError::UnknownConversation)?;
-    if !conv.members.contains(&inner.user_id) {
-        return Err(ClientError::NotAMember);
-    }
-    let known = inner
-        .directory
-        .refresh_or_cached(&inner.store, &inner.keyserver, &conv.members)
-        .await?;
+    content: &[u8],
+    timestamp_ms: u64,
+) -> Result<(ResourceId, Zeroizing<Vec<u8>>)> {
     let own = known
         .iter()
         .find(|k| k.user.user_id() == inner.user_id)
         .ok_or(ClientError::NotEnrolled)?;
-    let timestamp_ms = now_ms();
     let sealed = {
         let users: Vec<&VerifiedUser> = known.iter().map(|k| &k.user).collect();
         seal(
@@ -91,7 +82,7 @@ pub(crate) async fn send(
                 conversation_id,
                 recipients: &users,
                 content_type,
-                content: &content,
+                content,
                 timestamp_ms,
             },
         )?
@@ -129,11 +120,46 @@ pub(crate) async fn send(
     #[cfg(feature = "testkit")]
     inner.record_resource_key(*sealed.resource_key.export_secret());
     drop(sealed.resource_key);
+    Ok((rid, payload))
+}
+
+async fn members(inner: &Inner, conversation_id: ConversationId) -> Result<Vec<String>> {
+    let conv = inner
+        .store
+        .run(move |s| s.conversation(&conversation_id))
+        .await?
+        .ok_or(ClientError::UnknownConversation)?;
+    if !conv.members.contains(&inner.user_id) {
+        return Err(ClientError::NotAMember);
+    }
+    Ok(conv.members)
+}
+
+pub(crate) async fn send(
+    inner: &Inner,
+    conversation_id: ConversationId,
+    content_type: ContentType,
+    content: Zeroizing<Vec<u8>>,
+) -> Result<ResourceId> {
+    let members = members(inner, conversation_id).await?;
+    let known = inner
+        .directory
+        .refresh_or_cached(&inner.store, &inner.keyserver, &members)
+        .await?;
+    let timestamp_ms = now_ms();
+    let (rid, payload) = seal_for(
+        inner,
+        &known,
+        conversation_id,
+        content_type,
+        &content,
+        timestamp_ms,
+    )?;
     let message = Message {
         resource_id: rid,
         conversation_id,
         sender_user_id: inner.user_id.clone(),
-        sender_device: me,
+        sender_device: inner.device.public_key(),
         timestamp_ms,
         content_type,
         content,
@@ -147,12 +173,52 @@ pub(crate) async fn send(
     Ok(rid)
 }
 
+/// The keyserver refused the wrapped keys with `CONFLICT`: a member's key
+/// changed (a rotation) since the entry was sealed, typically while
+/// offline. Nothing of it left the device (`put_keys` is all or none and
+/// comes first), so it is sealed again, from freshly verified logs, under
+/// a new resource id, replacing the outbox entry and the history copy in
+/// one transaction.
+async fn reseal(inner: &Inner, item: &OutboxItem, old: ResourceId) -> Result<ResourceId> {
+    let me = inner.user_id.clone();
+    let original = inner
+        .store
+        .run(move |s| s.message(&me, &old))
+        .await?
+        .ok_or(ClientError::Protocol(
+            "outbox entry without its history copy",
+        ))?;
+    let members = members(inner, original.conversation_id).await?;
+    let known = inner
+        .directory
+        .refresh(&inner.store, &inner.keyserver, &members)
+        .await?;
+    let (rid, payload) = seal_for(
+        inner,
+        &known,
+        original.conversation_id,
+        original.content_type,
+        &original.content,
+        original.timestamp_ms,
+    )?;
+    let id = item.id;
+    let me = inner.user_id.clone();
+    inner
+        .store
+        .run(move |s| s.outbox_reseal(id, &payload, &me, &old, &rid))
+        .await?;
+    tracing::debug!(old = ?old, new = ?rid, "send: resealed after a key rotation");
+    Ok(rid)
+}
+
 /// The outbox worker: drains the queue in order whenever the relay is
 /// connected; transient failures are retried with backoff (the entry stays
 /// first in the queue), permanent refusals leave the queue as
 /// [`Event::SendFailed`].
 pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver<bool>) {
+    const MAX_RESEALS: u32 = 3;
     let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+    let mut reseals = 0;
     loop {
         let item = match inner.store.run(|s| s.outbox_peek()).await {
             Ok(Some(item)) => item,
@@ -177,7 +243,24 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
             let _ = inner.store.run(move |s| s.outbox_remove(id)).await;
             continue;
         };
-        match deliver(&inner, &item, payload, &mut connected).await {
+        let outcome = match deliver(&inner, &item, payload, &mut connected).await {
+            Err(ClientError::Keyserver {
+                code: ErrorCode::Conflict,
+                ..
+            }) if reseals < MAX_RESEALS => {
+                reseals += 1;
+                match reseal(&inner, &item, rid).await {
+                    Ok(new) => {
+                        inner.emit(Event::Resealed { old: rid, new }).await;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        reseals = 0;
+        match outcome {
             Ok(()) => {
                 if let Err(e) = inner.store.run(move |s| s.outbox_remove(id)).await {
                     tracing::warn!(error = %e, "outbox: could not remove a sent entry");
@@ -207,6 +290,8 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
     }
 }
 
+/// `put_keys` (a `CONFLICT` from it means a member's key rotated: the
+/// caller reseals), then the relay `Send` and its `SendAck`.
 async fn deliver(
     inner: &Inner,
     item: &OutboxItem,

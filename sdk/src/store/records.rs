@@ -576,6 +576,33 @@ impl Store {
         Ok(id)
     }
 
+    /// Replaces a queued entry's payload after it was sealed again under a
+    /// new resource id, and renames the sender's history copy to match, in
+    /// one transaction. The entry goes back to pending.
+    pub fn outbox_reseal(
+        &mut self,
+        id: OutboxId,
+        payload: &[u8],
+        sender_user_id: &str,
+        old: &ResourceId,
+        new: &ResourceId,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE outbox SET payload = ?1, state = ?2 WHERE id = ?3",
+            params![payload, OutboxState::Pending.to_db(), id.0],
+        )?;
+        if n != 1 {
+            return Err(StoreError::InvalidData("no such outbox entry"));
+        }
+        tx.execute(
+            "UPDATE messages SET resource_id = ?1 WHERE sender_user_id = ?2 AND resource_id = ?3",
+            params![&new.as_bytes()[..], sender_user_id, &old.as_bytes()[..]],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records that the relay entry `seq` has been dealt with: stores
     /// `message` if given (unless already stored) and moves the relay
     /// cursor to `seq`, in one transaction. Returns whether the message was
