@@ -892,3 +892,56 @@ async fn a_key_rotated_while_queued_is_resealed_to_the_new_key() {
     let opened = env.open(&alice_chain, "carol@chu", &key).unwrap();
     assert_eq!(&opened.content[..], b"WARD-RESEAL-1");
 }
+
+/// A user rotates its key from one device: the other device fetches and
+/// accepts the grant when the first message wrapped to the new key arrives.
+/// Then it revokes that other device: the relay disconnects it, senders
+/// stop addressing it, and it can no longer send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_reaches_the_other_device_and_revocation_cuts_it_off() {
+    let w = World::new().await;
+    let a1 = w.enroll("alice@chu", "alice-phone").await;
+    let mut bob = w.enroll("bob@chu", "bob-phone").await;
+    let pending = Client::pair_new_device(w.config("alice-tablet"), "alice@chu", pin())
+        .await
+        .unwrap();
+    a1.approve_device(&pending.device_keys()).await.unwrap();
+    let mut a2 = pending.complete().await.unwrap();
+    let mut a1 = a1;
+    let (mut a1_ev, mut a2_ev, mut b_ev) = (
+        a1.events().unwrap(),
+        a2.events().unwrap(),
+        bob.events().unwrap(),
+    );
+    let conv = bob.create_conversation(&["alice@chu"]).await.unwrap();
+
+    a1.rotate_user_key().await.unwrap();
+    let r = bob.send_text(conv, "WARD-ROT-1").await.unwrap();
+    sent(&mut b_ev, r).await;
+    assert_eq!(text(&messages(&mut a1_ev, 1).await[0]), "WARD-ROT-1");
+    assert_eq!(text(&messages(&mut a2_ev, 1).await[0]), "WARD-ROT-1");
+
+    a1.revoke_device(&a2.device_id()).await.unwrap();
+    let r = bob.send_text(conv, "WARD-ROT-2").await.unwrap();
+    sent(&mut b_ev, r).await;
+    assert_eq!(text(&messages(&mut a1_ev, 1).await[0]), "WARD-ROT-2");
+    match tokio::time::timeout(WAIT, a2_ev.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Event::DeviceRevoked => {}
+        other => panic!("expected DeviceRevoked, got {other:?}"),
+    }
+    quiet(&mut a2_ev, Duration::from_millis(300)).await;
+    match a2.send_text(conv, "WARD-ROT-3").await {
+        Err(e) if e.is_device_revoked() => {}
+        other => panic!("a revoked device sent: {other:?}"),
+    }
+    assert_eq!(
+        sorted_texts(&a2.history(conv).await.unwrap()),
+        vec!["WARD-ROT-1".to_owned()]
+    );
+    assert_eq!(a1.history(conv).await.unwrap().len(), 2);
+    quiet(&mut b_ev, Duration::from_millis(200)).await;
+}

@@ -117,9 +117,28 @@ impl ClientError {
     /// server under load): the message concerned stays queued / unacked.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Net(_) | Self::Timeout => true,
+            Self::Net(e) => {
+                !self.is_device_revoked()
+                    && !matches!(e, NetError::Refused(ErrorCode::Unauthenticated))
+            }
+            Self::Timeout => true,
             Self::Keyserver { code, .. } | Self::Relay { code, .. } => {
                 matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether a server refused this device because its user's log revokes
+    /// it: the device can neither send nor receive any more.
+    pub fn is_device_revoked(&self) -> bool {
+        match self {
+            Self::Net(NetError::Refused(code)) => *code == ErrorCode::DeviceRevoked,
+            Self::Net(NetError::Closed(Some(code), _)) => *code == ward_net::close::DEVICE_REVOKED,
+            Self::Keyserver { code, .. } | Self::Relay { code, .. } => {
+                *code == ErrorCode::DeviceRevoked
             }
             _ => false,
         }

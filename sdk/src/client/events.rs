@@ -33,6 +33,10 @@ pub enum Event {
         /// The id it now has.
         new: ResourceId,
     },
+    /// A server refused this device as revoked in its user's log: it no
+    /// longer receives anything, and the relay connection stops trying.
+    /// The local history stays readable.
+    DeviceRevoked,
     /// The relay durably stored an outgoing message (its `SendAck`).
     Sent {
         /// The message.

@@ -159,6 +159,7 @@ pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
     pub(crate) user_id: String,
     pub(crate) device: Arc<DeviceSigningKey>,
+    pub(crate) device_encryption: Arc<DeviceEncryptionKey>,
     pub(crate) store: StoreCell,
     pub(crate) directory: Directory,
     pub(crate) keyserver: Keyserver,
@@ -480,9 +481,10 @@ impl Client {
         let Identity {
             user_id,
             device_signing,
-            device_encryption: _,
+            device_encryption,
         } = identity;
         let device = Arc::new(device_signing);
+        let device_encryption = Arc::new(device_encryption);
         let directory = Directory::new(config.org_root);
         if directory.cached(&store, &user_id).await?.is_none() {
             return Err(ClientError::NotEnrolled);
@@ -503,6 +505,7 @@ impl Client {
             config,
             user_id,
             device,
+            device_encryption,
             store,
             directory,
             keyserver,
@@ -607,6 +610,76 @@ impl Client {
             .send(RelayCmd::PublishLog(own.entries))
             .await;
         tracing::info!(device = ?keys.signing, "device approved");
+        Ok(())
+    }
+
+    /// Rotates the user key: appends a key rotation signed by this device,
+    /// grants the new key to every active device of the user (this one
+    /// included) and publishes the new log to the relay. Senders wrap to the
+    /// new key once they have verified the new log.
+    pub async fn rotate_user_key(&self) -> Result<()> {
+        self.change_user_key(None).await
+    }
+
+    /// Revokes a device of this user (a lost or retired one, possibly this
+    /// one): appends a revocation signed by this device that also rotates
+    /// the user key (SECURITY.md §4.5), grants the new key to the devices
+    /// that remain, and publishes the new log to the relay, which then
+    /// disconnects the revoked device.
+    pub async fn revoke_device(&self, device: &SigningPublicKey) -> Result<()> {
+        self.change_user_key(Some(*device)).await
+    }
+
+    async fn change_user_key(&self, revoke: Option<SigningPublicKey>) -> Result<()> {
+        let inner = &self.inner;
+        let me = [inner.user_id.clone()];
+        let own = first(
+            inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &me)
+                .await?,
+        )?;
+        let new_key = UserEncryptionKey::generate(&mut rand::rng());
+        let new_public = new_key.public_key();
+        // Kept before the append: a crash after it must not lose the key.
+        let stored = UserEncryptionKey::import_secret(&*new_key.export_secret())?;
+        inner.store.run(move |s| s.add_user_key(&stored)).await?;
+        let entry = match revoke {
+            Some(d) => own
+                .user
+                .revoke_device(&inner.device, &d, &new_public, now_secs()),
+            None => own
+                .user
+                .rotate_user_key(&inner.device, &new_public, now_secs()),
+        };
+        inner.keyserver.append(entry).await?;
+        let own = first(
+            inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &me)
+                .await?,
+        )?;
+        if *own.user.encryption_key() != new_public {
+            return Err(ClientError::Protocol(
+                "the appended key change is not in the log",
+            ));
+        }
+        let grants = {
+            let mut rng = rand::rng();
+            own.user
+                .devices()
+                .filter(|d| d.is_active())
+                .map(|d| grant_user_key(&mut rng, &new_key, &d.encryption_key))
+                .collect::<core::result::Result<Vec<_>, _>>()?
+        };
+        if !grants.is_empty() {
+            inner.keyserver.put_grants(grants).await?;
+        }
+        let _ = inner
+            .relay_cmds
+            .send(RelayCmd::PublishLog(own.entries))
+            .await;
+        tracing::info!(revoked = ?revoke, "user key rotated");
         Ok(())
     }
 

@@ -28,9 +28,9 @@
 use std::sync::Arc;
 
 use ward_core::envelope::ReceivedEnvelope;
-use ward_core::keys::EncryptionPublicKey;
-use ward_core::wrap::unwrap_resource_key;
-use ward_proto::v1::Deliver;
+use ward_core::keys::{EncryptionPublicKey, UserEncryptionKey};
+use ward_core::wrap::{accept_grant, unwrap_resource_key};
+use ward_proto::v1::{Deliver, ErrorCode};
 
 use super::Inner;
 use super::error::{ClientError, Result};
@@ -189,8 +189,15 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     let Ok(recipient_key) = EncryptionPublicKey::from_bytes(&wrapped.recipient_key) else {
         return Ok(Err(ClientError::Wrap(ward_core::WrapError::Malformed)));
     };
-    let Some(user_key) = inner.store.run(move |s| s.user_key(&recipient_key)).await? else {
-        return Ok(Err(ClientError::NoUserKey));
+    let held = inner.store.run(move |s| s.user_key(&recipient_key)).await?;
+    let user_key = match held {
+        Some(k) => k,
+        // Wrapped to a user key this device was not granted yet (another of
+        // its user's devices rotated it): fetch the grant.
+        None => match fetch_grant(inner, recipient_key).await? {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        },
     };
     let key = match unwrap_resource_key(&wrapped, &rid, &user_key) {
         Ok(k) => k,
@@ -241,4 +248,63 @@ fn addressed_to(payload: &[u8], me: &str) -> bool {
     };
     ward_proto::decode_bounded::<EnvelopeHeader>(&env.header, MAX_HEADER_BYTES)
         .is_ok_and(|h| h.recipient_user_ids.iter().any(|r| r == me))
+}
+
+/// The grant of `key` to this device, accepted only if `key` is a user key
+/// of this user's freshly verified log ([`accept_grant`] then checks the
+/// grant opens to exactly that key), and kept in the store.
+async fn fetch_grant(inner: &Inner, key: EncryptionPublicKey) -> Result<Result<UserEncryptionKey>> {
+    let me = [inner.user_id.clone()];
+    let own = match retry_transient!(
+        inner,
+        inner.directory.refresh(&inner.store, &inner.keyserver, &me)
+    ) {
+        Ok(mut v) => match v.pop() {
+            Some(k) => k.user,
+            None => return Ok(Err(ClientError::NoUserKey)),
+        },
+        Err(e @ ClientError::Store(_)) => return Err(e),
+        Err(e) => return Ok(Err(e)),
+    };
+    if *own.encryption_key() != key && !own.past_encryption_keys().contains(&key) {
+        return Ok(Err(ClientError::NoUserKey));
+    }
+    // The rotating device appends the rotation, then stores the grants: a
+    // sender may be quicker than the second step. Wait as for a wrapped key.
+    let deadline = tokio::time::Instant::now() + inner.config.key_wait;
+    let mut backoff = Backoff::new(
+        inner
+            .config
+            .reconnect_min
+            .min(std::time::Duration::from_millis(50)),
+        inner
+            .config
+            .reconnect_max
+            .min(std::time::Duration::from_secs(2)),
+    );
+    let grant = loop {
+        match retry_transient!(inner, inner.keyserver.get_grant(key.as_bytes().to_vec())) {
+            Ok(g) => break g,
+            Err(ClientError::Keyserver {
+                code: ErrorCode::NotFound,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(ClientError::Keyserver {
+                code: ErrorCode::NotFound,
+                ..
+            }) => return Ok(Err(ClientError::NoUserKey)),
+            Err(e) => return Ok(Err(e)),
+        }
+    };
+    let user_key = match accept_grant(&grant, &inner.device_encryption, &key) {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let stored =
+        UserEncryptionKey::import_secret(&*user_key.export_secret()).map_err(ClientError::Key)?;
+    inner.store.run(move |s| s.add_user_key(&stored)).await?;
+    tracing::debug!("receive: accepted the grant of a new user key");
+    Ok(Ok(user_key))
 }

@@ -84,6 +84,12 @@ pub(crate) async fn run(
         {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Disconnected) => {}
+            Err(e) if e.is_device_revoked() => {
+                tracing::warn!("relay: this device is revoked; no more reconnecting");
+                let _ = connected.send(false);
+                inner.emit(super::events::Event::DeviceRevoked).await;
+                return;
+            }
             Err(e) => tracing::debug!(error = %e, "relay connection failed"),
         }
         let _ = connected.send(false);
