@@ -2,6 +2,16 @@
 //! and receive end-to-end encrypted messages. See the crate docs for an
 //! example and the policies (acks, retries, duplicates).
 //!
+//! | call | what |
+//! |---|---|
+//! | [`Client::enroll`] | first device of a user, from an invite, with a PIN |
+//! | [`Client::unlock`] / [`Client::lock`] | open the store with the PIN / close it and zeroize |
+//! | [`Client::pair_new_device`], [`Client::approve_device`], [`PendingDevice::complete`] | a second device |
+//! | [`Client::create_conversation`], [`Client::send_text`] | send (queued durably, delivered in the background) |
+//! | [`Client::events`] | verified messages, typed rejections, send outcomes |
+//! | [`Client::conversations`], [`Client::history`] | what the store holds |
+//! | [`Client::rotate_user_key`], [`Client::revoke_device`] | key changes |
+//!
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | [`Client`], [`ClientConfig`], [`PendingDevice`] |
