@@ -192,6 +192,26 @@ fn message_from_row(r: MessageRow) -> Result<Message> {
     })
 }
 
+/// `INSERT OR IGNORE` of one message; whether it was new.
+fn insert_message_in(conn: &rusqlite::Connection, m: &Message) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO messages
+             (sender_user_id, resource_id, conversation_id, sender_device,
+              timestamp_ms, content_type, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            m.sender_user_id,
+            &m.resource_id.as_bytes()[..],
+            &m.conversation_id.as_bytes()[..],
+            &m.sender_device.as_bytes()[..],
+            to_i64(m.timestamp_ms, "timestamp")?,
+            content_type_to_db(m.content_type),
+            &m.content[..],
+        ],
+    )?;
+    Ok(n == 1)
+}
+
 impl Store {
     // ---- identity ---------------------------------------------------------
 
@@ -394,22 +414,7 @@ impl Store {
     /// id) is already stored. Returns whether it was new. Durable when it
     /// returns (synchronous = FULL): ack the relay after this.
     pub fn insert_message(&self, m: &Message) -> Result<bool> {
-        let n = self.conn.execute(
-            "INSERT OR IGNORE INTO messages
-                 (sender_user_id, resource_id, conversation_id, sender_device,
-                  timestamp_ms, content_type, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                m.sender_user_id,
-                &m.resource_id.as_bytes()[..],
-                &m.conversation_id.as_bytes()[..],
-                &m.sender_device.as_bytes()[..],
-                to_i64(m.timestamp_ms, "timestamp")?,
-                content_type_to_db(m.content_type),
-                &m.content[..],
-            ],
-        )?;
-        Ok(n == 1)
+        insert_message_in(&self.conn, m)
     }
 
     /// A conversation's messages, oldest first (by the sender's timestamp,
@@ -542,6 +547,79 @@ impl Store {
             .conn
             .execute("DELETE FROM outbox WHERE id = ?1", [id.0])?;
         Ok(n == 1)
+    }
+
+    /// Queues an outgoing message and stores it in the local history, in one
+    /// transaction: either both are durable or neither (the sending device's
+    /// own copy never goes missing while its delivery is queued, nor the
+    /// reverse). Returns the outbox id.
+    pub fn outbox_enqueue_with_message(
+        &mut self,
+        payload: &[u8],
+        created_at_ms: u64,
+        message: &Message,
+    ) -> Result<OutboxId> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO outbox (conversation_id, payload, state, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                &message.conversation_id.as_bytes()[..],
+                payload,
+                OutboxState::Pending.to_db(),
+                to_i64(created_at_ms, "created_at")?,
+            ],
+        )?;
+        let id = OutboxId(tx.last_insert_rowid());
+        insert_message_in(&tx, message)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Replaces a queued entry's payload after it was sealed again under a
+    /// new resource id, and renames the sender's history copy to match, in
+    /// one transaction. The entry goes back to pending.
+    pub fn outbox_reseal(
+        &mut self,
+        id: OutboxId,
+        payload: &[u8],
+        sender_user_id: &str,
+        old: &ResourceId,
+        new: &ResourceId,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE outbox SET payload = ?1, state = ?2 WHERE id = ?3",
+            params![payload, OutboxState::Pending.to_db(), id.0],
+        )?;
+        if n != 1 {
+            return Err(StoreError::InvalidData("no such outbox entry"));
+        }
+        tx.execute(
+            "UPDATE messages SET resource_id = ?1 WHERE sender_user_id = ?2 AND resource_id = ?3",
+            params![&new.as_bytes()[..], sender_user_id, &old.as_bytes()[..]],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that the relay entry `seq` has been dealt with: stores
+    /// `message` if given (unless already stored) and moves the relay
+    /// cursor to `seq`, in one transaction. Returns whether the message was
+    /// new. Durable when it returns: ack the relay after this.
+    pub fn record_delivery(&mut self, seq: u64, message: Option<&Message>) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let new = match message {
+            Some(m) => insert_message_in(&tx, m)?,
+            None => false,
+        };
+        tx.execute(
+            "INSERT INTO relay_cursor (id, last_acked_seq) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)",
+            [to_i64(seq, "relay cursor")?],
+        )?;
+        tx.commit()?;
+        Ok(new)
     }
 
     // ---- relay cursor -----------------------------------------------------------

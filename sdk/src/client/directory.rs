@@ -1,0 +1,169 @@
+//! The directory as this device trusts it: users' logs fetched from the
+//! keyserver, verified from the pinned organisation root on first sight
+//! ([`verify_log`]) and checked against the state verified before on every
+//! later fetch ([`VerifiedUser::update`]): a rollback or a fork is a typed
+//! error ([`ClientError::Chain`]), never a silent replacement. The raw
+//! verified logs are persisted in the store, so trust carries over restarts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ward_core::ChainError;
+use ward_core::chain::{MAX_STATEMENT_BYTES, VerifiedUser, verify_log};
+use ward_core::keys::SigningPublicKey;
+use ward_proto::v1::SignedStatement;
+use ward_proto::{Message as _, decode_bounded};
+
+use super::StoreCell;
+use super::error::{ClientError, Result};
+use super::keyserver::Keyserver;
+
+/// A verified log: the state and the exact entries it was verified from.
+#[derive(Clone)]
+pub(crate) struct Known {
+    pub(crate) user: VerifiedUser,
+    pub(crate) entries: Vec<SignedStatement>,
+}
+
+pub(crate) struct Directory {
+    root: SigningPublicKey,
+    cache: Mutex<HashMap<String, Known>>,
+}
+
+fn chain_err(user_id: &str, error: ChainError) -> ClientError {
+    ClientError::Chain {
+        user_id: user_id.to_owned(),
+        error,
+    }
+}
+
+impl Directory {
+    pub(crate) fn new(root: SigningPublicKey) -> Self {
+        Self {
+            root,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn memory(&self, user_id: &str) -> Option<Known> {
+        self.cache.lock().ok()?.get(user_id).cloned()
+    }
+
+    /// Keeps `known` unless a longer verified log is already held (two
+    /// concurrent refreshes: both verified, the longer one wins).
+    fn remember(&self, user_id: &str, known: &Known) {
+        if let Ok(mut cache) = self.cache.lock() {
+            let keep_old = cache
+                .get(user_id)
+                .is_some_and(|old| old.user.len() > known.user.len());
+            if !keep_old {
+                cache.insert(user_id.to_owned(), known.clone());
+            }
+        }
+    }
+
+    /// The verified state held for `user_id` (memory, else the store), without
+    /// asking the keyserver.
+    pub(crate) async fn cached(&self, store: &StoreCell, user_id: &str) -> Result<Option<Known>> {
+        if let Some(k) = self.memory(user_id) {
+            return Ok(Some(k));
+        }
+        let uid = user_id.to_owned();
+        let Some(raw) = store.run(move |s| s.verified_log(&uid)).await? else {
+            return Ok(None);
+        };
+        let entries = raw
+            .iter()
+            .map(|b| decode_bounded::<SignedStatement>(b, MAX_STATEMENT_BYTES + 256))
+            .collect::<core::result::Result<Vec<_>, _>>()
+            .map_err(|e| chain_err(user_id, ChainError::Decode(e)))?;
+        // Our own store verified it before storing; verifying again costs
+        // little and catches a changed organisation root.
+        let user = verify_log(&self.root, user_id, &entries).map_err(|e| chain_err(user_id, e))?;
+        let known = Known { user, entries };
+        self.remember(user_id, &known);
+        Ok(Some(known))
+    }
+
+    /// Fetches the logs of `user_ids` from the keyserver and verifies each
+    /// one (from the root on first sight, as an extension of the cached
+    /// state afterwards). Fails on the first user whose log does not verify.
+    pub(crate) async fn refresh(
+        &self,
+        store: &StoreCell,
+        keyserver: &Keyserver,
+        user_ids: &[String],
+    ) -> Result<Vec<Known>> {
+        let mut cached = Vec::with_capacity(user_ids.len());
+        for u in user_ids {
+            cached.push(self.cached(store, u).await?);
+        }
+        let mut served = keyserver.get_logs(user_ids.to_vec()).await?;
+        let mut out = Vec::with_capacity(user_ids.len());
+        for (u, known) in user_ids.iter().zip(cached) {
+            let entries = served.remove(u).map(|l| l.entries);
+            let next = match (known, entries) {
+                (Some(k), None) => {
+                    return Err(chain_err(
+                        u,
+                        ChainError::Rollback {
+                            known: k.user.len(),
+                            served: 0,
+                        },
+                    ));
+                }
+                (None, None) => return Err(ClientError::UnknownUser(u.clone())),
+                (Some(k), Some(entries)) => {
+                    let user = k
+                        .user
+                        .update(&self.root, &entries)
+                        .map_err(|e| chain_err(u, e))?;
+                    let grew = user.len() > k.user.len();
+                    (Known { user, entries }, grew)
+                }
+                (None, Some(entries)) => {
+                    let user = verify_log(&self.root, u, &entries).map_err(|e| chain_err(u, e))?;
+                    (Known { user, entries }, true)
+                }
+            };
+            let (known, changed) = next;
+            if changed {
+                let raw: Vec<Vec<u8>> = known.entries.iter().map(|e| e.encode_to_vec()).collect();
+                let uid = u.clone();
+                store.run(move |s| s.set_verified_log(&uid, &raw)).await?;
+                tracing::debug!(user = %u, len = known.user.len(), "log verified");
+            }
+            if known.user.rotation_pending() {
+                tracing::warn!(user = %u, "user is rotation pending: a revoked device may still read");
+            }
+            self.remember(u, &known);
+            out.push(known);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::refresh`], falling back to the verified states already held
+    /// when the keyserver cannot be reached (offline sending). A log that
+    /// fails verification never falls back.
+    pub(crate) async fn refresh_or_cached(
+        &self,
+        store: &StoreCell,
+        keyserver: &Keyserver,
+        user_ids: &[String],
+    ) -> Result<Vec<Known>> {
+        match self.refresh(store, keyserver, user_ids).await {
+            Err(e) if e.is_transient() => {
+                let mut out = Vec::with_capacity(user_ids.len());
+                for u in user_ids {
+                    match self.cached(store, u).await? {
+                        Some(k) => out.push(k),
+                        None => return Err(e),
+                    }
+                }
+                tracing::debug!("keyserver unreachable: using verified logs held");
+                Ok(out)
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The client's typed errors.
+
+use ward_core::{ChainError, KeyError, OpenError, ResourceId, SealError, WrapError};
+use ward_net::NetError;
+use ward_proto::v1::ErrorCode;
+
+use crate::store::StoreError;
+
+/// Everything the client can refuse or fail with.
+///
+/// No variant carries a plaintext, a key or a PIN: only ids, codes and
+/// fixed reasons.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The device store failed or refused (a wrong PIN is
+    /// [`StoreError::WrongPin`], with the attempts left).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A connection to the relay or the keyserver failed.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    /// A request got no answer in time.
+    #[error("the server did not answer in time")]
+    Timeout,
+    /// The keyserver answered with a typed error.
+    #[error("keyserver refused: {code:?} ({detail})")]
+    Keyserver {
+        /// Its error code.
+        code: ErrorCode,
+        /// Its human-readable detail (never secret).
+        detail: String,
+    },
+    /// The relay answered with a typed error.
+    #[error("relay refused: {code:?} ({detail})")]
+    Relay {
+        /// Its error code.
+        code: ErrorCode,
+        /// Its human-readable detail (never payload bytes).
+        detail: String,
+    },
+    /// A server answered with a frame that does not fit the request.
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(&'static str),
+    /// A user's log, as served by the keyserver, does not verify, or does not
+    /// extend the log this device verified before (rollback, fork): a
+    /// keyserver substituting a key lands here, and nothing is wrapped to it.
+    #[error("the log of {user_id} does not verify: {error}")]
+    Chain {
+        /// Whose log.
+        user_id: String,
+        /// Why.
+        error: ChainError,
+    },
+    /// The keyserver knows no such user (and this device never verified one).
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    /// The invite given to `enroll` does not verify against the pinned
+    /// root, has expired, or does not match the delegation key.
+    #[error("invalid invite: {0}")]
+    InvalidInvite(ChainError),
+    /// A key given to the client has the wrong length or form.
+    #[error("invalid key: {0}")]
+    Key(#[from] KeyError),
+    /// Sealing refused (content too large, not UTF-8, device not active).
+    #[error("seal: {0}")]
+    Seal(#[from] SealError),
+    /// The envelope did not verify or decrypt (bit flip, wrong recipient,
+    /// unknown or revoked sender device, bad signature).
+    #[error("open: {0}")]
+    Open(#[from] OpenError),
+    /// The wrapped key or device grant did not unwrap (another resource's
+    /// key, another recipient's, a planted grant).
+    #[error("unwrap: {0}")]
+    Wrap(#[from] WrapError),
+    /// The relay's authenticated sender differs from the envelope's
+    /// claimed sender (swapped sender ids).
+    #[error("the relay's sender does not match the envelope's sender")]
+    SenderMismatch,
+    /// An envelope already stored (same verified sender and resource id)
+    /// arrived again under a new relay sequence number: a replay.
+    #[error("replayed message {resource_id:?} from {sender_user_id}")]
+    Replay {
+        /// The verified sender.
+        sender_user_id: String,
+        /// The resource id.
+        resource_id: ResourceId,
+    },
+    /// The keyserver had no wrapped key for this device's user within the
+    /// configured wait.
+    #[error("the wrapped key of {0:?} never reached the keyserver")]
+    WrappedKeyMissing(ResourceId),
+    /// The message is wrapped to a user key this device does not hold.
+    #[error("the message is wrapped to a user key this device does not hold")]
+    NoUserKey,
+    /// The message's sender is not a member of the conversation as this
+    /// device knows it.
+    #[error("the sender is not a member of the conversation")]
+    NotAMember,
+    /// This device is not (or no longer) an active device in its user's
+    /// verified log.
+    #[error("this device is not an active device of its user's log")]
+    DeviceNotInLog,
+    /// The store holds no enrolled identity, or pairing was not completed.
+    #[error("this store holds no enrolled device")]
+    NotEnrolled,
+    /// No such conversation in the store.
+    #[error("unknown conversation")]
+    UnknownConversation,
+    /// The client has been locked or dropped.
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// Whether retrying later may succeed (the network, a timeout, a
+    /// server under load): the message concerned stays queued / unacked.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Net(e) => {
+                !self.is_device_revoked()
+                    && !matches!(e, NetError::Refused(ErrorCode::Unauthenticated))
+            }
+            Self::Timeout => true,
+            Self::Keyserver { code, .. } | Self::Relay { code, .. } => {
+                matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether a server refused this device because its user's log revokes
+    /// it: the device can neither send nor receive any more.
+    pub fn is_device_revoked(&self) -> bool {
+        match self {
+            Self::Net(NetError::Refused(code)) => *code == ErrorCode::DeviceRevoked,
+            Self::Net(NetError::Closed(Some(code), _)) => *code == ward_net::close::DEVICE_REVOKED,
+            Self::Keyserver { code, .. } | Self::Relay { code, .. } => {
+                *code == ErrorCode::DeviceRevoked
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = ClientError> = core::result::Result<T, E>;

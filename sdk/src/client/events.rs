@@ -1,0 +1,54 @@
+//! What the client reports to the application.
+
+use ward_core::ResourceId;
+
+use super::error::ClientError;
+use crate::store::Message;
+
+/// One event from [`super::Client::events`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message that verified (sender chain, signature, recipient,
+    /// revocation) and decrypted, now stored in the history. Also sent for
+    /// messages this user sent from another of its devices.
+    Message(Message),
+    /// Something arrived that did not verify, or could not be opened: it
+    /// is *not* a message and was not stored. The relay entry was acked
+    /// (it can never become valid); see the crate docs for the policy.
+    Rejected {
+        /// The relay's sequence number of the entry.
+        relay_seq: u64,
+        /// The sender the relay named (authenticated by the relay only).
+        relay_sender: String,
+        /// Why.
+        reason: ClientError,
+    },
+    /// A queued message was sealed again under a new resource id, because a
+    /// member's key rotated before it left the device (see `send.rs`). Its
+    /// `Sent` event and history entry carry the new id.
+    Resealed {
+        /// The id `send_text` returned.
+        old: ResourceId,
+        /// The id it now has.
+        new: ResourceId,
+    },
+    /// A server refused this device as revoked in its user's log: it no
+    /// longer receives anything, and the relay connection stops trying.
+    /// The local history stays readable.
+    DeviceRevoked,
+    /// The relay durably stored an outgoing message (its `SendAck`).
+    Sent {
+        /// The message.
+        resource_id: ResourceId,
+    },
+    /// An outgoing message was refused for good (a keyserver or relay
+    /// refusal that retrying cannot fix); it stays in the local history but
+    /// left the outbox.
+    SendFailed {
+        /// The message.
+        resource_id: ResourceId,
+        /// Why.
+        reason: ClientError,
+    },
+}

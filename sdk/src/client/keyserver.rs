@@ -1,0 +1,208 @@
+//! A typed keyserver client over `ward-net`: one connection, owned by one
+//! task, requests answered in order and matched by request id.
+//!
+//! The task connects lazily, authenticates as this device (an unknown
+//! user's device gets an *enrolling* session, which may only append its
+//! own creation), and reconnects once per request if the connection broke:
+//! every keyserver request is idempotent (SECURITY.md §10.2), so a retried
+//! request that had in fact been applied is acknowledged again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::MaybeTlsStream;
+use ward_core::keys::DeviceSigningKey;
+use ward_net::handshake::KEYSERVER;
+use ward_net::{Conn, Limits, NetError};
+use ward_proto::v1::{
+    DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
+    PutDeviceGrants, PutWrappedKeys, SignedStatement, UserLog, WrappedKeyFor, WrappedKeys,
+    ks_request, ks_response,
+};
+
+use super::error::{ClientError, Result};
+
+type Reply = oneshot::Sender<Result<ks_response::Body>>;
+
+/// A handle on the keyserver task. Cloning shares the connection.
+#[derive(Clone)]
+pub(crate) struct Keyserver {
+    tx: mpsc::Sender<(ks_request::Body, Reply)>,
+}
+
+struct Task {
+    url: String,
+    device: Arc<DeviceSigningKey>,
+    user_id: String,
+    timeout: Duration,
+    conn: Option<Conn<MaybeTlsStream<TcpStream>>>,
+    next_id: u64,
+}
+
+impl Keyserver {
+    /// Starts the task; it ends when every handle is dropped.
+    pub(crate) fn spawn(
+        url: String,
+        device: Arc<DeviceSigningKey>,
+        user_id: String,
+        timeout: Duration,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(ks_request::Body, Reply)>(64);
+        let mut task = Task {
+            url,
+            device,
+            user_id,
+            timeout,
+            conn: None,
+            next_id: 1,
+        };
+        tokio::spawn(async move {
+            while let Some((body, reply)) = rx.recv().await {
+                let result = task.call(body).await;
+                let _ = reply.send(result);
+            }
+        });
+        Self { tx }
+    }
+
+    async fn call(&self, body: ks_request::Body) -> Result<ks_response::Body> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((body, reply))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Appends a statement to its user's log; returns its seq.
+    pub(crate) async fn append(&self, entry: SignedStatement) -> Result<u64> {
+        match self.call(ks_request::Body::Append(entry)).await? {
+            ks_response::Body::Appended(a) => Ok(a.seq),
+            _ => Err(ClientError::Protocol("append answered with another body")),
+        }
+    }
+
+    /// The logs of the users that exist.
+    pub(crate) async fn get_logs(&self, user_ids: Vec<String>) -> Result<HashMap<String, UserLog>> {
+        match self
+            .call(ks_request::Body::GetLogs(GetLogs { user_ids }))
+            .await?
+        {
+            ks_response::Body::Logs(l) => Ok(l.logs),
+            _ => Err(ClientError::Protocol("get_logs answered with another body")),
+        }
+    }
+
+    /// Stores wrapped keys (all or none); returns the count accepted.
+    pub(crate) async fn put_keys(&self, keys: Vec<WrappedKeyFor>) -> Result<u32> {
+        match self
+            .call(ks_request::Body::PutKeys(PutWrappedKeys { keys }))
+            .await?
+        {
+            ks_response::Body::Stored(s) => Ok(s.count),
+            _ => Err(ClientError::Protocol("put_keys answered with another body")),
+        }
+    }
+
+    /// This user's wrapped keys of `resource_ids`.
+    pub(crate) async fn get_keys(&self, resource_ids: Vec<Vec<u8>>) -> Result<WrappedKeys> {
+        match self
+            .call(ks_request::Body::GetKeys(GetWrappedKeys { resource_ids }))
+            .await?
+        {
+            ks_response::Body::Keys(k) => Ok(k),
+            _ => Err(ClientError::Protocol("get_keys answered with another body")),
+        }
+    }
+
+    /// Stores device grants (all or none).
+    pub(crate) async fn put_grants(&self, grants: Vec<DeviceGrant>) -> Result<u32> {
+        match self
+            .call(ks_request::Body::PutGrants(PutDeviceGrants { grants }))
+            .await?
+        {
+            ks_response::Body::Stored(s) => Ok(s.count),
+            _ => Err(ClientError::Protocol(
+                "put_grants answered with another body",
+            )),
+        }
+    }
+
+    /// The grant of `user_key` (empty: the newest) to this device.
+    pub(crate) async fn get_grant(&self, user_key: Vec<u8>) -> Result<DeviceGrant> {
+        match self
+            .call(ks_request::Body::GetGrant(GetDeviceGrant { user_key }))
+            .await?
+        {
+            ks_response::Body::Grant(g) => Ok(g),
+            _ => Err(ClientError::Protocol(
+                "get_grant answered with another body",
+            )),
+        }
+    }
+}
+
+impl Task {
+    async fn call(&mut self, body: ks_request::Body) -> Result<ks_response::Body> {
+        let mut last = ClientError::Closed;
+        // A broken connection is re-established once; requests are idempotent.
+        for _ in 0..2 {
+            match self.round_trip(body.clone()).await {
+                Err(e @ (ClientError::Net(_) | ClientError::Timeout)) => {
+                    tracing::debug!(error = %e, "keyserver connection lost");
+                    self.conn = None;
+                    last = e;
+                }
+                Err(e @ ClientError::Protocol(_)) => {
+                    // Out of step with the server: start afresh next time.
+                    self.conn = None;
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    async fn round_trip(&mut self, body: ks_request::Body) -> Result<ks_response::Body> {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        let timeout = self.timeout;
+        let fut = async {
+            if self.conn.is_none() {
+                let limits = Limits::default();
+                let mut conn = ward_net::conn::connect(&self.url, &limits).await?;
+                ward_net::handshake::client(&mut conn, &self.device, &self.user_id, KEYSERVER, &[])
+                    .await?;
+                self.conn = Some(conn);
+            }
+            let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;
+            conn.send_msg(&KsRequest {
+                request_id,
+                body: Some(body),
+            })
+            .await?;
+            let resp: KsResponse = conn
+                .recv_msg()
+                .await?
+                .ok_or(ClientError::Net(NetError::Closed(None, String::new())))?;
+            if resp.request_id != request_id {
+                return Err(ClientError::Protocol("reply to another request id"));
+            }
+            match resp.body {
+                Some(ks_response::Body::Error(e)) => Err(ClientError::Keyserver {
+                    code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                    detail: e.detail,
+                }),
+                Some(b) => Ok(b),
+                None => Err(ClientError::Protocol("empty reply")),
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+}

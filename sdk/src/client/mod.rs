@@ -1,0 +1,771 @@
+//! The async client: enroll, unlock and lock, pair a second device, send
+//! and receive end-to-end encrypted messages. See the crate docs for an
+//! example and the policies (acks, retries, duplicates).
+//!
+//! | call | what |
+//! |---|---|
+//! | [`Client::enroll`] | first device of a user, from an invite, with a PIN |
+//! | [`Client::unlock`] / [`Client::lock`] | open the store with the PIN / close it and zeroize |
+//! | [`Client::pair_new_device`], [`Client::approve_device`], [`PendingDevice::complete`] | a second device |
+//! | [`Client::create_conversation`], [`Client::send_text`] | send (queued durably, delivered in the background) |
+//! | [`Client::events`] | verified messages, typed rejections, send outcomes |
+//! | [`Client::conversations`], [`Client::history`] | what the store holds |
+//! | [`Client::rotate_user_key`], [`Client::revoke_device`] | key changes |
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | [`Client`], [`ClientConfig`], [`PendingDevice`] |
+//! | `keyserver.rs` | typed keyserver requests over one connection |
+//! | `relay.rs` | the relay connection task, backoff |
+//! | `directory.rs` | fetch, verify and cache users' logs |
+//! | `send.rs` | seal, outbox, keys before ciphertext |
+//! | `receive.rs` | verify, open, store, then ack |
+//! | `events.rs` | [`Event`] |
+//! | `error.rs` | [`ClientError`] |
+
+mod directory;
+mod error;
+mod events;
+mod keyserver;
+mod receive;
+mod relay;
+mod send;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use ward_core::chain::{create_user, verify_log};
+use ward_core::envelope::ContentType;
+use ward_core::ids::valid_user_id;
+use ward_core::invite::{MAX_INVITE_BYTES, verify_invite};
+use ward_core::keys::{
+    DelegationKey, DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, SigningPublicKey,
+    UserEncryptionKey,
+};
+use ward_core::wrap::{accept_grant, grant_user_key};
+use ward_core::{ChainError, ConversationId, ResourceId};
+use ward_proto::v1::SignedInvite;
+use ward_proto::{Message as _, decode_bounded};
+use zeroize::Zeroizing;
+
+pub use error::{ClientError, Result};
+pub use events::Event;
+
+use crate::store::{Conversation, CreateOptions, Identity, Message, Pin, Store, StoreError};
+use directory::Directory;
+use keyserver::Keyserver;
+use relay::RelayCmd;
+
+/// Where the client keeps its store and which servers it talks to.
+///
+/// The URLs are plain `ws://` / `wss://` URLs: a test (or a debugging
+/// proxy) may sit in between; nothing the servers say is trusted beyond
+/// what the client verifies.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The device store (SQLCipher database; the header goes beside it).
+    pub store_path: PathBuf,
+    /// The relay's URL.
+    pub relay_url: String,
+    /// The keyserver's URL.
+    pub keyserver_url: String,
+    /// The organisation root every log is verified from (pinned).
+    pub org_root: SigningPublicKey,
+    /// Argon2id cost and wipe threshold for a store created by `enroll` or
+    /// `pair_new_device`.
+    pub store_options: CreateOptions,
+    /// First reconnection delay (then doubled, with jitter).
+    pub reconnect_min: Duration,
+    /// Largest reconnection delay.
+    pub reconnect_max: Duration,
+    /// How long one request (connect + handshake, a keyserver call, a
+    /// relay `SendAck`) may take.
+    pub request_timeout: Duration,
+    /// How long a receiver waits for a wrapped key that has not reached the
+    /// keyserver, before rejecting the message.
+    pub key_wait: Duration,
+    /// Capacity of the event channel; the receive worker waits when full.
+    pub event_capacity: usize,
+}
+
+impl ClientConfig {
+    /// Defaults: backoff 200 ms to 30 s, requests 15 s, key wait 30 s,
+    /// the store's default Argon2id cost.
+    pub fn new(
+        store_path: impl Into<PathBuf>,
+        relay_url: impl Into<String>,
+        keyserver_url: impl Into<String>,
+        org_root: SigningPublicKey,
+    ) -> Self {
+        Self {
+            store_path: store_path.into(),
+            relay_url: relay_url.into(),
+            keyserver_url: keyserver_url.into(),
+            org_root,
+            store_options: CreateOptions::default(),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(15),
+            key_wait: Duration::from_secs(30),
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// The store behind a mutex, used only from blocking threads.
+#[derive(Clone)]
+pub(crate) struct StoreCell(Arc<Mutex<Option<Store>>>);
+
+impl StoreCell {
+    fn new(store: Store) -> Self {
+        Self(Arc::new(Mutex::new(Some(store))))
+    }
+
+    /// Runs `f` on the store on a blocking thread; the lock is never held
+    /// across an `.await`.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> core::result::Result<T, StoreError> + Send + 'static,
+    {
+        let cell = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = cell.lock().map_err(|_| ClientError::Closed)?;
+            let store = guard.as_mut().ok_or(ClientError::Closed)?;
+            f(store).map_err(ClientError::from)
+        })
+        .await
+        .map_err(|_| ClientError::Closed)?
+    }
+
+    async fn close(&self) {
+        let cell = self.0.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut guard) = cell.lock()
+                && let Some(store) = guard.take()
+            {
+                store.lock();
+            }
+        })
+        .await;
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ClientError::Closed)?
+}
+
+fn now_secs() -> u64 {
+    send::now_ms() / 1000
+}
+
+/// What the client's tasks share.
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
+    pub(crate) user_id: String,
+    pub(crate) device: Arc<DeviceSigningKey>,
+    pub(crate) device_encryption: Arc<DeviceEncryptionKey>,
+    pub(crate) store: StoreCell,
+    pub(crate) directory: Directory,
+    pub(crate) keyserver: Keyserver,
+    pub(crate) relay_cmds: mpsc::Sender<RelayCmd>,
+    acked: watch::Sender<u64>,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) outbox_notify: Notify,
+    #[cfg(feature = "testkit")]
+    resource_keys: Mutex<Vec<[u8; 32]>>,
+}
+
+impl Inner {
+    /// Acks the relay mailbox up to `seq` (cumulative; never waits).
+    pub(crate) async fn ack(&self, seq: u64) {
+        // Always notifies, so that a redelivered entry's ack is sent again.
+        self.acked.send_modify(|last| *last = (*last).max(seq));
+    }
+
+    pub(crate) async fn emit(&self, event: Event) {
+        // No receiver (the app dropped it): the history still has everything.
+        let _ = self.events.send(event).await;
+    }
+
+    #[cfg(feature = "testkit")]
+    pub(crate) fn record_resource_key(&self, key: [u8; 32]) {
+        if let Ok(mut keys) = self.resource_keys.lock() {
+            keys.push(key);
+        }
+    }
+}
+
+/// The public keys of a device waiting to be paired, to be carried to an
+/// existing device of the same user over an authenticated channel (a QR
+/// code shown on the new device and scanned by the existing one): whoever
+/// substitutes them gets a device of this user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewDeviceKeys {
+    /// The new device's signing key (its device id).
+    pub signing: SigningPublicKey,
+    /// The new device's encryption key (the user key is granted to it).
+    pub encryption: EncryptionPublicKey,
+}
+
+/// A device created by [`Client::pair_new_device`], waiting for an existing
+/// device to approve it ([`Client::approve_device`]).
+pub struct PendingDevice {
+    config: ClientConfig,
+    user_id: String,
+    store: StoreCell,
+    device: Arc<DeviceSigningKey>,
+    device_encryption: Arc<DeviceEncryptionKey>,
+}
+
+impl core::fmt::Debug for PendingDevice {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PendingDevice")
+            .field("user_id", &self.user_id)
+            .field("device", &self.device.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingDevice {
+    /// Reopens a device whose pairing was started by
+    /// [`Client::pair_new_device`] and not completed (the app was closed
+    /// while waiting for the approval).
+    pub async fn resume(config: ClientConfig, pin: Pin) -> Result<Self> {
+        let path = config.store_path.clone();
+        let store = blocking(move || Ok(Store::unlock(&path, &pin, None)?)).await?;
+        let store = StoreCell::new(store);
+        let identity = store
+            .run(|s| s.identity())
+            .await?
+            .ok_or(ClientError::NotEnrolled)?;
+        Ok(Self {
+            config,
+            user_id: identity.user_id,
+            store,
+            device: Arc::new(identity.device_signing),
+            device_encryption: Arc::new(identity.device_encryption),
+        })
+    }
+
+    /// The keys to show to the approving device.
+    pub fn device_keys(&self) -> NewDeviceKeys {
+        NewDeviceKeys {
+            signing: self.device.public_key(),
+            encryption: self.device_encryption.public_key(),
+        }
+    }
+
+    /// Finishes pairing once an existing device approved this one: fetches
+    /// and verifies the user's log, checks it holds this device as active,
+    /// fetches the grant of the user key and accepts it against the
+    /// verified log's key ([`accept_grant`]: a planted key is refused).
+    /// Before the approval, fails with a refusal from the keyserver; call
+    /// again after it.
+    pub async fn complete(&self) -> Result<Client> {
+        let ks = Keyserver::spawn(
+            self.config.keyserver_url.clone(),
+            self.device.clone(),
+            self.user_id.clone(),
+            self.config.request_timeout,
+        );
+        let mut logs = ks.get_logs(vec![self.user_id.clone()]).await?;
+        let entries = logs
+            .remove(&self.user_id)
+            .ok_or_else(|| ClientError::UnknownUser(self.user_id.clone()))?
+            .entries;
+        let chain = verify_log(&self.config.org_root, &self.user_id, &entries).map_err(|e| {
+            ClientError::Chain {
+                user_id: self.user_id.clone(),
+                error: e,
+            }
+        })?;
+        if !chain
+            .device(&self.device.public_key())
+            .is_some_and(|d| d.is_active())
+        {
+            return Err(ClientError::DeviceNotInLog);
+        }
+        let grant = ks.get_grant(Vec::new()).await?;
+        let user_key = accept_grant(&grant, &self.device_encryption, chain.encryption_key())?;
+        let mut keys = vec![user_key];
+        // Past user keys, if granted: older messages stay readable.
+        for past in chain.past_encryption_keys() {
+            if let Ok(g) = ks.get_grant(past.as_bytes().to_vec()).await
+                && let Ok(k) = accept_grant(&g, &self.device_encryption, past)
+            {
+                keys.push(k);
+            }
+        }
+        let raw: Vec<Vec<u8>> = entries.iter().map(|e| e.encode_to_vec()).collect();
+        let uid = self.user_id.clone();
+        self.store
+            .run(move |s| {
+                for k in &keys {
+                    s.add_user_key(k)?;
+                }
+                s.set_verified_log(&uid, &raw)
+            })
+            .await?;
+        tracing::info!(user = %self.user_id, "device paired");
+        Client::start(self.config.clone(), self.store.clone()).await
+    }
+}
+
+/// An unlocked Ward device: the async client.
+///
+/// Background tasks (relay connection, receive worker, outbox worker, the
+/// keyserver connection) run while it lives; dropping it stops them (what
+/// was stored stays stored, what was queued stays queued). [`Client::lock`]
+/// also closes the store and zeroizes its key.
+pub struct Client {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+    events: Option<mpsc::Receiver<Event>>,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("user_id", &self.inner.user_id)
+            .field("device", &self.inner.device.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Enrolls this device from an invite: generates the user key and this
+    /// device's keys, creates the store under `pin`, signs the user creation
+    /// with the invite's delegation key, appends it at the keyserver (over
+    /// an enrolling session) and grants the user key to this device.
+    ///
+    /// `invite` is the encoded `SignedInvite` and `delegation_secret` the
+    /// 32-byte delegation key, both received out of band. If the keyserver
+    /// refuses the creation (invite used or expired, user id taken), the
+    /// store just created is wiped and the error returned.
+    pub async fn enroll(
+        config: ClientConfig,
+        invite: &[u8],
+        delegation_secret: &[u8],
+        pin: Pin,
+    ) -> Result<Self> {
+        let signed: SignedInvite = decode_bounded(invite, MAX_INVITE_BYTES + 1024)
+            .map_err(|e| ClientError::InvalidInvite(ChainError::Decode(e)))?;
+        let verified =
+            verify_invite(&config.org_root, &signed).map_err(ClientError::InvalidInvite)?;
+        let delegation = DelegationKey::import_secret(delegation_secret)?;
+        let user_id = verified.details.user_id.clone();
+        let (user_key, device, device_key) = {
+            let mut rng = rand::rng();
+            (
+                UserEncryptionKey::generate(&mut rng),
+                DeviceSigningKey::generate(&mut rng),
+                DeviceEncryptionKey::generate(&mut rng),
+            )
+        };
+        let entry = create_user(
+            &config.org_root,
+            &signed,
+            &delegation,
+            &user_key.public_key(),
+            &device.public_key(),
+            &device_key.public_key(),
+            now_secs(),
+        )
+        .map_err(ClientError::InvalidInvite)?;
+        verify_log(&config.org_root, &user_id, std::slice::from_ref(&entry))
+            .map_err(ClientError::InvalidInvite)?;
+        let grant = grant_user_key(&mut rand::rng(), &user_key, &device_key.public_key())?;
+
+        let identity = Identity {
+            user_id: user_id.clone(),
+            device_signing: DeviceSigningKey::import_secret(&*device.export_secret())?,
+            device_encryption: DeviceEncryptionKey::import_secret(&*device_key.export_secret())?,
+        };
+        let path = config.store_path.clone();
+        let options = config.store_options;
+        let raw = entry.encode_to_vec();
+        let uid = user_id.clone();
+        let store = blocking(move || {
+            let mut s = Store::create(&path, &pin, None, options)?;
+            s.set_identity(&identity)?;
+            s.add_user_key(&user_key)?;
+            s.set_verified_log(&uid, &[raw])?;
+            Ok(s)
+        })
+        .await?;
+        let store = StoreCell::new(store);
+
+        let device = Arc::new(device);
+        let ks = Keyserver::spawn(
+            config.keyserver_url.clone(),
+            device.clone(),
+            user_id.clone(),
+            config.request_timeout,
+        );
+        if let Err(e) = ks.append(entry).await {
+            store.close().await;
+            let path = config.store_path.clone();
+            let _ = blocking(move || Ok(Store::wipe(&path)?)).await;
+            return Err(e);
+        }
+        // The device already holds the user key; the grant serves recovery
+        // and is not worth failing the enrollment for.
+        if let Err(e) = ks.put_grants(vec![grant]).await {
+            tracing::warn!(error = %e, "enroll: self-grant not stored");
+        }
+        tracing::info!(user = %user_id, "enrolled");
+        Self::start(config, store).await
+    }
+
+    /// Opens the store with `pin` and starts the client. A wrong PIN is
+    /// [`ClientError::Store`] with [`StoreError::WrongPin`] (attempts left),
+    /// the last one [`StoreError::Wiped`].
+    pub async fn unlock(config: ClientConfig, pin: Pin) -> Result<Self> {
+        let path = config.store_path.clone();
+        let store = blocking(move || Ok(Store::unlock(&path, &pin, None)?)).await?;
+        Self::start(config, StoreCell::new(store)).await
+    }
+
+    /// Creates a new device of `user_id` (its keys and its store under
+    /// `pin`), to be approved by an existing device with
+    /// [`Client::approve_device`] and then [`PendingDevice::complete`]d.
+    pub async fn pair_new_device(
+        config: ClientConfig,
+        user_id: &str,
+        pin: Pin,
+    ) -> Result<PendingDevice> {
+        if !valid_user_id(user_id) {
+            return Err(ClientError::UnknownUser(user_id.to_owned()));
+        }
+        let (device, device_key) = {
+            let mut rng = rand::rng();
+            (
+                DeviceSigningKey::generate(&mut rng),
+                DeviceEncryptionKey::generate(&mut rng),
+            )
+        };
+        let identity = Identity {
+            user_id: user_id.to_owned(),
+            device_signing: DeviceSigningKey::import_secret(&*device.export_secret())?,
+            device_encryption: DeviceEncryptionKey::import_secret(&*device_key.export_secret())?,
+        };
+        let path = config.store_path.clone();
+        let options = config.store_options;
+        let store = blocking(move || {
+            let s = Store::create(&path, &pin, None, options)?;
+            s.set_identity(&identity)?;
+            Ok(s)
+        })
+        .await?;
+        Ok(PendingDevice {
+            config,
+            user_id: user_id.to_owned(),
+            store: StoreCell::new(store),
+            device: Arc::new(device),
+            device_encryption: Arc::new(device_key),
+        })
+    }
+
+    async fn start(config: ClientConfig, store: StoreCell) -> Result<Self> {
+        let (identity, has_key) = store
+            .run(|s| Ok((s.identity()?, !s.user_keys()?.is_empty())))
+            .await?;
+        let identity = identity.ok_or(ClientError::NotEnrolled)?;
+        if !has_key {
+            return Err(ClientError::NotEnrolled);
+        }
+        let Identity {
+            user_id,
+            device_signing,
+            device_encryption,
+        } = identity;
+        let device = Arc::new(device_signing);
+        let device_encryption = Arc::new(device_encryption);
+        let directory = Directory::new(config.org_root);
+        if directory.cached(&store, &user_id).await?.is_none() {
+            return Err(ClientError::NotEnrolled);
+        }
+        let keyserver = Keyserver::spawn(
+            config.keyserver_url.clone(),
+            device.clone(),
+            user_id.clone(),
+            config.request_timeout,
+        );
+        let (relay_cmds, relay_rx) = mpsc::channel(256);
+        let cursor = store.run(|s| s.relay_cursor()).await?.unwrap_or(0);
+        let (acked, acked_rx) = watch::channel(cursor);
+        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (connected_tx, connected_rx) = watch::channel(false);
+        let (deliver_tx, deliver_rx) = mpsc::channel(256);
+        let inner = Arc::new(Inner {
+            config,
+            user_id,
+            device,
+            device_encryption,
+            store,
+            directory,
+            keyserver,
+            relay_cmds,
+            acked,
+            events: events_tx,
+            outbox_notify: Notify::new(),
+            #[cfg(feature = "testkit")]
+            resource_keys: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(relay::run(
+                inner.clone(),
+                relay_rx,
+                acked_rx,
+                connected_tx,
+                deliver_tx,
+            )),
+            tokio::spawn(receive::run(inner.clone(), deliver_rx)),
+            tokio::spawn(send::run_outbox(inner.clone(), connected_rx)),
+        ];
+        Ok(Self {
+            inner,
+            tasks,
+            events: Some(events_rx),
+        })
+    }
+
+    /// Stops the background tasks, closes the store and zeroizes its key.
+    /// Queued messages stay queued; unlock again to resume.
+    pub async fn lock(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.inner.store.close().await;
+    }
+
+    /// This device's user id.
+    pub fn user_id(&self) -> &str {
+        &self.inner.user_id
+    }
+
+    /// This device's id (its signing public key).
+    pub fn device_id(&self) -> SigningPublicKey {
+        self.inner.device.public_key()
+    }
+
+    /// The event stream: verified messages, rejections, send outcomes.
+    /// There is one stream per client: the first call takes it, later ones
+    /// get `None`. Read it: when its buffer is full, receiving waits.
+    pub fn events(&mut self) -> Option<mpsc::Receiver<Event>> {
+        self.events.take()
+    }
+
+    /// Approves a new device of this user (keys from
+    /// [`PendingDevice::device_keys`], carried over an authenticated
+    /// channel): appends the device addition signed by this device, grants
+    /// it the user keys this device holds, and publishes the new log to the
+    /// relay.
+    pub async fn approve_device(&self, keys: &NewDeviceKeys) -> Result<()> {
+        let inner = &self.inner;
+        let me = [inner.user_id.clone()];
+        let own = first(
+            inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &me)
+                .await?,
+        )?;
+        let entry = own
+            .user
+            .add_device(&inner.device, &keys.signing, &keys.encryption, now_secs());
+        inner.keyserver.append(entry).await?;
+        let own = first(
+            inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &me)
+                .await?,
+        )?;
+        if !own
+            .user
+            .device(&keys.signing)
+            .is_some_and(|d| d.is_active())
+        {
+            return Err(ClientError::DeviceNotInLog);
+        }
+        let held = inner.store.run(|s| s.user_keys()).await?;
+        let mut grants = Vec::new();
+        {
+            let mut rng = rand::rng();
+            for k in &held {
+                let pk = k.public_key();
+                if pk == *own.user.encryption_key() || own.user.past_encryption_keys().contains(&pk)
+                {
+                    grants.push(grant_user_key(&mut rng, k, &keys.encryption)?);
+                }
+            }
+        }
+        inner.keyserver.put_grants(grants).await?;
+        let _ = inner
+            .relay_cmds
+            .send(RelayCmd::PublishLog(own.entries))
+            .await;
+        tracing::info!(device = ?keys.signing, "device approved");
+        Ok(())
+    }
+
+    /// Rotates the user key: appends a key rotation signed by this device,
+    /// grants the new key to every active device of the user (this one
+    /// included) and publishes the new log to the relay. Senders wrap to the
+    /// new key once they have verified the new log.
+    pub async fn rotate_user_key(&self) -> Result<()> {
+        self.change_user_key(None).await
+    }
+
+    /// Revokes a device of this user (a lost or retired one, possibly this
+    /// one): appends a revocation signed by this device that also rotates
+    /// the user key (SECURITY.md §4.5), grants the new key to the devices
+    /// that remain, and publishes the new log to the relay, which then
+    /// disconnects the revoked device.
+    pub async fn revoke_device(&self, device: &SigningPublicKey) -> Result<()> {
+        self.change_user_key(Some(*device)).await
+    }
+
+    async fn change_user_key(&self, revoke: Option<SigningPublicKey>) -> Result<()> {
+        let inner = &self.inner;
+        let me = [inner.user_id.clone()];
+        let own = first(
+            inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &me)
+                .await?,
+        )?;
+        let new_key = UserEncryptionKey::generate(&mut rand::rng());
+        let new_public = new_key.public_key();
+        // Kept before the append: a crash after it must not lose the key.
+        let stored = UserEncryptionKey::import_secret(&*new_key.export_secret())?;
+        inner.store.run(move |s| s.add_user_key(&stored)).await?;
+        let entry = match revoke {
+            Some(d) => own
+                .user
+                .revoke_device(&inner.device, &d, &new_public, now_secs()),
+            None => own
+                .user
+                .rotate_user_key(&inner.device, &new_public, now_secs()),
+        };
+        inner.keyserver.append(entry).await?;
+        let own = first(
+            inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &me)
+                .await?,
+        )?;
+        if *own.user.encryption_key() != new_public {
+            return Err(ClientError::Protocol(
+                "the appended key change is not in the log",
+            ));
+        }
+        let grants = {
+            let mut rng = rand::rng();
+            own.user
+                .devices()
+                .filter(|d| d.is_active())
+                .map(|d| grant_user_key(&mut rng, &new_key, &d.encryption_key))
+                .collect::<core::result::Result<Vec<_>, _>>()?
+        };
+        if !grants.is_empty() {
+            inner.keyserver.put_grants(grants).await?;
+        }
+        let _ = inner
+            .relay_cmds
+            .send(RelayCmd::PublishLog(own.entries))
+            .await;
+        tracing::info!(revoked = ?revoke, "user key rotated");
+        Ok(())
+    }
+
+    /// Creates a conversation with `members` (user ids; this user is added)
+    /// and returns its id. The members' logs are fetched and verified now
+    /// when the keyserver is reachable (an unknown user fails here).
+    pub async fn create_conversation(&self, members: &[&str]) -> Result<ConversationId> {
+        let mut all: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        all.push(self.inner.user_id.clone());
+        all.sort();
+        all.dedup();
+        if let Some(bad) = all.iter().find(|m| !valid_user_id(m)) {
+            return Err(ClientError::UnknownUser(bad.clone()));
+        }
+        let inner = &self.inner;
+        match inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &all)
+            .await
+        {
+            Err(e) if !e.is_transient() => return Err(e),
+            _ => {}
+        }
+        let id = ConversationId::random(&mut rand::rng());
+        inner
+            .store
+            .run(move |s| s.put_conversation(&id, &all))
+            .await?;
+        Ok(id)
+    }
+
+    /// Sends `text` to a conversation: sealed for every member user, queued
+    /// durably, then delivered in the background (see [`Event::Sent`]).
+    /// Returns once queued; works offline when the members' logs were
+    /// verified before.
+    pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<ResourceId> {
+        send::send(
+            &self.inner,
+            conversation,
+            ContentType::Text,
+            Zeroizing::new(text.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    /// Every conversation this device knows.
+    pub async fn conversations(&self) -> Result<Vec<Conversation>> {
+        self.inner.store.run(|s| s.conversations()).await
+    }
+
+    /// A conversation's messages, oldest first (sender's timestamp, then
+    /// arrival): received ones and those sent from this device.
+    pub async fn history(&self, conversation: ConversationId) -> Result<Vec<Message>> {
+        self.inner
+            .store
+            .run(move |s| s.messages(&conversation))
+            .await
+    }
+
+    /// How many messages wait in the outbox.
+    pub async fn outbox_len(&self) -> Result<u64> {
+        self.inner.store.run(|s| s.outbox_len()).await
+    }
+
+    /// Test hook: the resource keys of the messages this client sealed.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn sent_resource_keys(&self) -> Vec<[u8; 32]> {
+        self.inner
+            .resource_keys
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn first(mut v: Vec<directory::Known>) -> Result<directory::Known> {
+    v.pop().ok_or(ClientError::Protocol("no log returned"))
+}

@@ -1,0 +1,310 @@
+//! The receive worker: one relay entry at a time, in the mailbox's order.
+//!
+//! For each `Deliver`: skip it if the relay cursor says it was handled
+//! already (a redelivery after a lost ack: acked again, silently); parse the
+//! envelope; check the relay's sender against the envelope's claimed
+//! sender; fetch and verify the sender's log; fetch the wrapped key (waiting
+//! a bounded time for one that has not reached the keyserver yet); unwrap;
+//! open (signature, recipient, revocation); check conversation membership;
+//! store the message and move the cursor in one transaction; only then ack
+//! the relay and report the event.
+//!
+//! **Ack policy.** Every verdict about the entry itself is final and is
+//! acked: a message (stored first), a duplicate, and every rejection
+//! (malformed or undecryptable envelope, bad signature, not a recipient,
+//! swapped sender, unverifiable sender log, wrapped key that does not
+//! unwrap, key still missing after [`super::ClientConfig::key_wait`]): the
+//! same bytes can never become valid, and keeping them would block the
+//! mailbox, whose acks are cumulative. Only failures of this device or of
+//! the network (the keyserver unreachable, the store failing) keep the
+//! entry unacked: they are retried with backoff, and the mailbox waits.
+//!
+//! **Duplicates.** A message whose (verified sender, resource id) is
+//! already stored arrived under a new relay sequence number, so it is a
+//! replay: it is reported as [`Event::Rejected`] with
+//! [`ClientError::Replay`], never as a message. (A benign redelivery reuses
+//! its sequence number and is dropped silently by the cursor check.)
+
+use std::sync::Arc;
+
+use ward_core::envelope::ReceivedEnvelope;
+use ward_core::keys::{EncryptionPublicKey, UserEncryptionKey};
+use ward_core::wrap::{accept_grant, unwrap_resource_key};
+use ward_proto::v1::{Deliver, ErrorCode};
+
+use super::Inner;
+use super::error::{ClientError, Result};
+use super::events::Event;
+use super::relay::Backoff;
+use crate::store::Message;
+
+pub(crate) async fn run(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Receiver<Deliver>) {
+    while let Some(d) = rx.recv().await {
+        let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+        // A failure of this device (the store): retry the same entry, never
+        // skip it (a later ack would cover it).
+        while let Err(e) = handle(&inner, &d).await {
+            tracing::warn!(seq = d.seq, error = %e, "receive: could not record an entry; retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
+    let seq = d.seq;
+    let cursor = inner.store.run(|s| s.relay_cursor()).await?;
+    if cursor.is_some_and(|c| seq <= c) {
+        tracing::debug!(seq, "receive: already handled; acking again");
+        inner.ack(seq).await;
+        return Ok(());
+    }
+    match process(inner, d).await? {
+        Ok(message) => {
+            let m = message.clone();
+            let new = inner
+                .store
+                .run(move |s| s.record_delivery(seq, Some(&m)))
+                .await?;
+            inner.ack(seq).await;
+            let event = if new {
+                tracing::debug!(seq, resource = ?message.resource_id, "receive: message stored");
+                Event::Message(message)
+            } else {
+                tracing::debug!(seq, resource = ?message.resource_id, "receive: replay");
+                Event::Rejected {
+                    relay_seq: seq,
+                    relay_sender: d.sender_user_id.clone(),
+                    reason: ClientError::Replay {
+                        sender_user_id: message.sender_user_id.clone(),
+                        resource_id: message.resource_id,
+                    },
+                }
+            };
+            inner.emit(event).await;
+        }
+        Err(reason) => {
+            inner
+                .store
+                .run(move |s| s.record_delivery(seq, None))
+                .await?;
+            inner.ack(seq).await;
+            tracing::debug!(seq, error = %reason, "receive: rejected");
+            inner
+                .emit(Event::Rejected {
+                    relay_seq: seq,
+                    relay_sender: d.sender_user_id.clone(),
+                    reason,
+                })
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Repeats `call` while it fails transiently (network, timeout, rate limit).
+macro_rules! retry_transient {
+    ($inner:expr, $call:expr) => {{
+        let mut backoff = Backoff::new($inner.config.reconnect_min, $inner.config.reconnect_max);
+        loop {
+            match $call.await {
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, "receive: keyserver unavailable; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// The outer error: this device failed (retry). The inner one: the
+/// verdict on the entry (reject and ack).
+async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
+    let env = match ReceivedEnvelope::parse(&d.payload) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let (claimed_user, claimed_device) = env.claimed_sender();
+    if claimed_user != d.sender_user_id || claimed_device.as_bytes()[..] != d.sender_device_id[..] {
+        return Ok(Err(ClientError::SenderMismatch));
+    }
+    let sender_id = claimed_user.to_owned();
+    // Not addressed to this user: it can never open here (R5 refuses it
+    // after the signature check too); say so without waiting for a wrapped
+    // key the keyserver will never serve us.
+    if !addressed_to(&d.payload, &inner.user_id) {
+        return Ok(Err(ward_core::OpenError::NotARecipient.into()));
+    }
+
+    let sender = match retry_transient!(
+        inner,
+        inner.directory.refresh(
+            &inner.store,
+            &inner.keyserver,
+            std::slice::from_ref(&sender_id)
+        )
+    ) {
+        Ok(mut v) => match v.pop() {
+            Some(k) => k.user,
+            None => return Ok(Err(ClientError::UnknownUser(sender_id))),
+        },
+        Err(e @ ClientError::Store(_)) => return Err(e),
+        Err(e) => return Ok(Err(e)),
+    };
+
+    // The wrapped key: the sender uploads it before sending, but a lagging
+    // (or withholding) keyserver may not serve it yet.
+    let rid = env.resource_id();
+    let deadline = tokio::time::Instant::now() + inner.config.key_wait;
+    let mut backoff = Backoff::new(
+        inner
+            .config
+            .reconnect_min
+            .min(std::time::Duration::from_millis(50)),
+        inner
+            .config
+            .reconnect_max
+            .min(std::time::Duration::from_secs(2)),
+    );
+    let wrapped = loop {
+        let got = retry_transient!(
+            inner,
+            inner.keyserver.get_keys(vec![rid.as_bytes().to_vec()])
+        );
+        let keys = match got {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Whatever key is served is checked by the unwrap (resource id and
+        // recipient bound in the HPKE aad).
+        if let Some(k) = keys.keys.into_iter().next() {
+            break k;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Err(ClientError::WrappedKeyMissing(rid)));
+        }
+        tracing::debug!(resource = ?rid, "receive: wrapped key not there yet");
+        tokio::time::sleep(backoff.next_delay()).await;
+    };
+    let Ok(recipient_key) = EncryptionPublicKey::from_bytes(&wrapped.recipient_key) else {
+        return Ok(Err(ClientError::Wrap(ward_core::WrapError::Malformed)));
+    };
+    let held = inner.store.run(move |s| s.user_key(&recipient_key)).await?;
+    let user_key = match held {
+        Some(k) => k,
+        // Wrapped to a user key this device was not granted yet (another of
+        // its user's devices rotated it): fetch the grant.
+        None => match fetch_grant(inner, recipient_key).await? {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        },
+    };
+    let key = match unwrap_resource_key(&wrapped, &rid, &user_key) {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let opened = match env.open(&sender, &inner.user_id, &key) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e.into())),
+    };
+
+    // Membership: v1 does not bind it cryptographically; the local view
+    // decides (SECURITY.md §7.6). A new conversation takes the envelope's
+    // recipients as members.
+    let cid = opened.conversation_id;
+    let conv = inner.store.run(move |s| s.conversation(&cid)).await?;
+    match conv {
+        Some(c) if !c.members.contains(&opened.sender_user_id) => {
+            return Ok(Err(ClientError::NotAMember));
+        }
+        Some(_) => {}
+        None => {
+            let mut members = opened.recipients.clone();
+            members.sort();
+            inner
+                .store
+                .run(move |s| s.put_conversation(&cid, &members))
+                .await?;
+        }
+    }
+    Ok(Ok(Message {
+        resource_id: opened.resource_id,
+        conversation_id: opened.conversation_id,
+        sender_user_id: opened.sender_user_id,
+        sender_device: opened.sender_device,
+        timestamp_ms: opened.timestamp_ms,
+        content_type: opened.content_type,
+        content: opened.content,
+    }))
+}
+
+/// Whether the (already parsed, so well-formed) envelope's unverified header
+/// lists `me` among its recipients.
+fn addressed_to(payload: &[u8], me: &str) -> bool {
+    use ward_core::envelope::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES};
+    use ward_proto::v1::{Envelope, EnvelopeHeader};
+    let Ok(env) = ward_proto::decode_bounded::<Envelope>(payload, MAX_ENVELOPE_BYTES) else {
+        return false;
+    };
+    ward_proto::decode_bounded::<EnvelopeHeader>(&env.header, MAX_HEADER_BYTES)
+        .is_ok_and(|h| h.recipient_user_ids.iter().any(|r| r == me))
+}
+
+/// The grant of `key` to this device, accepted only if `key` is a user key
+/// of this user's freshly verified log ([`accept_grant`] then checks the
+/// grant opens to exactly that key), and kept in the store.
+async fn fetch_grant(inner: &Inner, key: EncryptionPublicKey) -> Result<Result<UserEncryptionKey>> {
+    let me = [inner.user_id.clone()];
+    let own = match retry_transient!(
+        inner,
+        inner.directory.refresh(&inner.store, &inner.keyserver, &me)
+    ) {
+        Ok(mut v) => match v.pop() {
+            Some(k) => k.user,
+            None => return Ok(Err(ClientError::NoUserKey)),
+        },
+        Err(e @ ClientError::Store(_)) => return Err(e),
+        Err(e) => return Ok(Err(e)),
+    };
+    if *own.encryption_key() != key && !own.past_encryption_keys().contains(&key) {
+        return Ok(Err(ClientError::NoUserKey));
+    }
+    // The rotating device appends the rotation, then stores the grants: a
+    // sender may be quicker than the second step. Wait as for a wrapped key.
+    let deadline = tokio::time::Instant::now() + inner.config.key_wait;
+    let mut backoff = Backoff::new(
+        inner
+            .config
+            .reconnect_min
+            .min(std::time::Duration::from_millis(50)),
+        inner
+            .config
+            .reconnect_max
+            .min(std::time::Duration::from_secs(2)),
+    );
+    let grant = loop {
+        match retry_transient!(inner, inner.keyserver.get_grant(key.as_bytes().to_vec())) {
+            Ok(g) => break g,
+            Err(ClientError::Keyserver {
+                code: ErrorCode::NotFound,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(ClientError::Keyserver {
+                code: ErrorCode::NotFound,
+                ..
+            }) => return Ok(Err(ClientError::NoUserKey)),
+            Err(e) => return Ok(Err(e)),
+        }
+    };
+    let user_key = match accept_grant(&grant, &inner.device_encryption, &key) {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let stored =
+        UserEncryptionKey::import_secret(&*user_key.export_secret()).map_err(ClientError::Key)?;
+    inner.store.run(move |s| s.add_user_key(&stored)).await?;
+    tracing::debug!("receive: accepted the grant of a new user key");
+    Ok(Ok(user_key))
+}

@@ -1,0 +1,241 @@
+//! The relay connection task: connect with exponential backoff and jitter,
+//! authenticate presenting this user's own verified log, then forward
+//! `Deliver`s to the receive worker and carry `Send`, `Ack` and
+//! `PublishLog` frames for the rest of the client.
+//!
+//! Acks are cumulative and per mailbox, not per connection, so they travel
+//! as one value, the highest sequence number handled (a `watch`): the
+//! receive worker never waits on the connection to ack (it cannot deadlock
+//! against a connection waiting for it to take more `Deliver`s), acks
+//! coalesce, and each new connection starts by acking the latest value, so
+//! an ack lost with a connection is resent. Entries delivered again anyway
+//! are recognised by the relay cursor and acked again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use ward_net::handshake::RELAY;
+use ward_net::{Limits, NetError};
+use ward_proto::v1::{
+    Ack, ClientFrame, Deliver, ErrorCode, PublishLog, Send, ServerFrame, client_frame, server_frame,
+};
+
+use super::Inner;
+use super::error::{ClientError, Result};
+
+/// What the rest of the client asks of the connection.
+pub(crate) enum RelayCmd {
+    /// Send a message; the reply comes with its `SendAck` or `RelayError`.
+    Send(Send, oneshot::Sender<Result<()>>),
+    /// Publish this user's log (after it changed).
+    PublishLog(Vec<ward_proto::v1::SignedStatement>),
+}
+
+/// Exponential backoff with full jitter: the n-th delay is drawn uniformly
+/// from `[d/2, d]`, where `d = min(max, min * 2^n)`.
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+}
+
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut cmds: mpsc::Receiver<RelayCmd>,
+    mut acked: watch::Receiver<u64>,
+    connected: watch::Sender<bool>,
+    delivers: mpsc::Sender<Deliver>,
+) {
+    let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+    loop {
+        match session(
+            &inner,
+            &mut cmds,
+            &mut acked,
+            &connected,
+            &delivers,
+            &mut backoff,
+        )
+        .await
+        {
+            Ok(Stop::Shutdown) => return,
+            Ok(Stop::Disconnected) => {}
+            Err(e) if e.is_device_revoked() => {
+                tracing::warn!("relay: this device is revoked; no more reconnecting");
+                let _ = connected.send(false);
+                inner.emit(super::events::Event::DeviceRevoked).await;
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "relay connection failed"),
+        }
+        let _ = connected.send(false);
+        let delay = backoff.next_delay();
+        tracing::debug!(delay_ms = delay.as_millis() as u64, "relay: reconnecting");
+        // While waiting, answer commands rather than leave them hanging.
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                cmd = cmds.recv() => match cmd {
+                    None => return,
+                    Some(RelayCmd::Send(_, reply)) => {
+                        let _ = reply.send(Err(ClientError::Net(NetError::Closed(None, String::new()))));
+                    }
+                    // The log is presented at the next handshake.
+                    Some(RelayCmd::PublishLog(_)) => {}
+                },
+            }
+        }
+    }
+}
+
+fn ack_frame(up_to_seq: u64) -> ClientFrame {
+    ClientFrame {
+        frame: Some(client_frame::Frame::Ack(Ack {
+            up_to_seq,
+            device_id: Vec::new(),
+        })),
+    }
+}
+
+enum Stop {
+    Shutdown,
+    Disconnected,
+}
+
+async fn session(
+    inner: &Inner,
+    cmds: &mut mpsc::Receiver<RelayCmd>,
+    acked: &mut watch::Receiver<u64>,
+    connected: &watch::Sender<bool>,
+    delivers: &mpsc::Sender<Deliver>,
+    backoff: &mut Backoff,
+) -> Result<Stop> {
+    let own = inner
+        .directory
+        .cached(&inner.store, &inner.user_id)
+        .await?
+        .ok_or(ClientError::NotEnrolled)?;
+    let limits = Limits::default();
+    let mut conn = tokio::time::timeout(inner.config.request_timeout, async {
+        let mut conn = ward_net::conn::connect(&inner.config.relay_url, &limits).await?;
+        ward_net::handshake::client(
+            &mut conn,
+            &inner.device,
+            &inner.user_id,
+            RELAY,
+            &own.entries,
+        )
+        .await?;
+        Ok::<_, ClientError>(conn)
+    })
+    .await
+    .map_err(|_| ClientError::Timeout)??;
+    tracing::debug!("relay: connected");
+    backoff.reset();
+    let last = *acked.borrow_and_update();
+    if last > 0 {
+        conn.send_msg(&ack_frame(last)).await?;
+    }
+    let _ = connected.send(true);
+    let mut pending: HashMap<Vec<u8>, oneshot::Sender<Result<()>>> = HashMap::new();
+    loop {
+        tokio::select! {
+            // Acks and sends first: they free the relay's queues; reading
+            // more `Deliver`s can wait.
+            biased;
+            changed = acked.changed() => {
+                if changed.is_err() {
+                    return Ok(Stop::Shutdown);
+                }
+                let seq = *acked.borrow_and_update();
+                conn.send_msg(&ack_frame(seq)).await?;
+            }
+            cmd = cmds.recv() => {
+                let frame = match cmd {
+                    None => {
+                        conn.close(ward_net::close::NORMAL, "bye").await;
+                        return Ok(Stop::Shutdown);
+                    }
+                    Some(RelayCmd::Send(send, reply)) => {
+                        pending.insert(send.message_id.clone(), reply);
+                        client_frame::Frame::Send(send)
+                    }
+                    Some(RelayCmd::PublishLog(entries)) => client_frame::Frame::PublishLog(PublishLog { entries }),
+                };
+                conn.send_msg(&ClientFrame { frame: Some(frame) }).await?;
+            }
+            frame = conn.recv_msg::<ServerFrame>() => {
+                let Some(frame) = frame? else { return Ok(Stop::Disconnected) };
+                match frame.frame {
+                    Some(server_frame::Frame::Deliver(d)) => {
+                        tracing::debug!(seq = d.seq, "relay: deliver");
+                        if delivers.send(d).await.is_err() {
+                            return Ok(Stop::Shutdown);
+                        }
+                    }
+                    Some(server_frame::Frame::SendAck(a)) => {
+                        if let Some(reply) = pending.remove(&a.message_id) {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    Some(server_frame::Frame::Error(e)) => {
+                        let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                        tracing::debug!(?code, "relay: error");
+                        let err = ClientError::Relay { code, detail: e.detail };
+                        match pending.remove(&e.message_id) {
+                            Some(reply) => { let _ = reply.send(Err(err)); }
+                            None => tracing::warn!(error = %err, "relay error outside a send"),
+                        }
+                    }
+                    Some(server_frame::Frame::LogAccepted(l)) => {
+                        tracing::debug!(len = l.len, "relay: log accepted");
+                    }
+                    None => return Err(ClientError::Protocol("empty relay frame")),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let bounds = [100u64, 200, 400, 800, 1000, 1000];
+        for hi in bounds {
+            let d = b.next_delay().as_millis() as u64;
+            assert!(d >= hi / 2 && d <= hi, "{d} not in [{}, {hi}]", hi / 2);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,334 @@
+//! Sending: seal to every member's verified chain, queue durably, then
+//! upload the wrapped keys and hand the envelope to the relay.
+//!
+//! 1. The members' logs are fetched and verified ([`super::directory`]); a
+//!    log that does not verify, rolls back or forks fails the send: the
+//!    sender never wraps to a key its verified chain does not hold. When the
+//!    keyserver is unreachable, the verified logs already held are used.
+//! 2. [`ward_core::envelope::seal`] wraps the resource key once per member
+//!    *user*, the sender's own user included (its other devices read it).
+//! 3. The sealed envelope, wrapped keys and recipient devices go into the
+//!    outbox, and the plaintext into the local history, in one store
+//!    transaction. From here the message survives the app dying: nothing
+//!    with an effect outside this device has happened yet.
+//! 4. The outbox worker, oldest first: `put_keys` at the keyserver (keys
+//!    before ciphertext), then one relay `Send` addressed to every active
+//!    device of every member except this one, with the resource id as the
+//!    relay's message id; on `SendAck` the entry leaves the outbox.
+//!    Re-sending after a crash or a lost ack is safe: both servers are
+//!    idempotent on these ids, and receivers deduplicate.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use tokio::sync::{oneshot, watch};
+use ward_core::chain::VerifiedUser;
+use ward_core::envelope::{ContentType, SealRequest, seal};
+use ward_core::{ConversationId, ResourceId};
+use ward_proto::v1::{ErrorCode, Recipient, Send, WrappedKeyFor};
+use zeroize::Zeroizing;
+
+use super::Inner;
+use super::directory::Known;
+use super::error::{ClientError, Result};
+use super::events::Event;
+use super::relay::{Backoff, RelayCmd};
+use crate::store::{Message, OutboxItem};
+
+/// What an outbox entry holds (encrypted at rest with the rest of the store).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct OutboxPayload {
+    /// The resource id: the relay message id.
+    #[prost(bytes = "vec", tag = "1")]
+    pub resource_id: Vec<u8>,
+    /// The encoded envelope.
+    #[prost(bytes = "vec", tag = "2")]
+    pub envelope: Vec<u8>,
+    /// The wrapped keys, one per member user.
+    #[prost(message, repeated, tag = "3")]
+    pub keys: Vec<WrappedKeyFor>,
+    /// The relay recipients: every active device of every member but this one.
+    #[prost(message, repeated, tag = "4")]
+    pub recipients: Vec<Recipient>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Seals `content` for every member in `known` and builds the outbox entry.
+fn seal_for(
+    inner: &Inner,
+    known: &[Known],
+    conversation_id: ConversationId,
+    content_type: ContentType,
+    content: &[u8],
+    timestamp_ms: u64,
+) -> Result<(ResourceId, Zeroizing<Vec<u8>>)> {
+    let own = known
+        .iter()
+        .find(|k| k.user.user_id() == inner.user_id)
+        .ok_or(ClientError::NotEnrolled)?;
+    let sealed = {
+        let users: Vec<&VerifiedUser> = known.iter().map(|k| &k.user).collect();
+        seal(
+            &mut rand::rng(),
+            &inner.device,
+            &own.user,
+            &SealRequest {
+                conversation_id,
+                recipients: &users,
+                content_type,
+                content,
+                timestamp_ms,
+            },
+        )?
+    };
+    let me = inner.device.public_key();
+    let recipients: Vec<Recipient> = known
+        .iter()
+        .flat_map(|k| {
+            k.user
+                .devices()
+                .filter(|d| d.is_active() && d.signing_key != me)
+                .map(|d| Recipient {
+                    user_id: k.user.user_id().to_owned(),
+                    device_id: d.signing_key.as_bytes().to_vec(),
+                })
+        })
+        .collect();
+    let rid = sealed.resource_id;
+    let payload = Zeroizing::new(
+        OutboxPayload {
+            resource_id: rid.as_bytes().to_vec(),
+            envelope: sealed.envelope,
+            keys: sealed
+                .wrapped_keys
+                .into_iter()
+                .map(|(recipient_user_id, key)| WrappedKeyFor {
+                    recipient_user_id,
+                    key: Some(key),
+                })
+                .collect(),
+            recipients,
+        }
+        .encode_to_vec(),
+    );
+    #[cfg(feature = "testkit")]
+    inner.record_resource_key(*sealed.resource_key.export_secret());
+    drop(sealed.resource_key);
+    Ok((rid, payload))
+}
+
+async fn members(inner: &Inner, conversation_id: ConversationId) -> Result<Vec<String>> {
+    let conv = inner
+        .store
+        .run(move |s| s.conversation(&conversation_id))
+        .await?
+        .ok_or(ClientError::UnknownConversation)?;
+    if !conv.members.contains(&inner.user_id) {
+        return Err(ClientError::NotAMember);
+    }
+    Ok(conv.members)
+}
+
+pub(crate) async fn send(
+    inner: &Inner,
+    conversation_id: ConversationId,
+    content_type: ContentType,
+    content: Zeroizing<Vec<u8>>,
+) -> Result<ResourceId> {
+    let members = members(inner, conversation_id).await?;
+    let known = inner
+        .directory
+        .refresh_or_cached(&inner.store, &inner.keyserver, &members)
+        .await?;
+    let timestamp_ms = now_ms();
+    let (rid, payload) = seal_for(
+        inner,
+        &known,
+        conversation_id,
+        content_type,
+        &content,
+        timestamp_ms,
+    )?;
+    let message = Message {
+        resource_id: rid,
+        conversation_id,
+        sender_user_id: inner.user_id.clone(),
+        sender_device: inner.device.public_key(),
+        timestamp_ms,
+        content_type,
+        content,
+    };
+    inner
+        .store
+        .run(move |s| s.outbox_enqueue_with_message(&payload, timestamp_ms, &message))
+        .await?;
+    tracing::debug!(resource = ?rid, "send: queued");
+    inner.outbox_notify.notify_one();
+    Ok(rid)
+}
+
+/// The keyserver refused the wrapped keys with `CONFLICT`: a member's key
+/// changed (a rotation) since the entry was sealed, typically while
+/// offline. Nothing of it left the device (`put_keys` is all or none and
+/// comes first), so it is sealed again, from freshly verified logs, under
+/// a new resource id, replacing the outbox entry and the history copy in
+/// one transaction.
+async fn reseal(inner: &Inner, item: &OutboxItem, old: ResourceId) -> Result<ResourceId> {
+    let me = inner.user_id.clone();
+    let original = inner
+        .store
+        .run(move |s| s.message(&me, &old))
+        .await?
+        .ok_or(ClientError::Protocol(
+            "outbox entry without its history copy",
+        ))?;
+    let members = members(inner, original.conversation_id).await?;
+    let known = inner
+        .directory
+        .refresh(&inner.store, &inner.keyserver, &members)
+        .await?;
+    let (rid, payload) = seal_for(
+        inner,
+        &known,
+        original.conversation_id,
+        original.content_type,
+        &original.content,
+        original.timestamp_ms,
+    )?;
+    let id = item.id;
+    let me = inner.user_id.clone();
+    inner
+        .store
+        .run(move |s| s.outbox_reseal(id, &payload, &me, &old, &rid))
+        .await?;
+    tracing::debug!(old = ?old, new = ?rid, "send: resealed after a key rotation");
+    Ok(rid)
+}
+
+/// The outbox worker: drains the queue in order whenever the relay is
+/// connected; transient failures are retried with backoff (the entry stays
+/// first in the queue), permanent refusals leave the queue as
+/// [`Event::SendFailed`].
+pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver<bool>) {
+    const MAX_RESEALS: u32 = 3;
+    let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+    let mut reseals = 0;
+    loop {
+        let item = match inner.store.run(|s| s.outbox_peek()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                inner.outbox_notify.notified().await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: store failed");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        let id = item.id;
+        let Ok(payload) = OutboxPayload::decode(&item.payload[..]) else {
+            tracing::warn!("outbox: undecodable entry dropped");
+            let _ = inner.store.run(move |s| s.outbox_remove(id)).await;
+            continue;
+        };
+        let Some(rid) = ResourceId::from_slice(&payload.resource_id) else {
+            tracing::warn!("outbox: entry without a resource id dropped");
+            let _ = inner.store.run(move |s| s.outbox_remove(id)).await;
+            continue;
+        };
+        let outcome = match deliver(&inner, &item, payload, &mut connected).await {
+            Err(ClientError::Keyserver {
+                code: ErrorCode::Conflict,
+                ..
+            }) if reseals < MAX_RESEALS => {
+                reseals += 1;
+                match reseal(&inner, &item, rid).await {
+                    Ok(new) => {
+                        inner.emit(Event::Resealed { old: rid, new }).await;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        reseals = 0;
+        match outcome {
+            Ok(()) => {
+                if let Err(e) = inner.store.run(move |s| s.outbox_remove(id)).await {
+                    tracing::warn!(error = %e, "outbox: could not remove a sent entry");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                tracing::debug!(resource = ?rid, "send: acknowledged by the relay");
+                backoff.reset();
+                inner.emit(Event::Sent { resource_id: rid }).await;
+            }
+            Err(ClientError::Closed) => return,
+            Err(e) if e.is_transient() => {
+                tracing::debug!(resource = ?rid, error = %e, "send: will retry");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::warn!(resource = ?rid, error = %e, "send: refused for good");
+                let _ = inner.store.run(move |s| s.outbox_remove(id)).await;
+                inner
+                    .emit(Event::SendFailed {
+                        resource_id: rid,
+                        reason: e,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// `put_keys` (a `CONFLICT` from it means a member's key rotated: the
+/// caller reseals), then the relay `Send` and its `SendAck`.
+async fn deliver(
+    inner: &Inner,
+    item: &OutboxItem,
+    payload: OutboxPayload,
+    connected: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    // Keys first: a recipient must find its key once the envelope arrives.
+    inner.keyserver.put_keys(payload.keys).await?;
+    if payload.recipients.is_empty() {
+        return Ok(()); // a note to self from a user's only device
+    }
+    connected
+        .wait_for(|c| *c)
+        .await
+        .map_err(|_| ClientError::Closed)?;
+    let id = item.id;
+    inner.store.run(move |s| s.outbox_mark_sent(id)).await?;
+    let (reply, answered) = oneshot::channel();
+    inner
+        .relay_cmds
+        .send(RelayCmd::Send(
+            Send {
+                message_id: payload.resource_id,
+                recipients: payload.recipients,
+                payload: payload.envelope,
+            },
+            reply,
+        ))
+        .await
+        .map_err(|_| ClientError::Closed)?;
+    match tokio::time::timeout(inner.config.request_timeout, answered).await {
+        Err(_) => Err(ClientError::Timeout),
+        // The connection ended before the answer: resend on the next one.
+        Ok(Err(_)) => Err(ClientError::Net(ward_net::NetError::Closed(
+            None,
+            String::new(),
+        ))),
+        Ok(Ok(r)) => r,
+    }
+}
