@@ -873,7 +873,8 @@ async fn connection_cap_and_handshake_timeout_are_enforced() {
     let db = temp_db_path("caps");
     let mut config = test_config(&org, &db);
     config.limits.max_connections = 1;
-    config.limits.net.auth_timeout = Duration::from_millis(300);
+    // Long enough for a real handshake on a loaded 2-core CI machine.
+    config.limits.net.auth_timeout = Duration::from_millis(2000);
     let ks = TestKeyserver::start(config).await;
     let limits = ward_net::Limits::default();
 
