@@ -739,6 +739,101 @@ async fn keyserver_substitutes_a_public_key_and_the_sender_refuses_to_wrap() {
     );
 }
 
+/// The outbox path: a message already queued meets a keyserver that
+/// answers its `PutWrappedKeys` with `CONFLICT` (claiming Bob rotated; the
+/// request never reaches the real keyserver) and then serves Bob's log
+/// with a rotation it signed itself. The client reseals from freshly
+/// verified logs, the log does not verify, and the message fails for good:
+/// `Event::SendFailed { Chain { UnauthorizedAuthor { seq: 1 } } }`, with
+/// no wrapped key stored and nothing at the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyserver_claims_a_rotation_and_the_queued_message_fails_typed() {
+    use ward_proto::v1::{ErrorCode, GetLogs, KsError, KsRequest};
+    use ward_tests::proxy::Frame;
+
+    let w = World::new().await;
+    let (alice, mut a_ev, bob, mut b_ev) = two_clinicians(&w).await;
+    let conv = alice.create_conversation(&["bob@chu"]).await.unwrap();
+    flows(&alice, &mut a_ev, &mut b_ev, conv, "WARD-MAL-QUEUED-0").await;
+    let sends = w.relay_sends();
+    let stored_keys = ward_tests::relay::count_rows(&w.ks_db, "wrapped_keys");
+
+    let root = w.org.root_public();
+    let ks_device = DeviceSigningKey::generate(&mut rand::rng());
+    let evil = UserEncryptionKey::generate(&mut rand::rng()).public_key();
+    let refused: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    w.ks_proxy.set_hook(move |f: &Frame<'_>, bytes: Vec<u8>| {
+        if f.peer.user_id != "alice@chu" {
+            return vec![bytes];
+        }
+        match f.dir {
+            Dir::ToServer => {
+                let mut req = KsRequest::decode(&bytes[..]).unwrap();
+                if matches!(req.body, Some(ks_request::Body::PutKeys(_))) {
+                    // Swallowed: a harmless read goes to the keyserver instead.
+                    refused.lock().unwrap().push((f.peer.conn, req.request_id));
+                    req.body = Some(ks_request::Body::GetLogs(GetLogs {
+                        user_ids: vec!["alice@chu".into()],
+                    }));
+                }
+                vec![req.encode_to_vec()]
+            }
+            Dir::ToClient => {
+                let mut resp = KsResponse::decode(&bytes[..]).unwrap();
+                if refused
+                    .lock()
+                    .unwrap()
+                    .contains(&(f.peer.conn, resp.request_id))
+                {
+                    resp.body = Some(ks_response::Body::Error(KsError {
+                        code: ErrorCode::Conflict as i32,
+                        detail: "bob@chu rotated".into(),
+                    }));
+                } else if !refused.lock().unwrap().is_empty()
+                    && let Some(ks_response::Body::Logs(logs)) = resp.body.as_mut()
+                    && let Some(log) = logs.logs.get_mut("bob@chu")
+                {
+                    let chain = verify_log(&root, "bob@chu", &log.entries).unwrap();
+                    log.entries
+                        .push(chain.rotate_user_key(&ks_device, &evil, now_secs() + 1));
+                }
+                vec![resp.encode_to_vec()]
+            }
+        }
+    });
+    // `send_text` verifies the honest log and queues; the lie starts with
+    // the outbox's `PutWrappedKeys`.
+    let rid = alice.send_text(conv, "WARD-MAL-QUEUED-1").await.unwrap();
+    match next_event(&mut a_ev).await {
+        Event::Resealed { .. } => panic!("resealed to a forged log"),
+        Event::SendFailed {
+            resource_id,
+            reason: ClientError::Chain { user_id, error },
+        } => {
+            assert_eq!(resource_id, rid);
+            assert_eq!(user_id, "bob@chu");
+            assert_eq!(error, ChainError::UnauthorizedAuthor { seq: 1 });
+        }
+        other => panic!("expected SendFailed, got {other:?}"),
+    }
+    assert_eq!(alice.outbox_len().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.relay_sends(), sends, "the relay received the message");
+    assert_eq!(
+        ward_tests::relay::count_rows(&w.ks_db, "wrapped_keys"),
+        stored_keys,
+        "a wrapped key reached the keyserver"
+    );
+    quiet(&mut b_ev, Duration::from_millis(200)).await;
+
+    w.ks_proxy.clear_hook();
+    flows(&alice, &mut a_ev, &mut b_ev, conv, "WARD-MAL-QUEUED-2").await;
+    assert_eq!(
+        history(&bob, conv).await,
+        vec!["WARD-MAL-QUEUED-0", "WARD-MAL-QUEUED-2"]
+    );
+}
+
 /// The keyserver rolls back or forks a log the client verified before.
 /// Sending: Bob's log truncated to its first entry is
 /// `Rollback { known: 2, served: 1 }`, withheld entirely
