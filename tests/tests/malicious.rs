@@ -840,7 +840,8 @@ async fn keyserver_claims_a_rotation_and_the_queued_message_fails_typed() {
 /// `Rollback { known: 2, served: 0 }`; Carol's log served as another,
 /// validly signed branch (a second rotation signed by her own device) is
 /// `Fork { seq: 1 }`. Receiving: Alice's log rolled back or forked in what
-/// Bob is served is a `Rejected { Chain { .. } }`, never a message.
+/// Bob is served is a `Rejected { Chain { .. } }`, never a message. The
+/// verified state survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyserver_rolls_back_or_forks_a_log() {
     let w = World::new().await;
@@ -915,7 +916,7 @@ async fn keyserver_rolls_back_or_forks_a_log() {
     alice.rotate_user_key().await.unwrap();
     flows(&alice, &mut a_ev, &mut b_ev, conv, "WARD-MAL-LOG-5").await;
     attack.set("bob@chu", "alice@chu", |l| Some(l.unwrap()[..1].to_vec()));
-    let rid = alice.send_text(conv, "WARD-MAL-LOG-6-EVIL").await.unwrap();
+    let rid = alice.send_text(conv, "WARD-MAL-LOG-6-UNVERIFIABLE").await.unwrap();
     sent(&mut a_ev, rid).await;
     let (_, sender, reason) = rejected(&mut b_ev).await;
     assert_eq!(sender, "alice@chu");
@@ -939,7 +940,7 @@ async fn keyserver_rolls_back_or_forks_a_log() {
         l[1] = substitute_key(&l[1], &evil);
         Some(l)
     });
-    let rid = alice.send_text(conv, "WARD-MAL-LOG-7-EVIL").await.unwrap();
+    let rid = alice.send_text(conv, "WARD-MAL-LOG-7-UNVERIFIABLE").await.unwrap();
     sent(&mut a_ev, rid).await;
     let (_, _, reason) = rejected(&mut b_ev).await;
     assert!(
@@ -961,6 +962,26 @@ async fn keyserver_rolls_back_or_forks_a_log() {
         vec!["WARD-MAL-LOG-0", "WARD-MAL-LOG-5", "WARD-MAL-LOG-8"]
     );
     w.relay.wait_count("queue", 1).await; // Carol's copy, never read
+
+    // The verified state is in the store: after a restart, the same
+    // rollback is still caught.
+    drop(a_ev);
+    alice.lock().await;
+    let alice = Client::unlock(w.config("alice@chu"), Pin::new(PIN.into()).unwrap())
+        .await
+        .unwrap();
+    attack.set("alice@chu", "bob@chu", |l| Some(l.unwrap()[..1].to_vec()));
+    let sends = w.relay_sends();
+    let mark = w.ks_proxy.mark();
+    let r = alice.send_text(conv, "WARD-MAL-LOG-9-EVIL").await;
+    assert_eq!(
+        expect_chain(r, "bob@chu"),
+        ChainError::Rollback {
+            known: 2,
+            served: 1
+        }
+    );
+    nothing_left(&w, &alice, conv, mark, sends).await;
 }
 
 /// How the keyserver answers Bob's next `GetWrappedKeys`.
