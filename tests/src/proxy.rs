@@ -312,7 +312,10 @@ async fn serve(shared: Arc<Shared>, upstream: String, tcp: tokio::net::TcpStream
 /// next number (a redelivered real entry keeps the number it had), and the
 /// client's cumulative `Ack` is mapped back to the highest real entry it
 /// covers. A forged entry thus takes the mailbox's next sequence number, and
-/// the real entries after it still arrive.
+/// the real entries after it still arrive. Install the hook before the
+/// device's first delivery: a map started later does not know the client's
+/// cursor, and a forged entry it numbers may fall below it (dropped as
+/// already handled).
 #[derive(Debug, Default)]
 pub struct SeqMap {
     last: u64,

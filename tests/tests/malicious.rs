@@ -916,7 +916,10 @@ async fn keyserver_rolls_back_or_forks_a_log() {
     alice.rotate_user_key().await.unwrap();
     flows(&alice, &mut a_ev, &mut b_ev, conv, "WARD-MAL-LOG-5").await;
     attack.set("bob@chu", "alice@chu", |l| Some(l.unwrap()[..1].to_vec()));
-    let rid = alice.send_text(conv, "WARD-MAL-LOG-6-UNVERIFIABLE").await.unwrap();
+    let rid = alice
+        .send_text(conv, "WARD-MAL-LOG-6-UNVERIFIABLE")
+        .await
+        .unwrap();
     sent(&mut a_ev, rid).await;
     let (_, sender, reason) = rejected(&mut b_ev).await;
     assert_eq!(sender, "alice@chu");
@@ -940,7 +943,10 @@ async fn keyserver_rolls_back_or_forks_a_log() {
         l[1] = substitute_key(&l[1], &evil);
         Some(l)
     });
-    let rid = alice.send_text(conv, "WARD-MAL-LOG-7-UNVERIFIABLE").await.unwrap();
+    let rid = alice
+        .send_text(conv, "WARD-MAL-LOG-7-UNVERIFIABLE")
+        .await
+        .unwrap();
     sent(&mut a_ev, rid).await;
     let (_, _, reason) = rejected(&mut b_ev).await;
     assert!(
