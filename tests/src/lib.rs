@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod keyserver;
+pub mod proxy;
 pub mod relay;
