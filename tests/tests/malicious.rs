@@ -396,8 +396,8 @@ fn message_rid(payload: &[u8]) -> Vec<u8> {
 
 /// The relay hands Bob an envelope it delivered to Carol (addressed to
 /// Alice and Carol only), under Bob's next sequence number:
-/// `Open(NotARecipient)`; with Bob added to its header's recipients, no
-/// key was ever wrapped to Bob: `WrappedKeyMissing` after `key_wait`. And
+/// `Open(NotARecipient)`; with Bob added to its header's recipients, the
+/// signature no longer verifies: `Open(BadSignature)`, at once. And
 /// it hands Alice's own sent envelope back to her device, which is not
 /// among its relay recipients: she holds it already, so it is a `Replay`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,17 +424,15 @@ async fn relay_delivers_an_envelope_meant_for_another_device() {
         "{reason:?}"
     );
     // The same, with Bob added to the header's recipients: the header is
-    // signed, but no key was ever wrapped to Bob, so the client gives up
-    // waiting for one (the signature is checked once a key opens).
+    // signed, so the client refuses it before waiting for any wrapped key.
     let mut widened = for_carol.clone();
-    let rid = ResourceId::from_slice(&message_rid(&widened.payload)).unwrap();
     widened.payload = edit_envelope(&widened.payload, |e| {
         edit_header(e, |h| h.recipient_user_ids.push("bob@chu".into()))
     });
     inject_deliver(&w.relay_proxy, bob.device_id().as_bytes(), widened);
     let (_, _, reason) = rejected(&mut b_ev).await;
     assert!(
-        matches!(reason, ClientError::WrappedKeyMissing(r) if r == rid),
+        matches!(reason, ClientError::Open(OpenError::BadSignature)),
         "{reason:?}"
     );
     flows(&alice, &mut a_ev, &mut b_ev, conv_ab, "WARD-MAL-BOB-AFTER").await;

@@ -299,14 +299,11 @@ impl ReceivedEnvelope {
         (&self.sender_user_id, &self.sender_device)
     }
 
-    /// Verifies the envelope against the sender's verified chain and decrypts
-    /// it for `me` (this user's id) with the unwrapped resource key.
-    pub fn open(
-        &self,
-        sender: &VerifiedUser,
-        me: &str,
-        key: &ResourceKey,
-    ) -> Result<OpenedMessage, OpenError> {
+    /// Checks everything that needs no key: the sender against its verified
+    /// chain, the device's status, the signature, and that `me` is a
+    /// recipient. A receiver calls it before waiting for the wrapped key, so
+    /// a forged envelope is refused at once; [`Self::open`] checks it again.
+    pub fn verify(&self, sender: &VerifiedUser, me: &str) -> Result<(), OpenError> {
         if sender.user_id() != self.sender_user_id {
             return Err(OpenError::SenderMismatch);
         }
@@ -325,6 +322,18 @@ impl ReceivedEnvelope {
         if !self.recipients.iter().any(|r| r == me) {
             return Err(OpenError::NotARecipient);
         }
+        Ok(())
+    }
+
+    /// Verifies the envelope against the sender's verified chain and decrypts
+    /// it for `me` (this user's id) with the unwrapped resource key.
+    pub fn open(
+        &self,
+        sender: &VerifiedUser,
+        me: &str,
+        key: &ResourceKey,
+    ) -> Result<OpenedMessage, OpenError> {
+        self.verify(sender, me)?;
         let cipher = XChaCha20Poly1305::new(&(*key.as_bytes()).into());
         let padded = cipher
             .decrypt(

@@ -152,6 +152,12 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         Err(e) => return Ok(Err(e)),
     };
 
+    // Signature, sender device and recipients need no key: refuse a forged
+    // envelope now rather than after waiting for a key that never comes.
+    if let Err(e) = env.verify(&sender, &inner.user_id) {
+        return Ok(Err(e.into()));
+    }
+
     // The wrapped key: the sender uploads it before sending, but a lagging
     // (or withholding) keyserver may not serve it yet.
     let rid = env.resource_id();
