@@ -945,3 +945,74 @@ async fn key_rotation_reaches_the_other_device_and_revocation_cuts_it_off() {
     assert_eq!(a1.history(conv).await.unwrap().len(), 2);
     quiet(&mut b_ev, Duration::from_millis(200)).await;
 }
+
+/// A lost phone revoked by the organisation (a root-signed revocation that
+/// carries no key): the user's remaining device notices on its own, rotates
+/// the user key, and hands the relay the new log, which cuts the lost phone
+/// off there too. Bob's next message reaches the remaining device only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_revocation_is_followed_by_an_automatic_rotation() {
+    use ward_core::chain::verify_log;
+    let w = World::new().await;
+    let mut config = w.config("alice-phone");
+    config.own_log_interval = Duration::from_millis(200);
+    let a1 = w.enroll_with("alice@chu", config).await;
+    let mut bob = w.enroll("bob@chu", "bob-phone").await;
+    let pending = Client::pair_new_device(w.config("alice-lost"), "alice@chu", pin())
+        .await
+        .unwrap();
+    a1.approve_device(&pending.device_keys()).await.unwrap();
+    let mut lost = pending.complete().await.unwrap();
+    let mut a1 = a1;
+    let (mut a1_ev, mut lost_ev, mut b_ev) = (
+        a1.events().unwrap(),
+        lost.events().unwrap(),
+        bob.events().unwrap(),
+    );
+    let conv = bob.create_conversation(&["alice@chu"]).await.unwrap();
+
+    // The admin's revocation reaches the keyserver through any session
+    // (its signatures authorise it, SECURITY.md §10).
+    let courier = w.org.enroll(&mut rand::rng(), "courier@chu");
+    let mut ks = ward_tests::keyserver::enroll(&w.ks_url(), &courier).await;
+    let read = |logs: std::collections::HashMap<String, ward_proto::v1::UserLog>| {
+        let entries = logs["alice@chu"].entries.clone();
+        verify_log(&w.org.root_public(), "alice@chu", &entries).unwrap()
+    };
+    let before = read(ks.get_logs(&["alice@chu"]).await.unwrap());
+    let key_before = *before.encryption_key();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let revocation = before.revoke_device_as_root(&w.org.root, &lost.device_id(), now);
+    ks.append(&revocation).await.unwrap();
+
+    // The remaining device rotates within a few rounds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let user = read(ks.get_logs(&["alice@chu"]).await.unwrap());
+        if !user.rotation_pending() && user.len() > before.len() + 1 {
+            break user;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rotation");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(after.encryption_key(), &key_before);
+    assert!(!after.device(&lost.device_id()).unwrap().is_active());
+
+    // The relay learnt of the revocation from the remaining device.
+    match tokio::time::timeout(WAIT, lost_ev.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Event::DeviceRevoked => {}
+        other => panic!("expected DeviceRevoked, got {other:?}"),
+    }
+    let r = bob.send_text(conv, "WARD-AFTER-LOSS").await.unwrap();
+    sent(&mut b_ev, r).await;
+    assert_eq!(text(&messages(&mut a1_ev, 1).await[0]), "WARD-AFTER-LOSS");
+    quiet(&mut lost_ev, Duration::from_millis(300)).await;
+    assert!(lost.history(conv).await.unwrap().is_empty());
+}

@@ -27,6 +27,7 @@ mod directory;
 mod error;
 mod events;
 mod keyserver;
+mod own_log;
 mod receive;
 mod relay;
 mod send;
@@ -89,11 +90,15 @@ pub struct ClientConfig {
     pub key_wait: Duration,
     /// Capacity of the event channel; the receive worker waits when full.
     pub event_capacity: usize,
+    /// How often the client re-reads its own user's log: to rotate the user
+    /// key after a root-signed revocation and to hand the relay a newer log
+    /// (so a lost phone revoked by the admin is cut off there too).
+    pub own_log_interval: Duration,
 }
 
 impl ClientConfig {
-    /// Defaults: backoff 200 ms to 30 s, requests 15 s, key wait 30 s,
-    /// the store's default Argon2id cost.
+    /// Defaults: backoff 200 ms to 30 s, requests 15 s, key wait 30 s, own
+    /// log re-read every 60 s, the store's default Argon2id cost.
     pub fn new(
         store_path: impl Into<PathBuf>,
         relay_url: impl Into<String>,
@@ -111,6 +116,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(15),
             key_wait: Duration::from_secs(30),
             event_capacity: 1024,
+            own_log_interval: Duration::from_secs(60),
         }
     }
 }
@@ -536,6 +542,7 @@ impl Client {
             )),
             tokio::spawn(receive::run(inner.clone(), deliver_rx)),
             tokio::spawn(send::run_outbox(inner.clone(), connected_rx)),
+            tokio::spawn(own_log::run(inner.clone())),
         ];
         Ok(Self {
             inner,
@@ -641,56 +648,7 @@ impl Client {
     }
 
     async fn change_user_key(&self, revoke: Option<SigningPublicKey>) -> Result<()> {
-        let inner = &self.inner;
-        let me = [inner.user_id.clone()];
-        let own = first(
-            inner
-                .directory
-                .refresh(&inner.store, &inner.keyserver, &me)
-                .await?,
-        )?;
-        let new_key = UserEncryptionKey::generate(&mut rand::rng());
-        let new_public = new_key.public_key();
-        // Kept before the append: a crash after it must not lose the key.
-        let stored = UserEncryptionKey::import_secret(&*new_key.export_secret())?;
-        inner.store.run(move |s| s.add_user_key(&stored)).await?;
-        let entry = match revoke {
-            Some(d) => own
-                .user
-                .revoke_device(&inner.device, &d, &new_public, now_secs()),
-            None => own
-                .user
-                .rotate_user_key(&inner.device, &new_public, now_secs()),
-        };
-        inner.keyserver.append(entry).await?;
-        let own = first(
-            inner
-                .directory
-                .refresh(&inner.store, &inner.keyserver, &me)
-                .await?,
-        )?;
-        if *own.user.encryption_key() != new_public {
-            return Err(ClientError::Protocol(
-                "the appended key change is not in the log",
-            ));
-        }
-        let grants = {
-            let mut rng = rand::rng();
-            own.user
-                .devices()
-                .filter(|d| d.is_active())
-                .map(|d| grant_user_key(&mut rng, &new_key, &d.encryption_key))
-                .collect::<core::result::Result<Vec<_>, _>>()?
-        };
-        if !grants.is_empty() {
-            inner.keyserver.put_grants(grants).await?;
-        }
-        let _ = inner
-            .relay_cmds
-            .send(RelayCmd::PublishLog(own.entries))
-            .await;
-        tracing::info!(revoked = ?revoke, "user key rotated");
-        Ok(())
+        change_user_key(&self.inner, revoke).await
     }
 
     /// Creates a conversation with `members` (user ids; this user is added)
@@ -764,6 +722,61 @@ impl Client {
             .map(|k| k.clone())
             .unwrap_or_default()
     }
+}
+
+/// Rotates the user key (and revokes `revoke`, if any) as this device:
+/// appends the statement, grants the new key to every active device and
+/// publishes the new log to the relay.
+pub(crate) async fn change_user_key(inner: &Inner, revoke: Option<SigningPublicKey>) -> Result<()> {
+    let me = [inner.user_id.clone()];
+    let own = first(
+        inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &me)
+            .await?,
+    )?;
+    let new_key = UserEncryptionKey::generate(&mut rand::rng());
+    let new_public = new_key.public_key();
+    // Kept before the append: a crash after it must not lose the key.
+    let stored = UserEncryptionKey::import_secret(&*new_key.export_secret())?;
+    inner.store.run(move |s| s.add_user_key(&stored)).await?;
+    let entry = match revoke {
+        Some(d) => own
+            .user
+            .revoke_device(&inner.device, &d, &new_public, now_secs()),
+        None => own
+            .user
+            .rotate_user_key(&inner.device, &new_public, now_secs()),
+    };
+    inner.keyserver.append(entry).await?;
+    let own = first(
+        inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &me)
+            .await?,
+    )?;
+    if *own.user.encryption_key() != new_public {
+        return Err(ClientError::Protocol(
+            "the appended key change is not in the log",
+        ));
+    }
+    let grants = {
+        let mut rng = rand::rng();
+        own.user
+            .devices()
+            .filter(|d| d.is_active())
+            .map(|d| grant_user_key(&mut rng, &new_key, &d.encryption_key))
+            .collect::<core::result::Result<Vec<_>, _>>()?
+    };
+    if !grants.is_empty() {
+        inner.keyserver.put_grants(grants).await?;
+    }
+    let _ = inner
+        .relay_cmds
+        .send(RelayCmd::PublishLog(own.entries))
+        .await;
+    tracing::info!(revoked = ?revoke, "user key rotated");
+    Ok(())
 }
 
 fn first(mut v: Vec<directory::Known>) -> Result<directory::Known> {

@@ -1,0 +1,61 @@
+//! The own-log watcher: re-reads this user's log every
+//! [`super::ClientConfig::own_log_interval`] (and once at start).
+//!
+//! * After a root-signed revocation (a lost phone revoked by the admin) the
+//!   user is *rotation pending* (SECURITY.md §4.5): the revoked phone may
+//!   still hold the current user key. The first remaining device to notice
+//!   rotates it. Two devices racing append at the same position; the
+//!   keyserver takes one and refuses the other, which sees no rotation
+//!   pending on its next round.
+//! * When the log grew (a revocation by the root or by another device), the
+//!   relay is handed the new log, which closes the revoked device's
+//!   connection and refuses it from then on (SECURITY.md §9).
+
+use std::sync::Arc;
+
+use super::relay::RelayCmd;
+use super::{Inner, change_user_key, first};
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut published_len = 0u64;
+    loop {
+        if let Err(e) = round(&inner, &mut published_len).await {
+            tracing::debug!(error = %e, "own log check failed; retrying later");
+        }
+        tokio::time::sleep(inner.config.own_log_interval).await;
+    }
+}
+
+async fn round(inner: &Inner, published_len: &mut u64) -> super::Result<()> {
+    let me = [inner.user_id.clone()];
+    let own = first(
+        inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &me)
+            .await?,
+    )?;
+    let active = own
+        .user
+        .device(&inner.device.public_key())
+        .is_some_and(|d| d.is_active());
+    if !active {
+        // The relay and the keyserver refuse this device; nothing to do.
+        return Ok(());
+    }
+    if own.user.rotation_pending() {
+        tracing::info!(
+            "a device of this user was revoked by the organisation: rotating the user key"
+        );
+        // Publishes the new log itself.
+        change_user_key(inner, None).await?;
+        return Ok(());
+    }
+    if own.user.len() > *published_len {
+        *published_len = own.user.len();
+        let _ = inner
+            .relay_cmds
+            .send(RelayCmd::PublishLog(own.entries))
+            .await;
+    }
+    Ok(())
+}
