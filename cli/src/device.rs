@@ -148,6 +148,15 @@ pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
             "too many wrong PINs: the device store has been wiped; enroll again with a new invite"
                 .into()
         }
+        ClientError::Net(ward_net::NetError::Refused(
+            ward_proto::v1::ErrorCode::Unauthenticated,
+        )) => {
+            format!(
+                "the servers do not know this device ({e}): were they reset, or is this store \
+                 from another organisation? Check --relay / --keyserver / --data, or enroll \
+                 again from a new invite"
+            )
+        }
         ClientError::Net(_) | ClientError::Timeout => format!(
             "{e}. Is Ward running (`ward up`)? relay {}, keyserver {} (set --relay / --keyserver)",
             args.relay, args.keyserver
@@ -362,9 +371,12 @@ async fn listen_loop(
         tokio::select! {
             _ = &mut stop => return Ok(()),
             () = until => {
-                return Err(CliError::Msg(format!(
-                    "--timeout: {seen} message(s) received, fewer than asked"
-                )));
+                return match count {
+                    Some(c) => Err(CliError::Msg(format!(
+                        "--timeout-secs: {seen} message(s) received of the {c} asked for"
+                    ))),
+                    None => Ok(()),
+                };
             }
             ev = events.recv() => match ev {
                 None => return Err(CliError::Msg("the client stopped".into())),
