@@ -262,6 +262,11 @@ async fn send_inner(
         return Err(CliError::Msg("--to: name at least one user id".into()));
     }
     members.insert(me.clone());
+    if members.len() < 2 {
+        return Err(CliError::Msg(
+            "--to: name at least one clinician other than yourself".into(),
+        ));
+    }
     let existing = client
         .conversations()
         .await

@@ -335,6 +335,9 @@ async fn up(
     println!(
         "  cargo run -q -p ward -- admin invite --user-id dr.martin --name \"Dr Claire Martin\""
     );
+    println!("and enroll them with the two lines it prints:");
+    println!("  cargo run -q -p ward -- enroll --invite <hex> --delegation <hex>");
+    println!("Or see it all at once: cargo run -q -p ward -- demo");
     println!("Stop with Ctrl-C.");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
