@@ -380,6 +380,41 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
         run_within(cmd, std::time::Duration::from_secs(30))
     };
     assert!(String::from_utf8_lossy(&no_pin.stderr).contains("Set WARD_PIN, or pass --pin-stdin"));
+    // --pin-stdin: the first line of standard input, WARD_PIN unset.
+    let piped = {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args([
+                "send",
+                "--pin-stdin",
+                "--as",
+                "dr.martin",
+                "--to",
+                "nurse.dubois",
+                "Thanks",
+            ])
+            .env("WARD_DATA", &up.data)
+            .env("WARD_RELAY_URL", &up.relay)
+            .env("WARD_KEYSERVER_URL", &up.keyserver)
+            .env_remove("WARD_PIN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"ward-pin-493817\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
     let unknown = up.ward(&["send", "--as", "dr.martin", "--to", "nobody.here", "x"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown user nobody.here"));
 
