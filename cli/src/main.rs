@@ -2,8 +2,17 @@
 //!
 //! * `ward up` runs the relay and the keyserver, as two services with two
 //!   SQLite databases under `./ward-data`, for a local dev organisation.
-//! * `ward admin invite` signs an invite with that dev organisation's root.
+//! * `ward admin init | invite | revoke | audit-export` administer it
+//!   (`admin.rs`).
+//! * `ward enroll | send | listen | rotate-key`: a clinician's device on the
+//!   SDK client (`device.rs`; the PIN is read by `pin.rs`).
+//! * `ward demo`: everything in one process, in seconds (`demo.rs`).
 #![forbid(unsafe_code)]
+
+mod admin;
+mod demo;
+mod device;
+mod pin;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -43,10 +52,111 @@ enum Command {
         #[command(subcommand)]
         command: Admin,
     },
+    /// Enroll this machine as a clinician's device, from an invite.
+    Enroll {
+        /// The `invite:` line of `ward admin invite` (hex).
+        #[arg(long)]
+        invite: String,
+        /// The `delegation:` line of `ward admin invite` (hex, one-time secret).
+        #[arg(long)]
+        delegation: String,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Send a text to one or more clinicians (reuses the conversation with
+    /// exactly these members, or starts one).
+    Send {
+        /// The sending user (picks `<data>/clients/<user>.db`); optional when
+        /// only one device store exists.
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        /// Recipients' user ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// The message.
+        text: String,
+        /// Seconds to wait for the relay to confirm the message.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Print verified messages as they arrive (time, sender, conversation,
+    /// text); anything that does not verify is a warning, never a message.
+    Listen {
+        /// The listening user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Give up after this many seconds (an error if --count was not reached).
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Rotate this user's key (what a remaining device does after
+    /// `ward admin revoke`).
+    RotateKey {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Two clinicians, one conversation, and what each server stored:
+    /// everything in this process, in seconds.
+    Demo {
+        /// Keep the demo's databases and stores in this (new or empty)
+        /// folder instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
 enum Admin {
+    /// Create the dev organisation (its root key in <data>); `ward up` also
+    /// creates it on first run. Does nothing if it exists.
+    Init {
+        /// Where the dev organisation's keys go.
+        #[arg(long, env = "WARD_DATA", default_value = "ward-data")]
+        data: PathBuf,
+    },
+    /// Revoke a clinician's lost device, signed by the organisation root.
+    ///
+    /// The keyserver has no operator request path, so the signed revocation
+    /// is relayed over the authenticated keyserver session of an enrolled
+    /// device on this machine (--via; SECURITY.md 10.2: its signature, not
+    /// the submitter, authorises it).
+    Revoke {
+        /// Whose device.
+        #[arg(long)]
+        user_id: String,
+        /// The lost device's id (64 hex digits; `ward enroll` printed it).
+        #[arg(long)]
+        device_id: String,
+        /// The enrolled device to relay through (`<data>/clients/<user>.db`);
+        /// optional when only one device store exists.
+        #[arg(long)]
+        via: Option<String>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Export the keyserver's access log: which device read which wrapped
+    /// key or grant, and when (read-only; safe while `ward up` runs).
+    AuditExport {
+        /// The folder of `ward up` (reads <data>/keyserver.db).
+        #[arg(long, env = "WARD_DATA", default_value = "ward-data")]
+        data: PathBuf,
+        /// Only reads at or after this unix time (seconds).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: admin::Format,
+    },
     /// Sign an invite for one clinician with the dev organisation's root key.
     Invite {
         /// Where `ward up` keeps the dev organisation's keys.
@@ -85,9 +195,51 @@ enum CliError {
     Relay(#[from] ward_relay::RelayError),
     #[error("keyserver failed: {0}")]
     Keyserver(#[from] ward_keyserver::KeyserverError),
+    #[error("{0}")]
+    Msg(String),
 }
 
 const ROOT_KEY_FILE: &str = "dev-org-root.key";
+/// The root's public key, for clients (no secret in it).
+const ROOT_PUB_FILE: &str = "org-root.pub";
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The organisation root public key for clients: `<data>/org-root.pub`,
+/// else derived from the dev root key beside it.
+fn load_org_public(data: &Path) -> Result<SigningPublicKey, CliError> {
+    let path = data.join(ROOT_PUB_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return unhex(&text)
+            .and_then(|b| SigningPublicKey::from_bytes(&b).ok())
+            .ok_or_else(|| {
+                CliError::Msg(format!(
+                    "{} is not a public key (64 hex digits)",
+                    path.display()
+                ))
+            });
+    }
+    match load_root(data) {
+        Ok(root) => Ok(root.public_key()),
+        Err(CliError::NoOrganisation(_)) => Err(CliError::Msg(format!(
+            "no organisation root in {}: run `ward up` there, pass --data, or pass the root's \
+             public key with --org-root",
+            data.display()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_org_public(data: &Path, root: &SigningPublicKey) -> Result<(), CliError> {
+    let path = data.join(ROOT_PUB_FILE);
+    std::fs::write(&path, format!("{}\n", hex(root.as_bytes())))
+        .map_err(io(path.display().to_string()))
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
     let what = what.into();
@@ -150,6 +302,7 @@ async fn up(
     let (root, created) = load_or_create_root(&data)?;
     let org_root: SigningPublicKey = root.public_key();
     drop(root);
+    write_org_public(&data, &org_root)?;
     let relay_listener = TcpListener::bind(relay_listen)
         .await
         .map_err(io(format!("cannot listen on {relay_listen} for the relay")))?;
@@ -182,6 +335,9 @@ async fn up(
     println!(
         "  cargo run -q -p ward -- admin invite --user-id dr.martin --name \"Dr Claire Martin\""
     );
+    println!("and enroll them with the two lines it prints:");
+    println!("  cargo run -q -p ward -- enroll --invite <hex> --delegation <hex>");
+    println!("Or see it all at once: cargo run -q -p ward -- demo");
     println!("Stop with Ctrl-C.");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -239,6 +395,37 @@ fn invite(data: &Path, details: InviteDetails) -> Result<(), CliError> {
     Ok(())
 }
 
+fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(f: F) -> Result<(), CliError> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => Err(CliError::Io("cannot start the async runtime".into(), e)),
+    }
+}
+
+fn admin_init(data: &Path) -> Result<(), CliError> {
+    let (root, created) = load_or_create_root(data)?;
+    let public = root.public_key();
+    drop(root);
+    write_org_public(data, &public)?;
+    if created {
+        println!(
+            "Created a dev organisation in {}/ (root key in {ROOT_KEY_FILE}: dev only; a real \
+             organisation keeps its root key offline).",
+            data.display()
+        );
+    } else {
+        println!(
+            "The dev organisation in {}/ already exists.",
+            data.display()
+        );
+    }
+    println!("  org root   {}", hex(public.as_bytes()));
+    println!(
+        "Next: `ward up`, then `ward admin invite --user-id dr.martin --name \"Dr Claire Martin\"`."
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -253,10 +440,58 @@ fn main() -> ExitCode {
             data,
             relay_listen,
             keyserver_listen,
-        } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(up(data, relay_listen, keyserver_listen)),
-            Err(e) => Err(CliError::Io("cannot start the async runtime".into(), e)),
-        },
+        } => block_on(up(data, relay_listen, keyserver_listen)),
+        Command::Enroll {
+            invite,
+            delegation,
+            device,
+        } => block_on(device::enroll(device, &invite, &delegation)),
+        Command::Send {
+            as_user,
+            to,
+            text,
+            wait_secs,
+            device,
+        } => block_on(device::send(
+            device,
+            as_user,
+            to,
+            text,
+            std::time::Duration::from_secs(wait_secs),
+        )),
+        Command::Listen {
+            as_user,
+            count,
+            timeout_secs,
+            device,
+        } => block_on(device::listen(
+            device,
+            as_user,
+            count,
+            timeout_secs.map(std::time::Duration::from_secs),
+        )),
+        Command::RotateKey { as_user, device } => block_on(device::rotate_key(device, as_user)),
+        Command::Demo { keep } => block_on(demo::run(keep)),
+        Command::Admin {
+            command: Admin::Init { data },
+        } => admin_init(&data),
+        Command::Admin {
+            command:
+                Admin::Revoke {
+                    user_id,
+                    device_id,
+                    via,
+                    device,
+                },
+        } => block_on(admin::revoke(device, via, user_id, device_id)),
+        Command::Admin {
+            command:
+                Admin::AuditExport {
+                    data,
+                    since,
+                    format,
+                },
+        } => admin::audit_export(data, since, format),
         Command::Admin {
             command:
                 Admin::Invite {
@@ -268,10 +503,7 @@ fn main() -> ExitCode {
                     days,
                 },
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = now_secs();
             invite(
                 &data,
                 InviteDetails {

@@ -102,3 +102,371 @@ fn ward_up_serves_and_admin_invite_signs_with_its_organisation() {
     assert!(data.join("relay.db").exists() && data.join("keyserver.db").exists());
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Runs `cmd` to completion within `limit`, or kills it and fails.
+fn run_within(mut cmd: Command, limit: std::time::Duration) -> std::process::Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(id.to_string())
+                .status();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn ward_demo_exchanges_both_ways_in_seconds_and_stores_no_plaintext() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.arg("demo");
+    let started = std::time::Instant::now();
+    let out = run_within(cmd, std::time::Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(
+        stdout.contains("nurse.dubois received and verified:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dr.martin received and verified:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("K+ 6.1 mmol/L"), "{stdout}");
+    assert!(stdout.contains("sinus rhythm 78/min"), "{stdout}");
+    assert!(stdout.contains("Both messages received, verified and decrypted."));
+    assert!(stdout.contains("demo stores use a fast KDF"));
+    assert!(stdout.contains("48-byte HPKE ciphertext"), "{stdout}");
+    assert!(stdout.contains("WrappedKey"), "access log rows: {stdout}");
+    let no_plaintext = stdout
+        .lines()
+        .find(|l| l.starts_with("No plaintext found"))
+        .unwrap_or_else(|| panic!("no 'No plaintext found' line: {stdout}"));
+    assert!(no_plaintext.contains("relay.db-wal") && no_plaintext.contains("keyserver.db-wal"));
+}
+
+#[test]
+fn every_command_has_help() {
+    let ward = env!("CARGO_BIN_EXE_ward");
+    for args in [
+        &["--help"][..],
+        &["up", "--help"],
+        &["enroll", "--help"],
+        &["send", "--help"],
+        &["listen", "--help"],
+        &["rotate-key", "--help"],
+        &["demo", "--help"],
+        &["admin", "--help"],
+        &["admin", "init", "--help"],
+        &["admin", "invite", "--help"],
+        &["admin", "revoke", "--help"],
+        &["admin", "audit-export", "--help"],
+    ] {
+        let out = Command::new(ward).args(args).output().unwrap();
+        assert!(out.status.success(), "ward {args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    }
+}
+
+/// `ward up` on free ports over a fresh data folder; killed on drop.
+struct Up {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+    relay: String,
+    keyserver: String,
+}
+
+impl Up {
+    fn start(name: &str) -> Self {
+        let data = std::env::temp_dir().join(format!("ward-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args([
+                "up",
+                "--relay-listen",
+                "127.0.0.1:0",
+                "--keyserver-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut relay = None;
+        let mut keyserver = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let t = line.trim();
+            if let Some(r) = t.strip_prefix("relay") {
+                relay = Some(r.trim().to_owned());
+            }
+            if let Some(k) = t.strip_prefix("keyserver") {
+                keyserver = Some(k.trim().to_owned());
+            }
+            if line.starts_with("Stop with") {
+                break;
+            }
+        }
+        Self {
+            child,
+            data,
+            relay: relay.unwrap(),
+            keyserver: keyserver.unwrap(),
+        }
+    }
+
+    /// `ward ARGS` against these servers and this data folder, PIN from WARD_PIN.
+    fn ward(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+        cmd.args(args)
+            .env("WARD_DATA", &self.data)
+            .env("WARD_RELAY_URL", &self.relay)
+            .env("WARD_KEYSERVER_URL", &self.keyserver)
+            .env("WARD_PIN", "ward-pin-493817");
+        run_within(cmd, std::time::Duration::from_secs(60))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ward(args);
+        assert!(
+            out.status.success(),
+            "ward {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Invites and enrolls `user`; returns its device id (hex).
+    fn enroll(&self, user: &str, name: &str) -> String {
+        let inv = self.ok(&["admin", "invite", "--user-id", user, "--name", name]);
+        let field = |p: &str| {
+            inv.lines()
+                .find_map(|l| l.strip_prefix(p))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let out = self.ok(&[
+            "enroll",
+            "--invite",
+            &field("invite:"),
+            "--delegation",
+            &field("delegation:"),
+        ]);
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("device"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+#[test]
+fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
+    let up = Up::start("flow");
+    let martin = up.enroll("dr.martin", "Dr Claire Martin");
+    let dubois = up.enroll("nurse.dubois", "Luc Dubois");
+    assert!(up.data.join("clients/dr.martin.db").exists());
+
+    // Dubois is offline while Martin sends; the relay keeps it.
+    let sent = up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "Bed 4: please check the IV line",
+    ]);
+    assert!(sent.starts_with("Sent to nurse.dubois"), "{sent}");
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    let line = heard.lines().next().unwrap();
+    assert!(
+        line.contains("dr.martin") && line.ends_with("Bed 4: please check the IV line"),
+        "{heard}"
+    );
+    // The reply reuses the conversation.
+    let conv = line
+        .split("conv ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let reply = up.ok(&["send", "--as", "nurse.dubois", "--to", "dr.martin", "Done"]);
+    assert!(reply.contains(&format!("conversation {conv}")), "{reply}");
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "dr.martin",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(
+        heard.contains("nurse.dubois") && heard.contains("Done"),
+        "{heard}"
+    );
+
+    // The audit export lists both reads of wrapped keys, by device.
+    let csv = up.ok(&["admin", "audit-export"]);
+    assert!(csv.starts_with("time_unix,time_utc,user_id,device_id,kind,resource_id"));
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(&format!("nurse.dubois,{dubois},wrapped_key"))),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(&format!("dr.martin,{martin},wrapped_key")))
+    );
+    let json = up.ok(&["admin", "audit-export", "--format", "json"]);
+    assert!(
+        json.contains(&format!("\"device_id\": \"{dubois}\"")),
+        "{json}"
+    );
+
+    // Errors a person can act on.
+    let wrong = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+        cmd.args(["listen", "--as", "dr.martin", "--count", "1"])
+            .env("WARD_DATA", &up.data)
+            .env("WARD_PIN", "not-the-pin");
+        run_within(cmd, std::time::Duration::from_secs(30))
+    };
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong PIN: 9 attempts left"));
+    let no_pin = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+        cmd.args(["send", "--as", "dr.martin", "--to", "nurse.dubois", "x"])
+            .env("WARD_DATA", &up.data)
+            .env_remove("WARD_PIN");
+        run_within(cmd, std::time::Duration::from_secs(30))
+    };
+    assert!(String::from_utf8_lossy(&no_pin.stderr).contains("Set WARD_PIN, or pass --pin-stdin"));
+    // --pin-stdin: the first line of standard input, WARD_PIN unset.
+    let piped = {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args([
+                "send",
+                "--pin-stdin",
+                "--as",
+                "dr.martin",
+                "--to",
+                "nurse.dubois",
+                "Thanks",
+            ])
+            .env("WARD_DATA", &up.data)
+            .env("WARD_RELAY_URL", &up.relay)
+            .env("WARD_KEYSERVER_URL", &up.keyserver)
+            .env_remove("WARD_PIN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"ward-pin-493817\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let unknown = up.ward(&["send", "--as", "dr.martin", "--to", "nobody.here", "x"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown user nobody.here"));
+
+    // A lost phone: revoked by the root, relayed through Martin's device.
+    let roux = up.enroll("pharm.roux", "Paul Roux");
+    let revoked = up.ok(&[
+        "admin",
+        "revoke",
+        "--user-id",
+        "pharm.roux",
+        "--device-id",
+        &roux,
+        "--via",
+        "dr.martin",
+    ]);
+    assert!(revoked.contains("Revoked device"), "{revoked}");
+    let refused = up.ward(&["send", "--as", "pharm.roux", "--to", "dr.martin", "x"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("has been revoked"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn admin_init_creates_the_organisation_once() {
+    let data = std::env::temp_dir().join(format!("ward-cli-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let ward = env!("CARGO_BIN_EXE_ward");
+    let first = Command::new(ward)
+        .args(["admin", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(first.status.success());
+    let first = String::from_utf8(first.stdout).unwrap();
+    assert!(first.starts_with("Created a dev organisation"), "{first}");
+    let again = Command::new(ward)
+        .args(["admin", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert!(again.contains("already exists"));
+    let root = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("org root"))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(root(&first), root(&again));
+    assert!(data.join("org-root.pub").exists());
+    let _ = std::fs::remove_dir_all(&data);
+}
