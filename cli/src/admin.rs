@@ -106,13 +106,12 @@ pub async fn revoke(
         );
     } else {
         println!(
-            "{user_id}'s user key is unchanged and the lost device may still hold it: a \
-             remaining device of {user_id} must rotate the key now:"
+            "{user_id}'s user key is unchanged and the lost device may still hold it. The first \
+             remaining device of {user_id} that is online rotates the key on its own within a \
+             minute and hands the new log to the relay, which then refuses the revoked device \
+             too. To do it now from this machine:"
         );
         println!("  ward rotate-key --as {user_id}");
-        println!(
-            "(it also hands the new log to the relay, which then refuses the revoked device too)."
-        );
     }
     Ok(())
 }
