@@ -585,23 +585,12 @@ impl Client {
     /// relay.
     pub async fn approve_device(&self, keys: &NewDeviceKeys) -> Result<()> {
         let inner = &self.inner;
-        let me = [inner.user_id.clone()];
-        let own = first(
-            inner
-                .directory
-                .refresh(&inner.store, &inner.keyserver, &me)
-                .await?,
-        )?;
+        let own = refresh_own(inner).await?;
         let entry = own
             .user
             .add_device(&inner.device, &keys.signing, &keys.encryption, now_secs());
         inner.keyserver.append(entry).await?;
-        let own = first(
-            inner
-                .directory
-                .refresh(&inner.store, &inner.keyserver, &me)
-                .await?,
-        )?;
+        let own = refresh_own(inner).await?;
         if !own
             .user
             .device(&keys.signing)
@@ -728,13 +717,7 @@ impl Client {
 /// appends the statement, grants the new key to every active device and
 /// publishes the new log to the relay.
 pub(crate) async fn change_user_key(inner: &Inner, revoke: Option<SigningPublicKey>) -> Result<()> {
-    let me = [inner.user_id.clone()];
-    let own = first(
-        inner
-            .directory
-            .refresh(&inner.store, &inner.keyserver, &me)
-            .await?,
-    )?;
+    let own = refresh_own(inner).await?;
     let new_key = UserEncryptionKey::generate(&mut rand::rng());
     let new_public = new_key.public_key();
     // Kept before the append: a crash after it must not lose the key.
@@ -749,12 +732,7 @@ pub(crate) async fn change_user_key(inner: &Inner, revoke: Option<SigningPublicK
             .rotate_user_key(&inner.device, &new_public, now_secs()),
     };
     inner.keyserver.append(entry).await?;
-    let own = first(
-        inner
-            .directory
-            .refresh(&inner.store, &inner.keyserver, &me)
-            .await?,
-    )?;
+    let own = refresh_own(inner).await?;
     if *own.user.encryption_key() != new_public {
         return Err(ClientError::Protocol(
             "the appended key change is not in the log",
@@ -777,6 +755,17 @@ pub(crate) async fn change_user_key(inner: &Inner, revoke: Option<SigningPublicK
         .await;
     tracing::info!(revoked = ?revoke, "user key rotated");
     Ok(())
+}
+
+/// This user's own log, fetched from the keyserver and verified (§15.1).
+pub(crate) async fn refresh_own(inner: &Inner) -> Result<directory::Known> {
+    let me = [inner.user_id.clone()];
+    first(
+        inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &me)
+            .await?,
+    )
 }
 
 fn first(mut v: Vec<directory::Known>) -> Result<directory::Known> {

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use super::relay::RelayCmd;
-use super::{Inner, change_user_key, first};
+use super::{Inner, change_user_key, refresh_own};
 
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut published_len = 0u64;
@@ -27,13 +27,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 async fn round(inner: &Inner, published_len: &mut u64) -> super::Result<()> {
-    let me = [inner.user_id.clone()];
-    let own = first(
-        inner
-            .directory
-            .refresh(&inner.store, &inner.keyserver, &me)
-            .await?,
-    )?;
+    let own = refresh_own(inner).await?;
     let active = own
         .user
         .device(&inner.device.public_key())
