@@ -23,8 +23,8 @@
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! let config = ClientConfig::new(
 //!     "ward-device.db",           // the encrypted device store
-//!     "wss://relay.example",      // ciphertext only
-//!     "wss://keys.example",       // directory and wrapped keys only
+//!     "ws://127.0.0.1:7070",      // the relay: ciphertext only
+//!     "ws://127.0.0.1:7071",      // the keyserver: directory and wrapped keys only
 //!     org_root,                   // pinned: every log is verified from it
 //! );
 //! // First run: enroll from the invite received out of band.

@@ -62,9 +62,12 @@ use relay::RelayCmd;
 
 /// Where the client keeps its store and which servers it talks to.
 ///
-/// The URLs are plain `ws://` / `wss://` URLs: a test (or a debugging
-/// proxy) may sit in between; nothing the servers say is trusted beyond
-/// what the client verifies.
+/// The URLs are `ws://` URLs: this build has no TLS yet, and `wss://` fails
+/// to connect. Content and keys do not rest on the transport (they are
+/// end-to-end encrypted and signed), but the metadata the servers see (who,
+/// when, sizes) is then visible to the network too (SECURITY.md §12). A
+/// test (or a debugging proxy) may sit in between; nothing the servers say
+/// is trusted beyond what the client verifies.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The device store (SQLCipher database; the header goes beside it).
