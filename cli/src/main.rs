@@ -54,12 +54,19 @@ enum Command {
     },
     /// Enroll this machine as a clinician's device, from an invite.
     Enroll {
+        /// The file `ward admin invite` printed (its `invite:` and
+        /// `delegation:` lines). Preferred: the one-time secret then never
+        /// appears in the process list.
+        #[arg(long, conflicts_with_all = ["invite", "delegation"])]
+        invite_file: Option<std::path::PathBuf>,
         /// The `invite:` line of `ward admin invite` (hex).
-        #[arg(long)]
-        invite: String,
-        /// The `delegation:` line of `ward admin invite` (hex, one-time secret).
-        #[arg(long)]
-        delegation: String,
+        #[arg(long, requires = "delegation")]
+        invite: Option<String>,
+        /// The `delegation:` line (hex, one-time secret; visible to other
+        /// local users in the process list: prefer --invite-file or the
+        /// WARD_DELEGATION environment variable).
+        #[arg(long, env = "WARD_DELEGATION", hide_env_values = true)]
+        delegation: Option<String>,
         #[command(flatten)]
         device: device::DeviceArgs,
     },
@@ -336,7 +343,7 @@ async fn up(
         "  cargo run -q -p ward -- admin invite --user-id dr.martin --name \"Dr Claire Martin\""
     );
     println!("and enroll them with the two lines it prints:");
-    println!("  cargo run -q -p ward -- enroll --invite <hex> --delegation <hex>");
+    println!("  cargo run -q -p ward -- enroll --invite-file <the saved output of admin invite>");
     println!("Or see it all at once: cargo run -q -p ward -- demo");
     println!("Stop with Ctrl-C.");
 
@@ -378,6 +385,38 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
         })
+    }
+}
+
+/// The invite and its delegation secret, from `--invite-file` or the flags.
+fn invite_lines(
+    file: Option<std::path::PathBuf>,
+    invite: Option<String>,
+    delegation: Option<String>,
+) -> Result<(String, zeroize::Zeroizing<String>), CliError> {
+    if let Some(path) = file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&path).map_err(io(path.display().to_string()))?,
+        );
+        let line = |tag: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(tag).map(|v| v.trim().to_owned()))
+        };
+        return match (line("invite:"), line("delegation:")) {
+            (Some(i), Some(d)) => Ok((i, zeroize::Zeroizing::new(d))),
+            _ => Err(CliError::Msg(format!(
+                "{}: no `invite:` and `delegation:` lines (the output of `ward admin invite`)",
+                path.display()
+            ))),
+        };
+    }
+    match (invite, delegation) {
+        (Some(i), Some(d)) => Ok((i, zeroize::Zeroizing::new(d))),
+        _ => Err(CliError::Msg(
+            "give --invite-file FILE (the output of `ward admin invite`), or --invite with \
+             --delegation / WARD_DELEGATION"
+                .into(),
+        )),
     }
 }
 
@@ -442,10 +481,14 @@ fn main() -> ExitCode {
             keyserver_listen,
         } => block_on(up(data, relay_listen, keyserver_listen)),
         Command::Enroll {
+            invite_file,
             invite,
             delegation,
             device,
-        } => block_on(device::enroll(device, &invite, &delegation)),
+        } => match invite_lines(invite_file, invite, delegation) {
+            Ok((invite, delegation)) => block_on(device::enroll(device, &invite, &delegation)),
+            Err(e) => Err(e),
+        },
         Command::Send {
             as_user,
             to,

@@ -266,13 +266,21 @@ impl Up {
                 .trim()
                 .to_owned()
         };
-        let out = self.ok(&[
-            "enroll",
-            "--invite",
-            &field("invite:"),
-            "--delegation",
-            &field("delegation:"),
-        ]);
+        // One way through the flags, the other through the saved invite
+        // file (the secret then never reaches the process list).
+        let out = if user.starts_with("dr.") {
+            self.ok(&[
+                "enroll",
+                "--invite",
+                &field("invite:"),
+                "--delegation",
+                &field("delegation:"),
+            ])
+        } else {
+            let file = self.data.join(format!("{user}.invite"));
+            std::fs::write(&file, &inv).unwrap();
+            self.ok(&["enroll", "--invite-file", file.to_str().unwrap()])
+        };
         out.lines()
             .find_map(|l| l.trim().strip_prefix("device"))
             .unwrap()
