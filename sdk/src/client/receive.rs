@@ -161,17 +161,7 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     // The wrapped key: the sender uploads it before sending, but a lagging
     // (or withholding) keyserver may not serve it yet.
     let rid = env.resource_id();
-    let deadline = tokio::time::Instant::now() + inner.config.key_wait;
-    let mut backoff = Backoff::new(
-        inner
-            .config
-            .reconnect_min
-            .min(std::time::Duration::from_millis(50)),
-        inner
-            .config
-            .reconnect_max
-            .min(std::time::Duration::from_secs(2)),
-    );
+    let (deadline, mut backoff) = key_wait(inner);
     let wrapped = loop {
         let got = retry_transient!(
             inner,
@@ -277,17 +267,7 @@ async fn fetch_grant(inner: &Inner, key: EncryptionPublicKey) -> Result<Result<U
     }
     // The rotating device appends the rotation, then stores the grants: a
     // sender may be quicker than the second step. Wait as for a wrapped key.
-    let deadline = tokio::time::Instant::now() + inner.config.key_wait;
-    let mut backoff = Backoff::new(
-        inner
-            .config
-            .reconnect_min
-            .min(std::time::Duration::from_millis(50)),
-        inner
-            .config
-            .reconnect_max
-            .min(std::time::Duration::from_secs(2)),
-    );
+    let (deadline, mut backoff) = key_wait(inner);
     let grant = loop {
         match retry_transient!(inner, inner.keyserver.get_grant(key.as_bytes().to_vec())) {
             Ok(g) => break g,
@@ -313,4 +293,22 @@ async fn fetch_grant(inner: &Inner, key: EncryptionPublicKey) -> Result<Result<U
     inner.store.run(move |s| s.add_user_key(&stored)).await?;
     tracing::debug!("receive: accepted the grant of a new user key");
     Ok(Ok(user_key))
+}
+
+/// The deadline and backoff for waiting on something a sender or rotating
+/// device uploads just before we need it (a wrapped key, a grant): short
+/// steps, bounded by `key_wait`.
+fn key_wait(inner: &Inner) -> (tokio::time::Instant, Backoff) {
+    let deadline = tokio::time::Instant::now() + inner.config.key_wait;
+    let backoff = Backoff::new(
+        inner
+            .config
+            .reconnect_min
+            .min(std::time::Duration::from_millis(50)),
+        inner
+            .config
+            .reconnect_max
+            .min(std::time::Duration::from_secs(2)),
+    );
+    (deadline, backoff)
 }
