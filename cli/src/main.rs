@@ -364,28 +364,9 @@ async fn up(
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM from a service manager. The handlers are installed
-/// when this is called, not when the future is first polled, so a signal
-/// that arrives right after "Ward is up" is not lost.
+/// Ctrl-C or SIGTERM, with the handlers installed now (see `ward_net::signal`).
 fn stop_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(io("cannot listen for SIGTERM"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(io("cannot listen for Ctrl-C"))?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-    }
+    ward_net::signal::stop().map_err(io("cannot listen for Ctrl-C / SIGTERM"))
 }
 
 /// The invite and its delegation secret, from `--invite-file` or the flags.

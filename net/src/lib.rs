@@ -24,6 +24,7 @@ pub mod conn;
 mod error;
 pub mod handshake;
 pub mod rate;
+pub mod signal;
 
 pub use conn::Conn;
 pub use error::NetError;

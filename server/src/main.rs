@@ -102,21 +102,6 @@ fn config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -134,6 +119,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Installed before anything says it is ready (see ward_net::signal).
+    let stop = match ward_net::signal::stop() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ward-relay: cannot listen for signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -147,7 +140,7 @@ async fn main() -> ExitCode {
         let _ = writeln!(out, "ward-relay listening on {addr}");
         let _ = out.flush();
     }
-    match ward_relay::run(listener, config, shutdown_signal()).await {
+    match ward_relay::run(listener, config, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ward-relay: {e}");

@@ -72,28 +72,6 @@ fn config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -110,6 +88,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Installed before anything says it is ready (see ward_net::signal).
+    let stop = match ward_net::signal::stop() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ward-keyserver: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -117,7 +103,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match ward_keyserver::run(listener, config, shutdown_signal()).await {
+    match ward_keyserver::run(listener, config, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ward-keyserver: {e}");
