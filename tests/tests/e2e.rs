@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
 use ward_core::ResourceId;
-use ward_core::invite::{InviteDetails, create_invite};
 use ward_core::testkit::Org;
 use ward_keyserver::Clock;
-use ward_proto::Message as _;
 use ward_sdk::store::{KdfParams, Message, Pin, StoreError};
 use ward_sdk::{Client, ClientConfig, ClientError, Event};
 use ward_tests::keyserver::{TestKeyserver, remove_db, temp_db_path, test_config};
@@ -108,20 +106,7 @@ impl World {
 
     /// A signed invite (encoded) and its delegation secret.
     fn invite(&self, user_id: &str) -> (Vec<u8>, Vec<u8>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let details = InviteDetails {
-            user_id: user_id.into(),
-            display_name: format!("Dr {user_id}"),
-            profession: "physician".into(),
-            registry_number: "10001234567".into(),
-            expires_at: now + 86_400,
-        };
-        let (invite, delegation) =
-            create_invite(&mut rand::rng(), &self.org.root, &details).unwrap();
-        (invite.encode_to_vec(), delegation.export_secret().to_vec())
+        ward_tests::invite(&self.org, user_id)
     }
 
     async fn enroll(&self, user_id: &str, device: &str) -> Client {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
 use ward_core::chain::verify_log;
-use ward_core::invite::{InviteDetails, create_invite};
 use ward_core::keys::{DeviceSigningKey, ResourceKey, UserEncryptionKey};
 use ward_core::testkit::{KIT_TIME, Org};
 use ward_core::wrap::wrap_resource_key;
@@ -87,23 +86,11 @@ impl World {
     }
 
     async fn enroll(&self, user_id: &str) -> Client {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let details = InviteDetails {
-            user_id: user_id.into(),
-            display_name: format!("Dr {user_id}"),
-            profession: "physician".into(),
-            registry_number: "10001234567".into(),
-            expires_at: now + 86_400,
-        };
-        let (invite, delegation) =
-            create_invite(&mut rand::rng(), &self.org.root, &details).unwrap();
+        let (invite, delegation) = ward_tests::invite(&self.org, user_id);
         Client::enroll(
             self.config(user_id),
-            &invite.encode_to_vec(),
-            &*delegation.export_secret(),
+            &invite,
+            &delegation,
             Pin::new(PIN.into()).unwrap(),
         )
         .await
