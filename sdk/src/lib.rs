@@ -1,7 +1,7 @@
 //! Ward's client SDK.
 //!
 //! All cryptography happens here, on the device. The sans-IO protocol core
-//! lives in its own crate, [`ward_core`] (`sdk/core/`), so that the servers can
+//! lives in its own crate, [`ward_core`] (`core/`), so that the servers can
 //! link the verifiers without the client's store and network code; this crate
 //! re-exports it and adds around it:
 //!

@@ -184,7 +184,7 @@ mod tests {
     use serde_json::Value;
 
     const RFC_VECTORS: &str =
-        include_str!("../../../vectors/rfc9180-a2-x25519-sha256-chacha20poly1305-base.json");
+        include_str!("../../vectors/rfc9180-a2-x25519-sha256-chacha20poly1305-base.json");
 
     fn h(v: &Value) -> Vec<u8> {
         hex::decode(v.as_str().unwrap()).unwrap()

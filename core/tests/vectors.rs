@@ -59,7 +59,7 @@ use ward_core::proto::v1::{
 };
 use ward_core::{ConversationId, ResourceId, auth, labels, padding, wrap};
 
-const VECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vectors/");
+const VECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/");
 
 // ---------------------------------------------------------------------------
 // Deterministic inputs
