@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use ward_core::chain::verify_log;
 use ward_core::keys::SigningPublicKey;
-use ward_net::handshake::KEYSERVER;
+use ward_net::handshake::Audience;
 use ward_net::{Limits, NetError};
 use ward_proto::v1::{ErrorCode, GetLogs, KsRequest, KsResponse, ks_request, ks_response};
 
@@ -42,7 +42,7 @@ pub async fn revoke(
         })?;
     let root = load_root(&args.data)?;
     let (identity, path) = unlock_identity(&args, via.as_deref())?;
-    let mut ks = Session::open(&args.keyserver, &identity).await?;
+    let mut ks = Session::open(&args.keyserver, &root.public_key(), &identity).await?;
 
     let logs = match ks
         .call(ks_request::Body::GetLogs(GetLogs {
@@ -124,7 +124,11 @@ struct Session {
 }
 
 impl Session {
-    async fn open(url: &str, identity: &ward_sdk::store::Identity) -> Result<Self, CliError> {
+    async fn open(
+        url: &str,
+        root: &ward_core::keys::SigningPublicKey,
+        identity: &ward_sdk::store::Identity,
+    ) -> Result<Self, CliError> {
         let unreachable = |e: NetError| {
             CliError::Msg(format!(
                 "cannot reach the keyserver at {url}: {e}. Is `ward up` running? (--keyserver)"
@@ -141,7 +145,7 @@ impl Session {
             &mut conn,
             &identity.device_signing,
             &identity.user_id,
-            KEYSERVER,
+            &Audience::keyserver(*root, ward_core::auth::DEFAULT_INSTANCE),
             &[],
         )
         .await

@@ -30,7 +30,6 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha512};
 use ward_core::envelope::{self, ContentType, ReceivedEnvelope, SealRequest};
-use ward_core::proto::v1::AuthChallenge;
 use ward_core::testkit::Org;
 use ward_core::{ConversationId, ResourceId, auth, chain, wrap};
 use zeroize::Zeroize;
@@ -151,17 +150,11 @@ fn bench_auth_and_chain(c: &mut Criterion) {
     let mut rng = rand::rng();
     let org = Org::new(&mut rng);
     let alice = org.enroll(&mut rng, "alice");
-    let challenge = AuthChallenge {
-        version: 1,
-        service: "ward-relay".into(),
-        nonce: content(&mut rng, auth::AUTH_NONCE_BYTES),
-    };
-    let response = must(auth::respond(
-        &alice.device,
-        "alice",
-        "ward-relay",
-        &challenge,
-    ));
+    let audience = auth::Audience::relay(org.root_public(), auth::DEFAULT_INSTANCE);
+    let mut nonce = [0u8; auth::AUTH_NONCE_BYTES];
+    nonce.copy_from_slice(&content(&mut rng, auth::AUTH_NONCE_BYTES));
+    let challenge = audience.challenge(nonce);
+    let response = must(auth::respond(&alice.device, "alice", &audience, &challenge));
 
     let mut g = c.benchmark_group("auth");
     g.bench_function("respond", |b| {
@@ -169,7 +162,7 @@ fn bench_auth_and_chain(c: &mut Criterion) {
             black_box(auth::respond(
                 &alice.device,
                 "alice",
-                "ward-relay",
+                &audience,
                 black_box(&challenge),
             ))
         })
@@ -177,6 +170,7 @@ fn bench_auth_and_chain(c: &mut Criterion) {
     g.bench_function("verify_response", |b| {
         b.iter(|| {
             black_box(must(auth::verify_response(
+                &audience,
                 black_box(&challenge),
                 black_box(&response),
             )))

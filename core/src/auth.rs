@@ -2,15 +2,23 @@
 //! (SECURITY.md §8).
 //!
 //! ```text
-//! server -> device: AuthChallenge { version, service, nonce (32 random bytes) }
-//! device -> server: AuthResponse  { user_id, device_id, signature }
-//! signature = Ed25519(device, framed(SIG_AUTH, [u32_be(version), service, nonce, user_id, device_id]))
+//! server -> device: AuthChallenge { version, service, instance, nonce (32 random bytes) }
+//! device -> server: AuthResponse  { user_id, device_id, signature, version }
+//! signature = Ed25519(device, framed(SIG_AUTH, [u32_be(version), service, instance,
+//!                                               org_root, nonce, user_id, device_id]))
 //! ```
+//!
+//! The transcript binds the organisation root and the service's own
+//! identity (its kind and its configured instance id), each side using its
+//! own values: a device signs only for the [`Audience`] it dialled, and a
+//! server checks against its own, so two relays (a staging one, another
+//! hospital's) never accept each other's handshakes.
 //!
 //! This module only signs and checks the transcript. Whether `device_id` is
 //! an active device of `user_id` is the server's question, answered from
 //! the verified directory.
 
+use ward_proto::PROTOCOL_VERSION;
 use ward_proto::v1::{AuthChallenge, AuthResponse};
 
 use crate::error::AuthError;
@@ -20,13 +28,76 @@ use crate::labels::{SIG_AUTH, framed};
 
 /// Length of the server's challenge nonce.
 pub const AUTH_NONCE_BYTES: usize = 32;
+/// Largest encoded `AuthChallenge` a device accepts (SECURITY.md §3.1).
+pub const MAX_CHALLENGE_BYTES: usize = 1024;
+/// Longest service name or instance id.
+pub const MAX_SERVICE_BYTES: usize = 128;
+/// The relay's service name.
+pub const RELAY: &str = "ward-relay";
+/// The keyserver's service name.
+pub const KEYSERVER: &str = "ward-keyserver";
+/// The instance id a server and a client use when none is configured.
+/// Deployments that share an organisation root (staging and production, or
+/// two sites) MUST configure distinct ones (SECURITY.md §8).
+pub const DEFAULT_INSTANCE: &str = "default";
 
-fn transcript(challenge: &AuthChallenge, user_id: &str, device_id: &[u8]) -> Vec<u8> {
+/// Whom a handshake is for: the service kind, the deployment's instance id
+/// for it (from both sides' configuration), and the organisation root both
+/// sides pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// [`RELAY`] or [`KEYSERVER`].
+    pub service: String,
+    /// The deployment's id for this service, e.g. `"chu-example-prod"`.
+    pub instance: String,
+    /// The pinned organisation root.
+    pub org_root: SigningPublicKey,
+}
+
+impl Audience {
+    /// A relay of the organisation `org_root`, configured as `instance`.
+    pub fn relay(org_root: SigningPublicKey, instance: impl Into<String>) -> Self {
+        Self {
+            service: RELAY.to_owned(),
+            instance: instance.into(),
+            org_root,
+        }
+    }
+
+    /// A keyserver of the organisation `org_root`, configured as `instance`.
+    pub fn keyserver(org_root: SigningPublicKey, instance: impl Into<String>) -> Self {
+        Self {
+            service: KEYSERVER.to_owned(),
+            instance: instance.into(),
+            org_root,
+        }
+    }
+
+    /// The challenge a server of this audience sends.
+    pub fn challenge(&self, nonce: [u8; AUTH_NONCE_BYTES]) -> AuthChallenge {
+        AuthChallenge {
+            version: PROTOCOL_VERSION,
+            service: self.service.clone(),
+            nonce: nonce.to_vec(),
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+/// The transcript, with the audience's own root (never one from the wire).
+fn transcript(
+    audience: &Audience,
+    challenge: &AuthChallenge,
+    user_id: &str,
+    device_id: &[u8],
+) -> Vec<u8> {
     framed(
         SIG_AUTH,
         &[
             &challenge.version.to_be_bytes(),
             challenge.service.as_bytes(),
+            challenge.instance.as_bytes(),
+            audience.org_root.as_bytes(),
             &challenge.nonce,
             user_id.as_bytes(),
             device_id,
@@ -34,18 +105,22 @@ fn transcript(challenge: &AuthChallenge, user_id: &str, device_id: &[u8]) -> Vec
     )
 }
 
-/// The device's answer to a server's challenge. Refuses to sign a challenge
-/// of another version, for another service than `expected_service`, or with
-/// a nonce of the wrong length: a server must not be able to relay another
-/// service's challenge and act as the device there.
+/// The device's answer to a server's challenge. Refuses, before signing, a
+/// challenge of another version ([`AuthError::UnsupportedVersion`]), or for
+/// another service or instance than `expected`, or with a nonce of the
+/// wrong length ([`AuthError::UnexpectedChallenge`]): a server must not be
+/// able to relay another service's challenge and act as the device there.
 pub fn respond(
     device: &DeviceSigningKey,
     user_id: &str,
-    expected_service: &str,
+    expected: &Audience,
     challenge: &AuthChallenge,
 ) -> Result<AuthResponse, AuthError> {
-    if challenge.version != ward_proto::PROTOCOL_VERSION
-        || challenge.service != expected_service
+    if challenge.version != PROTOCOL_VERSION {
+        return Err(AuthError::UnsupportedVersion(challenge.version));
+    }
+    if challenge.service != expected.service
+        || challenge.instance != expected.instance
         || challenge.nonce.len() != AUTH_NONCE_BYTES
         || !valid_user_id(user_id)
     {
@@ -53,18 +128,24 @@ pub fn respond(
     }
     let device_id = device.public_key().as_bytes().to_vec();
     let signature = device
-        .sign(&transcript(challenge, user_id, &device_id))
+        .sign(&transcript(expected, challenge, user_id, &device_id))
         .to_vec();
     Ok(AuthResponse {
         user_id: user_id.to_owned(),
         device_id,
         signature,
         log: Vec::new(),
+        version: PROTOCOL_VERSION,
     })
 }
 
-/// Checks a response to the challenge this server sent; returns who signed.
+/// Checks a response to the challenge this server (of `audience`) sent;
+/// returns who signed. A well-formed response of another version (0 from a
+/// v1 device, which does not send the field) is
+/// [`AuthError::UnsupportedVersion`]; a frame that is no response at all
+/// is [`AuthError::Malformed`] first.
 pub fn verify_response(
+    audience: &Audience,
     challenge: &AuthChallenge,
     response: &AuthResponse,
 ) -> Result<(String, SigningPublicKey), AuthError> {
@@ -73,8 +154,11 @@ pub fn verify_response(
     }
     let device =
         SigningPublicKey::from_bytes(&response.device_id).map_err(|_| AuthError::Malformed)?;
+    if response.version != PROTOCOL_VERSION {
+        return Err(AuthError::UnsupportedVersion(response.version));
+    }
     if !device.verify(
-        &transcript(challenge, &response.user_id, &response.device_id),
+        &transcript(audience, challenge, &response.user_id, &response.device_id),
         &response.signature,
     ) {
         return Err(AuthError::BadSignature);
@@ -85,46 +169,77 @@ pub fn verify_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn challenge(service: &str) -> AuthChallenge {
-        AuthChallenge {
-            version: 1,
-            service: service.into(),
-            nonce: vec![9; 32],
-        }
-    }
+    use crate::keys::OrgRootKey;
 
     #[test]
     fn response_verifies_only_for_its_own_challenge() {
         let mut rng = rand::rng();
         let dev = DeviceSigningKey::generate(&mut rng);
-        let c = challenge("ward-relay");
-        let r = respond(&dev, "alice", "ward-relay", &c).unwrap();
+        let root = OrgRootKey::generate(&mut rng).public_key();
+        let relay = Audience::relay(root, "prod");
+        let c = relay.challenge([9; 32]);
+        let r = respond(&dev, "alice", &relay, &c).unwrap();
         assert_eq!(
-            verify_response(&c, &r),
+            verify_response(&relay, &c, &r),
             Ok(("alice".to_owned(), dev.public_key()))
         );
 
-        // Replayed to another service, or against another nonce.
+        // Replayed to another service, another instance, another
+        // organisation, or against another nonce.
+        let ks = Audience::keyserver(root, "prod");
         assert_eq!(
-            verify_response(&challenge("ward-keyserver"), &r),
+            verify_response(&ks, &ks.challenge([9; 32]), &r),
             Err(AuthError::BadSignature)
         );
-        let mut other = c.clone();
-        other.nonce = vec![8; 32];
-        assert_eq!(verify_response(&other, &r), Err(AuthError::BadSignature));
+        let staging = Audience::relay(root, "staging");
+        assert_eq!(
+            verify_response(&staging, &staging.challenge([9; 32]), &r),
+            Err(AuthError::BadSignature)
+        );
+        let other_org = Audience::relay(OrgRootKey::generate(&mut rng).public_key(), "prod");
+        assert_eq!(
+            verify_response(&other_org, &other_org.challenge([9; 32]), &r),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_response(&relay, &relay.challenge([8; 32]), &r),
+            Err(AuthError::BadSignature)
+        );
         // Claimed for another user.
         let mut swapped = r.clone();
         swapped.user_id = "mallory".into();
-        assert_eq!(verify_response(&c, &swapped), Err(AuthError::BadSignature));
-        // A device will not sign a challenge meant for another service.
         assert_eq!(
-            respond(&dev, "alice", "ward-keyserver", &c).err(),
+            verify_response(&relay, &c, &swapped),
+            Err(AuthError::BadSignature)
+        );
+        // A device will not sign a challenge meant for another service or instance.
+        assert_eq!(
+            respond(&dev, "alice", &ks, &c).err(),
             Some(AuthError::UnexpectedChallenge)
+        );
+        assert_eq!(
+            respond(&dev, "alice", &staging, &c).err(),
+            Some(AuthError::UnexpectedChallenge)
+        );
+        // Nor one of another version; and a server refuses a v1 response.
+        let mut v1 = c.clone();
+        v1.version = 1;
+        assert_eq!(
+            respond(&dev, "alice", &relay, &v1).err(),
+            Some(AuthError::UnsupportedVersion(1))
+        );
+        let mut old = r.clone();
+        old.version = 0;
+        assert_eq!(
+            verify_response(&relay, &c, &old),
+            Err(AuthError::UnsupportedVersion(0))
         );
         // Garbage.
         let mut junk = r;
         junk.device_id = vec![1, 2, 3];
-        assert_eq!(verify_response(&c, &junk), Err(AuthError::Malformed));
+        assert_eq!(
+            verify_response(&relay, &c, &junk),
+            Err(AuthError::Malformed)
+        );
     }
 }

@@ -3,13 +3,21 @@
 //!
 //! ```text
 //! entry 0: UserCreation    signed by the invite's delegation key, prev = H(invite)
-//! entry n: DeviceAddition  signed by an active device,             prev = H(entry n-1)
+//! entry n: DeviceAddition  signed by an active device (and the new one), prev = H(entry n-1)
 //!          DeviceRevocation signed by an active device or the root, prev = H(entry n-1)
+//!          KeyRotation     signed by an active device,             prev = H(entry n-1)
 //! ```
+//!
+//! `H(entry)` covers the statement *and* its signature, so a served prefix
+//! checked through its hash links is the verified one byte for byte.
 //!
 //! [`verify_log`] checks a whole log from the pinned organisation root;
 //! [`VerifiedUser::update`] checks that a newly served log extends the one
-//! already verified, refusing rollbacks and forks.
+//! already verified, refusing rollbacks and forks, and
+//! [`VerifiedUser::update_suffix`] also returns the verified new entries, so
+//! a caller appends those to its own entries and never stores served bytes
+//! it did not verify. [`VerifiedUser::apply_suffix`] verifies new entries
+//! alone, for a server that keeps its own verified log.
 
 use std::collections::BTreeMap;
 
@@ -24,10 +32,26 @@ use crate::invite::{VerifiedInvite, verify_invite};
 use crate::keys::{
     DelegationKey, DeviceSigningKey, EncryptionPublicKey, OrgRootKey, SigningPublicKey,
 };
-use crate::labels::{HASH_ENTRY, SIG_STATEMENT, framed, framed_hash};
+use crate::labels::{HASH_ENTRY, SIG_DEVICE_POSSESSION, SIG_STATEMENT, framed, framed_hash};
+
+/// `KeyInUse` reason: the new device key is the organisation root.
+pub const KEY_IS_ROOT: &str = "device key is the organisation root";
+/// `KeyInUse` reason: the new device key is the invite's delegation key.
+pub const KEY_IS_DELEGATION: &str = "device key is the invite's delegation key";
 
 /// Largest encoded `Statement`.
 pub const MAX_STATEMENT_BYTES: usize = 4096;
+/// Largest encoded standalone `SignedStatement` (an `append` request, a
+/// stored entry): the statement, a 64-byte signature and their tags.
+pub const MAX_SIGNED_STATEMENT_BYTES: usize = MAX_STATEMENT_BYTES + 128;
+
+/// Decodes a standalone `SignedStatement` from untrusted bytes: over
+/// [`MAX_SIGNED_STATEMENT_BYTES`] is `Decode(TooLarge)`, not protobuf is
+/// `Decode(Malformed)` (SECURITY.md §3.1).
+pub fn decode_signed_statement(bytes: &[u8]) -> Result<SignedStatement, ChainError> {
+    Ok(decode_bounded(bytes, MAX_SIGNED_STATEMENT_BYTES)?)
+}
+
 /// Most entries a log may hold (devices added and revoked over a career).
 pub const MAX_LOG_ENTRIES: usize = 4096;
 
@@ -54,6 +78,8 @@ impl DeviceRecord {
 /// The state of a user's log after verification: what clients may trust.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedUser {
+    /// The pinned root the log was verified from (bound into possession proofs).
+    root: SigningPublicKey,
     invite: VerifiedInvite,
     encryption_key: EncryptionPublicKey,
     past_encryption_keys: Vec<EncryptionPublicKey>,
@@ -99,9 +125,44 @@ fn sign_statement(statement: &Statement, sign: impl FnOnce(&[u8]) -> [u8; 64]) -
     }
 }
 
-/// `H(HASH_ENTRY, statement bytes)`: the hash the next entry chains to.
+/// `H(HASH_ENTRY, statement bytes, signature)`: the hash the next entry
+/// chains to. It covers the signature, so a served log whose known prefix
+/// carries other signature bytes (zeroed, say) no longer links to the known
+/// head: a fork, not a silent replacement (SECURITY.md §4.2, §4.7).
 pub fn entry_hash(entry: &SignedStatement) -> [u8; 32] {
-    framed_hash(HASH_ENTRY, &[&entry.statement])
+    framed_hash(HASH_ENTRY, &[&entry.statement, &entry.signature])
+}
+
+/// What a new device signs to prove it holds its signing key and consents
+/// to be a device of `user_id` in the organisation of `root`
+/// (SECURITY.md §4.4).
+fn possession_message(
+    root: &SigningPublicKey,
+    user_id: &str,
+    signing: &[u8],
+    encryption: &[u8],
+) -> Vec<u8> {
+    framed(
+        SIG_DEVICE_POSSESSION,
+        &[root.as_bytes(), user_id.as_bytes(), signing, encryption],
+    )
+}
+
+/// The new device's proof of possession, made on the new device and carried
+/// to the approving device with its public keys: `Sign(device,
+/// frame(SIG_DEVICE_POSSESSION, root, user_id, signing key, encryption key))`.
+pub fn possession_proof(
+    root: &SigningPublicKey,
+    user_id: &str,
+    device: &DeviceSigningKey,
+    encryption: &EncryptionPublicKey,
+) -> [u8; 64] {
+    device.sign(&possession_message(
+        root,
+        user_id,
+        device.public_key().as_bytes(),
+        encryption.as_bytes(),
+    ))
 }
 
 /// Makes entry 0 of a new user's log, signed by the invite's delegation key.
@@ -204,6 +265,18 @@ impl VerifiedUser {
         }
         let user_key = user_key(&creation.user_encryption_public_key)?;
         let (signing_key, encryption_key) = device_keys(&creation.device)?;
+        if signing_key == *root {
+            return Err(ChainError::KeyInUse {
+                seq: 0,
+                reason: KEY_IS_ROOT,
+            });
+        }
+        if signing_key == invite.delegation_key {
+            return Err(ChainError::KeyInUse {
+                seq: 0,
+                reason: KEY_IS_DELEGATION,
+            });
+        }
         let mut devices = BTreeMap::new();
         devices.insert(
             signing_key,
@@ -215,6 +288,7 @@ impl VerifiedUser {
             },
         );
         Ok(Self {
+            root: *root,
             invite,
             encryption_key: user_key,
             past_encryption_keys: Vec::new(),
@@ -271,17 +345,28 @@ impl VerifiedUser {
                 check_signature(entry, &author, seq)?;
                 return Err(ChainError::InviteReused);
             }
-            Some(Body::DeviceAddition(DeviceAddition { device })) => {
+            Some(Body::DeviceAddition(DeviceAddition {
+                device,
+                device_signature,
+            })) => {
                 if !author_is_device {
                     return Err(ChainError::UnauthorizedAuthor { seq });
                 }
                 check_signature(entry, &author, seq)?;
                 let (signing_key, encryption_key) = device_keys(device)?;
-                if self.devices.contains_key(&signing_key) {
-                    return Err(ChainError::InvalidTransition {
-                        seq,
-                        reason: "device already in the log",
-                    });
+                self.check_key_unused(root, &signing_key, &encryption_key, seq)?;
+                // Parsed above, so present: its exact bytes are what was signed.
+                let keys = device
+                    .as_ref()
+                    .ok_or(ChainError::Malformed("missing device keys"))?;
+                let message = possession_message(
+                    root,
+                    self.user_id(),
+                    &keys.signing_public_key,
+                    &keys.encryption_public_key,
+                );
+                if !signing_key.verify(&message, device_signature) {
+                    return Err(ChainError::MissingPossessionProof { seq });
                 }
                 self.devices.insert(
                     signing_key,
@@ -304,17 +389,7 @@ impl VerifiedUser {
                 check_signature(entry, &author, seq)?;
                 let target = SigningPublicKey::from_bytes(device_id)
                     .map_err(|_| ChainError::Malformed("device id"))?;
-                // The root never chooses a user's key; a device always rotates it.
-                let new_key = match (by_root, new_user_encryption_public_key.is_empty()) {
-                    (true, true) => None,
-                    (true, false) => {
-                        return Err(ChainError::InvalidTransition {
-                            seq,
-                            reason: "the root may not choose a user key",
-                        });
-                    }
-                    (false, _) => Some(self.check_new_key(new_user_encryption_public_key, seq)?),
-                };
+                // Target checks first, then the key (SECURITY.md §4.6, A7).
                 match self.devices.get(&target) {
                     Some(d) if d.is_active() => {}
                     Some(_) => {
@@ -330,6 +405,30 @@ impl VerifiedUser {
                         });
                     }
                 }
+                // No device being revoked, and never the root, chooses the
+                // next user key: a self-revocation and a root revocation are
+                // keyless and leave rotation pending; a device revoking
+                // another one rotates the key in the same entry.
+                let keyless = new_user_encryption_public_key.is_empty();
+                let new_key = if by_root {
+                    if !keyless {
+                        return Err(ChainError::InvalidTransition {
+                            seq,
+                            reason: "the root may not choose a user key",
+                        });
+                    }
+                    None
+                } else if target == author {
+                    if !keyless {
+                        return Err(ChainError::InvalidTransition {
+                            seq,
+                            reason: "a revoked device may not choose a user key",
+                        });
+                    }
+                    None
+                } else {
+                    Some(self.check_new_key(new_user_encryption_public_key, seq)?)
+                };
                 if let Some(d) = self.devices.get_mut(&target) {
                     d.revoked_at = Some(seq);
                 }
@@ -354,6 +453,33 @@ impl VerifiedUser {
         self.head = entry_hash(entry);
         self.last_timestamp = st.timestamp;
         Ok(())
+    }
+
+    /// A new device's keys must not be in use: not the root, not the
+    /// invite's delegation key, not any device of this user, past or present.
+    fn check_key_unused(
+        &self,
+        root: &SigningPublicKey,
+        signing: &SigningPublicKey,
+        encryption: &EncryptionPublicKey,
+        seq: u64,
+    ) -> Result<(), ChainError> {
+        let reason = if signing == root {
+            KEY_IS_ROOT
+        } else if *signing == self.invite.delegation_key {
+            KEY_IS_DELEGATION
+        } else if self.devices.contains_key(signing) {
+            "device already in the log"
+        } else if self
+            .devices
+            .values()
+            .any(|d| d.encryption_key == *encryption)
+        {
+            "device encryption key already in the log"
+        } else {
+            return Ok(());
+        };
+        Err(ChainError::KeyInUse { seq, reason })
     }
 
     fn check_new_key(&self, bytes: &[u8], seq: u64) -> Result<EncryptionPublicKey, ChainError> {
@@ -406,19 +532,65 @@ impl VerifiedUser {
         {
             return Err(ChainError::Fork { seq: self.len - 1 });
         }
+        self.apply_suffix(root, &entries[self.len as usize..])
+    }
+
+    /// [`Self::update`], also returning the verified new entries (the served
+    /// log past the known length). A caller that keeps the entries it
+    /// verified appends these to its own and keeps its own prefix: it never
+    /// stores served bytes it did not verify (SECURITY.md §4.7).
+    pub fn update_suffix<'a>(
+        &self,
+        root: &SigningPublicKey,
+        entries: &'a [SignedStatement],
+    ) -> Result<(Self, &'a [SignedStatement]), ChainError> {
+        let next = self.update(root, entries)?;
+        Ok((next, &entries[self.len as usize..]))
+    }
+
+    /// Verifies `suffix`, the entries that follow this verified state, and
+    /// returns the state after them (U4 of SECURITY.md §4.7 alone). For a
+    /// holder of its own verified log (a server): it appends exactly these
+    /// entries to what it holds. A log of more than [`MAX_LOG_ENTRIES`] in
+    /// all is refused; on error nothing changes.
+    pub fn apply_suffix(
+        &self,
+        root: &SigningPublicKey,
+        suffix: &[SignedStatement],
+    ) -> Result<Self, ChainError> {
+        if self.len as usize + suffix.len() > MAX_LOG_ENTRIES {
+            return Err(ChainError::Malformed("log too long"));
+        }
         let mut next = self.clone();
-        for entry in &entries[self.len as usize..] {
+        for entry in suffix {
             next.apply(root, entry)?;
         }
         Ok(next)
     }
 
-    /// Makes the next entry: `author` (an active device of this user) adds a device.
+    /// Makes the next entry: `author` (an active device of this user) adds
+    /// `device`, whose key is at hand (tests, one process holding both):
+    /// the proof of possession is made here.
     pub fn add_device(
+        &self,
+        author: &DeviceSigningKey,
+        device: &DeviceSigningKey,
+        encryption: &EncryptionPublicKey,
+        timestamp: u64,
+    ) -> SignedStatement {
+        let proof = possession_proof(&self.root, self.user_id(), device, encryption);
+        self.add_device_with_proof(author, &device.public_key(), encryption, &proof, timestamp)
+    }
+
+    /// Makes the next entry: `author` (an active device of this user) adds
+    /// the device whose public keys and [`possession_proof`] it received
+    /// from the new device.
+    pub fn add_device_with_proof(
         &self,
         author: &DeviceSigningKey,
         signing: &SigningPublicKey,
         encryption: &EncryptionPublicKey,
+        proof: &[u8],
         timestamp: u64,
     ) -> SignedStatement {
         let body = Body::DeviceAddition(DeviceAddition {
@@ -426,13 +598,28 @@ impl VerifiedUser {
                 signing_public_key: signing.as_bytes().to_vec(),
                 encryption_public_key: encryption.as_bytes().to_vec(),
             }),
+            device_signature: proof.to_vec(),
         });
         let st = self.next_statement(author.public_key(), timestamp, body);
         sign_statement(&st, |m| author.sign(m))
     }
 
-    /// Makes the next entry: `author`, an active device, revokes `device`
-    /// and rotates the user key to `new_user_key`.
+    /// Makes the next entry: `author`, an active device, revokes itself
+    /// (a retired device). Keyless, like the root's: a device being revoked
+    /// never chooses the next user key, so the user is rotation pending
+    /// until a remaining device rotates it.
+    pub fn revoke_self(&self, author: &DeviceSigningKey, timestamp: u64) -> SignedStatement {
+        let body = Body::DeviceRevocation(DeviceRevocation {
+            device_id: author.public_key().as_bytes().to_vec(),
+            new_user_encryption_public_key: Vec::new(),
+        });
+        let st = self.next_statement(author.public_key(), timestamp, body);
+        sign_statement(&st, |m| author.sign(m))
+    }
+
+    /// Makes the next entry: `author`, an active device, revokes another
+    /// `device` and rotates the user key to `new_user_key` (for itself,
+    /// use [`Self::revoke_self`]).
     pub fn revoke_device(
         &self,
         author: &DeviceSigningKey,
@@ -480,9 +667,9 @@ impl VerifiedUser {
         sign_statement(&st, |m| author.sign(m))
     }
 
-    /// True after a root-signed revocation until a device rotates the user
-    /// key: the revoked device may still hold the current user key, so a
-    /// client should warn before sending to this user.
+    /// True after a root-signed revocation or a self-revocation until a
+    /// device rotates the user key: the revoked device may still hold the
+    /// current user key, so a client should warn before sending to this user.
     pub fn rotation_pending(&self) -> bool {
         self.rotation_pending
     }
@@ -497,6 +684,11 @@ impl VerifiedUser {
             author: author.as_bytes().to_vec(),
             body: Some(body),
         }
+    }
+
+    /// The organisation root this log was verified from.
+    pub fn org_root(&self) -> &SigningPublicKey {
+        &self.root
     }
 
     /// The user id.
@@ -542,6 +734,11 @@ impl VerifiedUser {
     /// Hash of the last entry.
     pub fn head(&self) -> &[u8; 32] {
         &self.head
+    }
+
+    /// The timestamp of the last entry (the next may not be earlier).
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
     }
 }
 
@@ -651,7 +848,7 @@ mod tests {
         timestamp: u64,
     ) -> (DeviceSigningKey, SignedStatement, VerifiedUser) {
         let (dev, enc) = new_device();
-        let entry = state.add_device(author, &dev.public_key(), &enc, timestamp);
+        let entry = state.add_device(author, &dev, &enc, timestamp);
         let next = applied(state, root, &entry).unwrap();
         (dev, entry, next)
     }
@@ -709,7 +906,7 @@ mod tests {
 
         // The revoked device 1 adds a device.
         let (dev, enc) = new_device();
-        let by_revoked = s2.add_device(&a.device, &dev.public_key(), &enc, KIT_TIME);
+        let by_revoked = s2.add_device(&a.device, &dev, &enc, KIT_TIME);
         let mut after = s2.clone();
         assert_eq!(
             after.apply(&root, &by_revoked),
@@ -719,14 +916,14 @@ mod tests {
 
         // A key that never was a device of alice.
         let stranger = DeviceSigningKey::generate(&mut rand::rng());
-        let by_stranger = s2.add_device(&stranger, &dev.public_key(), &enc, KIT_TIME);
+        let by_stranger = s2.add_device(&stranger, &dev, &enc, KIT_TIME);
         assert_eq!(
             applied(&s2, &root, &by_stranger),
             Err(ChainError::UnauthorizedAuthor { seq: 3 })
         );
         // Another user's active device.
         let b = enroll(&org, "bob");
-        let by_bob = s2.add_device(&b.device, &dev.public_key(), &enc, KIT_TIME);
+        let by_bob = s2.add_device(&b.device, &dev, &enc, KIT_TIME);
         assert_eq!(
             applied(&s2, &root, &by_bob),
             Err(ChainError::UnauthorizedAuthor { seq: 3 })
@@ -945,19 +1142,19 @@ mod tests {
         );
         // A device added twice.
         let d = s2.device(&dev2.public_key()).unwrap();
-        let twice = s2.add_device(&dev2, &dev2.public_key(), &d.encryption_key, KIT_TIME);
+        let twice = s2.add_device(&dev2, &dev2, &d.encryption_key, KIT_TIME);
         assert_eq!(
             applied(&s2, &root, &twice),
-            Err(ChainError::InvalidTransition {
+            Err(ChainError::KeyInUse {
                 seq: 3,
                 reason: "device already in the log"
             })
         );
         // Nor can a revoked device come back.
-        let back = s2.add_device(&dev2, &a.device.public_key(), &new_user_key(), KIT_TIME);
+        let back = s2.add_device(&dev2, &a.device, &new_user_key(), KIT_TIME);
         assert_eq!(
             applied(&s2, &root, &back),
-            Err(ChainError::InvalidTransition {
+            Err(ChainError::KeyInUse {
                 seq: 3,
                 reason: "device already in the log"
             })
@@ -972,7 +1169,7 @@ mod tests {
         let (dev2, _, s1) = add(&a.state, &root, &a.device, KIT_TIME);
         // A root-signed revocation that carries a key of the root's choosing.
         let st = Statement {
-            version: 1,
+            version: PROTOCOL_VERSION,
             user_id: "alice".into(),
             seq: 2,
             prev_hash: s1.head().to_vec(),
@@ -1115,6 +1312,161 @@ mod tests {
         assert_eq!(
             s2.update(&root, &[a.log[0].clone(), garbage, e2]),
             Err(ChainError::Fork { seq: 2 })
+        );
+    }
+    #[test]
+    fn a_self_revocation_is_keyless_and_leaves_rotation_pending() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (dev2, _, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        // Device 2 (a thief, say) revokes itself and picks the next user key.
+        let carrying = s1.revoke_device(&dev2, &dev2.public_key(), &new_user_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s1, &root, &carrying),
+            Err(ChainError::InvalidTransition {
+                seq: 2,
+                reason: "a revoked device may not choose a user key"
+            })
+        );
+        let keyless = s1.revoke_self(&dev2, KIT_TIME);
+        let s2 = applied(&s1, &root, &keyless).unwrap();
+        assert!(s2.rotation_pending());
+        assert_eq!(s2.encryption_key(), s1.encryption_key());
+        assert!(!s2.device(&dev2.public_key()).unwrap().is_active());
+        // The revoked device cannot rotate; a remaining one can.
+        let by_revoked = s2.rotate_user_key(&dev2, &new_user_key(), KIT_TIME);
+        assert_eq!(
+            applied(&s2, &root, &by_revoked),
+            Err(ChainError::UnauthorizedAuthor { seq: 3 })
+        );
+        let rotated = s2.rotate_user_key(&a.device, &new_user_key(), KIT_TIME);
+        assert!(!applied(&s2, &root, &rotated).unwrap().rotation_pending());
+        // Revoking an unknown device reports the target before the key.
+        let (stranger, _) = new_device();
+        let low = EncryptionPublicKey::from_bytes(&[0u8; 32]).unwrap();
+        let e = s1.revoke_device(&dev2, &stranger.public_key(), &low, KIT_TIME);
+        assert_eq!(
+            applied(&s1, &root, &e),
+            Err(ChainError::InvalidTransition {
+                seq: 2,
+                reason: "unknown device"
+            })
+        );
+    }
+
+    #[test]
+    fn an_addition_needs_the_new_devices_signature_and_an_unused_key() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (dev, enc) = new_device();
+        // No proof, a proof by another key, a proof for another user.
+        let none = a
+            .state
+            .add_device_with_proof(&a.device, &dev.public_key(), &enc, &[], KIT_TIME);
+        let wrong_key = possession_proof(&root, "alice", &a.device, &enc);
+        let by_other =
+            a.state
+                .add_device_with_proof(&a.device, &dev.public_key(), &enc, &wrong_key, KIT_TIME);
+        let for_bob = possession_proof(&root, "bob", &dev, &enc);
+        let other_user =
+            a.state
+                .add_device_with_proof(&a.device, &dev.public_key(), &enc, &for_bob, KIT_TIME);
+        for e in [none, by_other, other_user] {
+            assert_eq!(
+                applied(&a.state, &root, &e),
+                Err(ChainError::MissingPossessionProof { seq: 1 })
+            );
+        }
+        // The root's key, the delegation key, a device's key again (even
+        // with the proper proof, where its holder signs it).
+        let (_, enc2) = new_device();
+        let root_proof = org.root.sign(&possession_message(
+            &root,
+            "alice",
+            root.as_bytes(),
+            enc2.as_bytes(),
+        ));
+        let as_root = a
+            .state
+            .add_device_with_proof(&a.device, &root, &enc2, &root_proof, KIT_TIME);
+        assert_eq!(
+            applied(&a.state, &root, &as_root),
+            Err(ChainError::KeyInUse {
+                seq: 1,
+                reason: KEY_IS_ROOT
+            })
+        );
+        let as_delegation = a.state.add_device_with_proof(
+            &a.device,
+            &a.delegation.public_key(),
+            &enc2,
+            &[],
+            KIT_TIME,
+        );
+        assert_eq!(
+            applied(&a.state, &root, &as_delegation),
+            Err(ChainError::KeyInUse {
+                seq: 1,
+                reason: KEY_IS_DELEGATION
+            })
+        );
+        let first_enc = a
+            .state
+            .device(&a.device.public_key())
+            .unwrap()
+            .encryption_key;
+        let same_enc = a.state.add_device(&a.device, &dev, &first_enc, KIT_TIME);
+        assert_eq!(
+            applied(&a.state, &root, &same_enc),
+            Err(ChainError::KeyInUse {
+                seq: 1,
+                reason: "device encryption key already in the log"
+            })
+        );
+        // With its own proof, the device is added.
+        let good = a.state.add_device(&a.device, &dev, &enc, KIT_TIME);
+        assert!(applied(&a.state, &root, &good).is_ok());
+    }
+
+    #[test]
+    fn a_served_prefix_with_other_signature_bytes_is_a_fork() {
+        let org = Org::new(&mut rand::rng());
+        let root = org.root_public();
+        let a = enroll(&org, "alice");
+        let (_, e1, s1) = add(&a.state, &root, &a.device, KIT_TIME);
+        let (_, e2, s2) = add(&s1, &root, &a.device, KIT_TIME);
+        let known = [a.log[0].clone(), e1.clone()];
+        let mut zeroed = vec![a.log[0].clone(), e1.clone(), e2.clone()];
+        for e in &mut zeroed[..2] {
+            e.signature = vec![0; 64];
+        }
+        assert_eq!(s1.update(&root, &zeroed), Err(ChainError::Fork { seq: 1 }));
+        // Only entry 0's signature zeroed: caught through entry 1's link.
+        let mut first = vec![a.log[0].clone(), e1.clone()];
+        first[0].signature = vec![0; 64];
+        assert_eq!(s1.update(&root, &first), Err(ChainError::Fork { seq: 1 }));
+        // The verified suffix comes back, to append to the caller's own entries.
+        let full = [known[0].clone(), known[1].clone(), e2.clone()];
+        let (next, suffix) = s1.update_suffix(&root, &full).unwrap();
+        assert_eq!((next, suffix), (s2.clone(), &full[2..]));
+        // A server that keeps its own log verifies the suffix alone.
+        assert_eq!(
+            s1.apply_suffix(&root, std::slice::from_ref(&e2)),
+            Ok(s2.clone())
+        );
+        assert_eq!(
+            s1.apply_suffix(&root, &[e1]),
+            Err(ChainError::BadSequence {
+                expected: 2,
+                found: 1
+            })
+        );
+        let many = vec![e2; MAX_LOG_ENTRIES];
+        assert_eq!(
+            s1.apply_suffix(&root, &many),
+            Err(ChainError::Malformed("log too long"))
         );
     }
 }

@@ -582,7 +582,7 @@ mod tests {
         let e = |edit: fn(&mut EnvelopeHeader, &mut Envelope)| parse_err(&edited(&sealed, edit));
         assert!(ReceivedEnvelope::parse(&edited(&sealed, |_, _| {})).is_ok());
 
-        assert_eq!(e(|h, _| h.version = 2), OpenError::UnsupportedVersion(2));
+        assert_eq!(e(|h, _| h.version = 3), OpenError::UnsupportedVersion(3));
         assert_eq!(e(|h, _| h.version = 0), OpenError::UnsupportedVersion(0));
         assert_eq!(
             e(|h, _| h.nonce.truncate(23)),

@@ -173,6 +173,24 @@ pub enum ChainError {
         /// Last entry known.
         seq: u64,
     },
+    /// A device addition without the new device's own valid signature over
+    /// its keys (proof of possession, SECURITY.md §4.4).
+    #[error("entry {seq} adds a device that did not sign its own keys")]
+    MissingPossessionProof {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// A device key that is already in use elsewhere: the organisation
+    /// root, the invite's delegation key, or a device of this user, past or
+    /// present (SECURITY.md §4.4). `reason` is one of the normative strings
+    /// of §4.8.
+    #[error("entry {seq}: {reason}")]
+    KeyInUse {
+        /// Position in the log.
+        seq: u64,
+        /// Which key it collides with.
+        reason: &'static str,
+    },
 }
 
 /// The authentication handshake failed.
@@ -185,7 +203,12 @@ pub enum AuthError {
     #[error("bad authentication signature")]
     BadSignature,
     /// The device refuses to sign: the challenge is for another service or
-    /// version, or malformed.
+    /// instance, or malformed.
     #[error("unexpected challenge")]
     UnexpectedChallenge,
+    /// The peer speaks another protocol version (SECURITY.md §1.1): a
+    /// device refuses a challenge of another version, a server a response
+    /// of another version (0: a v1 device, which does not send one).
+    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})", PROTOCOL_VERSION = ward_proto::PROTOCOL_VERSION)]
+    UnsupportedVersion(u32),
 }

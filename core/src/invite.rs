@@ -11,6 +11,16 @@ use crate::labels::{HASH_INVITE, SIG_INVITE, framed, framed_hash};
 
 /// Largest encoded `Invite`.
 pub const MAX_INVITE_BYTES: usize = 1024;
+/// Largest encoded standalone `SignedInvite` (an invite file or QR code):
+/// the invite, a 64-byte signature and their tags (SECURITY.md §3.1).
+pub const MAX_SIGNED_INVITE_BYTES: usize = MAX_INVITE_BYTES + 128;
+
+/// Decodes a standalone `SignedInvite` from untrusted bytes: over
+/// [`MAX_SIGNED_INVITE_BYTES`] is `Decode(TooLarge)`, not protobuf is
+/// `Decode(Malformed)`. Verify it next with [`verify_invite`].
+pub fn decode_signed_invite(bytes: &[u8]) -> Result<SignedInvite, ChainError> {
+    Ok(ward_proto::decode_bounded(bytes, MAX_SIGNED_INVITE_BYTES)?)
+}
 
 /// What the admin writes into an invite.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,20 +292,23 @@ mod tests {
         };
         let key = delegation.as_bytes().to_vec();
         for d in &too_long {
-            let s = root_signed(&root, invite(d, 1, key.clone()).encode_to_vec());
+            let s = root_signed(
+                &root,
+                invite(d, PROTOCOL_VERSION, key.clone()).encode_to_vec(),
+            );
             assert_eq!(
                 verify_invite(&root.public_key(), &s),
                 Err(ChainError::Malformed("invite field too long"))
             );
         }
-        let s = root_signed(&root, invite(&details(), 2, key.clone()).encode_to_vec());
+        let s = root_signed(&root, invite(&details(), 1, key.clone()).encode_to_vec());
         assert_eq!(
             verify_invite(&root.public_key(), &s),
-            Err(ChainError::UnsupportedVersion(2))
+            Err(ChainError::UnsupportedVersion(1))
         );
         let s = root_signed(
             &root,
-            invite(&details(), 1, key[..31].to_vec()).encode_to_vec(),
+            invite(&details(), PROTOCOL_VERSION, key[..31].to_vec()).encode_to_vec(),
         );
         assert_eq!(
             verify_invite(&root.public_key(), &s),
@@ -305,7 +318,7 @@ mod tests {
             display_name: "x".repeat(MAX_INVITE_BYTES),
             ..details()
         };
-        let s = root_signed(&root, invite(&big, 1, key).encode_to_vec());
+        let s = root_signed(&root, invite(&big, PROTOCOL_VERSION, key).encode_to_vec());
         assert_eq!(
             verify_invite(&root.public_key(), &s),
             Err(ChainError::Malformed("invite too large"))

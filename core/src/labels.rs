@@ -8,17 +8,20 @@
 use sha2::{Digest, Sha256};
 
 /// Organisation root signature over an encoded `Invite`.
-pub const SIG_INVITE: &[u8] = b"ward/v1/sig/invite";
+pub const SIG_INVITE: &[u8] = b"ward/v2/sig/invite";
 /// Signature over an encoded `Statement` of a user's log.
-pub const SIG_STATEMENT: &[u8] = b"ward/v1/sig/statement";
+pub const SIG_STATEMENT: &[u8] = b"ward/v2/sig/statement";
 /// Sender device signature over an envelope's header and ciphertext.
 pub const SIG_ENVELOPE: &[u8] = b"ward/v1/sig/envelope";
+/// A new device's own signature over its keys in a device addition
+/// (proof of possession, SECURITY.md §4.4).
+pub const SIG_DEVICE_POSSESSION: &[u8] = b"ward/v2/sig/device-possession";
 /// Device signature in the authentication handshake.
-pub const SIG_AUTH: &[u8] = b"ward/v1/sig/auth";
+pub const SIG_AUTH: &[u8] = b"ward/v2/sig/auth";
 /// Hash of an encoded `Invite` (the `prev_hash` of log entry 0, and its single-use id).
-pub const HASH_INVITE: &[u8] = b"ward/v1/hash/invite";
-/// Hash of an encoded `Statement` (the next entry's `prev_hash`).
-pub const HASH_ENTRY: &[u8] = b"ward/v1/hash/entry";
+pub const HASH_INVITE: &[u8] = b"ward/v2/hash/invite";
+/// Hash of a log entry, statement and signature (the next entry's `prev_hash`).
+pub const HASH_ENTRY: &[u8] = b"ward/v2/hash/entry";
 /// HPKE `info` when wrapping a resource key to a user key.
 pub const WRAP_INFO: &[u8] = b"ward/v1/wrap/resource-key";
 /// HPKE `info` when granting a user's private key to a device.

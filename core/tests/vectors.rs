@@ -152,6 +152,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 enum J {
     S(String),
     N(u64),
+    B(bool),
     Null,
     A(Vec<J>),
     O(Vec<(String, J)>),
@@ -175,6 +176,7 @@ fn render(j: &J, indent: usize, out: &mut String) {
         J::S(text) => out.push_str(&serde_json::to_string(text).unwrap()),
         J::N(n) => out.push_str(&n.to_string()),
         J::Null => out.push_str("null"),
+        J::B(b) => out.push_str(if *b { "true" } else { "false" }),
         J::A(items) if items.is_empty() => out.push_str("[]"),
         J::O(items) if items.is_empty() => out.push_str("{}"),
         J::A(items) => {
@@ -313,7 +315,7 @@ fn alice_log() -> AliceLog {
     let s0 = chain::verify_log(&root.public_key(), ALICE, std::slice::from_ref(&e0)).unwrap();
     let e1 = s0.add_device(
         &dev(L_ALICE_DEV1_SIG),
-        &dev(L_ALICE_DEV2_SIG).public_key(),
+        &dev(L_ALICE_DEV2_SIG),
         &denc(L_ALICE_DEV2_ENC).public_key(),
         T0 + 60,
     );
@@ -473,12 +475,21 @@ fn gen_keys() -> J {
             vec![vec![0x01], vec![], vec![0xab, 0xcd, 0xef]],
         ),
         (labels::HASH_INVITE, vec![log.invite.invite.clone()]),
-        (labels::HASH_ENTRY, vec![log.entries[0].statement.clone()]),
+        (
+            labels::HASH_ENTRY,
+            vec![
+                log.entries[0].statement.clone(),
+                log.entries[0].signature.clone(),
+            ],
+        ),
     ];
     // The last two are the hashes the chain uses: check them against the core.
     let invite_hash = sha256(&framed(labels::HASH_INVITE, &[&log.invite.invite]));
     assert_eq!(&invite_hash, log.states[0].invite().hash.as_slice());
-    let entry0 = sha256(&framed(labels::HASH_ENTRY, &[&log.entries[0].statement]));
+    let entry0 = sha256(&framed(
+        labels::HASH_ENTRY,
+        &[&log.entries[0].statement, &log.entries[0].signature],
+    ));
     assert_eq!(entry0, chain::entry_hash(&log.entries[0]));
     let framing_json = J::A(
         framing_cases
@@ -851,16 +862,24 @@ fn gen_envelope() -> J {
 // ward-v1-signatures.json
 // ---------------------------------------------------------------------------
 
+const AUTH_INSTANCE: &str = "chu-example-prod";
+
+fn auth_audience() -> auth::Audience {
+    auth::Audience::relay(root().public_key(), AUTH_INSTANCE)
+}
+
+fn auth_challenge() -> AuthChallenge {
+    let nonce: [u8; 32] = short("ward vector auth nonce", 32).try_into().unwrap();
+    auth_audience().challenge(nonce)
+}
+
 fn gen_signatures() -> J {
     let device = dev(L_ALICE_DEV2_SIG);
-    let challenge = AuthChallenge {
-        version: 1,
-        service: "ward-relay".into(),
-        nonce: short("ward vector auth nonce", 32),
-    };
-    let response = auth::respond(&device, ALICE, "ward-relay", &challenge).unwrap();
+    let audience = auth_audience();
+    let challenge = auth_challenge();
+    let response = auth::respond(&device, ALICE, &audience, &challenge).unwrap();
     assert_eq!(
-        auth::verify_response(&challenge, &response).unwrap(),
+        auth::verify_response(&audience, &challenge, &response).unwrap(),
         (ALICE.to_owned(), device.public_key())
     );
     let transcript = framed(
@@ -868,6 +887,8 @@ fn gen_signatures() -> J {
         &[
             &challenge.version.to_be_bytes(),
             challenge.service.as_bytes(),
+            challenge.instance.as_bytes(),
+            root().public_key().as_bytes(),
             &challenge.nonce,
             ALICE.as_bytes(),
             device.public_key().as_bytes(),
@@ -887,8 +908,9 @@ fn gen_signatures() -> J {
     let verified = invite::verify_invite(&root.public_key(), &signed).unwrap();
     let sig_input = framed(labels::SIG_INVITE, &[&signed.invite]);
     file(
-        "Ward v1 signatures. Auth (SECURITY.md §8): signature = Ed25519(device, \
-         framed(SIG_AUTH, [u32_be(version), service, nonce, user_id, device_id])). Invite \
+        "Ward v2 signatures. Auth (SECURITY.md §8): signature = Ed25519(device, \
+         framed(SIG_AUTH, [u32_be(version), service, instance, org_root, nonce, user_id, \
+         device_id])), org_root the 32-byte pinned root of both sides. Invite \
          (SECURITY.md §4.1): signature = Ed25519(org root, framed(SIG_INVITE, [invite])) over \
          the encoded Invite; create_invite draws one 32-byte delegation key seed; invite_hash = \
          SHA-256(framed(HASH_INVITE, [invite])).",
@@ -900,11 +922,13 @@ fn gen_signatures() -> J {
                     ("device_secret", h(seed(L_ALICE_DEV2_SIG))),
                     ("device_id", h(device.public_key().as_bytes())),
                     ("user_id", s(ALICE)),
+                    ("org_root_public", h(root.public_key().as_bytes())),
                     (
                         "challenge",
                         o(vec![
                             ("version", J::N(u64::from(challenge.version))),
                             ("service", s(&challenge.service)),
+                            ("instance", s(&challenge.instance)),
                             ("nonce", h(&challenge.nonce)),
                             ("encoded", h(challenge.encode_to_vec())),
                         ]),
@@ -973,9 +997,32 @@ fn gen_chain() -> J {
                     .to_vec(),
                 e.signature
             );
-            let hash = sha256(&framed(labels::HASH_ENTRY, &[&e.statement]));
+            let hash = sha256(&framed(labels::HASH_ENTRY, &[&e.statement, &e.signature]));
             assert_eq!(hash, chain::entry_hash(e));
-            o(vec![
+            let mut possession = vec![];
+            if let Some(Body::DeviceAddition(a)) = &st.body {
+                let keys = a.device.as_ref().unwrap();
+                let input = framed(
+                    labels::SIG_DEVICE_POSSESSION,
+                    &[
+                        root.public_key().as_bytes(),
+                        ALICE.as_bytes(),
+                        &keys.signing_public_key,
+                        &keys.encryption_public_key,
+                    ],
+                );
+                assert!(ed25519_verifies(
+                    &keys.signing_public_key,
+                    &input,
+                    &a.device_signature
+                ));
+                possession = vec![
+                    ("possession_signer_label", s(L_ALICE_DEV2_SIG)),
+                    ("possession_input", h(&input)),
+                    ("device_signature", h(&a.device_signature)),
+                ];
+            }
+            let mut fields = vec![
                 ("seq", J::N(st.seq)),
                 ("kind", s(kinds[i])),
                 ("signer_label", s(signers[i])),
@@ -987,7 +1034,9 @@ fn gen_chain() -> J {
                 ("signature", h(&e.signature)),
                 ("signed_statement", h(e.encode_to_vec())),
                 ("entry_hash", h(hash)),
-            ])
+            ];
+            fields.append(&mut possession);
+            o(fields)
         })
         .collect();
     let state = log.states.last().unwrap();
@@ -1008,12 +1057,16 @@ fn gen_chain() -> J {
     );
     let verified = state.invite();
     file(
-        "Ward v1 identity chain (SECURITY.md §4): the log of alice. Entry 0 (user creation) is \
+        "Ward v2 identity chain (SECURITY.md §4): the log of alice. Entry 0 (user creation) is \
          signed by the invite's delegation key with prev_hash = invite_hash; entry 1 (device 1 \
-         adds device 2) by device 1; entry 2 (the root revokes device 1; a root revocation \
-         carries no key) by the org root; entry 3 (key rotation) by device 2. signature = Ed25519(author, framed(SIG_STATEMENT, [statement])); \
-         entry_hash = SHA-256(framed(HASH_ENTRY, [statement])) is the next prev_hash. \
-         verify_log(org_root_public, user_id, entries) must yield final_state.",
+         adds device 2) by device 1, and carries device 2's own device_signature = \
+         Ed25519(device 2, possession_input), possession_input = framed(SIG_DEVICE_POSSESSION, \
+         [org_root, user_id, signing_public_key, encryption_public_key]); entry 2 (the root \
+         revokes device 1; a root revocation carries no key and leaves rotation pending) by \
+         the org root; entry 3 (key rotation) by device 2. signature = Ed25519(author, \
+         framed(SIG_STATEMENT, [statement])); entry_hash = SHA-256(framed(HASH_ENTRY, \
+         [statement, signature])) is the next prev_hash. verify_log(org_root_public, user_id, \
+         entries) must yield final_state.",
         vec![
             ("org_root_public", h(root.public_key().as_bytes())),
             ("user_id", s(ALICE)),
@@ -1025,6 +1078,8 @@ fn gen_chain() -> J {
                 o(vec![
                     ("len", J::N(state.len())),
                     ("head", h(state.head())),
+                    ("last_timestamp", J::N(state.last_timestamp())),
+                    ("rotation_pending", J::B(state.rotation_pending())),
                     ("encryption_key", h(state.encryption_key().as_bytes())),
                     (
                         "past_encryption_keys",
@@ -1082,6 +1137,10 @@ struct Case {
     inputs: Vec<(&'static str, J)>,
     error: String,
     fields: Vec<(&'static str, u64)>,
+    /// The normative reason string (`Malformed`, `InvalidTransition`,
+    /// `KeyInUse`), the `DecodeError` variant (`Decode`) or the version
+    /// (`UnsupportedVersion`), where the variant carries one.
+    reason: Option<&'static str>,
 }
 
 fn case(
@@ -1099,6 +1158,23 @@ fn case(
         inputs,
         error: error.to_owned(),
         fields,
+        reason: None,
+    }
+}
+
+/// A [`case`] whose error carries a normative reason.
+fn rcase(
+    name: &'static str,
+    description: &'static str,
+    operation: &'static str,
+    inputs: Vec<(&'static str, J)>,
+    error: &str,
+    fields: Vec<(&'static str, u64)>,
+    reason: &'static str,
+) -> Case {
+    Case {
+        reason: Some(reason),
+        ..case(name, description, operation, inputs, error, fields)
     }
 }
 
@@ -1108,6 +1184,17 @@ fn assert_error<T, E: std::fmt::Debug>(
     result: Result<T, E>,
     expected: &str,
     fields: &[(String, u64)],
+) {
+    assert_error_reason(what, result, expected, fields, None);
+}
+
+/// [`assert_error`], and the error's reason (see [`Case::reason`]) is `reason`.
+fn assert_error_reason<T, E: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, E>,
+    expected: &str,
+    fields: &[(String, u64)],
+    reason: Option<&str>,
 ) {
     let Err(e) = result else {
         panic!("{what}: succeeded, expected {expected}");
@@ -1124,6 +1211,15 @@ fn assert_error<T, E: std::fmt::Debug>(
         assert!(
             rest.contains(&format!("{k}: {v}")),
             "{what}: expected {k} = {v}, got {debug}"
+        );
+    }
+    if let Some(r) = reason {
+        let quoted = format!("{r:?}");
+        assert!(
+            rest.contains(&quoted)
+                || rest.contains(&format!("({r})"))
+                || rest.contains(&format!("({r} ")),
+            "{what}: expected reason {r}, got {debug}"
         );
     }
 }
@@ -1422,10 +1518,10 @@ fn negative_cases() -> Vec<Case> {
         "OpenError::SenderDeviceRevoked",
         vec![],
     ));
-    let v2 = resign(&env, L_ALICE_DEV2_SIG, |hd, _| hd.version = 2);
+    let v2 = resign(&env, L_ALICE_DEV2_SIG, |hd, _| hd.version = 1);
     cases.push(case(
         "envelope_unsupported_version",
-        "header version 2",
+        "header version 1 (a v1 envelope)",
         "parse_envelope",
         vec![("envelope", h(&v2))],
         "OpenError::UnsupportedVersion",
@@ -1517,7 +1613,7 @@ fn negative_cases() -> Vec<Case> {
     ));
     let fork_entry = alice.states[0].add_device(
         &dev(L_ALICE_DEV1_SIG),
-        &dev(L_ALICE_DEV3_SIG).public_key(),
+        &dev(L_ALICE_DEV3_SIG),
         &denc(L_ALICE_DEV3_ENC).public_key(),
         T0 + 60,
     );
@@ -1537,7 +1633,7 @@ fn negative_cases() -> Vec<Case> {
     ));
     let reuse = sign_statement(
         &Statement {
-            version: 1,
+            version: ward_core::proto::PROTOCOL_VERSION,
             user_id: ALICE.into(),
             seq: 1,
             prev_hash: chain::entry_hash(&full[0]).to_vec(),
@@ -1583,7 +1679,7 @@ fn negative_cases() -> Vec<Case> {
     ));
     let by_stranger = alice.states[0].add_device(
         &dev(L_STRANGER),
-        &dev(L_ALICE_DEV3_SIG).public_key(),
+        &dev(L_ALICE_DEV3_SIG),
         &denc(L_ALICE_DEV3_ENC).public_key(),
         T0 + 60,
     );
@@ -1597,7 +1693,7 @@ fn negative_cases() -> Vec<Case> {
     ));
     let by_revoked = alice.states[2].add_device(
         &dev(L_ALICE_DEV1_SIG),
-        &dev(L_ALICE_DEV3_SIG).public_key(),
+        &dev(L_ALICE_DEV3_SIG),
         &denc(L_ALICE_DEV3_ENC).public_key(),
         T0 + 180,
     );
@@ -1637,7 +1733,7 @@ fn negative_cases() -> Vec<Case> {
             .collect();
         let inputs = o(c.inputs.iter().map(|(k, v)| (*k, clone_j(v))).collect());
         let value: Value = serde_json::from_str(&to_text(&inputs)).unwrap();
-        run_negative(c.name, c.operation, &value, &c.error, &fields);
+        run_negative(c.name, c.operation, &value, &c.error, &fields, c.reason);
     }
     cases
 }
@@ -1647,41 +1743,53 @@ fn clone_j(j: &J) -> J {
         J::S(x) => J::S(x.clone()),
         J::N(n) => J::N(*n),
         J::Null => J::Null,
+        J::B(b) => J::B(*b),
         J::A(v) => J::A(v.iter().map(clone_j).collect()),
         J::O(v) => J::O(v.iter().map(|(k, x)| (k.clone(), clone_j(x))).collect()),
     }
 }
 
+fn cases_json(cases: Vec<Case>) -> J {
+    J::A(
+        cases
+            .into_iter()
+            .map(|c| {
+                let reason = c.reason;
+                let mut pairs = vec![
+                    ("name", s(c.name)),
+                    ("description", s(c.description)),
+                    ("operation", s(c.operation)),
+                    (
+                        "inputs",
+                        J::O(
+                            c.inputs
+                                .into_iter()
+                                .map(|(k, v)| (k.to_owned(), v))
+                                .collect(),
+                        ),
+                    ),
+                    ("error", J::S(c.error)),
+                    (
+                        "error_fields",
+                        J::O(
+                            c.fields
+                                .into_iter()
+                                .map(|(k, v)| (k.to_owned(), J::N(v)))
+                                .collect(),
+                        ),
+                    ),
+                ];
+                if let Some(r) = reason {
+                    pairs.push(("error_reason", s(r)));
+                }
+                o(pairs)
+            })
+            .collect(),
+    )
+}
+
 fn gen_negative() -> J {
-    let cases = negative_cases()
-        .into_iter()
-        .map(|c| {
-            o(vec![
-                ("name", s(c.name)),
-                ("description", s(c.description)),
-                ("operation", s(c.operation)),
-                (
-                    "inputs",
-                    J::O(
-                        c.inputs
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), v))
-                            .collect(),
-                    ),
-                ),
-                ("error", J::S(c.error)),
-                (
-                    "error_fields",
-                    J::O(
-                        c.fields
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), J::N(v)))
-                            .collect(),
-                    ),
-                ),
-            ])
-        })
-        .collect();
+    let cases = cases_json(negative_cases());
     file(
         "Ward v1 negative cases: each must fail with exactly the named error (Rust: \
          Enum::Variant, with error_fields where the variant carries them). Operations: \
@@ -1693,7 +1801,690 @@ fn gen_negative() -> J {
          update_log: verify_log(known_log) (succeeds), then update(served_log); \
          verify_invite(org_root_public, signed_invite). Logs are lists of SignedStatement \
          fields; envelope, wrapped_key and signed_invite are encoded protobuf.",
-        vec![("cases", J::A(cases))],
+        vec![("cases", cases)],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// ward-v2-chain-negative.json: the identity chain, decode limits and the
+// handshake (SECURITY.md §3.1, §4, §8)
+// ---------------------------------------------------------------------------
+
+fn stmt_of(e: &SignedStatement) -> Statement {
+    Statement::decode(e.statement.as_slice()).unwrap()
+}
+
+fn then(prefix: &[SignedStatement], next: SignedStatement) -> Vec<SignedStatement> {
+    let mut v = prefix.to_vec();
+    v.push(next);
+    v
+}
+
+fn update_inputs(known: &[SignedStatement], served: &[SignedStatement]) -> Vec<(&'static str, J)> {
+    vec![
+        ("org_root_public", h(root().public_key().as_bytes())),
+        ("user_id", s(ALICE)),
+        ("known_log", log_json(known)),
+        ("served_log", log_json(served)),
+    ]
+}
+
+fn low_order() -> EncryptionPublicKey {
+    EncryptionPublicKey::from_bytes(&[0u8; 32]).unwrap()
+}
+
+fn auth_inputs(
+    server: &auth::Audience,
+    challenge: &AuthChallenge,
+    response: &AuthResponse,
+) -> Vec<(&'static str, J)> {
+    vec![
+        ("org_root_public", h(server.org_root.as_bytes())),
+        ("service", s(&server.service)),
+        ("instance", s(&server.instance)),
+        ("challenge", h(challenge.encode_to_vec())),
+        ("response", h(response.encode_to_vec())),
+    ]
+}
+
+fn respond_inputs(expected: &auth::Audience, challenge: &AuthChallenge) -> Vec<(&'static str, J)> {
+    vec![
+        ("device_secret", h(seed(L_ALICE_DEV2_SIG))),
+        ("user_id", s(ALICE)),
+        ("org_root_public", h(expected.org_root.as_bytes())),
+        ("service", s(&expected.service)),
+        ("instance", s(&expected.instance)),
+        ("challenge", h(challenge.encode_to_vec())),
+    ]
+}
+
+#[allow(clippy::too_many_lines)]
+fn chain_negative_cases() -> Vec<Case> {
+    let root_key = root();
+    let rootp = root_key.public_key();
+    let alice = alice_log();
+    // e0 (creation), e1 (device 1 adds device 2), e2 (the root revokes device 1).
+    let full = alice.entries[..3].to_vec();
+    let (s0, s1, s2) = (&alice.states[0], &alice.states[1], &alice.states[2]);
+    let (d1, d2, d3) = (
+        dev(L_ALICE_DEV1_SIG),
+        dev(L_ALICE_DEV2_SIG),
+        dev(L_ALICE_DEV3_SIG),
+    );
+    let enc3 = denc(L_ALICE_DEV3_ENC).public_key();
+    let carol_key = ukey(L_CAROL_USER).public_key();
+    let mut cases = Vec::new();
+    let it = "InvalidTransition";
+
+    // --- item 1: no device being revoked chooses the next user key ---
+    cases.push(rcase(
+        "self_revocation_carrying_key",
+        "entry 2: device 2 revokes itself and carries a new user key of its own choosing (a \
+         thief's attempt to hold the next key); a self-revocation is keyless",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..2],
+                s1.revoke_device(&d2, &d2.public_key(), &carol_key, T0 + 120),
+            ),
+        ),
+        &format!("ChainError::{it}"),
+        vec![("seq", 2)],
+        "a revoked device may not choose a user key",
+    ));
+    let mut st = stmt_of(&alice.entries[2]);
+    if let Some(Body::DeviceRevocation(r)) = &mut st.body {
+        r.new_user_encryption_public_key = carol_key.as_bytes().to_vec();
+    }
+    cases.push(rcase(
+        "root_revocation_carrying_key",
+        "entry 2: the root revokes device 1 and carries a user key",
+        "verify_log",
+        log_inputs(ALICE, &then(&full[..2], sign_statement(&st, L_ROOT))),
+        &format!("ChainError::{it}"),
+        vec![("seq", 2)],
+        "the root may not choose a user key",
+    ));
+    cases.push(rcase(
+        "revocation_not_rotating",
+        "entry 2: device 2 revokes device 1 and carries the current user key",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..2],
+                s1.revoke_device(
+                    &d2,
+                    &d1.public_key(),
+                    &ukey(L_ALICE_USER_1).public_key(),
+                    T0 + 120,
+                ),
+            ),
+        ),
+        &format!("ChainError::{it}"),
+        vec![("seq", 2)],
+        "user key not rotated",
+    ));
+    cases.push(rcase(
+        "revocation_of_revoked_device",
+        "entry 3: the root revokes device 1 again",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full,
+                s2.revoke_device_as_root(&root_key, &d1.public_key(), T0 + 180),
+            ),
+        ),
+        &format!("ChainError::{it}"),
+        vec![("seq", 3)],
+        "device already revoked",
+    ));
+    cases.push(rcase(
+        "revocation_of_unknown_device_target_first",
+        "entry 2: device 2 revokes a key that is no device of alice and carries a low-order \
+         user key: the target is checked before the key (A7)",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..2],
+                s1.revoke_device(&d2, &dev(L_STRANGER).public_key(), &low_order(), T0 + 120),
+            ),
+        ),
+        &format!("ChainError::{it}"),
+        vec![("seq", 2)],
+        "unknown device",
+    ));
+    cases.push(case(
+        "rotation_by_revoked_device",
+        "entry 3: device 1, revoked at entry 2, rotates the user key",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full, s2.rotate_user_key(&d1, &carol_key, T0 + 180)),
+        ),
+        "ChainError::UnauthorizedAuthor",
+        vec![("seq", 3)],
+    ));
+    let mut st = stmt_of(&alice.entries[3]);
+    st.author = rootp.as_bytes().to_vec();
+    cases.push(case(
+        "rotation_by_root",
+        "entry 3: the root signs a key rotation",
+        "verify_log",
+        log_inputs(ALICE, &then(&full, sign_statement(&st, L_ROOT))),
+        "ChainError::UnauthorizedAuthor",
+        vec![("seq", 3)],
+    ));
+    cases.push(rcase(
+        "rotation_to_low_order_key",
+        "entry 3: device 2 rotates the user key to the all-zero (low-order) point",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full, s2.rotate_user_key(&d2, &low_order(), T0 + 180)),
+        ),
+        "ChainError::Malformed",
+        vec![],
+        "user encryption key",
+    ));
+
+    // --- item 2: proof of possession, and keys already in use ---
+    let as_device = |label: &str| DeviceSigningKey::import_secret(&seed(label)).unwrap();
+    let root_dev = as_device(L_ROOT);
+    cases.push(rcase(
+        "addition_of_root_key",
+        "entry 1: device 1 adds the organisation root's key as a device (with the root's own \
+         possession signature)",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full[..1], s0.add_device(&d1, &root_dev, &enc3, T0 + 60)),
+        ),
+        "ChainError::KeyInUse",
+        vec![("seq", 1)],
+        chain::KEY_IS_ROOT,
+    ));
+    let deleg_dev = as_device(L_ALICE_DELEGATION);
+    cases.push(rcase(
+        "addition_of_delegation_key",
+        "entry 1: device 1 adds the invite's delegation key as a device",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full[..1], s0.add_device(&d1, &deleg_dev, &enc3, T0 + 60)),
+        ),
+        "ChainError::KeyInUse",
+        vec![("seq", 1)],
+        chain::KEY_IS_DELEGATION,
+    ));
+    cases.push(rcase(
+        "addition_of_active_device",
+        "entry 1: device 1 adds itself again",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full[..1], s0.add_device(&d1, &d1, &enc3, T0 + 60)),
+        ),
+        "ChainError::KeyInUse",
+        vec![("seq", 1)],
+        "device already in the log",
+    ));
+    cases.push(rcase(
+        "addition_of_revoked_device",
+        "entry 3: device 2 adds device 1 back, revoked at entry 2",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full, s2.add_device(&d2, &d1, &enc3, T0 + 180)),
+        ),
+        "ChainError::KeyInUse",
+        vec![("seq", 3)],
+        "device already in the log",
+    ));
+    cases.push(rcase(
+        "addition_reusing_encryption_key",
+        "entry 1: device 3 is added with device 1's encryption key",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..1],
+                s0.add_device(&d1, &d3, &denc(L_ALICE_DEV1_ENC).public_key(), T0 + 60),
+            ),
+        ),
+        "ChainError::KeyInUse",
+        vec![("seq", 1)],
+        "device encryption key already in the log",
+    ));
+    cases.push(case(
+        "addition_without_possession_proof",
+        "entry 1: device 1 adds device 3 without device 3's signature (device_signature empty)",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..1],
+                s0.add_device_with_proof(&d1, &d3.public_key(), &enc3, &[], T0 + 60),
+            ),
+        ),
+        "ChainError::MissingPossessionProof",
+        vec![("seq", 1)],
+    ));
+    let by_author = chain::possession_proof(&rootp, ALICE, &d1, &enc3);
+    cases.push(case(
+        "addition_with_proof_by_author",
+        "entry 1: the possession signature is made by device 1 (the author), not device 3",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..1],
+                s0.add_device_with_proof(&d1, &d3.public_key(), &enc3, &by_author, T0 + 60),
+            ),
+        ),
+        "ChainError::MissingPossessionProof",
+        vec![("seq", 1)],
+    ));
+    let for_bob = chain::possession_proof(&rootp, BOB, &d3, &enc3);
+    cases.push(case(
+        "addition_with_proof_for_another_user",
+        "entry 1: device 3's possession signature names bob, not alice",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(
+                &full[..1],
+                s0.add_device_with_proof(&d1, &d3.public_key(), &enc3, &for_bob, T0 + 60),
+            ),
+        ),
+        "ChainError::MissingPossessionProof",
+        vec![("seq", 1)],
+    ));
+    let (invite, delegation) = make_invite(&root_key, &alice_details(), L_ALICE_DELEGATION);
+    let creation_as_root = chain::create_user(
+        &rootp,
+        &invite,
+        &delegation,
+        &ukey(L_ALICE_USER_1).public_key(),
+        &rootp,
+        &denc(L_ALICE_DEV1_ENC).public_key(),
+        T0,
+    )
+    .unwrap();
+    cases.push(rcase(
+        "creation_with_root_as_device",
+        "entry 0 names the organisation root's key as the first device",
+        "verify_log",
+        log_inputs(ALICE, &[creation_as_root]),
+        "ChainError::KeyInUse",
+        vec![("seq", 0)],
+        chain::KEY_IS_ROOT,
+    ));
+
+    // --- item 5: a served prefix is the verified one, signatures included ---
+    let mut zeroed = alice.entries.clone();
+    for e in &mut zeroed[..3] {
+        e.signature = vec![0; 64];
+    }
+    cases.push(case(
+        "served_log_zeroed_signatures",
+        "alice's log known with 3 entries, served with the same statements but all-zero \
+         signatures on the known prefix, plus the valid entry 3: the entry hash covers the \
+         signature, so the served prefix does not link to the known head",
+        "update_log",
+        update_inputs(&full, &zeroed),
+        "ChainError::Fork",
+        vec![("seq", 2)],
+    ));
+    let mut first_zeroed = full.clone();
+    first_zeroed[0].signature = vec![0; 64];
+    cases.push(case(
+        "served_log_zeroed_first_signature",
+        "alice's log known with 3 entries, served with entry 0's signature zeroed only",
+        "update_log",
+        update_inputs(&full, &first_zeroed),
+        "ChainError::Fork",
+        vec![("seq", 2)],
+    ));
+
+    // --- opening entries (O1-O3), sequence, user, time ---
+    let e0 = &alice.entries[0];
+    let mut unknown_field = e0.statement.clone();
+    unknown_field.extend_from_slice(&[0x98, 0x06, 0x01]);
+    let resigned = |statement: Vec<u8>, label: &str| SignedStatement {
+        signature: SigningKey::from_bytes(&seed(label))
+            .sign(&framed(labels::SIG_STATEMENT, &[&statement]))
+            .to_bytes()
+            .to_vec(),
+        statement,
+    };
+    cases.push(rcase(
+        "statement_non_canonical_unknown_field",
+        "entry 0 with an unknown field (99, varint 1) appended, signed again by the delegation key",
+        "verify_log",
+        log_inputs(ALICE, &[resigned(unknown_field, L_ALICE_DELEGATION)]),
+        "ChainError::Decode",
+        vec![],
+        "NonCanonical",
+    ));
+    let mut default_written = vec![0x18, 0x00];
+    default_written.extend_from_slice(&e0.statement);
+    cases.push(rcase(
+        "statement_non_canonical_default_written",
+        "entry 0 with `seq = 0` written explicitly (18 00) before its fields, signed again",
+        "verify_log",
+        log_inputs(ALICE, &[resigned(default_written, L_ALICE_DELEGATION)]),
+        "ChainError::Decode",
+        vec![],
+        "NonCanonical",
+    ));
+    let mut wrong_wire = vec![0x1a, 0x00];
+    wrong_wire.extend_from_slice(&e0.statement);
+    cases.push(rcase(
+        "statement_wrong_wire_type",
+        "entry 0 preceded by `1a 00`: its seq field (3, a varint) written length-delimited, \
+         signed again; a known field with the wrong wire type is refused, not skipped (§3.1)",
+        "verify_log",
+        log_inputs(ALICE, &[resigned(wrong_wire, L_ALICE_DELEGATION)]),
+        "ChainError::Decode",
+        vec![],
+        "Malformed",
+    ));
+    let e1_body = {
+        // Entry 1 whose body is written as device_revocation, then its real
+        // device_addition: decodes to the last member, but is not canonical.
+        let st = stmt_of(&alice.entries[1]);
+        let mut bytes = st.encode_to_vec();
+        let pos = Statement {
+            body: None,
+            ..st.clone()
+        }
+        .encode_to_vec()
+        .len();
+        let mut rev = vec![0x62, 0x22, 0x0a, 0x20];
+        rev.extend_from_slice(d2.public_key().as_bytes());
+        bytes.splice(pos..pos, rev);
+        bytes
+    };
+    cases.push(rcase(
+        "statement_oneof_alternating",
+        "entry 1 whose body carries a device_revocation member before its device_addition, \
+         signed again: the last member is the value (§3.1), and the encoding is not canonical",
+        "verify_log",
+        log_inputs(ALICE, &[e0.clone(), resigned(e1_body, L_ALICE_DEV1_SIG)]),
+        "ChainError::Decode",
+        vec![],
+        "NonCanonical",
+    ));
+    cases.push(rcase(
+        "statement_too_large",
+        "entry 1 is 4097 bytes: refused before decoding (O1)",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &[e0.clone(), resigned(vec![0; 4097], L_ALICE_DEV1_SIG)],
+        ),
+        "ChainError::Malformed",
+        vec![],
+        "statement too large",
+    ));
+    let mut v1 = stmt_of(e0);
+    v1.version = 1;
+    cases.push(rcase(
+        "statement_version_1",
+        "entry 0 with version 1 (a v1 log), signed again",
+        "verify_log",
+        log_inputs(ALICE, &[sign_statement(&v1, L_ALICE_DELEGATION)]),
+        "ChainError::UnsupportedVersion",
+        vec![],
+        "1",
+    ));
+    let e1 = &alice.entries[1];
+    let mut st = stmt_of(e1);
+    st.seq = 2;
+    cases.push(case(
+        "statement_bad_sequence",
+        "entry 1 carries seq 2",
+        "verify_log",
+        log_inputs(ALICE, &[e0.clone(), sign_statement(&st, L_ALICE_DEV1_SIG)]),
+        "ChainError::BadSequence",
+        vec![("expected", 1), ("found", 2)],
+    ));
+    cases.push(case(
+        "log_for_another_user",
+        "alice's log served when bob's was asked for",
+        "verify_log",
+        log_inputs(BOB, &full),
+        "ChainError::WrongUser",
+        vec![("seq", 0)],
+    ));
+    let mut st = stmt_of(e1);
+    st.user_id = BOB.into();
+    cases.push(case(
+        "statement_wrong_user",
+        "entry 1 of alice's log names bob",
+        "verify_log",
+        log_inputs(ALICE, &[e0.clone(), sign_statement(&st, L_ALICE_DEV1_SIG)]),
+        "ChainError::WrongUser",
+        vec![("seq", 1)],
+    ));
+    let mut st = stmt_of(e1);
+    st.timestamp = T0 - 1;
+    cases.push(case(
+        "statement_time_went_backwards",
+        "entry 1 is dated one second before entry 0",
+        "verify_log",
+        log_inputs(ALICE, &[e0.clone(), sign_statement(&st, L_ALICE_DEV1_SIG)]),
+        "ChainError::TimeWentBackwards",
+        vec![("seq", 1)],
+    ));
+    cases.push(case(
+        "empty_log",
+        "a log with no entry",
+        "verify_log",
+        log_inputs(ALICE, &[]),
+        "ChainError::EmptyLog",
+        vec![],
+    ));
+    let mut st = stmt_of(e1);
+    st.body = None;
+    cases.push(rcase(
+        "statement_without_body",
+        "entry 1 has no body",
+        "verify_log",
+        log_inputs(ALICE, &[e0.clone(), sign_statement(&st, L_ALICE_DEV1_SIG)]),
+        "ChainError::Malformed",
+        vec![],
+        "statement without body",
+    ));
+    // Low-order keys in entry 0 and in an addition.
+    for (name, what, reason) in [
+        (
+            "creation_low_order_user_key",
+            "entry 0's user encryption key is the all-zero (low-order) point",
+            "user encryption key",
+        ),
+        (
+            "creation_low_order_device_key",
+            "entry 0's device encryption key is the all-zero (low-order) point",
+            "device encryption key",
+        ),
+    ] {
+        let mut st = stmt_of(e0);
+        if let Some(Body::UserCreation(c)) = &mut st.body {
+            if reason == "user encryption key" {
+                c.user_encryption_public_key = vec![0; 32];
+            } else if let Some(d) = &mut c.device {
+                d.encryption_public_key = vec![0; 32];
+            }
+        }
+        cases.push(rcase(
+            name,
+            what,
+            "verify_log",
+            log_inputs(ALICE, &[sign_statement(&st, L_ALICE_DELEGATION)]),
+            "ChainError::Malformed",
+            vec![],
+            reason,
+        ));
+    }
+    cases.push(rcase(
+        "addition_low_order_device_key",
+        "entry 1 adds device 3 with the all-zero (low-order) encryption key",
+        "verify_log",
+        log_inputs(
+            ALICE,
+            &then(&full[..1], s0.add_device(&d1, &d3, &low_order(), T0 + 60)),
+        ),
+        "ChainError::Malformed",
+        vec![],
+        "device encryption key",
+    ));
+
+    // --- standalone decode limits (§3.1) ---
+    cases.push(rcase(
+        "signed_invite_too_large",
+        "a standalone SignedInvite of MAX_SIGNED_INVITE_BYTES + 1 = 1153 bytes",
+        "decode_signed_invite",
+        vec![("bytes", h(vec![0u8; invite::MAX_SIGNED_INVITE_BYTES + 1]))],
+        "ChainError::Decode",
+        vec![],
+        "TooLarge",
+    ));
+    cases.push(rcase(
+        "signed_invite_not_protobuf",
+        "a standalone SignedInvite that is not protobuf (a truncated length-delimited field)",
+        "decode_signed_invite",
+        vec![("bytes", h([0x0a, 0x05, 0x01]))],
+        "ChainError::Decode",
+        vec![],
+        "Malformed",
+    ));
+    cases.push(rcase(
+        "signed_statement_too_large",
+        "a standalone SignedStatement of MAX_SIGNED_STATEMENT_BYTES + 1 = 4225 bytes",
+        "decode_signed_statement",
+        vec![("bytes", h(vec![0u8; chain::MAX_SIGNED_STATEMENT_BYTES + 1]))],
+        "ChainError::Decode",
+        vec![],
+        "TooLarge",
+    ));
+
+    // --- the handshake (§8) ---
+    let prod = auth_audience();
+    let challenge = auth_challenge();
+    let staging = auth::Audience::relay(rootp, "chu-example-staging");
+    let nonce: [u8; 32] = challenge.nonce.clone().try_into().unwrap();
+    let for_staging = auth::respond(&d2, ALICE, &staging, &staging.challenge(nonce)).unwrap();
+    cases.push(case(
+        "auth_response_for_another_instance",
+        "a response signed for the staging relay's challenge (same nonce), checked by the \
+         production relay",
+        "verify_response",
+        auth_inputs(&prod, &challenge, &for_staging),
+        "AuthError::BadSignature",
+        vec![],
+    ));
+    let other_org = auth::Audience::relay(dev(L_STRANGER).public_key(), AUTH_INSTANCE);
+    let for_other_org = auth::respond(&d2, ALICE, &other_org, &other_org.challenge(nonce)).unwrap();
+    cases.push(case(
+        "auth_response_for_another_organisation",
+        "a response signed for a relay of the same service and instance id under another \
+         organisation root",
+        "verify_response",
+        auth_inputs(&prod, &challenge, &for_other_org),
+        "AuthError::BadSignature",
+        vec![],
+    ));
+    let mut v1_response = auth::respond(&d2, ALICE, &prod, &challenge).unwrap();
+    v1_response.version = 0;
+    cases.push(rcase(
+        "auth_response_v1_device",
+        "a response without a version (as a v1 device sends it)",
+        "verify_response",
+        auth_inputs(&prod, &challenge, &v1_response),
+        "AuthError::UnsupportedVersion",
+        vec![],
+        "0",
+    ));
+    let mut short_id = auth::respond(&d2, ALICE, &prod, &challenge).unwrap();
+    short_id.device_id = vec![1, 2, 3];
+    cases.push(case(
+        "auth_response_malformed_device_id",
+        "a response whose device id is 3 bytes",
+        "verify_response",
+        auth_inputs(&prod, &challenge, &short_id),
+        "AuthError::Malformed",
+        vec![],
+    ));
+    cases.push(case(
+        "auth_challenge_for_another_instance",
+        "a device that dialled the production relay is sent the staging relay's challenge",
+        "respond",
+        respond_inputs(&prod, &staging.challenge(nonce)),
+        "AuthError::UnexpectedChallenge",
+        vec![],
+    ));
+    let ks = auth::Audience::keyserver(rootp, AUTH_INSTANCE);
+    cases.push(case(
+        "auth_challenge_for_another_service",
+        "a device that dialled the relay is sent the keyserver's challenge",
+        "respond",
+        respond_inputs(&prod, &ks.challenge(nonce)),
+        "AuthError::UnexpectedChallenge",
+        vec![],
+    ));
+    let mut v1_challenge = challenge.clone();
+    v1_challenge.version = 1;
+    cases.push(rcase(
+        "auth_challenge_version_1",
+        "a challenge of version 1 (a v1 server)",
+        "respond",
+        respond_inputs(&prod, &v1_challenge),
+        "AuthError::UnsupportedVersion",
+        vec![],
+        "1",
+    ));
+    let mut short_nonce = challenge.clone();
+    short_nonce.nonce.truncate(16);
+    cases.push(case(
+        "auth_challenge_short_nonce",
+        "a challenge whose nonce is 16 bytes",
+        "respond",
+        respond_inputs(&prod, &short_nonce),
+        "AuthError::UnexpectedChallenge",
+        vec![],
+    ));
+
+    for c in &cases {
+        let fields: Vec<(String, u64)> = c
+            .fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        let inputs = o(c.inputs.iter().map(|(k, v)| (*k, clone_j(v))).collect());
+        let value: Value = serde_json::from_str(&to_text(&inputs)).unwrap();
+        run_negative(c.name, c.operation, &value, &c.error, &fields, c.reason);
+    }
+    cases
+}
+
+fn gen_chain_negative() -> J {
+    file(
+        "Ward v2 negative cases for the identity chain, standalone decode limits and the \
+         handshake (SECURITY.md §3.1, §4, §8): each must fail with exactly the named error \
+         (Rust: Enum::Variant, with error_fields where the variant carries them, and \
+         error_reason: the normative reason string of Malformed, InvalidTransition or KeyInUse, \
+         the DecodeError variant of Decode, or the version of UnsupportedVersion). Operations \
+         as in ward-v1-negative.json, plus: decode_signed_invite(bytes) and \
+         decode_signed_statement(bytes) (§3.1 limits); verify_response(org_root_public, \
+         service, instance, challenge, response) on the server; respond(device_secret, \
+         user_id, expected org_root_public/service/instance, challenge) on the device. Logs \
+         reuse alice's log of ward-v2-chain.json.",
+        vec![("cases", cases_json(chain_negative_cases()))],
     )
 }
 
@@ -1738,9 +2529,46 @@ fn ed25519_verifies(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         .is_ok()
 }
 
-fn run_negative(name: &str, op: &str, inputs: &Value, expected: &str, fields: &[(String, u64)]) {
+fn run_negative(
+    name: &str,
+    op: &str,
+    inputs: &Value,
+    expected: &str,
+    fields: &[(String, u64)],
+    reason: Option<&str>,
+) {
     let what = format!("negative case {name}");
     match op {
+        "verify_response" => {
+            let audience = auth::Audience {
+                service: st(&inputs["service"]).into(),
+                instance: st(&inputs["instance"]).into(),
+                org_root: signing_public(&inputs["org_root_public"]),
+            };
+            let challenge = AuthChallenge::decode(hx(&inputs["challenge"]).as_slice()).unwrap();
+            let response = AuthResponse::decode(hx(&inputs["response"]).as_slice()).unwrap();
+            let r = auth::verify_response(&audience, &challenge, &response);
+            assert_error_reason(&what, r, expected, fields, reason);
+        }
+        "respond" => {
+            let audience = auth::Audience {
+                service: st(&inputs["service"]).into(),
+                instance: st(&inputs["instance"]).into(),
+                org_root: signing_public(&inputs["org_root_public"]),
+            };
+            let key = DeviceSigningKey::import_secret(&hx(&inputs["device_secret"])).unwrap();
+            let challenge = AuthChallenge::decode(hx(&inputs["challenge"]).as_slice()).unwrap();
+            let r = auth::respond(&key, st(&inputs["user_id"]), &audience, &challenge);
+            assert_error_reason(&what, r, expected, fields, reason);
+        }
+        "decode_signed_invite" => {
+            let r = invite::decode_signed_invite(&hx(&inputs["bytes"]));
+            assert_error_reason(&what, r, expected, fields, reason);
+        }
+        "decode_signed_statement" => {
+            let r = chain::decode_signed_statement(&hx(&inputs["bytes"]));
+            assert_error_reason(&what, r, expected, fields, reason);
+        }
         "unwrap_resource_key" => {
             let w = WrappedKey::decode(hx(&inputs["wrapped_key"]).as_slice()).unwrap();
             let rid = ResourceId::from_slice(&hx(&inputs["resource_id"])).unwrap();
@@ -1789,7 +2617,7 @@ fn run_negative(name: &str, op: &str, inputs: &Value, expected: &str, fields: &[
         "verify_log" => {
             let root = signing_public(&inputs["org_root_public"]);
             let r = chain::verify_log(&root, st(&inputs["user_id"]), &parse_log(&inputs["log"]));
-            assert_error(&what, r, expected, fields);
+            assert_error_reason(&what, r, expected, fields, reason);
         }
         "update_log" => {
             let root = signing_public(&inputs["org_root_public"]);
@@ -1800,7 +2628,7 @@ fn run_negative(name: &str, op: &str, inputs: &Value, expected: &str, fields: &[
             )
             .unwrap();
             let r = known.update(&root, &parse_log(&inputs["served_log"]));
-            assert_error(&what, r, expected, fields);
+            assert_error_reason(&what, r, expected, fields, reason);
         }
         "verify_invite" => {
             let root = signing_public(&inputs["org_root_public"]);
@@ -1982,7 +2810,7 @@ fn replay_envelope(v: &Value) {
 
         // The header carries the seal inputs.
         let hd = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
-        assert_eq!(hd.version, 1);
+        assert_eq!(hd.version, ward_core::proto::PROTOCOL_VERSION);
         assert_eq!(hd.resource_id, hx(&inp["resource_id"]));
         assert_eq!(hd.conversation_id, hx(&inp["conversation_id"]));
         assert_eq!(hd.sender_user_id, st(&inp["sender_user_id"]));
@@ -2105,7 +2933,14 @@ fn replay_signatures(v: &Value) {
     let challenge = AuthChallenge::decode(hx(&c["encoded"]).as_slice()).unwrap();
     assert_eq!(u64::from(challenge.version), num(&c["version"]));
     assert_eq!(challenge.service, st(&c["service"]));
+    assert_eq!(challenge.instance, st(&c["instance"]));
     assert_eq!(challenge.nonce, hx(&c["nonce"]));
+    let auth_root = signing_public(&a["org_root_public"]);
+    let audience = auth::Audience {
+        service: challenge.service.clone(),
+        instance: challenge.instance.clone(),
+        org_root: auth_root,
+    };
     let response = AuthResponse::decode(hx(&a["response"]).as_slice()).unwrap();
     assert_eq!(response.user_id, st(&a["user_id"]));
     assert_eq!(response.device_id, hx(&a["device_id"]));
@@ -2115,6 +2950,8 @@ fn replay_signatures(v: &Value) {
         &[
             &challenge.version.to_be_bytes(),
             challenge.service.as_bytes(),
+            challenge.instance.as_bytes(),
+            auth_root.as_bytes(),
             &challenge.nonce,
             response.user_id.as_bytes(),
             &response.device_id,
@@ -2126,12 +2963,12 @@ fn replay_signatures(v: &Value) {
         &transcript,
         &response.signature
     ));
-    let (user, device) = auth::verify_response(&challenge, &response).unwrap();
+    let (user, device) = auth::verify_response(&audience, &challenge, &response).unwrap();
     assert_eq!(user, st(&a["user_id"]));
     assert_eq!(device.as_bytes().to_vec(), hx(&a["device_id"]));
     let key = DeviceSigningKey::import_secret(&hx(&a["device_secret"])).unwrap();
     assert_eq!(
-        auth::respond(&key, &user, &challenge.service, &challenge).unwrap(),
+        auth::respond(&key, &user, &audience, &challenge).unwrap(),
         response
     );
 
@@ -2217,7 +3054,29 @@ fn replay_chain(v: &Value) {
             &sig_input,
             &signed.signature
         ));
-        let hash = sha256(&framed(labels::HASH_ENTRY, &[&signed.statement]));
+        if let Some(Body::DeviceAddition(ref a)) = stmt.body {
+            let keys = a.device.as_ref().unwrap();
+            let input = framed(
+                labels::SIG_DEVICE_POSSESSION,
+                &[
+                    root.as_bytes(),
+                    user_id.as_bytes(),
+                    &keys.signing_public_key,
+                    &keys.encryption_public_key,
+                ],
+            );
+            assert_eq!(input, hx(&e["possession_input"]));
+            assert_eq!(a.device_signature, hx(&e["device_signature"]));
+            assert!(ed25519_verifies(
+                &keys.signing_public_key,
+                &input,
+                &a.device_signature
+            ));
+        }
+        let hash = sha256(&framed(
+            labels::HASH_ENTRY,
+            &[&signed.statement, &signed.signature],
+        ));
         assert_eq!(hash.to_vec(), hx(&e["entry_hash"]));
         assert_eq!(chain::entry_hash(&signed), hash);
         prev = hash.to_vec();
@@ -2228,6 +3087,11 @@ fn replay_chain(v: &Value) {
     assert_eq!(user.len(), num(&f["len"]));
     assert_eq!(user.head().to_vec(), hx(&f["head"]));
     assert_eq!(user.head().to_vec(), prev);
+    assert_eq!(user.last_timestamp(), num(&f["last_timestamp"]));
+    assert_eq!(
+        Some(user.rotation_pending()),
+        f["rotation_pending"].as_bool()
+    );
     assert_eq!(user.encryption_key(), &enc_public(&f["encryption_key"]));
     let past: Vec<EncryptionPublicKey> = f["past_encryption_keys"]
         .as_array()
@@ -2275,7 +3139,7 @@ fn replay_chain(v: &Value) {
     }
 }
 
-fn replay_negative(v: &Value) {
+fn replay_cases(v: &Value) {
     let cases = v["cases"].as_array().unwrap();
     let mut names = std::collections::BTreeSet::new();
     for c in cases {
@@ -2293,8 +3157,14 @@ fn replay_negative(v: &Value) {
             &c["inputs"],
             st(&c["error"]),
             &fields,
+            c.get("error_reason").and_then(Value::as_str),
         );
     }
+}
+
+fn replay_negative(v: &Value) {
+    replay_cases(v);
+    let cases = v["cases"].as_array().unwrap();
     // The cases the specification promises.
     let errors: Vec<&str> = cases.iter().map(|c| st(&c["error"])).collect();
     for required in [
@@ -2318,6 +3188,52 @@ fn replay_negative(v: &Value) {
     }
 }
 
+fn replay_chain_negative(v: &Value) {
+    replay_cases(v);
+    let cases = v["cases"].as_array().unwrap();
+    let errors: Vec<&str> = cases.iter().map(|c| st(&c["error"])).collect();
+    for required in [
+        "ChainError::KeyInUse",
+        "ChainError::MissingPossessionProof",
+        "ChainError::InvalidTransition",
+        "ChainError::Fork",
+        "ChainError::Decode",
+        "ChainError::Malformed",
+        "ChainError::UnsupportedVersion",
+        "ChainError::BadSequence",
+        "ChainError::WrongUser",
+        "ChainError::TimeWentBackwards",
+        "ChainError::EmptyLog",
+        "ChainError::UnauthorizedAuthor",
+        "AuthError::BadSignature",
+        "AuthError::UnexpectedChallenge",
+        "AuthError::UnsupportedVersion",
+        "AuthError::Malformed",
+    ] {
+        assert!(errors.contains(&required), "no case for {required}");
+    }
+    // Every normative InvalidTransition and KeyInUse reason has a case.
+    let reasons: Vec<&str> = cases
+        .iter()
+        .filter_map(|c| c.get("error_reason").and_then(Value::as_str))
+        .collect();
+    for required in [
+        "user key not rotated",
+        "the root may not choose a user key",
+        "a revoked device may not choose a user key",
+        "device already revoked",
+        "unknown device",
+        "device already in the log",
+        "device encryption key already in the log",
+        chain::KEY_IS_ROOT,
+        chain::KEY_IS_DELEGATION,
+        "NonCanonical",
+        "TooLarge",
+    ] {
+        assert!(reasons.contains(&required), "no case for reason {required}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------
@@ -2327,8 +3243,12 @@ fn generate() -> Vec<(&'static str, String)> {
         ("ward-v1-keys.json", to_text(&gen_keys())),
         ("ward-v1-wrap.json", to_text(&gen_wrap())),
         ("ward-v1-envelope.json", to_text(&gen_envelope())),
-        ("ward-v1-signatures.json", to_text(&gen_signatures())),
-        ("ward-v1-chain.json", to_text(&gen_chain())),
+        ("ward-v2-signatures.json", to_text(&gen_signatures())),
+        ("ward-v2-chain.json", to_text(&gen_chain())),
+        (
+            "ward-v2-chain-negative.json",
+            to_text(&gen_chain_negative()),
+        ),
         ("ward-v1-negative.json", to_text(&gen_negative())),
     ]
 }
@@ -2387,7 +3307,8 @@ fn replay_all() {
     replay_keys(&load("ward-v1-keys.json"));
     replay_wrap(&load("ward-v1-wrap.json"));
     replay_envelope(&load("ward-v1-envelope.json"));
-    replay_signatures(&load("ward-v1-signatures.json"));
-    replay_chain(&load("ward-v1-chain.json"));
+    replay_signatures(&load("ward-v2-signatures.json"));
+    replay_chain(&load("ward-v2-chain.json"));
+    replay_chain_negative(&load("ward-v2-chain-negative.json"));
     replay_negative(&load("ward-v1-negative.json"));
 }

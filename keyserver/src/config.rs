@@ -110,6 +110,8 @@ pub struct Config {
     pub db_path: PathBuf,
     /// The organisation root's public key: every invite must be signed by it.
     pub org_root: SigningPublicKey,
+    /// This keyserver's instance id, bound into every handshake (SECURITY.md §8).
+    pub instance: String,
     /// Request and connection limits.
     pub limits: KsLimits,
     /// The server clock, used for invite expiry and access-log times.
@@ -122,6 +124,7 @@ impl Config {
         Self {
             db_path: db_path.into(),
             org_root,
+            instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             limits: KsLimits::default(),
             clock: Clock::system(),
         }

@@ -240,12 +240,9 @@ mod tests {
         let a = org.enroll(&mut rng, "a");
         let phone = DeviceSigningKey::generate(&mut rng);
         let phone_enc = DeviceEncryptionKey::generate(&mut rng);
-        let add = a.chain.add_device(
-            &a.device,
-            &phone.public_key(),
-            &phone_enc.public_key(),
-            KIT_TIME,
-        );
+        let add = a
+            .chain
+            .add_device(&a.device, &phone, &phone_enc.public_key(), KIT_TIME);
         let (after, change) = accept_next(&root, &a.chain, &add).unwrap();
         assert!(matches!(change, Change::DeviceAdded(d) if d.signing_key == phone.public_key()));
 
@@ -253,7 +250,7 @@ mod tests {
         let outsider = DeviceSigningKey::generate(&mut rng);
         let bad = a
             .chain
-            .add_device(&outsider, &phone.public_key(), &phone_enc.public_key(), 1);
+            .add_device(&outsider, &phone, &phone_enc.public_key(), 1);
         assert_eq!(
             accept_next(&root, &a.chain, &bad).unwrap_err().code,
             ErrorCode::InvalidStatement

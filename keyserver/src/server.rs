@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use ward_core::keys::SigningPublicKey;
-use ward_net::handshake::{self, KEYSERVER, Peer};
+use ward_net::handshake::{self, Peer};
 use ward_net::{Conn, close};
 use ward_proto::decode_bounded;
 use ward_proto::v1::{ErrorCode, KsRequest};
@@ -107,6 +107,8 @@ struct State {
     connections: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     enrolling: Arc<Semaphore>,
+    /// This keyserver as a handshake audience (service, instance, root).
+    audience: handshake::Audience,
 }
 
 /// Connections over the cap that are being closed with a code at once.
@@ -144,6 +146,7 @@ pub async fn run(
         refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
         sessions: Arc::new(Sessions::default()),
         enrolling: Arc::new(Semaphore::new(config.limits.max_enrolling)),
+        audience: handshake::Audience::keyserver(config.org_root, config.instance.clone()),
         ctx: Ctx {
             db,
             root: config.org_root,
@@ -247,7 +250,7 @@ async fn connection(
         let enrolling_permit = &mut enrolling_permit;
         let state = &state;
         tokio::select! {
-            r = handshake::server(&mut conn, KEYSERVER, nonce, &limits, |peer: Peer| async move {
+            r = handshake::server(&mut conn, &state.audience, nonce, &limits, |peer: Peer| async move {
                 // Register before reading the directory: a revocation
                 // committed after this read still reaches the session.
                 *slot = Some(state.sessions.register(&peer.user_id, &peer.device));

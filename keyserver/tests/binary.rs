@@ -47,7 +47,10 @@ async fn binary_serves_and_stops_on_sigterm() {
         &mut conn,
         &a.device,
         "dr.a",
-        ward_net::handshake::KEYSERVER,
+        &ward_net::handshake::Audience::keyserver(
+            *a.chain.org_root(),
+            ward_core::auth::DEFAULT_INSTANCE,
+        ),
         &[],
     )
     .await

@@ -354,17 +354,15 @@ async fn run_relay(
         let device =
             ward_core::keys::DeviceSigningKey::import_secret(&u.device.export_secret()[..])?;
         let log = u.log.clone();
+        let audience = ward_net::handshake::Audience::relay(
+            *u.chain.org_root(),
+            ward_core::auth::DEFAULT_INSTANCE,
+        );
         connecting.push(tokio::spawn(async move {
             let _p = gate.acquire().await;
             let mut c = ward_net::conn::connect(&url, &ward_net::Limits::default()).await?;
-            ward_net::handshake::client(
-                &mut c,
-                &device,
-                &format!("load{i}"),
-                ward_net::handshake::RELAY,
-                &log,
-            )
-            .await?;
+            ward_net::handshake::client(&mut c, &device, &format!("load{i}"), &audience, &log)
+                .await?;
             Ok::<Conn, ward_net::NetError>(c)
         }));
     }

@@ -27,3 +27,5 @@ pub const DEVICE_REVOKED: u16 = 4005;
 pub const TOO_MANY_CONNECTIONS: u16 = 4006;
 /// The request was forbidden (e.g. another device's mailbox).
 pub const FORBIDDEN: u16 = 4007;
+/// The peer speaks another protocol version (SECURITY.md §1.1): upgrade.
+pub const UNSUPPORTED_VERSION: u16 = 4008;

@@ -137,6 +137,11 @@ pub fn close_code_for(err: &NetError) -> (u16, &'static str) {
             ..
         })) => (close::TOO_BIG, "frame too large"),
         NetError::WebSocket(_) => (close::PROTOCOL_ERROR, "websocket error"),
+        NetError::Auth(ward_core::AuthError::UnsupportedVersion(_))
+        | NetError::Refused(ward_proto::v1::ErrorCode::UnsupportedVersion) => (
+            close::UNSUPPORTED_VERSION,
+            "unsupported protocol version: this server speaks Ward protocol v2",
+        ),
         NetError::Auth(_) | NetError::Refused(_) | NetError::WrongService(_) => {
             (close::AUTH_FAILED, "authentication failed")
         }

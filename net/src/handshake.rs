@@ -1,26 +1,29 @@
 //! The device-authentication handshake (SECURITY.md §8), both sides.
 //!
 //! ```text
-//! server -> device  AuthChallenge { version: 1, service, nonce: 32 random bytes }
-//! device -> server  AuthResponse  { user_id, device_id, signature, log }
+//! server -> device  AuthChallenge { version: 2, service, instance, nonce: 32 random bytes }
+//! device -> server  AuthResponse  { user_id, device_id, signature, log, version: 2 }
 //! server -> device  AuthResult    { ok, error }
 //! ```
 //! The signature check is `ward_core::auth`; whether the device is an active
-//! device of the user is the service's `check`, from its own directory.
+//! device of the user is the service's `check`, from its own directory. A
+//! response of another protocol version (a v1 device sends none) is refused
+//! with `UNSUPPORTED_VERSION` and the close code [`crate::close::UNSUPPORTED_VERSION`].
 
 use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use ward_core::AuthError;
+use ward_core::auth::MAX_CHALLENGE_BYTES;
+pub use ward_core::auth::{Audience, KEYSERVER, RELAY};
 use ward_core::keys::{DeviceSigningKey, SigningPublicKey};
-use ward_proto::PROTOCOL_VERSION;
+use ward_proto::decode_bounded;
 use ward_proto::v1::{AuthChallenge, AuthResponse, AuthResult, ErrorCode, SignedStatement};
 
 use crate::{Conn, Limits, NetError};
 
-/// The relay's service name, bound into every signature made for it.
-pub const RELAY: &str = "ward-relay";
-/// The keyserver's service name.
-pub const KEYSERVER: &str = "ward-keyserver";
+/// Largest encoded `AuthResult` a device accepts.
+const MAX_RESULT_BYTES: usize = 64;
 
 /// An authenticated device.
 #[derive(Debug, Clone)]
@@ -33,14 +36,28 @@ pub struct Peer {
     pub log: Vec<SignedStatement>,
 }
 
-/// Server side. Sends a challenge with `nonce` (32 fresh random bytes from
-/// the caller), verifies the response's signature, asks `check` whether the
-/// peer is an active device, and answers with the result. The whole exchange
-/// must finish within `limits.auth_timeout`. On failure the caller should
-/// close the connection with [`Conn::close_for`].
+/// The next message, decoded under its own limit (SECURITY.md §3.1).
+async fn recv_small<S, M>(conn: &mut Conn<S>, max: usize) -> Result<M, NetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: ward_proto::Message + Default,
+{
+    let bytes = conn
+        .recv()
+        .await?
+        .ok_or(NetError::Closed(None, String::new()))?;
+    Ok(decode_bounded(&bytes, max)?)
+}
+
+/// Server side. Sends the challenge of `audience` (this server's service,
+/// instance and root) with `nonce` (32 fresh random bytes from the caller),
+/// verifies the response's signature, asks `check` whether the peer is an
+/// active device, and answers with the result. The whole exchange must
+/// finish within `limits.auth_timeout`. On failure the caller should close
+/// the connection with [`Conn::close_for`].
 pub async fn server<S, F, Fut>(
     conn: &mut Conn<S>,
-    service: &str,
+    audience: &Audience,
     nonce: [u8; 32],
     limits: &Limits,
     check: F,
@@ -51,34 +68,32 @@ where
     Fut: Future<Output = Result<Peer, ErrorCode>>,
 {
     let exchange = async {
-        let challenge = AuthChallenge {
-            version: PROTOCOL_VERSION,
-            service: service.to_owned(),
-            nonce: nonce.to_vec(),
-        };
+        let challenge = audience.challenge(nonce);
         conn.send_msg(&challenge).await?;
         let response: AuthResponse = conn
             .recv_msg()
             .await?
             .ok_or(NetError::Closed(None, String::new()))?;
-        let (user_id, device) = match ward_core::auth::verify_response(&challenge, &response) {
-            Ok(ok) => ok,
-            Err(e) => {
-                let code = match e {
-                    ward_core::AuthError::Malformed | ward_core::AuthError::UnexpectedChallenge => {
-                        ErrorCode::Malformed
-                    }
-                    ward_core::AuthError::BadSignature => ErrorCode::Unauthenticated,
-                };
-                let _ = conn
-                    .send_msg(&AuthResult {
-                        ok: false,
-                        error: code as i32,
-                    })
-                    .await;
-                return Err(e.into());
-            }
-        };
+        let (user_id, device) =
+            match ward_core::auth::verify_response(audience, &challenge, &response) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let code = match e {
+                        AuthError::Malformed | AuthError::UnexpectedChallenge => {
+                            ErrorCode::Malformed
+                        }
+                        AuthError::BadSignature => ErrorCode::Unauthenticated,
+                        AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+                    };
+                    let _ = conn
+                        .send_msg(&AuthResult {
+                            ok: false,
+                            error: code as i32,
+                        })
+                        .await;
+                    return Err(e.into());
+                }
+            };
         match check(Peer {
             user_id,
             device,
@@ -112,31 +127,31 @@ where
 
 /// Client side: answers the server's challenge as `device` of `user_id`,
 /// presenting `log` (the user's own log, for the relay; may be empty), and
-/// checks that the server is the `expected_service`.
+/// checks that the server is the `expected` audience (service and instance;
+/// the organisation root is bound into the signature).
 pub async fn client<S>(
     conn: &mut Conn<S>,
     device: &DeviceSigningKey,
     user_id: &str,
-    expected_service: &str,
+    expected: &Audience,
     log: &[SignedStatement],
 ) -> Result<(), NetError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let challenge: AuthChallenge = conn
-        .recv_msg()
-        .await?
-        .ok_or(NetError::Closed(None, String::new()))?;
-    if challenge.service != expected_service {
-        return Err(NetError::WrongService(challenge.service));
+    let challenge: AuthChallenge = recv_small(conn, MAX_CHALLENGE_BYTES).await?;
+    if challenge.version == ward_proto::PROTOCOL_VERSION
+        && (challenge.service != expected.service || challenge.instance != expected.instance)
+    {
+        return Err(NetError::WrongService(format!(
+            "{}/{}",
+            challenge.service, challenge.instance
+        )));
     }
-    let mut response = ward_core::auth::respond(device, user_id, expected_service, &challenge)?;
+    let mut response = ward_core::auth::respond(device, user_id, expected, &challenge)?;
     response.log = log.to_vec();
     conn.send_msg(&response).await?;
-    let result: AuthResult = conn
-        .recv_msg()
-        .await?
-        .ok_or(NetError::Closed(None, String::new()))?;
+    let result: AuthResult = recv_small(conn, MAX_RESULT_BYTES).await?;
     if result.ok {
         Ok(())
     } else {
@@ -177,18 +192,20 @@ mod tests {
         let org = Org::new(&mut rng);
         let alice = org.enroll(&mut rng, "alice");
         let limits = Limits::default();
+        let relay = Audience::relay(org.root_public(), "test");
+        let keyserver = Audience::keyserver(org.root_public(), "test");
 
         let (mut s, mut c) = pair(limits).await;
         let expected = alice.device.public_key();
         let (server_side, client_side) = tokio::join!(
-            server(&mut s, RELAY, [5; 32], &limits, |p: Peer| async move {
+            server(&mut s, &relay, [5; 32], &limits, |p: Peer| async move {
                 if p.device == expected {
                     Ok(p)
                 } else {
                     Err(ErrorCode::Unauthenticated)
                 }
             }),
-            client(&mut c, &alice.device, "alice", RELAY, &alice.log),
+            client(&mut c, &alice.device, "alice", &relay, &alice.log),
         );
         client_side.unwrap();
         let peer = server_side.unwrap();
@@ -200,10 +217,10 @@ mod tests {
         // The service refuses the device (revoked, unknown): the client gets a typed refusal.
         let (mut s, mut c) = pair(limits).await;
         let (server_side, client_side) = tokio::join!(
-            server(&mut s, RELAY, [6; 32], &limits, |_| async {
+            server(&mut s, &relay, [6; 32], &limits, |_| async {
                 Err(ErrorCode::DeviceRevoked)
             }),
-            client(&mut c, &alice.device, "alice", RELAY, &[]),
+            client(&mut c, &alice.device, "alice", &relay, &[]),
         );
         assert!(matches!(
             server_side,
@@ -221,11 +238,62 @@ mod tests {
             ..limits
         };
         let (server_side, client_side) = tokio::join!(
-            server(&mut s, RELAY, [7; 32], &short, |p| async { Ok(p) }),
-            client(&mut c, &alice.device, "alice", KEYSERVER, &[]),
+            server(&mut s, &relay, [7; 32], &short, |p| async { Ok(p) }),
+            client(&mut c, &alice.device, "alice", &keyserver, &[]),
         );
         assert!(matches!(client_side, Err(NetError::WrongService(_))));
         assert!(server_side.is_err());
+    }
+
+    fn test_relay() -> Audience {
+        Audience::relay(Org::new(&mut rand::rng()).root_public(), "test")
+    }
+
+    #[tokio::test]
+    async fn another_instance_or_a_v1_device_is_refused() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let alice = org.enroll(&mut rng, "alice");
+        let limits = Limits {
+            auth_timeout: std::time::Duration::from_millis(500),
+            ..Limits::default()
+        };
+        // A device that dialled the staging relay refuses to sign for prod.
+        let prod = Audience::relay(org.root_public(), "prod");
+        let staging = Audience::relay(org.root_public(), "staging");
+        let (mut s, mut c) = pair(limits).await;
+        let (server_side, client_side) = tokio::join!(
+            server(&mut s, &prod, [3; 32], &limits, |p| async { Ok(p) }),
+            client(&mut c, &alice.device, "alice", &staging, &[]),
+        );
+        assert!(matches!(client_side, Err(NetError::WrongService(w)) if w == "ward-relay/prod"));
+        assert!(server_side.is_err());
+
+        // A v1 device: its response carries no version.
+        let (mut s, mut c) = pair(limits).await;
+        let v1 = async {
+            let challenge: AuthChallenge = c.recv_msg().await.unwrap().unwrap();
+            let mut r =
+                ward_core::auth::respond(&alice.device, "alice", &prod, &challenge).unwrap();
+            r.version = 0;
+            c.send_msg(&r).await.unwrap();
+            let result: AuthResult = c.recv_msg().await.unwrap().unwrap();
+            result
+        };
+        let (server_side, result) = tokio::join!(
+            server(&mut s, &prod, [4; 32], &limits, |p| async { Ok(p) }),
+            v1,
+        );
+        let err = server_side.unwrap_err();
+        assert!(matches!(
+            err,
+            NetError::Auth(AuthError::UnsupportedVersion(0))
+        ));
+        assert_eq!(
+            crate::conn::close_code_for(&err).0,
+            crate::close::UNSUPPORTED_VERSION
+        );
+        assert_eq!(result.error, ErrorCode::UnsupportedVersion as i32);
     }
 
     #[tokio::test]
@@ -235,7 +303,7 @@ mod tests {
             ..Limits::default()
         };
         let (mut s, _c) = pair(limits).await;
-        let r = server(&mut s, RELAY, [1; 32], &limits, |p| async { Ok(p) }).await;
+        let r = server(&mut s, &test_relay(), [1; 32], &limits, |p| async { Ok(p) }).await;
         assert!(matches!(r, Err(NetError::Timeout)));
 
         let (mut s, c) = pair(limits).await;
@@ -246,9 +314,13 @@ mod tests {
         ))
         .await
         .unwrap();
-        let r = server(&mut s, RELAY, [1; 32], &Limits::default(), |p| async {
-            Ok(p)
-        })
+        let r = server(
+            &mut s,
+            &test_relay(),
+            [1; 32],
+            &Limits::default(),
+            |p| async { Ok(p) },
+        )
         .await;
         assert!(matches!(r, Err(NetError::TextFrame)));
     }

@@ -8,10 +8,11 @@
 //! * [`close`]: the close codes every Ward service uses.
 //!
 //! ```no_run
-//! # async fn demo(device: ward_core::keys::DeviceSigningKey) -> Result<(), ward_net::NetError> {
+//! # async fn demo(device: ward_core::keys::DeviceSigningKey, root: ward_core::keys::SigningPublicKey) -> Result<(), ward_net::NetError> {
 //! let limits = ward_net::Limits::default();
 //! let mut conn = ward_net::conn::connect("ws://127.0.0.1:7070", &limits).await?;
-//! ward_net::handshake::client(&mut conn, &device, "dr.martin", ward_net::handshake::RELAY, &[]).await?;
+//! let relay = ward_net::handshake::Audience::relay(root, "chu-example");
+//! ward_net::handshake::client(&mut conn, &device, "dr.martin", &relay, &[]).await?;
 //! // ... then the service's own frames:
 //! // conn.send_msg(&frame).await?; let reply: Option<ServerFrame> = conn.recv_msg().await?;
 //! # Ok(()) }

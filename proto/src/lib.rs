@@ -10,7 +10,7 @@
 //! ```
 //! use ward_proto::{decode_bounded, v1::AuthChallenge, Message};
 //!
-//! let bytes = AuthChallenge { version: 1, service: "ward-relay".into(), nonce: vec![7; 32] }
+//! let bytes = AuthChallenge { version: 2, service: "ward-relay".into(), nonce: vec![7; 32], ..Default::default() }
 //!     .encode_to_vec();
 //! let back: AuthChallenge = decode_bounded(&bytes, 1024).unwrap();
 //! assert_eq!(back.nonce, vec![7; 32]);
@@ -26,8 +26,10 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ward.v1.rs"));
 }
 
-/// The protocol version carried in every versioned structure.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version carried in every versioned structure
+/// (SECURITY.md §1.1). The protobuf package stays `ward.v1`: the package
+/// name is not the protocol version.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Why untrusted bytes could not be decoded.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
@@ -119,9 +121,10 @@ mod tests {
         #[test]
         fn statement_round_trips(user in ".{0,40}", seq in any::<u64>(), prev in arb_bytes(32), key in arb_bytes(32)) {
             let s = Statement {
-                version: 1, user_id: user, seq, prev_hash: prev, timestamp: seq, author: key.clone(),
+                version: 2, user_id: user, seq, prev_hash: prev.clone(), timestamp: seq, author: key.clone(),
                 body: Some(statement::Body::DeviceAddition(DeviceAddition {
                     device: Some(DeviceKeys { signing_public_key: key.clone(), encryption_public_key: key }),
+                    device_signature: prev.clone(),
                 })),
             };
             let back: Statement = decode_bounded(&s.encode_to_vec(), 1 << 20).unwrap();
@@ -170,6 +173,46 @@ mod tests {
         twice.extend_from_slice(&[0x08, 0x01]);
         assert_eq!(
             decode_canonical::<EnvelopeHeader>(&twice, 1024),
+            Err(DecodeError::NonCanonical)
+        );
+    }
+
+    /// SECURITY.md §3.1: a known field with the wrong wire type is refused,
+    /// and of a oneof whose members alternate only the last member counts,
+    /// its earlier occurrences (before another member) forgotten.
+    #[test]
+    fn wire_type_and_oneof_rules() {
+        // Statement.seq (field 3, varint) written length-delimited.
+        assert_eq!(
+            decode_bounded::<Statement>(&[0x1a, 0x00], 1024),
+            Err(DecodeError::Malformed)
+        );
+        // device_addition { device_signature: 01 }, device_revocation { device_id: 02 },
+        // device_addition { device: {} }.
+        let alternating = [
+            0x5a, 0x03, 0x12, 0x01, 0x01, 0x62, 0x03, 0x0a, 0x01, 0x02, 0x5a, 0x02, 0x0a, 0x00,
+        ];
+        let st = decode_bounded::<Statement>(&alternating, 1024).unwrap();
+        assert_eq!(
+            st.body,
+            Some(statement::Body::DeviceAddition(DeviceAddition {
+                device: Some(DeviceKeys::default()),
+                device_signature: Vec::new(),
+            }))
+        );
+        // The same member twice in a row merges, as any repeated message field.
+        let consecutive = [0x5a, 0x03, 0x12, 0x01, 0x01, 0x5a, 0x02, 0x0a, 0x00];
+        let st = decode_bounded::<Statement>(&consecutive, 1024).unwrap();
+        assert_eq!(
+            st.body,
+            Some(statement::Body::DeviceAddition(DeviceAddition {
+                device: Some(DeviceKeys::default()),
+                device_signature: vec![1],
+            }))
+        );
+        // Neither is canonical, so no signed body can carry them.
+        assert_eq!(
+            decode_canonical::<Statement>(&alternating, 1024),
             Err(DecodeError::NonCanonical)
         );
     }

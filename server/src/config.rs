@@ -12,6 +12,8 @@ pub struct Config {
     pub db_path: PathBuf,
     /// The pinned organisation root: every device's log is verified from it.
     pub org_root: SigningPublicKey,
+    /// This relay's instance id, bound into every handshake (SECURITY.md §8).
+    pub instance: String,
     /// Connection and traffic limits.
     pub limits: Limits,
     /// How long an undelivered entry is kept.
@@ -90,6 +92,7 @@ impl Config {
         Self {
             db_path: db_path.into(),
             org_root,
+            instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             limits: Limits::default(),
             retention: DEFAULT_RETENTION,
             sweep_interval: Duration::from_secs(600),

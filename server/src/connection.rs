@@ -94,10 +94,12 @@ pub async fn serve(
         return;
     }
     let check_shared = shared.clone();
+    let audience =
+        handshake::Audience::relay(shared.config.org_root, shared.config.instance.clone());
     let authenticated = {
         let auth = handshake::server(
             &mut conn,
-            handshake::RELAY,
+            &audience,
             nonce,
             &limits.net,
             move |peer| async move { check(&check_shared, peer).await },

@@ -22,6 +22,9 @@ struct Args {
     /// The organisation root public key (Ed25519, 64 hex digits).
     #[arg(long, env = "WARD_RELAY_ORG_ROOT")]
     org_root: String,
+    /// This relay's instance id (bound into the handshake; distinct per deployment).
+    #[arg(long, env = "WARD_RELAY_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    instance: String,
     /// Largest frame accepted, in bytes.
     #[arg(long, env = "WARD_RELAY_MAX_FRAME_BYTES")]
     max_frame_bytes: Option<usize>,
@@ -67,6 +70,7 @@ fn config(args: &Args) -> Result<Config, String> {
     let root = hex::decode(args.org_root.trim()).map_err(|e| format!("--org-root: {e}"))?;
     let root = SigningPublicKey::from_bytes(&root).map_err(|e| format!("--org-root: {e}"))?;
     let mut config = Config::new(&args.db, root);
+    config.instance = args.instance.clone();
     let d = Limits::default();
     let mut net = d.net;
     if let Some(v) = args.max_frame_bytes {

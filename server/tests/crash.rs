@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use ward_core::auth::DEFAULT_INSTANCE;
 use ward_core::testkit::{Clinician, Org};
-use ward_net::handshake::{RELAY, client};
+use ward_net::handshake::{Audience, client};
 use ward_proto::v1::{ClientFrame, Recipient, Send, ServerFrame, client_frame, server_frame};
 
 struct TempDir(PathBuf);
@@ -70,9 +71,15 @@ async fn connect(url: &str, who: &Clinician, user: &str) -> Conn {
     let mut c = ward_net::conn::connect(url, &ward_net::Limits::default())
         .await
         .unwrap();
-    client(&mut c, &who.device, user, RELAY, &who.log)
-        .await
-        .unwrap();
+    client(
+        &mut c,
+        &who.device,
+        user,
+        &Audience::relay(*who.chain.org_root(), DEFAULT_INSTANCE),
+        &who.log,
+    )
+    .await
+    .unwrap();
     c
 }
 

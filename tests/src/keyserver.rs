@@ -9,10 +9,12 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::MaybeTlsStream;
+use ward_core::auth::DEFAULT_INSTANCE;
 use ward_core::keys::DeviceSigningKey;
+use ward_core::keys::SigningPublicKey;
 use ward_core::testkit::{KIT_TIME, Org};
 use ward_keyserver::{Clock, Config, KeyserverError};
-use ward_net::handshake::KEYSERVER;
+use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
     DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
@@ -51,6 +53,8 @@ pub struct TestKeyserver {
     pub addr: std::net::SocketAddr,
     /// Its database file.
     pub db_path: PathBuf,
+    /// The organisation root it pins.
+    pub root: SigningPublicKey,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), KeyserverError>>,
 }
@@ -63,6 +67,7 @@ impl TestKeyserver {
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let db_path = config.db_path.clone();
+        let root = config.org_root;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(ward_keyserver::run(listener, config, async {
             let _ = rx.await;
@@ -70,6 +75,7 @@ impl TestKeyserver {
         Self {
             addr,
             db_path,
+            root,
             stop: Some(tx),
             task,
         }
@@ -129,15 +135,33 @@ pub struct KsClient {
 }
 
 impl KsClient {
-    /// Connects and authenticates as `device` of `user_id`.
+    /// Connects and authenticates as `device` of `user_id`, to the
+    /// keyserver of the organisation `root` (default instance).
     pub async fn connect(
         url: &str,
+        root: &SigningPublicKey,
+        device: &DeviceSigningKey,
+        user_id: &str,
+    ) -> Result<Self, NetError> {
+        Self::connect_to(
+            url,
+            &Audience::keyserver(*root, DEFAULT_INSTANCE),
+            device,
+            user_id,
+        )
+        .await
+    }
+
+    /// Connects and authenticates as `device` of `user_id`, signing for `audience`.
+    pub async fn connect_to(
+        url: &str,
+        audience: &Audience,
         device: &DeviceSigningKey,
         user_id: &str,
     ) -> Result<Self, NetError> {
         let limits = Limits::default();
         let mut conn = ward_net::conn::connect(url, &limits).await?;
-        ward_net::handshake::client(&mut conn, device, user_id, KEYSERVER, &[]).await?;
+        ward_net::handshake::client(&mut conn, device, user_id, audience, &[]).await?;
         Ok(Self { conn, next_id: 1 })
     }
 
@@ -270,7 +294,7 @@ where
 /// (entry 0 of its log): enrollment.
 pub async fn enroll(url: &str, c: &ward_core::testkit::Clinician) -> KsClient {
     let user_id = c.chain.user_id().to_owned();
-    let mut client = KsClient::connect(url, &c.device, &user_id)
+    let mut client = KsClient::connect(url, c.chain.org_root(), &c.device, &user_id)
         .await
         .expect("connect to enroll");
     assert_eq!(client.append(&c.log[0]).await.expect("enroll"), 0);

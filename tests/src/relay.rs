@@ -205,22 +205,36 @@ pub async fn raw(url: &str) -> ClientConn {
 }
 
 impl Client {
-    /// Connects and authenticates `device` of `user_id`, presenting `log`.
+    /// Connects and authenticates `device` of `user_id`, presenting `log`,
+    /// to the relay of the organisation `root` (default instance).
     pub async fn connect(
         url: &str,
+        root: &SigningPublicKey,
+        device: &DeviceSigningKey,
+        user_id: &str,
+        log: &[SignedStatement],
+    ) -> Result<Self, NetError> {
+        let audience =
+            ward_net::handshake::Audience::relay(*root, ward_core::auth::DEFAULT_INSTANCE);
+        Self::connect_to(url, &audience, device, user_id, log).await
+    }
+
+    /// Connects and authenticates `device` of `user_id`, signing for `audience`.
+    pub async fn connect_to(
+        url: &str,
+        audience: &ward_net::handshake::Audience,
         device: &DeviceSigningKey,
         user_id: &str,
         log: &[SignedStatement],
     ) -> Result<Self, NetError> {
         let mut conn = ward_net::conn::connect(url, &ward_net::Limits::default()).await?;
-        ward_net::handshake::client(&mut conn, device, user_id, ward_net::handshake::RELAY, log)
-            .await?;
+        ward_net::handshake::client(&mut conn, device, user_id, audience, log).await?;
         Ok(Self { conn })
     }
 
     /// Connects as `who`'s first device, presenting its log.
     pub async fn of(url: &str, who: &Clinician, user_id: &str) -> Self {
-        Self::connect(url, &who.device, user_id, &who.log)
+        Self::connect(url, who.chain.org_root(), &who.device, user_id, &who.log)
             .await
             .unwrap()
     }

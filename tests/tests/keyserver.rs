@@ -78,10 +78,10 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
         .unwrap()
     };
     let (c1, c2) = (creation(&d1), creation(&d2));
-    let mut a1 = KsClient::connect(&ks.url(), &d1.signing, "dr.a")
+    let mut a1 = KsClient::connect(&ks.url(), &ks.root, &d1.signing, "dr.a")
         .await
         .unwrap();
-    let mut a2 = KsClient::connect(&ks.url(), &d2.signing, "dr.a")
+    let mut a2 = KsClient::connect(&ks.url(), &ks.root, &d2.signing, "dr.a")
         .await
         .unwrap();
 
@@ -121,7 +121,7 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
     // A new device of the now existing user no longer gets a session at all.
     let d3 = new_device();
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &d3.signing, "dr.a").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &d3.signing, "dr.a").await),
         ErrorCode::Unauthenticated
     );
 
@@ -145,7 +145,7 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
         KIT_TIME - 20,
     )
     .unwrap();
-    let mut c = KsClient::connect(&ks.url(), &d.signing, "dr.late")
+    let mut c = KsClient::connect(&ks.url(), &ks.root, &d.signing, "dr.late")
         .await
         .unwrap();
     assert_eq!(
@@ -168,7 +168,7 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
         KIT_TIME,
     )
     .unwrap();
-    let mut c = KsClient::connect(&ks.url(), &d.signing, "dr.fake")
+    let mut c = KsClient::connect(&ks.url(), &ks.root, &d.signing, "dr.fake")
         .await
         .unwrap();
     assert_eq!(
@@ -191,12 +191,7 @@ async fn add_device(
     root: &SigningPublicKey,
     d: &NewDevice,
 ) -> VerifiedUser {
-    let entry = chain.add_device(
-        author,
-        &d.signing.public_key(),
-        &d.encryption.public_key(),
-        KIT_TIME,
-    );
+    let entry = chain.add_device(author, &d.signing, &d.encryption.public_key(), KIT_TIME);
     let seq = client.append(&entry).await.unwrap();
     assert_eq!(seq, chain.len());
     let mut next = chain.clone();
@@ -217,14 +212,14 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     // A phone that is not in the log yet cannot connect.
     let phone = new_device();
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &phone.signing, "dr.a").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &phone.signing, "dr.a").await),
         ErrorCode::Unauthenticated
     );
     // An addition signed by an outsider is refused.
     let outsider = DeviceSigningKey::generate(&mut rng);
     let bad = a.chain.add_device(
         &outsider,
-        &phone.signing.public_key(),
+        &phone.signing,
         &phone.encryption.public_key(),
         KIT_TIME,
     );
@@ -234,7 +229,7 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     );
 
     let chain = add_device(&mut laptop, &a.chain, &a.device, &root, &phone).await;
-    let mut p = KsClient::connect(&ks.url(), &phone.signing, "dr.a")
+    let mut p = KsClient::connect(&ks.url(), &ks.root, &phone.signing, "dr.a")
         .await
         .unwrap();
     let logs = p.get_logs(&["dr.a"]).await.unwrap();
@@ -253,7 +248,7 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     assert_eq!(p.closed_with().await, Some(close::DEVICE_REVOKED));
     // ...and it cannot authenticate again.
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &phone.signing, "dr.a").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &phone.signing, "dr.a").await),
         ErrorCode::DeviceRevoked
     );
     // A replayed revocation is just acknowledged; a conflicting entry at a
@@ -277,17 +272,24 @@ async fn added_device_authenticates_and_is_shut_out_once_revoked() {
     assert_eq!(user.encryption_key(), &new_key.public_key());
 
     // A device that revokes itself gets its reply, then its session ends.
+    // Its revocation is keyless (v2): a device being revoked never chooses
+    // the next user key, so one that carries a key is refused.
     let tablet = new_device();
     let chain = add_device(&mut laptop, &user, &a.device, &root, &tablet).await;
-    let mut t = KsClient::connect(&ks.url(), &tablet.signing, "dr.a")
+    let mut t = KsClient::connect(&ks.url(), &ks.root, &tablet.signing, "dr.a")
         .await
         .unwrap();
-    let own = chain.revoke_device(
+    let keyed = chain.revoke_device(
         &tablet.signing,
         &tablet.signing.public_key(),
         &UserEncryptionKey::generate(&mut rng).public_key(),
         KIT_TIME,
     );
+    assert_eq!(
+        t.append(&keyed).await.unwrap_err().code(),
+        Some(ErrorCode::InvalidStatement)
+    );
+    let own = chain.revoke_self(&tablet.signing, KIT_TIME);
     assert_eq!(t.append(&own).await.unwrap(), 4);
     assert_eq!(t.closed_with().await, Some(close::DEVICE_REVOKED));
 
@@ -379,7 +381,7 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
     assert_eq!(got.missing, vec![rid2.as_bytes().to_vec()]);
     let k = unwrap_resource_key(&got.keys[0], &rid, &b_key2).unwrap();
     assert_eq!(*k.export_secret(), *key.export_secret());
-    let mut cb2 = KsClient::connect(&ks.url(), &b2.signing, "dr.b")
+    let mut cb2 = KsClient::connect(&ks.url(), &ks.root, &b2.signing, "dr.b")
         .await
         .unwrap();
     assert_eq!(
@@ -398,18 +400,18 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
     assert!(got.keys.is_empty());
     assert_eq!(got.missing, vec![rid.as_bytes().to_vec()]);
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &b3.signing, "dr.b").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &b3.signing, "dr.b").await),
         ErrorCode::DeviceRevoked
     );
     // A device claiming to be B's with a key that is not in B's log.
     let impostor = new_device();
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &impostor.signing, "dr.b").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &impostor.signing, "dr.b").await),
         ErrorCode::Unauthenticated
     );
     // A device of no user (it could only enroll) is refused the request.
     let stranger = new_device();
-    let mut s = KsClient::connect(&ks.url(), &stranger.signing, "dr.nobody")
+    let mut s = KsClient::connect(&ks.url(), &ks.root, &stranger.signing, "dr.nobody")
         .await
         .unwrap();
     assert_eq!(
@@ -581,7 +583,7 @@ async fn abuse_is_refused_while_a_well_behaved_client_keeps_working() {
         );
 
         // After authenticating: a text frame.
-        let b = KsClient::connect(&url, &bad.device, "dr.bad")
+        let b = KsClient::connect(&url, &org.root_public(), &bad.device, "dr.bad")
             .await
             .unwrap();
         let mut ws = b.conn.into_inner();
@@ -589,7 +591,7 @@ async fn abuse_is_refused_while_a_well_behaved_client_keeps_working() {
         assert_eq!(raw_close_code(&mut ws).await, Some(close::UNSUPPORTED_DATA));
 
         // Random bytes.
-        let b = KsClient::connect(&url, &bad.device, "dr.bad")
+        let b = KsClient::connect(&url, &org.root_public(), &bad.device, "dr.bad")
             .await
             .unwrap();
         let mut ws = b.conn.into_inner();
@@ -599,7 +601,7 @@ async fn abuse_is_refused_while_a_well_behaved_client_keeps_working() {
         assert_eq!(raw_close_code(&mut ws).await, Some(close::PROTOCOL_ERROR));
 
         // An oversized frame.
-        let b = KsClient::connect(&url, &bad.device, "dr.bad")
+        let b = KsClient::connect(&url, &org.root_public(), &bad.device, "dr.bad")
             .await
             .unwrap();
         let mut ws = b.conn.into_inner();
@@ -608,7 +610,7 @@ async fn abuse_is_refused_while_a_well_behaved_client_keeps_working() {
 
         // Well-formed protobuf, malformed request: a typed error with the
         // request id, and the connection stays usable.
-        let mut b = KsClient::connect(&url, &bad.device, "dr.bad")
+        let mut b = KsClient::connect(&url, &org.root_public(), &bad.device, "dr.bad")
             .await
             .unwrap();
         b.conn
@@ -723,11 +725,11 @@ async fn everything_survives_a_restart() {
     drop(cb);
 
     let ks = TestKeyserver::start(test_config(&org, &db)).await;
-    let mut ca = KsClient::connect(&ks.url(), &a.device, "dr.a")
+    let mut ca = KsClient::connect(&ks.url(), &ks.root, &a.device, "dr.a")
         .await
         .unwrap();
     assert_eq!(ca.get_logs(&["dr.a", "dr.b"]).await.unwrap(), logs_before);
-    let mut cb2 = KsClient::connect(&ks.url(), &b2.signing, "dr.b")
+    let mut cb2 = KsClient::connect(&ks.url(), &ks.root, &b2.signing, "dr.b")
         .await
         .unwrap();
     assert_eq!(
@@ -737,7 +739,7 @@ async fn everything_survives_a_restart() {
     assert_eq!(cb2.get_grant(&[]).await.unwrap(), grant);
     // The revocation, the used invite and the access log persisted too.
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &b3.signing, "dr.b").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &b3.signing, "dr.b").await),
         ErrorCode::DeviceRevoked
     );
     assert_eq!(ca.append(&a.log[0]).await.unwrap(), 0);
@@ -762,7 +764,7 @@ async fn a_revocation_written_by_another_process_closes_sessions_within_the_rech
     let mut laptop = enroll(&ks.url(), &a).await;
     let phone = new_device();
     let chain = add_device(&mut laptop, &a.chain, &a.device, &root, &phone).await;
-    let p = KsClient::connect(&ks.url(), &phone.signing, "dr.a")
+    let p = KsClient::connect(&ks.url(), &ks.root, &phone.signing, "dr.a")
         .await
         .unwrap();
 
@@ -983,7 +985,7 @@ async fn random_requests_always_get_a_reply() {
         }
     }
     assert!(!ks.is_finished());
-    let mut fresh = KsClient::connect(&ks.url(), &a.device, "dr.a")
+    let mut fresh = KsClient::connect(&ks.url(), &ks.root, &a.device, "dr.a")
         .await
         .unwrap();
     assert!(fresh.get_logs(&["dr.a"]).await.is_ok());
@@ -1004,11 +1006,11 @@ async fn devices_that_are_not_enrolled_are_bounded_in_number_and_time() {
     let mut ca = enroll(&ks.url(), &a).await;
 
     let (s1, s2) = (new_device(), new_device());
-    let first = KsClient::connect(&ks.url(), &s1.signing, "dr.x")
+    let first = KsClient::connect(&ks.url(), &ks.root, &s1.signing, "dr.x")
         .await
         .unwrap();
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &s2.signing, "dr.y").await),
+        refused(KsClient::connect(&ks.url(), &ks.root, &s2.signing, "dr.y").await),
         ErrorCode::RateLimited
     );
     // Enrolled devices are not affected.
@@ -1020,7 +1022,7 @@ async fn devices_that_are_not_enrolled_are_bounded_in_number_and_time() {
     // Its place is free again, and enrolling releases it.
     let b = org.enroll(&mut rng, "dr.b");
     let mut cb = enroll(&ks.url(), &b).await;
-    let again = KsClient::connect(&ks.url(), &s2.signing, "dr.y")
+    let again = KsClient::connect(&ks.url(), &ks.root, &s2.signing, "dr.y")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1045,7 +1047,7 @@ async fn a_lost_phone_is_revoked_by_the_root_and_a_remaining_device_rotates_the_
     let mut laptop = enroll(&ks.url(), &b).await;
     let phone = new_device();
     let chain = add_device(&mut laptop, &b.chain, &b.device, &root, &phone).await;
-    let p = KsClient::connect(&ks.url(), &phone.signing, "dr.b")
+    let p = KsClient::connect(&ks.url(), &ks.root, &phone.signing, "dr.b")
         .await
         .unwrap();
 

@@ -167,10 +167,16 @@ async fn refusals_do_not_disturb_other_clients() {
 
     // A device of another organisation, and a device claiming another
     // user's id, are refused.
-    let err = Client::connect(&url, &outsider.device, "eve", &outsider.log)
-        .await
-        .err()
-        .unwrap();
+    let err = Client::connect(
+        &url,
+        &org.root_public(),
+        &outsider.device,
+        "eve",
+        &outsider.log,
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(
         matches!(
             err,
@@ -178,15 +184,21 @@ async fn refusals_do_not_disturb_other_clients() {
         ),
         "{err:?}"
     );
-    let err = Client::connect(&url, &mallory.device, "alice", &alice.log)
-        .await
-        .err()
-        .unwrap();
+    let err = Client::connect(
+        &url,
+        &org.root_public(),
+        &mallory.device,
+        "alice",
+        &alice.log,
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(
         matches!(err, ward_net::NetError::Refused(ErrorCode::Unauthenticated)),
         "{err:?}"
     );
-    let err = Client::connect(&url, &mallory.device, "mallory", &[])
+    let err = Client::connect(&url, &org.root_public(), &mallory.device, "mallory", &[])
         .await
         .err()
         .unwrap();
@@ -371,12 +383,9 @@ async fn revoked_device_is_disconnected_and_refused() {
     // Bob adds a second device (his tablet), then the root revokes the phone.
     let tablet = DeviceSigningKey::generate(&mut rng);
     let tablet_enc = DeviceEncryptionKey::generate(&mut rng);
-    let add = bob.chain.add_device(
-        &bob.device,
-        &tablet.public_key(),
-        &tablet_enc.public_key(),
-        KIT_TIME,
-    );
+    let add = bob
+        .chain
+        .add_device(&bob.device, &tablet, &tablet_enc.public_key(), KIT_TIME);
     let mut log2 = bob.log.clone();
     log2.push(add);
     let chain2 = bob.chain.update(&org.root_public(), &log2).unwrap();
@@ -389,7 +398,9 @@ async fn revoked_device_is_disconnected_and_refused() {
     let phone = Client::of(&url, &bob, "bob").await;
     let phone_closed = tokio::spawn(closed(phone.conn));
     // The tablet presents the older log 2 (accepted), then publishes log 3.
-    let mut t = Client::connect(&url, &tablet, "bob", &log2).await.unwrap();
+    let mut t = Client::connect(&url, &org.root_public(), &tablet, "bob", &log2)
+        .await
+        .unwrap();
     t.frame(client_frame::Frame::PublishLog(
         ward_proto::v1::PublishLog {
             entries: log3.clone(),
@@ -402,7 +413,7 @@ async fn revoked_device_is_disconnected_and_refused() {
     }
     assert_eq!(phone_closed.await.unwrap(), Some(close::DEVICE_REVOKED));
     // The phone, presenting its old log, is refused: the relay keeps log 3.
-    let err = Client::connect(&url, &bob.device, "bob", &bob.log)
+    let err = Client::connect(&url, &org.root_public(), &bob.device, "bob", &bob.log)
         .await
         .err()
         .unwrap();

@@ -25,6 +25,9 @@ struct Args {
     /// The organisation root's Ed25519 public key, 64 hex digits.
     #[arg(long, env = "WARD_KEYSERVER_ORG_ROOT")]
     org_root: String,
+    /// This keyserver's instance id (bound into the handshake; distinct per deployment).
+    #[arg(long, env = "WARD_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    instance: String,
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
     max_frame_bytes: usize,
@@ -55,6 +58,7 @@ fn config(args: &Args) -> Result<Config, String> {
     let root = hex::decode(args.org_root.trim()).map_err(|e| format!("--org-root: {e}"))?;
     let org_root = SigningPublicKey::from_bytes(&root).map_err(|e| format!("--org-root: {e}"))?;
     let mut config = Config::new(&args.db, org_root);
+    config.instance = args.instance.clone();
     let defaults = KsLimits::default();
     config.limits = KsLimits {
         net: ward_net::Limits {

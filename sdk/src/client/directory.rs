@@ -2,23 +2,27 @@
 //! keyserver, verified from the pinned organisation root on first sight
 //! ([`verify_log`]) and checked against the state verified before on every
 //! later fetch ([`VerifiedUser::update`]): a rollback or a fork is a typed
-//! error ([`ClientError::Chain`]), never a silent replacement. The raw
-//! verified logs are persisted in the store, so trust carries over restarts.
+//! error ([`ClientError::Chain`]), never a silent replacement. The entries
+//! this device verified are persisted in the store, so trust carries over
+//! restarts: on an update only the verified new suffix is appended to them
+//! ([`VerifiedUser::update_suffix`]); the served prefix is never stored in
+//! their place (SECURITY.md §4.7).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ward_core::ChainError;
-use ward_core::chain::{MAX_STATEMENT_BYTES, VerifiedUser, verify_log};
+use ward_core::chain::{VerifiedUser, decode_signed_statement, verify_log};
 use ward_core::keys::SigningPublicKey;
+use ward_proto::Message as _;
 use ward_proto::v1::SignedStatement;
-use ward_proto::{Message as _, decode_bounded};
 
 use super::StoreCell;
 use super::error::{ClientError, Result};
 use super::keyserver::Keyserver;
 
-/// A verified log: the state and the exact entries it was verified from.
+/// A verified log: the state and the exact entries this device verified it
+/// from (its own copies, not the bytes a later fetch served).
 #[derive(Clone)]
 pub(crate) struct Known {
     pub(crate) user: VerifiedUser,
@@ -74,9 +78,9 @@ impl Directory {
         };
         let entries = raw
             .iter()
-            .map(|b| decode_bounded::<SignedStatement>(b, MAX_STATEMENT_BYTES + 256))
+            .map(|b| decode_signed_statement(b))
             .collect::<core::result::Result<Vec<_>, _>>()
-            .map_err(|e| chain_err(user_id, ChainError::Decode(e)))?;
+            .map_err(|e| chain_err(user_id, e))?;
         // Our own store verified it before storing; verifying again costs
         // little and catches a changed organisation root.
         let user = verify_log(&self.root, user_id, &entries).map_err(|e| chain_err(user_id, e))?;
@@ -113,12 +117,14 @@ impl Directory {
                     ));
                 }
                 (None, None) => return Err(ClientError::UnknownUser(u.clone())),
-                (Some(k), Some(entries)) => {
-                    let user = k
+                (Some(k), Some(served)) => {
+                    let (user, suffix) = k
                         .user
-                        .update(&self.root, &entries)
+                        .update_suffix(&self.root, &served)
                         .map_err(|e| chain_err(u, e))?;
-                    let grew = user.len() > k.user.len();
+                    let grew = !suffix.is_empty();
+                    let mut entries = k.entries;
+                    entries.extend_from_slice(suffix);
                     (Known { user, entries }, grew)
                 }
                 (None, Some(entries)) => {

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::MaybeTlsStream;
 use ward_core::keys::DeviceSigningKey;
-use ward_net::handshake::KEYSERVER;
+use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
     DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
@@ -35,6 +35,7 @@ pub(crate) struct Keyserver {
 
 struct Task {
     url: String,
+    audience: Audience,
     device: Arc<DeviceSigningKey>,
     user_id: String,
     timeout: Duration,
@@ -46,6 +47,7 @@ impl Keyserver {
     /// Starts the task; it ends when every handle is dropped.
     pub(crate) fn spawn(
         url: String,
+        audience: Audience,
         device: Arc<DeviceSigningKey>,
         user_id: String,
         timeout: Duration,
@@ -53,6 +55,7 @@ impl Keyserver {
         let (tx, mut rx) = mpsc::channel::<(ks_request::Body, Reply)>(64);
         let mut task = Task {
             url,
+            audience,
             device,
             user_id,
             timeout,
@@ -175,8 +178,14 @@ impl Task {
             if self.conn.is_none() {
                 let limits = Limits::default();
                 let mut conn = ward_net::conn::connect(&self.url, &limits).await?;
-                ward_net::handshake::client(&mut conn, &self.device, &self.user_id, KEYSERVER, &[])
-                    .await?;
+                ward_net::handshake::client(
+                    &mut conn,
+                    &self.device,
+                    &self.user_id,
+                    &self.audience,
+                    &[],
+                )
+                .await?;
                 self.conn = Some(conn);
             }
             let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;

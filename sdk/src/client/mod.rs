@@ -38,18 +38,19 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
+use ward_core::auth::Audience;
 use ward_core::chain::{create_user, verify_log};
 use ward_core::envelope::ContentType;
 use ward_core::ids::valid_user_id;
-use ward_core::invite::{MAX_INVITE_BYTES, verify_invite};
+use ward_core::invite::verify_invite;
 use ward_core::keys::{
     DelegationKey, DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, SigningPublicKey,
     UserEncryptionKey,
 };
 use ward_core::wrap::{accept_grant, grant_user_key};
-use ward_core::{ChainError, ConversationId, ResourceId};
+use ward_core::{ConversationId, ResourceId};
+use ward_proto::Message as _;
 use ward_proto::v1::SignedInvite;
-use ward_proto::{Message as _, decode_bounded};
 use zeroize::Zeroizing;
 
 pub use error::{ClientError, Result};
@@ -97,9 +98,25 @@ pub struct ClientConfig {
     /// key after a root-signed revocation and to hand the relay a newer log
     /// (so a lost phone revoked by the admin is cut off there too).
     pub own_log_interval: Duration,
+    /// The relay's instance id, as its operator configured it: the
+    /// handshake binds it, so this device never signs for another relay
+    /// (SECURITY.md §8).
+    pub relay_instance: String,
+    /// The keyserver's instance id, likewise.
+    pub keyserver_instance: String,
 }
 
 impl ClientConfig {
+    /// The relay this device signs handshakes for.
+    pub(crate) fn relay_audience(&self) -> Audience {
+        Audience::relay(self.org_root, self.relay_instance.clone())
+    }
+
+    /// The keyserver this device signs handshakes for.
+    pub(crate) fn keyserver_audience(&self) -> Audience {
+        Audience::keyserver(self.org_root, self.keyserver_instance.clone())
+    }
+
     /// Defaults: backoff 200 ms to 30 s, requests 15 s, key wait 30 s, own
     /// log re-read every 60 s, the store's default Argon2id cost.
     pub fn new(
@@ -120,6 +137,8 @@ impl ClientConfig {
             key_wait: Duration::from_secs(30),
             event_capacity: 1024,
             own_log_interval: Duration::from_secs(60),
+            relay_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
+            keyserver_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
         }
     }
 }
@@ -220,6 +239,9 @@ pub struct NewDeviceKeys {
     pub signing: SigningPublicKey,
     /// The new device's encryption key (the user key is granted to it).
     pub encryption: EncryptionPublicKey,
+    /// The new device's signature over its keys, for this user and
+    /// organisation (proof of possession, SECURITY.md §4.4).
+    pub proof: [u8; 64],
 }
 
 /// A device created by [`Client::pair_new_device`], waiting for an existing
@@ -264,9 +286,16 @@ impl PendingDevice {
 
     /// The keys to show to the approving device.
     pub fn device_keys(&self) -> NewDeviceKeys {
+        let encryption = self.device_encryption.public_key();
         NewDeviceKeys {
             signing: self.device.public_key(),
-            encryption: self.device_encryption.public_key(),
+            encryption,
+            proof: ward_core::chain::possession_proof(
+                &self.config.org_root,
+                &self.user_id,
+                &self.device,
+                &encryption,
+            ),
         }
     }
 
@@ -279,6 +308,7 @@ impl PendingDevice {
     pub async fn complete(&self) -> Result<Client> {
         let ks = Keyserver::spawn(
             self.config.keyserver_url.clone(),
+            self.config.keyserver_audience(),
             self.device.clone(),
             self.user_id.clone(),
             self.config.request_timeout,
@@ -371,8 +401,8 @@ impl Client {
         delegation_secret: &[u8],
         pin: Pin,
     ) -> Result<Self> {
-        let signed: SignedInvite = decode_bounded(invite, MAX_INVITE_BYTES + 1024)
-            .map_err(|e| ClientError::InvalidInvite(ChainError::Decode(e)))?;
+        let signed: SignedInvite =
+            ward_core::invite::decode_signed_invite(invite).map_err(ClientError::InvalidInvite)?;
         let verified =
             verify_invite(&config.org_root, &signed).map_err(ClientError::InvalidInvite)?;
         let delegation = DelegationKey::import_secret(delegation_secret)?;
@@ -421,6 +451,7 @@ impl Client {
         let device = Arc::new(device);
         let ks = Keyserver::spawn(
             config.keyserver_url.clone(),
+            config.keyserver_audience(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
@@ -510,6 +541,7 @@ impl Client {
         }
         let keyserver = Keyserver::spawn(
             config.keyserver_url.clone(),
+            config.keyserver_audience(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
@@ -589,9 +621,13 @@ impl Client {
     pub async fn approve_device(&self, keys: &NewDeviceKeys) -> Result<()> {
         let inner = &self.inner;
         let own = refresh_own(inner).await?;
-        let entry = own
-            .user
-            .add_device(&inner.device, &keys.signing, &keys.encryption, now_secs());
+        let entry = own.user.add_device_with_proof(
+            &inner.device,
+            &keys.signing,
+            &keys.encryption,
+            &keys.proof,
+            now_secs(),
+        );
         inner.keyserver.append(entry).await?;
         let own = refresh_own(inner).await?;
         if !own
@@ -721,6 +757,20 @@ impl Client {
 /// publishes the new log to the relay.
 pub(crate) async fn change_user_key(inner: &Inner, revoke: Option<SigningPublicKey>) -> Result<()> {
     let own = refresh_own(inner).await?;
+    if revoke == Some(inner.device.public_key()) {
+        // A device being revoked never chooses the next user key
+        // (SECURITY.md §4.5): a keyless self-revocation; a remaining device
+        // rotates the key when it sees the user rotation pending (§15.3a).
+        let entry = own.user.revoke_self(&inner.device, now_secs());
+        inner.keyserver.append(entry).await?;
+        let own = refresh_own(inner).await?;
+        let _ = inner
+            .relay_cmds
+            .send(RelayCmd::PublishLog(own.entries))
+            .await;
+        tracing::info!("this device revoked itself; the user is rotation pending");
+        return Ok(());
+    }
     let new_key = UserEncryptionKey::generate(&mut rand::rng());
     let new_public = new_key.public_key();
     // Kept before the append: a crash after it must not lose the key.

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use rand::RngExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
-use ward_net::handshake::RELAY;
 use ward_net::{Limits, NetError};
 use ward_proto::v1::{
     Ack, ClientFrame, Deliver, ErrorCode, PublishLog, Send, ServerFrame, client_frame, server_frame,
@@ -148,7 +147,7 @@ async fn session(
             &mut conn,
             &inner.device,
             &inner.user_id,
-            RELAY,
+            &inner.config.relay_audience(),
             &own.entries,
         )
         .await?;
