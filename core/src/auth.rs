@@ -30,8 +30,6 @@ use crate::labels::{SIG_AUTH, framed};
 pub const AUTH_NONCE_BYTES: usize = 32;
 /// Largest encoded `AuthChallenge` a device accepts (SECURITY.md §3.1).
 pub const MAX_CHALLENGE_BYTES: usize = 1024;
-/// Longest service name or instance id.
-pub const MAX_SERVICE_BYTES: usize = 128;
 /// The relay's service name.
 pub const RELAY: &str = "ward-relay";
 /// The keyserver's service name.

@@ -667,10 +667,13 @@ impl Client {
     }
 
     /// Revokes a device of this user (a lost or retired one, possibly this
-    /// one): appends a revocation signed by this device that also rotates
-    /// the user key (SECURITY.md §4.5), grants the new key to the devices
-    /// that remain, and publishes the new log to the relay, which then
-    /// disconnects the revoked device.
+    /// one): appends a revocation signed by this device, and publishes the
+    /// new log to the relay, which then disconnects the revoked device.
+    /// Revoking another device rotates the user key in the same entry and
+    /// grants the new key to the devices that remain; revoking this device
+    /// is keyless (a device being revoked never chooses the next key,
+    /// SECURITY.md §4.5), so the user is rotation pending until a remaining
+    /// device rotates it (§15.3a).
     pub async fn revoke_device(&self, device: &SigningPublicKey) -> Result<()> {
         self.change_user_key(Some(*device)).await
     }
