@@ -42,7 +42,8 @@ pub async fn revoke(
         })?;
     let root = load_root(&args.data)?;
     let (identity, path) = unlock_identity(&args, via.as_deref())?;
-    let mut ks = Session::open(&args.keyserver, &root.public_key(), &identity).await?;
+    let audience = Audience::keyserver(root.public_key(), args.keyserver_instance.clone());
+    let mut ks = Session::open(&args.keyserver, &audience, &identity).await?;
 
     let logs = match ks
         .call(ks_request::Body::GetLogs(GetLogs {
@@ -126,7 +127,7 @@ struct Session {
 impl Session {
     async fn open(
         url: &str,
-        root: &ward_core::keys::SigningPublicKey,
+        audience: &Audience,
         identity: &ward_sdk::store::Identity,
     ) -> Result<Self, CliError> {
         let unreachable = |e: NetError| {
@@ -145,7 +146,7 @@ impl Session {
             &mut conn,
             &identity.device_signing,
             &identity.user_id,
-            &Audience::keyserver(*root, ward_core::auth::DEFAULT_INSTANCE),
+            audience,
             &[],
         )
         .await

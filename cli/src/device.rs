@@ -41,6 +41,13 @@ pub struct DeviceArgs {
         default_value = "ws://127.0.0.1:7071"
     )]
     pub keyserver: String,
+    /// The relay's instance id, as its operator configured it (the handshake
+    /// binds it, SECURITY.md §8).
+    #[arg(long, env = "WARD_RELAY_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    pub relay_instance: String,
+    /// The keyserver's instance id, likewise.
+    #[arg(long, env = "WARD_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    pub keyserver_instance: String,
     /// Read the PIN from the first line of standard input (else WARD_PIN,
     /// else the terminal, without echo). Never pass a PIN as an argument.
     #[arg(long)]
@@ -74,6 +81,8 @@ impl DeviceArgs {
         );
         c.reconnect_max = Duration::from_secs(5);
         c.request_timeout = Duration::from_secs(10);
+        c.relay_instance.clone_from(&self.relay_instance);
+        c.keyserver_instance.clone_from(&self.keyserver_instance);
         Ok(c)
     }
 
