@@ -478,3 +478,37 @@ async fn both_servers_refuse_a_v1_device_with_a_version_error() {
     }
     remove_db(&db);
 }
+
+/// Item 5, the relay side: a device presents its user's log with a zeroed
+/// signature on the prefix the relay holds. The entry hash covers the
+/// signature, so it does not extend the relay's verified log: refused, and
+/// the real log is accepted afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_refuses_a_presented_log_with_zeroed_signatures() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let root = org.root_public();
+    let bob = org.enroll(&mut rng, "bob");
+    let relay = Relay::start(root).await;
+    let url = relay.url();
+    drop(ward_tests::relay::Client::of(&url, &bob, "bob").await); // the relay holds 1 entry
+    let tablet = DeviceSigningKey::generate(&mut rng);
+    let enc = DeviceEncryptionKey::generate(&mut rng).public_key();
+    let log = vec![
+        bob.log[0].clone(),
+        bob.chain.add_device(&bob.device, &tablet, &enc, KIT_TIME),
+    ];
+    let mut zeroed = log.clone();
+    zeroed[0].signature = vec![0; 64];
+    let err = ward_tests::relay::Client::connect(&url, &root, &tablet, "bob", &zeroed)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, NetError::Refused(ErrorCode::InvalidStatement)),
+        "{err}"
+    );
+    ward_tests::relay::Client::connect(&url, &root, &tablet, "bob", &log)
+        .await
+        .unwrap();
+}
