@@ -59,7 +59,7 @@ pub(crate) fn xwing_encap(
 ) -> Result<(Zeroizing<[u8; 32]>, Vec<u8>), WrapError> {
     // A parsed key passed FIPS 203's modulus check and the X25519 low-order
     // check already (§3.5); re-parsing cannot fail but is not skipped.
-    let ek = pk_r.xwing().map_err(|_| WrapError::NonContributory)?;
+    let ek = pk_r.xwing().map_err(|_| WrapError::Malformed)?;
     let (ct, mut ss) = ek.encapsulate_deterministic(&(*eseed).into());
     let mut shared = Zeroizing::new([0u8; 32]);
     shared.copy_from_slice(&ss);

@@ -269,8 +269,9 @@ struct XWingSecret {
 
 impl XWingSecret {
     fn from_seed(seed: Zeroizing<[u8; ENCRYPTION_SECRET_KEY_BYTES]>) -> Self {
-        use x_wing::{Decapsulator, KeyExport};
-        let key = x_wing::DecapsulationKeyRejectNonContrib::from(*seed);
+        use x_wing::{Decapsulator, KeyExport, KeyInit};
+        // By reference: no unzeroized copy of the seed is left on the stack.
+        let key = x_wing::DecapsulationKeyRejectNonContrib::new((&*seed).into());
         // Derived from a seed, the key is well formed: no check needed.
         let mut pk = [0u8; ENCRYPTION_PUBLIC_KEY_BYTES];
         pk.copy_from_slice(&key.encapsulation_key().to_bytes());
