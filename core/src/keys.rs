@@ -153,6 +153,13 @@ impl EncryptionPublicKey {
         self.id
     }
 
+    /// Whether the X25519 part has small order: never for a key that
+    /// [`Self::from_bytes`] accepted (kept from v1's API for callers that
+    /// checked it themselves).
+    pub fn is_low_order(&self) -> bool {
+        self.x25519_is_low_order()
+    }
+
     /// Whether the X25519 part has small order. A clamped scalar is a
     /// multiple of the cofactor 8, so any point of order dividing 8 maps to
     /// zero whatever the scalar.
