@@ -30,7 +30,7 @@ SIG_AUTH = b"ward/v2/sig/auth"
 HASH_INVITE = b"ward/v2/hash/invite"
 HASH_ENTRY = b"ward/v2/hash/entry"
 MAX_INVITE, MAX_SIGNED_INVITE = 1024, 1152
-MAX_STATEMENT, MAX_SIGNED_STATEMENT, MAX_ENTRIES = 4096, 4224, 4096
+MAX_STATEMENT, MAX_SIGNED_STATEMENT, MAX_ENTRIES = 8192, 8320, 4096
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 
 
@@ -250,8 +250,20 @@ def low_order_x25519(u):
         return True
 
 
+def mlkem_modulus_ok(ek):
+    """FIPS 203 §7.2: the 384*k = 1152 bytes before rho decode to 12-bit
+    coefficients that are all below q = 3329."""
+    for i in range(0, 1152, 3):
+        b0, b1, b2 = ek[i], ek[i + 1], ek[i + 2]
+        if (b0 | (b1 & 0x0F) << 8) >= 3329 or (b1 >> 4 | b2 << 4) >= 3329:
+            return False
+    return True
+
+
 def x25519_key(b, what):
-    if len(b) != 32 or low_order_x25519(b):
+    """An X-Wing encryption key (§3.5): 1216 bytes, the ML-KEM-768 key (1184)
+    then the X25519 part (32), which must not be of low order."""
+    if len(b) != 1216 or not mlkem_modulus_ok(b[:1184]) or low_order_x25519(b[1184:]):
         raise Err("ChainError::Malformed", what)
     return b
 
