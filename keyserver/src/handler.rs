@@ -250,9 +250,10 @@ async fn run(
     match body {
         Body::Append(entry) => {
             let root = ctx.root;
+            let db = Arc::clone(&ctx.db);
             let appended = ctx
                 .db
-                .call(move |c| storage::append(c, &root, now, &entry))
+                .call(move |c| storage::append_with(c, &db.verified, &root, now, &entry))
                 .await?;
             if !session.enrolled && appended.user_id == session.user_id {
                 outcome.enrolled = true;

@@ -34,7 +34,7 @@ use ward_proto::v1::{
     DeviceGrant, ErrorCode, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys,
 };
 
-use crate::directory::{self, Change, Kind};
+use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
@@ -150,6 +150,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
 pub struct Db {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    /// Verified user logs ([`directory::VerifiedCache`]).
+    pub verified: VerifiedCache,
 }
 
 /// Connections kept open between calls.
@@ -164,6 +166,7 @@ impl Db {
         Ok(Arc::new(Self {
             path: path.to_owned(),
             pool: Mutex::new(vec![conn]),
+            verified: VerifiedCache::new(directory::DEFAULT_CACHE_BYTES),
         }))
     }
 
@@ -362,24 +365,123 @@ enum Plan {
 /// Times an append re-verifies because its user's log grew meanwhile.
 const APPEND_ATTEMPTS: usize = 3;
 
-/// Verifies `entry` against the stored directory and, if it is accepted,
-/// stores it and updates the derived tables, in one transaction.
-///
-/// Signatures are checked against a read snapshot, outside the write lock;
-/// the write transaction then confirms the log has not grown since (a log
-/// only grows, so an equal length means an equal log) or verifies again.
+/// [`append_with`] without a cache (a tool writing to the database): the
+/// stored log is verified in full.
 pub fn append(
     conn: &mut Connection,
     root: &SigningPublicKey,
     now: u64,
     entry: &SignedStatement,
 ) -> Result<Appended, RequestError> {
+    append_with(conn, &VerifiedCache::new(0), root, now, entry)
+}
+
+/// The stored length and head of `user_id`'s log (0 and zeros: none).
+fn stored_head(conn: &Connection, user_id: &str) -> Result<(u64, [u8; 32]), rusqlite::Error> {
+    let len: Option<i64> = conn
+        .query_row(
+            "SELECT log_len FROM users WHERE user_id = ?1",
+            params![user_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let len = len.unwrap_or(0).max(0) as u64;
+    if len == 0 {
+        return Ok((0, [0; 32]));
+    }
+    let hash: Vec<u8> = conn.query_row(
+        "SELECT entry_hash FROM log_entries WHERE user_id = ?1 AND seq = ?2",
+        params![user_id, (len - 1) as i64],
+        |r| r.get(0),
+    )?;
+    Ok((len, hash.try_into().unwrap_or([0; 32])))
+}
+
+/// The stored entry at `seq` of `user_id`'s log, if any.
+fn stored_entry(
+    conn: &Connection,
+    user_id: &str,
+    seq: u64,
+) -> Result<Option<SignedStatement>, rusqlite::Error> {
+    let Ok(seq) = i64::try_from(seq) else {
+        return Ok(None);
+    };
+    conn.query_row(
+        "SELECT statement, signature FROM log_entries WHERE user_id = ?1 AND seq = ?2",
+        params![user_id, seq],
+        |r| {
+            Ok(SignedStatement {
+                statement: r.get(0)?,
+                signature: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// The verified state of a stored log of `len` entries ending in `head`:
+/// cached, else the stored log verified once (and cached). The entry's
+/// claimed author must be an active device of the user, or the root, before
+/// a whole log is verified for it.
+fn verified_state(
+    conn: &Connection,
+    cache: &VerifiedCache,
+    root: &SigningPublicKey,
+    user_id: &str,
+    (len, head): (u64, [u8; 32]),
+    entry: &SignedStatement,
+) -> Result<ward_core::chain::VerifiedUser, RequestError> {
+    if let Some(user) = cache.get(user_id, len, &head) {
+        return Ok(user);
+    }
+    let author = directory::claimed_author(entry)
+        .ok_or_else(|| RequestError::new(ErrorCode::InvalidStatement, "author"))?;
+    if author != *root && device_status(conn, user_id, &author)? != DeviceStatus::Active {
+        return Err(RequestError::new(
+            ErrorCode::InvalidStatement,
+            "the author is not an active device of this user",
+        ));
+    }
+    let log = load_log(conn, user_id)?;
+    // Everything stored was verified on the way in; verifying once per cache
+    // miss catches a tampered database.
+    cache.count_verified(log.len());
+    let verified = verify_log(root, user_id, &log).map_err(|e| {
+        StorageError::Corrupt(format!("stored log of {user_id:?} does not verify: {e}"))
+    })?;
+    if verified.len() != len || verified.head() != &head {
+        // Read outside a transaction: the log grew meanwhile.
+        return Err(RequestError::new(
+            ErrorCode::Conflict,
+            "the log changed concurrently; fetch it and retry",
+        ));
+    }
+    Ok(verified)
+}
+
+/// Verifies `entry` against the stored directory and, if it is accepted,
+/// stores it and updates the derived tables, in one transaction.
+///
+/// Only the new entry is verified (its sequence, link, author and
+/// signature), against the user's verified state from `cache` (the stored
+/// log is verified in full only on a cache miss). The write transaction then
+/// confirms the log has not grown since (a log only grows, so an equal
+/// length means an equal log) or verifies again.
+pub fn append_with(
+    conn: &mut Connection,
+    cache: &VerifiedCache,
+    root: &SigningPublicKey,
+    now: u64,
+    entry: &SignedStatement,
+) -> Result<Appended, RequestError> {
     let routing = directory::route(entry)?;
     for _ in 0..APPEND_ATTEMPTS {
-        let log = load_log(conn, &routing.user_id)?;
+        let stored = stored_head(conn, &routing.user_id)?;
         // A retry of an entry already stored is acknowledged again.
-        if let Some(existing) = usize::try_from(routing.seq).ok().and_then(|i| log.get(i)) {
-            if existing == entry {
+        if routing.seq < stored.0
+            && let Some(existing) = stored_entry(conn, &routing.user_id, routing.seq)?
+        {
+            if existing == *entry {
                 return Ok(Appended {
                     seq: routing.seq,
                     user_id: routing.user_id,
@@ -395,47 +497,38 @@ pub fn append(
                 ));
             }
         }
-        if log.len() >= MAX_LOG_ENTRIES {
+        if stored.0 as usize >= MAX_LOG_ENTRIES {
             return Err(RequestError::new(
                 ErrorCode::InvalidStatement,
                 "log is full",
             ));
         }
-        let plan = if routing.kind == Kind::UserCreation {
-            Plan::Create(Box::new(directory::accept_creation(root, now, entry)?))
+        let (plan, next) = if routing.kind == Kind::UserCreation {
+            cache.count_verified(1);
+            let user = directory::accept_creation(root, now, entry)?;
+            (Plan::Create(Box::new(user.clone())), user)
         } else {
-            if log.is_empty() {
+            if stored.0 == 0 {
                 return Err(RequestError::new(ErrorCode::UnknownUser, "no such user"));
             }
-            // Everything stored was verified on the way in; verifying again
-            // costs one signature per entry and catches a tampered database.
-            let verified = verify_log(root, &routing.user_id, &log).map_err(|e| {
-                StorageError::Corrupt(format!(
-                    "stored log of {:?} does not verify: {e}",
-                    routing.user_id
-                ))
-            })?;
-            let (_, change) = directory::accept_next(root, &verified, entry)?;
-            Plan::Next {
-                seq: verified.len(),
-                change,
-            }
+            let verified = match verified_state(conn, cache, root, &routing.user_id, stored, entry)
+            {
+                Err(e) if e.code == ErrorCode::Conflict => continue,
+                other => other?,
+            };
+            cache.count_verified(1);
+            let (next, change) = directory::accept_next(root, &verified, entry)?;
+            let seq = verified.len();
+            (Plan::Next { seq, change }, next)
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let len_now: i64 = tx
-            .query_row(
-                "SELECT log_len FROM users WHERE user_id = ?1",
-                params![routing.user_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        if usize::try_from(len_now).ok() != Some(log.len()) {
+        if stored_head(&tx, &routing.user_id)? != stored {
             // The log grew meanwhile: verify again against the new one.
             continue;
         }
         let appended = write_plan(&tx, &routing.user_id, now, entry, plan)?;
         tx.commit()?;
+        cache.put(next);
         return Ok(appended);
     }
     Err(RequestError::new(
@@ -1034,6 +1127,62 @@ mod tests {
         let other = ward_core::keys::DeviceSigningKey::generate(&mut rng).public_key();
         let err = get_logs(&mut conn, "a", &other, &ids, 1 << 20).unwrap_err();
         assert_eq!(err.code, ErrorCode::Unauthenticated);
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Issue 9, item 2: an append verifies the new entry only; the stored
+    /// log is verified once per cache miss, and not at all for an entry
+    /// whose author is no active device of the user.
+    #[test]
+    fn appends_verify_only_the_new_entry() {
+        let mut rng = rand::rng();
+        let org = ward_core::testkit::Org::new(&mut rng);
+        let mut a = org.enroll(&mut rng, "a");
+        let path = temp_db("cache");
+        let mut conn = open_connection(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let root = org.root_public();
+        let now = ward_core::testkit::KIT_TIME;
+        let cache = VerifiedCache::new(1 << 20);
+        append_with(&mut conn, &cache, &root, now, &a.log[0]).unwrap();
+        let rotate = |a: &mut ward_core::testkit::Clinician| {
+            let key = ward_core::keys::UserEncryptionKey::generate(&mut rand::rng()).public_key();
+            let e = a.chain.rotate_user_key(&a.device, &key, now);
+            a.chain.apply(&root, &e).unwrap();
+            e
+        };
+        for _ in 0..20 {
+            let e = rotate(&mut a);
+            append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        }
+        assert_eq!(cache.entries_verified(), 21, "each entry once");
+        // A fresh cache (a restart): the stored log once, then the entry.
+        let cache = VerifiedCache::new(1 << 20);
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        assert_eq!(cache.entries_verified(), 22);
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        assert_eq!(cache.entries_verified(), 23);
+        // An entry by a stranger, on a cache miss: refused before the
+        // stored log is verified.
+        let cache = VerifiedCache::new(1 << 20);
+        let stranger = ward_core::keys::DeviceSigningKey::generate(&mut rng);
+        let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+        let bad = a.chain.rotate_user_key(&stranger, &key, now);
+        let err = append_with(&mut conn, &cache, &root, now, &bad).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidStatement);
+        assert_eq!(cache.entries_verified(), 0);
+        // An append written by another process is seen: the cached state no
+        // longer matches the stored head, and is verified again.
+        let cache = VerifiedCache::new(1 << 20);
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        let e = rotate(&mut a);
+        append(&mut conn, &root, now, &e).unwrap();
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
         drop(conn);
         let _ = std::fs::remove_file(&path);
     }
