@@ -34,11 +34,13 @@ use ward_proto::v1::{
     DeviceGrant, ErrorCode, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys,
 };
 
+use crate::access::{AccessLog, AccessRow};
+use crate::config::Quotas;
 use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -114,6 +116,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log
         BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
     "#,
+    // 1 -> 2: quotas count a sender's keys and a user's grants; retention
+    // deletes by age.
+    r#"
+    CREATE INDEX wrapped_keys_sender ON wrapped_keys(sender_user, created_at);
+    CREATE INDEX wrapped_keys_created ON wrapped_keys(created_at);
+    CREATE INDEX device_grants_created ON device_grants(created_at);
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and configures the
@@ -152,6 +161,8 @@ pub struct Db {
     pool: Mutex<Vec<Connection>>,
     /// Verified user logs ([`directory::VerifiedCache`]).
     pub verified: VerifiedCache,
+    /// The group-committing access-log writer.
+    pub access: AccessLog,
 }
 
 /// Connections kept open between calls.
@@ -163,7 +174,9 @@ impl Db {
     pub fn open(path: &Path) -> Result<Arc<Self>, StorageError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
+        let access = AccessLog::start(path)?;
         Ok(Arc::new(Self {
+            access,
             path: path.to_owned(),
             pool: Mutex::new(vec![conn]),
             verified: VerifiedCache::new(directory::DEFAULT_CACHE_BYTES),
@@ -646,6 +659,16 @@ fn write_plan(
                          WHERE user_id = ?1 AND device_id = ?2",
                         params![user_id, device.as_bytes().as_slice(), seq as i64],
                     )?;
+                    // Grants addressed to it are never served again.
+                    tx.execute(
+                        "DELETE FROM device_grants WHERE user_id = ?1
+                         AND device_key = (SELECT encryption_key FROM devices
+                                           WHERE user_id = ?1 AND device_id = ?2)
+                         AND NOT EXISTS (SELECT 1 FROM devices WHERE user_id = ?1
+                                         AND encryption_key = device_grants.device_key
+                                         AND active = 1)",
+                        params![user_id, device.as_bytes().as_slice()],
+                    )?;
                     match new_user_key {
                         Some(key) => set_user_key(tx, &user_id, key, seq)?,
                         // A root revocation: the key stays, rotation pending.
@@ -678,15 +701,29 @@ fn write_plan(
 /// one a revoked device still holds), and a resource's keys all come from
 /// one sender device (the first that stored keys under it). Returns how
 /// many entries were accepted.
+///
+/// Expired keys (older than the retention) are deleted first: the sender's
+/// own, and a bounded number of anyone's. The keys the sender's user then
+/// has stored, plus the new ones, must fit `quotas.wrapped_keys_per_user`
+/// (else `QUOTA_EXCEEDED`, nothing stored).
 pub fn put_wrapped_keys(
     conn: &mut Connection,
     sender_user: &str,
     sender_device: &SigningPublicKey,
     now: u64,
+    quotas: &Quotas,
     keys: &[WrappedKeyFor],
 ) -> Result<u32, RequestError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     require_active(&tx, sender_user, sender_device)?;
+    let cutoff = cutoff(now, quotas);
+    tx.prepare_cached("DELETE FROM wrapped_keys WHERE sender_user = ?1 AND created_at < ?2")?
+        .execute(params![sender_user, cutoff])?;
+    prune_expired(&tx, cutoff)?;
+    let stored: i64 = tx
+        .prepare_cached("SELECT count(*) FROM wrapped_keys WHERE sender_user = ?1")?
+        .query_row(params![sender_user], |r| r.get(0))?;
+    let mut inserted = 0u64;
     let mut count = 0u32;
     for (i, k) in keys.iter().enumerate() {
         let w = k
@@ -765,68 +802,140 @@ pub fn put_wrapped_keys(
                 now as i64
             ],
         )?;
+        inserted += 1;
         count += 1;
+    }
+    let total = (stored.max(0) as u64).saturating_add(inserted);
+    if total > quotas.wrapped_keys_per_user {
+        return Err(RequestError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "wrapped-key quota: {stored} stored, at most {} per user within the retention",
+                quotas.wrapped_keys_per_user
+            ),
+        ));
     }
     tx.commit()?;
     Ok(count)
 }
 
+/// Unix seconds before which wrapped keys (and grants of past user keys)
+/// have expired.
+fn cutoff(now: u64, quotas: &Quotas) -> i64 {
+    now.saturating_sub(quotas.retention.as_secs()) as i64
+}
+
+/// Expired rows deleted per write, from anyone (the oldest first): writes
+/// are what fills the disk, so pruning keeps pace with them.
+const PRUNE_PER_WRITE: i64 = 256;
+
+/// Deletes up to [`PRUNE_PER_WRITE`] expired wrapped keys and as many
+/// expired grants: those older than `cutoff` of a user key that is no
+/// longer current (nothing new can be wrapped to it, and every key wrapped
+/// to it is older still, so already deleted).
+pub fn prune_expired(tx: &Connection, cutoff: i64) -> Result<usize, rusqlite::Error> {
+    let keys = tx
+        .prepare_cached(
+            "DELETE FROM wrapped_keys WHERE rowid IN
+             (SELECT rowid FROM wrapped_keys WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+        )?
+        .execute(params![cutoff, PRUNE_PER_WRITE])?;
+    let grants = tx
+        .prepare_cached(
+            "DELETE FROM device_grants WHERE rowid IN
+             (SELECT g.rowid FROM device_grants g JOIN users u ON u.user_id = g.user_id
+              WHERE g.created_at < ?1 AND g.user_key != u.current_key
+              ORDER BY g.created_at LIMIT ?2)",
+        )?
+        .execute(params![cutoff, PRUNE_PER_WRITE])?;
+    Ok(keys + grants)
+}
+
 /// Returns the keys of `resource_ids` wrapped for the caller's user, and
-/// records each one returned in the access log, in the same transaction.
+/// the access record of each one returned. A read transaction (no write
+/// lock, no fsync): the caller commits the records through the
+/// group-committing [`crate::access::AccessLog`] before it serves the keys.
 pub fn get_wrapped_keys(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
     now: u64,
     resource_ids: &[Vec<u8>],
-) -> Result<WrappedKeys, RequestError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+) -> Result<(WrappedKeys, Vec<AccessRow>), RequestError> {
+    let tx = conn.transaction()?;
     require_active(&tx, user_id, device)?;
     let mut out = WrappedKeys::default();
+    let mut rows = Vec::new();
     let mut seen = BTreeSet::new();
     for rid in resource_ids {
         if !seen.insert(rid.clone()) {
             continue;
         }
         let found: Option<WrappedKey> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT recipient_key, enc, ciphertext FROM wrapped_keys
                  WHERE resource_id = ?1 AND recipient_user = ?2",
-                params![rid, user_id],
-                |r| {
-                    Ok(WrappedKey {
-                        resource_id: rid.clone(),
-                        recipient_key: r.get(0)?,
-                        enc: r.get(1)?,
-                        ciphertext: r.get(2)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![rid, user_id], |r| {
+                Ok(WrappedKey {
+                    resource_id: rid.clone(),
+                    recipient_key: r.get(0)?,
+                    enc: r.get(1)?,
+                    ciphertext: r.get(2)?,
+                })
+            })
             .optional()?;
         match found {
             Some(k) => {
-                log_access(&tx, now, user_id, device, AccessKind::WrappedKey, rid)?;
+                rows.push(access_row(
+                    now,
+                    user_id,
+                    device,
+                    AccessKind::WrappedKey,
+                    rid,
+                ));
                 out.keys.push(k);
             }
             None => out.missing.push(rid.clone()),
         }
     }
     tx.commit()?;
-    Ok(out)
+    Ok((out, rows))
+}
+
+fn access_row(
+    now: u64,
+    user_id: &str,
+    device: &SigningPublicKey,
+    kind: AccessKind,
+    object: &[u8],
+) -> AccessRow {
+    AccessRow {
+        at: now,
+        user_id: user_id.to_owned(),
+        device_id: *device.as_bytes(),
+        kind,
+        object: object.to_vec(),
+    }
 }
 
 /// Stores grants of the caller's user key to its own active devices, all or
 /// none. The user key must be one of the user's keys (current or past), the
 /// device key the encryption key of one of its active devices.
+///
+/// Expired grants are pruned first; the user's grants then stored must fit
+/// `quotas.grants_per_user` (else `QUOTA_EXCEEDED`, nothing stored).
 pub fn put_grants(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
     now: u64,
+    quotas: &Quotas,
     grants: &[DeviceGrant],
 ) -> Result<u32, RequestError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     require_active(&tx, user_id, device)?;
+    prune_expired(&tx, cutoff(now, quotas))?;
     let mut count = 0u32;
     for (i, g) in grants.iter().enumerate() {
         let known_key = tx
@@ -890,21 +999,30 @@ pub fn put_grants(
         }
         count += 1;
     }
+    let stored: i64 = tx
+        .prepare_cached("SELECT count(*) FROM device_grants WHERE user_id = ?1")?
+        .query_row(params![user_id], |r| r.get(0))?;
+    if stored.max(0) as u64 > quotas.grants_per_user {
+        return Err(RequestError::new(
+            ErrorCode::QuotaExceeded,
+            format!("grant quota: at most {} per user", quotas.grants_per_user),
+        ));
+    }
     tx.commit()?;
     Ok(count)
 }
 
 /// The grant of `user_key` (empty: the user's current key) addressed to the
-/// caller device's own encryption key. A grant served is recorded in the
-/// access log, in the same transaction.
+/// caller device's own encryption key, with its access record (committed by
+/// the caller before it serves the grant; see [`get_wrapped_keys`]).
 pub fn get_grant(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
     now: u64,
     user_key: &[u8],
-) -> Result<DeviceGrant, RequestError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+) -> Result<(DeviceGrant, AccessRow), RequestError> {
+    let tx = conn.transaction()?;
     require_active(&tx, user_id, device)?;
     let device_key: Vec<u8> = tx.query_row(
         "SELECT encryption_key FROM devices WHERE user_id = ?1 AND device_id = ?2",
@@ -936,16 +1054,9 @@ pub fn get_grant(
         )
         .optional()?
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no grant for this device"))?;
-    log_access(
-        &tx,
-        now,
-        user_id,
-        device,
-        AccessKind::DeviceGrant,
-        &user_key,
-    )?;
     tx.commit()?;
-    Ok(grant)
+    let row = access_row(now, user_id, device, AccessKind::DeviceGrant, &user_key);
+    Ok((grant, row))
 }
 
 /// What was read.
@@ -959,7 +1070,7 @@ pub enum AccessKind {
 }
 
 impl AccessKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AccessKind::WrappedKey => "wrapped_key",
             AccessKind::DeviceGrant => "device_grant",
@@ -973,27 +1084,6 @@ impl AccessKind {
             _ => None,
         }
     }
-}
-
-fn log_access(
-    tx: &Connection,
-    now: u64,
-    user_id: &str,
-    device: &SigningPublicKey,
-    kind: AccessKind,
-    object: &[u8],
-) -> Result<(), rusqlite::Error> {
-    tx.execute(
-        "INSERT INTO access_log (at, user_id, device_id, kind, resource_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            now as i64,
-            user_id,
-            device.as_bytes().as_slice(),
-            kind.as_str(),
-            object
-        ],
-    )?;
-    Ok(())
 }
 
 /// One read of a wrapped key or a grant, as the access log records it.
