@@ -128,12 +128,31 @@ const MIGRATIONS: &[&str] = &[
 /// Opens (creating if needed) the database at `path` and configures the
 /// connection. Does not migrate.
 pub fn open_connection(path: &Path) -> Result<Connection, StorageError> {
+    create_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// Creates `path` empty, readable and writable by its owner only (0600,
+/// whatever the umask), unless it exists. SQLite gives its `-wal` and
+/// `-shm` files the database file's permissions.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
@@ -1275,5 +1294,24 @@ mod tests {
         append_with(&mut conn, &cache, &root, now, &e).unwrap();
         drop(conn);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Issue 9, item 7: the database and its WAL and shared-memory files
+    /// are created readable by the keyserver's user only (0644 on main).
+    #[cfg(unix)]
+    #[test]
+    fn the_database_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_db("perm");
+        let db = Db::open(&path).unwrap();
+        for ext in ["", "-wal", "-shm"] {
+            let f = format!("{}{ext}", path.display());
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f} is {mode:o}");
+        }
+        drop(db);
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }
