@@ -92,6 +92,9 @@ async fn sigkill_after_send_ack_loses_no_acknowledged_message() {
     let bob_device = bob.device.public_key().as_bytes().to_vec();
 
     let (mut relay, url) = start(&db, &root_hex).await;
+    // Bob logs in once, so that the relay knows his log before anyone
+    // addresses him.
+    drop(connect(&url, &bob, "bob").await);
     // Senders write concurrently (several messages per group commit) and
     // record every id the relay acknowledged.
     let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -466,6 +469,15 @@ async fn sigkill_loop_under_load_delivers_every_acked_message_once_in_order() {
     let sent: Vec<Arc<Mutex<SenderLog>>> = senders.iter().map(|_| Arc::default()).collect();
     let got: Vec<Arc<Mutex<ReceiverLog>>> = receivers.iter().map(|_| Arc::default()).collect();
 
+    // The receivers log in once first, so that the relay knows their logs
+    // before anyone addresses them.
+    {
+        let (mut relay, url) = start_with(&db, &root_hex, &flags).await;
+        for (id, who) in receivers.iter() {
+            drop(connect(&url, who, id).await);
+        }
+        relay.kill().await.unwrap();
+    }
     for cycle in 0..CYCLES {
         let (mut relay, url) = start_with(&db, &root_hex, &flags).await;
         let mut tasks = Vec::new();
