@@ -19,9 +19,11 @@
 //! the network (the keyserver unreachable, the store failing) keep the
 //! entry unacked: they are retried with backoff, and the mailbox waits.
 //!
-//! **Duplicates.** A message whose (verified sender, resource id) is
-//! already stored arrived under a new relay sequence number, so it is a
-//! replay: it is reported as [`Event::Rejected`] with
+//! **Duplicates.** Deduplication keys on the *signed* ids, never on bytes:
+//! the outer `Envelope` can be re-encoded by anyone without breaking the
+//! signature (SECURITY.md §7.6). A message whose (verified sender, resource
+//! id) is already stored arrived under a new relay sequence number, so it is
+//! a replay: it is reported as [`Event::Rejected`] with
 //! [`ClientError::Replay`], never as a message. (A benign redelivery reuses
 //! its sequence number and is dropped silently by the cursor check.)
 
@@ -199,7 +201,10 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         Ok(k) => k,
         Err(e) => return Ok(Err(e.into())),
     };
-    let opened = match env.open(&sender, &inner.user_id, &key) {
+    // Decrypts in the envelope's own buffer: no copy of a 10 MiB content.
+    // A key that fails the signed key commitment is refused here
+    // (`KeyCommitmentMismatch`), before any decryption.
+    let opened = match env.open_in_place(&sender, &inner.user_id, &key) {
         Ok(m) => m,
         Err(e) => return Ok(Err(e.into())),
     };
