@@ -134,7 +134,7 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     // Not addressed to this user: it can never open here (R5 refuses it
     // after the signature check too); say so without waiting for a wrapped
     // key the keyserver will never serve us.
-    if !addressed_to(&d.payload, &inner.user_id) {
+    if !env.recipients().contains(&inner.user_id) {
         return Ok(Err(ward_core::OpenError::NotARecipient.into()));
     }
 
@@ -237,18 +237,6 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         content_type: opened.content_type,
         content: opened.content,
     }))
-}
-
-/// Whether the (already parsed, so well-formed) envelope's unverified header
-/// lists `me` among its recipients.
-fn addressed_to(payload: &[u8], me: &str) -> bool {
-    use ward_core::envelope::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES};
-    use ward_proto::v1::{Envelope, EnvelopeHeader};
-    let Ok(env) = ward_proto::decode_bounded::<Envelope>(payload, MAX_ENVELOPE_BYTES) else {
-        return false;
-    };
-    ward_proto::decode_bounded::<EnvelopeHeader>(&env.header, MAX_HEADER_BYTES)
-        .is_ok_and(|h| h.recipient_user_ids.iter().any(|r| r == me))
 }
 
 /// The grant of `key` to this device, accepted only if `key` is a user key
