@@ -7,6 +7,7 @@
 //! | `envelope/seal/{1KiB,64KiB,10MiB}` | `envelope/aead_encrypt/…` (bare XChaCha20-Poly1305, same group) |
 //! | `envelope/open/…` (parse + open in place, as the SDK) | `envelope/aead_decrypt/…` |
 //! | `envelope/seal/1KiB` | the sum of `seal_1KiB_parts/{resource_keygen, wrap_resource_key, hkdf, aead_encrypt, ed25519_sign}` |
+//! | `paired/seal/{1KiB,10MiB}` | the same references, interleaved in one loop; prints the ratio |
 //! | `wrap/wrap_resource_key`, `wrap/unwrap_resource_key` | `primitive/x25519/dh` (and `…/base_mul`) |
 //! | `auth/respond` ("sign"), `auth/verify_response` ("verify") | `primitive/ed25519/sign`, `…/verify_strict` |
 //! | `chain/verify_log_1_entry` | two `primitive/ed25519/verify_strict` |
@@ -194,6 +195,98 @@ fn bench_envelope(c: &mut Criterion) {
     g.finish();
 }
 
+/// Criterion measures one bench after the other, and on a shared machine
+/// the load moves between them. These benches interleave the operations
+/// being compared, iteration by iteration, so both see the same load: each
+/// times the seal and, beside it in the same loop, its reference (the bare
+/// AEAD; the sum of the 1 KiB parts), and prints the ratio of the totals
+/// when the group ends.
+fn bench_paired(c: &mut Criterion) {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let recipients = [&bob.chain];
+    let cipher = XChaCha20Poly1305::new(&[0u8; 32].into());
+    let signing = SigningKey::from_bytes(&alice.device.export_secret());
+    let rid = ResourceId::random(&mut rng);
+    let key = ResourceKey::generate(&mut rng);
+
+    let mut g = c.benchmark_group("paired");
+    g.sample_size(10);
+    for (name, len) in [("1KiB", 1usize << 10), ("10MiB", 10 << 20)] {
+        let data = content(&mut rng, len);
+        let req = SealRequest {
+            conversation_id: ConversationId([7; 16]),
+            recipients: &recipients,
+            content_type: ContentType::File,
+            content: &data,
+            timestamp_ms: 1_795_910_400_000,
+        };
+        let padded = vec![0u8; padding::padded_len(len)];
+        let transcript = vec![0u8; 300];
+        let (seal_total, ref_total) = (Cell::new(Duration::ZERO), Cell::new(Duration::ZERO));
+        g.bench_function(BenchmarkId::new("seal", name), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    black_box(must(envelope::seal(
+                        &mut rng,
+                        &alice.device,
+                        &alice.chain,
+                        black_box(&req),
+                    )));
+                    timed += t.elapsed();
+                    let t = Instant::now();
+                    if len > 1 << 10 {
+                        // The bare AEAD of the same content.
+                        black_box(must(
+                            cipher.encrypt(&[0u8; 24].into(), black_box(&data[..])),
+                        ));
+                    } else {
+                        // The sum of the primitives, one call each.
+                        black_box(ResourceKey::generate(&mut rng));
+                        black_box(must(wrap::wrap_resource_key(
+                            &mut rng,
+                            &key,
+                            &rid,
+                            bob.chain.encryption_key(),
+                        )));
+                        let hk = Hkdf::<Sha256>::new(Some(rid.as_bytes()), black_box(&[1u8; 32]));
+                        let (mut k, mut c) = ([0u8; 32], [0u8; 32]);
+                        must(hk.expand(labels::ENVELOPE_AEAD_KEY, &mut k));
+                        must(hk.expand(labels::ENVELOPE_KEY_COMMITMENT, &mut c));
+                        black_box((k, c));
+                        black_box(must(
+                            cipher.encrypt(&[0u8; 24].into(), black_box(&padded[..])),
+                        ));
+                        black_box(signing.sign(black_box(&transcript)));
+                    }
+                    ref_total.set(ref_total.get() + t.elapsed());
+                }
+                seal_total.set(seal_total.get() + timed);
+                timed
+            })
+        });
+        let reference = if len > 1 << 10 {
+            "bare AEAD"
+        } else {
+            "sum of primitives"
+        };
+        println!(
+            "paired/seal/{name}: seal / {reference} = {:.2} (totals {:?} / {:?}, interleaved)",
+            seal_total.get().as_secs_f64() / ref_total.get().as_secs_f64(),
+            seal_total.get(),
+            ref_total.get()
+        );
+    }
+    g.finish();
+}
+
 fn bench_wrap(c: &mut Criterion) {
     let mut rng = rand::rng();
     let org = Org::new(&mut rng);
@@ -350,6 +443,7 @@ fn bench_primitives(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_envelope,
+    bench_paired,
     bench_wrap,
     bench_auth_and_chain,
     bench_primitives
