@@ -198,15 +198,14 @@ fn check_request(
     if req.recipients.len() > MAX_RECIPIENTS {
         return Err(SealError::TooManyRecipients(req.recipients.len()));
     }
-    if !valid_user_id(sender.user_id()) {
+    if !valid_user_id(sender.user_id())
+        || !req.recipients.iter().all(|r| valid_user_id(r.user_id()))
+    {
         return Err(SealError::InvalidUserId);
     }
     let mut recipient_ids: Vec<String> = Vec::with_capacity(req.recipients.len());
     for r in req.recipients {
         let id = r.user_id();
-        if !valid_user_id(id) {
-            return Err(SealError::InvalidUserId);
-        }
         if recipient_ids.iter().any(|known| known == id) {
             return Err(SealError::DuplicateRecipient(id.to_owned()));
         }
