@@ -959,6 +959,12 @@ mod tests {
             let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
             assert_eq!(env.encode_to_vec(), sealed.envelope, "{len}");
             assert_eq!(env.signature.len(), SIGNATURE_BYTES);
+            // One allocation, sized up front: a reallocation would have
+            // doubled the capacity (and left a copy of the plaintext behind).
+            assert!(
+                sealed.envelope.capacity() - sealed.envelope.len() < 40,
+                "{len}"
+            );
         }
     }
 
