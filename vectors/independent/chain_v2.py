@@ -4,7 +4,7 @@ written from SECURITY.md (§3, §4, §8) alone, without the Rust code.
 
 Run from the repository root:
 
-    python3 vectors/check_v2_chain.py
+    python3 vectors/independent/chain_v2.py
 
 Needs Python 3.10+ and the `cryptography` package (Ed25519, X25519). It
 replays ward-v2-signatures.json, ward-v2-chain.json and every case of
@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = 2
 SIG_INVITE = b"ward/v2/sig/invite"
 SIG_STATEMENT = b"ward/v2/sig/statement"
