@@ -1515,6 +1515,17 @@ def check_envelopes():
                 check(wn + " reproduced", lambda w=w, j=j: eq(out["wrapped_keys"][j], X(w["wrapped_key"])))
             check(wn + " unwraps to K", lambda w=w: eq(unwrap_resource_key(X(w["wrapped_key"]), X(si["resource_id"]),
                                                                            X(w["user_secret"])), X(si["resource_key"])))
+        def malleated(env=env, si=si):
+            """§7.1: the outer Envelope is not canonical; a re-encoding (fields reversed, an unknown field, the
+            signature repeated with the last one counting) still verifies and opens."""
+            e = decode(ENVELOPE, X(env["envelope"]))
+            raw = (varint(3 << 3 | 2) + varint(64) + bytes(64) + varint(99 << 3) + varint(7)
+                   + varint(2 << 3 | 2) + varint(len(e["ciphertext"])) + e["ciphertext"]
+                   + varint(1 << 3 | 2) + varint(len(e["header"])) + e["header"]
+                   + varint(3 << 3 | 2) + varint(64) + e["signature"])
+            return eq(open_envelope(parse_envelope(raw), sender, si["recipient_user_ids"][0],
+                                    X(si["resource_key"])), X(si["content"]))
+        check(f"{n} re-encoded outer envelope opens identically (§7.1)", malleated)
         for me in si["recipient_user_ids"]:
             check(f"{n} opens for {me}", lambda me=me: eq(open_envelope(parse_envelope(X(env["envelope"])), sender, me,
                                                                         X(si["resource_key"])), X(si["content"])))
