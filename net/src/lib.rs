@@ -22,6 +22,7 @@
 pub mod close;
 pub mod conn;
 mod error;
+pub mod fdlimit;
 pub mod handshake;
 pub mod peers;
 pub mod rate;

@@ -52,6 +52,10 @@ const SLOW: CloseReason = CloseReason {
     code: close::SLOW_CONSUMER,
     reason: "not reading fast enough; messages kept",
 };
+const IDLE: CloseReason = CloseReason {
+    code: close::NORMAL,
+    reason: "idle",
+};
 const INTERNAL: CloseReason = CloseReason {
     code: close::INTERNAL_ERROR,
     reason: "internal error",
@@ -69,6 +73,7 @@ pub async fn serve(
     addr: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    ticket: ward_net::peers::Ticket,
 ) {
     let limits = shared.config.limits;
     let mut conn = match timeout(
@@ -120,6 +125,9 @@ pub async fn serve(
         }
         Some(Ok(peer)) => peer,
     };
+    // Logged in: no longer counted as unauthenticated, and full-size frames.
+    drop(ticket);
+    let conn = conn.authenticated().await;
     let mailbox = Mailbox {
         user_id: peer.user_id,
         device_id: *peer.device.as_bytes(),
@@ -128,8 +136,9 @@ pub async fn serve(
     session(conn, shared, mailbox, shutdown).await;
 }
 
-/// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`.
-pub async fn refuse_busy(stream: TcpStream, limits: Limits) {
+/// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`, holding
+/// one of the few refusal places (`_place`) meanwhile.
+pub async fn refuse_busy(stream: TcpStream, limits: Limits, _place: OwnedSemaphorePermit) {
     let grace = Duration::from_secs(1);
     if let Ok(Ok(conn)) = timeout(grace, ward_net::conn::accept(stream, &limits.net)).await {
         let reason = CloseReason {
@@ -267,9 +276,24 @@ async fn session(
         bucket: shared.buckets.take(&mailbox),
     };
     let write_timeout = limits.slow_consumer_timeout;
+    // Pings keep NAT mappings open and make a vanished peer show: a peer
+    // from which nothing was read for `idle_timeout` is closed.
+    let mut ping = tokio::time::interval(limits.ping_interval.max(Duration::from_millis(10)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset();
     let end: Option<CloseReason> = loop {
         tokio::select! {
             biased;
+            _ = ping.tick() => {
+                if conn.last_seen().elapsed() >= limits.idle_timeout {
+                    break Some(IDLE);
+                }
+                match timeout(write_timeout, conn.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some(SLOW),
+                }
+            }
             changed = close_rx.changed() => {
                 let reason = match changed {
                     Ok(()) => *close_rx.borrow(),

@@ -60,6 +60,7 @@ fn config(args: &Args) -> Result<Config, String> {
         net: ward_net::Limits {
             max_frame_bytes: args.max_frame_bytes,
             auth_timeout: Duration::from_secs(args.auth_timeout_secs),
+            ..defaults.net
         },
         max_items_per_request: args.max_items,
         requests_per_second: args.rate,
