@@ -37,8 +37,13 @@ pub async fn run(
     let mut db = storage::open(&config.db_path)?;
     storage::migrate(&mut db)?;
     let registry = Arc::new(Registry::default());
+    let quotas = storage::Quotas {
+        user_entries: config.limits.max_user_pending_entries,
+        user_bytes: config.limits.max_user_pending_bytes,
+        mailbox_entries: config.limits.max_mailbox_entries,
+    };
     let (writer, writer_thread) =
-        writer::spawn(db, config.max_batch, WRITER_QUEUE, registry.clone())?;
+        writer::spawn_with(db, config.max_batch, WRITER_QUEUE, registry.clone(), quotas)?;
     // Raise the descriptor limit, and lower the cap to what it allows.
     let soft = ward_net::fdlimit::raise();
     let max_connections = ward_net::fdlimit::connection_cap(
@@ -159,7 +164,8 @@ async fn sweep(shared: &Shared, stop: &watch::Receiver<bool>) {
                 total.sends += s.sends;
                 total.entries += s.entries;
                 total.messages += s.messages;
-                if s.sends < SWEEP_STEP || *stop.borrow() {
+                total.mailboxes += s.mailboxes;
+                if (s.sends < SWEEP_STEP && s.mailboxes < SWEEP_STEP) || *stop.borrow() {
                     break;
                 }
             }
@@ -169,10 +175,11 @@ async fn sweep(shared: &Shared, stop: &watch::Receiver<bool>) {
             }
         }
     }
-    if total.sends > 0 {
+    if total.sends > 0 || total.mailboxes > 0 {
         info!(
             messages = total.sends,
             entries = total.entries,
+            mailboxes = total.mailboxes,
             "retention sweep expired undelivered messages"
         );
     }
