@@ -380,3 +380,28 @@ mod tests {
         assert_eq!(server.await.unwrap(), 100_000);
     }
 }
+
+#[cfg(test)]
+mod ping_tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_reading_peer_answers_pings_and_is_seen() {
+        let limits = Limits::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut conn = accept(s, &limits).await.unwrap();
+            let before = conn.last_seen();
+            conn.ping().await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_millis(300), conn.recv()).await;
+            conn.last_seen() > before
+        });
+        let mut c = connect(&format!("ws://{addr}"), &limits).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(500), c.recv()).await;
+        assert!(server.await.unwrap(), "the pong was seen");
+    }
+}
