@@ -190,7 +190,9 @@ async fn an_enrolment_flood_does_not_stop_a_real_enrolment() {
     assert_eq!(flood.len(), 4, "one address holds its share only");
     assert_eq!(refused, 36);
     // A real enrolment from 127.0.0.1 goes through.
-    let mut c = KsClient::connect(&url, &alice.device, "alice").await.unwrap();
+    let mut c = KsClient::connect(&url, &alice.device, "alice")
+        .await
+        .unwrap();
     assert_eq!(c.append(&alice.log[0]).await.unwrap(), 0);
 }
 
