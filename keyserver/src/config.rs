@@ -84,6 +84,11 @@ pub struct KsLimits {
     pub max_unauthenticated: usize,
     /// Most unauthenticated connections at once from one source address.
     pub max_unauthenticated_per_address: usize,
+    /// New connections per second one source address may open (token
+    /// bucket); more are dropped at accept, before any work.
+    pub accept_rate_per_address: f64,
+    /// Connections a source may open in a burst above that rate.
+    pub accept_burst_per_address: u32,
     /// How often each open connection re-reads its device's status from the
     /// database (a backstop for revocations written by another process; a
     /// revocation made through this process closes connections at once).
@@ -112,6 +117,8 @@ impl Default for KsLimits {
             enroll_timeout: Duration::from_secs(20),
             max_unauthenticated: 1024,
             max_unauthenticated_per_address: 64,
+            accept_rate_per_address: 50.0,
+            accept_burst_per_address: 500,
             revocation_recheck: Duration::from_secs(30),
         }
     }

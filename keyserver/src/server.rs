@@ -167,9 +167,11 @@ pub async fn run(
             config.limits.max_enrolling_per_address,
             config.limits.max_enrolling,
         ),
-        unauthenticated: Gate::new(
+        unauthenticated: Gate::with_rate(
             config.limits.max_unauthenticated_per_address,
             config.limits.max_unauthenticated,
+            config.limits.accept_rate_per_address,
+            config.limits.accept_burst_per_address,
         ),
         refusal_log: RefusalLog::new(REFUSAL_LOG_INTERVAL),
         ctx: Ctx {
@@ -201,6 +203,10 @@ pub async fn run(
                     };
                     let slot = match admitted {
                         Ok((p, t)) => Slot::Served(p, t),
+                        Err(Reason::Rate) => {
+                            state.refusal_log.refused("keyserver", Reason::Rate);
+                            continue;
+                        }
                         // Refused: a few are told why (close code), the rest
                         // are dropped at once.
                         Err(why) => match Arc::clone(&state.refusals).try_acquire_owned() {

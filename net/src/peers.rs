@@ -44,6 +44,8 @@ impl From<IpAddr> for Source {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// Its source opens connections faster than its accept rate.
+    Rate,
     /// Its source already has `per_address` unauthenticated connections.
     PerAddress,
     /// `total` unauthenticated connections are open.
@@ -56,6 +58,7 @@ pub struct Gate {
     per_address: usize,
     total: usize,
     state: Mutex<(usize, HashMap<Source, usize>)>,
+    rate: Option<crate::rate::SharedBuckets<Source>>,
 }
 
 /// An admitted unauthenticated connection; its place is given back on drop
@@ -73,12 +76,30 @@ impl Gate {
             per_address: per_address.max(1),
             total: total.max(1),
             state: Mutex::new((0, HashMap::new())),
+            rate: None,
+        })
+    }
+
+    /// As [`Gate::new`], and each source may open at most `rate_per_sec`
+    /// connections per second (bursts of `burst`): refused ones are dropped
+    /// at accept, before any work, so a reconnect flood costs little.
+    pub fn with_rate(per_address: usize, total: usize, rate_per_sec: f64, burst: u32) -> Arc<Self> {
+        Arc::new(Self {
+            per_address: per_address.max(1),
+            total: total.max(1),
+            state: Mutex::new((0, HashMap::new())),
+            rate: Some(crate::rate::SharedBuckets::new(rate_per_sec, burst)),
         })
     }
 
     /// Admits a connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refused> {
         let source = Source::from(ip);
+        if let Some(rate) = &self.rate
+            && !rate.allow(&source)
+        {
+            return Err(Refused::Rate);
+        }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (total, map) = &mut *state;
         if *total >= self.total {
@@ -125,7 +146,7 @@ impl Drop for Ticket {
 #[derive(Debug)]
 pub struct RefusalLog {
     interval: Duration,
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; 5],
     last: Mutex<Option<Instant>>,
 }
 
@@ -140,6 +161,8 @@ pub enum Reason {
     Unauthenticated = 2,
     /// Over the cap on refusals being answered: dropped without a close code.
     Dropped = 3,
+    /// Over the per-address accept rate: dropped at accept.
+    Rate = 4,
 }
 
 impl From<Refused> for Reason {
@@ -147,6 +170,7 @@ impl From<Refused> for Reason {
         match r {
             Refused::PerAddress => Reason::PerAddress,
             Refused::Total => Reason::Unauthenticated,
+            Refused::Rate => Reason::Rate,
         }
     }
 }
@@ -162,8 +186,8 @@ impl RefusalLog {
     }
 
     /// Counts one refusal; returns the counts (too many, per address,
-    /// unauthenticated, dropped) when a line is due, and then logs it.
-    pub fn refused(&self, service: &str, why: Reason) -> Option<[u64; 4]> {
+    /// unauthenticated, dropped, rate) when a line is due, and then logs it.
+    pub fn refused(&self, service: &str, why: Reason) -> Option<[u64; 5]> {
         self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         {
@@ -173,13 +197,14 @@ impl RefusalLog {
             }
             *last = Some(now);
         }
-        let c: [u64; 4] = std::array::from_fn(|i| self.counts[i].swap(0, Ordering::Relaxed));
+        let c: [u64; 5] = std::array::from_fn(|i| self.counts[i].swap(0, Ordering::Relaxed));
         tracing::warn!(
             service,
             too_many_connections = c[0],
             per_address = c[1],
             unauthenticated = c[2],
             dropped = c[3],
+            over_rate = c[4],
             "connections refused (counts since the last such line)"
         );
         Some(c)
@@ -206,6 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn a_source_over_its_accept_rate_is_refused() {
+        let gate = Gate::with_rate(100, 100, 0.001, 3);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| gate.admit(a).unwrap()).collect();
+        drop(held);
+        assert_eq!(gate.admit(a).unwrap_err(), Refused::Rate);
+        assert!(gate.admit("127.0.0.1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
     fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
         let x: IpAddr = "2001:db8::1".parse().unwrap();
         let y: IpAddr = "2001:db8::ffff:2".parse().unwrap();
@@ -217,12 +252,12 @@ mod tests {
     #[test]
     fn refusals_are_logged_once_per_interval() {
         let log = RefusalLog::new(Duration::from_secs(3600));
-        assert_eq!(log.refused("t", Reason::TooMany), Some([1, 0, 0, 0]));
+        assert_eq!(log.refused("t", Reason::TooMany), Some([1, 0, 0, 0, 0]));
         for _ in 0..5000 {
             assert_eq!(log.refused("t", Reason::PerAddress), None);
         }
         let log = RefusalLog::new(Duration::ZERO);
         log.refused("t", Reason::TooMany);
-        assert_eq!(log.refused("t", Reason::Dropped), Some([0, 0, 0, 1]));
+        assert_eq!(log.refused("t", Reason::Dropped), Some([0, 0, 0, 1, 0]));
     }
 }

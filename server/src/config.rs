@@ -68,6 +68,11 @@ pub struct Limits {
     /// (IPv4 address or IPv6 /64). Authenticated ones are not counted: many
     /// phones may share one NAT address.
     pub max_unauthenticated_per_address: usize,
+    /// New connections per second one source address may open (token
+    /// bucket); more are dropped at accept, before any work.
+    pub accept_rate_per_address: f64,
+    /// Connections a source may open in a burst above that rate.
+    pub accept_burst_per_address: u32,
     /// An authenticated connection from which nothing (not even a pong) was
     /// read for this long is closed.
     pub idle_timeout: Duration,
@@ -102,6 +107,8 @@ impl Default for Limits {
             delivery_batch: 64,
             max_unauthenticated: 1024,
             max_unauthenticated_per_address: 64,
+            accept_rate_per_address: 50.0,
+            accept_burst_per_address: 500,
             idle_timeout: Duration::from_secs(120),
             ping_interval: Duration::from_secs(30),
             max_user_pending_entries: 100_000,

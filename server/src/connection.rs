@@ -211,14 +211,22 @@ async fn finish(mut conn: Conn<TcpStream>, reason: Option<CloseReason>, grace: D
     let _ = timeout(grace, async {
         let _ = tcp.shutdown().await;
         let mut buf = [0u8; 4096];
+        // A peer that keeps sending (the rest of a 20 MiB frame refused from
+        // its header) is not drained for the whole grace: past a few KiB it
+        // is not closing, so the socket is dropped.
+        let mut drained = 0usize;
         while let Ok(n) = tcp.read(&mut buf).await {
-            if n == 0 {
+            drained += n;
+            if n == 0 || drained > MAX_DRAIN_BYTES {
                 break;
             }
         }
     })
     .await;
 }
+
+/// Most bytes read from a closing peer while waiting for its close.
+const MAX_DRAIN_BYTES: usize = 64 << 10;
 
 /// A frame and the budget it holds (this connection's, and the global one)
 /// until it is written.

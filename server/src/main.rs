@@ -68,6 +68,10 @@ struct Args {
     /// IPv6 /64 (default 64).
     #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED_PER_ADDRESS")]
     max_unauthenticated_per_address: Option<usize>,
+    /// New connections per second one IPv4 address or IPv6 /64 may open
+    /// (default 50, bursts of 500); more are dropped at accept.
+    #[arg(long, env = "WARD_RELAY_ACCEPT_RATE_PER_ADDRESS")]
+    accept_rate_per_address: Option<f64>,
     /// Seconds without anything read (not even a pong) before an
     /// authenticated connection is closed (default 120).
     #[arg(long, env = "WARD_RELAY_IDLE_TIMEOUT_SECS")]
@@ -134,6 +138,9 @@ fn config(args: &Args) -> Result<Config, String> {
         max_unauthenticated_per_address: args
             .max_unauthenticated_per_address
             .unwrap_or(d.max_unauthenticated_per_address),
+        accept_rate_per_address: args
+            .accept_rate_per_address
+            .unwrap_or(d.accept_rate_per_address),
         idle_timeout: args
             .idle_timeout_secs
             .map(Duration::from_secs)

@@ -57,9 +57,11 @@ pub async fn run(
             "connection cap lowered to fit the file-descriptor limit"
         );
     }
-    let gate = ward_net::peers::Gate::new(
+    let gate = ward_net::peers::Gate::with_rate(
         config.limits.max_unauthenticated_per_address,
         config.limits.max_unauthenticated,
+        config.limits.accept_rate_per_address,
+        config.limits.accept_burst_per_address,
     );
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let refusal_log = ward_net::peers::RefusalLog::new(REFUSAL_LOG_INTERVAL);
@@ -95,6 +97,10 @@ pub async fn run(
                                 connection::serve(stream, addr, shared, stop, ticket).await;
                                 drop(permit);
                             });
+                        }
+                        Err(Reason::Rate) => {
+                            drop(stream);
+                            refusal_log.refused("relay", Reason::Rate);
                         }
                         Err(why) => {
                             // A few are told why (close code); past that they

@@ -70,6 +70,14 @@ struct Args {
         default_value_t = 1024
     )]
     max_unauthenticated: usize,
+    /// New connections per second one IPv4 address or IPv6 /64 may open
+    /// (bursts of 500); more are dropped at accept.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_ACCEPT_RATE_PER_ADDRESS",
+        default_value_t = 50.0
+    )]
+    accept_rate_per_address: f64,
     /// Most unauthenticated connections at once from one IPv4 address or IPv6 /64.
     #[arg(
         long,
@@ -100,6 +108,7 @@ fn config(args: &Args) -> Result<Config, String> {
         enroll_timeout: Duration::from_secs(args.enroll_timeout_secs),
         max_unauthenticated: args.max_unauthenticated,
         max_unauthenticated_per_address: args.max_unauthenticated_per_address,
+        accept_rate_per_address: args.accept_rate_per_address,
         ..defaults
     };
     Ok(config)

@@ -58,6 +58,10 @@ struct Args {
     /// Size the attack frames declare, in bytes.
     #[arg(long, default_value_t = 20 << 20)]
     frame_bytes: usize,
+    /// Partial and idle connections reconnect when the server closes them
+    /// (flood connections always do).
+    #[arg(long)]
+    churn: bool,
     /// Source address of the attack (must be loopback).
     #[arg(long, default_value = "127.0.0.2")]
     from: IpAddr,
@@ -226,20 +230,34 @@ async fn partial_once(
             _ => break,
         }
     }
-    tokio::time::sleep_until(until.into()).await;
-    Ok(())
+    hold(&mut raw, until).await
+}
+
+/// Holds `tcp` until `until`; an error if the server closes it first.
+async fn hold(tcp: &mut TcpStream, until: Instant) -> Result<(), Error> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until.into()) => return Ok(()),
+            r = tcp.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return Err("closed by the server".into()),
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 async fn idle_once(from: IpAddr, to: SocketAddr, until: Instant) -> Result<(), Error> {
-    let _tcp = connect_from(from, to).await?;
-    tokio::time::sleep_until(until.into()).await;
-    Ok(())
+    let mut tcp = connect_from(from, to).await?;
+    hold(&mut tcp, until).await
 }
 
 /// Runs `attack` against `to` with `n` connections until `until`; returns
 /// (attempts, failures).
 async fn run_attack(
     attack: Attack,
+    churn: bool,
     from: IpAddr,
     to: SocketAddr,
     n: usize,
@@ -266,16 +284,14 @@ async fn run_attack(
                 };
                 if r.is_err() {
                     failures.fetch_add(1, Ordering::Relaxed);
-                    if attack != Attack::Flood {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                }
+                // Partial and idle hold their socket once; with --churn they
+                // reconnect when closed.
+                if attack != Attack::Flood && (r.is_ok() || !churn) {
+                    break;
                 }
                 if attack != Attack::Flood {
-                    // Partial and idle hold their socket once, then retry
-                    // only if refused.
-                    if r.is_ok() {
-                        break;
-                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }));
@@ -409,8 +425,24 @@ async fn phase(
     let until = Instant::now() + Duration::from_secs(args.seconds.min(120));
     let len = args.frame_bytes;
     let (relay_att, ks_att) = tokio::join!(
-        run_attack(attack, args.from, servers.relay_addr, n, len, until),
-        run_attack(attack, args.from, servers.keyserver_addr, n, len, until),
+        run_attack(
+            attack,
+            args.churn,
+            args.from,
+            servers.relay_addr,
+            n,
+            len,
+            until
+        ),
+        run_attack(
+            attack,
+            args.churn,
+            args.from,
+            servers.keyserver_addr,
+            n,
+            len,
+            until
+        ),
     );
     stop_pair.store(true, Ordering::Relaxed);
     let (mut lat, errors) = pair_task.await??;
@@ -421,14 +453,14 @@ async fn phase(
         args.from, args.seconds
     );
     println!(
-        "relay      peak RSS {:.1} MiB (idle {:.1})  attempts {} refused/failed {}",
+        "relay      peak RSS {:.1} MiB (idle {:.1})  attempts {} closed/refused by the server {}",
         mib(peak_rss_kib(&servers.relay)),
         mib(base_relay),
         relay_att.0,
         relay_att.1
     );
     println!(
-        "keyserver  peak RSS {:.1} MiB (idle {:.1})  attempts {} refused/failed {}",
+        "keyserver  peak RSS {:.1} MiB (idle {:.1})  attempts {} closed/refused by the server {}",
         mib(peak_rss_kib(&servers.keyserver)),
         mib(base_ks),
         ks_att.0,
