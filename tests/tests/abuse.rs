@@ -283,3 +283,80 @@ async fn relay_storage_is_bounded_per_user_and_per_mailbox() {
     a.send_acked(message_id(), vec![to(&bob, "bob")], payload.clone())
         .await;
 }
+
+/// Item 3: mailboxes no verified log backs are pruned: a revoked device's
+/// (with its entries, crediting the sender's quota), and those addressed to
+/// a user before the relay knew its log, once the log shows them unknown.
+#[tokio::test]
+async fn mailboxes_of_revoked_and_unknown_devices_are_pruned() {
+    use ward_core::keys::{DeviceEncryptionKey, DeviceSigningKey};
+    use ward_core::testkit::KIT_TIME;
+    use ward_proto::v1::{PublishLog, client_frame, server_frame};
+
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let carol = org.enroll(&mut rng, "carol");
+    let tablet = DeviceSigningKey::generate(&mut rng);
+    let tablet_enc = DeviceEncryptionKey::generate(&mut rng);
+    let add = bob.chain.add_device(
+        &bob.device,
+        &tablet.public_key(),
+        &tablet_enc.public_key(),
+        KIT_TIME,
+    );
+    let mut log2 = bob.log.clone();
+    log2.push(add);
+    let chain2 = bob.chain.update(&org.root_public(), &log2).unwrap();
+    let revoke = chain2.revoke_device_as_root(&org.root, &bob.device.public_key(), KIT_TIME + 60);
+    let mut log3 = log2.clone();
+    log3.push(revoke);
+
+    let relay = Relay::start_with(org.root_public(), |c| {
+        c.limits.max_user_pending_entries = 3;
+    })
+    .await;
+    let url = relay.url();
+    drop(Client::connect(&url, &tablet, "bob", &log2).await.unwrap());
+    let mut a = Client::of(&url, &alice, "alice").await;
+    let payload = seal(&alice, &[&alice.chain, &bob.chain], "hello");
+    for _ in 0..2 {
+        a.send_acked(message_id(), vec![to(&bob, "bob")], payload.clone())
+            .await;
+    }
+    // Carol never connected: a device of hers is accepted unchecked.
+    a.send_acked(
+        message_id(),
+        vec![Recipient {
+            user_id: "carol".into(),
+            device_id: vec![7; 32],
+        }],
+        payload.clone(),
+    )
+    .await;
+    assert_eq!(relay.count("mailboxes"), 2);
+    // Alice's quota is full.
+    a.send(message_id(), vec![to(&bob, "bob")], payload.clone())
+        .await;
+    assert_eq!(a.error().await.code, ErrorCode::QuotaExceeded as i32);
+
+    // The root revokes bob's phone: its mailbox goes, with both entries.
+    let mut t = Client::connect(&url, &tablet, "bob", &log2).await.unwrap();
+    t.frame(client_frame::Frame::PublishLog(PublishLog {
+        entries: log3,
+    }))
+    .await;
+    assert!(matches!(
+        t.next().await,
+        server_frame::Frame::LogAccepted(_)
+    ));
+    relay.wait_count("queue", 1).await;
+    // Carol connects: her log has no device [7; 32], so that mailbox goes.
+    drop(Client::of(&url, &carol, "carol").await);
+    relay.wait_count("mailboxes", 0).await;
+    relay.wait_count("messages", 0).await;
+    // Alice's quota is credited back.
+    a.send_acked(message_id(), vec![to(&carol, "carol")], payload)
+        .await;
+}

@@ -123,7 +123,10 @@ impl ClientError {
             }
             Self::Timeout => true,
             Self::Keyserver { code, .. } | Self::Relay { code, .. } => {
-                matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
+                matches!(
+                    code,
+                    ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::QuotaExceeded
+                )
             }
             _ => false,
         }
