@@ -29,7 +29,8 @@ pub struct Config {
 pub struct Limits {
     /// Frame size and authentication timeout, enforced by ward-net.
     pub net: ward_net::Limits,
-    /// Most recipient devices in one `Send`.
+    /// Most recipient devices in one `Send` (the wire walker already refuses
+    /// more than 4,096 before decoding, `ward_proto::caps`).
     pub max_recipients: usize,
     /// Most simultaneous connections (authenticated or not).
     pub max_connections: usize,
