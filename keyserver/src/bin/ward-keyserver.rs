@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, env = "WARD_KEYSERVER_ORG_ROOT")]
     org_root: String,
     /// Largest WebSocket message accepted, in bytes.
-    #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 4 << 20)]
     max_frame_bytes: usize,
     /// Seconds a new connection has to complete the handshake.
     #[arg(long, env = "WARD_KEYSERVER_AUTH_TIMEOUT_SECS", default_value_t = 10)]
