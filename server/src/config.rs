@@ -1,6 +1,7 @@
 //! The relay's configuration: storage, trust root and limits.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ward_core::keys::SigningPublicKey;
@@ -22,6 +23,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Most commands the writer commits in one transaction (one fsync).
     pub max_batch: usize,
+    /// Bytes of verified user logs kept in memory ([`crate::logs`]).
+    pub log_cache_bytes: usize,
+    /// Counters of the log verifier (keep a clone to read them).
+    pub log_stats: Arc<crate::logs::LogStats>,
 }
 
 /// Limits. Each violation closes the connection with a reason code.
@@ -133,6 +138,8 @@ impl Config {
             sweep_interval: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),
             max_batch: 1024,
+            log_cache_bytes: crate::logs::DEFAULT_LOG_CACHE_BYTES,
+            log_stats: Arc::default(),
         }
     }
 }
