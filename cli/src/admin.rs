@@ -42,7 +42,8 @@ pub async fn revoke(
         })?;
     let root = load_root(&args.data)?;
     let (identity, path) = unlock_identity(&args, via.as_deref())?;
-    let mut ks = Session::open(&args.keyserver, &identity).await?;
+    let tls = args.client_tls()?;
+    let mut ks = Session::open(&args.keyserver, &tls, &identity).await?;
 
     let logs = match ks
         .call(ks_request::Body::GetLogs(GetLogs {
@@ -124,7 +125,11 @@ struct Session {
 }
 
 impl Session {
-    async fn open(url: &str, identity: &ward_sdk::store::Identity) -> Result<Self, CliError> {
+    async fn open(
+        url: &str,
+        tls: &ward_net::tls::ClientTls,
+        identity: &ward_sdk::store::Identity,
+    ) -> Result<Self, CliError> {
         let unreachable = |e: NetError| {
             CliError::Msg(format!(
                 "cannot reach the keyserver at {url}: {e}. Is `ward up` running? (--keyserver)"
@@ -132,7 +137,7 @@ impl Session {
         };
         let mut conn = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            ward_net::conn::connect(url, &Limits::default()),
+            ward_net::tls::connect(url, &Limits::default(), tls),
         )
         .await
         .map_err(|_| unreachable(NetError::Timeout))?

@@ -31,16 +31,21 @@ pub struct DeviceArgs {
     /// clinician's keys are verified from it. Default: read from <data>.
     #[arg(long, env = "WARD_ORG_ROOT")]
     pub org_root: Option<String>,
-    /// The relay's URL.
-    #[arg(long, env = "WARD_RELAY_URL", default_value = "ws://127.0.0.1:7070")]
+    /// The relay's URL (wss://; plain ws:// to loopback only).
+    #[arg(long, env = "WARD_RELAY_URL", default_value = "wss://127.0.0.1:7070")]
     pub relay: String,
-    /// The keyserver's URL.
+    /// The keyserver's URL (wss://; plain ws:// to loopback only).
     #[arg(
         long,
         env = "WARD_KEYSERVER_URL",
-        default_value = "ws://127.0.0.1:7071"
+        default_value = "wss://127.0.0.1:7071"
     )]
     pub keyserver: String,
+    /// The CA (PEM) that signs the servers' certificates, pinned in place of
+    /// the public web roots. Default: `ward up`'s dev CA, <data>/tls/ca.pem,
+    /// when it exists; else the public web roots.
+    #[arg(long, env = "WARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Read the PIN from the first line of standard input (else WARD_PIN,
     /// else the terminal, without echo). Never pass a PIN as an argument.
     #[arg(long)]
@@ -65,6 +70,19 @@ impl DeviceArgs {
         }
     }
 
+    /// Whom to trust for `wss://`: --ca-file, else `ward up`'s dev CA, else
+    /// the public web roots.
+    pub fn client_tls(&self) -> Result<ward_net::tls::ClientTls, CliError> {
+        let dev = crate::dev_ca_path(&self.data);
+        let file = match &self.ca_file {
+            Some(f) => f.clone(),
+            None if dev.exists() => dev,
+            None => return Ok(ward_net::tls::ClientTls::web_roots()),
+        };
+        ward_net::tls::ClientTls::pinned_ca_file(&file)
+            .map_err(|e| CliError::Msg(format!("--ca-file {}: {e}", file.display())))
+    }
+
     fn config(&self, store: PathBuf) -> Result<ClientConfig, CliError> {
         let mut c = ClientConfig::new(
             store,
@@ -72,6 +90,7 @@ impl DeviceArgs {
             self.keyserver.clone(),
             self.org_root()?,
         );
+        c.tls = self.client_tls()?;
         c.reconnect_max = Duration::from_secs(5);
         c.request_timeout = Duration::from_secs(10);
         Ok(c)
@@ -157,6 +176,7 @@ pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
                  again from a new invite"
             )
         }
+        ClientError::Net(ward_net::NetError::Tls(t)) => tls_hint(t, args),
         ClientError::Net(_) | ClientError::Timeout => format!(
             "{e}. Is Ward running (`ward up`)? relay {}, keyserver {} (set --relay / --keyserver)",
             args.relay, args.keyserver
@@ -176,6 +196,27 @@ pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
         _ => e.to_string(),
     };
     CliError::Msg(text)
+}
+
+/// A TLS failure, said so that its fix is plain.
+fn tls_hint(t: &ward_net::tls::TlsError, args: &DeviceArgs) -> String {
+    use ward_net::tls::TlsError as T;
+    let fix = match t {
+        T::UntrustedCertificate(_) | T::WrongHost(_) => format!(
+            "for `ward up`, its dev CA is {}; otherwise pass the deployment's CA with --ca-file",
+            crate::dev_ca_path(&args.data).display()
+        ),
+        T::ServerRequiresTls(_) => "use wss:// in --relay / --keyserver".into(),
+        T::NotTls(_) => {
+            "the server speaks plain ws:// (`ward up --insecure-loopback`?): use ws:// for it"
+                .into()
+        }
+        _ => "check --relay / --keyserver and --ca-file".into(),
+    };
+    format!(
+        "TLS: {t}. {fix} (relay {}, keyserver {})",
+        args.relay, args.keyserver
+    )
 }
 
 /// `ward enroll`.
@@ -322,6 +363,16 @@ async fn send_inner(
                 return Ok(());
             }
             Event::Resealed { old, new } if old == rid => rid = new,
+            // A TLS failure will not fix itself: say so now, not after the wait.
+            Event::RelayUnreachable {
+                reason: ClientError::Net(ward_net::NetError::Tls(t)),
+            } => {
+                return Err(CliError::Msg(format!(
+                    "the relay refused the connection: {}. The message stays queued in the \
+                     encrypted store and goes out once the relay is reachable.",
+                    tls_hint(&t, args)
+                )));
+            }
             Event::SendFailed {
                 resource_id,
                 reason,
@@ -424,6 +475,9 @@ pub fn print_event(ev: &Event) {
             short(resource_id.as_bytes())
         ),
         Event::DeviceRevoked => eprintln!("warning: this device has been revoked"),
+        Event::RelayUnreachable { reason } => eprintln!(
+            "warning: the relay is not reachable ({reason}); still trying, messages stay queued"
+        ),
         Event::Sent { .. } | Event::Resealed { .. } => {}
         _ => {}
     }

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio::net::TcpListener;
 use ward_core::invite::{InviteDetails, create_invite};
 use ward_core::keys::{OrgRootKey, SigningPublicKey};
@@ -46,6 +46,8 @@ enum Command {
         /// The keyserver's listen address.
         #[arg(long, env = "WARD_KEYSERVER_LISTEN", default_value = "127.0.0.1:7071")]
         keyserver_listen: SocketAddr,
+        #[command(flatten)]
+        opts: UpOptions,
     },
     /// Administer the dev organisation.
     Admin {
@@ -187,6 +189,30 @@ enum Admin {
     },
 }
 
+/// `ward up`'s settings beyond the addresses (also from `--config`, a TOML
+/// file, and `WARD_UP_*` variables).
+#[derive(clap::Args, Debug, Clone)]
+struct UpOptions {
+    /// Serve plain ws:// instead of TLS (loopback addresses only); clients
+    /// then need ws:// URLs.
+    #[arg(long)]
+    insecure_loopback: bool,
+    /// The relay's admin listener (/metrics, /healthz, /readyz), e.g. 127.0.0.1:9070.
+    #[arg(long, default_value = "off")]
+    relay_admin_listen: String,
+    /// The keyserver's admin listener, e.g. 127.0.0.1:9071.
+    #[arg(long, default_value = "off")]
+    keyserver_admin_listen: String,
+    /// Print the effective settings of `ward up` as a TOML file and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// `ward up`'s dev CA certificate under `data` (what clients pin).
+pub(crate) fn dev_ca_path(data: &Path) -> PathBuf {
+    data.join("tls").join("ca.pem")
+}
+
 /// A failure the user can act on.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -305,19 +331,65 @@ async fn up(
     data: PathBuf,
     relay_listen: SocketAddr,
     ks_listen: SocketAddr,
+    opts: UpOptions,
 ) -> Result<(), CliError> {
     let (root, created) = load_or_create_root(&data)?;
     let org_root: SigningPublicKey = root.public_key();
     drop(root);
     write_org_public(&data, &org_root)?;
+    let (tls, scheme) = if opts.insecure_loopback {
+        (ward_net::tls::Acceptor::InsecureLoopback, "ws")
+    } else {
+        let files = ward_net::tls::dev_ca::DevPkiFiles::in_dir(&data.join("tls"));
+        let minted = files
+            .load_or_create()
+            .map_err(|e| CliError::Msg(format!("dev CA: {e}")))?;
+        if minted {
+            println!(
+                "Created a dev CA for this machine in {}/ (clients here trust it).",
+                data.join("tls").display()
+            );
+        }
+        let identity = ward_net::tls::ServerTls::from_pem_files(&files.cert, &files.key)
+            .map_err(|e| CliError::Msg(format!("dev certificate: {e}")))?;
+        ward_net::tls::reload_on_sighup(identity.clone())
+            .map_err(io("cannot listen for SIGHUP"))?;
+        (ward_net::tls::Acceptor::Tls(identity), "wss")
+    };
+    for addr in [relay_listen, ks_listen] {
+        tls.check(addr).map_err(|e| CliError::Msg(e.to_string()))?;
+    }
     let relay_listener = TcpListener::bind(relay_listen)
         .await
         .map_err(io(format!("cannot listen on {relay_listen} for the relay")))?;
     let ks_listener = TcpListener::bind(ks_listen).await.map_err(io(format!(
         "cannot listen on {ks_listen} for the keyserver"
     )))?;
-    let relay_config = ward_relay::Config::new(data.join("relay.db"), org_root);
-    let ks_config = ward_keyserver::Config::new(data.join("keyserver.db"), org_root);
+    let mut relay_config = ward_relay::Config::new(data.join("relay.db"), org_root);
+    relay_config.tls = tls.clone();
+    let mut ks_config = ward_keyserver::Config::new(data.join("keyserver.db"), org_root);
+    ks_config.tls = tls;
+    for (what, addr, registry) in [
+        (
+            "relay",
+            &opts.relay_admin_listen,
+            relay_config.metrics.clone(),
+        ),
+        (
+            "keyserver",
+            &opts.keyserver_admin_listen,
+            ks_config.metrics.clone(),
+        ),
+    ] {
+        if addr != "off" {
+            let bound = ward_ops::admin::spawn(addr, registry, std::future::pending())
+                .await
+                .map_err(io(format!(
+                    "cannot listen on {addr} for the {what} admin listener"
+                )))?;
+            println!("  {what} admin  http://{bound}/metrics");
+        }
+    }
 
     let stop = stop_signal()?;
     let org = hex(org_root.as_bytes());
@@ -330,11 +402,11 @@ async fn up(
     }
     println!("Ward is up.");
     println!(
-        "  relay      ws://{}",
+        "  relay      {scheme}://{}",
         relay_listener.local_addr().map_err(io("relay address"))?
     );
     println!(
-        "  keyserver  ws://{}",
+        "  keyserver  {scheme}://{}",
         ks_listener.local_addr().map_err(io("keyserver address"))?
     );
     println!("  org root   {org}");
@@ -447,20 +519,36 @@ fn admin_init(data: &Path) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    // No colour codes unless standard error is a terminal.
+    ward_ops::logging::init(ward_ops::logging::LogFormat::Text, "warn");
+    let (matches, _) =
+        match ward_ops::layered::parse_sub(Cli::command(), "up", "WARD_UP", std::env::args_os()) {
+            Ok(m) => m,
+            Err(ward_ops::layered::LayerError::Clap(e)) => e.exit(),
+            Err(e) => {
+                eprintln!("ward: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if let Some(("up", sub)) = matches.subcommand()
+        && sub.get_flag("print_config")
+    {
+        if let Some(up) = Cli::command().find_subcommand("up") {
+            print!("{}", ward_ops::layered::render(up, sub, "WARD_UP"));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Up {
             data,
             relay_listen,
             keyserver_listen,
-        } => block_on(up(data, relay_listen, keyserver_listen)),
+            opts,
+        } => block_on(up(data, relay_listen, keyserver_listen, opts)),
         Command::Enroll {
             invite_file,
             invite,

@@ -55,7 +55,7 @@ fn ward_up_serves_and_admin_invite_signs_with_its_organisation() {
             root = Some(r.trim().to_owned());
         }
         if let Some(r) = line.trim().strip_prefix("relay") {
-            relay = Some(r.trim().trim_start_matches("ws://").to_owned());
+            relay = Some(r.trim().trim_start_matches("wss://").to_owned());
         }
         if line.starts_with("Stop with") {
             break;

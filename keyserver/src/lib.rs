@@ -51,6 +51,7 @@ pub mod config;
 pub mod directory;
 mod error;
 pub mod handler;
+pub mod metrics;
 mod server;
 pub mod storage;
 

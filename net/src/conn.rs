@@ -17,6 +17,11 @@ pub struct Conn<S> {
     max_frame_bytes: usize,
 }
 
+/// The WebSocket limits every Ward connection runs with.
+pub(crate) fn ws_config(limits: &Limits) -> WebSocketConfig {
+    config(limits)
+}
+
 fn config(limits: &Limits) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(limits.max_frame_bytes))
@@ -35,17 +40,14 @@ where
     })
 }
 
-/// Client side: connects to `url` (`ws://host:port`).
+/// Client side: connects to `url`, `wss://host:port` verified against the
+/// web PKI's roots, or `ws://` to loopback only. [`crate::tls::connect`]
+/// takes a pinned CA.
 pub async fn connect(
     url: &str,
     limits: &Limits,
 ) -> Result<Conn<MaybeTlsStream<TcpStream>>, NetError> {
-    let (ws, _response) =
-        tokio_tungstenite::connect_async_with_config(url, Some(config(limits)), true).await?;
-    Ok(Conn {
-        ws,
-        max_frame_bytes: limits.max_frame_bytes,
-    })
+    crate::tls::connect(url, limits, &crate::tls::ClientTls::default()).await
 }
 
 impl<S> Conn<S>
@@ -142,5 +144,6 @@ pub fn close_code_for(err: &NetError) -> (u16, &'static str) {
         }
         NetError::Timeout => (close::AUTH_TIMEOUT, "authentication timed out"),
         NetError::Closed(..) => (close::NORMAL, ""),
+        NetError::Tls(_) => (close::PROTOCOL_ERROR, "tls"),
     }
 }

@@ -28,6 +28,10 @@ pub enum NetError {
     /// The handshake did not complete in time.
     #[error("handshake timed out")]
     Timeout,
+    /// TLS could not be set up, or refused the peer (untrusted certificate,
+    /// plain text where TLS is required): final for this URL and trust.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A service name other than the expected one: the client is talking to the wrong server.
     #[error("connected to service {0:?}, expected another")]
     WrongService(String),

@@ -6,6 +6,7 @@
 //! * [`handshake`]: the device-authentication challenge-response of
 //!   SECURITY.md §8, server and client sides.
 //! * [`close`]: the close codes every Ward service uses.
+//! * [`tls`]: TLS 1.3 (rustls, ring) for servers and clients.
 //!
 //! ```no_run
 //! # async fn demo(device: ward_core::keys::DeviceSigningKey) -> Result<(), ward_net::NetError> {
@@ -25,6 +26,7 @@ mod error;
 pub mod handshake;
 pub mod rate;
 pub mod signal;
+pub mod tls;
 
 pub use conn::Conn;
 pub use error::NetError;
@@ -42,10 +44,15 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            // An envelope of the largest content, plus framing.
-            max_frame_bytes: ward_core::envelope::MAX_ENVELOPE_BYTES + 4096,
-            auth_timeout: Duration::from_secs(10),
-        }
+        Self::DEFAULT
     }
+}
+
+impl Limits {
+    /// The defaults, as a constant (so that `--help` can show them).
+    pub const DEFAULT: Self = Self {
+        // An envelope of the largest content, plus framing.
+        max_frame_bytes: ward_core::envelope::MAX_ENVELOPE_BYTES + 4096,
+        auth_timeout: Duration::from_secs(10),
+    };
 }

@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::connection;
 use crate::error::RelayError;
+use crate::metrics::RelayMetrics;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::storage::{self, Swept};
@@ -28,18 +29,38 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    if let Ok(addr) = listener.local_addr() {
+        config
+            .tls
+            .check(addr)
+            .map_err(|e| RelayError::Config(e.to_string()))?;
+    }
     let mut db = storage::open(&config.db_path)?;
     storage::migrate(&mut db)?;
+    let metrics = RelayMetrics::new(&config.metrics);
     let registry = Arc::new(Registry::default());
-    let (writer, writer_thread) =
-        writer::spawn(db, config.max_batch, WRITER_QUEUE, registry.clone())?;
+    let (writer, writer_thread) = writer::spawn(
+        db,
+        config.max_batch,
+        WRITER_QUEUE,
+        registry.clone(),
+        Some(metrics.clone()),
+    )?;
+    config.metrics.gauge_fn(
+        "ward_relay_writer_queue_depth",
+        "Commands waiting for the writer (group commit).",
+        writer.queue_depth_fn(),
+    );
+    let ready = config.metrics.clone();
     let max_connections = config.limits.max_connections.clamp(1, u32::MAX as usize);
     let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared::new(config, writer.clone(), registry));
+    let shared = Arc::new(Shared::new(config, writer.clone(), registry, metrics));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone()));
     let permits = Arc::new(Semaphore::new(max_connections));
     info!(addr = ?listener.local_addr().ok(), "relay listening");
+    // The database is open and migrated, the writer runs: ready.
+    ready.set_ready(true);
 
     tokio::pin!(shutdown);
     loop {
@@ -51,18 +72,32 @@ pub async fn run(
                     if let Some(idle) = shared.config.limits.tcp_keepalive {
                         set_keepalive(&stream, idle);
                     }
+                    let tls = shared.config.tls.clone();
+                    let handshake_time = shared.config.limits.net.auth_timeout;
                     match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let shared = shared.clone();
                             let stop = stop_rx.clone();
                             tokio::spawn(async move {
-                                connection::serve(stream, addr, shared, stop).await;
+                                shared.metrics.accepted.inc();
+                                let _open = shared.metrics.connections.track();
+                                match tls.accept_within(stream, handshake_time).await {
+                                    Some(stream) => connection::serve(stream, addr, shared.clone(), stop).await,
+                                    None => shared.metrics.handshake_failures.inc(),
+                                }
                                 drop(permit);
                             });
                         }
                         Err(_) => {
                             warn!(%addr, "connection refused: too many connections");
-                            tokio::spawn(connection::refuse_busy(stream, shared.config.limits));
+                            let limits = shared.config.limits;
+                            shared.metrics.closed(ward_net::close::TOO_MANY_CONNECTIONS);
+                            tokio::spawn(async move {
+                                let grace = Duration::from_secs(1);
+                                if let Some(stream) = tls.accept_within(stream, grace).await {
+                                    connection::refuse_busy(stream, limits).await;
+                                }
+                            });
                         }
                     }
                 }
@@ -75,6 +110,7 @@ pub async fn run(
         }
     }
 
+    ready.set_ready(false);
     info!("shutting down: no new connections");
     drop(listener);
     let _ = stop_tx.send(true);

@@ -79,11 +79,18 @@ pub struct Shared {
     /// Payload bytes that may be queued towards all connections together.
     pub outbound: Arc<Semaphore>,
     readers: Arc<Readers>,
+    /// Prometheus series.
+    pub metrics: crate::metrics::RelayMetrics,
 }
 
 impl Shared {
     /// Bundles the state.
-    pub fn new(config: Config, writer: Writer, registry: Arc<Registry>) -> Self {
+    pub fn new(
+        config: Config,
+        writer: Writer,
+        registry: Arc<Registry>,
+        metrics: crate::metrics::RelayMetrics,
+    ) -> Self {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
         let outbound = Arc::new(Semaphore::new(global_permits(&config)));
@@ -94,6 +101,7 @@ impl Shared {
             buckets,
             outbound,
             readers,
+            metrics,
         }
     }
 

@@ -93,6 +93,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Commands carried by those transactions.
     pub commands: AtomicU64,
+    /// Batch sizes and COMMIT (fsync) times, when observed.
+    pub metrics: Option<crate::metrics::RelayMetrics>,
 }
 
 /// Milliseconds since the Unix epoch, from the relay's clock.
@@ -110,9 +112,13 @@ pub fn spawn(
     max_batch: usize,
     queue: usize,
     registry: Arc<Registry>,
+    metrics: Option<crate::metrics::RelayMetrics>,
 ) -> std::io::Result<(Writer, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats {
+        metrics,
+        ..Stats::default()
+    });
     let counters = stats.clone();
     let handle = std::thread::Builder::new()
         .name("ward-relay-writer".into())
@@ -121,6 +127,17 @@ pub fn spawn(
 }
 
 impl Writer {
+    /// Commands waiting for the writer, without keeping the channel open
+    /// (for a queue-depth gauge).
+    pub fn queue_depth_fn(&self) -> impl Fn() -> f64 + Send + Sync + 'static {
+        let weak = self.tx.downgrade();
+        move || {
+            weak.upgrade()
+                .map(|s| (s.max_capacity() - s.capacity()) as f64)
+                .unwrap_or(0.0)
+        }
+    }
+
     /// `(commits, commands)` so far.
     pub fn stats(&self) -> (u64, u64) {
         (
@@ -217,8 +234,14 @@ fn writer_loop(
         commands += n as u64;
         stats.commits.store(commits, Ordering::Relaxed);
         stats.commands.store(commands, Ordering::Relaxed);
-        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..));
+        if let Some(m) = &stats.metrics {
+            m.commit_batch.observe(n as f64);
+        }
+        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..), stats);
         stop = saw_stop;
+        if let Some(m) = &stats.metrics {
+            m.messages_in.add(fresh.len() as u64);
+        }
         trace!(commands = n, "group commit");
         for d in done {
             d.answer();
@@ -239,6 +262,7 @@ fn writer_loop(
 fn commit_batch(
     conn: &Connection,
     batch: impl Iterator<Item = Command>,
+    stats: &Stats,
 ) -> (Vec<Done>, Vec<Fresh>, bool) {
     let mut done = Vec::new();
     let mut fresh = Vec::new();
@@ -312,7 +336,12 @@ fn commit_batch(
         error!("could not begin a transaction; batch refused");
         return (done, Vec::new(), stop);
     }
-    if let Err(e) = run_cached(conn, "COMMIT") {
+    let started = std::time::Instant::now();
+    let committed = run_cached(conn, "COMMIT");
+    if let Some(m) = &stats.metrics {
+        m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    if let Err(e) = committed {
         error!(error = %e, "group commit failed; batch refused");
         let _ = conn.execute_batch("ROLLBACK");
         let why = e.to_string();
@@ -363,7 +392,8 @@ mod tests {
         let path = dir.join("w.db");
         let mut conn = storage::open(&path).unwrap();
         storage::migrate(&mut conn).unwrap();
-        let (writer, thread) = spawn(conn, 1024, 4096, Arc::new(Registry::default())).unwrap();
+        let (writer, thread) =
+            spawn(conn, 1024, 4096, Arc::new(Registry::default()), None).unwrap();
         let sends = (0..200u8).map(|i| {
             let w = writer.clone();
             let path = path.clone();

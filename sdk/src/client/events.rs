@@ -37,6 +37,15 @@ pub enum Event {
     /// longer receives anything, and the relay connection stops trying.
     /// The local history stays readable.
     DeviceRevoked,
+    /// The relay could not be reached or refused the connection (network
+    /// down, TLS not trusted, wrong URL). Sent once per outage, at the first
+    /// failed attempt; the client keeps retrying with backoff and queued
+    /// messages stay queued. A TLS failure (`ClientError::Net(NetError::Tls)`)
+    /// will not fix itself: an app should say so at once.
+    RelayUnreachable {
+        /// The failed attempt's error.
+        reason: ClientError,
+    },
     /// The relay durably stored an outgoing message (its `SendAck`).
     Sent {
         /// The message.

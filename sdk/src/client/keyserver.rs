@@ -35,6 +35,7 @@ pub(crate) struct Keyserver {
 
 struct Task {
     url: String,
+    tls: ward_net::tls::ClientTls,
     device: Arc<DeviceSigningKey>,
     user_id: String,
     timeout: Duration,
@@ -46,6 +47,7 @@ impl Keyserver {
     /// Starts the task; it ends when every handle is dropped.
     pub(crate) fn spawn(
         url: String,
+        tls: ward_net::tls::ClientTls,
         device: Arc<DeviceSigningKey>,
         user_id: String,
         timeout: Duration,
@@ -53,6 +55,7 @@ impl Keyserver {
         let (tx, mut rx) = mpsc::channel::<(ks_request::Body, Reply)>(64);
         let mut task = Task {
             url,
+            tls,
             device,
             user_id,
             timeout,
@@ -174,7 +177,7 @@ impl Task {
         let fut = async {
             if self.conn.is_none() {
                 let limits = Limits::default();
-                let mut conn = ward_net::conn::connect(&self.url, &limits).await?;
+                let mut conn = ward_net::tls::connect(&self.url, &limits, &self.tls).await?;
                 ward_net::handshake::client(&mut conn, &self.device, &self.user_id, KEYSERVER, &[])
                     .await?;
                 self.conn = Some(conn);

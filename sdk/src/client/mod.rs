@@ -97,6 +97,10 @@ pub struct ClientConfig {
     /// key after a root-signed revocation and to hand the relay a newer log
     /// (so a lost phone revoked by the admin is cut off there too).
     pub own_log_interval: Duration,
+    /// Whom to trust for `wss://` URLs: the web PKI's roots by default, or
+    /// a pinned CA (`ClientTls::pinned_ca_file`) for a private deployment.
+    /// Plain `ws://` URLs are accepted to loopback hosts only.
+    pub tls: ward_net::tls::ClientTls,
 }
 
 impl ClientConfig {
@@ -120,6 +124,7 @@ impl ClientConfig {
             key_wait: Duration::from_secs(30),
             event_capacity: 1024,
             own_log_interval: Duration::from_secs(60),
+            tls: ward_net::tls::ClientTls::default(),
         }
     }
 }
@@ -195,6 +200,12 @@ impl Inner {
     pub(crate) async fn ack(&self, seq: u64) {
         // Always notifies, so that a redelivered entry's ack is sent again.
         self.acked.send_modify(|last| *last = (*last).max(seq));
+    }
+
+    /// Emits unless the channel is full: for advisory events that must not
+    /// hold up the connection task when the app is not reading.
+    pub(crate) fn emit_now(&self, event: Event) {
+        let _ = self.events.try_send(event);
     }
 
     pub(crate) async fn emit(&self, event: Event) {
@@ -279,6 +290,7 @@ impl PendingDevice {
     pub async fn complete(&self) -> Result<Client> {
         let ks = Keyserver::spawn(
             self.config.keyserver_url.clone(),
+            self.config.tls.clone(),
             self.device.clone(),
             self.user_id.clone(),
             self.config.request_timeout,
@@ -421,6 +433,7 @@ impl Client {
         let device = Arc::new(device);
         let ks = Keyserver::spawn(
             config.keyserver_url.clone(),
+            config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
@@ -510,6 +523,7 @@ impl Client {
         }
         let keyserver = Keyserver::spawn(
             config.keyserver_url.clone(),
+            config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
