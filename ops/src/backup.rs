@@ -79,6 +79,23 @@ pub fn online(source: &Path, target: &Path) -> Result<BackupStats, BackupError> 
     Ok(BackupStats { pages, bytes })
 }
 
+/// Puts the backup `backup` in place as the database `target`, which must
+/// not exist, nor its `-wal` / `-shm` files (a WAL left beside a restored
+/// database would be replayed into it): move the old files away first. The
+/// copy goes through the backup API too, so a damaged backup is refused
+/// before anything is in place. The server must be stopped.
+pub fn restore(backup: &Path, target: &Path) -> Result<BackupStats, BackupError> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = target.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return Err(BackupError::Exists(p));
+        }
+    }
+    online(backup, target)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -89,6 +89,13 @@ enum Cmd {
         /// The new backup file (never overwritten).
         to: PathBuf,
     },
+    /// Restore a backup as --db (the relay stopped; --db and its -wal/-shm
+    /// moved away first). Sequence numbers jump ahead, so that devices that
+    /// saw later messages than the backup holds miss none of the new ones.
+    Restore {
+        /// The backup file.
+        from: PathBuf,
+    },
 }
 
 const DEF: Limits = Limits::DEFAULT;
@@ -158,6 +165,28 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ward-relay: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Cmd::Restore { from }) => {
+            let restored = ward_ops::backup::restore(from, &args.db)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let mut db = ward_relay::storage::open(&args.db).map_err(|e| e.to_string())?;
+                    ward_relay::storage::after_restore(&mut db).map_err(|e| e.to_string())
+                });
+            return match restored {
+                Ok(()) => {
+                    println!(
+                        "restored {} from {}; start the relay",
+                        args.db.display(),
+                        from.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-relay: restore: {e}");
                     ExitCode::from(1)
                 }
             };

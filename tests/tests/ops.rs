@@ -194,12 +194,12 @@ async fn a_backup_taken_under_load_restores_every_message_acked_before_it() {
     let org = Org::new(&mut rng);
     let mut relay = Relay::start(org.root_public()).await;
     let url = relay.url();
-    let alice = org.enroll(&mut rng, "alice");
+    let alice = Arc::new(org.enroll(&mut rng, "alice"));
     let bob = org.enroll(&mut rng, "bob");
     let acked: Arc<Mutex<Vec<[u8; 16]>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
-        let (acked, stop, url) = (acked.clone(), stop.clone(), url.clone());
+        let (acked, stop, url, alice) = (acked.clone(), stop.clone(), url.clone(), alice.clone());
         let (bob_chain, bob_to) = (bob.chain.clone(), to(&bob, "bob"));
         tokio::spawn(async move {
             let mut c = RelayClient::of(&url, &alice, "alice").await;
@@ -233,9 +233,22 @@ async fn a_backup_taken_under_load_restores_every_message_acked_before_it() {
     assert!(sent > before.len(), "sends went on during the backup");
     relay.stop().await.unwrap();
 
-    // Restore: the backup becomes the database of a new relay.
+    // The highest seq the original relay issued to bob.
+    let issued: i64 = rusqlite::Connection::open(&relay.db)
+        .unwrap()
+        .query_row("SELECT max(next_seq) - 1 FROM mailboxes", [], |r| r.get(0))
+        .unwrap();
+
+    // Restore (what `ward-relay restore` runs): the backup becomes the
+    // database of a new relay.
     let restored_db = dir.path().join("restored.db");
-    std::fs::copy(&backup, &restored_db).unwrap();
+    ward_ops::backup::restore(&backup, &restored_db).unwrap();
+    ward_relay::storage::after_restore(&mut ward_relay::storage::open(&restored_db).unwrap())
+        .unwrap();
+    assert!(matches!(
+        ward_ops::backup::restore(&backup, &restored_db),
+        Err(ward_ops::backup::BackupError::Exists(_))
+    ));
     let db = restored_db.clone();
     let mut restored = Relay::start_with(org.root_public(), move |c| c.db_path = db).await;
     let mut bob_conn = RelayClient::of(&restored.url(), &bob, "bob").await;
@@ -253,6 +266,20 @@ async fn a_backup_taken_under_load_restores_every_message_acked_before_it() {
         lost.len(),
         before.len()
     );
+    // A message sent after the restore gets a seq above any issued before
+    // it, so a device whose cursor went past the backup does not skip it.
+    let mut alice_conn = RelayClient::of(&restored.url(), &alice, "alice").await;
+    let payload = seal(&alice, &[&bob.chain], "after the restore");
+    alice_conn
+        .send_acked(message_id(), vec![to(&bob, "bob")], payload)
+        .await;
+    let d = bob_conn.deliver().await;
+    assert!(
+        d.seq as i64 > issued,
+        "seq {} after the restore, {issued} issued before",
+        d.seq
+    );
+    drop(alice_conn);
     drop(bob_conn);
     restored.stop().await.unwrap();
 }

@@ -77,6 +77,12 @@ enum Cmd {
         /// The new backup file (never overwritten).
         to: PathBuf,
     },
+    /// Restore a backup as --db (the keyserver stopped; --db and its
+    /// -wal/-shm moved away first).
+    Restore {
+        /// The backup file.
+        from: PathBuf,
+    },
 }
 
 const ENV_PREFIX: &str = "WARD_KEYSERVER";
@@ -136,6 +142,22 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ward-keyserver: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Restore { from }) => {
+            return match ward_ops::backup::restore(from, &args.db) {
+                Ok(_) => {
+                    println!(
+                        "restored {} from {}; start the keyserver",
+                        args.db.display(),
+                        from.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-keyserver: restore: {e}");
                     ExitCode::FAILURE
                 }
             };
