@@ -43,7 +43,7 @@ pub async fn revoke(
     let root = load_root(&args.data)?;
     let (identity, path) = unlock_identity(&args, via.as_deref())?;
     let tls = args.client_tls()?;
-    let mut ks = Session::open(&args.keyserver, &tls, &identity).await?;
+    let mut ks = Session::open(&args.keyserver(), &tls, &identity).await?;
 
     let logs = match ks
         .call(ks_request::Body::GetLogs(GetLogs {

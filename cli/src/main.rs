@@ -12,6 +12,7 @@
 mod admin;
 mod demo;
 mod device;
+mod endpoints;
 mod pin;
 
 use std::io::Write as _;
@@ -186,6 +187,10 @@ enum Admin {
         /// Days until the invite expires.
         #[arg(long, default_value_t = 7)]
         days: u64,
+        /// Write the invite to this new file, readable by its owner only
+        /// (0600), instead of standard output: it holds a one-time secret.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -206,6 +211,16 @@ struct UpOptions {
     /// Print the effective settings of `ward up` as a TOML file and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+/// How the hints name this program: `ward` for a release build (installed or
+/// not), the cargo form for a debug build run from the source tree.
+pub(crate) fn ward_cmd() -> &'static str {
+    if cfg!(debug_assertions) {
+        "cargo run -q -p ward --"
+    } else {
+        "ward"
+    }
 }
 
 /// `ward up`'s dev CA certificate under `data` (what clients pin).
@@ -400,23 +415,30 @@ async fn up(
         );
         println!("a real organisation keeps its root key offline).");
     }
+    let urls = endpoints::Endpoints {
+        relay: format!(
+            "{scheme}://{}",
+            relay_listener.local_addr().map_err(io("relay address"))?
+        ),
+        keyserver: format!(
+            "{scheme}://{}",
+            ks_listener.local_addr().map_err(io("keyserver address"))?
+        ),
+    };
+    // The other commands read this instead of needing --relay / --keyserver.
+    endpoints::write(&data, &urls).map_err(io(endpoints::path(&data).display().to_string()))?;
+    let ward = ward_cmd();
     println!("Ward is up.");
-    println!(
-        "  relay      {scheme}://{}",
-        relay_listener.local_addr().map_err(io("relay address"))?
-    );
-    println!(
-        "  keyserver  {scheme}://{}",
-        ks_listener.local_addr().map_err(io("keyserver address"))?
-    );
+    println!("  relay      {}", urls.relay);
+    println!("  keyserver  {}", urls.keyserver);
     println!("  org root   {org}");
-    println!("Invite a clinician from another terminal:");
+    println!("Invite a clinician from another terminal (same folder):");
     println!(
-        "  cargo run -q -p ward -- admin invite --user-id dr.martin --name \"Dr Claire Martin\""
+        "  {ward} admin invite --user-id dr.martin --name \"Dr Claire Martin\" --out martin.invite"
     );
-    println!("and enroll them with the two lines it prints:");
-    println!("  cargo run -q -p ward -- enroll --invite-file <the saved output of admin invite>");
-    println!("Or see it all at once: cargo run -q -p ward -- demo");
+    println!("and enroll them from the file it wrote:");
+    println!("  {ward} enroll --invite-file martin.invite");
+    println!("Or see it all at once: {ward} demo");
     println!("Stop with Ctrl-C.");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -431,6 +453,7 @@ async fn up(
         let _ = stop_tx.send(true);
     };
     let (r, k, ()) = tokio::join!(relay, keyserver, ctrl_c);
+    endpoints::remove(&data);
     r?;
     k?;
     Ok(())
@@ -473,17 +496,50 @@ fn invite_lines(
     }
 }
 
-fn invite(data: &Path, details: InviteDetails) -> Result<(), CliError> {
+fn invite(data: &Path, details: InviteDetails, out: Option<&Path>) -> Result<(), CliError> {
     let root = load_root(data)?;
     let (signed, delegation) = create_invite(&mut rand::rng(), &root, &details)?;
-    println!(
-        "Invite for {} ({}), expires at unix time {}.",
-        details.user_id, details.display_name, details.expires_at
-    );
-    println!("Hand both lines to the clinician, out of band (QR code, in person).");
-    println!("The second is a one-time secret: whoever holds it can enroll as this user, once.");
-    println!("invite:     {}", hex(&signed.encode_to_vec()));
-    println!("delegation: {}", hex(&*delegation.export_secret()));
+    let text = zeroize::Zeroizing::new(format!(
+        "Invite for {} ({}), expires {}.\n\
+         Hand both lines to the clinician, out of band (QR code, in person).\n\
+         The second is a one-time secret: whoever holds it can enroll as this user, once.\n\
+         invite:     {}\n\
+         delegation: {}\n",
+        details.user_id,
+        details.display_name,
+        device::utc(details.expires_at),
+        hex(&signed.encode_to_vec()),
+        hex(&*delegation.export_secret())
+    ));
+    match out {
+        None => print!("{}", &*text),
+        Some(path) => {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let write = |p: &Path| -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = opts.open(p)?;
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            };
+            write(path).map_err(io(format!("cannot write the invite to {}", path.display())))?;
+            println!(
+                "Invite for {} written to {} (owner-only: it holds a one-time secret).",
+                details.user_id,
+                path.display()
+            );
+            println!(
+                "Enroll with: {} enroll --invite-file {}",
+                ward_cmd(),
+                path.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -613,6 +669,7 @@ fn main() -> ExitCode {
                     profession,
                     registry_number,
                     days,
+                    out,
                 },
         } => {
             let now = now_secs();
@@ -625,6 +682,7 @@ fn main() -> ExitCode {
                     registry_number,
                     expires_at: now.saturating_add(days.saturating_mul(86_400)),
                 },
+                out.as_deref(),
             )
         }
     };

@@ -103,3 +103,30 @@ fn the_example_configuration_loads_and_print_config_shows_every_default() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max-conections"));
     let _ = std::fs::remove_file(&bad);
 }
+
+#[test]
+fn help_shows_the_limits_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ward-relay"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, default) in [
+        ("--max-recipients", "1024"),
+        ("--max-connections", "10000"),
+        ("--send-burst", "200"),
+        ("--outbound-queue", "64"),
+        ("--slow-consumer-ms", "10000"),
+        ("--admin-listen", "off"),
+    ] {
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} in {help}"));
+        let next = help[at..].find("[default: ").unwrap() + at;
+        assert!(
+            help[next..].starts_with(&format!("[default: {default}]")),
+            "{flag}: {}",
+            &help[at..next + 30]
+        );
+    }
+}

@@ -46,6 +46,15 @@ pub enum Event {
         /// The failed attempt's error.
         reason: ClientError,
     },
+    /// An outgoing message could not go out yet (a server unreachable or
+    /// busy, a keyserver or TLS failure); it stays queued and is retried
+    /// with backoff. Sent once per message, at its first failed attempt.
+    SendDelayed {
+        /// The message.
+        resource_id: ResourceId,
+        /// The failed attempt's error.
+        reason: ClientError,
+    },
     /// The relay durably stored an outgoing message (its `SendAck`).
     Sent {
         /// The message.
