@@ -647,3 +647,46 @@ fn first_contact_ports_found_invite_file_private_reuse_named_and_rfc3339_times()
         "{err}"
     );
 }
+
+#[test]
+fn ward_up_print_config_shows_its_settings_from_flags_file_and_defaults() {
+    let dir = std::env::temp_dir().join(format!("ward-up-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("up.toml");
+    std::fs::write(
+        &file,
+        "relay-admin-listen = \"127.0.0.1:9070\"\nrelay-listen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["up", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--relay-listen", "127.0.0.1:2"])
+        .env_remove("WARD_RELAY_LISTEN")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("relay-listen = \"127.0.0.1:2\""),
+        "flag over file: {text}"
+    );
+    assert!(
+        text.contains("relay-admin-listen = \"127.0.0.1:9070\""),
+        "file: {text}"
+    );
+    assert!(
+        text.contains("keyserver-listen = \"127.0.0.1:7071\""),
+        "default: {text}"
+    );
+    assert!(
+        !dir.join("ward-data").exists(),
+        "print-config starts nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

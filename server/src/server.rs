@@ -55,6 +55,15 @@ pub async fn run(
     let max_connections = config.limits.max_connections.clamp(1, u32::MAX as usize);
     let grace = config.shutdown_grace;
     let shared = Arc::new(Shared::new(config, writer.clone(), registry, metrics));
+    let (outbound, budget) = (
+        shared.outbound.clone(),
+        crate::state::global_permits(&shared.config),
+    );
+    shared.config.metrics.gauge_fn(
+        "ward_relay_outbound_bytes_queued",
+        "Payload bytes queued towards all connections (bounded by global-outbound-bytes).",
+        move || budget.saturating_sub(outbound.available_permits()) as f64,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone()));
     let permits = Arc::new(Semaphore::new(max_connections));

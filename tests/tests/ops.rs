@@ -131,6 +131,11 @@ async fn metrics_scraped_during_a_load_run_parse_and_count_the_traffic() {
     assert!(value(&after, "ward_relay_commit_batch_size", None) >= 1.0);
     assert!(value(&after, "ward_relay_closes_total", Some(("code", "1003"))) >= 1.0);
     assert!(value(&after, "ward_relay_writer_queue_depth", None) >= 0.0);
+    assert_eq!(
+        value(&after, "ward_relay_outbound_bytes_queued", None),
+        0.0,
+        "bob has read everything"
+    );
     drop(senders);
     drop(bob_conn);
     relay.stop().await.unwrap();
