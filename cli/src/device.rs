@@ -103,6 +103,7 @@ impl DeviceArgs {
     fn config(&self, store: PathBuf) -> Result<ClientConfig, CliError> {
         let mut c = ClientConfig::new(store, self.relay(), self.keyserver(), self.org_root()?);
         c.tls = self.client_tls()?;
+        c.connection_events = true;
         c.reconnect_max = Duration::from_secs(5);
         c.request_timeout = Duration::from_secs(10);
         Ok(c)

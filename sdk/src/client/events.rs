@@ -41,7 +41,8 @@ pub enum Event {
     /// down, TLS not trusted, wrong URL). Sent once per outage, at the first
     /// failed attempt; the client keeps retrying with backoff and queued
     /// messages stay queued. A TLS failure (`ClientError::Net(NetError::Tls)`)
-    /// will not fix itself: an app should say so at once.
+    /// will not fix itself: an app should say so at once. Only with
+    /// `ClientConfig::connection_events`.
     RelayUnreachable {
         /// The failed attempt's error.
         reason: ClientError,
@@ -49,6 +50,7 @@ pub enum Event {
     /// An outgoing message could not go out yet (a server unreachable or
     /// busy, a keyserver or TLS failure); it stays queued and is retried
     /// with backoff. Sent once per message, at its first failed attempt.
+    /// Only with `ClientConfig::connection_events`.
     SendDelayed {
         /// The message.
         resource_id: ResourceId,

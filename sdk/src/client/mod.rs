@@ -101,6 +101,10 @@ pub struct ClientConfig {
     /// a pinned CA (`ClientTls::pinned_ca_file`) for a private deployment.
     /// Plain `ws://` URLs are accepted to loopback hosts only.
     pub tls: ward_net::tls::ClientTls,
+    /// Also emit the advisory `Event::RelayUnreachable` and
+    /// `Event::SendDelayed` (off by default: an app that only shows messages
+    /// need not handle them; a CLI or a status bar wants them).
+    pub connection_events: bool,
 }
 
 impl ClientConfig {
@@ -125,6 +129,7 @@ impl ClientConfig {
             event_capacity: 1024,
             own_log_interval: Duration::from_secs(60),
             tls: ward_net::tls::ClientTls::default(),
+            connection_events: false,
         }
     }
 }
@@ -205,6 +210,9 @@ impl Inner {
     /// Emits unless the channel is full: for advisory events that must not
     /// hold up the connection task when the app is not reading.
     pub(crate) fn emit_now(&self, event: Event) {
+        if !self.config.connection_events {
+            return;
+        }
         let _ = self.events.try_send(event);
     }
 
