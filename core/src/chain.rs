@@ -26,8 +26,9 @@ use crate::keys::{
 };
 use crate::labels::{HASH_ENTRY, SIG_STATEMENT, framed, framed_hash};
 
-/// Largest encoded `Statement`.
-pub const MAX_STATEMENT_BYTES: usize = 4096;
+/// Largest encoded `Statement`: a user creation holds an invite (up to
+/// 1024 bytes) and two 1216-byte X-Wing keys, about 3.6 KB (SECURITY.md §4.2).
+pub const MAX_STATEMENT_BYTES: usize = 8192;
 /// Most entries a log may hold (devices added and revoked over a career).
 pub const MAX_LOG_ENTRIES: usize = 4096;
 
@@ -64,18 +65,15 @@ pub struct VerifiedUser {
     rotation_pending: bool,
 }
 
-/// Parses an X25519 key for the chain, refusing low-order points: nothing
-/// could ever be wrapped to them (SECURITY.md §4).
-fn x25519_key(bytes: &[u8], what: &'static str) -> Result<EncryptionPublicKey, ChainError> {
-    let key = EncryptionPublicKey::from_bytes(bytes).map_err(|_| ChainError::Malformed(what))?;
-    if key.is_low_order() {
-        return Err(ChainError::Malformed(what));
-    }
-    Ok(key)
+/// Parses an X-Wing encryption key for the chain: a wrong length, an ML-KEM
+/// part that fails FIPS 203's modulus check or a low-order X25519 part is
+/// refused, since nothing could ever be wrapped to it (SECURITY.md §3.5).
+fn encryption_key(bytes: &[u8], what: &'static str) -> Result<EncryptionPublicKey, ChainError> {
+    EncryptionPublicKey::from_bytes(bytes).map_err(|_| ChainError::Malformed(what))
 }
 
 fn user_key(bytes: &[u8]) -> Result<EncryptionPublicKey, ChainError> {
-    x25519_key(bytes, "user encryption key")
+    encryption_key(bytes, "user encryption key")
 }
 
 fn device_keys(
@@ -86,7 +84,7 @@ fn device_keys(
         .ok_or(ChainError::Malformed("missing device keys"))?;
     let s = SigningPublicKey::from_bytes(&keys.signing_public_key)
         .map_err(|_| ChainError::Malformed("device signing key"))?;
-    let e = x25519_key(&keys.encryption_public_key, "device encryption key")?;
+    let e = encryption_key(&keys.encryption_public_key, "device encryption key")?;
     Ok((s, e))
 }
 
@@ -1000,7 +998,9 @@ mod tests {
             Err(ChainError::UnauthorizedAuthor { seq: 3 })
         );
         // A low-order key is refused: nothing could be wrapped to it.
-        let low = EncryptionPublicKey::from_bytes(&[0u8; 32]).unwrap();
+        let mut low = *new_user_key().as_bytes();
+        low[1184..].fill(0); // the X25519 part: u = 0
+        let low = EncryptionPublicKey::from_bytes_unchecked(low);
         let bad = s2.rotate_user_key(&dev2, &low, KIT_TIME);
         assert_eq!(
             applied(&s2, &root, &bad),

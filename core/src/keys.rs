@@ -6,9 +6,9 @@
 //! | type | algorithm | held by |
 //! |---|---|---|
 //! | [`OrgRootKey`] | Ed25519 | the organisation's admin, offline |
-//! | [`UserEncryptionKey`] | X25519 | every device of a user (granted to it) |
+//! | [`UserEncryptionKey`] | X-Wing (X25519 + ML-KEM-768) | every device of a user (granted to it) |
 //! | [`DeviceSigningKey`] | Ed25519 | one device |
-//! | [`DeviceEncryptionKey`] | X25519 | one device |
+//! | [`DeviceEncryptionKey`] | X-Wing (X25519 + ML-KEM-768) | one device |
 //!
 //! plus [`DelegationKey`] (Ed25519, one-time, handed out with an invite) and
 //! [`ResourceKey`] (32 symmetric bytes per message or file).
@@ -23,6 +23,7 @@ use rand_core::CryptoRng;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::KeyError;
+use crate::labels::{HASH_KEY_ID, framed_hash};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -69,39 +70,115 @@ impl fmt::Debug for SigningPublicKey {
     }
 }
 
-/// An X25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EncryptionPublicKey([u8; 32]);
+/// Bytes of an X-Wing encapsulation (public) key: ML-KEM-768's 1184, then X25519's 32.
+pub const ENCRYPTION_PUBLIC_KEY_BYTES: usize = x_wing::ENCAPSULATION_KEY_SIZE;
+/// Bytes of an X-Wing decapsulation (private) key: a 32-byte seed.
+pub const ENCRYPTION_SECRET_KEY_BYTES: usize = x_wing::DECAPSULATION_KEY_SIZE;
+/// Offset of the X25519 part in an encryption public key.
+const X25519_OFFSET: usize = ENCRYPTION_PUBLIC_KEY_BYTES - 32;
 
-impl EncryptionPublicKey {
-    /// Parses 32 bytes. Low-order points are caught when used: every DH
-    /// result is checked to be non-zero.
+/// The 32-byte id of an encryption public key: `H(HASH_KEY_ID, pk)`. Wrapped
+/// keys and grants name their keys by id, not by their 1216 bytes (§5).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; 32]);
+
+impl KeyId {
+    /// Parses 32 bytes (any value: an id is only ever compared).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidLength)?;
-        Ok(Self(arr))
+        bytes
+            .try_into()
+            .map(Self)
+            .map_err(|_| KeyError::InvalidLength)
     }
 
-    /// The 32 encoded bytes; also this key's id in wrapped keys and grants.
+    /// The 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+}
 
-    /// Whether the point has small order (the all-zero DH output for every
-    /// secret). A clamped scalar is a multiple of the cofactor 8, so any
-    /// point of order dividing 8 maps to zero.
-    pub fn is_low_order(&self) -> bool {
-        use subtle::ConstantTimeEq;
-        bool::from(x25519_dalek::x25519([1u8; 32], self.0).ct_eq(&[0u8; 32]))
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", hex(&self.0))
+    }
+}
+
+/// An X-Wing encapsulation key (X25519 + ML-KEM-768, draft-connolly-cfrg-xwing-kem-06),
+/// checked when parsed: a value of this type can always be wrapped to. Its id
+/// is computed once, since every wrap, grant and lookup uses it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EncryptionPublicKey {
+    bytes: [u8; ENCRYPTION_PUBLIC_KEY_BYTES],
+    id: KeyId,
+}
+
+impl EncryptionPublicKey {
+    /// Parses 1216 bytes (SECURITY.md §3.5), rejecting, in this order: another
+    /// length (`InvalidLength`); an ML-KEM-768 part that fails FIPS 203's
+    /// §7.2 modulus check (`InvalidPublicKey`); an X25519 part of low order
+    /// (`InvalidPublicKey`), to which nothing could be wrapped securely.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let arr: [u8; ENCRYPTION_PUBLIC_KEY_BYTES] =
+            bytes.try_into().map_err(|_| KeyError::InvalidLength)?;
+        if x_wing::EncapsulationKey::try_from(bytes).is_err() {
+            return Err(KeyError::InvalidPublicKey);
+        }
+        let key = Self::from_checked(arr);
+        if key.x25519_is_low_order() {
+            return Err(KeyError::InvalidPublicKey);
+        }
+        Ok(key)
     }
 
-    pub(crate) fn dalek(&self) -> x25519_dalek::PublicKey {
-        x25519_dalek::PublicKey::from(self.0)
+    fn from_checked(bytes: [u8; ENCRYPTION_PUBLIC_KEY_BYTES]) -> Self {
+        let id = KeyId(framed_hash(HASH_KEY_ID, &[&bytes]));
+        Self { bytes, id }
+    }
+
+    /// Builds a key from bytes without any check, so tests can show that
+    /// verifiers refuse bad keys. Never in production builds.
+    #[cfg(any(test, feature = "testkit"))]
+    #[doc(hidden)]
+    pub fn from_bytes_unchecked(bytes: [u8; ENCRYPTION_PUBLIC_KEY_BYTES]) -> Self {
+        Self::from_checked(bytes)
+    }
+
+    /// The 1216 encoded bytes (ML-KEM-768 encapsulation key, then X25519 u-coordinate).
+    pub fn as_bytes(&self) -> &[u8; ENCRYPTION_PUBLIC_KEY_BYTES] {
+        &self.bytes
+    }
+
+    /// This key's id, as named in wrapped keys and grants.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Whether the X25519 part has small order: never for a key that
+    /// [`Self::from_bytes`] accepted (kept from v1's API for callers that
+    /// checked it themselves).
+    pub fn is_low_order(&self) -> bool {
+        self.x25519_is_low_order()
+    }
+
+    /// Whether the X25519 part has small order. A clamped scalar is a
+    /// multiple of the cofactor 8, so any point of order dividing 8 maps to
+    /// zero whatever the scalar.
+    fn x25519_is_low_order(&self) -> bool {
+        use subtle::ConstantTimeEq;
+        let mut u = [0u8; 32];
+        u.copy_from_slice(&self.bytes[X25519_OFFSET..]);
+        bool::from(x25519_dalek::x25519([1u8; 32], u).ct_eq(&[0u8; 32]))
+    }
+
+    pub(crate) fn xwing(&self) -> Result<x_wing::EncapsulationKey, KeyError> {
+        x_wing::EncapsulationKey::try_from(&self.bytes[..]).map_err(|_| KeyError::InvalidPublicKey)
     }
 }
 
 impl fmt::Debug for EncryptionPublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EncryptionPublicKey({})", hex(&self.0))
+        // 1216 bytes would drown a log line: the id names the key.
+        write!(f, "EncryptionPublicKey(id: {})", hex(self.id.as_bytes()))
     }
 }
 
@@ -186,67 +263,77 @@ signing_key_type!(
     DelegationKey
 );
 
-/// An X25519 static secret, shared by the encryption key types below. The
-/// public key is computed once: every unwrap needs it (BENCHMARKS.md).
-/// `StaticSecret` zeroizes itself on drop.
-struct X25519Secret(x25519_dalek::StaticSecret, EncryptionPublicKey);
+/// An X-Wing decapsulation key, shared by the encryption key types below:
+/// its 32-byte seed (the only form X-Wing keys are stored or granted in),
+/// the crate's key (which refuses a non-contributory X25519 part, §6.2) and
+/// the public key, computed once since every unwrap needs its id. The seed
+/// and the crate's key zeroize on drop.
+struct XWingSecret {
+    seed: Zeroizing<[u8; ENCRYPTION_SECRET_KEY_BYTES]>,
+    key: x_wing::DecapsulationKeyRejectNonContrib,
+    public: EncryptionPublicKey,
+}
 
-impl X25519Secret {
-    fn new(secret: x25519_dalek::StaticSecret) -> Self {
-        let public = EncryptionPublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
-        Self(secret, public)
+impl XWingSecret {
+    fn from_seed(seed: Zeroizing<[u8; ENCRYPTION_SECRET_KEY_BYTES]>) -> Self {
+        use x_wing::{Decapsulator, KeyExport, KeyInit};
+        // By reference: no unzeroized copy of the seed is left on the stack.
+        let key = x_wing::DecapsulationKeyRejectNonContrib::new((&*seed).into());
+        // Derived from a seed, the key is well formed: no check needed.
+        let mut pk = [0u8; ENCRYPTION_PUBLIC_KEY_BYTES];
+        pk.copy_from_slice(&key.encapsulation_key().to_bytes());
+        let public = EncryptionPublicKey::from_checked(pk);
+        Self { seed, key, public }
     }
 
     fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        Self::new(x25519_dalek::StaticSecret::random_from_rng(rng))
+        let mut seed = Zeroizing::new([0u8; ENCRYPTION_SECRET_KEY_BYTES]);
+        rng.fill_bytes(&mut *seed);
+        Self::from_seed(seed)
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let mut arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::InvalidLength)?;
-        let s = x25519_dalek::StaticSecret::from(arr);
-        arr.zeroize();
-        Ok(Self::new(s))
-    }
-
-    fn public(&self) -> EncryptionPublicKey {
-        self.1
+        let seed: [u8; ENCRYPTION_SECRET_KEY_BYTES] =
+            bytes.try_into().map_err(|_| KeyError::InvalidLength)?;
+        Ok(Self::from_seed(Zeroizing::new(seed)))
     }
 }
 
 macro_rules! encryption_key_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        pub struct $name(X25519Secret);
+        pub struct $name(XWingSecret);
 
         impl $name {
-            /// A fresh key from `rng`.
+            /// A fresh key from `rng`: 32 bytes, the X-Wing seed.
             pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-                Self(X25519Secret::generate(rng))
+                Self(XWingSecret::generate(rng))
             }
 
-            /// Restores a key from the 32 bytes that [`Self::export_secret`] gave.
+            /// Restores a key from the 32-byte seed that [`Self::export_secret`] gave.
             pub fn import_secret(bytes: &[u8]) -> Result<Self, KeyError> {
-                X25519Secret::from_bytes(bytes).map(Self)
+                XWingSecret::from_bytes(bytes).map(Self)
             }
 
-            /// The 32 secret bytes, for persistence in an encrypted store only.
-            pub fn export_secret(&self) -> Zeroizing<[u8; 32]> {
-                Zeroizing::new(self.0.0.to_bytes())
+            /// The 32-byte X-Wing seed, for persistence in an encrypted store
+            /// (or a grant) only.
+            pub fn export_secret(&self) -> Zeroizing<[u8; ENCRYPTION_SECRET_KEY_BYTES]> {
+                Zeroizing::new(*self.0.seed)
             }
 
             /// The public half.
             pub fn public_key(&self) -> EncryptionPublicKey {
-                self.0.public()
+                self.0.public
             }
 
-            pub(crate) fn secret(&self) -> &x25519_dalek::StaticSecret {
-                &self.0.0
+            pub(crate) fn secret(&self) -> &x_wing::DecapsulationKeyRejectNonContrib {
+                &self.0.key
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!(stringify!($name), "(public: {})"), hex(self.public_key().as_bytes()))
+                write!(f, concat!(stringify!($name), "(public id: {})"), hex(self.0.public.id().as_bytes()))
             }
         }
     };
@@ -339,6 +426,36 @@ mod tests {
             UserEncryptionKey::import_secret(&[0; 31]).err(),
             Some(KeyError::InvalidLength)
         );
+    }
+
+    #[test]
+    fn encryption_keys_are_checked_when_parsed() {
+        let mut rng = rand::rng();
+        let good = UserEncryptionKey::generate(&mut rng).public_key();
+        assert_eq!(EncryptionPublicKey::from_bytes(good.as_bytes()), Ok(good));
+        let parse = |b: &[u8]| EncryptionPublicKey::from_bytes(b).err();
+        assert_eq!(
+            parse(&good.as_bytes()[..1215]),
+            Some(KeyError::InvalidLength)
+        );
+        // A v1 (X25519-only) key is not a v2 key.
+        assert_eq!(parse(&[9u8; 32]), Some(KeyError::InvalidLength));
+        // ML-KEM's first coefficient set to 4095 >= q = 3329: FIPS 203 §7.2.
+        let mut bad = *good.as_bytes();
+        bad[0] = 0xff;
+        bad[1] |= 0x0f;
+        assert_eq!(parse(&bad), Some(KeyError::InvalidPublicKey));
+        // The X25519 part of low order: u = 0, u = 1.
+        for u0 in [0u8, 1] {
+            let mut low = *good.as_bytes();
+            low[1184..].fill(0);
+            low[1184] = u0;
+            assert_eq!(parse(&low), Some(KeyError::InvalidPublicKey));
+        }
+        // Ids differ with the key, and are what Debug shows.
+        let other = DeviceEncryptionKey::generate(&mut rng).public_key();
+        assert_ne!(good.id(), other.id());
+        assert!(format!("{good:?}").contains(&hex(good.id().as_bytes())));
     }
 
     #[test]

@@ -20,9 +20,11 @@ pub const HASH_INVITE: &[u8] = b"ward/v1/hash/invite";
 /// Hash of an encoded `Statement` (the next entry's `prev_hash`).
 pub const HASH_ENTRY: &[u8] = b"ward/v1/hash/entry";
 /// HPKE `info` when wrapping a resource key to a user key.
-pub const WRAP_INFO: &[u8] = b"ward/v1/wrap/resource-key";
+pub const WRAP_INFO: &[u8] = b"ward/v2/wrap/resource-key";
 /// HPKE `info` when granting a user's private key to a device.
-pub const GRANT_INFO: &[u8] = b"ward/v1/wrap/device-grant";
+pub const GRANT_INFO: &[u8] = b"ward/v2/wrap/device-grant";
+/// Id of an X-Wing encryption public key (`WrappedKey.recipient_key`, grants).
+pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
 
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {

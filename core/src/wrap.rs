@@ -1,8 +1,9 @@
-//! Key wrapping with HPKE base mode (SECURITY.md §6).
+//! Key wrapping with HPKE base mode and the X-Wing KEM (SECURITY.md §6).
 //!
 //! * A [`ResourceKey`] is wrapped to a *user* key, so a message costs one wrap
 //!   per recipient user whatever their device count.
-//! * A [`UserEncryptionKey`] is granted to each of the user's *devices*.
+//! * A [`UserEncryptionKey`] (its 32-byte seed) is granted to each of the
+//!   user's *devices*, whose encryption keys are X-Wing keys too: one suite.
 //!
 //! HPKE base mode does not authenticate the sender: anyone can wrap a key to
 //! anyone. A wrapped resource key is only as good as the signed envelope it
@@ -14,39 +15,50 @@ use ward_proto::v1::{DeviceGrant, WrappedKey};
 use zeroize::Zeroizing;
 
 use crate::error::WrapError;
-use crate::hpke::{self, Context};
+use crate::hpke::{self, Context, ESEED_BYTES, XWING_SUITE};
 use crate::ids::ResourceId;
-use crate::keys::{DeviceEncryptionKey, EncryptionPublicKey, ResourceKey, UserEncryptionKey};
+use crate::keys::{
+    DeviceEncryptionKey, EncryptionPublicKey, KeyId, ResourceKey, UserEncryptionKey,
+};
 use crate::labels::{GRANT_INFO, WRAP_INFO};
 
-fn seal_to<R: CryptoRng + ?Sized>(
+/// Bytes of `WrappedKey.enc` and `DeviceGrant.enc`: one X-Wing ciphertext.
+pub const ENC_BYTES: usize = hpke::ENC_BYTES;
+/// Bytes of `WrappedKey.ciphertext` and `DeviceGrant.ciphertext`: a 32-byte
+/// secret and ChaCha20-Poly1305's 16-byte tag.
+pub const CIPHERTEXT_BYTES: usize = 48;
+/// Bytes of a key id (`recipient_key`, `user_key`, `device_key`).
+pub const KEY_ID_BYTES: usize = 32;
+
+/// Seals a 32-byte secret to `recipient` with HPKE base mode (§6.2), drawing
+/// the 64-byte X-Wing `eseed` from `rng`. Rooms wrap their epoch keys with it.
+pub(crate) fn seal_to<R: CryptoRng + ?Sized>(
     rng: &mut R,
     recipient: &EncryptionPublicKey,
     info: &[u8],
     aad: &[u8],
     secret: &[u8; 32],
-) -> Result<([u8; 32], Vec<u8>), WrapError> {
-    let mut ikm_e = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(&mut *ikm_e);
-    let (shared, enc) = hpke::encap(&recipient.dalek(), &ikm_e)?;
-    let ctx = Context::key_schedule(&shared, info);
+) -> Result<(Vec<u8>, Vec<u8>), WrapError> {
+    let mut eseed = Zeroizing::new([0u8; ESEED_BYTES]);
+    rng.fill_bytes(&mut *eseed);
+    let (shared, enc) = hpke::xwing_encap(recipient, &eseed)?;
+    let ctx = Context::key_schedule(XWING_SUITE, &shared, info);
     Ok((enc, ctx.seal(0, aad, secret)))
 }
 
-fn open_from(
-    sk: &x25519_dalek::StaticSecret,
-    pk: &EncryptionPublicKey,
+/// Opens what [`seal_to`] sealed; `Malformed` on wrong lengths.
+pub(crate) fn open_from(
+    sk: &x_wing::DecapsulationKeyRejectNonContrib,
     enc: &[u8],
     ct: &[u8],
     info: &[u8],
     aad: &[u8],
 ) -> Result<Zeroizing<[u8; 32]>, WrapError> {
-    let enc: [u8; 32] = enc.try_into().map_err(|_| WrapError::Malformed)?;
-    if ct.len() != 48 {
+    if enc.len() != ENC_BYTES || ct.len() != CIPHERTEXT_BYTES {
         return Err(WrapError::Malformed);
     }
-    let shared = hpke::decap(&enc, sk, pk.as_bytes())?;
-    let ctx = Context::key_schedule(&shared, info);
+    let shared = hpke::xwing_decap(enc, sk)?;
+    let ctx = Context::key_schedule(XWING_SUITE, &shared, info);
     let pt = ctx.open(0, aad, ct)?;
     let out: [u8; 32] = pt
         .as_slice()
@@ -55,14 +67,14 @@ fn open_from(
     Ok(Zeroizing::new(out))
 }
 
-fn wrap_aad(resource_id: &ResourceId, recipient: &EncryptionPublicKey) -> [u8; 48] {
+fn wrap_aad(resource_id: &ResourceId, recipient: &KeyId) -> [u8; 48] {
     let mut aad = [0u8; 48];
     aad[..16].copy_from_slice(resource_id.as_bytes());
     aad[16..].copy_from_slice(recipient.as_bytes());
     aad
 }
 
-fn grant_aad(user: &EncryptionPublicKey, device: &EncryptionPublicKey) -> [u8; 64] {
+fn grant_aad(user: &KeyId, device: &KeyId) -> [u8; 64] {
     let mut aad = [0u8; 64];
     aad[..32].copy_from_slice(user.as_bytes());
     aad[32..].copy_from_slice(device.as_bytes());
@@ -70,19 +82,20 @@ fn grant_aad(user: &EncryptionPublicKey, device: &EncryptionPublicKey) -> [u8; 6
 }
 
 /// Wraps `key` (the key of `resource_id`) to a recipient user's key.
-/// Draws 32 bytes from `rng` (HPKE's ephemeral `ikmE`).
+/// Draws 64 bytes from `rng` (X-Wing's `eseed`).
 pub fn wrap_resource_key<R: CryptoRng + ?Sized>(
     rng: &mut R,
     key: &ResourceKey,
     resource_id: &ResourceId,
     recipient: &EncryptionPublicKey,
 ) -> Result<WrappedKey, WrapError> {
-    let aad = wrap_aad(resource_id, recipient);
+    let id = recipient.id();
+    let aad = wrap_aad(resource_id, &id);
     let (enc, ciphertext) = seal_to(rng, recipient, WRAP_INFO, &aad, key.as_bytes())?;
     Ok(WrappedKey {
         resource_id: resource_id.as_bytes().to_vec(),
-        recipient_key: recipient.as_bytes().to_vec(),
-        enc: enc.to_vec(),
+        recipient_key: id.as_bytes().to_vec(),
+        enc,
         ciphertext,
     })
 }
@@ -95,20 +108,19 @@ pub fn unwrap_resource_key(
     resource_id: &ResourceId,
     user_key: &UserEncryptionKey,
 ) -> Result<ResourceKey, WrapError> {
-    if wrapped.resource_id.len() != 16 || wrapped.recipient_key.len() != 32 {
+    if wrapped.resource_id.len() != 16 || wrapped.recipient_key.len() != KEY_ID_BYTES {
         return Err(WrapError::Malformed);
     }
     if wrapped.resource_id != resource_id.as_bytes() {
         return Err(WrapError::WrongResource);
     }
-    let me = user_key.public_key();
+    let me = user_key.public_key().id();
     if wrapped.recipient_key != me.as_bytes() {
         return Err(WrapError::WrongRecipient);
     }
     let aad = wrap_aad(resource_id, &me);
     let key = open_from(
         user_key.secret(),
-        &me,
         &wrapped.enc,
         &wrapped.ciphertext,
         WRAP_INFO,
@@ -117,20 +129,20 @@ pub fn unwrap_resource_key(
     ResourceKey::import_secret(&*key).map_err(|_| WrapError::Undecryptable)
 }
 
-/// Grants the user's private key to one of its devices.
-/// Draws 32 bytes from `rng` (HPKE's ephemeral `ikmE`).
+/// Grants the user's private key (its 32-byte seed) to one of its devices.
+/// Draws 64 bytes from `rng` (X-Wing's `eseed`).
 pub fn grant_user_key<R: CryptoRng + ?Sized>(
     rng: &mut R,
     user_key: &UserEncryptionKey,
     device: &EncryptionPublicKey,
 ) -> Result<DeviceGrant, WrapError> {
-    let user = user_key.public_key();
-    let aad = grant_aad(&user, device);
+    let (user, dev) = (user_key.public_key().id(), device.id());
+    let aad = grant_aad(&user, &dev);
     let (enc, ciphertext) = seal_to(rng, device, GRANT_INFO, &aad, &user_key.export_secret())?;
     Ok(DeviceGrant {
         user_key: user.as_bytes().to_vec(),
-        device_key: device.as_bytes().to_vec(),
-        enc: enc.to_vec(),
+        device_key: dev.as_bytes().to_vec(),
+        enc,
         ciphertext,
     })
 }
@@ -143,20 +155,20 @@ pub fn accept_grant(
     device_key: &DeviceEncryptionKey,
     expected_user_key: &EncryptionPublicKey,
 ) -> Result<UserEncryptionKey, WrapError> {
-    if grant.user_key.len() != 32 || grant.device_key.len() != 32 {
+    if grant.user_key.len() != KEY_ID_BYTES || grant.device_key.len() != KEY_ID_BYTES {
         return Err(WrapError::Malformed);
     }
-    let me = device_key.public_key();
+    let me = device_key.public_key().id();
     if grant.device_key != me.as_bytes() {
         return Err(WrapError::WrongRecipient);
     }
-    if grant.user_key != expected_user_key.as_bytes() {
+    let user = expected_user_key.id();
+    if grant.user_key != user.as_bytes() {
         return Err(WrapError::WrongUserKey);
     }
-    let aad = grant_aad(expected_user_key, &me);
+    let aad = grant_aad(&user, &me);
     let secret = open_from(
         device_key.secret(),
-        &me,
         &grant.enc,
         &grant.ciphertext,
         GRANT_INFO,
@@ -221,7 +233,7 @@ mod tests {
         // HPKE base mode lets anyone seal to the device key, with the right
         // binding; only the check of the key against the chain stops this.
         let planted = UserEncryptionKey::generate(&mut rng);
-        let aad = grant_aad(&user.public_key(), &device.public_key());
+        let aad = grant_aad(&user.public_key().id(), &device.public_key().id());
         let (enc, ciphertext) = seal_to(
             &mut rng,
             &device.public_key(),
@@ -241,7 +253,7 @@ mod tests {
         );
         // Addressed to another user key version: refused before decrypting.
         let mut other = g.clone();
-        other.user_key = planted.public_key().as_bytes().to_vec();
+        other.user_key = planted.public_key().id().as_bytes().to_vec();
         assert_eq!(
             accept_grant(&other, &device, &user.public_key()).err(),
             Some(WrapError::WrongUserKey)
@@ -249,14 +261,36 @@ mod tests {
     }
 
     #[test]
-    fn low_order_recipient_is_refused() {
+    fn wrong_lengths_and_a_low_order_ephemeral_are_refused() {
         let mut rng = rand::rng();
+        let alice = UserEncryptionKey::generate(&mut rng);
         let key = ResourceKey::generate(&mut rng);
         let rid = ResourceId::random(&mut rng);
-        let zero = EncryptionPublicKey::from_bytes(&[0u8; 32]).unwrap();
+        let w = wrap_resource_key(&mut rng, &key, &rid, &alice.public_key()).unwrap();
+        assert_eq!(w.enc.len(), ENC_BYTES);
+        assert_eq!(w.ciphertext.len(), CIPHERTEXT_BYTES);
+        let mut short = w.clone();
+        short.enc.pop();
         assert_eq!(
-            wrap_resource_key(&mut rng, &key, &rid, &zero).err(),
+            unwrap_resource_key(&short, &rid, &alice).err(),
+            Some(WrapError::Malformed)
+        );
+        // The X25519 part of enc (its last 32 bytes) set to a low-order
+        // point: X25519 gives zero, and the decapsulation refuses.
+        let mut low = w.clone();
+        let n = low.enc.len();
+        low.enc[n - 32..].fill(0);
+        assert_eq!(
+            unwrap_resource_key(&low, &rid, &alice).err(),
             Some(WrapError::NonContributory)
+        );
+        // A tampered ML-KEM part decapsulates (implicit rejection) to another
+        // secret: the AEAD refuses.
+        let mut tampered = w.clone();
+        tampered.enc[0] ^= 1;
+        assert_eq!(
+            unwrap_resource_key(&tampered, &rid, &alice).err(),
+            Some(WrapError::Undecryptable)
         );
     }
 }

@@ -1,4 +1,4 @@
-//! Ward's language-neutral test vectors (`vectors/ward-v1-*.json`): their
+//! Ward's language-neutral test vectors (`vectors/ward-v*.json`): their
 //! generator, and a replay that checks them the way an independent
 //! implementation would.
 //!
@@ -30,8 +30,8 @@
 //! | operation | draws, in order |
 //! |---|---|
 //! | `invite::create_invite` | 32 (the delegation key's Ed25519 seed) |
-//! | `wrap::wrap_resource_key`, `wrap::grant_user_key` | 32 (HPKE `ikmE`) |
-//! | `envelope::seal` | 32 resource key, 16 resource id, 24 nonce, then 32 (`ikmE`) per recipient, in recipient order |
+//! | `wrap::wrap_resource_key`, `wrap::grant_user_key` | 64 (X-Wing `eseed`) |
+//! | `envelope::seal` | 32 resource key, 16 resource id, 24 nonce, then 64 (X-Wing `eseed`) per recipient, in recipient order |
 //!
 //! Signing (Ed25519) and everything else is deterministic and draws nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -386,7 +386,7 @@ fn nonce24(bytes: &[u8]) -> [u8; 24] {
 }
 
 // ---------------------------------------------------------------------------
-// ward-v1-keys.json
+// ward-v2-keys.json
 // ---------------------------------------------------------------------------
 
 fn gen_keys() -> J {
@@ -432,16 +432,21 @@ fn gen_keys() -> J {
             _ => denc(label).public_key(),
         };
         assert_eq!(public, ukey(label).public_key());
+        assert_eq!(
+            public.id().as_bytes(),
+            &sha256(&framed(labels::HASH_KEY_ID, &[public.as_bytes()]))
+        );
         keys.push(o(vec![
             ("type", s(ty)),
-            ("algorithm", s("X25519")),
+            ("algorithm", s("X-Wing")),
             ("label", s(label)),
             ("secret", h(seed(label))),
             ("public", h(public.as_bytes())),
+            ("key_id", h(public.id().as_bytes())),
         ]));
     }
 
-    let all_labels: [(&str, &[u8]); 8] = [
+    let all_labels: [(&str, &[u8]); 9] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
@@ -450,6 +455,7 @@ fn gen_keys() -> J {
         ("HASH_ENTRY", labels::HASH_ENTRY),
         ("WRAP_INFO", labels::WRAP_INFO),
         ("GRANT_INFO", labels::GRANT_INFO),
+        ("HASH_KEY_ID", labels::HASH_KEY_ID),
     ];
     let labels_json = J::A(
         all_labels
@@ -509,9 +515,10 @@ fn gen_keys() -> J {
     );
 
     file(
-        "Ward v1 keys, labels, framing and padding lengths. Every secret is SHA-256 of its ASCII \
-         label. Ed25519 secrets are RFC 8032 32-byte seeds; X25519 secrets are the 32 raw scalar \
-         bytes as given, clamped on use (RFC 7748). Framing: label || 0x00 || (u32_be(len(part)) \
+        "Ward v2 keys, labels, framing and padding lengths. Every secret is SHA-256 of its ASCII \
+         label. Ed25519 secrets are RFC 8032 32-byte seeds; X-Wing secrets are 32-byte \
+         decapsulation-key seeds (draft-connolly-cfrg-xwing-kem-06 §5.2), their public keys the \
+         1216-byte encapsulation keys, key_id = SHA-256(framed(HASH_KEY_ID, [public])). Framing: label || 0x00 || (u32_be(len(part)) \
          || part)* (SECURITY.md §3); hashes are SHA-256 of the framed bytes. Padding: \
          padded_len = max(256, padme(4 + content_len)).",
         vec![
@@ -524,23 +531,317 @@ fn gen_keys() -> J {
 }
 
 // ---------------------------------------------------------------------------
-// ward-v1-wrap.json
+// ward-v2-wrap.json
 // ---------------------------------------------------------------------------
 
 const L_WRAP_RK: &str = "ward vector wrap resource key";
 const L_WRAP_RID: &str = "ward vector wrap resource id";
-const L_WRAP_IKM: &str = "ward vector wrap ikmE";
-const L_GRANT_IKM: &str = "ward vector grant ikmE";
+const L_WRAP_ESEED: &str = "ward vector wrap eseed";
+const L_GRANT_ESEED: &str = "ward vector grant eseed";
+const L_WRONG_INFO_ESEED: &str = "ward vector wrong info eseed";
+
+/// The X-Wing HPKE suite id, `"HPKE" || 0x647a || 0x0001 || 0x0003` (§6.2).
+const XWING_SUITE: &[u8] = b"HPKE\x64\x7a\x00\x01\x00\x03";
+
+/// HPKE base mode with X-Wing as SECURITY.md §6.2 writes it, independently of
+/// the core: the `x-wing` crate for the KEM (its own vectors are checked in
+/// the core), hkdf and chacha20poly1305 for the rest.
+struct Sealed32 {
+    shared_secret: Vec<u8>,
+    key: Vec<u8>,
+    base_nonce: Vec<u8>,
+    enc: Vec<u8>,
+    ct: Vec<u8>,
+}
+
+fn spec_seal(pk: &[u8], eseed: &[u8], info: &[u8], aad: &[u8], pt: &[u8]) -> Sealed32 {
+    use chacha20poly1305::ChaCha20Poly1305;
+    use hkdf::Hkdf;
+    let ek = x_wing::EncapsulationKey::try_from(pk).unwrap();
+    let eseed: [u8; 64] = eseed.try_into().unwrap();
+    let (enc, ss) = ek.encapsulate_deterministic(&eseed.into());
+    let extract = |salt: &[u8], label: &[u8], ikm: &[u8]| -> Vec<u8> {
+        let input = [b"HPKE-v1".as_slice(), XWING_SUITE, label, ikm].concat();
+        Hkdf::<Sha256>::extract(Some(salt), &input).0.to_vec()
+    };
+    let expand = |prk: &[u8], label: &[u8], info: &[u8], n: u16| -> Vec<u8> {
+        let i = [&n.to_be_bytes()[..], b"HPKE-v1", XWING_SUITE, label, info].concat();
+        let mut out = vec![0u8; usize::from(n)];
+        Hkdf::<Sha256>::from_prk(prk)
+            .unwrap()
+            .expand(&i, &mut out)
+            .unwrap();
+        out
+    };
+    let ks_context = [
+        &[0u8][..],
+        &extract(b"", b"psk_id_hash", b""),
+        &extract(b"", b"info_hash", info),
+    ]
+    .concat();
+    let secret = extract(&ss, b"secret", b"");
+    let key = expand(&secret, b"key", &ks_context, 32);
+    let base_nonce = expand(&secret, b"base_nonce", &ks_context, 12);
+    let k: [u8; 32] = key.clone().try_into().unwrap();
+    let n: [u8; 12] = base_nonce.clone().try_into().unwrap();
+    let ct = ChaCha20Poly1305::new(&k.into())
+        .encrypt(&n.into(), Payload { msg: pt, aad })
+        .unwrap();
+    Sealed32 {
+        shared_secret: ss.to_vec(),
+        key,
+        base_nonce,
+        enc: enc.to_vec(),
+        ct,
+    }
+}
+
+fn key_id(public: &EncryptionPublicKey) -> Vec<u8> {
+    public.id().as_bytes().to_vec()
+}
 
 /// Alice's resource key wrap, as in the wrap file.
 fn wrap_vector() -> (ResourceKey, ResourceId, WrappedKey) {
     let rk = ResourceKey::import_secret(&seed(L_WRAP_RK)).unwrap();
     let rid = ResourceId::from_slice(&short(L_WRAP_RID, 16)).unwrap();
-    let mut rng = ScriptRng::new(&[&seed(L_WRAP_IKM)]);
+    let mut rng = ScriptRng::new(&[&stream(L_WRAP_ESEED, 64)]);
     let w =
         wrap::wrap_resource_key(&mut rng, &rk, &rid, &ukey(L_ALICE_USER_2).public_key()).unwrap();
     rng.done();
     (rk, rid, w)
+}
+
+/// Alice's user key 2 granted to her device 2, as in the wrap file.
+fn grant_vector() -> DeviceGrant {
+    let mut rng = ScriptRng::new(&[&stream(L_GRANT_ESEED, 64)]);
+    let g = wrap::grant_user_key(
+        &mut rng,
+        &ukey(L_ALICE_USER_2),
+        &denc(L_ALICE_DEV2_ENC).public_key(),
+    )
+    .unwrap();
+    rng.done();
+    g
+}
+
+fn grant_inputs(g: &DeviceGrant, device_label: &str, user_label: &str) -> Vec<(&'static str, J)> {
+    vec![
+        ("grant", h(g.encode_to_vec())),
+        ("device_secret", h(seed(device_label))),
+        (
+            "expected_user_public",
+            h(ukey(user_label).public_key().as_bytes()),
+        ),
+    ]
+}
+
+/// Wrap and grant cases that must fail, beyond the binding checks of the
+/// negative file: wrong keys, tampered encapsulations, wrong info, bad keys.
+#[allow(clippy::too_many_lines)]
+fn wrap_negative_cases() -> Vec<Case> {
+    let (rk, rid, w) = wrap_vector();
+    let alice = ukey(L_ALICE_USER_2);
+    let bob = ukey(L_BOB_USER);
+    let mut cases = Vec::new();
+    let mut to_bob = w.clone();
+    to_bob.recipient_key = key_id(&bob.public_key());
+    cases.push(case(
+        "wrap_wrong_key",
+        "alice's wrapped key with recipient_key rewritten to bob's key id, unwrapped by bob: \
+         X-Wing decapsulates to another secret (ML-KEM's implicit rejection) and the AEAD refuses",
+        "unwrap_resource_key",
+        unwrap_inputs(&to_bob, rid.as_bytes(), L_BOB_USER),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+    for (name, description, at) in [
+        (
+            "wrap_tampered_enc_mlkem",
+            "first byte of enc (the ML-KEM-768 ciphertext) flipped",
+            0usize,
+        ),
+        (
+            "wrap_tampered_enc_x25519",
+            "first byte of enc's X25519 part (enc[1088]) flipped",
+            1088,
+        ),
+    ] {
+        let mut t = w.clone();
+        t.enc[at] ^= 1;
+        cases.push(case(
+            name,
+            description,
+            "unwrap_resource_key",
+            unwrap_inputs(&t, rid.as_bytes(), L_ALICE_USER_2),
+            "WrapError::Undecryptable",
+            vec![],
+        ));
+    }
+    let mut short_enc = w.clone();
+    short_enc.enc.pop();
+    cases.push(case(
+        "wrap_short_enc",
+        "enc of 1119 bytes",
+        "unwrap_resource_key",
+        unwrap_inputs(&short_enc, rid.as_bytes(), L_ALICE_USER_2),
+        "WrapError::Malformed",
+        vec![],
+    ));
+    let mut aad = rid.as_bytes().to_vec();
+    aad.extend_from_slice(&key_id(&alice.public_key()));
+    let wrong = spec_seal(
+        alice.public_key().as_bytes(),
+        &stream(L_WRONG_INFO_ESEED, 64),
+        labels::GRANT_INFO,
+        &aad,
+        &*rk.export_secret(),
+    );
+    let wrong_info = WrappedKey {
+        enc: wrong.enc,
+        ciphertext: wrong.ct,
+        ..w.clone()
+    };
+    cases.push(case(
+        "wrap_wrong_info",
+        "a resource key sealed to alice with the right aad but info = GRANT_INFO",
+        "unwrap_resource_key",
+        unwrap_inputs(&wrong_info, rid.as_bytes(), L_ALICE_USER_2),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+
+    let g = grant_vector();
+    cases.push(case(
+        "grant_wrong_device",
+        "alice's grant to device 2 opened by device 1",
+        "accept_grant",
+        grant_inputs(&g, L_ALICE_DEV1_ENC, L_ALICE_USER_2),
+        "WrapError::WrongRecipient",
+        vec![],
+    ));
+    cases.push(case(
+        "grant_wrong_user_key",
+        "the grant of user key 2 checked against user key 1 (another version)",
+        "accept_grant",
+        grant_inputs(&g, L_ALICE_DEV2_ENC, L_ALICE_USER_1),
+        "WrapError::WrongUserKey",
+        vec![],
+    ));
+    let mut t = g.clone();
+    t.enc[0] ^= 1;
+    cases.push(case(
+        "grant_tampered_enc",
+        "first byte of the grant's enc flipped",
+        "accept_grant",
+        grant_inputs(&t, L_ALICE_DEV2_ENC, L_ALICE_USER_2),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+    let device = denc(L_ALICE_DEV2_ENC).public_key();
+    let mut gaad = key_id(&alice.public_key());
+    gaad.extend_from_slice(&key_id(&device));
+    let wrong = spec_seal(
+        device.as_bytes(),
+        &stream(L_WRONG_INFO_ESEED, 64),
+        labels::WRAP_INFO,
+        &gaad,
+        &seed(L_ALICE_USER_2),
+    );
+    cases.push(case(
+        "grant_wrong_info",
+        "alice's user secret sealed to device 2 with the right aad but info = WRAP_INFO",
+        "accept_grant",
+        grant_inputs(
+            &DeviceGrant {
+                enc: wrong.enc,
+                ciphertext: wrong.ct,
+                ..g.clone()
+            },
+            L_ALICE_DEV2_ENC,
+            L_ALICE_USER_2,
+        ),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+    let planted = spec_seal(
+        device.as_bytes(),
+        &stream(L_WRONG_INFO_ESEED, 64),
+        labels::GRANT_INFO,
+        &gaad,
+        &seed(L_CAROL_USER),
+    );
+    cases.push(case(
+        "grant_planted_key",
+        "a well-formed grant, right info and aad, whose secret is another key (carol's): its \
+         public key is not the verified user key (G6)",
+        "accept_grant",
+        grant_inputs(
+            &DeviceGrant {
+                enc: planted.enc,
+                ciphertext: planted.ct,
+                ..g
+            },
+            L_ALICE_DEV2_ENC,
+            L_ALICE_USER_2,
+        ),
+        "WrapError::Undecryptable",
+        vec![],
+    ));
+
+    let good = *alice.public_key().as_bytes();
+    let mut low0 = good;
+    low0[1184..].fill(0);
+    let mut low1 = low0;
+    low1[1184] = 1;
+    let mut modulus = good;
+    modulus[0] = 0xff;
+    modulus[1] |= 0x0f;
+    for (name, description, bytes, error) in [
+        (
+            "key_v1_length",
+            "a 32-byte (v1, X25519-only) key",
+            good[1184..].to_vec(),
+            "KeyError::InvalidLength",
+        ),
+        (
+            "key_low_order_x25519_zero",
+            "alice's key with its X25519 part u = 0 (low order)",
+            low0.to_vec(),
+            "KeyError::InvalidPublicKey",
+        ),
+        (
+            "key_low_order_x25519_one",
+            "alice's key with its X25519 part u = 1 (low order)",
+            low1.to_vec(),
+            "KeyError::InvalidPublicKey",
+        ),
+        (
+            "key_mlkem_modulus",
+            "alice's key with its first ML-KEM coefficient set to 4095 >= q (FIPS 203 §7.2)",
+            modulus.to_vec(),
+            "KeyError::InvalidPublicKey",
+        ),
+    ] {
+        cases.push(case(
+            name,
+            description,
+            "parse_encryption_key",
+            vec![("public", h(bytes))],
+            error,
+            vec![],
+        ));
+    }
+    cases
+}
+
+fn case_json(c: Case) -> J {
+    o(vec![
+        ("name", s(c.name)),
+        ("description", s(c.description)),
+        ("operation", s(c.operation)),
+        ("inputs", o(c.inputs)),
+        ("error", s(&c.error)),
+    ])
 }
 
 fn gen_wrap() -> J {
@@ -549,24 +850,43 @@ fn gen_wrap() -> J {
     let back = wrap::unwrap_resource_key(&w, &rid, &alice).unwrap();
     assert_eq!(*back.export_secret(), *rk.export_secret());
     let mut aad = rid.as_bytes().to_vec();
-    aad.extend_from_slice(alice.public_key().as_bytes());
+    aad.extend_from_slice(&key_id(&alice.public_key()));
+    let spec = spec_seal(
+        alice.public_key().as_bytes(),
+        &stream(L_WRAP_ESEED, 64),
+        labels::WRAP_INFO,
+        &aad,
+        &*rk.export_secret(),
+    );
+    assert_eq!((&spec.enc, &spec.ct), (&w.enc, &w.ciphertext));
 
     let user = ukey(L_ALICE_USER_2);
     let device = denc(L_ALICE_DEV2_ENC);
-    let mut rng = ScriptRng::new(&[&seed(L_GRANT_IKM)]);
-    let g = wrap::grant_user_key(&mut rng, &user, &device.public_key()).unwrap();
-    rng.done();
+    let g = grant_vector();
     let back = wrap::accept_grant(&g, &device, &user.public_key()).unwrap();
     assert_eq!(back.public_key(), user.public_key());
-    let mut gaad = user.public_key().as_bytes().to_vec();
-    gaad.extend_from_slice(device.public_key().as_bytes());
+    let mut gaad = key_id(&user.public_key());
+    gaad.extend_from_slice(&key_id(&device.public_key()));
+    let gspec = spec_seal(
+        device.public_key().as_bytes(),
+        &stream(L_GRANT_ESEED, 64),
+        labels::GRANT_INFO,
+        &gaad,
+        &seed(L_ALICE_USER_2),
+    );
+    assert_eq!((&gspec.enc, &gspec.ct), (&g.enc, &g.ciphertext));
 
     file(
-        "Ward v1 key wrap (SECURITY.md §6): HPKE base mode, DHKEM(X25519, HKDF-SHA256), \
-         HKDF-SHA256, ChaCha20Poly1305, one seal at sequence 0. A resource key is wrapped to a \
-         user key with info = WRAP_INFO and aad = resource_id || recipient_public; a user key is \
-         granted to a device with info = GRANT_INFO and aad = user_public || device_public. \
-         ikm_e is the single 32-byte draw (HPKE DeriveKeyPair input of the ephemeral key).",
+        "Ward v2 key wrap (SECURITY.md §6): HPKE base mode (RFC 9180) with the X-Wing KEM \
+         (draft-connolly-cfrg-xwing-kem-06, kem_id 0x647a), HKDF-SHA256, ChaCha20Poly1305, one \
+         seal at sequence 0. suite_id = \"HPKE\" || 0x647a || 0x0001 || 0x0003; shared_secret is \
+         X-Wing's; enc is the 1120-byte X-Wing ciphertext, from EncapsulateDerand(pk, eseed) \
+         with eseed the single 64-byte draw. Key ids: SHA-256(framed(HASH_KEY_ID, [public])). A \
+         resource key is wrapped to a user key with info = WRAP_INFO and aad = resource_id || \
+         recipient_key_id; a user key's 32-byte seed is granted to a device with info = \
+         GRANT_INFO and aad = user_key_id || device_key_id. negative: inputs that must fail \
+         with the error given (unwrap_resource_key, accept_grant with the expected user key \
+         from the verified log, parse_encryption_key).",
         vec![
             (
                 "resource_key_wrap",
@@ -578,10 +898,14 @@ fn gen_wrap() -> J {
                     ("recipient_secret_label", s(L_ALICE_USER_2)),
                     ("recipient_secret", h(seed(L_ALICE_USER_2))),
                     ("recipient_public", h(alice.public_key().as_bytes())),
+                    ("recipient_key_id", h(key_id(&alice.public_key()))),
                     ("info", h(labels::WRAP_INFO)),
                     ("aad", h(&aad)),
-                    ("ikm_e_label", s(L_WRAP_IKM)),
-                    ("ikm_e", h(seed(L_WRAP_IKM))),
+                    ("eseed_label", s(L_WRAP_ESEED)),
+                    ("eseed", h(stream(L_WRAP_ESEED, 64))),
+                    ("shared_secret", h(&spec.shared_secret)),
+                    ("key", h(&spec.key)),
+                    ("base_nonce", h(&spec.base_nonce)),
                     (
                         "wrapped_key",
                         o(vec![
@@ -600,13 +924,18 @@ fn gen_wrap() -> J {
                     ("user_secret_label", s(L_ALICE_USER_2)),
                     ("user_secret", h(seed(L_ALICE_USER_2))),
                     ("user_public", h(user.public_key().as_bytes())),
+                    ("user_key_id", h(key_id(&user.public_key()))),
                     ("device_secret_label", s(L_ALICE_DEV2_ENC)),
                     ("device_secret", h(seed(L_ALICE_DEV2_ENC))),
                     ("device_public", h(device.public_key().as_bytes())),
+                    ("device_key_id", h(key_id(&device.public_key()))),
                     ("info", h(labels::GRANT_INFO)),
                     ("aad", h(&gaad)),
-                    ("ikm_e_label", s(L_GRANT_IKM)),
-                    ("ikm_e", h(seed(L_GRANT_IKM))),
+                    ("eseed_label", s(L_GRANT_ESEED)),
+                    ("eseed", h(stream(L_GRANT_ESEED, 64))),
+                    ("shared_secret", h(&gspec.shared_secret)),
+                    ("key", h(&gspec.key)),
+                    ("base_nonce", h(&gspec.base_nonce)),
                     (
                         "grant",
                         o(vec![
@@ -618,6 +947,10 @@ fn gen_wrap() -> J {
                     ),
                     ("encoded", h(g.encode_to_vec())),
                 ]),
+            ),
+            (
+                "negative",
+                J::A(wrap_negative_cases().into_iter().map(case_json).collect()),
             ),
         ],
     )
@@ -663,7 +996,7 @@ struct Draws {
     rk: [u8; 32],
     rid: Vec<u8>,
     nonce: Vec<u8>,
-    ikm: Vec<[u8; 32]>,
+    ikm: Vec<Vec<u8>>,
     labels: Vec<String>,
 }
 
@@ -673,8 +1006,8 @@ fn draws(prefix: &str, recipients: &[&str]) -> Draws {
     let ikm = recipients
         .iter()
         .map(|r| {
-            labels.push(l(&format!("ikmE {r}")));
-            seed(&l(&format!("ikmE {r}")))
+            labels.push(l(&format!("eseed {r}")));
+            stream(&l(&format!("eseed {r}")), 64)
         })
         .collect();
     Draws {
@@ -776,7 +1109,7 @@ fn envelope_case(inputs: &SealInputs) -> J {
                 ("user_secret_label", s(label)),
                 ("user_secret", h(seed(label))),
                 ("user_public", h(ukey(label).public_key().as_bytes())),
-                ("ikm_e", h(ikm)),
+                ("eseed", h(ikm)),
                 ("wrapped_key", h(w.encode_to_vec())),
             ])
         })
@@ -821,7 +1154,7 @@ fn gen_envelope() -> J {
     let (bob_entries, _) = bob_log();
     file(
         "Ward v1 envelopes (SECURITY.md §7). seal draws, in order: resource_key (32), \
-         resource_id (16), nonce (24), then ikm_e (32) per recipient in recipient order. header \
+         resource_id (16), nonce (24), then eseed (64) per recipient in recipient order. header \
          is the encoded EnvelopeHeader (protobuf); ciphertext = XChaCha20-Poly1305(key = \
          resource_key, nonce, aad = header, padded_plaintext); signature = Ed25519(sender \
          device, signature_input) with signature_input = framed(SIG_ENVELOPE, [header, \
@@ -1203,7 +1536,7 @@ fn negative_cases() -> Vec<Case> {
     let mut cases = Vec::new();
 
     // --- key wrap ---
-    let (rk, rid, w) = wrap_vector();
+    let (_, rid, w) = wrap_vector();
     cases.push(case(
         "wrap_wrong_recipient",
         "alice's wrapped key unwrapped with bob's user key",
@@ -1243,37 +1576,18 @@ fn negative_cases() -> Vec<Case> {
         vec![],
     ));
     let mut low_enc = w.clone();
-    low_enc.enc = vec![0; 32];
+    low_enc.enc[1088..].fill(0);
     cases.push(case(
         "unwrap_low_order_enc",
-        "the encapsulated key is the all-zero (low-order) point: DH output is zero",
+        "the X25519 part of enc (its last 32 bytes) is the all-zero (low-order) point: the \
+         X25519 output is zero",
         "unwrap_resource_key",
         unwrap_inputs(&low_enc, rid.as_bytes(), L_ALICE_USER_2),
         "WrapError::NonContributory",
         vec![],
     ));
-    for (name, point) in [
-        ("wrap_low_order_recipient_zero", [0u8; 32]),
-        ("wrap_low_order_recipient_one", {
-            let mut p = [0u8; 32];
-            p[0] = 1;
-            p
-        }),
-    ] {
-        cases.push(case(
-            name,
-            "wrap to a low-order recipient key (u = 0 or u = 1): DH output is zero",
-            "wrap_resource_key",
-            vec![
-                ("resource_key", h(*rk.export_secret())),
-                ("resource_id", h(rid.as_bytes())),
-                ("recipient_public", h(point)),
-                ("ikm_e", h(seed(L_WRAP_IKM))),
-            ],
-            "WrapError::NonContributory",
-            vec![],
-        ));
-    }
+    // Low-order recipient keys can no longer be named: they fail to parse
+    // (ward-v2-wrap.json, parse_encryption_key).
 
     // --- envelopes ---
     let (d, sealed) = sealed_envelope(&text_inputs());
@@ -1685,8 +1999,8 @@ fn gen_negative() -> J {
     file(
         "Ward v1 negative cases: each must fail with exactly the named error (Rust: \
          Enum::Variant, with error_fields where the variant carries them). Operations: \
-         unwrap_resource_key(wrapped_key, resource_id, user_secret); \
-         wrap_resource_key(resource_key, resource_id, recipient_public, ikm_e); \
+         unwrap_resource_key(wrapped_key, resource_id, user_secret) (more wrap, grant and \
+         key cases in ward-v2-wrap.json); \
          parse_envelope(envelope); open_envelope: parse, verify_log(org_root_public, \
          sender_user_id, sender_log) (which succeeds), then open(sender chain, me, \
          resource_key); verify_log(org_root_public, user_id, log); \
@@ -1752,18 +2066,24 @@ fn run_negative(name: &str, op: &str, inputs: &Value, expected: &str, fields: &[
                 fields,
             );
         }
-        "wrap_resource_key" => {
-            let rk = ResourceKey::import_secret(&hx(&inputs["resource_key"])).unwrap();
-            let rid = ResourceId::from_slice(&hx(&inputs["resource_id"])).unwrap();
-            let mut rng = ScriptRng::new(&[&hx(&inputs["ikm_e"])]);
-            let r = wrap::wrap_resource_key(
-                &mut rng,
-                &rk,
-                &rid,
-                &enc_public(&inputs["recipient_public"]),
+        "accept_grant" => {
+            let g = DeviceGrant::decode(hx(&inputs["grant"]).as_slice()).unwrap();
+            let device = DeviceEncryptionKey::import_secret(&hx(&inputs["device_secret"])).unwrap();
+            let expected_user = enc_public(&inputs["expected_user_public"]);
+            assert_error(
+                &what,
+                wrap::accept_grant(&g, &device, &expected_user),
+                expected,
+                fields,
             );
-            rng.done();
-            assert_error(&what, r, expected, fields);
+        }
+        "parse_encryption_key" => {
+            assert_error(
+                &what,
+                EncryptionPublicKey::from_bytes(&hx(&inputs["public"])),
+                expected,
+                fields,
+            );
         }
         "parse_envelope" => {
             assert_error(
@@ -1859,19 +2179,26 @@ fn replay_keys(v: &Value) {
         };
         assert_eq!(public, hx(&k["public"]), "{}", k["label"]);
         // Independently of the core's types.
-        let direct = match st(&k["algorithm"]) {
+        let direct: Vec<u8> = match st(&k["algorithm"]) {
             "Ed25519" => SigningKey::from_bytes(&secret.clone().try_into().unwrap())
                 .verifying_key()
-                .to_bytes(),
-            "X25519" => x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(
-                <[u8; 32]>::try_from(secret).unwrap(),
-            ))
-            .to_bytes(),
+                .to_bytes()
+                .to_vec(),
+            "X-Wing" => {
+                use x_wing::{Decapsulator, KeyExport};
+                let dk = x_wing::DecapsulationKey::from(<[u8; 32]>::try_from(secret).unwrap());
+                let pk = dk.encapsulation_key().to_bytes().to_vec();
+                assert_eq!(
+                    sha256(&framed(labels::HASH_KEY_ID, &[&pk])).to_vec(),
+                    hx(&k["key_id"])
+                );
+                pk
+            }
             other => panic!("unknown algorithm {other}"),
         };
         assert_eq!(direct.to_vec(), public);
     }
-    let core_labels: [(&str, &[u8]); 8] = [
+    let core_labels: [(&str, &[u8]); 9] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
@@ -1880,6 +2207,7 @@ fn replay_keys(v: &Value) {
         ("HASH_ENTRY", labels::HASH_ENTRY),
         ("WRAP_INFO", labels::WRAP_INFO),
         ("GRANT_INFO", labels::GRANT_INFO),
+        ("HASH_KEY_ID", labels::HASH_KEY_ID),
     ];
     let listed = v["labels"].as_array().unwrap();
     assert_eq!(listed.len(), core_labels.len());
@@ -1910,13 +2238,30 @@ fn replay_wrap(v: &Value) {
     assert_eq!(w.recipient_key, hx(&f["recipient_key"]));
     assert_eq!(w.enc, hx(&f["enc"]));
     assert_eq!(w.ciphertext, hx(&f["ciphertext"]));
+    assert_eq!((w.enc.len(), w.ciphertext.len()), (1120, 48));
     assert_eq!(w.resource_id, hx(&r["resource_id"]));
-    assert_eq!(w.recipient_key, hx(&r["recipient_public"]));
+    assert_eq!(w.recipient_key, hx(&r["recipient_key_id"]));
+    assert_eq!(
+        hx(&r["recipient_key_id"]),
+        sha256(&framed(labels::HASH_KEY_ID, &[&hx(&r["recipient_public"])]))
+    );
     assert_eq!(hx(&r["info"]), labels::WRAP_INFO);
     assert_eq!(
         hx(&r["aad"]),
-        [hx(&r["resource_id"]), hx(&r["recipient_public"])].concat()
+        [hx(&r["resource_id"]), hx(&r["recipient_key_id"])].concat()
     );
+    // The spec's construction, step by step, gives the same bytes.
+    let spec = spec_seal(
+        &hx(&r["recipient_public"]),
+        &hx(&r["eseed"]),
+        &hx(&r["info"]),
+        &hx(&r["aad"]),
+        &hx(&r["resource_key"]),
+    );
+    assert_eq!(spec.shared_secret, hx(&r["shared_secret"]));
+    assert_eq!(spec.key, hx(&r["key"]));
+    assert_eq!(spec.base_nonce, hx(&r["base_nonce"]));
+    assert_eq!((spec.enc, spec.ct), (w.enc.clone(), w.ciphertext.clone()));
     let rid = ResourceId::from_slice(&hx(&r["resource_id"])).unwrap();
     let user = UserEncryptionKey::import_secret(&hx(&r["recipient_secret"])).unwrap();
     assert_eq!(
@@ -1925,8 +2270,8 @@ fn replay_wrap(v: &Value) {
     );
     let key = wrap::unwrap_resource_key(&w, &rid, &user).unwrap();
     assert_eq!(key.export_secret().to_vec(), hx(&r["resource_key"]));
-    // Wrapping again with the same ikmE gives the same bytes.
-    let mut rng = ScriptRng::new(&[&hx(&r["ikm_e"])]);
+    // Wrapping again with the same eseed gives the same bytes.
+    let mut rng = ScriptRng::new(&[&hx(&r["eseed"])]);
     let again = wrap::wrap_resource_key(&mut rng, &key, &rid, &user.public_key()).unwrap();
     rng.done();
     assert_eq!(again.encode_to_vec(), encoded);
@@ -1939,10 +2284,24 @@ fn replay_wrap(v: &Value) {
     assert_eq!(grant.device_key, hx(&f["device_key"]));
     assert_eq!(grant.enc, hx(&f["enc"]));
     assert_eq!(grant.ciphertext, hx(&f["ciphertext"]));
+    assert_eq!(grant.user_key, hx(&g["user_key_id"]));
+    assert_eq!(grant.device_key, hx(&g["device_key_id"]));
     assert_eq!(hx(&g["info"]), labels::GRANT_INFO);
     assert_eq!(
         hx(&g["aad"]),
-        [hx(&g["user_public"]), hx(&g["device_public"])].concat()
+        [hx(&g["user_key_id"]), hx(&g["device_key_id"])].concat()
+    );
+    let spec = spec_seal(
+        &hx(&g["device_public"]),
+        &hx(&g["eseed"]),
+        &hx(&g["info"]),
+        &hx(&g["aad"]),
+        &hx(&g["user_secret"]),
+    );
+    assert_eq!(spec.shared_secret, hx(&g["shared_secret"]));
+    assert_eq!(
+        (spec.enc, spec.ct),
+        (grant.enc.clone(), grant.ciphertext.clone())
     );
     let device = DeviceEncryptionKey::import_secret(&hx(&g["device_secret"])).unwrap();
     assert_eq!(
@@ -1952,10 +2311,31 @@ fn replay_wrap(v: &Value) {
     let user_public = enc_public(&g["user_public"]);
     let user = wrap::accept_grant(&grant, &device, &user_public).unwrap();
     assert_eq!(user.export_secret().to_vec(), hx(&g["user_secret"]));
-    let mut rng = ScriptRng::new(&[&hx(&g["ikm_e"])]);
+    let mut rng = ScriptRng::new(&[&hx(&g["eseed"])]);
     let again = wrap::grant_user_key(&mut rng, &user, &device.public_key()).unwrap();
     rng.done();
     assert_eq!(again.encode_to_vec(), encoded);
+
+    let cases = v["negative"].as_array().unwrap();
+    let mut seen = Vec::new();
+    for c in cases {
+        let name = st(&c["name"]);
+        run_negative(
+            name,
+            st(&c["operation"]),
+            &c["inputs"],
+            st(&c["error"]),
+            &[],
+        );
+        seen.push(st(&c["operation"]));
+    }
+    for op in [
+        "unwrap_resource_key",
+        "accept_grant",
+        "parse_encryption_key",
+    ] {
+        assert!(seen.contains(&op), "no wrap negative case for {op}");
+    }
 }
 
 fn replay_envelope(v: &Value) {
@@ -2060,7 +2440,7 @@ fn replay_envelope(v: &Value) {
         }
 
         // Sealing again from the same draws gives the same bytes.
-        let ikms: Vec<Vec<u8>> = wrapped.iter().map(|w| hx(&w["ikm_e"])).collect();
+        let ikms: Vec<Vec<u8>> = wrapped.iter().map(|w| hx(&w["eseed"])).collect();
         let (rid, nonce) = (hx(&inp["resource_id"]), hx(&inp["nonce"]));
         let mut script: Vec<&[u8]> = vec![&rk, &rid, &nonce];
         script.extend(ikms.iter().map(Vec::as_slice));
@@ -2324,8 +2704,8 @@ fn replay_negative(v: &Value) {
 
 fn generate() -> Vec<(&'static str, String)> {
     vec![
-        ("ward-v1-keys.json", to_text(&gen_keys())),
-        ("ward-v1-wrap.json", to_text(&gen_wrap())),
+        ("ward-v2-keys.json", to_text(&gen_keys())),
+        ("ward-v2-wrap.json", to_text(&gen_wrap())),
         ("ward-v1-envelope.json", to_text(&gen_envelope())),
         ("ward-v1-signatures.json", to_text(&gen_signatures())),
         ("ward-v1-chain.json", to_text(&gen_chain())),
@@ -2384,8 +2764,8 @@ fn committed_vectors_replay() {
 }
 
 fn replay_all() {
-    replay_keys(&load("ward-v1-keys.json"));
-    replay_wrap(&load("ward-v1-wrap.json"));
+    replay_keys(&load("ward-v2-keys.json"));
+    replay_wrap(&load("ward-v2-wrap.json"));
     replay_envelope(&load("ward-v1-envelope.json"));
     replay_signatures(&load("ward-v1-signatures.json"));
     replay_chain(&load("ward-v1-chain.json"));

@@ -85,8 +85,10 @@ impl Default for KsLimits {
     fn default() -> Self {
         Self {
             net: ward_net::Limits {
-                // 256 recipients of ~150 bytes, or a handful of logs: far below.
-                max_frame_bytes: 1 << 20,
+                // 256 wrapped keys of ~1.2 KB (X-Wing, SECURITY.md §5) fit in
+                // 1 MiB, but the logs of 256 recipients (a user creation alone
+                // is ~3 KB) do not: 4 MiB.
+                max_frame_bytes: 4 << 20,
                 auth_timeout: Duration::from_secs(10),
             },
             max_items_per_request: 256,

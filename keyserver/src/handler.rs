@@ -52,9 +52,11 @@ pub struct Ctx {
 }
 
 const RESOURCE_ID_BYTES: usize = 16;
-const KEY_BYTES: usize = 32;
+/// Wrapped keys and grants name keys by their 32-byte ids (SECURITY.md §5).
+const KEY_BYTES: usize = ward_core::wrap::KEY_ID_BYTES;
 const SIGNATURE_BYTES: usize = 64;
-const WRAPPED_CIPHERTEXT_BYTES: usize = 48;
+const ENC_BYTES: usize = ward_core::wrap::ENC_BYTES;
+const WRAPPED_CIPHERTEXT_BYTES: usize = ward_core::wrap::CIPHERTEXT_BYTES;
 
 fn count_ok(n: usize, max: usize, what: &str) -> Result<(), RequestError> {
     if n == 0 {
@@ -145,7 +147,7 @@ pub fn check_request(
                     .ok_or_else(|| RequestError::malformed(format!("entry {i}: missing key")))?;
                 len_ok(&w.resource_id, RESOURCE_ID_BYTES, "resource id")?;
                 len_ok(&w.recipient_key, KEY_BYTES, "recipient key")?;
-                len_ok(&w.enc, KEY_BYTES, "enc")?;
+                len_ok(&w.enc, ENC_BYTES, "enc")?;
                 len_ok(&w.ciphertext, WRAPPED_CIPHERTEXT_BYTES, "ciphertext")?;
             }
         }
@@ -160,7 +162,7 @@ pub fn check_request(
             for g in &p.grants {
                 len_ok(&g.user_key, KEY_BYTES, "user key")?;
                 len_ok(&g.device_key, KEY_BYTES, "device key")?;
-                len_ok(&g.enc, KEY_BYTES, "enc")?;
+                len_ok(&g.enc, ENC_BYTES, "enc")?;
                 len_ok(&g.ciphertext, WRAPPED_CIPHERTEXT_BYTES, "ciphertext")?;
             }
         }
@@ -365,7 +367,7 @@ mod tests {
                     key: Some(WrappedKey {
                         resource_id: vec![1; 16],
                         recipient_key: vec![2; 32],
-                        enc: vec![3; 32],
+                        enc: vec![3; ENC_BYTES],
                         ciphertext: vec![4; ct],
                     }),
                 }],

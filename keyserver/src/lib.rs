@@ -33,7 +33,7 @@
 //! | `--listen` | `WARD_KEYSERVER_LISTEN` | `127.0.0.1:7071` | TCP address to listen on |
 //! | `--db` | `WARD_KEYSERVER_DB` | `keyserver.db` | SQLite database file (created if missing) |
 //! | `--org-root` | `WARD_KEYSERVER_ORG_ROOT` | required | organisation root public key, hex |
-//! | `--max-frame-bytes` | `WARD_KEYSERVER_MAX_FRAME_BYTES` | 1048576 | largest WebSocket message |
+//! | `--max-frame-bytes` | `WARD_KEYSERVER_MAX_FRAME_BYTES` | 4194304 | largest WebSocket message |
 //! | `--auth-timeout-secs` | `WARD_KEYSERVER_AUTH_TIMEOUT_SECS` | 10 | time to finish the handshake |
 //! | `--max-items` | `WARD_KEYSERVER_MAX_ITEMS` | 256 | items per request (keys, ids, grants, users) |
 //! | `--rate` | `WARD_KEYSERVER_RATE` | 50 | sustained requests per second per device |

@@ -14,11 +14,11 @@
 //!
 //! | table | rows | key |
 //! |---|---|---|
-//! | `users` | one per user: current encryption key, rotation pending, log length | `user_id` |
+//! | `users` | one per user: current encryption key id, rotation pending, log length | `user_id` |
 //! | `log_entries` | each verified statement, exactly as signed, with its entry hash | `(user_id, seq)` |
 //! | `used_invites` | hash of every invite used | `invite_hash` |
-//! | `devices` | each device ever added, with its X25519 key and `active` flag | `(user_id, device_id)` |
-//! | `user_keys` | every encryption key a user has had | `(user_id, user_key)` |
+//! | `devices` | each device ever added, with its encryption key id and `active` flag | `(user_id, device_id)` |
+//! | `user_keys` | every encryption key (by id) a user has had | `(user_id, user_key)` |
 //! | `wrapped_keys` | resource keys wrapped to a user key, with sender and time | `(resource_id, recipient_user)` |
 //! | `device_grants` | a user key wrapped to one of its devices | `(user_id, user_key, device_key)` |
 //! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key and grant read | `id` |
@@ -354,6 +354,9 @@ fn insert_entry(
 }
 
 /// What a verified entry will write.
+// One short-lived plan per append: the 1.2 KB X-Wing key in `Change` is not
+// worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Plan {
     Create(Box<ward_core::chain::VerifiedUser>),
     Next { seq: u64, change: Change },
@@ -452,6 +455,8 @@ fn set_user_key(
     key: &ward_core::keys::EncryptionPublicKey,
     seq: u64,
 ) -> Result<(), rusqlite::Error> {
+    // Keys are stored as their ids: wrapped keys and grants name them so (§5).
+    let key = key.id();
     let key = key.as_bytes().as_slice();
     tx.execute(
         "UPDATE users SET current_key = ?2, rotation_pending = 0 WHERE user_id = ?1",
@@ -494,7 +499,8 @@ fn write_plan(
                     "user already exists",
                 ));
             }
-            let key = user.encryption_key().as_bytes().as_slice();
+            let key = user.encryption_key().id();
+            let key = key.as_bytes().as_slice();
             tx.execute(
                 "INSERT INTO users (user_id, current_key, log_len, created_at) VALUES (?1, ?2, 1, ?3)",
                 params![user_id, key, now as i64],
@@ -515,7 +521,7 @@ fn write_plan(
                     params![
                         user_id,
                         d.signing_key.as_bytes().as_slice(),
-                        d.encryption_key.as_bytes().as_slice()
+                        d.encryption_key.id().as_bytes().as_slice()
                     ],
                 )?;
             }
@@ -539,7 +545,7 @@ fn write_plan(
                         params![
                             user_id,
                             d.signing_key.as_bytes().as_slice(),
-                            d.encryption_key.as_bytes().as_slice(),
+                            d.encryption_key.id().as_bytes().as_slice(),
                             seq as i64
                         ],
                     )?;

@@ -438,42 +438,121 @@ fn write_fixture(path: &Path) {
     s.lock();
 }
 
-/// Opens `tests/fixtures/store-v1.db` (committed) and reads back every row
-/// written by `write_fixture`. A change of the header, the KDF, the SQLCipher
-/// settings or the schema that breaks existing stores fails here. To
-/// regenerate after an intended format change (with a migration!):
-/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store fixture`.
-#[test]
-fn the_committed_fixture_still_opens() {
-    assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
-    assert_eq!(SCHEMA_VERSION, 1, "new schema: add a fixture for it");
-    let committed = fixture_dir().join("store-v1.db");
-    if std::env::var_os("WARD_WRITE_FIXTURES").is_some() {
-        Store::wipe(&committed).unwrap();
-        write_fixture(&committed);
-    }
-    // Work on a copy: unlocking writes the header and the WAL.
-    let (_d, path) = tmp();
+/// A copy of a committed fixture in a temporary directory: unlocking writes
+/// the header and the WAL.
+fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let committed = fixture_dir().join(name);
+    let (d, path) = tmp();
     std::fs::copy(&committed, &path).unwrap();
     let mut h = path.as_os_str().to_owned();
     h.push(".header");
     let mut ch = committed.as_os_str().to_owned();
     ch.push(".header");
     std::fs::copy(&ch, &h).unwrap();
+    (d, path)
+}
 
-    // The header, byte by byte (see SECURITY.md §14).
-    let header = header_bytes(&path);
+/// The header, byte by byte (see SECURITY.md §14.3): the same in both fixtures.
+fn check_fixture_header(path: &Path) {
+    let header = header_bytes(path);
     assert_eq!(header.len(), 108);
     assert_eq!(&header[0..12], b"WARDSTOR\x00\x01\x00\x01");
     assert_eq!(&header[12..24], &[0, 0, 0x20, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
     assert_eq!(&header[24..40], &FIXTURE_SALT);
     assert_eq!(&header[40..48], &[0, 0, 0, 10, 0, 0, 0, 0]);
+}
 
+/// What both fixtures hold besides keys.
+fn check_fixture_content(s: &Store) {
+    let conv = s
+        .conversation(&ConversationId(FIXTURE_CONV))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        conv.members,
+        vec!["fixture@ward".to_string(), "peer@ward".into()]
+    );
+    assert_eq!(
+        s.messages(&ConversationId(FIXTURE_CONV)).unwrap(),
+        fixture_messages()
+    );
+}
+
+/// Opens `tests/fixtures/store-v1.db`, written by the v1 SDK (schema 1,
+/// X25519 device and user keys; never regenerated). It migrates to schema 2
+/// and opens: the messages are all there, but its keys cannot serve protocol
+/// v2, so the identity reports `ReenrollRequired` until the app resets the
+/// store and the device enrolls again (SECURITY.md §14.9).
+#[test]
+fn the_v1_fixture_opens_and_asks_to_reenroll() {
+    assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
+    assert_eq!(SCHEMA_VERSION, 2, "new schema: add a fixture for it");
+    let (_d, path) = fixture_copy("store-v1.db");
+    check_fixture_header(&path);
     assert!(matches!(
         Store::unlock(&path, &pin("000000"), None),
         Err(StoreError::WrongPin { attempts_left: 9 })
     ));
+    let mut s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    assert!(matches!(s.identity(), Err(StoreError::ReenrollRequired)));
+    assert!(s.holds_v1_keys().unwrap());
+    // The v1 user key ([3; 32] as an X25519 secret) is never handed out,
+    // not even as the X-Wing key the same 32 bytes would make.
+    assert!(s.user_keys().unwrap().is_empty());
+    let same_bytes = UserEncryptionKey::import_secret(&[3; 32]).unwrap();
+    assert!(s.user_key(&same_bytes.public_key()).unwrap().is_none());
+    check_fixture_content(&s);
+    assert_eq!(
+        s.verified_log("peer@ward").unwrap().unwrap(),
+        vec![b"statement 0".to_vec(), b"statement 1".to_vec()]
+    );
+    assert_eq!(s.relay_cursor().unwrap(), Some(42));
+
+    // The app resets the store and enrolls again; the history stays.
+    assert!(s.reset_for_reenrollment().unwrap());
+    assert!(!s.reset_for_reenrollment().unwrap(), "once only");
+    assert!(s.identity().unwrap().is_none());
+    assert!(!s.holds_v1_keys().unwrap());
+    assert!(s.verified_log("peer@ward").unwrap().is_none());
+    assert!(s.outbox_peek().unwrap().is_none());
+    assert_eq!(s.relay_cursor().unwrap(), None);
+    check_fixture_content(&s);
+    let mut rng = rand::rng();
+    let device = DeviceSigningKey::generate(&mut rng);
+    let device_enc = DeviceEncryptionKey::generate(&mut rng);
+    let user_key = UserEncryptionKey::generate(&mut rng);
+    s.set_identity(&Identity {
+        user_id: "fixture@ward".into(),
+        device_signing: DeviceSigningKey::import_secret(&*device.export_secret()).unwrap(),
+        device_encryption: DeviceEncryptionKey::import_secret(&*device_enc.export_secret())
+            .unwrap(),
+    })
+    .unwrap();
+    s.add_user_key(&user_key).unwrap();
+    s.lock();
     let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    let id = s.identity().unwrap().unwrap();
+    assert_eq!(id.device_encryption.public_key(), device_enc.public_key());
+    assert!(s.user_key(&user_key.public_key()).unwrap().is_some());
+    check_fixture_content(&s);
+}
+
+/// Opens `tests/fixtures/store-v2.db` (committed) and reads back every row
+/// written by `write_fixture`. A change of the header, the KDF, the SQLCipher
+/// settings or the schema that breaks existing stores fails here. To
+/// regenerate after an intended format change (with a migration!):
+/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store fixture`.
+#[test]
+fn the_committed_v2_fixture_still_opens() {
+    let committed = fixture_dir().join("store-v2.db");
+    if std::env::var_os("WARD_WRITE_FIXTURES").is_some() {
+        let _ = Store::wipe(&committed);
+        write_fixture(&committed);
+    }
+    let (_d, path) = fixture_copy("store-v2.db");
+    check_fixture_header(&path);
+    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    assert!(!s.holds_v1_keys().unwrap());
     let id = s.identity().unwrap().unwrap();
     assert_eq!(id.user_id, "fixture@ward");
     assert_eq!(
@@ -488,22 +567,12 @@ fn the_committed_fixture_still_opens() {
     );
     let uk = UserEncryptionKey::import_secret(&[3; 32]).unwrap();
     assert!(s.user_key(&uk.public_key()).unwrap().is_some());
+    assert_eq!(s.user_keys().unwrap().len(), 1);
     assert_eq!(
         s.verified_log("peer@ward").unwrap().unwrap(),
         vec![b"statement 0".to_vec(), b"statement 1".to_vec()]
     );
-    let conv = s
-        .conversation(&ConversationId(FIXTURE_CONV))
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        conv.members,
-        vec!["fixture@ward".to_string(), "peer@ward".into()]
-    );
-    assert_eq!(
-        s.messages(&ConversationId(FIXTURE_CONV)).unwrap(),
-        fixture_messages()
-    );
+    check_fixture_content(&s);
     let out = s.outbox_peek().unwrap().unwrap();
     assert_eq!(&out.payload[..], b"queued payload");
     assert_eq!(out.created_at_ms, 1_790_000_000_002);

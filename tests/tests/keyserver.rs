@@ -499,7 +499,7 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
             AccessKind::DeviceGrant,
             "dr.b",
             b2.signing.public_key().as_bytes().to_vec(),
-            b_key2.public_key().as_bytes().to_vec()
+            b_key2.public_key().id().as_bytes().to_vec()
         )
     );
     let opened = accept_grant(&got, &b2.encryption, b_seen.encryption_key()).unwrap();

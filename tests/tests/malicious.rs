@@ -993,6 +993,9 @@ struct KeyState {
     lie: Option<KeyLie>,
     /// The first wrapped key served to Bob (resource X).
     first: Option<WrappedKey>,
+    /// Bob's user key, from his log as served: a wrapped key names it only
+    /// by id (SECURITY.md §5).
+    bob_key: Option<ward_core::keys::EncryptionPublicKey>,
 }
 
 /// The keyserver returns the wrapped key of another resource, or a planted
@@ -1005,9 +1008,16 @@ async fn keyserver_returns_the_wrapped_key_of_another_resource() {
     let w = World::new().await;
     let state = Arc::new(Mutex::new(KeyState::default()));
     let st = state.clone();
+    let root = w.org.root_public();
     w.ks_proxy
         .set_hook(ks_hook(move |peer, mut resp: KsResponse| {
             let mut st = st.lock().unwrap();
+            if let Some(ks_response::Body::Logs(logs)) = resp.body.as_ref()
+                && let Some(log) = logs.logs.get("bob@chu")
+                && let Ok(chain) = verify_log(&root, "bob@chu", &log.entries)
+            {
+                st.bob_key = Some(*chain.encryption_key());
+            }
             if peer.user_id != "bob@chu" {
                 return vec![resp];
             }
@@ -1029,9 +1039,8 @@ async fn keyserver_returns_the_wrapped_key_of_another_resource() {
                     }
                     Some(KeyLie::Planted) => {
                         let rid = ResourceId::from_slice(&asked.resource_id).unwrap();
-                        let pk =
-                            ward_core::keys::EncryptionPublicKey::from_bytes(&asked.recipient_key)
-                                .unwrap();
+                        let pk = st.bob_key.unwrap();
+                        assert_eq!(pk.id().as_bytes()[..], asked.recipient_key[..]);
                         let k = ResourceKey::generate(&mut rand::rng());
                         keys.keys =
                             vec![wrap_resource_key(&mut rand::rng(), &k, &rid, &pk).unwrap()];

@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "text")]
     log_format: ward_ops::logging::LogFormat,
     /// Largest WebSocket message accepted, in bytes.
-    #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 4 << 20)]
     max_frame_bytes: usize,
     /// Seconds a new connection has to complete the handshake.
     #[arg(long, env = "WARD_KEYSERVER_AUTH_TIMEOUT_SECS", default_value_t = 10)]

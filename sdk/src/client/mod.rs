@@ -325,7 +325,7 @@ impl PendingDevice {
         let mut keys = vec![user_key];
         // Past user keys, if granted: older messages stay readable.
         for past in chain.past_encryption_keys() {
-            if let Ok(g) = ks.get_grant(past.as_bytes().to_vec()).await
+            if let Ok(g) = ks.get_grant(past.id().as_bytes().to_vec()).await
                 && let Ok(k) = accept_grant(&g, &self.device_encryption, past)
             {
                 keys.push(k);

@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use ward_core::envelope::ReceivedEnvelope;
-use ward_core::keys::{EncryptionPublicKey, UserEncryptionKey};
+use ward_core::keys::{KeyId, UserEncryptionKey};
 use ward_core::wrap::{accept_grant, unwrap_resource_key};
 use ward_proto::v1::{Deliver, ErrorCode};
 
@@ -182,10 +182,14 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         tracing::debug!(resource = ?rid, "receive: wrapped key not there yet");
         tokio::time::sleep(backoff.next_delay()).await;
     };
-    let Ok(recipient_key) = EncryptionPublicKey::from_bytes(&wrapped.recipient_key) else {
+    // A wrapped key names its recipient user key by id (SECURITY.md §5).
+    let Ok(recipient_key) = KeyId::from_bytes(&wrapped.recipient_key) else {
         return Ok(Err(ClientError::Wrap(ward_core::WrapError::Malformed)));
     };
-    let held = inner.store.run(move |s| s.user_key(&recipient_key)).await?;
+    let held = inner
+        .store
+        .run(move |s| s.user_key_by_id(&recipient_key))
+        .await?;
     let user_key = match held {
         Some(k) => k,
         // Wrapped to a user key this device was not granted yet (another of
@@ -246,10 +250,10 @@ fn addressed_to(payload: &[u8], me: &str) -> bool {
         .is_ok_and(|h| h.recipient_user_ids.iter().any(|r| r == me))
 }
 
-/// The grant of `key` to this device, accepted only if `key` is a user key
-/// of this user's freshly verified log ([`accept_grant`] then checks the
-/// grant opens to exactly that key), and kept in the store.
-async fn fetch_grant(inner: &Inner, key: EncryptionPublicKey) -> Result<Result<UserEncryptionKey>> {
+/// The grant of the key with id `key_id` to this device, accepted only if it
+/// is a user key of this user's freshly verified log ([`accept_grant`] then
+/// checks the grant opens to exactly that key), and kept in the store.
+async fn fetch_grant(inner: &Inner, key_id: KeyId) -> Result<Result<UserEncryptionKey>> {
     let me = [inner.user_id.clone()];
     let own = match retry_transient!(
         inner,
@@ -262,14 +266,18 @@ async fn fetch_grant(inner: &Inner, key: EncryptionPublicKey) -> Result<Result<U
         Err(e @ ClientError::Store(_)) => return Err(e),
         Err(e) => return Ok(Err(e)),
     };
-    if *own.encryption_key() != key && !own.past_encryption_keys().contains(&key) {
+    let Some(key) = std::iter::once(own.encryption_key())
+        .chain(own.past_encryption_keys())
+        .find(|k| k.id() == key_id)
+        .copied()
+    else {
         return Ok(Err(ClientError::NoUserKey));
-    }
+    };
     // The rotating device appends the rotation, then stores the grants: a
     // sender may be quicker than the second step. Wait as for a wrapped key.
     let (deadline, mut backoff) = key_wait(inner);
     let grant = loop {
-        match retry_transient!(inner, inner.keyserver.get_grant(key.as_bytes().to_vec())) {
+        match retry_transient!(inner, inner.keyserver.get_grant(key_id.as_bytes().to_vec())) {
             Ok(g) => break g,
             Err(ClientError::Keyserver {
                 code: ErrorCode::NotFound,

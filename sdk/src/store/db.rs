@@ -65,6 +65,15 @@ const MIGRATIONS: &[&str] = &[
         last_acked_seq INTEGER NOT NULL
     ) STRICT;
     ",
+    // 2: protocol v2's encryption keys are X-Wing (SECURITY.md §14.9). Key
+    // rows of schema 1 hold X25519 secrets, and any 32 bytes would also pass
+    // for an X-Wing seed: mark them `key_suite = 1` so they are never read as
+    // one. Rows written from now on are `key_suite = 2`, and `user_keys` is
+    // keyed by the key id (§5) instead of the public key.
+    r"
+    ALTER TABLE identity ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE user_keys ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
+    ",
 ];
 
 /// `PRAGMA <name> = "x'<hex>'"` in a buffer that is zeroized on drop.

@@ -48,6 +48,12 @@ pub enum StoreError {
     /// `create` found a store (its header or its database) at this path.
     #[error("a store already exists at this path")]
     AlreadyExists,
+    /// The store was written by a v1 SDK: its device encryption and user
+    /// keys are X25519 keys, which protocol v2 cannot use (SECURITY.md
+    /// §14.9). Messages and conversations stay readable; the device must
+    /// enroll again from a new invite after [`super::Store::reset_for_reenrollment`].
+    #[error("this store holds protocol v1 keys: the device must enroll again")]
+    ReenrollRequired,
     /// `set_identity` on a store that already holds one.
     #[error("this store already holds a device identity")]
     IdentityAlreadySet,

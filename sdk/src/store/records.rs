@@ -6,7 +6,8 @@ use core::fmt;
 
 use ward_core::envelope::ContentType;
 use ward_core::keys::{
-    DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, SigningPublicKey, UserEncryptionKey,
+    DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, KeyId, SigningPublicKey,
+    UserEncryptionKey,
 };
 use ward_core::{ConversationId, ResourceId};
 use zeroize::Zeroizing;
@@ -164,6 +165,10 @@ fn id16<T>(bytes: &[u8], parse: fn(&[u8]) -> Option<T>, what: &'static str) -> R
 }
 
 /// A secret column, read straight into a zeroizing buffer.
+/// `key_suite` of key rows: 1 = protocol v1 X25519 (read-only, never used),
+/// 2 = X-Wing seeds (SECURITY.md §14.9).
+const KEY_SUITE_XWING: i64 = 2;
+
 fn secret(row: &Row<'_>, idx: usize) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
     row.get::<_, Vec<u8>>(idx).map(Zeroizing::new)
 }
@@ -223,9 +228,9 @@ impl Store {
         let enc = identity.device_encryption.export_secret();
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO identity
-                 (id, user_id, device_signing_secret, device_encryption_secret)
-             VALUES (1, ?1, ?2, ?3)",
-            params![identity.user_id, &sign[..], &enc[..]],
+                 (id, user_id, device_signing_secret, device_encryption_secret, key_suite)
+             VALUES (1, ?1, ?2, ?3, ?4)",
+            params![identity.user_id, &sign[..], &enc[..], KEY_SUITE_XWING],
         )?;
         if n == 0 {
             return Err(StoreError::IdentityAlreadySet);
@@ -233,20 +238,31 @@ impl Store {
         Ok(())
     }
 
-    /// This device's identity, if enrolled.
+    /// This device's identity, if enrolled. A store migrated from schema 1
+    /// holds v1 keys: [`StoreError::ReenrollRequired`].
     pub fn identity(&self) -> Result<Option<Identity>> {
         let row = self
             .conn
             .query_row(
-                "SELECT user_id, device_signing_secret, device_encryption_secret
+                "SELECT user_id, device_signing_secret, device_encryption_secret, key_suite
                  FROM identity WHERE id = 1",
                 [],
-                |r| Ok((r.get::<_, String>(0)?, secret(r, 1)?, secret(r, 2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        secret(r, 1)?,
+                        secret(r, 2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
             )
             .optional()?;
-        let Some((user_id, sign, enc)) = row else {
+        let Some((user_id, sign, enc, suite)) = row else {
             return Ok(None);
         };
+        if suite != KEY_SUITE_XWING {
+            return Err(StoreError::ReenrollRequired);
+        }
         Ok(Some(Identity {
             user_id,
             device_signing: DeviceSigningKey::import_secret(&sign)
@@ -259,30 +275,41 @@ impl Store {
     // ---- user encryption keys ----------------------------------------------
 
     /// Keeps a user encryption key (current or past: old messages stay
-    /// readable after a rotation). Adding one twice is a no-op.
+    /// readable after a rotation), under its key id. Adding one twice is a
+    /// no-op.
     pub fn add_user_key(&self, key: &UserEncryptionKey) -> Result<()> {
         let secret = key.export_secret();
         self.conn.execute(
-            "INSERT OR IGNORE INTO user_keys (public_key, secret) VALUES (?1, ?2)",
-            params![&key.public_key().as_bytes()[..], &secret[..]],
+            "INSERT OR IGNORE INTO user_keys (public_key, secret, key_suite) VALUES (?1, ?2, ?3)",
+            params![
+                &key.public_key().id().as_bytes()[..],
+                &secret[..],
+                KEY_SUITE_XWING
+            ],
         )?;
         Ok(())
     }
 
     /// The user encryption key whose public half is `public`.
     pub fn user_key(&self, public: &EncryptionPublicKey) -> Result<Option<UserEncryptionKey>> {
+        self.user_key_by_id(&public.id())
+    }
+
+    /// The user encryption key with id `id` (as named by a wrapped key).
+    /// v1 keys are never returned.
+    pub fn user_key_by_id(&self, id: &KeyId) -> Result<Option<UserEncryptionKey>> {
         let s = self
             .conn
             .query_row(
-                "SELECT secret FROM user_keys WHERE public_key = ?1",
-                [&public.as_bytes()[..]],
+                "SELECT secret FROM user_keys WHERE public_key = ?1 AND key_suite = ?2",
+                params![&id.as_bytes()[..], KEY_SUITE_XWING],
                 |r| secret(r, 0),
             )
             .optional()?;
         let Some(s) = s else { return Ok(None) };
         let key = UserEncryptionKey::import_secret(&s)
             .map_err(|_| StoreError::InvalidData("user encryption key"))?;
-        if key.public_key() != *public {
+        if key.public_key().id() != *id {
             return Err(StoreError::InvalidData(
                 "user key does not match its public key",
             ));
@@ -290,11 +317,42 @@ impl Store {
         Ok(Some(key))
     }
 
-    /// Every user encryption key held.
+    /// Whether the store still holds v1 (X25519) key material, from before
+    /// the migration to schema 2: such a device must enroll again.
+    pub fn holds_v1_keys(&self) -> Result<bool> {
+        let n: i64 = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM identity WHERE key_suite != ?1)
+                  + (SELECT count(*) FROM user_keys WHERE key_suite != ?1)",
+            [KEY_SUITE_XWING],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Prepares a store migrated from v1 for a fresh enrollment (SECURITY.md
+    /// §14.9): deletes the v1 identity and user keys, the cached logs (v1
+    /// statements, which no v2 verifier accepts), the outbox (v1 envelopes,
+    /// which no v2 relay accepts) and the relay cursor (the new device has a
+    /// new mailbox). Conversations and messages stay. One transaction.
+    /// Does nothing, and returns `false`, on a store without v1 keys.
+    pub fn reset_for_reenrollment(&mut self) -> Result<bool> {
+        if !self.holds_v1_keys()? {
+            return Ok(false);
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM identity; DELETE FROM user_keys; DELETE FROM verified_logs;
+             DELETE FROM outbox; DELETE FROM relay_cursor;",
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every user encryption key held (v1 keys excluded).
     pub fn user_keys(&self) -> Result<Vec<UserEncryptionKey>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT secret FROM user_keys ORDER BY rowid")?;
+            .prepare("SELECT secret FROM user_keys WHERE key_suite = 2 ORDER BY rowid")?;
         let secrets = stmt
             .query_map([], |r| secret(r, 0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
