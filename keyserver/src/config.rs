@@ -79,6 +79,42 @@ pub struct KsLimits {
     /// database (a backstop for revocations written by another process; a
     /// revocation made through this process closes connections at once).
     pub revocation_recheck: Duration,
+    /// Per-user storage quotas and retention (SECURITY.md §10.2).
+    pub quotas: Quotas,
+}
+
+/// What one user may keep stored, and for how long (SECURITY.md §10.2).
+/// Over a quota, a put is refused with `QUOTA_EXCEEDED` and stores nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Wrapped keys a user's devices may have stored (as sender) within
+    /// the retention.
+    pub wrapped_keys_per_user: u64,
+    /// Device grants stored for one user (its keys to its devices).
+    pub grants_per_user: u64,
+    /// Age after which a wrapped key is deleted, and a grant of a user key
+    /// that is no longer current (nothing newer can be wrapped to it).
+    /// Longer than the relay's message retention (30 days), so that every
+    /// message the relay still holds finds its key.
+    pub retention: Duration,
+}
+
+/// Default wrapped keys per user: a clinician sending 500 messages a day to
+/// 3 colleagues stays under a third of it over the default retention.
+pub const DEFAULT_WRAPPED_KEYS_PER_USER: u64 = 250_000;
+/// Default grants per user: far above keys x devices of any career.
+pub const DEFAULT_GRANTS_PER_USER: u64 = 4096;
+/// Default retention of wrapped keys: 60 days.
+pub const DEFAULT_KEY_RETENTION: Duration = Duration::from_secs(60 * 86_400);
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            wrapped_keys_per_user: DEFAULT_WRAPPED_KEYS_PER_USER,
+            grants_per_user: DEFAULT_GRANTS_PER_USER,
+            retention: DEFAULT_KEY_RETENTION,
+        }
+    }
 }
 
 impl Default for KsLimits {
@@ -100,6 +136,7 @@ impl Default for KsLimits {
             max_enrolling: 1024,
             enroll_timeout: Duration::from_secs(60),
             revocation_recheck: Duration::from_secs(30),
+            quotas: Quotas::default(),
         }
     }
 }

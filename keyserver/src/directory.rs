@@ -6,6 +6,14 @@
 //! (`ward_core::chain`), plus the two checks only a server can make: an
 //! invite's expiry against the server clock, and an invite's single use
 //! (the latter in [`crate::storage`]).
+//!
+//! [`VerifiedCache`] keeps each user's verified state (length, head, the
+//! `VerifiedUser`) so that an append verifies only the new entry: the stored
+//! log is verified once per cache miss, not on every append.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use ward_core::ChainError;
 use ward_core::chain::{DeviceRecord, MAX_STATEMENT_BYTES, VerifiedUser};
@@ -167,6 +175,121 @@ pub fn accept_next(
         }
     };
     Ok((next, change))
+}
+
+/// Bytes counted per log entry of a cached user (its device record, past
+/// keys, the map's share): a bound on memory, not an exact measure.
+const ENTRY_COST: usize = 512;
+
+/// Default budget of the verified cache: 64 MiB, about 130,000 entries.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+struct Slot {
+    user: VerifiedUser,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Lru {
+    slots: HashMap<String, Slot>,
+    by_age: BTreeMap<u64, String>,
+    bytes: usize,
+    tick: u64,
+}
+
+fn cost(user: &VerifiedUser) -> usize {
+    (user.len() as usize).saturating_mul(ENTRY_COST)
+}
+
+/// Verified users, least recently used evicted past a byte budget. The
+/// database stays the truth: a cached state is used only if its length and
+/// head match the stored log's (another process may have appended).
+pub struct VerifiedCache {
+    lru: Mutex<Lru>,
+    budget: usize,
+    entries_verified: AtomicU64,
+}
+
+impl VerifiedCache {
+    /// An empty cache of `budget` bytes (0: caches nothing).
+    pub fn new(budget: usize) -> Self {
+        Self {
+            lru: Mutex::new(Lru::default()),
+            budget,
+            entries_verified: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached state of `user_id` if it is the stored log of `len`
+    /// entries ending in `head`.
+    pub fn get(&self, user_id: &str, len: u64, head: &[u8; 32]) -> Option<VerifiedUser> {
+        let mut lru = self.lock();
+        lru.tick += 1;
+        let tick = lru.tick;
+        let slot = lru.slots.get_mut(user_id)?;
+        if slot.user.len() != len || slot.user.head() != head {
+            return None;
+        }
+        let old = std::mem::replace(&mut slot.tick, tick);
+        let user = slot.user.clone();
+        lru.by_age.remove(&old);
+        lru.by_age.insert(tick, user_id.to_owned());
+        Some(user)
+    }
+
+    /// Caches `user` (replacing what is cached for its id), then evicts
+    /// down to the budget.
+    pub fn put(&self, user: VerifiedUser) {
+        let mut lru = self.lock();
+        let id = user.user_id().to_owned();
+        if let Some(old) = lru.slots.remove(&id) {
+            lru.by_age.remove(&old.tick);
+            lru.bytes -= cost(&old.user);
+        }
+        if cost(&user) > self.budget {
+            return;
+        }
+        lru.tick += 1;
+        let tick = lru.tick;
+        lru.bytes += cost(&user);
+        lru.by_age.insert(tick, id.clone());
+        lru.slots.insert(id, Slot { user, tick });
+        while lru.bytes > self.budget {
+            let Some((_, oldest)) = lru.by_age.pop_first() else {
+                break;
+            };
+            if let Some(slot) = lru.slots.remove(&oldest) {
+                lru.bytes -= cost(&slot.user);
+            }
+        }
+    }
+
+    /// Counts `n` entries whose signature was checked.
+    pub fn count_verified(&self, n: usize) {
+        self.entries_verified.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Log entries whose signature was checked, in total.
+    pub fn entries_verified(&self) -> u64 {
+        self.entries_verified.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held, as counted against the budget.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// The author of an unverified entry, if it decodes: checked against the
+/// directory's active devices (or the root) before a stored log is
+/// verified on a cache miss.
+pub fn claimed_author(entry: &SignedStatement) -> Option<SigningPublicKey> {
+    let st: Statement = decode_bounded(&entry.statement, MAX_STATEMENT_BYTES).ok()?;
+    SigningPublicKey::from_bytes(&st.author).ok()
 }
 
 #[cfg(test)]

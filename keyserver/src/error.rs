@@ -30,6 +30,9 @@ pub enum StorageError {
     /// The blocking task running the query died.
     #[error("database task failed: {0}")]
     Task(String),
+    /// The database file could not be created.
+    #[error("creating the database file: {0}")]
+    Create(#[from] std::io::Error),
     /// The database holds something the keyserver never writes.
     #[error("database is inconsistent: {0}")]
     Corrupt(String),

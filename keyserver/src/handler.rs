@@ -249,12 +249,14 @@ async fn run(
     let user = session.user_id.clone();
     let device = session.device;
     let now = ctx.clock.now();
+    let quotas = ctx.limits.quotas;
     match body {
         Body::Append(entry) => {
             let root = ctx.root;
+            let db = Arc::clone(&ctx.db);
             let appended = ctx
                 .db
-                .call(move |c| storage::append(c, &root, now, &entry))
+                .call(move |c| storage::append_with(c, &db.verified, &root, now, &entry))
                 .await?;
             if !session.enrolled && appended.user_id == session.user_id {
                 outcome.enrolled = true;
@@ -287,29 +289,32 @@ async fn run(
         Body::PutKeys(p) => {
             let count = ctx
                 .db
-                .call(move |c| storage::put_wrapped_keys(c, &user, &device, now, &p.keys))
+                .call(move |c| storage::put_wrapped_keys(c, &user, &device, now, &quotas, &p.keys))
                 .await?;
             Ok(ks_response::Body::Stored(Stored { count }))
         }
         Body::GetKeys(g) => {
-            let keys = ctx
+            let (keys, rows) = ctx
                 .db
                 .call(move |c| storage::get_wrapped_keys(c, &user, &device, now, &g.resource_ids))
                 .await?;
+            // Logged before served: the records are committed first.
+            ctx.db.access.record(rows).await?;
             Ok(ks_response::Body::Keys(keys))
         }
         Body::PutGrants(p) => {
             let count = ctx
                 .db
-                .call(move |c| storage::put_grants(c, &user, &device, now, &p.grants))
+                .call(move |c| storage::put_grants(c, &user, &device, now, &quotas, &p.grants))
                 .await?;
             Ok(ks_response::Body::Stored(Stored { count }))
         }
         Body::GetGrant(g) => {
-            let grant = ctx
+            let (grant, row) = ctx
                 .db
                 .call(move |c| storage::get_grant(c, &user, &device, now, &g.user_key))
                 .await?;
+            ctx.db.access.record(vec![row]).await?;
             Ok(ks_response::Body::Grant(grant))
         }
     }

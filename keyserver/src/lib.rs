@@ -9,6 +9,7 @@
 //! | [`config`] | [`Config`], limits, the server clock |
 //! | [`directory`] | statement acceptance: pure logic over `ward-core`'s verifiers |
 //! | [`storage`] | SQLite schema, migrations, queries; [`storage::export_access_log`] |
+//! | [`access`] | the group-committed access log |
 //! | [`handler`] | request to response |
 //! | `server` | accept loop, per-connection task, revocation fan-out, shutdown ([`run`]) |
 //!
@@ -41,12 +42,16 @@
 //! | `--max-connections` | `WARD_KEYSERVER_MAX_CONNECTIONS` | 10000 | open connections |
 //! | `--idle-timeout-secs` | `WARD_KEYSERVER_IDLE_TIMEOUT_SECS` | 300 | close silent authenticated connections |
 //! | `--max-enrolling` | `WARD_KEYSERVER_MAX_ENROLLING` | 1024 | open sessions of devices not enrolled yet |
+//! | `--max-wrapped-keys-per-user` | `WARD_KEYSERVER_MAX_WRAPPED_KEYS_PER_USER` | 250000 | wrapped keys a user may have stored as sender |
+//! | `--max-grants-per-user` | `WARD_KEYSERVER_MAX_GRANTS_PER_USER` | 4096 | device grants stored per user |
+//! | `--key-retention-days` | `WARD_KEYSERVER_KEY_RETENTION_DAYS` | 60 | age at which wrapped keys (and grants of past user keys) are deleted |
 //!
 //! Logging follows `RUST_LOG` (default `info`). SIGINT or SIGTERM stops the
 //! server gracefully.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod config;
 pub mod directory;
 mod error;
@@ -55,6 +60,6 @@ pub mod metrics;
 mod server;
 pub mod storage;
 
-pub use config::{Clock, Config, KsLimits};
+pub use config::{Clock, Config, KsLimits, Quotas};
 pub use error::{KeyserverError, RequestError, StorageError};
 pub use server::run;

@@ -34,11 +34,13 @@ use ward_proto::v1::{
     DeviceGrant, ErrorCode, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys,
 };
 
-use crate::directory::{self, Change, Kind};
+use crate::access::{AccessLog, AccessRow};
+use crate::config::Quotas;
+use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -114,17 +116,43 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log
         BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
     "#,
+    // 1 -> 2: quotas count a sender's keys and a user's grants; retention
+    // deletes by age.
+    r#"
+    CREATE INDEX wrapped_keys_sender ON wrapped_keys(sender_user, created_at);
+    CREATE INDEX wrapped_keys_created ON wrapped_keys(created_at);
+    CREATE INDEX device_grants_created ON device_grants(created_at);
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and configures the
 /// connection. Does not migrate.
 pub fn open_connection(path: &Path) -> Result<Connection, StorageError> {
+    create_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// Creates `path` empty, readable and writable by its owner only (0600,
+/// whatever the umask), unless it exists. SQLite gives its `-wal` and
+/// `-shm` files the database file's permissions.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
@@ -150,6 +178,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
 pub struct Db {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    /// Verified user logs ([`directory::VerifiedCache`]).
+    pub verified: VerifiedCache,
+    /// The group-committing access-log writer.
+    pub access: AccessLog,
 }
 
 /// Connections kept open between calls.
@@ -161,9 +193,12 @@ impl Db {
     pub fn open(path: &Path) -> Result<Arc<Self>, StorageError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
+        let access = AccessLog::start(path)?;
         Ok(Arc::new(Self {
+            access,
             path: path.to_owned(),
             pool: Mutex::new(vec![conn]),
+            verified: VerifiedCache::new(directory::DEFAULT_CACHE_BYTES),
         }))
     }
 
@@ -365,24 +400,123 @@ enum Plan {
 /// Times an append re-verifies because its user's log grew meanwhile.
 const APPEND_ATTEMPTS: usize = 3;
 
-/// Verifies `entry` against the stored directory and, if it is accepted,
-/// stores it and updates the derived tables, in one transaction.
-///
-/// Signatures are checked against a read snapshot, outside the write lock;
-/// the write transaction then confirms the log has not grown since (a log
-/// only grows, so an equal length means an equal log) or verifies again.
+/// [`append_with`] without a cache (a tool writing to the database): the
+/// stored log is verified in full.
 pub fn append(
     conn: &mut Connection,
     root: &SigningPublicKey,
     now: u64,
     entry: &SignedStatement,
 ) -> Result<Appended, RequestError> {
+    append_with(conn, &VerifiedCache::new(0), root, now, entry)
+}
+
+/// The stored length and head of `user_id`'s log (0 and zeros: none).
+fn stored_head(conn: &Connection, user_id: &str) -> Result<(u64, [u8; 32]), rusqlite::Error> {
+    let len: Option<i64> = conn
+        .query_row(
+            "SELECT log_len FROM users WHERE user_id = ?1",
+            params![user_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let len = len.unwrap_or(0).max(0) as u64;
+    if len == 0 {
+        return Ok((0, [0; 32]));
+    }
+    let hash: Vec<u8> = conn.query_row(
+        "SELECT entry_hash FROM log_entries WHERE user_id = ?1 AND seq = ?2",
+        params![user_id, (len - 1) as i64],
+        |r| r.get(0),
+    )?;
+    Ok((len, hash.try_into().unwrap_or([0; 32])))
+}
+
+/// The stored entry at `seq` of `user_id`'s log, if any.
+fn stored_entry(
+    conn: &Connection,
+    user_id: &str,
+    seq: u64,
+) -> Result<Option<SignedStatement>, rusqlite::Error> {
+    let Ok(seq) = i64::try_from(seq) else {
+        return Ok(None);
+    };
+    conn.query_row(
+        "SELECT statement, signature FROM log_entries WHERE user_id = ?1 AND seq = ?2",
+        params![user_id, seq],
+        |r| {
+            Ok(SignedStatement {
+                statement: r.get(0)?,
+                signature: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// The verified state of a stored log of `len` entries ending in `head`:
+/// cached, else the stored log verified once (and cached). The entry's
+/// claimed author must be an active device of the user, or the root, before
+/// a whole log is verified for it.
+fn verified_state(
+    conn: &Connection,
+    cache: &VerifiedCache,
+    root: &SigningPublicKey,
+    user_id: &str,
+    (len, head): (u64, [u8; 32]),
+    entry: &SignedStatement,
+) -> Result<ward_core::chain::VerifiedUser, RequestError> {
+    if let Some(user) = cache.get(user_id, len, &head) {
+        return Ok(user);
+    }
+    let author = directory::claimed_author(entry)
+        .ok_or_else(|| RequestError::new(ErrorCode::InvalidStatement, "author"))?;
+    if author != *root && device_status(conn, user_id, &author)? != DeviceStatus::Active {
+        return Err(RequestError::new(
+            ErrorCode::InvalidStatement,
+            "the author is not an active device of this user",
+        ));
+    }
+    let log = load_log(conn, user_id)?;
+    // Everything stored was verified on the way in; verifying once per cache
+    // miss catches a tampered database.
+    cache.count_verified(log.len());
+    let verified = verify_log(root, user_id, &log).map_err(|e| {
+        StorageError::Corrupt(format!("stored log of {user_id:?} does not verify: {e}"))
+    })?;
+    if verified.len() != len || verified.head() != &head {
+        // Read outside a transaction: the log grew meanwhile.
+        return Err(RequestError::new(
+            ErrorCode::Conflict,
+            "the log changed concurrently; fetch it and retry",
+        ));
+    }
+    Ok(verified)
+}
+
+/// Verifies `entry` against the stored directory and, if it is accepted,
+/// stores it and updates the derived tables, in one transaction.
+///
+/// Only the new entry is verified (its sequence, link, author and
+/// signature), against the user's verified state from `cache` (the stored
+/// log is verified in full only on a cache miss). The write transaction then
+/// confirms the log has not grown since (a log only grows, so an equal
+/// length means an equal log) or verifies again.
+pub fn append_with(
+    conn: &mut Connection,
+    cache: &VerifiedCache,
+    root: &SigningPublicKey,
+    now: u64,
+    entry: &SignedStatement,
+) -> Result<Appended, RequestError> {
     let routing = directory::route(entry)?;
     for _ in 0..APPEND_ATTEMPTS {
-        let log = load_log(conn, &routing.user_id)?;
+        let stored = stored_head(conn, &routing.user_id)?;
         // A retry of an entry already stored is acknowledged again.
-        if let Some(existing) = usize::try_from(routing.seq).ok().and_then(|i| log.get(i)) {
-            if existing == entry {
+        if routing.seq < stored.0
+            && let Some(existing) = stored_entry(conn, &routing.user_id, routing.seq)?
+        {
+            if existing == *entry {
                 return Ok(Appended {
                     seq: routing.seq,
                     user_id: routing.user_id,
@@ -398,47 +532,38 @@ pub fn append(
                 ));
             }
         }
-        if log.len() >= MAX_LOG_ENTRIES {
+        if stored.0 as usize >= MAX_LOG_ENTRIES {
             return Err(RequestError::new(
                 ErrorCode::InvalidStatement,
                 "log is full",
             ));
         }
-        let plan = if routing.kind == Kind::UserCreation {
-            Plan::Create(Box::new(directory::accept_creation(root, now, entry)?))
+        let (plan, next) = if routing.kind == Kind::UserCreation {
+            cache.count_verified(1);
+            let user = directory::accept_creation(root, now, entry)?;
+            (Plan::Create(Box::new(user.clone())), user)
         } else {
-            if log.is_empty() {
+            if stored.0 == 0 {
                 return Err(RequestError::new(ErrorCode::UnknownUser, "no such user"));
             }
-            // Everything stored was verified on the way in; verifying again
-            // costs one signature per entry and catches a tampered database.
-            let verified = verify_log(root, &routing.user_id, &log).map_err(|e| {
-                StorageError::Corrupt(format!(
-                    "stored log of {:?} does not verify: {e}",
-                    routing.user_id
-                ))
-            })?;
-            let (_, change) = directory::accept_next(root, &verified, entry)?;
-            Plan::Next {
-                seq: verified.len(),
-                change,
-            }
+            let verified = match verified_state(conn, cache, root, &routing.user_id, stored, entry)
+            {
+                Err(e) if e.code == ErrorCode::Conflict => continue,
+                other => other?,
+            };
+            cache.count_verified(1);
+            let (next, change) = directory::accept_next(root, &verified, entry)?;
+            let seq = verified.len();
+            (Plan::Next { seq, change }, next)
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let len_now: i64 = tx
-            .query_row(
-                "SELECT log_len FROM users WHERE user_id = ?1",
-                params![routing.user_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        if usize::try_from(len_now).ok() != Some(log.len()) {
+        if stored_head(&tx, &routing.user_id)? != stored {
             // The log grew meanwhile: verify again against the new one.
             continue;
         }
         let appended = write_plan(&tx, &routing.user_id, now, entry, plan)?;
         tx.commit()?;
+        cache.put(next);
         return Ok(appended);
     }
     Err(RequestError::new(
@@ -559,6 +684,16 @@ fn write_plan(
                          WHERE user_id = ?1 AND device_id = ?2",
                         params![user_id, device.as_bytes().as_slice(), seq as i64],
                     )?;
+                    // Grants addressed to it are never served again.
+                    tx.execute(
+                        "DELETE FROM device_grants WHERE user_id = ?1
+                         AND device_key = (SELECT encryption_key FROM devices
+                                           WHERE user_id = ?1 AND device_id = ?2)
+                         AND NOT EXISTS (SELECT 1 FROM devices WHERE user_id = ?1
+                                         AND encryption_key = device_grants.device_key
+                                         AND active = 1)",
+                        params![user_id, device.as_bytes().as_slice()],
+                    )?;
                     match new_user_key {
                         Some(key) => set_user_key(tx, &user_id, key, seq)?,
                         // A root revocation: the key stays, rotation pending.
@@ -591,15 +726,29 @@ fn write_plan(
 /// one a revoked device still holds), and a resource's keys all come from
 /// one sender device (the first that stored keys under it). Returns how
 /// many entries were accepted.
+///
+/// Expired keys (older than the retention) are deleted first: the sender's
+/// own, and a bounded number of anyone's. The keys the sender's user then
+/// has stored, plus the new ones, must fit `quotas.wrapped_keys_per_user`
+/// (else `QUOTA_EXCEEDED`, nothing stored).
 pub fn put_wrapped_keys(
     conn: &mut Connection,
     sender_user: &str,
     sender_device: &SigningPublicKey,
     now: u64,
+    quotas: &Quotas,
     keys: &[WrappedKeyFor],
 ) -> Result<u32, RequestError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     require_active(&tx, sender_user, sender_device)?;
+    let cutoff = cutoff(now, quotas);
+    tx.prepare_cached("DELETE FROM wrapped_keys WHERE sender_user = ?1 AND created_at < ?2")?
+        .execute(params![sender_user, cutoff])?;
+    prune_expired(&tx, cutoff)?;
+    let stored: i64 = tx
+        .prepare_cached("SELECT count(*) FROM wrapped_keys WHERE sender_user = ?1")?
+        .query_row(params![sender_user], |r| r.get(0))?;
+    let mut inserted = 0u64;
     let mut count = 0u32;
     for (i, k) in keys.iter().enumerate() {
         let w = k
@@ -678,68 +827,140 @@ pub fn put_wrapped_keys(
                 now as i64
             ],
         )?;
+        inserted += 1;
         count += 1;
+    }
+    let total = (stored.max(0) as u64).saturating_add(inserted);
+    if total > quotas.wrapped_keys_per_user {
+        return Err(RequestError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "wrapped-key quota: {stored} stored, at most {} per user within the retention",
+                quotas.wrapped_keys_per_user
+            ),
+        ));
     }
     tx.commit()?;
     Ok(count)
 }
 
+/// Unix seconds before which wrapped keys (and grants of past user keys)
+/// have expired.
+fn cutoff(now: u64, quotas: &Quotas) -> i64 {
+    now.saturating_sub(quotas.retention.as_secs()) as i64
+}
+
+/// Expired rows deleted per write, from anyone (the oldest first): writes
+/// are what fills the disk, so pruning keeps pace with them.
+const PRUNE_PER_WRITE: i64 = 256;
+
+/// Deletes up to [`PRUNE_PER_WRITE`] expired wrapped keys and as many
+/// expired grants: those older than `cutoff` of a user key that is no
+/// longer current (nothing new can be wrapped to it, and every key wrapped
+/// to it is older still, so already deleted).
+pub fn prune_expired(tx: &Connection, cutoff: i64) -> Result<usize, rusqlite::Error> {
+    let keys = tx
+        .prepare_cached(
+            "DELETE FROM wrapped_keys WHERE rowid IN
+             (SELECT rowid FROM wrapped_keys WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+        )?
+        .execute(params![cutoff, PRUNE_PER_WRITE])?;
+    let grants = tx
+        .prepare_cached(
+            "DELETE FROM device_grants WHERE rowid IN
+             (SELECT g.rowid FROM device_grants g JOIN users u ON u.user_id = g.user_id
+              WHERE g.created_at < ?1 AND g.user_key != u.current_key
+              ORDER BY g.created_at LIMIT ?2)",
+        )?
+        .execute(params![cutoff, PRUNE_PER_WRITE])?;
+    Ok(keys + grants)
+}
+
 /// Returns the keys of `resource_ids` wrapped for the caller's user, and
-/// records each one returned in the access log, in the same transaction.
+/// the access record of each one returned. A read transaction (no write
+/// lock, no fsync): the caller commits the records through the
+/// group-committing [`crate::access::AccessLog`] before it serves the keys.
 pub fn get_wrapped_keys(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
     now: u64,
     resource_ids: &[Vec<u8>],
-) -> Result<WrappedKeys, RequestError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+) -> Result<(WrappedKeys, Vec<AccessRow>), RequestError> {
+    let tx = conn.transaction()?;
     require_active(&tx, user_id, device)?;
     let mut out = WrappedKeys::default();
+    let mut rows = Vec::new();
     let mut seen = BTreeSet::new();
     for rid in resource_ids {
         if !seen.insert(rid.clone()) {
             continue;
         }
         let found: Option<WrappedKey> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT recipient_key, enc, ciphertext FROM wrapped_keys
                  WHERE resource_id = ?1 AND recipient_user = ?2",
-                params![rid, user_id],
-                |r| {
-                    Ok(WrappedKey {
-                        resource_id: rid.clone(),
-                        recipient_key: r.get(0)?,
-                        enc: r.get(1)?,
-                        ciphertext: r.get(2)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![rid, user_id], |r| {
+                Ok(WrappedKey {
+                    resource_id: rid.clone(),
+                    recipient_key: r.get(0)?,
+                    enc: r.get(1)?,
+                    ciphertext: r.get(2)?,
+                })
+            })
             .optional()?;
         match found {
             Some(k) => {
-                log_access(&tx, now, user_id, device, AccessKind::WrappedKey, rid)?;
+                rows.push(access_row(
+                    now,
+                    user_id,
+                    device,
+                    AccessKind::WrappedKey,
+                    rid,
+                ));
                 out.keys.push(k);
             }
             None => out.missing.push(rid.clone()),
         }
     }
     tx.commit()?;
-    Ok(out)
+    Ok((out, rows))
+}
+
+fn access_row(
+    now: u64,
+    user_id: &str,
+    device: &SigningPublicKey,
+    kind: AccessKind,
+    object: &[u8],
+) -> AccessRow {
+    AccessRow {
+        at: now,
+        user_id: user_id.to_owned(),
+        device_id: *device.as_bytes(),
+        kind,
+        object: object.to_vec(),
+    }
 }
 
 /// Stores grants of the caller's user key to its own active devices, all or
 /// none. The user key must be one of the user's keys (current or past), the
 /// device key the encryption key of one of its active devices.
+///
+/// Expired grants are pruned first; the user's grants then stored must fit
+/// `quotas.grants_per_user` (else `QUOTA_EXCEEDED`, nothing stored).
 pub fn put_grants(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
     now: u64,
+    quotas: &Quotas,
     grants: &[DeviceGrant],
 ) -> Result<u32, RequestError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     require_active(&tx, user_id, device)?;
+    prune_expired(&tx, cutoff(now, quotas))?;
     let mut count = 0u32;
     for (i, g) in grants.iter().enumerate() {
         let known_key = tx
@@ -803,21 +1024,30 @@ pub fn put_grants(
         }
         count += 1;
     }
+    let stored: i64 = tx
+        .prepare_cached("SELECT count(*) FROM device_grants WHERE user_id = ?1")?
+        .query_row(params![user_id], |r| r.get(0))?;
+    if stored.max(0) as u64 > quotas.grants_per_user {
+        return Err(RequestError::new(
+            ErrorCode::QuotaExceeded,
+            format!("grant quota: at most {} per user", quotas.grants_per_user),
+        ));
+    }
     tx.commit()?;
     Ok(count)
 }
 
 /// The grant of `user_key` (empty: the user's current key) addressed to the
-/// caller device's own encryption key. A grant served is recorded in the
-/// access log, in the same transaction.
+/// caller device's own encryption key, with its access record (committed by
+/// the caller before it serves the grant; see [`get_wrapped_keys`]).
 pub fn get_grant(
     conn: &mut Connection,
     user_id: &str,
     device: &SigningPublicKey,
     now: u64,
     user_key: &[u8],
-) -> Result<DeviceGrant, RequestError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+) -> Result<(DeviceGrant, AccessRow), RequestError> {
+    let tx = conn.transaction()?;
     require_active(&tx, user_id, device)?;
     let device_key: Vec<u8> = tx.query_row(
         "SELECT encryption_key FROM devices WHERE user_id = ?1 AND device_id = ?2",
@@ -849,16 +1079,9 @@ pub fn get_grant(
         )
         .optional()?
         .ok_or_else(|| RequestError::new(ErrorCode::NotFound, "no grant for this device"))?;
-    log_access(
-        &tx,
-        now,
-        user_id,
-        device,
-        AccessKind::DeviceGrant,
-        &user_key,
-    )?;
     tx.commit()?;
-    Ok(grant)
+    let row = access_row(now, user_id, device, AccessKind::DeviceGrant, &user_key);
+    Ok((grant, row))
 }
 
 /// What was read.
@@ -872,7 +1095,7 @@ pub enum AccessKind {
 }
 
 impl AccessKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AccessKind::WrappedKey => "wrapped_key",
             AccessKind::DeviceGrant => "device_grant",
@@ -886,27 +1109,6 @@ impl AccessKind {
             _ => None,
         }
     }
-}
-
-fn log_access(
-    tx: &Connection,
-    now: u64,
-    user_id: &str,
-    device: &SigningPublicKey,
-    kind: AccessKind,
-    object: &[u8],
-) -> Result<(), rusqlite::Error> {
-    tx.execute(
-        "INSERT INTO access_log (at, user_id, device_id, kind, resource_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            now as i64,
-            user_id,
-            device.as_bytes().as_slice(),
-            kind.as_str(),
-            object
-        ],
-    )?;
-    Ok(())
 }
 
 /// One read of a wrapped key or a grant, as the access log records it.
@@ -1042,5 +1244,80 @@ mod tests {
         assert_eq!(err.code, ErrorCode::Unauthenticated);
         drop(conn);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Issue 9, item 2: an append verifies the new entry only; the stored
+    /// log is verified once per cache miss, and not at all for an entry
+    /// whose author is no active device of the user.
+    #[test]
+    fn appends_verify_only_the_new_entry() {
+        let mut rng = rand::rng();
+        let org = ward_core::testkit::Org::new(&mut rng);
+        let mut a = org.enroll(&mut rng, "a");
+        let path = temp_db("cache");
+        let mut conn = open_connection(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let root = org.root_public();
+        let now = ward_core::testkit::KIT_TIME;
+        let cache = VerifiedCache::new(1 << 20);
+        append_with(&mut conn, &cache, &root, now, &a.log[0]).unwrap();
+        let rotate = |a: &mut ward_core::testkit::Clinician| {
+            let key = ward_core::keys::UserEncryptionKey::generate(&mut rand::rng()).public_key();
+            let e = a.chain.rotate_user_key(&a.device, &key, now);
+            a.chain.apply(&root, &e).unwrap();
+            e
+        };
+        for _ in 0..20 {
+            let e = rotate(&mut a);
+            append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        }
+        assert_eq!(cache.entries_verified(), 21, "each entry once");
+        // A fresh cache (a restart): the stored log once, then the entry.
+        let cache = VerifiedCache::new(1 << 20);
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        assert_eq!(cache.entries_verified(), 22);
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        assert_eq!(cache.entries_verified(), 23);
+        // An entry by a stranger, on a cache miss: refused before the
+        // stored log is verified.
+        let cache = VerifiedCache::new(1 << 20);
+        let stranger = ward_core::keys::DeviceSigningKey::generate(&mut rng);
+        let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+        let bad = a.chain.rotate_user_key(&stranger, &key, now);
+        let err = append_with(&mut conn, &cache, &root, now, &bad).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidStatement);
+        assert_eq!(cache.entries_verified(), 0);
+        // An append written by another process is seen: the cached state no
+        // longer matches the stored head, and is verified again.
+        let cache = VerifiedCache::new(1 << 20);
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        let e = rotate(&mut a);
+        append(&mut conn, &root, now, &e).unwrap();
+        let e = rotate(&mut a);
+        append_with(&mut conn, &cache, &root, now, &e).unwrap();
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Issue 9, item 7: the database and its WAL and shared-memory files
+    /// are created readable by the keyserver's user only (0644 on main).
+    #[cfg(unix)]
+    #[test]
+    fn the_database_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_db("perm");
+        let db = Db::open(&path).unwrap();
+        for ext in ["", "-wal", "-shm"] {
+            let f = format!("{}{ext}", path.display());
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f} is {mode:o}");
+        }
+        drop(db);
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }

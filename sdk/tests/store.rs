@@ -333,7 +333,7 @@ fn kdf_upgrade_and_pin_change_keep_the_data() {
     };
     assert!(matches!(
         s.upgrade_kdf(&pin("654321"), None, stronger),
-        Err(StoreError::PinMismatch)
+        Err(StoreError::WrongPin { attempts_left: 9 })
     ));
     assert!(matches!(
         s.upgrade_kdf(
@@ -369,6 +369,65 @@ fn kdf_upgrade_and_pin_change_keep_the_data() {
     let s = Store::unlock(&path, &pin("a-longer-passphrase"), None).unwrap();
     assert_eq!(s.relay_cursor().unwrap(), Some(18));
     assert_eq!(s.kdf_params().unwrap(), stronger);
+}
+
+/// Issue 9, item 7: the current-PIN check of `change_pin` and
+/// `upgrade_kdf` is an attempt like an unlock: counted, and the store is
+/// wiped at the limit. (On main neither counted: an unlocked phone was a
+/// PIN oracle without a wipe.)
+#[test]
+fn wrong_current_pins_in_change_pin_and_upgrade_kdf_count_and_wipe() {
+    let (_d, path) = tmp();
+    let mut s = Store::create(&path, &pin("123456"), None, opts(3)).unwrap();
+    let stronger = KdfParams { t_cost: 2, ..FAST };
+    assert!(matches!(
+        s.change_pin(&pin("000000"), &pin("111111"), None),
+        Err(StoreError::WrongPin { attempts_left: 2 })
+    ));
+    assert_eq!(failed_attempts(&path), 1);
+    // A right PIN resets the count, as an unlock does.
+    s.change_pin(&pin("123456"), &pin("222222"), None).unwrap();
+    assert_eq!(failed_attempts(&path), 0);
+    assert!(matches!(
+        s.upgrade_kdf(&pin("000000"), None, stronger),
+        Err(StoreError::WrongPin { attempts_left: 2 })
+    ));
+    assert!(matches!(
+        s.change_pin(&pin("000001"), &pin("111111"), None),
+        Err(StoreError::WrongPin { attempts_left: 1 })
+    ));
+    assert!(matches!(
+        s.upgrade_kdf(&pin("000002"), None, stronger),
+        Err(StoreError::Wiped)
+    ));
+    drop(s);
+    assert!(!Store::exists(&path), "wiped at the limit");
+    assert!(matches!(
+        Store::unlock(&path, &pin("222222"), None),
+        Err(StoreError::NotFound | StoreError::Wiped)
+    ));
+}
+
+/// Issue 9, item 7: the database, its WAL and shared-memory files and the
+/// header are created readable by their owner only, whatever the umask.
+#[cfg(unix)]
+#[test]
+fn store_files_are_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, path) = tmp();
+    let mut s = Store::create(&path, &pin("123456"), None, opts(10)).unwrap();
+    s.set_relay_cursor(1).unwrap();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?} is {mode:o}", entry.file_name());
+        files += 1;
+    }
+    assert!(files >= 4, "database, -wal, -shm and header: {files} files");
+    s.change_pin(&pin("123456"), &pin("654321"), None).unwrap();
+    let h = std::fs::metadata(format!("{}.header", path.display())).unwrap();
+    assert_eq!(h.permissions().mode() & 0o777, 0o600);
 }
 
 // ---- the committed fixture ----------------------------------------------------

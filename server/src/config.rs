@@ -1,6 +1,7 @@
 //! The relay's configuration: storage, trust root and limits.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ward_core::keys::SigningPublicKey;
@@ -28,6 +29,10 @@ pub struct Config {
     /// Where the relay's metrics and readiness go (the admin listener
     /// serves the same registry).
     pub metrics: ward_ops::metrics::Registry,
+    /// Bytes of verified user logs kept in memory ([`crate::logs`]).
+    pub log_cache_bytes: usize,
+    /// Counters of the log verifier (keep a clone to read them).
+    pub log_stats: Arc<crate::logs::LogStats>,
 }
 
 /// Limits. Each violation closes the connection with a reason code.
@@ -108,6 +113,8 @@ impl Config {
             max_batch: 1024,
             tls: ward_net::tls::Acceptor::InsecureLoopback,
             metrics: ward_ops::metrics::Registry::new(),
+            log_cache_bytes: crate::logs::DEFAULT_LOG_CACHE_BYTES,
+            log_stats: Arc::default(),
         }
     }
 }

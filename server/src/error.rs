@@ -35,4 +35,7 @@ pub enum StorageError {
     /// Stored bytes did not decode.
     #[error("corrupt stored data: {0}")]
     Corrupt(&'static str),
+    /// The database file could not be created.
+    #[error("creating the database file: {0}")]
+    Create(#[from] std::io::Error),
 }

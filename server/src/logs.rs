@@ -5,102 +5,328 @@
 //! organisation root and keeps the longest verified log per user:
 //!
 //! * nothing stored: the presented log is verified and stored;
-//! * presented longer than stored: it must extend the stored one
-//!   (`VerifiedUser::update` refuses forks) and replaces it; devices it newly
-//!   revokes are disconnected with `DEVICE_REVOKED`;
+//! * presented longer than stored: its first entries must be the stored ones
+//!   (else a fork: refused), and only the entries after them are verified.
+//!   The relay stores its own verified entries followed by that verified
+//!   suffix, never the presented bytes of a prefix it did not verify (a
+//!   presenter that zeroed the prefix's signatures would otherwise leave a
+//!   stored log that no longer verifies, which the relay would then ignore,
+//!   letting an older log in which a revoked device is active replace it).
+//!   Devices the suffix revokes are disconnected with `DEVICE_REVOKED`;
 //! * presented no longer than stored: it must be a prefix of the stored log
 //!   (else a fork: refused); the relay keeps and judges by its longer log, so
 //!   an older client log never rolls the relay's state back. An empty
 //!   presented log means "use the stored one".
 //!
-//! Stores are compare-and-swap on the stored length, retried on a race.
+//! # The verified cache
+//!
+//! Verifying a whole log costs one signature per entry (an insider may grow
+//! theirs to 4,095 entries, about 0.7 s). The relay therefore keeps, per
+//! user, the state it verified (`VerifiedUser`: length, head, devices) with
+//! its own verified entries, and verifies a stored log from disk only once,
+//! on a cache miss. A login attempt, a refresh or a `PublishLog` then costs
+//! a comparison with the cached entries, plus one signature per new entry.
+//! A login attempt whose device is not in the log costs no log signature.
+//!
+//! The cache is bounded by [`Config::log_cache_bytes`](crate::Config): the
+//! encoded size of the entries plus a fixed overhead per entry, over all
+//! users; the least recently used users are evicted past it (an evicted user
+//! costs one full verification at its next use). One user's log is at most
+//! 4,096 entries of at most 4 KiB, so one entry of the budget always fits.
+//!
+//! Stores are compare-and-swap on the stored length, retried on a race; the
+//! cache follows the disk (a lost race drops the cached user).
 //!
 //! Gap: a revocation signed by the root reaches the relay only when some
 //! device of that user presents the newer log (at connection or with
 //! `PublishLog`); until then the revoked device can still connect.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tracing::{info, warn};
-use ward_core::chain::{VerifiedUser, verify_log};
+use ward_core::chain::{MAX_LOG_ENTRIES, VerifiedUser, verify_log};
+use ward_core::keys::SigningPublicKey;
 use ward_proto::v1::{ErrorCode, SignedStatement};
 
 use crate::registry::CloseReason;
 use crate::state::Shared;
 use crate::storage::{self, Mailbox};
 
+/// Bytes counted per cached entry besides its encoded size (vector headers,
+/// the device record it may add, the map's share).
+const ENTRY_OVERHEAD: usize = 256;
+
+/// Default budget of the verified-log cache: 64 MiB, about 140,000 entries
+/// of typical size (tens of thousands of ordinary users).
+pub const DEFAULT_LOG_CACHE_BYTES: usize = 64 << 20;
+
+/// Counters of the log verifier, shared with whoever built the
+/// configuration (tests and metrics read them).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    entries_verified: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+impl LogStats {
+    /// Log entries whose signature the relay checked (whole logs and suffixes).
+    pub fn entries_verified(&self) -> u64 {
+        self.entries_verified.load(Ordering::Relaxed)
+    }
+    /// Lookups answered from the cache.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
+    }
+    /// Lookups that read (and verified) the stored log.
+    pub fn cache_misses(&self) -> u64 {
+        self.cache_misses.load(Ordering::Relaxed)
+    }
+    fn verified(&self, n: usize) {
+        self.entries_verified.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A user's log as the relay verified it.
+#[derive(Debug)]
+pub struct Cached {
+    user: VerifiedUser,
+    /// The relay's own verified entries (what it stores).
+    entries: Vec<SignedStatement>,
+}
+
+impl Cached {
+    fn cost(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.statement.len() + e.signature.len() + ENTRY_OVERHEAD)
+            .sum()
+    }
+}
+
+struct Slot {
+    log: Arc<Cached>,
+    cost: usize,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Lru {
+    slots: HashMap<String, Slot>,
+    by_age: BTreeMap<u64, String>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl Lru {
+    fn get(&mut self, user_id: &str) -> Option<Arc<Cached>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.slots.get_mut(user_id)?;
+        self.by_age.remove(&slot.tick);
+        slot.tick = tick;
+        self.by_age.insert(tick, user_id.to_owned());
+        Some(slot.log.clone())
+    }
+
+    fn remove(&mut self, user_id: &str) {
+        if let Some(slot) = self.slots.remove(user_id) {
+            self.by_age.remove(&slot.tick);
+            self.bytes -= slot.cost;
+        }
+    }
+
+    /// Inserts `log` unless a longer one is cached (logs only grow; the disk
+    /// decides between equal lengths), then evicts down to `budget`.
+    fn offer(&mut self, user_id: &str, log: Arc<Cached>, budget: usize) {
+        if self
+            .slots
+            .get(user_id)
+            .is_some_and(|s| s.log.user.len() > log.user.len())
+        {
+            return;
+        }
+        self.remove(user_id);
+        self.tick += 1;
+        let cost = log.cost();
+        self.by_age.insert(self.tick, user_id.to_owned());
+        self.slots.insert(
+            user_id.to_owned(),
+            Slot {
+                log,
+                cost,
+                tick: self.tick,
+            },
+        );
+        self.bytes += cost;
+        while self.bytes > budget {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some(slot) = self.slots.remove(&oldest) {
+                self.bytes -= slot.cost;
+            }
+        }
+    }
+}
+
+/// Verified logs per user, least recently used evicted past a byte budget.
+pub struct LogCache {
+    lru: Mutex<Lru>,
+    budget: usize,
+    stats: Arc<LogStats>,
+}
+
+impl LogCache {
+    /// An empty cache of `budget` bytes, counting into `stats`.
+    pub fn new(budget: usize, stats: Arc<LogStats>) -> Self {
+        Self {
+            lru: Mutex::new(Lru::default()),
+            budget,
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, user_id: &str) -> Option<Arc<Cached>> {
+        let got = self.lock().get(user_id);
+        let counter = match got {
+            Some(_) => &self.stats.cache_hits,
+            None => &self.stats.cache_misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        got
+    }
+
+    fn offer(&self, user_id: &str, log: Arc<Cached>) {
+        self.lock().offer(user_id, log, self.budget);
+    }
+
+    fn forget(&self, user_id: &str) {
+        self.lock().remove(user_id);
+    }
+
+    /// Bytes held (as counted against the budget).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// What the relay knows of a user before deciding.
+struct Known {
+    /// The verified log, if a stored one verifies.
+    log: Option<Arc<Cached>>,
+    /// Entries on disk (the compare-and-swap's expected length).
+    stored_len: u64,
+}
+
 enum Decision {
-    Keep(VerifiedUser),
+    Keep(Arc<Cached>),
     Replace {
         prev_len: u64,
-        next: VerifiedUser,
+        next: Arc<Cached>,
         newly_revoked: Vec<[u8; 32]>,
     },
 }
 
-fn decide(
-    root: &ward_core::keys::SigningPublicKey,
+/// Whether every presented entry is the known one at its position,
+/// statement for statement (comparing the last hash alone would let earlier
+/// entries be anything; the signatures of the known entries were checked
+/// when the relay stored them, and the relay keeps its own copies).
+fn is_prefix(presented: &[SignedStatement], known: &[SignedStatement]) -> bool {
+    presented.len() <= known.len()
+        && presented
+            .iter()
+            .zip(known)
+            .all(|(p, k)| p.statement == k.statement)
+}
+
+/// Verifies a whole log, counting its entries.
+fn verify_whole(
+    root: &SigningPublicKey,
     user_id: &str,
-    stored: Option<Vec<SignedStatement>>,
+    entries: Vec<SignedStatement>,
+    stats: &LogStats,
+) -> Result<Cached, ward_core::ChainError> {
+    stats.verified(entries.len().min(MAX_LOG_ENTRIES));
+    let user = verify_log(root, user_id, &entries)?;
+    Ok(Cached { user, entries })
+}
+
+/// Verifies and applies only the entries after the known ones. Each new
+/// entry's sequence, chain link, author and signature are checked before
+/// anything it says is applied (`VerifiedUser::apply`).
+fn extend(
+    root: &SigningPublicKey,
+    known: &Cached,
+    suffix: &[SignedStatement],
+    stats: &LogStats,
+) -> Result<Cached, ward_core::ChainError> {
+    if known.entries.len() + suffix.len() > MAX_LOG_ENTRIES {
+        return Err(ward_core::ChainError::Malformed("log too long"));
+    }
+    let mut user = known.user.clone();
+    for entry in suffix {
+        stats.verified(1);
+        user.apply(root, entry)?;
+    }
+    let mut entries = Vec::with_capacity(known.entries.len() + suffix.len());
+    entries.extend_from_slice(&known.entries);
+    entries.extend_from_slice(suffix);
+    Ok(Cached { user, entries })
+}
+
+fn decide(
+    root: &SigningPublicKey,
+    user_id: &str,
+    known: Known,
     presented: &[SignedStatement],
+    stats: &LogStats,
 ) -> Result<Decision, ErrorCode> {
-    // Stored logs were verified before being stored; re-verifying keeps the
-    // relay from trusting its own disk blindly. One that no longer verifies
-    // (tampered with, or the configured root changed) is treated as absent:
-    // the presented log must then verify on its own, and replaces it.
-    let mut stored_len = 0u64;
-    let stored = match stored {
-        None => None,
-        Some(entries) => {
-            stored_len = entries.len() as u64;
-            match verify_log(root, user_id, &entries) {
-                Ok(known) => Some((known, entries)),
-                Err(e) => {
-                    warn!(user = user_id, error = %e, "stored log no longer verifies; ignoring it");
-                    None
-                }
-            }
-        }
-    };
-    match stored {
+    match known.log {
         None => {
             if presented.is_empty() {
                 return Err(ErrorCode::UnknownUser);
             }
-            let next = verify_log(root, user_id, presented).map_err(|e| {
+            let next = verify_whole(root, user_id, presented.to_vec(), stats).map_err(|e| {
                 info!(user = user_id, error = %e, "presented log refused");
                 ErrorCode::InvalidStatement
             })?;
-            let newly_revoked = revoked_since(&next, 0);
+            let newly_revoked = revoked_since(&next.user, 0);
             Ok(Decision::Replace {
-                prev_len: stored_len,
-                next,
+                prev_len: known.stored_len,
+                next: Arc::new(next),
                 newly_revoked,
             })
         }
-        Some((known, _)) if presented.len() as u64 > known.len() => {
-            let next = known.update(root, presented).map_err(|e| {
-                warn!(user = user_id, error = %e, "presented log does not extend the stored one");
-                ErrorCode::InvalidStatement
-            })?;
-            let newly_revoked = revoked_since(&next, known.len());
-            Ok(Decision::Replace {
-                prev_len: known.len(),
-                next,
-                newly_revoked,
-            })
-        }
-        Some((known, entries)) => {
-            // Every presented entry must be the stored one, statement for
-            // statement (comparing the last hash alone would let earlier
-            // entries be anything).
-            let is_prefix = presented
-                .iter()
-                .zip(&entries)
-                .all(|(p, s)| p.statement == s.statement);
-            if !is_prefix {
+        Some(log) if presented.len() > log.entries.len() => {
+            let (prefix, suffix) = presented.split_at(log.entries.len());
+            if !is_prefix(prefix, &log.entries) {
                 warn!(user = user_id, "presented log forks from the stored one");
                 return Err(ErrorCode::InvalidStatement);
             }
-            Ok(Decision::Keep(known))
+            let next = extend(root, &log, suffix, stats).map_err(|e| {
+                warn!(user = user_id, error = %e, "presented log does not extend the stored one");
+                ErrorCode::InvalidStatement
+            })?;
+            let newly_revoked = revoked_since(&next.user, log.user.len());
+            Ok(Decision::Replace {
+                prev_len: log.user.len(),
+                next: Arc::new(next),
+                newly_revoked,
+            })
+        }
+        Some(log) => {
+            if !is_prefix(presented, &log.entries) {
+                warn!(user = user_id, "presented log forks from the stored one");
+                return Err(ErrorCode::InvalidStatement);
+            }
+            Ok(Decision::Keep(log))
         }
     }
 }
@@ -112,31 +338,84 @@ fn revoked_since(user: &VerifiedUser, since: u64) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// Verifies `presented` against the stored log of `user_id`, stores it if
-/// longer, disconnects devices it revokes, and returns the relay's current
-/// view of the user.
+/// The relay's verified view of `user_id`: from the cache, else read from
+/// disk and verified once (on a reader, off the async workers).
+async fn known(shared: &Shared, user_id: &str) -> Result<Known, ErrorCode> {
+    if let Some(log) = shared.logs.get(user_id) {
+        return Ok(Known {
+            stored_len: log.user.len(),
+            log: Some(log),
+        });
+    }
+    let root = shared.config.org_root;
+    let user = user_id.to_owned();
+    let stats = shared.config.log_stats.clone();
+    let known = shared
+        .read(move |conn| {
+            let Some(entries) = storage::load_log(conn, &user)? else {
+                return Ok(Known {
+                    log: None,
+                    stored_len: 0,
+                });
+            };
+            let stored_len = entries.len() as u64;
+            // Stored logs were verified before being stored; verifying once
+            // per cache miss keeps the relay from trusting its disk blindly.
+            // One that no longer verifies (tampered with, or the configured
+            // root changed) is treated as absent: the presented log must
+            // then verify on its own, and replaces it.
+            let log = match verify_whole(&root, &user, entries, &stats) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    warn!(user = %user, error = %e, "stored log no longer verifies; ignoring it");
+                    None
+                }
+            };
+            Ok(Known { log, stored_len })
+        })
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "reading a stored log failed");
+            ErrorCode::Internal
+        })?;
+    if let Some(log) = &known.log {
+        shared.logs.offer(user_id, log.clone());
+    }
+    Ok(known)
+}
+
+/// Verifies `presented` against the relay's log of `user_id`, stores the
+/// verified result if longer, disconnects devices it revokes, and returns
+/// the relay's current view of the user.
 pub async fn refresh(
     shared: &Shared,
     user_id: &str,
     presented: Vec<SignedStatement>,
 ) -> Result<VerifiedUser, ErrorCode> {
-    let presented = std::sync::Arc::new(presented);
+    let presented = Arc::new(presented);
     for _ in 0..4 {
+        let known = known(shared, user_id).await?;
+        let cheap = match &known.log {
+            Some(log) => presented.len() <= log.entries.len(),
+            None => presented.is_empty(),
+        };
         let root = shared.config.org_root;
-        let user = user_id.to_owned();
-        let log = presented.clone();
-        let decision = shared
-            .read(move |conn| {
-                let stored = storage::load_log(conn, &user)?;
-                Ok(decide(&root, &user, stored, &log))
-            })
-            .await
-            .map_err(|e| {
-                warn!(error = %e, "reading a stored log failed");
-                ErrorCode::Internal
-            })??;
+        let decision = if cheap {
+            // A comparison at most: no signature to check.
+            decide(&root, user_id, known, &presented, &shared.config.log_stats)?
+        } else {
+            let user = user_id.to_owned();
+            let log = presented.clone();
+            let stats = shared.config.log_stats.clone();
+            tokio::task::spawn_blocking(move || decide(&root, &user, known, &log, &stats))
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, "log verification task failed");
+                    ErrorCode::Internal
+                })??
+        };
         match decision {
-            Decision::Keep(user) => return Ok(user),
+            Decision::Keep(log) => return Ok(log.user.clone()),
             Decision::Replace {
                 prev_len,
                 next,
@@ -144,16 +423,20 @@ pub async fn refresh(
             } => {
                 let stored = shared
                     .writer
-                    .store_log(user_id.to_owned(), prev_len, presented.to_vec())
+                    .store_log(user_id.to_owned(), prev_len, next.entries.clone())
                     .await
                     .map_err(|e| {
                         warn!(error = %e, "storing a log failed");
                         ErrorCode::Internal
                     })?;
                 if !stored {
-                    continue; // another connection stored a log first: decide again
+                    // Another connection stored a log first: decide again
+                    // from the disk.
+                    shared.logs.forget(user_id);
+                    continue;
                 }
-                info!(user = user_id, len = next.len(), "user log updated");
+                shared.logs.offer(user_id, next.clone());
+                info!(user = user_id, len = next.user.len(), "user log updated");
                 for device_id in newly_revoked {
                     shared.registry.close(
                         &Mailbox {
@@ -166,7 +449,7 @@ pub async fn refresh(
                         },
                     );
                 }
-                return Ok(next);
+                return Ok(next.user.clone());
             }
         }
     }
@@ -178,6 +461,23 @@ mod tests {
     use super::*;
     use ward_core::testkit::Org;
 
+    fn known(root: &SigningPublicKey, user: &str, log: &[SignedStatement]) -> Known {
+        let stats = LogStats::default();
+        Known {
+            log: verify_whole(root, user, log.to_vec(), &stats)
+                .ok()
+                .map(Arc::new),
+            stored_len: log.len() as u64,
+        }
+    }
+
+    fn none() -> Known {
+        Known {
+            log: None,
+            stored_len: 0,
+        }
+    }
+
     #[test]
     fn decisions() {
         let mut rng = rand::rng();
@@ -186,43 +486,110 @@ mod tests {
         let bob = org.enroll(&mut rng, "bob");
         let other = Org::new(&mut rng);
         let bob_elsewhere = other.enroll(&mut rng, "bob");
+        let s = LogStats::default();
 
         // Nothing stored: the presented log is stored.
         assert!(matches!(
-            decide(&root, "bob", None, &bob.log),
+            decide(&root, "bob", none(), &bob.log, &s),
             Ok(Decision::Replace { prev_len: 0, .. })
         ));
         assert!(matches!(
-            decide(&root, "bob", None, &[]),
+            decide(&root, "bob", none(), &[], &s),
             Err(ErrorCode::UnknownUser)
         ));
         assert!(matches!(
-            decide(&root, "bob", None, &bob_elsewhere.log),
+            decide(&root, "bob", none(), &bob_elsewhere.log, &s),
             Err(ErrorCode::InvalidStatement)
         ));
         assert!(matches!(
-            decide(&root, "alice", None, &bob.log),
+            decide(&root, "alice", none(), &bob.log, &s),
             Err(ErrorCode::InvalidStatement)
         ));
         // Same log, or nothing presented: keep the stored one.
         assert!(matches!(
-            decide(&root, "bob", Some(bob.log.clone()), &bob.log),
+            decide(&root, "bob", known(&root, "bob", &bob.log), &bob.log, &s),
             Ok(Decision::Keep(_))
         ));
         assert!(matches!(
-            decide(&root, "bob", Some(bob.log.clone()), &[]),
+            decide(&root, "bob", known(&root, "bob", &bob.log), &[], &s),
             Ok(Decision::Keep(_))
         ));
         // Another log of the same length: a fork.
         let bob2 = org.enroll(&mut rng, "bob");
         assert!(matches!(
-            decide(&root, "bob", Some(bob.log.clone()), &bob2.log),
+            decide(&root, "bob", known(&root, "bob", &bob.log), &bob2.log, &s),
             Err(ErrorCode::InvalidStatement)
         ));
         // A stored log that no longer verifies (another root) is replaced.
         assert!(matches!(
-            decide(&root, "bob", Some(bob_elsewhere.log.clone()), &bob.log),
+            decide(
+                &root,
+                "bob",
+                known(&root, "bob", &bob_elsewhere.log),
+                &bob.log,
+                &s
+            ),
             Ok(Decision::Replace { prev_len: 1, .. })
         ));
+    }
+
+    #[test]
+    fn only_the_new_suffix_is_verified_and_own_entries_are_kept() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let root = org.root_public();
+        let mut bob = org.enroll(&mut rng, "bob");
+        let mut log = bob.log.clone();
+        for _ in 0..3 {
+            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+            let e = bob
+                .chain
+                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
+            bob.chain.apply(&root, &e).unwrap();
+            log.push(e);
+        }
+        let s = LogStats::default();
+        let stored = known(&root, "bob", &log[..2]);
+        // The presenter zeroed the signatures of the known prefix.
+        let mut presented = log.clone();
+        for e in &mut presented[..2] {
+            e.signature = vec![0; 64];
+        }
+        let Ok(Decision::Replace { prev_len, next, .. }) =
+            decide(&root, "bob", stored, &presented, &s)
+        else {
+            panic!("the new suffix should be accepted");
+        };
+        assert_eq!(prev_len, 2);
+        assert_eq!(s.entries_verified(), 2, "only the two new entries");
+        assert_eq!(next.entries, log, "own prefix, verified suffix");
+        assert!(verify_log(&root, "bob", &next.entries).is_ok());
+    }
+
+    #[test]
+    fn the_cache_evicts_least_recently_used_past_its_budget() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let root = org.root_public();
+        let s = LogStats::default();
+        let logs: Vec<_> = (0..3)
+            .map(|i| {
+                let id = format!("u{i}");
+                let c = org.enroll(&mut rng, &id);
+                (
+                    id.clone(),
+                    Arc::new(verify_whole(&root, &id, c.log, &s).unwrap()),
+                )
+            })
+            .collect();
+        let one = logs[0].1.cost();
+        let cache = LogCache::new(one * 2, Arc::new(LogStats::default()));
+        cache.offer(&logs[0].0, logs[0].1.clone());
+        cache.offer(&logs[1].0, logs[1].1.clone());
+        assert!(cache.get("u0").is_some()); // u0 now most recent
+        cache.offer(&logs[2].0, logs[2].1.clone());
+        assert!(cache.get("u1").is_none(), "least recently used evicted");
+        assert!(cache.get("u0").is_some() && cache.get("u2").is_some());
+        assert!(cache.bytes() <= one * 2);
     }
 }

@@ -76,6 +76,10 @@ struct Args {
     /// Seconds between retention sweeps.
     #[arg(long, env = "WARD_RELAY_SWEEP_INTERVAL_SECS", default_value_t = 600)]
     sweep_interval_secs: u64,
+    /// Memory for verified user logs, in MiB (least recently used users are
+    /// evicted past it and verified again at their next login).
+    #[arg(long, env = "WARD_RELAY_LOG_CACHE_MIB", default_value_t = 64)]
+    log_cache_mib: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -130,6 +134,7 @@ fn config(args: &Args) -> Result<Config, String> {
     };
     config.retention = Duration::from_secs(args.retention_days.saturating_mul(86_400));
     config.sweep_interval = Duration::from_secs(args.sweep_interval_secs.max(1));
+    config.log_cache_bytes = args.log_cache_mib.saturating_mul(1 << 20);
     Ok(config)
 }
 

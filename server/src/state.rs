@@ -78,6 +78,8 @@ pub struct Shared {
     pub buckets: Buckets<Mailbox>,
     /// Payload bytes that may be queued towards all connections together.
     pub outbound: Arc<Semaphore>,
+    /// Verified user logs ([`crate::logs`]).
+    pub logs: crate::logs::LogCache,
     readers: Arc<Readers>,
     /// Prometheus series.
     pub metrics: crate::metrics::RelayMetrics,
@@ -94,7 +96,9 @@ impl Shared {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
         let outbound = Arc::new(Semaphore::new(global_permits(&config)));
+        let logs = crate::logs::LogCache::new(config.log_cache_bytes, config.log_stats.clone());
         Self {
+            logs,
             config,
             writer,
             registry,

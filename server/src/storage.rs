@@ -123,6 +123,7 @@ pub enum SendOutcome {
 
 /// Opens (creating if needed) the database with the relay's settings.
 pub fn open(path: &Path) -> Result<Connection, StorageError> {
+    create_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -133,6 +134,24 @@ pub fn open(path: &Path) -> Result<Connection, StorageError> {
     // Room for every statement the writer runs, so none is re-parsed.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Creates `path` empty, readable and writable by its owner only (0600,
+/// whatever the umask), unless it exists. SQLite gives its `-wal` and
+/// `-shm` files the database file's permissions.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; each step in its own transaction.
@@ -488,5 +507,26 @@ mod tests {
         assert!(store_log(&c, "u", 1, &[e.clone(), e.clone()], 1).unwrap());
         assert_eq!(load_log(&c, "u").unwrap().unwrap().len(), 2);
         assert!(load_log(&c, "v").unwrap().is_none());
+    }
+
+    /// Issue 9, item 7: the database and its WAL and shared-memory files
+    /// are created readable by the relay's user only (0644 on main).
+    #[cfg(unix)]
+    #[test]
+    fn the_database_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).unwrap();
+        let dir = std::env::temp_dir().join(format!("ward-relay-perm-{}", hex::encode(r)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.db");
+        let mut c = open(&path).unwrap();
+        migrate(&mut c).unwrap();
+        for f in ["relay.db", "relay.db-wal", "relay.db-shm"] {
+            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f} is {mode:o}");
+        }
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -64,6 +64,16 @@ struct Args {
     /// Sessions of devices not enrolled yet, open at once.
     #[arg(long, env = "WARD_KEYSERVER_MAX_ENROLLING", default_value_t = 1024)]
     max_enrolling: usize,
+    /// Wrapped keys one user's devices may have stored (as sender) within
+    /// the retention; more are refused with QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_WRAPPED_KEYS_PER_USER", default_value_t = ward_keyserver::config::DEFAULT_WRAPPED_KEYS_PER_USER)]
+    max_wrapped_keys_per_user: u64,
+    /// Device grants stored per user; more are refused with QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_GRANTS_PER_USER", default_value_t = ward_keyserver::config::DEFAULT_GRANTS_PER_USER)]
+    max_grants_per_user: u64,
+    /// Days a wrapped key (and a grant of a past user key) is kept.
+    #[arg(long, env = "WARD_KEYSERVER_KEY_RETENTION_DAYS", default_value_t = 60)]
+    key_retention_days: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -107,6 +117,11 @@ fn config(args: &Args) -> Result<Config, String> {
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         max_enrolling: args.max_enrolling,
+        quotas: ward_keyserver::Quotas {
+            wrapped_keys_per_user: args.max_wrapped_keys_per_user,
+            grants_per_user: args.max_grants_per_user,
+            retention: Duration::from_secs(args.key_retention_days.saturating_mul(86_400)),
+        },
         ..defaults
     };
     Ok(config)

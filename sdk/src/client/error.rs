@@ -86,6 +86,10 @@ pub enum ClientError {
         /// The resource id.
         resource_id: ResourceId,
     },
+    /// The relay numbered an entry above `i64::MAX`: no relay does, and the
+    /// store cannot record it. Refused, not acked.
+    #[error("relay sequence number {0} out of range")]
+    RelaySeqOutOfRange(u64),
     /// The keyserver had no wrapped key for this device's user within the
     /// configured wait.
     #[error("the wrapped key of {0:?} never reached the keyserver")]

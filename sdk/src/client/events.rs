@@ -57,6 +57,18 @@ pub enum Event {
         /// The failed attempt's error.
         reason: ClientError,
     },
+    /// A new message arrived under a relay sequence number at or below the
+    /// last one this device handled: the relay's numbering went back (its
+    /// database was reset or restored, or it had sent a number far ahead).
+    /// The message was stored and reported as usual; the cursor now
+    /// follows the relay. Worth telling an operator: messages acked before
+    /// a reset and not yet delivered elsewhere may be gone at the relay.
+    RelayCursorRegressed {
+        /// The cursor before.
+        cursor: u64,
+        /// The sequence number that went below it (the new cursor).
+        seq: u64,
+    },
     /// The relay durably stored an outgoing message (its `SendAck`).
     Sent {
         /// The message.

@@ -1,7 +1,8 @@
 //! The receive worker: one relay entry at a time, in the mailbox's order.
 //!
-//! For each `Deliver`: skip it if the relay cursor says it was handled
-//! already (a redelivery after a lost ack: acked again, silently); parse the
+//! For each `Deliver`: skip it if it is at or below the relay cursor and
+//! carries a message already stored (a redelivery after a lost ack: acked
+//! again, silently); parse the
 //! envelope; check the relay's sender against the envelope's claimed
 //! sender; fetch and verify the sender's log; fetch the wrapped key (waiting
 //! a bounded time for one that has not reached the keyserver yet); unwrap;
@@ -24,6 +25,14 @@
 //! replay: it is reported as [`Event::Rejected`] with
 //! [`ClientError::Replay`], never as a message. (A benign redelivery reuses
 //! its sequence number and is dropped silently by the cursor check.)
+//!
+//! **Sequence numbers** (SECURITY.md §15.3). One above `i64::MAX` is
+//! refused ([`ClientError::RelaySeqOutOfRange`]), neither stored nor acked
+//! nor retried. An entry at or below the cursor that is not a stored
+//! message is processed like any other: a new message there means the
+//! relay's numbering went back (its database was reset, or it had jumped
+//! ahead): the cursor follows it down and [`Event::RelayCursorRegressed`]
+//! says so. Nothing is dropped silently but a stored message's redelivery.
 
 use std::sync::Arc;
 
@@ -52,8 +61,28 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Receiver<D
 
 async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
     let seq = d.seq;
+    if i64::try_from(seq).is_err() {
+        // No relay numbers its entries this high, and the store cannot hold
+        // it: a final verdict, never retried (that wedged the worker) and
+        // never acked (a cumulative ack this high would cover every entry).
+        tracing::warn!(seq, "receive: relay sequence number out of range");
+        inner
+            .emit(Event::Rejected {
+                relay_seq: seq,
+                relay_sender: d.sender_user_id.clone(),
+                reason: ClientError::RelaySeqOutOfRange(seq),
+            })
+            .await;
+        return Ok(());
+    }
     let cursor = inner.store.run(|s| s.relay_cursor()).await?;
-    if cursor.is_some_and(|c| seq <= c) {
+    let behind = cursor.filter(|&c| seq <= c);
+    // At or below the cursor: a redelivery after a lost ack, if the entry
+    // is a message already stored (dropped silently, acked again). Anything
+    // else is handled like a new entry, never skipped: a relay that jumped
+    // ahead (a huge `seq`) or whose database was reset (its numbers start
+    // again below the cursor) must not make this device drop messages.
+    if behind.is_some() && already_stored(inner, d).await? {
         tracing::debug!(seq, "receive: already handled; acking again");
         inner.ack(seq).await;
         return Ok(());
@@ -61,11 +90,23 @@ async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
     match process(inner, d).await? {
         Ok(message) => {
             let m = message.clone();
+            let rewind = behind.is_some();
             let new = inner
                 .store
-                .run(move |s| s.record_delivery(seq, Some(&m)))
+                .run(move |s| s.record_delivery_at(seq, Some(&m), rewind))
                 .await?;
-            inner.ack(seq).await;
+            if let (Some(cursor), true) = (behind, new) {
+                // A new message below the cursor: the relay's numbering went
+                // back. Follow it (or every later entry would look handled)
+                // and say so.
+                tracing::warn!(cursor, seq, "receive: relay cursor regressed");
+                inner.acked.send_replace(seq);
+                inner
+                    .emit(Event::RelayCursorRegressed { cursor, seq })
+                    .await;
+            } else {
+                inner.ack(seq).await;
+            }
             let event = if new {
                 tracing::debug!(seq, resource = ?message.resource_id, "receive: message stored");
                 Event::Message(message)
@@ -85,7 +126,7 @@ async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
         Err(reason) => {
             inner
                 .store
-                .run(move |s| s.record_delivery(seq, None))
+                .run(move |s| s.record_delivery_at(seq, None, false))
                 .await?;
             inner.ack(seq).await;
             tracing::debug!(seq, error = %reason, "receive: rejected");
@@ -99,6 +140,22 @@ async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `d` carries a message already in the history, by the
+/// envelope's (unverified) sender and resource id: nothing new could be
+/// lost by dropping it, whoever made it.
+async fn already_stored(inner: &Inner, d: &Deliver) -> Result<bool> {
+    let Ok(env) = ReceivedEnvelope::parse(&d.payload) else {
+        return Ok(false);
+    };
+    let sender = env.claimed_sender().0.to_owned();
+    let rid = env.resource_id();
+    Ok(inner
+        .store
+        .run(move |s| s.message(&sender, &rid))
+        .await?
+        .is_some())
 }
 
 /// Repeats `call` while it fails transiently (network, timeout, rate limit).

@@ -108,6 +108,7 @@ pub(crate) fn open(path: &Path, key: &DbKey, create: bool) -> Result<Option<Conn
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        super::header::create_private(path)?;
     }
     let conn = match Connection::open_with_flags(path, flags) {
         Ok(c) => c,

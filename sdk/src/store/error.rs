@@ -27,7 +27,8 @@ pub enum StoreError {
     #[error("a platform secret is exactly 32 bytes")]
     InvalidPlatformSecret,
     /// The PIN (or, for a store that mixes one in, the platform secret) is
-    /// wrong. The attempt was counted.
+    /// wrong (at unlock, or as the current PIN of `change_pin` /
+    /// `upgrade_kdf`). The attempt was counted.
     #[error("wrong PIN ({attempts_left} attempts left before the store is wiped)")]
     WrongPin {
         /// Failed attempts left before the store wipes itself.
@@ -78,10 +79,6 @@ pub enum StoreError {
     /// `upgrade_kdf` was asked to lower a parameter.
     #[error("key-derivation parameters can only be raised")]
     KdfDowngrade,
-    /// `upgrade_kdf` was given a PIN (or platform secret) other than the one
-    /// that unlocked the store. Not counted as an attempt: the store is open.
-    #[error("the PIN does not match the unlocked store")]
-    PinMismatch,
     /// The SQLite library linked into this build does not encrypt (it is
     /// not SQLCipher). The store refuses to write plaintext.
     #[error("the linked SQLite is not SQLCipher: refusing to store unencrypted data")]

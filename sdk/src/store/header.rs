@@ -187,16 +187,42 @@ impl Header {
     pub fn write_atomic(&self, path: &Path) -> Result<()> {
         let tmp = with_suffix(path, ".tmp");
         {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let mut f =
+                private(OpenOptions::new().write(true).create(true).truncate(true)).open(&tmp)?;
+            // A leftover temporary file keeps its old mode: set it (the
+            // header inherits it at the rename).
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            }
             f.write_all(&self.encode())?;
             f.sync_all()?;
         }
         fs::rename(&tmp, path)?;
         sync_dir(path)
+    }
+}
+
+/// `options` creating files readable and writable by their owner only
+/// (0600 on Unix, whatever the umask).
+pub(crate) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+/// Creates `path` empty with owner-only permissions unless it exists.
+/// SQLite then keeps them, and gives its `-wal`, `-shm` and `-journal`
+/// files the database file's permissions.
+pub(crate) fn create_private(path: &Path) -> Result<()> {
+    match private(OpenOptions::new().write(true).create_new(true)).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -328,8 +328,9 @@ impl Store {
 
     /// Re-derives the key with stronger Argon2id parameters and a fresh
     /// salt, and re-encrypts the database under it. `pin` and
-    /// `platform_secret` must be those that unlocked it
-    /// ([`StoreError::PinMismatch`] otherwise). Parameters can only be
+    /// `platform_secret` must be those that unlocked it: a wrong PIN counts
+    /// as a failed attempt ([`StoreError::WrongPin`], or
+    /// [`StoreError::Wiped`] at the limit: drop the store then). Parameters can only be
     /// raised ([`StoreError::KdfDowngrade`]). Crash-safe: the header keeps
     /// the new parameters as "pending" until the re-encryption is done, and
     /// unlock tries both.
@@ -348,8 +349,8 @@ impl Store {
     }
 
     /// Changes the PIN (same platform secret, same Argon2id parameters, a
-    /// fresh salt). `current` must be the PIN that unlocked the store
-    /// ([`StoreError::PinMismatch`] otherwise).
+    /// fresh salt). `current` must be the PIN that unlocked the store: a
+    /// wrong one counts as a failed attempt, as in [`Store::upgrade_kdf`].
     pub fn change_pin(
         &mut self,
         current: &Pin,
@@ -370,6 +371,11 @@ impl Store {
         let hpath = header_path(&self.path);
         let mut header = Header::read(&hpath)?;
         check_platform_secret(&header, platform_secret)?;
+        // A PIN check is an attempt, as at unlock: counted before the
+        // derivation, so that someone holding an unlocked phone cannot
+        // search for the PIN here without reaching the wipe.
+        header.failed_attempts = header.failed_attempts.saturating_add(1);
+        header.write_atomic(&hpath)?;
         let check = derive_db_key(
             current,
             &header.kdf.salt,
@@ -377,8 +383,15 @@ impl Store {
             platform_secret,
         )?;
         if !check.ct_eq(&self.key) {
-            return Err(StoreError::PinMismatch);
+            if header.failed_attempts >= header.max_attempts {
+                Self::wipe(&self.path)?;
+                return Err(StoreError::Wiped);
+            }
+            return Err(StoreError::WrongPin {
+                attempts_left: header.max_attempts - header.failed_attempts,
+            });
         }
+        header.failed_attempts = 0;
         let slot = KdfSlot {
             params,
             salt: random_salt()?,

@@ -666,16 +666,33 @@ impl Store {
     /// cursor to `seq`, in one transaction. Returns whether the message was
     /// new. Durable when it returns: ack the relay after this.
     pub fn record_delivery(&mut self, seq: u64, message: Option<&Message>) -> Result<bool> {
+        self.record_delivery_at(seq, message, false)
+    }
+
+    /// [`Store::record_delivery`]; with `rewind`, the cursor is set to `seq`
+    /// even if it was higher (the relay's numbering went back), but only if
+    /// the message was new. A `seq` above `i64::MAX` is refused with
+    /// [`StoreError::InvalidData`] before anything is written.
+    pub fn record_delivery_at(
+        &mut self,
+        seq: u64,
+        message: Option<&Message>,
+        rewind: bool,
+    ) -> Result<bool> {
+        let seq = to_i64(seq, "relay cursor")?;
         let tx = self.conn.transaction()?;
         let new = match message {
             Some(m) => insert_message_in(&tx, m)?,
             None => false,
         };
-        tx.execute(
+        let sql = if rewind && new {
             "INSERT INTO relay_cursor (id, last_acked_seq) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)",
-            [to_i64(seq, "relay cursor")?],
-        )?;
+             ON CONFLICT (id) DO UPDATE SET last_acked_seq = excluded.last_acked_seq"
+        } else {
+            "INSERT INTO relay_cursor (id, last_acked_seq) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last_acked_seq = max(last_acked_seq, excluded.last_acked_seq)"
+        };
+        tx.execute(sql, [seq])?;
         tx.commit()?;
         Ok(new)
     }
