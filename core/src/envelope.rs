@@ -1,12 +1,17 @@
 //! Sealing and opening envelopes (SECURITY.md §7).
 //!
-//! Seal: a fresh [`ResourceKey`], XChaCha20-Poly1305 over the padded content
-//! with the encoded header as associated data, an Ed25519 signature by the
-//! sender device over the header and ciphertext, and the resource key wrapped
-//! once per recipient *user*, to the key of that user's verified chain.
+//! Seal: a fresh [`ResourceKey`] `K`; from it, by HKDF, the AEAD key and a
+//! *key commitment* that goes into the signed header (XChaCha20-Poly1305 is
+//! not key-committing: without it one ciphertext can open to two plaintexts
+//! under two keys); XChaCha20-Poly1305 over the padded content, in place in
+//! the envelope buffer, with the encoded header as associated data; one
+//! SHA-256 pass over the ciphertext; an Ed25519 signature by the sender
+//! device over the header and that digest; and `K` wrapped once per
+//! recipient *user*, to the key of that user's verified chain.
 //!
 //! Open: parse, check the sender against its verified chain, verify the
-//! signature, check this user is a recipient, decrypt, unpad.
+//! signature (hashing the ciphertext once), check this user is a recipient,
+//! check the key commitment in constant time, then decrypt and unpad.
 //!
 //! ```
 //! use ward_core::envelope::{self, SealRequest};
@@ -33,19 +38,25 @@
 //! ```
 
 use core::fmt;
+use std::sync::OnceLock;
 
 use chacha20poly1305::XChaCha20Poly1305;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use hkdf::Hkdf;
 use rand_core::CryptoRng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use ward_proto::v1::{Envelope, EnvelopeHeader, WrappedKey};
 use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded, decode_canonical};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::chain::VerifiedUser;
 use crate::error::{OpenError, SealError};
 use crate::ids::{ConversationId, ResourceId, valid_user_id};
 use crate::keys::{DeviceSigningKey, ResourceKey, SigningPublicKey};
-use crate::labels::{SIG_ENVELOPE, framed};
+use crate::labels::{
+    ENVELOPE_AEAD_KEY, ENVELOPE_KEY_COMMITMENT, HASH_CIPHERTEXT, SIG_ENVELOPE, framed, framed_hash,
+};
 use crate::padding;
 use crate::wrap::wrap_resource_key;
 
@@ -57,8 +68,11 @@ pub const MAX_RECIPIENTS: usize = 256;
 pub const MAX_HEADER_BYTES: usize = 40 << 10;
 /// Largest encoded envelope: header, padded content, tag and signature.
 pub const MAX_ENVELOPE_BYTES: usize = 20 << 20;
+/// Length of the key commitment in the header.
+pub const KEY_COMMITMENT_BYTES: usize = 32;
 
 const TAG_BYTES: usize = 16;
+const SIGNATURE_BYTES: usize = 64;
 
 /// What the content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,35 +137,79 @@ impl fmt::Debug for Sealed {
     }
 }
 
-fn signature_input(header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
-    framed(SIG_ENVELOPE, &[header, ciphertext])
+/// The AEAD key and the key commitment, both derived from the resource key
+/// (§7.3 S4): `prk = HKDF-Extract(salt = resource id, ikm = K)`, then one
+/// HKDF-Expand each. The commitment is collision-resistant in `K` (HMAC-SHA-256
+/// of a fixed message under distinct keys), so no second key matches it;
+/// being an independent PRF output, it reveals nothing about the AEAD key.
+struct DerivedKeys {
+    aead_key: Zeroizing<[u8; 32]>,
+    commitment: [u8; KEY_COMMITMENT_BYTES],
 }
 
-/// Seals `req.content` from `device`, a device of `sender`.
-///
-/// Draws from `rng`, in order: the resource key (32 bytes), the resource id
-/// (16), the nonce (24), then 32 bytes per recipient for its wrap.
-pub fn seal<R: CryptoRng + ?Sized>(
-    rng: &mut R,
+fn derive_keys(key: &ResourceKey, resource_id: &ResourceId) -> DerivedKeys {
+    let hk = Hkdf::<Sha256>::new(Some(resource_id.as_bytes()), key.as_bytes());
+    let mut aead_key = Zeroizing::new([0u8; 32]);
+    let mut commitment = [0u8; KEY_COMMITMENT_BYTES];
+    // 32 bytes is far below HKDF's 255 * 32 limit: these cannot fail.
+    let ok = hk.expand(ENVELOPE_AEAD_KEY, &mut *aead_key).is_ok()
+        && hk.expand(ENVELOPE_KEY_COMMITMENT, &mut commitment).is_ok();
+    debug_assert!(ok);
+    DerivedKeys {
+        aead_key,
+        commitment,
+    }
+}
+
+/// The one hash pass over the ciphertext that the signature commits to.
+fn ciphertext_digest(ciphertext: &[u8]) -> [u8; 32] {
+    framed_hash(HASH_CIPHERTEXT, &[ciphertext])
+}
+
+/// The signed transcript: `frame(SIG_ENVELOPE, header, digest)`. Ed25519
+/// then hashes only the header and 32 bytes, not the ciphertext (twice).
+fn signature_input(header: &[u8], digest: &[u8; 32]) -> Vec<u8> {
+    framed(SIG_ENVELOPE, &[header, digest])
+}
+
+/// Appends the protobuf key and length of a length-delimited field.
+fn put_len_field(out: &mut Vec<u8>, field: u32, len: usize) {
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(len as u64, out);
+}
+
+/// Checks a request against every rule a recipient would apply to the
+/// envelope it makes (§7.3 S1-S3), so seal never makes one that all refuse.
+fn check_request(
     device: &DeviceSigningKey,
     sender: &VerifiedUser,
     req: &SealRequest<'_>,
-) -> Result<Sealed, SealError> {
+) -> Result<Vec<String>, SealError> {
     if req.content.len() > MAX_CONTENT_BYTES {
         return Err(SealError::TooLarge(req.content.len()));
     }
     if req.content_type == ContentType::Text && core::str::from_utf8(req.content).is_err() {
         return Err(SealError::InvalidText);
     }
-    if req.recipients.is_empty() || req.recipients.len() > MAX_RECIPIENTS {
-        return Err(SealError::InvalidRecipients);
+    // S2: the conversation id is 16 bytes by type (`ConversationId`).
+    if req.recipients.is_empty() {
+        return Err(SealError::NoRecipients);
+    }
+    if req.recipients.len() > MAX_RECIPIENTS {
+        return Err(SealError::TooManyRecipients(req.recipients.len()));
+    }
+    if !valid_user_id(sender.user_id())
+        || !req.recipients.iter().all(|r| valid_user_id(r.user_id()))
+    {
+        return Err(SealError::InvalidUserId);
     }
     let mut recipient_ids: Vec<String> = Vec::with_capacity(req.recipients.len());
     for r in req.recipients {
-        if recipient_ids.iter().any(|id| id == r.user_id()) {
-            return Err(SealError::InvalidRecipients);
+        let id = r.user_id();
+        if recipient_ids.iter().any(|known| known == id) {
+            return Err(SealError::DuplicateRecipient(id.to_owned()));
         }
-        recipient_ids.push(r.user_id().to_owned());
+        recipient_ids.push(id.to_owned());
     }
     if !sender
         .device(&device.public_key())
@@ -159,10 +217,28 @@ pub fn seal<R: CryptoRng + ?Sized>(
     {
         return Err(SealError::DeviceNotActive);
     }
+    Ok(recipient_ids)
+}
+
+/// Seals `req.content` from `device`, a device of `sender`.
+///
+/// Draws from `rng`, in order: the resource key (32 bytes), the resource id
+/// (16), the nonce (24), then what one wrap draws (§6.3) per recipient.
+///
+/// The content is copied once, into the envelope buffer, and encrypted
+/// there; the ciphertext is hashed once; the buffer is the envelope.
+pub fn seal<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    device: &DeviceSigningKey,
+    sender: &VerifiedUser,
+    req: &SealRequest<'_>,
+) -> Result<Sealed, SealError> {
+    let recipient_ids = check_request(device, sender, req)?;
     let resource_key = ResourceKey::generate(rng);
     let resource_id = ResourceId::random(rng);
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
+    let keys = derive_keys(&resource_key, &resource_id);
 
     let header = EnvelopeHeader {
         version: PROTOCOL_VERSION,
@@ -174,34 +250,43 @@ pub fn seal<R: CryptoRng + ?Sized>(
         content_type: req.content_type.to_wire(),
         nonce: nonce.to_vec(),
         recipient_user_ids: recipient_ids,
+        key_commitment: keys.commitment.to_vec(),
     }
     .encode_to_vec();
+    // 256 ids of 128 bytes fit in 40 KiB; keep seal and parse (P2) in step.
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(SealError::TooManyRecipients(req.recipients.len()));
+    }
 
-    let padded = padding::pad(req.content);
-    let cipher = XChaCha20Poly1305::new(&(*resource_key.as_bytes()).into());
-    let ciphertext = cipher
-        .encrypt(
-            &nonce.into(),
-            Payload {
-                msg: &padded,
-                aad: &header,
-            },
-        )
+    // The envelope, encoded as prost would (fields 1, 2, 3), in one buffer:
+    // the padded plaintext is written at its final place and encrypted there.
+    let ct_len = padding::padded_len(req.content.len()) + TAG_BYTES;
+    let mut buf = Zeroizing::new(Vec::with_capacity(
+        header.len() + ct_len + SIGNATURE_BYTES + 3 * 11,
+    ));
+    put_len_field(&mut buf, 1, header.len());
+    buf.extend_from_slice(&header);
+    put_len_field(&mut buf, 2, ct_len);
+    let ct_start = buf.len();
+    padding::pad_into(&mut buf, req.content);
+    let cipher = XChaCha20Poly1305::new(&(*keys.aead_key).into());
+    let tag = cipher
+        .encrypt_inout_detached(&nonce.into(), &header, (&mut buf[ct_start..]).into())
         .map_err(|_| SealError::TooLarge(req.content.len()))?;
-    let signature = device.sign(&signature_input(&header, &ciphertext)).to_vec();
-    let envelope = Envelope {
-        header,
-        ciphertext,
-        signature,
-    }
-    .encode_to_vec();
+    buf.extend_from_slice(&tag);
+    // From here `buf` holds only ciphertext: it leaves the Zeroizing guard.
+    let digest = ciphertext_digest(&buf[ct_start..]);
+    let signature = device.sign(&signature_input(&header, &digest));
+    put_len_field(&mut buf, 3, SIGNATURE_BYTES);
+    buf.extend_from_slice(&signature);
+    let envelope = core::mem::take(&mut *buf);
 
     let mut wrapped_keys = Vec::with_capacity(req.recipients.len());
     for r in req.recipients {
-        // Verified chains hold only keys that were parsed; a low-order key in
-        // a chain is refused here rather than wrapped to.
+        // Verified chains hold only keys that were parsed; a key that cannot
+        // be wrapped to is refused here rather than skipped.
         let w = wrap_resource_key(rng, &resource_key, &resource_id, r.encryption_key())
-            .map_err(|_| SealError::InvalidRecipients)?;
+            .map_err(|_| SealError::UnwrappableRecipient(r.user_id().to_owned()))?;
         wrapped_keys.push((r.user_id().to_owned(), w));
     }
     Ok(Sealed {
@@ -219,7 +304,10 @@ pub fn seal<R: CryptoRng + ?Sized>(
 pub struct ReceivedEnvelope {
     header_bytes: Vec<u8>,
     ciphertext: Vec<u8>,
-    signature: Vec<u8>,
+    signature: [u8; SIGNATURE_BYTES],
+    /// The ciphertext digest, computed at the first verification: opening
+    /// hashes the ciphertext once, however often it is verified.
+    digest: OnceLock<[u8; 32]>,
     resource_id: ResourceId,
     conversation_id: ConversationId,
     sender_user_id: String,
@@ -228,6 +316,7 @@ pub struct ReceivedEnvelope {
     content_type: ContentType,
     nonce: [u8; 24],
     recipients: Vec<String>,
+    key_commitment: [u8; KEY_COMMITMENT_BYTES],
 }
 
 impl ReceivedEnvelope {
@@ -268,16 +357,24 @@ impl ReceivedEnvelope {
         if sorted.windows(2).any(|w| w[0] == w[1]) {
             return Err(OpenError::Malformed("duplicate recipient"));
         }
-        if env.signature.len() != 64 {
-            return Err(OpenError::Malformed("signature length"));
-        }
+        let key_commitment: [u8; KEY_COMMITMENT_BYTES] = h
+            .key_commitment
+            .as_slice()
+            .try_into()
+            .map_err(|_| OpenError::Malformed("key commitment"))?;
+        let signature: [u8; SIGNATURE_BYTES] = env
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| OpenError::Malformed("signature length"))?;
         if env.ciphertext.len() < padding::MIN_PADDED_LEN + TAG_BYTES {
             return Err(OpenError::Malformed("ciphertext too short"));
         }
         Ok(Self {
             header_bytes: env.header,
             ciphertext: env.ciphertext,
-            signature: env.signature,
+            signature,
+            digest: OnceLock::new(),
             resource_id,
             conversation_id,
             sender_user_id: h.sender_user_id,
@@ -286,10 +383,14 @@ impl ReceivedEnvelope {
             content_type,
             nonce,
             recipients: h.recipient_user_ids,
+            key_commitment,
         })
     }
 
-    /// The resource id (unverified until [`Self::open`]): which wrapped key to fetch.
+    /// The resource id (unverified until [`Self::open`]): which wrapped key
+    /// to fetch. With the verified sender, also the deduplication key: the
+    /// signature covers it, while the outer `Envelope` bytes can be
+    /// re-encoded by anyone without breaking the signature (§7.6).
     pub fn resource_id(&self) -> ResourceId {
         self.resource_id
     }
@@ -299,10 +400,16 @@ impl ReceivedEnvelope {
         (&self.sender_user_id, &self.sender_device)
     }
 
+    /// The (unverified) recipients listed in the header.
+    pub fn recipients(&self) -> &[String] {
+        &self.recipients
+    }
+
     /// Checks everything that needs no key: the sender against its verified
     /// chain, the device's status, the signature, and that `me` is a
     /// recipient. A receiver calls it before waiting for the wrapped key, so
-    /// a forged envelope is refused at once; [`Self::open`] checks it again.
+    /// a forged envelope is refused at once; [`Self::open`] checks it again
+    /// (without hashing the ciphertext again).
     pub fn verify(&self, sender: &VerifiedUser, me: &str) -> Result<(), OpenError> {
         if sender.user_id() != self.sender_user_id {
             return Err(OpenError::SenderMismatch);
@@ -313,8 +420,11 @@ impl ReceivedEnvelope {
         if !device.is_active() {
             return Err(OpenError::SenderDeviceRevoked);
         }
+        let digest = self
+            .digest
+            .get_or_init(|| ciphertext_digest(&self.ciphertext));
         if !self.sender_device.verify(
-            &signature_input(&self.header_bytes, &self.ciphertext),
+            &signature_input(&self.header_bytes, digest),
             &self.signature,
         ) {
             return Err(OpenError::BadSignature);
@@ -325,34 +435,52 @@ impl ReceivedEnvelope {
         Ok(())
     }
 
-    /// Verifies the envelope against the sender's verified chain and decrypts
-    /// it for `me` (this user's id) with the unwrapped resource key.
-    pub fn open(
+    /// R6: the AEAD key, once `key` matches the signed commitment (compared
+    /// in constant time: the commitment is public, but the check must not
+    /// time how much of a candidate key's output matched).
+    fn aead_key(&self, key: &ResourceKey) -> Result<Zeroizing<[u8; 32]>, OpenError> {
+        let keys = derive_keys(key, &self.resource_id);
+        if !bool::from(keys.commitment.ct_eq(&self.key_commitment)) {
+            return Err(OpenError::KeyCommitmentMismatch);
+        }
+        Ok(keys.aead_key)
+    }
+
+    /// R7-R9: decrypts `buf` (the ciphertext and tag) in place, unpads, and
+    /// builds the message around the plaintext left in `buf`.
+    fn decrypt(
         &self,
-        sender: &VerifiedUser,
-        me: &str,
-        key: &ResourceKey,
-    ) -> Result<OpenedMessage, OpenError> {
-        self.verify(sender, me)?;
-        let cipher = XChaCha20Poly1305::new(&(*key.as_bytes()).into());
-        let padded = cipher
-            .decrypt(
+        aead_key: &[u8; 32],
+        mut buf: Zeroizing<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let split = buf
+            .len()
+            .checked_sub(TAG_BYTES)
+            .ok_or(OpenError::Undecryptable)?;
+        let cipher = XChaCha20Poly1305::new(&(*aead_key).into());
+        let (body, tag) = buf.split_at_mut(split);
+        let tag: [u8; TAG_BYTES] = (&*tag).try_into().map_err(|_| OpenError::Undecryptable)?;
+        cipher
+            .decrypt_inout_detached(
                 &self.nonce.into(),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: &self.header_bytes,
-                },
+                &self.header_bytes,
+                body.into(),
+                &tag.into(),
             )
-            .map(Zeroizing::new)
             .map_err(|_| OpenError::Undecryptable)?;
-        let range = padding::unpad(&padded).ok_or(OpenError::Undecryptable)?;
+        let len = padding::unpad(&buf[..split]).ok_or(OpenError::Undecryptable)?;
         // The sender signed it, so this is the sender's fault, not an oracle.
-        if self.content_type == ContentType::Text
-            && core::str::from_utf8(&padded[range.clone()]).is_err()
-        {
+        if self.content_type == ContentType::Text && core::str::from_utf8(&buf[..len]).is_err() {
             return Err(OpenError::Malformed("text content is not UTF-8"));
         }
-        Ok(OpenedMessage {
+        // Zero the padding and tag before dropping them from the length.
+        buf[len..].zeroize();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn message(&self, content: Zeroizing<Vec<u8>>) -> OpenedMessage {
+        OpenedMessage {
             resource_id: self.resource_id,
             conversation_id: self.conversation_id,
             sender_user_id: self.sender_user_id.clone(),
@@ -360,14 +488,44 @@ impl ReceivedEnvelope {
             timestamp_ms: self.timestamp_ms,
             content_type: self.content_type,
             recipients: self.recipients.clone(),
-            content: Zeroizing::new(padded[range].to_vec()),
-        })
+            content,
+        }
+    }
+
+    /// Verifies the envelope against the sender's verified chain and decrypts
+    /// it for `me` (this user's id) with the unwrapped resource key. Copies
+    /// the ciphertext once, to decrypt it; [`Self::open_in_place`] does not.
+    pub fn open(
+        &self,
+        sender: &VerifiedUser,
+        me: &str,
+        key: &ResourceKey,
+    ) -> Result<OpenedMessage, OpenError> {
+        self.verify(sender, me)?;
+        let aead_key = self.aead_key(key)?;
+        let content = self.decrypt(&aead_key, Zeroizing::new(self.ciphertext.clone()))?;
+        Ok(self.message(content))
+    }
+
+    /// As [`Self::open`], decrypting in the envelope's own buffer: the
+    /// content is the ciphertext's buffer, truncated. No copy of the content.
+    pub fn open_in_place(
+        mut self,
+        sender: &VerifiedUser,
+        me: &str,
+        key: &ResourceKey,
+    ) -> Result<OpenedMessage, OpenError> {
+        self.verify(sender, me)?;
+        let aead_key = self.aead_key(key)?;
+        let buf = Zeroizing::new(core::mem::take(&mut self.ciphertext));
+        let content = self.decrypt(&aead_key, buf)?;
+        Ok(self.message(content))
     }
 }
 
 /// A verified, decrypted message.
 pub struct OpenedMessage {
-    /// The resource id: deduplicate on it.
+    /// The resource id: with the sender, the deduplication key.
     pub resource_id: ResourceId,
     /// The conversation.
     pub conversation_id: ConversationId,
@@ -542,12 +700,38 @@ mod tests {
         let none: [&VerifiedUser; 0] = [];
         assert_eq!(
             seal(&mut rng, dev, me, &request(&none, ContentType::Text, b"x")).err(),
-            Some(SealError::InvalidRecipients)
+            Some(SealError::NoRecipients)
         );
         let twice = [me, &f.others[0].chain, me];
         assert_eq!(
             seal(&mut rng, dev, me, &request(&twice, ContentType::Text, b"x")).err(),
-            Some(SealError::InvalidRecipients)
+            Some(SealError::DuplicateRecipient("alice".into()))
+        );
+        let many = vec![me; MAX_RECIPIENTS + 1];
+        assert_eq!(
+            seal(&mut rng, dev, me, &request(&many, ContentType::Text, b"x")).err(),
+            Some(SealError::TooManyRecipients(MAX_RECIPIENTS + 1))
+        );
+        assert_eq!(
+            seal(
+                &mut rng,
+                dev,
+                me,
+                &request(&[me], ContentType::Text, b"\xff")
+            )
+            .err(),
+            Some(SealError::InvalidText)
+        );
+        // Bob's device signing for alice's chain.
+        assert_eq!(
+            seal(
+                &mut rng,
+                &f.others[0].device,
+                me,
+                &request(&[me], ContentType::Text, b"x")
+            )
+            .err(),
+            Some(SealError::DeviceNotActive)
         );
         let big = vec![0u8; MAX_CONTENT_BYTES + 1];
         assert_eq!(
@@ -582,7 +766,10 @@ mod tests {
         let e = |edit: fn(&mut EnvelopeHeader, &mut Envelope)| parse_err(&edited(&sealed, edit));
         assert!(ReceivedEnvelope::parse(&edited(&sealed, |_, _| {})).is_ok());
 
-        assert_eq!(e(|h, _| h.version = 2), OpenError::UnsupportedVersion(2));
+        assert_eq!(
+            e(|h, _| h.version = PROTOCOL_VERSION + 1),
+            OpenError::UnsupportedVersion(PROTOCOL_VERSION + 1)
+        );
         assert_eq!(e(|h, _| h.version = 0), OpenError::UnsupportedVersion(0));
         assert_eq!(
             e(|h, _| h.nonce.truncate(23)),
@@ -653,6 +840,18 @@ mod tests {
             OpenError::Malformed("sender device")
         );
         assert_eq!(
+            e(|h, _| h.key_commitment.pop().map_or((), drop)),
+            OpenError::Malformed("key commitment")
+        );
+        assert_eq!(
+            e(|h, _| h.key_commitment.clear()),
+            OpenError::Malformed("key commitment")
+        );
+        assert_eq!(
+            e(|h, _| h.key_commitment.push(0)),
+            OpenError::Malformed("key commitment")
+        );
+        assert_eq!(
             e(|_, env| env.signature.truncate(63)),
             OpenError::Malformed("signature length")
         );
@@ -705,10 +904,11 @@ mod tests {
             received.open(&f.alice.chain, "carol", key).err().unwrap(),
             OpenError::NotARecipient
         );
+        // Any other key fails the commitment, before any decryption.
         let wrong = ResourceKey::import_secret(&[9; 32]).unwrap();
         assert_eq!(
             received.open(&f.alice.chain, "bob", &wrong).err().unwrap(),
-            OpenError::Undecryptable
+            OpenError::KeyCommitmentMismatch
         );
         // Signed by carol's device while claiming alice's: unknown to alice's chain.
         let mut claimed = edited(&sealed, |h, _| {
@@ -717,7 +917,10 @@ mod tests {
         let mut env = Envelope::decode(claimed.as_slice()).unwrap();
         env.signature = carol
             .device
-            .sign(&signature_input(&env.header, &env.ciphertext))
+            .sign(&signature_input(
+                &env.header,
+                &ciphertext_digest(&env.ciphertext),
+            ))
             .to_vec();
         claimed = env.encode_to_vec();
         assert_eq!(
@@ -743,6 +946,125 @@ mod tests {
                 "{which}"
             );
         }
+    }
+
+    #[test]
+    fn the_envelope_buffer_is_what_prost_encodes() {
+        // Seal writes the `Envelope` by hand, to encrypt in place; it must be
+        // byte for byte the canonical encoding.
+        let f = &*FIXTURE;
+        for len in [0usize, 300, 70_000] {
+            let content = vec![0x5a; len];
+            let sealed = seal_from_alice(&[&f.others[0].chain], ContentType::File, &content);
+            let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
+            assert_eq!(env.encode_to_vec(), sealed.envelope, "{len}");
+            assert_eq!(env.signature.len(), SIGNATURE_BYTES);
+            // One allocation, sized up front: a reallocation would have
+            // doubled the capacity (and left a copy of the plaintext behind).
+            assert!(
+                sealed.envelope.capacity() - sealed.envelope.len() < 40,
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_in_place_gives_what_open_gives() {
+        let f = &*FIXTURE;
+        let bob = &f.others[0];
+        let content: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let sealed = seal_from_alice(&[&bob.chain], ContentType::File, &content);
+        let received = ReceivedEnvelope::parse(&sealed.envelope).unwrap();
+        let a = received
+            .open(&f.alice.chain, "bob", &sealed.resource_key)
+            .unwrap();
+        let b = received
+            .clone()
+            .open_in_place(&f.alice.chain, "bob", &sealed.resource_key)
+            .unwrap();
+        assert_eq!(&a.content[..], &content[..]);
+        assert_eq!(&b.content[..], &content[..]);
+        let wrong = ResourceKey::import_secret(&[3; 32]).unwrap();
+        assert_eq!(
+            received.open_in_place(&f.alice.chain, "bob", &wrong).err(),
+            Some(OpenError::KeyCommitmentMismatch)
+        );
+    }
+
+    /// What a malicious sender would do without the commitment check: one
+    /// envelope whose header commits to `committed`, encrypted under the
+    /// AEAD key of `used`, properly signed.
+    fn forged(committed: &ResourceKey, used: &ResourceKey, content: &[u8]) -> Vec<u8> {
+        let f = &*FIXTURE;
+        let rid = ResourceId([4; 16]);
+        let nonce = [5u8; 24];
+        let header = EnvelopeHeader {
+            version: PROTOCOL_VERSION,
+            resource_id: rid.as_bytes().to_vec(),
+            conversation_id: vec![7; 16],
+            sender_user_id: "alice".into(),
+            sender_device_id: f.alice.device.public_key().as_bytes().to_vec(),
+            timestamp_ms: 1,
+            content_type: ContentType::File.to_wire(),
+            nonce: nonce.to_vec(),
+            recipient_user_ids: vec!["bob".into(), "carol".into()],
+            key_commitment: derive_keys(committed, &rid).commitment.to_vec(),
+        }
+        .encode_to_vec();
+        let mut ct = padding::pad(content).to_vec();
+        let aead_key = derive_keys(used, &rid).aead_key;
+        let tag = XChaCha20Poly1305::new(&(*aead_key).into())
+            .encrypt_inout_detached(&nonce.into(), &header, ct.as_mut_slice().into())
+            .unwrap();
+        ct.extend_from_slice(&tag);
+        let signature = f
+            .alice
+            .device
+            .sign(&signature_input(&header, &ciphertext_digest(&ct)))
+            .to_vec();
+        Envelope {
+            header,
+            ciphertext: ct,
+            signature,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_commitment_is_refused_before_decrypting() {
+        let f = &*FIXTURE;
+        let k1 = ResourceKey::import_secret(&[1; 32]).unwrap();
+        let k2 = ResourceKey::import_secret(&[2; 32]).unwrap();
+        // Honest: commitment and AEAD key from the same K.
+        let honest = ReceivedEnvelope::parse(&forged(&k1, &k1, b"potassium 6.1")).unwrap();
+        assert_eq!(
+            &honest.open(&f.alice.chain, "bob", &k1).unwrap().content[..],
+            b"potassium 6.1"
+        );
+        // Bob is handed K2 (the key the ciphertext really uses), carol K1:
+        // bob's key fails the commitment, carol's fails the AEAD. Nobody
+        // sees a plaintext, let alone two different ones.
+        let evil = ReceivedEnvelope::parse(&forged(&k1, &k2, b"potassium 3.9")).unwrap();
+        assert_eq!(
+            evil.open(&f.alice.chain, "bob", &k2).err(),
+            Some(OpenError::KeyCommitmentMismatch)
+        );
+        assert_eq!(
+            evil.open(&f.alice.chain, "carol", &k1).err(),
+            Some(OpenError::Undecryptable)
+        );
+    }
+
+    #[test]
+    fn the_commitment_depends_on_the_key_and_the_resource() {
+        let k1 = ResourceKey::import_secret(&[1; 32]).unwrap();
+        let k2 = ResourceKey::import_secret(&[2; 32]).unwrap();
+        let (r1, r2) = (ResourceId([1; 16]), ResourceId([2; 16]));
+        let c = |k, r| derive_keys(k, r).commitment;
+        assert_ne!(c(&k1, &r1), c(&k2, &r1));
+        assert_ne!(c(&k1, &r1), c(&k1, &r2));
+        // The commitment is not the AEAD key.
+        assert_ne!(c(&k1, &r1), *derive_keys(&k1, &r1).aead_key);
     }
 
     proptest! {

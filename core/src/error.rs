@@ -40,21 +40,41 @@ pub enum WrapError {
     Undecryptable,
 }
 
-/// Sealing an envelope failed.
+/// Sealing an envelope failed. Seal refuses everything that §7.4's parse
+/// and open rules would refuse at every recipient, before drawing randomness.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
     /// Content over [`crate::envelope::MAX_CONTENT_BYTES`].
     #[error("content of {0} bytes exceeds the limit")]
     TooLarge(usize),
-    /// Recipients must be 1..=[`crate::envelope::MAX_RECIPIENTS`] valid user ids.
-    #[error("invalid recipient list")]
-    InvalidRecipients,
     /// Text content must be UTF-8.
     #[error("text content is not UTF-8")]
     InvalidText,
+    /// The conversation id is not 16 bytes. [`crate::ConversationId`] is 16
+    /// bytes by type, so ward-core cannot return it; an implementation taking
+    /// the id as bytes must (SECURITY.md §7.3 S2).
+    #[error("the conversation id must be 16 bytes")]
+    InvalidConversation,
+    /// No recipient: nobody could open it.
+    #[error("an envelope needs at least one recipient")]
+    NoRecipients,
+    /// More than [`crate::envelope::MAX_RECIPIENTS`] recipient users.
+    #[error("{0} recipients exceed the limit")]
+    TooManyRecipients(usize),
+    /// A recipient or sender user id that is not a valid user id (a verified
+    /// chain cannot hold one; checked as parse rule P7/P11 would).
+    #[error("invalid user id in the envelope header")]
+    InvalidUserId,
+    /// One user listed twice.
+    #[error("recipient {0} is listed twice")]
+    DuplicateRecipient(String),
     /// The signing device is not an active device of the sender's chain.
     #[error("the signing device is not active in the sender's chain")]
     DeviceNotActive,
+    /// The resource key could not be wrapped to this recipient's user key
+    /// (a key a verified chain cannot hold).
+    #[error("cannot wrap to the user key of recipient {0}")]
+    UnwrappableRecipient(String),
 }
 
 /// Opening an envelope failed. Nothing of its content may be shown.
@@ -84,6 +104,12 @@ pub enum OpenError {
     /// The envelope is not addressed to this user.
     #[error("envelope is not addressed to this user")]
     NotARecipient,
+    /// The resource key does not match the header's signed key commitment:
+    /// the sender (or whoever supplied the wrapped key) tried to make one
+    /// envelope open to different plaintexts for different recipients.
+    /// Checked before any decryption (SECURITY.md §7.4 R6).
+    #[error("resource key does not match the envelope's key commitment")]
+    KeyCommitmentMismatch,
     /// Decryption or padding failed; deliberately coarse.
     #[error("envelope does not decrypt")]
     Undecryptable,

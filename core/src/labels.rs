@@ -11,8 +11,15 @@ use sha2::{Digest, Sha256};
 pub const SIG_INVITE: &[u8] = b"ward/v1/sig/invite";
 /// Signature over an encoded `Statement` of a user's log.
 pub const SIG_STATEMENT: &[u8] = b"ward/v1/sig/statement";
-/// Sender device signature over an envelope's header and ciphertext.
-pub const SIG_ENVELOPE: &[u8] = b"ward/v1/sig/envelope";
+/// Sender device signature over an envelope's header and ciphertext digest (§7.3).
+pub const SIG_ENVELOPE: &[u8] = b"ward/v2/sig/envelope";
+/// Hash of an envelope's ciphertext: the one pass over it that the signature
+/// covers (§7.3).
+pub const HASH_CIPHERTEXT: &[u8] = b"ward/v2/hash/envelope-ciphertext";
+/// HKDF-Expand `info` of an envelope's AEAD key, derived from the resource key (§7.3).
+pub const ENVELOPE_AEAD_KEY: &[u8] = b"ward/v2/envelope/aead-key";
+/// HKDF-Expand `info` of an envelope's key commitment (§7.3).
+pub const ENVELOPE_KEY_COMMITMENT: &[u8] = b"ward/v2/envelope/key-commitment";
 /// Device signature in the authentication handshake.
 pub const SIG_AUTH: &[u8] = b"ward/v1/sig/auth";
 /// Hash of an encoded `Invite` (the `prev_hash` of log entry 0, and its single-use id).

@@ -1,12 +1,15 @@
 //! Length hiding for sealed content (SECURITY.md §7.2).
 //!
-//! `pad(content) = u32_be(len(content)) || content || 0x00 * (P - 4 - len)`
-//! with `P = max(256, padme(4 + len))`. PADME (Nikitin et al., "Reducing
+//! `pad(content) = content || 0x00 * (P - 4 - len) || u32_be(len(content))`
+//! with `P = max(256, padme(4 + len))`. The length comes last (v2) so that a
+//! receiver decrypting in place finds the content at offset 0 and only
+//! truncates: no 10 MiB shift. PADME (Nikitin et al., "Reducing
 //! Metadata Leakage from Encrypted Files and Communication with PURBs", 2019)
 //! leaks O(log log L) bits of the length with at most 12% overhead; the
 //! 256-byte floor makes every short text (most clinical messages) the same
 //! size.
 
+#[cfg(test)]
 use zeroize::Zeroizing;
 
 /// Every padded plaintext is at least this long.
@@ -29,28 +32,38 @@ pub fn padded_len(content_len: usize) -> usize {
     padme(4 + content_len).max(MIN_PADDED_LEN)
 }
 
-/// Pads `content`. The caller bounds its length well below 4 GiB.
-pub(crate) fn pad(content: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(padded_len(content.len()) + 16));
-    out.extend_from_slice(&(content.len() as u32).to_be_bytes());
+/// Appends `pad(content)` to `out`: the seal writes it straight into the
+/// envelope buffer and encrypts it there. The caller bounds `content` well
+/// below 4 GiB.
+pub(crate) fn pad_into(out: &mut Vec<u8>, content: &[u8]) {
+    let start = out.len();
     out.extend_from_slice(content);
-    out.resize(padded_len(content.len()), 0);
+    out.resize(start + padded_len(content.len()) - 4, 0);
+    out.extend_from_slice(&(content.len() as u32).to_be_bytes());
+}
+
+/// `pad(content)` in a buffer of its own.
+#[cfg(test)]
+pub(crate) fn pad(content: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(padded_len(content.len())));
+    pad_into(&mut out, content);
     out
 }
 
-/// Strips padding, returning the content range. Rejects a length prefix that
-/// overruns, a total length other than `padded_len`, and non-zero padding.
-pub(crate) fn unpad(padded: &[u8]) -> Option<core::ops::Range<usize>> {
-    let prefix: [u8; 4] = padded.get(..4)?.try_into().ok()?;
-    let len = u32::from_be_bytes(prefix) as usize;
-    let end = 4usize.checked_add(len)?;
-    if padded.len() != padded_len(len) || end > padded.len() {
+/// Checks padding, returning the content length (the content is
+/// `padded[..len]`). Rejects a length that overruns, a total length other
+/// than `padded_len`, and non-zero padding.
+pub(crate) fn unpad(padded: &[u8]) -> Option<usize> {
+    let split = padded.len().checked_sub(4)?;
+    let suffix: [u8; 4] = padded.get(split..)?.try_into().ok()?;
+    let len = u32::from_be_bytes(suffix) as usize;
+    if len > split || padded.len() != padded_len(len) {
         return None;
     }
-    if padded[end..].iter().any(|&b| b != 0) {
+    if padded[len..split].iter().any(|&b| b != 0) {
         return None;
     }
-    Some(4..end)
+    Some(len)
 }
 
 #[cfg(test)]
@@ -81,15 +94,21 @@ mod tests {
     #[test]
     fn tampered_padding_is_rejected() {
         let mut p = pad(b"hello").to_vec();
-        assert_eq!(unpad(&p), Some(4..9));
+        assert_eq!(&p[..5], b"hello");
+        assert_eq!(&p[252..], &[0, 0, 0, 5]);
+        assert_eq!(unpad(&p), Some(5));
         p[100] = 1;
         assert_eq!(unpad(&p), None);
         let mut long = pad(b"hello").to_vec();
-        long.push(0);
+        long.insert(0, 0);
         assert_eq!(unpad(&long), None);
         let mut overrun = pad(b"hello").to_vec();
-        overrun[..4].copy_from_slice(&1000u32.to_be_bytes());
+        overrun[252..].copy_from_slice(&1000u32.to_be_bytes());
         assert_eq!(unpad(&overrun), None);
+        // A length that claims the suffix itself.
+        let mut into_suffix = pad(b"hello").to_vec();
+        into_suffix[252..].copy_from_slice(&253u32.to_be_bytes());
+        assert_eq!(unpad(&into_suffix), None);
         assert_eq!(unpad(&[0, 0]), None);
     }
 
@@ -99,8 +118,8 @@ mod tests {
             let p = pad(&content);
             prop_assert_eq!(p.len(), padded_len(content.len()));
             prop_assert!(p.len() as f64 <= (content.len() + 4) as f64 * 1.12 + MIN_PADDED_LEN as f64);
-            let r = unpad(&p).unwrap();
-            prop_assert_eq!(&p[r], &content[..]);
+            let n = unpad(&p).unwrap();
+            prop_assert_eq!(&p[..n], &content[..]);
         }
 
         #[test]

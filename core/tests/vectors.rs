@@ -1,4 +1,4 @@
-//! Ward's language-neutral test vectors (`vectors/ward-v*.json`): their
+//! Ward's language-neutral test vectors (`vectors/ward-v*-*.json`): their
 //! generator, and a replay that checks them the way an independent
 //! implementation would.
 //!
@@ -31,7 +31,7 @@
 //! |---|---|
 //! | `invite::create_invite` | 32 (the delegation key's Ed25519 seed) |
 //! | `wrap::wrap_resource_key`, `wrap::grant_user_key` | 64 (X-Wing `eseed`) |
-//! | `envelope::seal` | 32 resource key, 16 resource id, 24 nonce, then 64 (X-Wing `eseed`) per recipient, in recipient order |
+//! | `envelope::seal` | 32 resource key, 16 resource id, 24 nonce, then 64 (X-Wing `eseed`) per recipient, in recipient order; nothing when a request is refused |
 //!
 //! Signing (Ed25519) and everything else is deterministic and draws nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -42,6 +42,7 @@ use std::convert::Infallible;
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
 use rand_core::{TryCryptoRng, TryRng};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -446,10 +447,13 @@ fn gen_keys() -> J {
         ]));
     }
 
-    let all_labels: [(&str, &[u8]); 9] = [
+    let all_labels: [(&str, &[u8]); 12] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
+        ("HASH_CIPHERTEXT", labels::HASH_CIPHERTEXT),
+        ("ENVELOPE_AEAD_KEY", labels::ENVELOPE_AEAD_KEY),
+        ("ENVELOPE_KEY_COMMITMENT", labels::ENVELOPE_KEY_COMMITMENT),
         ("SIG_AUTH", labels::SIG_AUTH),
         ("HASH_INVITE", labels::HASH_INVITE),
         ("HASH_ENTRY", labels::HASH_ENTRY),
@@ -957,8 +961,30 @@ fn gen_wrap() -> J {
 }
 
 // ---------------------------------------------------------------------------
-// ward-v1-envelope.json
+// ward-v2-envelope.json
 // ---------------------------------------------------------------------------
+
+/// The envelope key schedule of SECURITY.md §7.3 S4, written out from the
+/// spec: `(aead_key, key_commitment)` from the resource key and resource id.
+fn envelope_keys(rk: &[u8], rid: &[u8]) -> ([u8; 32], [u8; 32]) {
+    let hk = Hkdf::<Sha256>::new(Some(rid), rk);
+    let (mut aead_key, mut commitment) = ([0u8; 32], [0u8; 32]);
+    hk.expand(b"ward/v2/envelope/aead-key", &mut aead_key)
+        .unwrap();
+    hk.expand(b"ward/v2/envelope/key-commitment", &mut commitment)
+        .unwrap();
+    (aead_key, commitment)
+}
+
+/// `SHA-256(frame("ward/v2/hash/envelope-ciphertext", ct))` (§7.3 S7).
+fn ciphertext_digest(ct: &[u8]) -> [u8; 32] {
+    sha256(&framed(b"ward/v2/hash/envelope-ciphertext", &[ct]))
+}
+
+/// The signed transcript `frame("ward/v2/sig/envelope", header, digest)` (§7.3 S8).
+fn envelope_sig_input(header: &[u8], ct: &[u8]) -> Vec<u8> {
+    framed(b"ward/v2/sig/envelope", &[header, &ciphertext_digest(ct)])
+}
 
 struct SealInputs {
     name: &'static str,
@@ -1046,11 +1072,11 @@ fn seal_with(
     sealed
 }
 
-/// `u32_be(len) || content || zeros` to `padded_len` (SECURITY.md §7.2).
+/// `content || zeros || u32_be(len)`, `padded_len` bytes in all (SECURITY.md §7.2).
 fn pad(content: &[u8]) -> Vec<u8> {
-    let mut p = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
-    p.extend_from_slice(content);
-    p.resize(padding::padded_len(content.len()), 0);
+    let mut p = content.to_vec();
+    p.resize(padding::padded_len(content.len()) - 4, 0);
+    p.extend_from_slice(&u32::try_from(content.len()).unwrap().to_be_bytes());
     p
 }
 
@@ -1075,7 +1101,8 @@ fn envelope_case(inputs: &SealInputs) -> J {
     let (d, sealed) = sealed_envelope(inputs);
     let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
     let padded = pad(&inputs.content);
-    let plain = XChaCha20Poly1305::new(&d.rk.into())
+    let (aead_key, commitment) = envelope_keys(&d.rk, &d.rid);
+    let plain = XChaCha20Poly1305::new(&aead_key.into())
         .decrypt(
             &nonce24(&d.nonce).into(),
             Payload {
@@ -1085,7 +1112,8 @@ fn envelope_case(inputs: &SealInputs) -> J {
         )
         .unwrap();
     assert_eq!(plain, padded);
-    let sig_input = framed(labels::SIG_ENVELOPE, &[&env.header, &env.ciphertext]);
+    let digest = ciphertext_digest(&env.ciphertext);
+    let sig_input = envelope_sig_input(&env.header, &env.ciphertext);
     let device = dev(L_ALICE_DEV2_SIG);
     assert_eq!(
         SigningKey::from_bytes(&seed(L_ALICE_DEV2_SIG))
@@ -1139,9 +1167,12 @@ fn envelope_case(inputs: &SealInputs) -> J {
                 ("content", h(&inputs.content)),
             ]),
         ),
+        ("aead_key", h(aead_key)),
+        ("key_commitment", h(commitment)),
         ("header", h(&env.header)),
         ("padded_plaintext", h(&padded)),
         ("ciphertext", h(&env.ciphertext)),
+        ("ciphertext_digest", h(digest)),
         ("signature_input", h(&sig_input)),
         ("signature", h(&env.signature)),
         ("envelope", h(&sealed.envelope)),
@@ -1153,13 +1184,18 @@ fn gen_envelope() -> J {
     let alice = alice_log();
     let (bob_entries, _) = bob_log();
     file(
-        "Ward v1 envelopes (SECURITY.md §7). seal draws, in order: resource_key (32), \
-         resource_id (16), nonce (24), then eseed (64) per recipient in recipient order. header \
-         is the encoded EnvelopeHeader (protobuf); ciphertext = XChaCha20-Poly1305(key = \
-         resource_key, nonce, aad = header, padded_plaintext); signature = Ed25519(sender \
-         device, signature_input) with signature_input = framed(SIG_ENVELOPE, [header, \
-         ciphertext]); envelope is the encoded Envelope. To open: verify sender_log from \
-         org_root_public, unwrap the recipient's wrapped key with its user secret, open.",
+        "Ward v2 envelopes (SECURITY.md §7). seal draws, in order: resource_key (32), \
+         resource_id (16), nonce (24), then eseed (64) per recipient in recipient order. prk = \
+         HKDF-Extract(salt = resource_id, ikm = resource_key); aead_key = HKDF-Expand(prk, \
+         ENVELOPE_AEAD_KEY, 32); key_commitment = HKDF-Expand(prk, ENVELOPE_KEY_COMMITMENT, \
+         32). header is the encoded EnvelopeHeader (protobuf), key_commitment its field 10; \
+         padded_plaintext = content || zeros || u32_be(len(content)); ciphertext = \
+         XChaCha20-Poly1305(key = aead_key, nonce, aad = header, padded_plaintext); \
+         ciphertext_digest = SHA-256(framed(HASH_CIPHERTEXT, [ciphertext])); signature = \
+         Ed25519(sender device, signature_input) with signature_input = framed(SIG_ENVELOPE, \
+         [header, ciphertext_digest]); envelope is the encoded Envelope. To open: verify \
+         sender_log from org_root_public, unwrap the recipient's wrapped key with its user \
+         secret, open. Negative envelope and seal cases are in the negative file.",
         vec![
             ("org_root_public", h(root().public_key().as_bytes())),
             (
@@ -1472,7 +1508,7 @@ fn resign(
     edit(&mut hd, &mut ct);
     let header = hd.encode_to_vec();
     let sig = SigningKey::from_bytes(&seed(signer_label))
-        .sign(&framed(labels::SIG_ENVELOPE, &[&header, &ct]))
+        .sign(&envelope_sig_input(&header, &ct))
         .to_bytes()
         .to_vec();
     Envelope {
@@ -1623,19 +1659,71 @@ fn negative_cases() -> Vec<Case> {
     ));
     cases.push(case(
         "envelope_wrong_resource_key",
-        "a valid envelope opened with another resource key",
+        "a valid envelope opened with another resource key: it fails the key commitment, \
+         before any decryption",
         "open_envelope",
         open_inputs(ALICE, full, &sealed.envelope, BOB, &seed(L_WRAP_RK)),
+        "OpenError::KeyCommitmentMismatch",
+        vec![],
+    ));
+    // A malicious sender's envelope: the header commits to K1 (the resource
+    // key it wraps to carol), the ciphertext is under K2's AEAD key (the
+    // key it wraps to bob), and it is properly signed. Without the
+    // commitment bob would read a plaintext carol never sees.
+    let k1 = seed("ward vector committed resource key");
+    let k2 = seed("ward vector uncommitted resource key");
+    let two_keys = resign(&env, L_ALICE_DEV2_SIG, |hd, ct| {
+        hd.key_commitment = envelope_keys(&k1, &hd.resource_id).1.to_vec();
+        let (aead_key, _) = envelope_keys(&k2, &hd.resource_id);
+        let header = hd.encode_to_vec();
+        *ct = XChaCha20Poly1305::new(&aead_key.into())
+            .encrypt(
+                &nonce24(&hd.nonce).into(),
+                Payload {
+                    msg: &pad(b"potassium 3.9 mmol/L, no action needed"),
+                    aad: &header,
+                },
+            )
+            .unwrap();
+    });
+    cases.push(case(
+        "envelope_key_commitment_mismatch",
+        "a signed envelope whose header commits to key K1 but whose ciphertext is under K2, \
+         opened with K2 (what the sender wrapped to bob): KeyCommitmentMismatch",
+        "open_envelope",
+        open_inputs(ALICE, full, &two_keys, BOB, &k2),
+        "OpenError::KeyCommitmentMismatch",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_key_commitment_committed_key",
+        "the same envelope opened with K1, the committed key (what the sender wrapped to \
+         alice): the commitment matches, the AEAD fails",
+        "open_envelope",
+        open_inputs(ALICE, full, &two_keys, ALICE, &k1),
         "OpenError::Undecryptable",
+        vec![],
+    ));
+    cases.push(case(
+        "envelope_key_commitment_length",
+        "a 31-byte key commitment",
+        "parse_envelope",
+        vec![(
+            "envelope",
+            h(resign(&env, L_ALICE_DEV2_SIG, |hd, _| {
+                hd.key_commitment.truncate(31);
+            })),
+        )],
+        "OpenError::Malformed",
         vec![],
     ));
     // Non-zero padding under a valid AEAD and signature.
     let bad_padding = {
         let mut padded = pad(&text_inputs().content);
-        let last = padded.len() - 1;
-        padded[last] = 1;
+        padded[text_inputs().content.len()] = 1;
+        let (aead_key, _) = envelope_keys(&d.rk, &d.rid);
         resign(&env, L_ALICE_DEV2_SIG, |hd, ct| {
-            *ct = XChaCha20Poly1305::new(&d.rk.into())
+            *ct = XChaCha20Poly1305::new(&aead_key.into())
                 .encrypt(
                     &nonce24(&hd.nonce).into(),
                     Payload {
@@ -1736,12 +1824,14 @@ fn negative_cases() -> Vec<Case> {
         "OpenError::SenderDeviceRevoked",
         vec![],
     ));
-    let v2 = resign(&env, L_ALICE_DEV2_SIG, |hd, _| hd.version = 2);
+    let next = resign(&env, L_ALICE_DEV2_SIG, |hd, _| {
+        hd.version = ward_core::proto::PROTOCOL_VERSION + 1;
+    });
     cases.push(case(
         "envelope_unsupported_version",
-        "header version 2",
+        "header version one above the current protocol version",
         "parse_envelope",
-        vec![("envelope", h(&v2))],
+        vec![("envelope", h(&next))],
         "OpenError::UnsupportedVersion",
         vec![],
     ));
@@ -1754,6 +1844,7 @@ fn negative_cases() -> Vec<Case> {
         "OpenError::Malformed",
         vec![],
     ));
+    seal_cases(&mut cases, &alice, &bob_entries);
 
     // --- identity chain ---
     let mut bad_sig = full.clone();
@@ -1956,6 +2047,153 @@ fn negative_cases() -> Vec<Case> {
     cases
 }
 
+/// `seal_envelope` inputs: the sender's log and device, the recipients by
+/// user id (their logs in `logs`), and the request. `content_zeros` stands
+/// for content too long to write out.
+#[allow(clippy::too_many_arguments)]
+fn seal_inputs(
+    alice: &AliceLog,
+    bob_entries: &[SignedStatement],
+    device_label: &str,
+    recipients: &[&str],
+    content_type: ContentType,
+    content: Result<&[u8], usize>,
+) -> Vec<(&'static str, J)> {
+    let mut v = vec![
+        ("org_root_public", h(root().public_key().as_bytes())),
+        (
+            "logs",
+            o(vec![
+                (ALICE, log_json(&alice.entries)),
+                (BOB, log_json(bob_entries)),
+            ]),
+        ),
+        ("sender_user_id", s(ALICE)),
+        ("sender_device_secret", h(seed(device_label))),
+        ("conversation_id", h(conversation_id().as_bytes())),
+        (
+            "recipient_user_ids",
+            J::A(recipients.iter().map(|r| s(r)).collect()),
+        ),
+        ("content_type", s(content_type_name(content_type))),
+        ("timestamp_ms", J::N((T0 + 3600) * 1000)),
+    ];
+    match content {
+        Ok(c) => v.push(("content", h(c))),
+        Err(n) => v.push(("content_zeros", J::N(n as u64))),
+    }
+    v
+}
+
+/// Seal refusals (§7.3 S1-S3): each draws nothing from the RNG.
+fn seal_cases(cases: &mut Vec<Case>, alice: &AliceLog, bob_entries: &[SignedStatement]) {
+    let inputs = |device: &str, recipients: &[&str], ct, content| {
+        seal_inputs(alice, bob_entries, device, recipients, ct, content)
+    };
+    let text = ContentType::Text;
+    cases.push(case(
+        "seal_too_large",
+        "content of MAX_CONTENT_BYTES + 1 zero bytes",
+        "seal_envelope",
+        inputs(
+            L_ALICE_DEV2_SIG,
+            &[ALICE, BOB],
+            ContentType::File,
+            Err(envelope::MAX_CONTENT_BYTES + 1),
+        ),
+        "SealError::TooLarge",
+        vec![],
+    ));
+    cases.push(case(
+        "seal_invalid_text",
+        "text content that is not UTF-8",
+        "seal_envelope",
+        inputs(L_ALICE_DEV2_SIG, &[ALICE, BOB], text, Ok(b"caf\xe9")),
+        "SealError::InvalidText",
+        vec![],
+    ));
+    cases.push(case(
+        "seal_no_recipients",
+        "an empty recipient list",
+        "seal_envelope",
+        inputs(L_ALICE_DEV2_SIG, &[], text, Ok(b"hello")),
+        "SealError::NoRecipients",
+        vec![],
+    ));
+    cases.push(case(
+        "seal_too_many_recipients",
+        "257 recipients (alice listed 257 times: the count is checked first)",
+        "seal_envelope",
+        inputs(
+            L_ALICE_DEV2_SIG,
+            &[ALICE; envelope::MAX_RECIPIENTS + 1],
+            text,
+            Ok(b"hello"),
+        ),
+        "SealError::TooManyRecipients",
+        vec![],
+    ));
+    cases.push(case(
+        "seal_duplicate_recipient",
+        "alice, bob, alice",
+        "seal_envelope",
+        inputs(L_ALICE_DEV2_SIG, &[ALICE, BOB, ALICE], text, Ok(b"hello")),
+        "SealError::DuplicateRecipient",
+        vec![],
+    ));
+    cases.push(case(
+        "seal_device_not_active",
+        "sealing with alice's device 1, which the root revoked in her log",
+        "seal_envelope",
+        inputs(L_ALICE_DEV1_SIG, &[ALICE, BOB], text, Ok(b"hello")),
+        "SealError::DeviceNotActive",
+        vec![],
+    ));
+}
+
+fn run_seal(inputs: &Value) -> Result<envelope::Sealed, ward_core::SealError> {
+    let root = signing_public(&inputs["org_root_public"]);
+    let chains: Vec<(String, VerifiedUser)> = inputs["logs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, log)| {
+            (
+                id.clone(),
+                chain::verify_log(&root, id, &parse_log(log)).unwrap(),
+            )
+        })
+        .collect();
+    let sender = chain_of(&chains, st(&inputs["sender_user_id"]));
+    let recipients: Vec<&VerifiedUser> = inputs["recipient_user_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| chain_of(&chains, st(r)))
+        .collect();
+    let device = DeviceSigningKey::import_secret(&hx(&inputs["sender_device_secret"])).unwrap();
+    let content = match inputs.get("content") {
+        Some(c) => hx(c),
+        None => vec![0; usize::try_from(num(&inputs["content_zeros"])).unwrap()],
+    };
+    // A refused request draws nothing: the script is empty.
+    let mut rng = ScriptRng::new(&[]);
+    let r = envelope::seal(
+        &mut rng,
+        &device,
+        sender,
+        &SealRequest {
+            conversation_id: ConversationId::from_slice(&hx(&inputs["conversation_id"])).unwrap(),
+            recipients: &recipients,
+            content_type: msg_type(st(&inputs["content_type"])),
+            content: &content,
+            timestamp_ms: num(&inputs["timestamp_ms"]),
+        },
+    );
+    rng.done();
+    r
+}
+
 fn clone_j(j: &J) -> J {
     match j {
         J::S(x) => J::S(x.clone()),
@@ -2003,7 +2241,10 @@ fn gen_negative() -> J {
          key cases in ward-v2-wrap.json); \
          parse_envelope(envelope); open_envelope: parse, verify_log(org_root_public, \
          sender_user_id, sender_log) (which succeeds), then open(sender chain, me, \
-         resource_key); verify_log(org_root_public, user_id, log); \
+         resource_key); seal_envelope: verify every log in logs, then seal(sender device, \
+         sender chain, conversation_id, the chains of recipient_user_ids in order, \
+         content_type, content or content_zeros zero bytes, timestamp_ms) with an RNG that \
+         must not be drawn from; verify_log(org_root_public, user_id, log); \
          update_log: verify_log(known_log) (succeeds), then update(served_log); \
          verify_invite(org_root_public, signed_invite). Logs are lists of SignedStatement \
          fields; envelope, wrapped_key and signed_invite are encoded protobuf.",
@@ -2106,6 +2347,7 @@ fn run_negative(name: &str, op: &str, inputs: &Value, expected: &str, fields: &[
                 .and_then(|env| env.open(&sender, st(&inputs["me"]), &key));
             assert_error(&what, r, expected, fields);
         }
+        "seal_envelope" => assert_error(&what, run_seal(inputs), expected, fields),
         "verify_log" => {
             let root = signing_public(&inputs["org_root_public"]);
             let r = chain::verify_log(&root, st(&inputs["user_id"]), &parse_log(&inputs["log"]));
@@ -2198,10 +2440,13 @@ fn replay_keys(v: &Value) {
         };
         assert_eq!(direct.to_vec(), public);
     }
-    let core_labels: [(&str, &[u8]); 9] = [
+    let core_labels: [(&str, &[u8]); 12] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
+        ("HASH_CIPHERTEXT", labels::HASH_CIPHERTEXT),
+        ("ENVELOPE_AEAD_KEY", labels::ENVELOPE_AEAD_KEY),
+        ("ENVELOPE_KEY_COMMITMENT", labels::ENVELOPE_KEY_COMMITMENT),
         ("SIG_AUTH", labels::SIG_AUTH),
         ("HASH_INVITE", labels::HASH_INVITE),
         ("HASH_ENTRY", labels::HASH_ENTRY),
@@ -2362,7 +2607,7 @@ fn replay_envelope(v: &Value) {
 
         // The header carries the seal inputs.
         let hd = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
-        assert_eq!(hd.version, 1);
+        assert_eq!(hd.version, ward_core::proto::PROTOCOL_VERSION);
         assert_eq!(hd.resource_id, hx(&inp["resource_id"]));
         assert_eq!(hd.conversation_id, hx(&inp["conversation_id"]));
         assert_eq!(hd.sender_user_id, st(&inp["sender_user_id"]));
@@ -2381,12 +2626,17 @@ fn replay_envelope(v: &Value) {
             .collect();
         assert_eq!(hd.recipient_user_ids, recipients);
 
-        // Padding, AEAD and signature, independently of the core.
+        // Key schedule, padding, AEAD, digest and signature, independently
+        // of the core.
+        let rk: [u8; 32] = hx(&inp["resource_key"]).try_into().unwrap();
+        let (aead_key, commitment) = envelope_keys(&rk, &hd.resource_id);
+        assert_eq!(aead_key.to_vec(), hx(&e["aead_key"]), "{name}");
+        assert_eq!(commitment.to_vec(), hx(&e["key_commitment"]), "{name}");
+        assert_eq!(hd.key_commitment, commitment.to_vec(), "{name}");
         let content = hx(&inp["content"]);
         let padded = hx(&e["padded_plaintext"]);
         assert_eq!(padded, pad(&content));
-        let rk: [u8; 32] = hx(&inp["resource_key"]).try_into().unwrap();
-        let ct = XChaCha20Poly1305::new(&rk.into())
+        let ct = XChaCha20Poly1305::new(&aead_key.into())
             .encrypt(
                 &nonce24(&hd.nonce).into(),
                 Payload {
@@ -2396,11 +2646,12 @@ fn replay_envelope(v: &Value) {
             )
             .unwrap();
         assert_eq!(ct, env.ciphertext, "{name}");
-        let sig_input = hx(&e["signature_input"]);
         assert_eq!(
-            sig_input,
-            framed(labels::SIG_ENVELOPE, &[&env.header, &env.ciphertext])
+            ciphertext_digest(&env.ciphertext).to_vec(),
+            hx(&e["ciphertext_digest"])
         );
+        let sig_input = hx(&e["signature_input"]);
+        assert_eq!(sig_input, envelope_sig_input(&env.header, &env.ciphertext));
         assert!(ed25519_verifies(
             &hd.sender_device_id,
             &sig_input,
@@ -2693,6 +2944,13 @@ fn replay_negative(v: &Value) {
         "OpenError::SenderMismatch",
         "OpenError::SenderDeviceRevoked",
         "WrapError::NonContributory",
+        "OpenError::KeyCommitmentMismatch",
+        "SealError::TooLarge",
+        "SealError::InvalidText",
+        "SealError::NoRecipients",
+        "SealError::TooManyRecipients",
+        "SealError::DuplicateRecipient",
+        "SealError::DeviceNotActive",
     ] {
         assert!(errors.contains(&required), "no case for {required}");
     }
@@ -2706,7 +2964,7 @@ fn generate() -> Vec<(&'static str, String)> {
     vec![
         ("ward-v2-keys.json", to_text(&gen_keys())),
         ("ward-v2-wrap.json", to_text(&gen_wrap())),
-        ("ward-v1-envelope.json", to_text(&gen_envelope())),
+        ("ward-v2-envelope.json", to_text(&gen_envelope())),
         ("ward-v1-signatures.json", to_text(&gen_signatures())),
         ("ward-v1-chain.json", to_text(&gen_chain())),
         ("ward-v1-negative.json", to_text(&gen_negative())),
@@ -2766,7 +3024,7 @@ fn committed_vectors_replay() {
 fn replay_all() {
     replay_keys(&load("ward-v2-keys.json"));
     replay_wrap(&load("ward-v2-wrap.json"));
-    replay_envelope(&load("ward-v1-envelope.json"));
+    replay_envelope(&load("ward-v2-envelope.json"));
     replay_signatures(&load("ward-v1-signatures.json"));
     replay_chain(&load("ward-v1-chain.json"));
     replay_negative(&load("ward-v1-negative.json"));

@@ -95,12 +95,12 @@ mod tests {
         fn header_round_trips(
             rid in arb_bytes(16), cid in arb_bytes(16), user in ".{0,40}", dev in arb_bytes(32),
             ts in any::<u64>(), ct in 0i32..3, nonce in arb_bytes(24),
-            recips in proptest::collection::vec(".{0,20}", 0..5),
+            recips in proptest::collection::vec(".{0,20}", 0..5), commitment in arb_bytes(32),
         ) {
             let h = EnvelopeHeader {
                 version: 1, resource_id: rid, conversation_id: cid, sender_user_id: user,
                 sender_device_id: dev, timestamp_ms: ts, content_type: ct, nonce,
-                recipient_user_ids: recips,
+                recipient_user_ids: recips, key_commitment: commitment,
             };
             let back: EnvelopeHeader = decode_bounded(&h.encode_to_vec(), 1 << 20).unwrap();
             prop_assert_eq!(back, h);

@@ -1001,8 +1001,9 @@ struct KeyState {
 /// The keyserver returns the wrapped key of another resource, or a planted
 /// one: `Wrap(WrongResource)` when the record names the other resource,
 /// `Wrap(Undecryptable)` when its resource id is rewritten (the HPKE aad
-/// binds it), `Open(Undecryptable)` for a key planted under the right
-/// binding (it unwraps, but the signed envelope does not decrypt under it).
+/// binds it), `Open(KeyCommitmentMismatch)` for a key planted under the
+/// right binding (it unwraps, but it is not the key the signed header
+/// commits to; refused before any decryption).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyserver_returns_the_wrapped_key_of_another_resource() {
     let w = World::new().await;
@@ -1062,7 +1063,7 @@ async fn keyserver_returns_the_wrapped_key_of_another_resource() {
             matches!(e, ClientError::Wrap(WrapError::Undecryptable))
         }),
         (KeyLie::Planted, |e| {
-            matches!(e, ClientError::Open(OpenError::Undecryptable))
+            matches!(e, ClientError::Open(OpenError::KeyCommitmentMismatch))
         }),
     ];
     for (lie, expected) in cases {

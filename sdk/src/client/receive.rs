@@ -20,9 +20,11 @@
 //! the network (the keyserver unreachable, the store failing) keep the
 //! entry unacked: they are retried with backoff, and the mailbox waits.
 //!
-//! **Duplicates.** A message whose (verified sender, resource id) is
-//! already stored arrived under a new relay sequence number, so it is a
-//! replay: it is reported as [`Event::Rejected`] with
+//! **Duplicates.** Deduplication keys on the *signed* ids, never on bytes:
+//! the outer `Envelope` can be re-encoded by anyone without breaking the
+//! signature (SECURITY.md §7.6). A message whose (verified sender, resource
+//! id) is already stored arrived under a new relay sequence number, so it is
+//! a replay: it is reported as [`Event::Rejected`] with
 //! [`ClientError::Replay`], never as a message. (A benign redelivery reuses
 //! its sequence number and is dropped silently by the cursor check.)
 //!
@@ -189,7 +191,7 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     // Not addressed to this user: it can never open here (R5 refuses it
     // after the signature check too); say so without waiting for a wrapped
     // key the keyserver will never serve us.
-    if !addressed_to(&d.payload, &inner.user_id) {
+    if !env.recipients().contains(&inner.user_id) {
         return Ok(Err(ward_core::OpenError::NotARecipient.into()));
     }
 
@@ -260,7 +262,10 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         Ok(k) => k,
         Err(e) => return Ok(Err(e.into())),
     };
-    let opened = match env.open(&sender, &inner.user_id, &key) {
+    // Decrypts in the envelope's own buffer: no copy of a 10 MiB content.
+    // A key that fails the signed key commitment is refused here
+    // (`KeyCommitmentMismatch`), before any decryption.
+    let opened = match env.open_in_place(&sender, &inner.user_id, &key) {
         Ok(m) => m,
         Err(e) => return Ok(Err(e.into())),
     };
@@ -293,18 +298,6 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         content_type: opened.content_type,
         content: opened.content,
     }))
-}
-
-/// Whether the (already parsed, so well-formed) envelope's unverified header
-/// lists `me` among its recipients.
-fn addressed_to(payload: &[u8], me: &str) -> bool {
-    use ward_core::envelope::{MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES};
-    use ward_proto::v1::{Envelope, EnvelopeHeader};
-    let Ok(env) = ward_proto::decode_bounded::<Envelope>(payload, MAX_ENVELOPE_BYTES) else {
-        return false;
-    };
-    ward_proto::decode_bounded::<EnvelopeHeader>(&env.header, MAX_HEADER_BYTES)
-        .is_ok_and(|h| h.recipient_user_ids.iter().any(|r| r == me))
 }
 
 /// The grant of the key with id `key_id` to this device, accepted only if it
