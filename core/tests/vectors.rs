@@ -449,9 +449,10 @@ fn gen_keys() -> J {
         ]));
     }
 
-    let all_labels: [(&str, &[u8]); 12] = [
+    let all_labels: [(&str, &[u8]); 13] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
+        ("SIG_DEVICE_POSSESSION", labels::SIG_DEVICE_POSSESSION),
         ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
         ("HASH_CIPHERTEXT", labels::HASH_CIPHERTEXT),
         ("ENVELOPE_AEAD_KEY", labels::ENVELOPE_AEAD_KEY),
@@ -3275,9 +3276,10 @@ fn replay_keys(v: &Value) {
         };
         assert_eq!(direct.to_vec(), public);
     }
-    let core_labels: [(&str, &[u8]); 12] = [
+    let core_labels: [(&str, &[u8]); 13] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
+        ("SIG_DEVICE_POSSESSION", labels::SIG_DEVICE_POSSESSION),
         ("SIG_ENVELOPE", labels::SIG_ENVELOPE),
         ("HASH_CIPHERTEXT", labels::HASH_CIPHERTEXT),
         ("ENVELOPE_AEAD_KEY", labels::ENVELOPE_AEAD_KEY),

@@ -73,8 +73,22 @@ pub struct KsLimits {
     /// Sessions of devices whose user does not exist yet (they may only
     /// enroll) open at once; more are refused with `RATE_LIMITED`.
     pub max_enrolling: usize,
+    /// Of those, most open at once from one source address (IPv4 address or
+    /// IPv6 /64): a flood of self-signed fresh keys from one address fills
+    /// its own share, and a real `ward enroll` from elsewhere still gets in.
+    pub max_enrolling_per_address: usize,
     /// Time such a session has to enroll before it is closed.
     pub enroll_timeout: Duration,
+    /// Most unauthenticated connections (upgrading or in the handshake) at
+    /// once, from everyone.
+    pub max_unauthenticated: usize,
+    /// Most unauthenticated connections at once from one source address.
+    pub max_unauthenticated_per_address: usize,
+    /// New connections per second one source address may open (token
+    /// bucket); more are dropped at accept, before any work.
+    pub accept_rate_per_address: f64,
+    /// Connections a source may open in a burst above that rate.
+    pub accept_burst_per_address: u32,
     /// How often each open connection re-reads its device's status from the
     /// database (a backstop for revocations written by another process; a
     /// revocation made through this process closes connections at once).
@@ -126,6 +140,8 @@ impl Default for KsLimits {
                 // is ~3 KB) do not: 4 MiB.
                 max_frame_bytes: 4 << 20,
                 auth_timeout: Duration::from_secs(10),
+                // An AuthResponse without a log (the keyserver has its own).
+                max_preauth_frame_bytes: 16 << 10,
             },
             max_items_per_request: 256,
             requests_per_second: 50,
@@ -134,7 +150,13 @@ impl Default for KsLimits {
             shutdown_grace: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             max_enrolling: 1024,
-            enroll_timeout: Duration::from_secs(60),
+            max_enrolling_per_address: 32,
+            // An enrolment is one append right after the handshake.
+            enroll_timeout: Duration::from_secs(20),
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_address: 64,
+            accept_rate_per_address: 50.0,
+            accept_burst_per_address: 500,
             revocation_recheck: Duration::from_secs(30),
             quotas: Quotas::default(),
         }

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use ward_core::keys::SigningPublicKey;
 use ward_net::handshake::{self, Peer};
+use ward_net::peers::{Gate, Reason, RefusalLog, Ticket};
 use ward_net::{Conn, close};
 use ward_proto::decode_bounded;
 use ward_proto::v1::{ErrorCode, KsRequest};
@@ -106,7 +107,11 @@ struct State {
     rate: RateLimiter,
     connections: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
-    enrolling: Arc<Semaphore>,
+    /// Unenrolled sessions, per source address and in total.
+    enrolling: Arc<Gate>,
+    /// Unauthenticated connections, per source address and in total.
+    unauthenticated: Arc<Gate>,
+    refusal_log: RefusalLog,
     /// This keyserver as a handshake audience (service, instance, root).
     audience: handshake::Audience,
 }
@@ -116,9 +121,13 @@ const REFUSALS_IN_FLIGHT: usize = 64;
 /// Time an over-the-cap peer gets to complete the WebSocket upgrade.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A connection's place: served, or only told it is refused.
+/// At most one log line per this interval about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A connection's place: served (counted as unauthenticated until login),
+/// or only told it is refused.
 enum Slot {
-    Served(OwnedSemaphorePermit),
+    Served(OwnedSemaphorePermit, Ticket),
     Refused(OwnedSemaphorePermit),
 }
 
@@ -140,12 +149,33 @@ pub async fn run(
     let db = tokio::task::spawn_blocking(move || Db::open(&path))
         .await
         .map_err(|e| KeyserverError::Config(format!("database task: {e}")))??;
+    // Raise the descriptor limit, and lower the cap to what it allows.
+    let soft = ward_net::fdlimit::raise();
+    let max_connections =
+        ward_net::fdlimit::connection_cap(config.limits.max_connections.max(1), soft);
+    if max_connections < config.limits.max_connections {
+        tracing::warn!(
+            max_connections,
+            fd_limit = soft,
+            "connection cap lowered to fit the file-descriptor limit"
+        );
+    }
     let state = Arc::new(State {
         rate: RateLimiter::new(&config.limits),
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        connections: Arc::new(Semaphore::new(max_connections)),
         refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
         sessions: Arc::new(Sessions::default()),
-        enrolling: Arc::new(Semaphore::new(config.limits.max_enrolling)),
+        enrolling: Gate::new(
+            config.limits.max_enrolling_per_address,
+            config.limits.max_enrolling,
+        ),
+        unauthenticated: Gate::with_rate(
+            config.limits.max_unauthenticated_per_address,
+            config.limits.max_unauthenticated,
+            config.limits.accept_rate_per_address,
+            config.limits.accept_burst_per_address,
+        ),
+        refusal_log: RefusalLog::new(REFUSAL_LOG_INTERVAL),
         audience: handshake::Audience::keyserver(config.org_root, config.instance.clone()),
         ctx: Ctx {
             db,
@@ -165,17 +195,35 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _addr)) => {
-                    let slot = match Arc::clone(&state.connections).try_acquire_owned() {
-                        Ok(p) => Slot::Served(p),
-                        // Over the cap: a few are told why (close code), the
-                        // rest are dropped at once.
-                        Err(_) => match Arc::clone(&state.refusals).try_acquire_owned() {
-                            Ok(p) => Slot::Refused(p),
-                            Err(_) => continue,
+                Ok((stream, addr)) => {
+                    let admitted = match Arc::clone(&state.connections).try_acquire_owned() {
+                        Ok(p) => state
+                            .unauthenticated
+                            .admit(addr.ip())
+                            .map(|t| (p, t))
+                            .map_err(Reason::from),
+                        Err(_) => Err(Reason::TooMany),
+                    };
+                    let slot = match admitted {
+                        Ok((p, t)) => Slot::Served(p, t),
+                        Err(Reason::Rate) => {
+                            state.refusal_log.refused("keyserver", Reason::Rate);
+                            continue;
+                        }
+                        // Refused: a few are told why (close code), the rest
+                        // are dropped at once.
+                        Err(why) => match Arc::clone(&state.refusals).try_acquire_owned() {
+                            Ok(p) => {
+                                state.refusal_log.refused("keyserver", why);
+                                Slot::Refused(p)
+                            }
+                            Err(_) => {
+                                state.refusal_log.refused("keyserver", Reason::Dropped);
+                                continue;
+                            }
                         },
                     };
-                    tasks.spawn(connection(stream, Arc::clone(&state), stop_rx.clone(), slot));
+                    tasks.spawn(connection(stream, addr, Arc::clone(&state), stop_rx.clone(), slot));
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: back off, keep serving.
@@ -210,13 +258,14 @@ fn nonce() -> Option<[u8; 32]> {
 
 async fn connection(
     stream: TcpStream,
+    addr: std::net::SocketAddr,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     slot: Slot,
 ) {
     let limits = state.ctx.limits.net;
     let upgrade_time = match slot {
-        Slot::Served(_) => limits.auth_timeout,
+        Slot::Served(..) => limits.auth_timeout,
         Slot::Refused(_) => REFUSAL_TIMEOUT.min(limits.auth_timeout),
     };
     let mut conn =
@@ -228,8 +277,8 @@ async fn connection(
             }
             Err(_) => return,
         };
-    let _permit = match slot {
-        Slot::Served(p) => p,
+    let (_permit, ticket) = match slot {
+        Slot::Served(p, t) => (p, t),
         Slot::Refused(_p) => {
             conn.close(close::TOO_MANY_CONNECTIONS, "too many connections")
                 .await;
@@ -267,7 +316,7 @@ async fn connection(
                     }
                     // Unauthenticated in all but the key: bounded in number
                     // and in time (see `serve`).
-                    Ok(DeviceStatus::NoSuchUser) => match Arc::clone(&state.enrolling).try_acquire_owned() {
+                    Ok(DeviceStatus::NoSuchUser) => match state.enrolling.admit(addr.ip()) {
                         Ok(p) => {
                             *enrolling_permit = Some(p);
                             Ok(peer)
@@ -294,6 +343,9 @@ async fn connection(
         }
         Some(Ok(peer)) => peer,
     };
+    // Logged in: no longer counted as unauthenticated, and full-size frames.
+    drop(ticket);
+    let mut conn = conn.authenticated().await;
     let Some(mut registration) = registration else {
         conn.close(close::INTERNAL_ERROR, "internal error").await;
         return;
@@ -320,7 +372,7 @@ async fn serve(
     session: &mut Session,
     registration: &mut Registration,
     stop: &mut watch::Receiver<bool>,
-    mut enrolling_permit: Option<OwnedSemaphorePermit>,
+    mut enrolling_permit: Option<Ticket>,
 ) {
     let limits = &state.ctx.limits;
     let max = limits.net.max_frame_bytes;

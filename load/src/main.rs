@@ -342,6 +342,14 @@ async fn run_relay(
         "1000000".into(),
         "--send-burst".into(),
         "1000000".into(),
+        // Every load connection comes from 127.0.0.1: lift the per-source
+        // limits meant for attackers.
+        "--accept-rate-per-address".into(),
+        "1000000".into(),
+        "--max-unauthenticated-per-address".into(),
+        (n + 16).to_string(),
+        "--max-unauthenticated".into(),
+        (n + 16).to_string(),
     ];
     let (child, addr) = start_child(relay_bin, &relay_args).await?;
     let url = format!("ws://{addr}");

@@ -28,6 +28,10 @@ pub enum NetError {
     /// The handshake did not complete in time.
     #[error("handshake timed out")]
     Timeout,
+    /// The peer's HTTP upgrade request was refused with this HTTP status
+    /// (400 or 426; 0 when the peer left before a request was read).
+    #[error("websocket upgrade refused (HTTP {0})")]
+    BadUpgrade(u16),
     /// A service name other than the expected one: the client is talking to the wrong server.
     #[error("connected to service {0:?}, expected another")]
     WrongService(String),

@@ -40,7 +40,7 @@ pub struct Peer {
 async fn recv_small<S, M>(conn: &mut Conn<S>, max: usize) -> Result<M, NetError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    M: ward_proto::Message + Default,
+    M: ward_proto::Message + Default + ward_proto::Bounded,
 {
     let bytes = conn
         .recv()

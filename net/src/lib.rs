@@ -23,7 +23,9 @@
 pub mod close;
 pub mod conn;
 mod error;
+pub mod fdlimit;
 pub mod handshake;
+pub mod peers;
 pub mod rate;
 pub mod signal;
 
@@ -35,11 +37,21 @@ use std::time::Duration;
 /// Limits every Ward connection enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest WebSocket message accepted, in bytes.
+    /// Largest WebSocket message accepted, in bytes, once authenticated.
     pub max_frame_bytes: usize,
     /// Time an unauthenticated peer has to complete the handshake.
     pub auth_timeout: Duration,
+    /// Largest WebSocket message a server accepts before the peer has
+    /// authenticated (the `AuthResponse` and the log it carries). The
+    /// WebSocket layer refuses a larger frame from its header, before
+    /// buffering any of it, so an unauthenticated socket holds at most this
+    /// much.
+    pub max_preauth_frame_bytes: usize,
 }
+
+/// Default [`Limits::max_preauth_frame_bytes`]: 256 KiB, room for a user log
+/// of some 800 v1 entries (a real log has a handful).
+pub const DEFAULT_MAX_PREAUTH_FRAME_BYTES: usize = 256 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -47,6 +59,7 @@ impl Default for Limits {
             // An envelope of the largest content, plus framing.
             max_frame_bytes: ward_core::envelope::MAX_ENVELOPE_BYTES + 4096,
             auth_timeout: Duration::from_secs(10),
+            max_preauth_frame_bytes: DEFAULT_MAX_PREAUTH_FRAME_BYTES,
         }
     }
 }

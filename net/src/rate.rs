@@ -99,6 +99,7 @@ impl<K: Eq + Hash> Buckets<K> {
 
 /// Buckets shared by every connection of a key (a device may hold several
 /// keyserver connections at once; they draw on one budget).
+#[derive(Debug)]
 pub struct SharedBuckets<K> {
     rate: f64,
     burst: u32,

@@ -5,7 +5,8 @@
 //! cryptography: signatures, keys and their checks live in `ward-core`.
 //!
 //! Untrusted bytes are decoded only through [`decode_bounded`], which refuses
-//! input over a caller-chosen size before prost sees it:
+//! input over a caller-chosen size, and repeated fields over their caps
+//! ([`caps`], counted by a wire walker in [`bounded`]), before prost sees it:
 //!
 //! ```
 //! use ward_proto::{decode_bounded, v1::AuthChallenge, Message};
@@ -19,6 +20,10 @@
 #![forbid(unsafe_code)]
 
 pub use prost::Message;
+
+pub mod bounded;
+pub mod caps;
+pub use bounded::Bounded;
 
 /// The generated `ward.v1` messages.
 #[allow(missing_docs, clippy::all)] // generated code
@@ -50,24 +55,45 @@ pub enum DecodeError {
     /// fields out of order): refused for signed structures.
     #[error("non-canonical protobuf encoding")]
     NonCanonical,
+    /// A repeated field has more entries than its cap ([`caps`]), or the
+    /// message more entries in total: refused before decoding.
+    #[error("too many entries in field {field} of {message}")]
+    TooManyEntries {
+        /// The message holding the field.
+        message: &'static str,
+        /// The field number.
+        field: u32,
+    },
+    /// Messages nested deeper than [`caps::MAX_DEPTH`].
+    #[error("messages nested too deeply")]
+    TooDeep,
 }
 
 /// Decodes a message from untrusted bytes, refusing anything over `max` bytes
-/// before parsing. Nested messages are bounded by prost's recursion limit.
-pub fn decode_bounded<M: Message + Default>(bytes: &[u8], max: usize) -> Result<M, DecodeError> {
+/// and any repeated field over its cap before parsing, so that what prost
+/// allocates is bounded by the caps, not by how many 2-byte entries fit in
+/// `max` (see [`bounded`]).
+pub fn decode_bounded<M: Message + Default + Bounded>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<M, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
             max,
         });
     }
+    bounded::check(bytes, M::schema())?;
     M::decode(bytes).map_err(|_| DecodeError::Malformed)
 }
 
 /// Decodes a *signed* structure: as [`decode_bounded`], and the bytes must be
 /// exactly what encoding the decoded message gives back. Two parsers then
 /// cannot read the same signed bytes differently (SECURITY.md §3.2).
-pub fn decode_canonical<M: Message + Default>(bytes: &[u8], max: usize) -> Result<M, DecodeError> {
+pub fn decode_canonical<M: Message + Default + Bounded>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<M, DecodeError> {
     let msg: M = decode_bounded(bytes, max)?;
     if msg.encode_to_vec() != bytes {
         return Err(DecodeError::NonCanonical);

@@ -78,6 +78,11 @@ async fn run(
     config.log_cache_bytes = cache_bytes;
     config.limits.net.auth_timeout = Duration::from_secs(60);
     config.limits.max_connections = 100_000;
+    // A 4,095-entry log (~1 MiB) is over the default pre-auth frame limit
+    // (256 KiB, SECURITY.md §9), and every attempt comes from 127.0.0.1.
+    config.limits.net.max_preauth_frame_bytes = 4 << 20;
+    config.limits.max_unauthenticated_per_address = 100_000;
+    config.limits.accept_rate_per_address = 1e9;
     let stats = config.log_stats.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());

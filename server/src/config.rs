@@ -36,7 +36,8 @@ pub struct Config {
 pub struct Limits {
     /// Frame size and authentication timeout, enforced by ward-net.
     pub net: ward_net::Limits,
-    /// Most recipient devices in one `Send`.
+    /// Most recipient devices in one `Send` (the wire walker already refuses
+    /// more than 4,096 before decoding, `ward_proto::caps`).
     pub max_recipients: usize,
     /// Most simultaneous connections (authenticated or not).
     pub max_connections: usize,
@@ -67,6 +68,34 @@ pub struct Limits {
     /// Most deliveries read from the store per batch (also capped at
     /// 256 KiB of payload, but at least one).
     pub delivery_batch: usize,
+    /// Most unauthenticated connections (upgrading or in the handshake) at
+    /// once, from everyone; with `net.max_preauth_frame_bytes` this bounds
+    /// what they may hold.
+    pub max_unauthenticated: usize,
+    /// Most unauthenticated connections at once from one source address
+    /// (IPv4 address or IPv6 /64). Authenticated ones are not counted: many
+    /// phones may share one NAT address.
+    pub max_unauthenticated_per_address: usize,
+    /// New connections per second one source address may open (token
+    /// bucket); more are dropped at accept, before any work.
+    pub accept_rate_per_address: f64,
+    /// Connections a source may open in a burst above that rate.
+    pub accept_burst_per_address: u32,
+    /// An authenticated connection from which nothing (not even a pong) was
+    /// read for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often the relay pings an authenticated connection.
+    pub ping_interval: Duration,
+    /// Most undelivered queue entries (one per recipient device) a user's
+    /// devices may have stored at once, all its devices together; over it a
+    /// `Send` gets `QUOTA_EXCEEDED`.
+    pub max_user_pending_entries: u64,
+    /// Most bytes of undelivered payload a user's devices may have stored
+    /// at once (each message counted once).
+    pub max_user_pending_bytes: u64,
+    /// Most undelivered entries one mailbox (recipient device) may hold;
+    /// over it a `Send` to it gets `QUOTA_EXCEEDED`.
+    pub max_mailbox_entries: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +113,15 @@ impl Default for Limits {
             close_grace: Duration::from_secs(5),
             tcp_keepalive: Some(Duration::from_secs(60)),
             delivery_batch: 64,
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_address: 64,
+            accept_rate_per_address: 50.0,
+            accept_burst_per_address: 500,
+            idle_timeout: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(30),
+            max_user_pending_entries: 100_000,
+            max_user_pending_bytes: 1 << 30,
+            max_mailbox_entries: 20_000,
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::config::Limits;
 use crate::logs;
 use crate::registry::{CloseReason, Registration};
 use crate::state::Shared;
-use crate::storage::{self, Mailbox, NewMessage, SendOutcome};
+use crate::storage::{self, Mailbox, NewMessage, Quota, SendOutcome};
 use ward_net::rate::TokenBucket;
 
 const GOING_AWAY: CloseReason = CloseReason {
@@ -51,6 +51,14 @@ const GOING_AWAY: CloseReason = CloseReason {
 const SLOW: CloseReason = CloseReason {
     code: close::SLOW_CONSUMER,
     reason: "not reading fast enough; messages kept",
+};
+const BUSY: CloseReason = CloseReason {
+    code: close::SLOW_CONSUMER,
+    reason: "relay busy; messages kept, reconnect",
+};
+const IDLE: CloseReason = CloseReason {
+    code: close::NORMAL,
+    reason: "idle",
 };
 const INTERNAL: CloseReason = CloseReason {
     code: close::INTERNAL_ERROR,
@@ -69,6 +77,7 @@ pub async fn serve(
     addr: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    ticket: ward_net::peers::Ticket,
 ) {
     let limits = shared.config.limits;
     let mut conn = match timeout(
@@ -122,6 +131,9 @@ pub async fn serve(
         }
         Some(Ok(peer)) => peer,
     };
+    // Logged in: no longer counted as unauthenticated, and full-size frames.
+    drop(ticket);
+    let conn = conn.authenticated().await;
     let mailbox = Mailbox {
         user_id: peer.user_id,
         device_id: *peer.device.as_bytes(),
@@ -130,8 +142,9 @@ pub async fn serve(
     session(conn, shared, mailbox, shutdown).await;
 }
 
-/// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`.
-pub async fn refuse_busy(stream: TcpStream, limits: Limits) {
+/// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`, holding
+/// one of the few refusal places (`_place`) meanwhile.
+pub async fn refuse_busy(stream: TcpStream, limits: Limits, _place: OwnedSemaphorePermit) {
     let grace = Duration::from_secs(1);
     if let Ok(Ok(conn)) = timeout(grace, ward_net::conn::accept(stream, &limits.net)).await {
         let reason = CloseReason {
@@ -146,10 +159,45 @@ pub async fn refuse_busy(stream: TcpStream, limits: Limits) {
 async fn check(shared: &Shared, mut peer: Peer) -> Result<Peer, ErrorCode> {
     let log = std::mem::take(&mut peer.log);
     let user = logs::refresh(shared, &peer.user_id, log).await?;
+    prune_revoked(shared, &peer.user_id, &user).await;
     match user.device(&peer.device) {
         Some(d) if d.is_active() => Ok(peer),
         Some(_) => Err(ErrorCode::DeviceRevoked),
         None => Err(ErrorCode::Unauthenticated),
+    }
+}
+
+/// Deletes the mailboxes of `user`'s devices that are not active in its
+/// verified log (revoked, or addressed before the relay knew the log): their
+/// entries can never be read. Once per log length.
+async fn prune_revoked(shared: &Shared, user_id: &str, user: &ward_core::chain::VerifiedUser) {
+    if !shared.needs_prune(user_id, user.len()) {
+        return;
+    }
+    let u = user_id.to_owned();
+    let Ok(stored) = shared.read(move |c| storage::mailbox_devices(c, &u)).await else {
+        return;
+    };
+    let revoked: Vec<[u8; 32]> = stored
+        .into_iter()
+        .filter(|d| {
+            ward_core::keys::SigningPublicKey::from_bytes(d)
+                .ok()
+                .and_then(|k| user.device(&k).map(|dev| dev.is_active()))
+                != Some(true)
+        })
+        .collect();
+    if revoked.is_empty() {
+        return;
+    }
+    match shared.writer.prune(user_id.to_owned(), revoked).await {
+        Ok(n) if n > 0 => info!(
+            user = user_id,
+            entries = n,
+            "revoked devices' mailboxes pruned"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "pruning revoked mailboxes failed"),
     }
 }
 
@@ -165,14 +213,22 @@ async fn finish(mut conn: Conn<TcpStream>, reason: Option<CloseReason>, grace: D
     let _ = timeout(grace, async {
         let _ = tcp.shutdown().await;
         let mut buf = [0u8; 4096];
+        // A peer that keeps sending (the rest of a 20 MiB frame refused from
+        // its header) is not drained for the whole grace: past a few KiB it
+        // is not closing, so the socket is dropped.
+        let mut drained = 0usize;
         while let Ok(n) = tcp.read(&mut buf).await {
-            if n == 0 {
+            drained += n;
+            if n == 0 || drained > MAX_DRAIN_BYTES {
                 break;
             }
         }
     })
     .await;
 }
+
+/// Most bytes read from a closing peer while waiting for its close.
+const MAX_DRAIN_BYTES: usize = 64 << 10;
 
 /// A frame and the budget it holds (this connection's, and the global one)
 /// until it is written.
@@ -183,6 +239,8 @@ const BATCH_BYTES: usize = 256 << 10;
 
 enum DeliveryEnd {
     Slow,
+    /// The global budget stayed used up for `slow_consumer_timeout`.
+    Busy,
     Storage,
     Gone,
 }
@@ -269,9 +327,24 @@ async fn session(
         bucket: shared.buckets.take(&mailbox),
     };
     let write_timeout = limits.slow_consumer_timeout;
+    // Pings keep NAT mappings open and make a vanished peer show: a peer
+    // from which nothing was read for `idle_timeout` is closed.
+    let mut ping = tokio::time::interval(limits.ping_interval.max(Duration::from_millis(10)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset();
     let end: Option<CloseReason> = loop {
         tokio::select! {
             biased;
+            _ = ping.tick() => {
+                if conn.last_seen().elapsed() >= limits.idle_timeout {
+                    break Some(IDLE);
+                }
+                match timeout(write_timeout, conn.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some(SLOW),
+                }
+            }
             changed = close_rx.changed() => {
                 let reason = match changed {
                     Ok(()) => *close_rx.borrow(),
@@ -283,6 +356,7 @@ async fn session(
             ended = &mut delivery => {
                 break match ended {
                     Ok(DeliveryEnd::Slow) => Some(SLOW),
+                    Ok(DeliveryEnd::Busy) => Some(BUSY),
                     Ok(DeliveryEnd::Storage) | Err(_) => Some(INTERNAL),
                     Ok(DeliveryEnd::Gone) => None,
                 };
@@ -367,23 +441,44 @@ struct Sink {
     shared: Arc<Shared>,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
-    max_cost: usize,
+    /// Permits of this connection's budget, and of the global one.
+    own_max: usize,
+    global_max: usize,
     wait: Duration,
 }
 
 impl Sink {
-    /// Queues one delivery for the socket, holding its budget until written.
-    async fn push(&self, d: Deliver) -> Result<(), DeliveryEnd> {
-        let cost = d.payload.len().clamp(1, self.max_cost) as u32;
+    /// What a payload of `len` bytes costs against the global budget: its
+    /// real size (a delivery over the whole budget takes all of it).
+    fn global_cost(&self, len: usize) -> usize {
+        len.clamp(1, self.global_max)
+    }
+
+    /// Takes `cost` of the global budget, waiting at most `wait`: the
+    /// memory that deliveries hold is bounded by the budget, not by how many
+    /// connections wait for it.
+    async fn reserve(&self, cost: usize) -> Result<OwnedSemaphorePermit, DeliveryEnd> {
+        let cost = u32::try_from(cost.clamp(1, self.global_max)).unwrap_or(u32::MAX);
+        match timeout(
+            self.wait,
+            self.shared.outbound.clone().acquire_many_owned(cost),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(DeliveryEnd::Gone),
+            Err(_) => Err(DeliveryEnd::Busy),
+        }
+    }
+
+    /// Queues one delivery for the socket, holding its budgets (the global
+    /// one already taken, `global`) until written.
+    async fn push(&self, d: Deliver, global: OwnedSemaphorePermit) -> Result<(), DeliveryEnd> {
+        let cost = u32::try_from(d.payload.len().clamp(1, self.own_max)).unwrap_or(u32::MAX);
         let own = match timeout(self.wait, self.budget.clone().acquire_many_owned(cost)).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(DeliveryEnd::Gone),
             Err(_) => return Err(DeliveryEnd::Slow),
-        };
-        // The global budget is shared: waiting for it is not this reader's
-        // fault, so it has no timeout.
-        let Ok(global) = self.shared.outbound.clone().acquire_many_owned(cost).await else {
-            return Err(DeliveryEnd::Gone);
         };
         let frame = ServerFrame {
             frame: Some(server_frame::Frame::Deliver(d)),
@@ -403,6 +498,8 @@ impl Sink {
 /// Feeds the mailbox's entries, in seq order, into the bounded queue: the
 /// backlog from the store first, then the writer's hints as they come,
 /// falling back to the store whenever a hint was dropped or seqs have a gap.
+/// A store batch is sized first, and its global budget taken, before its
+/// payloads are read.
 async fn deliver(
     shared: Arc<Shared>,
     mailbox: Mailbox,
@@ -412,7 +509,8 @@ async fn deliver(
 ) -> DeliveryEnd {
     let limits = shared.config.limits;
     let sink = Sink {
-        max_cost: budget_permits(&limits).min(crate::state::global_permits(&shared.config)),
+        own_max: budget_permits(&limits),
+        global_max: crate::state::global_permits(&shared.config),
         wait: limits.slow_consumer_timeout,
         shared: shared.clone(),
         out,
@@ -434,7 +532,11 @@ async fn deliver(
                     break;
                 }
                 cursor = d.seq;
-                if let Err(end) = sink.push(d).await {
+                let global = match sink.reserve(sink.global_cost(d.payload.len())).await {
+                    Ok(g) => g,
+                    Err(end) => return end,
+                };
+                if let Err(end) = sink.push(d, global).await {
                     return end;
                 }
             }
@@ -446,8 +548,30 @@ async fn deliver(
             loop {
                 let mb = mailbox.clone();
                 let n = limits.delivery_batch.max(1);
+                let sizes = match shared
+                    .read(move |c| storage::backlog_sizes(c, &mb, cursor, n, BATCH_BYTES))
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "reading a mailbox failed");
+                        return DeliveryEnd::Storage;
+                    }
+                };
+                let Some(&(last_seq, _)) = sizes.last() else {
+                    break;
+                };
+                let total = sizes
+                    .iter()
+                    .map(|(_, len)| sink.global_cost(*len))
+                    .fold(0usize, usize::saturating_add);
+                let mut reserved = match sink.reserve(total).await {
+                    Ok(r) => r,
+                    Err(end) => return end,
+                };
+                let mb = mailbox.clone();
                 let batch = match shared
-                    .read(move |c| storage::backlog(c, &mb, cursor, n, BATCH_BYTES))
+                    .read(move |c| storage::backlog(c, &mb, cursor, sizes.len(), usize::MAX))
                     .await
                 {
                     Ok(b) => b,
@@ -456,12 +580,25 @@ async fn deliver(
                         return DeliveryEnd::Storage;
                     }
                 };
-                if batch.is_empty() {
-                    break;
-                }
                 for d in batch {
+                    if d.seq > last_seq {
+                        break; // not sized: read with the next batch
+                    }
                     cursor = d.seq;
-                    if let Err(end) = sink.push(d).await {
+                    let cost = sink.global_cost(d.payload.len());
+                    let global = match reserved.split(cost.min(reserved.num_permits())) {
+                        Some(g) if g.num_permits() >= cost => g,
+                        // Grew since it was sized (it cannot: stored
+                        // payloads do not change), or the rest: top up.
+                        other => {
+                            drop(other);
+                            match sink.reserve(cost).await {
+                                Ok(g) => g,
+                                Err(end) => return end,
+                            }
+                        }
+                    };
+                    if let Err(end) = sink.push(d, global).await {
                         return end;
                     }
                 }
@@ -473,6 +610,38 @@ async fn deliver(
 }
 
 impl Session {
+    /// Every recipient of a user whose log the relay holds must be an active
+    /// device in it. A user the relay has no log for yet (never connected)
+    /// is accepted: the sender's quota and the mailbox cap bound what such
+    /// mailboxes hold, their devices are checked once the user's log
+    /// arrives (others pruned), and empty ones are pruned by the sweeper.
+    async fn check_recipients(
+        &self,
+        recipients: &[Mailbox],
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        let mut by_user: std::collections::BTreeMap<&str, Vec<&[u8; 32]>> = Default::default();
+        for r in recipients {
+            by_user.entry(&r.user_id).or_default().push(&r.device_id);
+        }
+        for (user, devices) in by_user {
+            let verified = match logs::refresh(&self.shared, user, Vec::new()).await {
+                Ok(v) => v,
+                Err(ErrorCode::UnknownUser) => continue,
+                Err(code) => return Err((code, "recipient's log could not be verified")),
+            };
+            for d in devices {
+                let key = ward_core::keys::SigningPublicKey::from_bytes(d)
+                    .map_err(|_| (ErrorCode::Malformed, "invalid recipient device id"))?;
+                match verified.device(&key) {
+                    Some(dev) if dev.is_active() => {}
+                    Some(_) => return Err((ErrorCode::DeviceRevoked, "recipient device revoked")),
+                    None => return Err((ErrorCode::NotFound, "recipient device not in its log")),
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, frame: ClientFrame) -> Outcome {
         match frame.frame {
             Some(client_frame::Frame::Send(send)) => self.send(send).await,
@@ -536,6 +705,9 @@ impl Session {
             )
             .closing(close::PROTOCOL_ERROR, "malformed frame");
         }
+        if let Err((code, detail)) = self.check_recipients(&recipients).await {
+            return Outcome::error(code, message_id.to_vec(), detail);
+        }
         let msg = NewMessage {
             message_id,
             recipients,
@@ -547,6 +719,14 @@ impl Session {
                     message_id: message_id.to_vec(),
                 }))
             }
+            Ok(SendOutcome::OverQuota(q)) => Outcome::error(
+                ErrorCode::QuotaExceeded,
+                message_id.to_vec(),
+                match q {
+                    Quota::User => "your undelivered messages fill your quota; retry later",
+                    Quota::Mailbox => "a recipient's mailbox is full; retry later",
+                },
+            ),
             Ok(SendOutcome::Conflict) => Outcome::error(
                 ErrorCode::Conflict,
                 message_id.to_vec(),
@@ -589,9 +769,12 @@ impl Session {
                 .closing(close::RATE_LIMITED, "rate exceeded");
         }
         match logs::refresh(&self.shared, &self.mailbox.user_id, p.entries).await {
-            Ok(user) => Outcome::reply(server_frame::Frame::LogAccepted(LogAccepted {
-                len: user.len(),
-            })),
+            Ok(user) => {
+                prune_revoked(&self.shared, &self.mailbox.user_id, &user).await;
+                Outcome::reply(server_frame::Frame::LogAccepted(LogAccepted {
+                    len: user.len(),
+                }))
+            }
             Err(code) => Outcome::error(code, Vec::new(), "log refused"),
         }
     }

@@ -34,7 +34,9 @@ struct Args {
     /// Most recipient devices per message.
     #[arg(long, env = "WARD_RELAY_MAX_RECIPIENTS")]
     max_recipients: Option<usize>,
-    /// Most simultaneous connections.
+    /// Most simultaneous connections (default 10000; lowered at start to the
+    /// file-descriptor limit minus 128, after raising the soft limit to the
+    /// hard one).
     #[arg(long, env = "WARD_RELAY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Sustained sends per second per device.
@@ -58,6 +60,40 @@ struct Args {
     /// TCP keepalive idle seconds on accepted sockets (0: off).
     #[arg(long, env = "WARD_RELAY_TCP_KEEPALIVE_SECS")]
     tcp_keepalive_secs: Option<u64>,
+    /// Largest frame accepted before login, in bytes (default 262144: an
+    /// AuthResponse with its log).
+    #[arg(long, env = "WARD_RELAY_MAX_PREAUTH_FRAME_BYTES")]
+    max_preauth_frame_bytes: Option<usize>,
+    /// Most unauthenticated connections at once, from everyone (default 1024).
+    #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED")]
+    max_unauthenticated: Option<usize>,
+    /// Most unauthenticated connections at once from one IPv4 address or
+    /// IPv6 /64 (default 64).
+    #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED_PER_ADDRESS")]
+    max_unauthenticated_per_address: Option<usize>,
+    /// New connections per second one IPv4 address or IPv6 /64 may open
+    /// (default 50, bursts of 500); more are dropped at accept.
+    #[arg(long, env = "WARD_RELAY_ACCEPT_RATE_PER_ADDRESS")]
+    accept_rate_per_address: Option<f64>,
+    /// Seconds without anything read (not even a pong) before an
+    /// authenticated connection is closed (default 120).
+    #[arg(long, env = "WARD_RELAY_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// Seconds between WebSocket pings (default 30).
+    #[arg(long, env = "WARD_RELAY_PING_INTERVAL_SECS")]
+    ping_interval_secs: Option<u64>,
+    /// Undelivered queue entries a user's devices may have stored, all
+    /// together (default 100000); over it: QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_USER_PENDING_ENTRIES")]
+    max_user_pending_entries: Option<u64>,
+    /// Undelivered payload bytes a user's devices may have stored (default
+    /// 1073741824); over it: QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_USER_PENDING_BYTES")]
+    max_user_pending_bytes: Option<u64>,
+    /// Undelivered entries one mailbox may hold (default 20000); over it:
+    /// QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_MAILBOX_ENTRIES")]
+    max_mailbox_entries: Option<u64>,
     /// Days an undelivered message is kept.
     #[arg(long, env = "WARD_RELAY_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u64,
@@ -83,6 +119,9 @@ fn config(args: &Args) -> Result<Config, String> {
     if let Some(v) = args.auth_timeout_secs {
         net.auth_timeout = Duration::from_secs(v);
     }
+    if let Some(v) = args.max_preauth_frame_bytes {
+        net.max_preauth_frame_bytes = v;
+    }
     config.limits = Limits {
         net,
         max_recipients: args.max_recipients.unwrap_or(d.max_recipients),
@@ -103,6 +142,28 @@ fn config(args: &Args) -> Result<Config, String> {
             Some(0) => None,
             Some(s) => Some(Duration::from_secs(s)),
         },
+        max_unauthenticated: args.max_unauthenticated.unwrap_or(d.max_unauthenticated),
+        max_unauthenticated_per_address: args
+            .max_unauthenticated_per_address
+            .unwrap_or(d.max_unauthenticated_per_address),
+        accept_rate_per_address: args
+            .accept_rate_per_address
+            .unwrap_or(d.accept_rate_per_address),
+        idle_timeout: args
+            .idle_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(d.idle_timeout),
+        ping_interval: args
+            .ping_interval_secs
+            .map(Duration::from_secs)
+            .unwrap_or(d.ping_interval),
+        max_user_pending_entries: args
+            .max_user_pending_entries
+            .unwrap_or(d.max_user_pending_entries),
+        max_user_pending_bytes: args
+            .max_user_pending_bytes
+            .unwrap_or(d.max_user_pending_bytes),
+        max_mailbox_entries: args.max_mailbox_entries.unwrap_or(d.max_mailbox_entries),
         ..d
     };
     config.retention = Duration::from_secs(args.retention_days.saturating_mul(86_400));

@@ -16,9 +16,15 @@ use crate::registry::Registry;
 use crate::state::Shared;
 use crate::storage::{self, Swept};
 use crate::writer::{self, now_ms};
+use ward_net::peers::Reason;
 
 /// Commands waiting for the writer before senders wait in turn.
 const WRITER_QUEUE: usize = 8192;
+/// Refused connections being told why at once (as the keyserver); more are
+/// dropped without a close frame.
+const REFUSALS_IN_FLIGHT: usize = 64;
+/// At most one log line per this interval about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs the relay on `listener` until `shutdown` resolves, then stops
 /// accepting, closes every connection with `GOING_AWAY` (waiting up to
@@ -31,9 +37,34 @@ pub async fn run(
     let mut db = storage::open(&config.db_path)?;
     storage::migrate(&mut db)?;
     let registry = Arc::new(Registry::default());
+    let quotas = storage::Quotas {
+        user_entries: config.limits.max_user_pending_entries,
+        user_bytes: config.limits.max_user_pending_bytes,
+        mailbox_entries: config.limits.max_mailbox_entries,
+    };
     let (writer, writer_thread) =
-        writer::spawn(db, config.max_batch, WRITER_QUEUE, registry.clone())?;
-    let max_connections = config.limits.max_connections.clamp(1, u32::MAX as usize);
+        writer::spawn_with(db, config.max_batch, WRITER_QUEUE, registry.clone(), quotas)?;
+    // Raise the descriptor limit, and lower the cap to what it allows.
+    let soft = ward_net::fdlimit::raise();
+    let max_connections = ward_net::fdlimit::connection_cap(
+        config.limits.max_connections.clamp(1, u32::MAX as usize),
+        soft,
+    );
+    if max_connections < config.limits.max_connections {
+        warn!(
+            max_connections,
+            fd_limit = soft,
+            "connection cap lowered to fit the file-descriptor limit"
+        );
+    }
+    let gate = ward_net::peers::Gate::with_rate(
+        config.limits.max_unauthenticated_per_address,
+        config.limits.max_unauthenticated,
+        config.limits.accept_rate_per_address,
+        config.limits.accept_burst_per_address,
+    );
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    let refusal_log = ward_net::peers::RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let grace = config.shutdown_grace;
     let shared = Arc::new(Shared::new(config, writer.clone(), registry));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -51,18 +82,41 @@ pub async fn run(
                     if let Some(idle) = shared.config.limits.tcp_keepalive {
                         set_keepalive(&stream, idle);
                     }
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    let admitted = match permits.clone().try_acquire_owned() {
+                        Ok(permit) => gate
+                            .admit(addr.ip())
+                            .map(|ticket| (permit, ticket))
+                            .map_err(Reason::from),
+                        Err(_) => Err(Reason::TooMany),
+                    };
+                    match admitted {
+                        Ok((permit, ticket)) => {
                             let shared = shared.clone();
                             let stop = stop_rx.clone();
                             tokio::spawn(async move {
-                                connection::serve(stream, addr, shared, stop).await;
+                                connection::serve(stream, addr, shared, stop, ticket).await;
                                 drop(permit);
                             });
                         }
-                        Err(_) => {
-                            warn!(%addr, "connection refused: too many connections");
-                            tokio::spawn(connection::refuse_busy(stream, shared.config.limits));
+                        Err(Reason::Rate) => {
+                            drop(stream);
+                            refusal_log.refused("relay", Reason::Rate);
+                        }
+                        Err(why) => {
+                            // A few are told why (close code); past that they
+                            // are dropped at once: refusing must cost little.
+                            let why = match refusals.clone().try_acquire_owned() {
+                                Ok(p) => {
+                                    tokio::spawn(connection::refuse_busy(
+                                        stream,
+                                        shared.config.limits,
+                                        p,
+                                    ));
+                                    why
+                                }
+                                Err(_) => Reason::Dropped,
+                            };
+                            refusal_log.refused("relay", why);
                         }
                     }
                 }
@@ -116,7 +170,8 @@ async fn sweep(shared: &Shared, stop: &watch::Receiver<bool>) {
                 total.sends += s.sends;
                 total.entries += s.entries;
                 total.messages += s.messages;
-                if s.sends < SWEEP_STEP || *stop.borrow() {
+                total.mailboxes += s.mailboxes;
+                if (s.sends < SWEEP_STEP && s.mailboxes < SWEEP_STEP) || *stop.borrow() {
                     break;
                 }
             }
@@ -126,10 +181,11 @@ async fn sweep(shared: &Shared, stop: &watch::Receiver<bool>) {
             }
         }
     }
-    if total.sends > 0 {
+    if total.sends > 0 || total.mailboxes > 0 {
         info!(
             messages = total.sends,
             entries = total.entries,
+            mailboxes = total.mailboxes,
             "retention sweep expired undelivered messages"
         );
     }

@@ -81,6 +81,8 @@ pub struct Shared {
     /// Verified user logs ([`crate::logs`]).
     pub logs: crate::logs::LogCache,
     readers: Arc<Readers>,
+    /// Log length at which each user's revoked mailboxes were last pruned.
+    pruned: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -98,7 +100,22 @@ impl Shared {
             buckets,
             outbound,
             readers,
+            pruned: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Whether `user_id`'s revoked mailboxes have not been pruned at a log
+    /// of `len` entries yet (and notes that they now will be).
+    pub fn needs_prune(&self, user_id: &str, len: u64) -> bool {
+        let mut pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
+        if pruned.get(user_id).is_some_and(|l| *l >= len) {
+            return false;
+        }
+        if pruned.len() >= 100_000 {
+            pruned.clear(); // bounded; pruning again is harmless
+        }
+        pruned.insert(user_id.to_owned(), len);
+        true
     }
 
     /// Runs `f` on a pooled read connection, off the async runtime.

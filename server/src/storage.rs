@@ -2,14 +2,15 @@
 //! readers run. Every function here blocks: call them from the writer thread
 //! or from `spawn_blocking`, never on the async runtime.
 //!
-//! Schema (version 1):
+//! Schema (version 2):
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
 //! | `sends` | accepted message | client id, sender, time; the idempotency record, kept until retention |
 //! | `messages` | stored ciphertext | keyed by `sends.id`; deleted once no `queue` row refers to it |
 //! | `queue` | (recipient mailbox, seq) | `seq` from `mailboxes.next_seq`: monotonic per mailbox, never reused |
-//! | `mailboxes` | recipient device | holds `next_seq`, so acks never make a seq come back |
+//! | `mailboxes` | recipient device | holds `next_seq`, so acks never make a seq come back, and `pending` (its queue entries) for the per-mailbox cap |
+//! | `usage` | sending user | undelivered queue entries and payload bytes its devices have stored: the per-user quota |
 //! | `logs` | user | longest verified user log seen (encoded `UserLog`) |
 //!
 //! Client message ids are random, so every index keyed by them costs one
@@ -27,7 +28,7 @@ use ward_proto::{Message, decode_bounded};
 use crate::error::StorageError;
 
 /// The schema version this relay writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -65,7 +66,107 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     ",
+    // 1 -> 2: quotas. Counters kept by the writer beside the rows they count.
+    "
+    ALTER TABLE mailboxes ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET pending = (SELECT count(*) FROM queue q
+        WHERE q.user_id = mailboxes.user_id AND q.device_id = mailboxes.device_id);
+    CREATE TABLE usage (
+        user_id TEXT PRIMARY KEY,            -- the sending user
+        entries INTEGER NOT NULL,            -- its undelivered queue entries
+        bytes   INTEGER NOT NULL             -- its stored payload bytes
+    );
+    INSERT INTO usage (user_id, entries, bytes)
+        SELECT s.sender_user, count(*), 0 FROM queue q JOIN sends s ON s.id = q.msg
+        GROUP BY s.sender_user;
+    UPDATE usage SET bytes = (SELECT coalesce(sum(length(m.payload)), 0)
+        FROM messages m JOIN sends s ON s.id = m.id WHERE s.sender_user = usage.user_id);
+    ",
 ];
+
+/// Storage quotas the writer enforces on every `Send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Most undelivered queue entries per sending user.
+    pub user_entries: u64,
+    /// Most stored payload bytes per sending user.
+    pub user_bytes: u64,
+    /// Most undelivered entries per recipient mailbox.
+    pub mailbox_entries: u64,
+}
+
+impl Quotas {
+    /// No quota.
+    pub const UNLIMITED: Quotas = Quotas {
+        user_entries: u64::MAX,
+        user_bytes: u64::MAX,
+        mailbox_entries: u64::MAX,
+    };
+}
+
+/// Which quota a refused `Send` would have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// The sender's entries or bytes.
+    User,
+    /// A recipient mailbox's entries.
+    Mailbox,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Adds `entries` and `bytes` (either may be negative) to `user`'s usage.
+fn charge(conn: &Connection, user: &str, entries: i64, bytes: i64) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO usage (user_id, entries, bytes) VALUES (?1, max(?2, 0), max(?3, 0))
+         ON CONFLICT (user_id) DO UPDATE SET entries = max(entries + ?2, 0),
+         bytes = max(bytes + ?3, 0)",
+    )?
+    .execute(params![user, entries, bytes])?;
+    Ok(())
+}
+
+fn sender_of(conn: &Connection, id: i64) -> Result<Option<String>, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT sender_user FROM sends WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Deletes the ciphertext `id` if no entry refers to it any more, and
+/// credits its bytes back to `sender`.
+fn drop_if_orphan(conn: &Connection, id: i64, sender: Option<&str>) -> Result<bool, StorageError> {
+    let len: Option<i64> = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM queue WHERE msg = ?1) RETURNING length(payload)",
+        )?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    if let (Some(len), Some(sender)) = (len, sender) {
+        charge(conn, sender, 0, -len)?;
+    }
+    Ok(len.is_some())
+}
+
+/// Credits the queue entries of messages `ids` (one per entry, repeats
+/// allowed) back to their senders, then drops the orphaned ciphertexts.
+fn release_entries(conn: &Connection, ids: &[i64]) -> Result<(), StorageError> {
+    let mut per_msg: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+    for id in ids {
+        *per_msg.entry(*id).or_default() += 1;
+    }
+    for (id, n) in per_msg {
+        let sender = sender_of(conn, id)?;
+        if let Some(s) = &sender {
+            charge(conn, s, -n, 0)?;
+        }
+        drop_if_orphan(conn, id, sender.as_deref())?;
+    }
+    Ok(())
+}
 
 /// One device's mailbox: the authenticated (user, device) pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -105,6 +206,8 @@ pub enum SendOutcome {
     Duplicate,
     /// Another sender used this id: refused.
     Conflict,
+    /// Storing it would pass a quota: refused, nothing stored.
+    OverQuota(Quota),
 }
 
 /// Opens (creating if needed) the database with the relay's settings.
@@ -155,12 +258,14 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Stores one message and its queue entries, idempotently on `message_id`.
+/// Stores one message and its queue entries, idempotently on `message_id`,
+/// unless it would pass one of `quotas`.
 pub fn insert_message(
     conn: &Connection,
     sender: &Mailbox,
     msg: &NewMessage,
     now_ms: u64,
+    quotas: &Quotas,
 ) -> Result<SendOutcome, StorageError> {
     let existing: Option<(String, Vec<u8>)> = conn
         .prepare_cached("SELECT sender_user, sender_device FROM sends WHERE message_id = ?1")?
@@ -173,6 +278,33 @@ pub fn insert_message(
             SendOutcome::Conflict
         });
     }
+    let (used_entries, used_bytes): (i64, i64) = conn
+        .prepare_cached("SELECT entries, bytes FROM usage WHERE user_id = ?1")?
+        .query_row(params![sender.user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, 0));
+    let n = msg.recipients.len() as i64;
+    let len = msg.payload.len() as i64;
+    if used_entries.saturating_add(n) > to_i64(quotas.user_entries)
+        || used_bytes.saturating_add(len) > to_i64(quotas.user_bytes)
+    {
+        return Ok(SendOutcome::OverQuota(Quota::User));
+    }
+    {
+        let mut pending = conn.prepare_cached(
+            "SELECT pending FROM mailboxes WHERE user_id = ?1 AND device_id = ?2",
+        )?;
+        for r in &msg.recipients {
+            let p: i64 = pending
+                .query_row(params![r.user_id, &r.device_id[..]], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if p.saturating_add(1) > to_i64(quotas.mailbox_entries) {
+                return Ok(SendOutcome::OverQuota(Quota::Mailbox));
+            }
+        }
+    }
+    charge(conn, &sender.user_id, n, len)?;
     let id: i64 = conn
         .prepare_cached(
             "INSERT INTO sends (message_id, sender_user, sender_device, created_at)
@@ -190,8 +322,9 @@ pub fn insert_message(
     conn.prepare_cached("INSERT INTO messages (id, payload) VALUES (?1, ?2)")?
         .execute(params![id, msg.payload])?;
     let mut next_seq = conn.prepare_cached(
-        "INSERT INTO mailboxes (user_id, device_id, next_seq) VALUES (?1, ?2, 2)
-         ON CONFLICT (user_id, device_id) DO UPDATE SET next_seq = next_seq + 1
+        "INSERT INTO mailboxes (user_id, device_id, next_seq, pending) VALUES (?1, ?2, 2, 1)
+         ON CONFLICT (user_id, device_id) DO UPDATE SET next_seq = next_seq + 1,
+         pending = pending + 1
          RETURNING next_seq - 1",
     )?;
     let mut enqueue = conn.prepare_cached(
@@ -221,14 +354,55 @@ pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize
             |r| r.get(0),
         )?
         .collect::<Result<_, _>>()?;
-    let mut drop_orphan = conn.prepare_cached(
-        "DELETE FROM messages WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM queue WHERE msg = ?1)",
-    )?;
-    for id in &ids {
-        drop_orphan.execute(params![id])?;
+    if !ids.is_empty() {
+        conn.prepare_cached(
+            "UPDATE mailboxes SET pending = max(pending - ?3, 0)
+             WHERE user_id = ?1 AND device_id = ?2",
+        )?
+        .execute(params![
+            mailbox.user_id,
+            &mailbox.device_id[..],
+            ids.len() as i64
+        ])?;
+        release_entries(conn, &ids)?;
     }
     Ok(ids.len())
+}
+
+/// The devices of `user_id` that have a mailbox.
+pub fn mailbox_devices(conn: &Connection, user_id: &str) -> Result<Vec<[u8; 32]>, StorageError> {
+    let rows: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT device_id FROM mailboxes WHERE user_id = ?1")?
+        .query_map(params![user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+        .collect())
+}
+
+/// Deletes the mailboxes of `devices` of `user_id` (revoked: they can never
+/// connect again) with their entries, credits those back to their senders,
+/// and drops the orphaned ciphertexts. Returns the entries deleted.
+pub fn prune_devices(
+    conn: &Connection,
+    user_id: &str,
+    devices: &[[u8; 32]],
+) -> Result<usize, StorageError> {
+    let mut deleted = 0;
+    for d in devices {
+        let ids: Vec<i64> = conn
+            .prepare_cached(
+                "DELETE FROM queue WHERE user_id = ?1 AND device_id = ?2 RETURNING msg",
+            )?
+            .query_map(params![user_id, &d[..]], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        conn.prepare_cached("DELETE FROM mailboxes WHERE user_id = ?1 AND device_id = ?2")?
+            .execute(params![user_id, &d[..]])?;
+        release_entries(conn, &ids)?;
+        deleted += ids.len();
+    }
+    Ok(deleted)
 }
 
 /// What a retention sweep removed.
@@ -240,6 +414,9 @@ pub struct Swept {
     pub entries: usize,
     /// Ciphertexts expired.
     pub messages: usize,
+    /// Empty mailboxes of users the relay has no log for (never connected,
+    /// so no cursor can regress) deleted.
+    pub mailboxes: usize,
 }
 
 /// Removes up to `limit` of the oldest messages received before
@@ -252,14 +429,38 @@ pub fn sweep(conn: &Connection, cutoff_ms: u64, limit: usize) -> Result<Swept, S
         .query_map(params![cutoff, limit as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut swept = Swept::default();
-    let mut entries = conn.prepare_cached("DELETE FROM queue WHERE msg = ?1")?;
-    let mut messages = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-    let mut sends = conn.prepare_cached("DELETE FROM sends WHERE id = ?1")?;
+    let mut entries =
+        conn.prepare_cached("DELETE FROM queue WHERE msg = ?1 RETURNING user_id, device_id")?;
+    let mut messages =
+        conn.prepare_cached("DELETE FROM messages WHERE id = ?1 RETURNING length(payload)")?;
+    let mut sends = conn.prepare_cached("DELETE FROM sends WHERE id = ?1 RETURNING sender_user")?;
+    let mut pending = conn.prepare_cached(
+        "UPDATE mailboxes SET pending = max(pending - 1, 0) WHERE user_id = ?1 AND device_id = ?2",
+    )?;
     for id in ids {
-        swept.entries += entries.execute(params![id])?;
-        swept.messages += messages.execute(params![id])?;
-        swept.sends += sends.execute(params![id])?;
+        let mailboxes: Vec<(String, Vec<u8>)> = entries
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (u, d) in &mailboxes {
+            pending.execute(params![u, d])?;
+        }
+        let len: Option<i64> = messages.query_row(params![id], |r| r.get(0)).optional()?;
+        let sender: Option<String> = sends.query_row(params![id], |r| r.get(0)).optional()?;
+        if let Some(s) = &sender {
+            charge(conn, s, -(mailboxes.len() as i64), -len.unwrap_or(0))?;
+            swept.sends += 1;
+        }
+        swept.entries += mailboxes.len();
+        swept.messages += usize::from(len.is_some());
     }
+    swept.mailboxes = conn
+        .prepare_cached(
+            "DELETE FROM mailboxes WHERE (user_id, device_id) IN (
+                SELECT m.user_id, m.device_id FROM mailboxes m
+                WHERE m.pending = 0 AND NOT EXISTS (SELECT 1 FROM logs l WHERE l.user_id = m.user_id)
+                LIMIT ?1)",
+        )?
+        .execute(params![limit as i64])?;
     Ok(swept)
 }
 
@@ -309,6 +510,39 @@ pub fn load_log(
             Ok(Some(log.entries))
         }
     }
+}
+
+/// The (seq, payload length) of up to `limit` entries of `mailbox` after
+/// `after_seq`, in seq order, stopping once `max_bytes` are counted (but at
+/// least one entry). Lengths come from the record headers: no payload is read.
+pub fn backlog_sizes(
+    conn: &Connection,
+    mailbox: &Mailbox,
+    after_seq: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<(u64, usize)>, StorageError> {
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT q.seq, length(m.payload) FROM queue q JOIN messages m ON m.id = q.msg
+         WHERE q.user_id = ?1 AND q.device_id = ?2 AND q.seq > ?3
+         ORDER BY q.seq LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![mailbox.user_id, &mailbox.device_id[..], after, limit as i64],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize)),
+    )?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (seq, len) = row?;
+        bytes = bytes.saturating_add(len);
+        out.push((seq, len));
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Up to `limit` entries of `mailbox` after `after_seq`, in seq order,
@@ -382,18 +616,18 @@ mod tests {
             payload: vec![id; 10],
         };
         assert!(matches!(
-            insert_message(&c, &a, &msg(1), 5).unwrap(),
+            insert_message(&c, &a, &msg(1), 5, &Quotas::UNLIMITED).unwrap(),
             SendOutcome::Stored(_)
         ));
         assert_eq!(
-            insert_message(&c, &a, &msg(1), 6).unwrap(),
+            insert_message(&c, &a, &msg(1), 6, &Quotas::UNLIMITED).unwrap(),
             SendOutcome::Duplicate
         );
         assert_eq!(
-            insert_message(&c, &b1, &msg(1), 6).unwrap(),
+            insert_message(&c, &b1, &msg(1), 6, &Quotas::UNLIMITED).unwrap(),
             SendOutcome::Conflict
         );
-        insert_message(&c, &a, &msg(2), 7).unwrap();
+        insert_message(&c, &a, &msg(2), 7, &Quotas::UNLIMITED).unwrap();
         let got = backlog(&c, &b1, 0, 10, usize::MAX).unwrap();
         assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(got[1].payload, vec![2; 10]);
@@ -411,11 +645,11 @@ mod tests {
         assert_eq!(ack(&c, &b2, u64::MAX).unwrap(), 1);
         assert_eq!(count("messages"), 0);
         // Seqs are never reused after acks.
-        insert_message(&c, &a, &msg(3), 8).unwrap();
+        insert_message(&c, &a, &msg(3), 8, &Quotas::UNLIMITED).unwrap();
         assert_eq!(backlog(&c, &b1, 0, 10, usize::MAX).unwrap()[0].seq, 3);
         // Still a duplicate after its ciphertext was delivered and deleted.
         assert_eq!(
-            insert_message(&c, &a, &msg(1), 9).unwrap(),
+            insert_message(&c, &a, &msg(1), 9, &Quotas::UNLIMITED).unwrap(),
             SendOutcome::Duplicate
         );
     }
@@ -431,14 +665,15 @@ mod tests {
                 recipients: vec![b.clone()],
                 payload: vec![0; 4],
             };
-            insert_message(&c, &a, &m, t).unwrap();
+            insert_message(&c, &a, &m, t, &Quotas::UNLIMITED).unwrap();
         }
         assert_eq!(
             sweep(&c, 150, 100).unwrap(),
             Swept {
                 sends: 1,
                 entries: 1,
-                messages: 1
+                messages: 1,
+                mailboxes: 0,
             }
         );
         let left = backlog(&c, &b, 0, 10, usize::MAX).unwrap();
@@ -449,7 +684,7 @@ mod tests {
                 recipients: vec![b.clone()],
                 payload: vec![0; 4],
             };
-            insert_message(&c, &a, &m, t).unwrap();
+            insert_message(&c, &a, &m, t, &Quotas::UNLIMITED).unwrap();
         }
         assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);
         assert_eq!(sweep(&c, 1000, 1).unwrap().sends, 1);

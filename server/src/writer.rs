@@ -21,7 +21,7 @@ use ward_proto::v1::SignedStatement;
 
 use crate::error::StorageError;
 use crate::registry::{Fresh, Registry};
-use crate::storage::{self, Mailbox, NewMessage, SendOutcome, Swept};
+use crate::storage::{self, Mailbox, NewMessage, Quotas, SendOutcome, Swept};
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
@@ -47,6 +47,11 @@ enum Command {
         limit: usize,
         reply: Reply<Swept>,
     },
+    Prune {
+        user_id: String,
+        devices: Vec<[u8; 32]>,
+        reply: Reply<usize>,
+    },
     Stop,
 }
 
@@ -55,6 +60,7 @@ enum Done {
     Ack(Reply<usize>, Result<usize, StorageError>),
     StoreLog(Reply<bool>, Result<bool, StorageError>),
     Sweep(Reply<Swept>, Result<Swept, StorageError>),
+    Prune(Reply<usize>, Result<usize, StorageError>),
 }
 
 impl Done {
@@ -65,6 +71,7 @@ impl Done {
             Done::Ack(r, _) => Done::Ack(r, Err(e())),
             Done::StoreLog(r, _) => Done::StoreLog(r, Err(e())),
             Done::Sweep(r, _) => Done::Sweep(r, Err(e())),
+            Done::Prune(r, _) => Done::Prune(r, Err(e())),
         }
     }
 
@@ -75,6 +82,7 @@ impl Done {
             Done::Ack(r, v) => drop(r.send(v)),
             Done::StoreLog(r, v) => drop(r.send(v)),
             Done::Sweep(r, v) => drop(r.send(v)),
+            Done::Prune(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -103,20 +111,31 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts the writer thread on `conn`. After each commit it wakes the
-/// connected recipients through `registry`.
+/// Starts the writer thread on `conn`, without quotas. After each commit it
+/// wakes the connected recipients through `registry`.
 pub fn spawn(
     conn: Connection,
     max_batch: usize,
     queue: usize,
     registry: Arc<Registry>,
 ) -> std::io::Result<(Writer, JoinHandle<()>)> {
+    spawn_with(conn, max_batch, queue, registry, Quotas::UNLIMITED)
+}
+
+/// As [`spawn`], refusing sends that would pass `quotas`.
+pub fn spawn_with(
+    conn: Connection,
+    max_batch: usize,
+    queue: usize,
+    registry: Arc<Registry>,
+    quotas: Quotas,
+) -> std::io::Result<(Writer, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue.max(1));
     let stats = Arc::new(Stats::default());
     let counters = stats.clone();
     let handle = std::thread::Builder::new()
         .name("ward-relay-writer".into())
-        .spawn(move || writer_loop(conn, rx, max_batch.max(1), &registry, &counters))?;
+        .spawn(move || writer_loop(conn, rx, max_batch.max(1), &registry, &counters, &quotas))?;
     Ok((Writer { tx, stats }, handle))
 }
 
@@ -184,6 +203,21 @@ impl Writer {
         .await
     }
 
+    /// Deletes the mailboxes of revoked `devices` of `user_id` and their
+    /// entries; returns the entries deleted.
+    pub async fn prune(
+        &self,
+        user_id: String,
+        devices: Vec<[u8; 32]>,
+    ) -> Result<usize, StorageError> {
+        self.call(|reply| Command::Prune {
+            user_id,
+            devices,
+            reply,
+        })
+        .await
+    }
+
     /// Asks the writer to commit what it holds and exit. Commands sent
     /// afterwards fail with [`StorageError::WriterGone`].
     pub async fn stop(&self) {
@@ -197,6 +231,7 @@ fn writer_loop(
     max_batch: usize,
     registry: &Registry,
     stats: &Stats,
+    quotas: &Quotas,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut stop = false;
@@ -217,7 +252,7 @@ fn writer_loop(
         commands += n as u64;
         stats.commits.store(commits, Ordering::Relaxed);
         stats.commands.store(commands, Ordering::Relaxed);
-        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..));
+        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..), quotas);
         stop = saw_stop;
         trace!(commands = n, "group commit");
         for d in done {
@@ -239,6 +274,7 @@ fn writer_loop(
 fn commit_batch(
     conn: &Connection,
     batch: impl Iterator<Item = Command>,
+    quotas: &Quotas,
 ) -> (Vec<Done>, Vec<Fresh>, bool) {
     let mut done = Vec::new();
     let mut fresh = Vec::new();
@@ -257,6 +293,7 @@ fn commit_batch(
                 Command::Ack { reply, .. } => done.push(Done::Ack(reply, Err(fail()))),
                 Command::StoreLog { reply, .. } => done.push(Done::StoreLog(reply, Err(fail()))),
                 Command::Sweep { reply, .. } => done.push(Done::Sweep(reply, Err(fail()))),
+                Command::Prune { reply, .. } => done.push(Done::Prune(reply, Err(fail()))),
             }
             continue;
         }
@@ -266,7 +303,9 @@ fn commit_batch(
                 continue;
             }
             Command::Send { sender, msg, reply } => {
-                let r = in_savepoint(conn, || storage::insert_message(conn, &sender, &msg, now));
+                let r = in_savepoint(conn, || {
+                    storage::insert_message(conn, &sender, &msg, now, quotas)
+                });
                 if let Ok(SendOutcome::Stored(entries)) = &r {
                     fresh.push(Fresh {
                         message_id: msg.message_id,
@@ -304,6 +343,14 @@ fn commit_batch(
             } => Done::Sweep(
                 reply,
                 in_savepoint(conn, || storage::sweep(conn, cutoff_ms, limit)),
+            ),
+            Command::Prune {
+                user_id,
+                devices,
+                reply,
+            } => Done::Prune(
+                reply,
+                in_savepoint(conn, || storage::prune_devices(conn, &user_id, &devices)),
             ),
         };
         done.push(item);

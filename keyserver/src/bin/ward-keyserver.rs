@@ -43,7 +43,8 @@ struct Args {
     /// Requests a device may send in a burst.
     #[arg(long, env = "WARD_KEYSERVER_BURST", default_value_t = 200)]
     burst: u32,
-    /// Connections open at once.
+    /// Connections open at once (lowered at start to the file-descriptor
+    /// limit minus 128, after raising the soft limit to the hard one).
     #[arg(long, env = "WARD_KEYSERVER_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
     /// Seconds of silence after which an authenticated connection is closed.
@@ -52,6 +53,41 @@ struct Args {
     /// Sessions of devices not enrolled yet, open at once.
     #[arg(long, env = "WARD_KEYSERVER_MAX_ENROLLING", default_value_t = 1024)]
     max_enrolling: usize,
+    /// Of those, most from one IPv4 address or IPv6 /64.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_MAX_ENROLLING_PER_ADDRESS",
+        default_value_t = 32
+    )]
+    max_enrolling_per_address: usize,
+    /// Seconds an unenrolled session has to enroll.
+    #[arg(long, env = "WARD_KEYSERVER_ENROLL_TIMEOUT_SECS", default_value_t = 20)]
+    enroll_timeout_secs: u64,
+    /// Largest frame accepted before login, in bytes.
+    #[arg(long, env = "WARD_KEYSERVER_MAX_PREAUTH_FRAME_BYTES", default_value_t = 16 << 10)]
+    max_preauth_frame_bytes: usize,
+    /// Most unauthenticated connections at once, from everyone.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_MAX_UNAUTHENTICATED",
+        default_value_t = 1024
+    )]
+    max_unauthenticated: usize,
+    /// New connections per second one IPv4 address or IPv6 /64 may open
+    /// (bursts of 500); more are dropped at accept.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_ACCEPT_RATE_PER_ADDRESS",
+        default_value_t = 50.0
+    )]
+    accept_rate_per_address: f64,
+    /// Most unauthenticated connections at once from one IPv4 address or IPv6 /64.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        default_value_t = 64
+    )]
+    max_unauthenticated_per_address: usize,
     /// Wrapped keys one user's devices may have stored (as sender) within
     /// the retention; more are refused with QUOTA_EXCEEDED.
     #[arg(long, env = "WARD_KEYSERVER_MAX_WRAPPED_KEYS_PER_USER", default_value_t = ward_keyserver::config::DEFAULT_WRAPPED_KEYS_PER_USER)]
@@ -74,6 +110,7 @@ fn config(args: &Args) -> Result<Config, String> {
         net: ward_net::Limits {
             max_frame_bytes: args.max_frame_bytes,
             auth_timeout: Duration::from_secs(args.auth_timeout_secs),
+            max_preauth_frame_bytes: args.max_preauth_frame_bytes,
         },
         max_items_per_request: args.max_items,
         requests_per_second: args.rate,
@@ -81,6 +118,11 @@ fn config(args: &Args) -> Result<Config, String> {
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         max_enrolling: args.max_enrolling,
+        max_enrolling_per_address: args.max_enrolling_per_address,
+        enroll_timeout: Duration::from_secs(args.enroll_timeout_secs),
+        max_unauthenticated: args.max_unauthenticated,
+        max_unauthenticated_per_address: args.max_unauthenticated_per_address,
+        accept_rate_per_address: args.accept_rate_per_address,
         quotas: ward_keyserver::Quotas {
             wrapped_keys_per_user: args.max_wrapped_keys_per_user,
             grants_per_user: args.max_grants_per_user,

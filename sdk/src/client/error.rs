@@ -126,9 +126,15 @@ impl ClientError {
                     && !matches!(e, NetError::Refused(ErrorCode::Unauthenticated))
             }
             Self::Timeout => true,
-            Self::Keyserver { code, .. } | Self::Relay { code, .. } => {
+            Self::Keyserver { code, .. } => {
                 matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
             }
+            // The relay's quota frees as recipients read: the message stays
+            // queued and is retried with the outbox's backoff.
+            Self::Relay { code, .. } => matches!(
+                code,
+                ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::QuotaExceeded
+            ),
             _ => false,
         }
     }

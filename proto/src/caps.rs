@@ -1,0 +1,30 @@
+// Caps on repeated fields, checked by the wire walker (`bounded.rs`) before
+// prost allocates anything. Shared with `build.rs` (which bakes them into the
+// generated schema tables), so this file holds plain constants only.
+//
+// A cap is an allocation bound, not a protocol rule: the services check their
+// own (usually lower, configurable) item limits after decoding, with a typed
+// error. These only keep a frame of `22 00` repeated from turning into
+// millions of entries.
+
+/// Most entries of any repeated field not listed in [`REPEATED_CAPS`].
+pub const DEFAULT_REPEATED_CAP: u32 = 4096;
+
+/// Per-field caps, by full field name (`package.Message.field`).
+pub const REPEATED_CAPS: &[(&str, u32)] = &[
+    // ward_core::chain::MAX_LOG_ENTRIES
+    ("ward.v1.AuthResponse.log", 4096),
+    ("ward.v1.UserLog.entries", 4096),
+    ("ward.v1.PublishLog.entries", 4096),
+    // The relay's max_recipients (default 1024) is checked after decoding.
+    ("ward.v1.Send.recipients", 4096),
+    // ward_core::envelope::MAX_RECIPIENTS is 256.
+    ("ward.v1.EnvelopeHeader.recipient_user_ids", 1024),
+];
+
+/// Most repeated-field entries in one decoded message, all fields and
+/// nesting levels together (a map of logs of entries multiplies caps).
+pub const MAX_TOTAL_ENTRIES: u32 = 1 << 16;
+
+/// Deepest nesting of messages the walker follows.
+pub const MAX_DEPTH: u32 = 32;
