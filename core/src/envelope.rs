@@ -162,13 +162,13 @@ fn derive_keys(key: &ResourceKey, resource_id: &ResourceId) -> DerivedKeys {
 }
 
 /// The one hash pass over the ciphertext that the signature commits to.
-fn ciphertext_digest(ciphertext: &[u8]) -> [u8; 32] {
+pub(crate) fn ciphertext_digest(ciphertext: &[u8]) -> [u8; 32] {
     framed_hash(HASH_CIPHERTEXT, &[ciphertext])
 }
 
 /// The signed transcript: `frame(SIG_ENVELOPE, header, digest)`. Ed25519
 /// then hashes only the header and 32 bytes, not the ciphertext (twice).
-fn signature_input(header: &[u8], digest: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn signature_input(header: &[u8], digest: &[u8; 32]) -> Vec<u8> {
     framed(SIG_ENVELOPE, &[header, digest])
 }
 

@@ -53,6 +53,8 @@ pub mod auth;
 pub mod chain;
 pub mod envelope;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hpke;
 pub mod ids;
 pub mod invite;

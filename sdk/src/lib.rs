@@ -89,6 +89,8 @@
 #![warn(missing_docs)]
 
 pub mod client;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod store;
 
 pub use client::{Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice};
