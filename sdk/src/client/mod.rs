@@ -104,6 +104,14 @@ pub struct ClientConfig {
     pub relay_instance: String,
     /// The keyserver's instance id, likewise.
     pub keyserver_instance: String,
+    /// Whom to trust for `wss://` URLs: the web PKI's roots by default, or
+    /// a pinned CA (`ClientTls::pinned_ca_file`) for a private deployment.
+    /// Plain `ws://` URLs are accepted to loopback hosts only.
+    pub tls: ward_net::tls::ClientTls,
+    /// Also emit the advisory `Event::RelayUnreachable` and
+    /// `Event::SendDelayed` (off by default: an app that only shows messages
+    /// need not handle them; a CLI or a status bar wants them).
+    pub connection_events: bool,
 }
 
 impl ClientConfig {
@@ -139,6 +147,8 @@ impl ClientConfig {
             own_log_interval: Duration::from_secs(60),
             relay_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             keyserver_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
+            tls: ward_net::tls::ClientTls::default(),
+            connection_events: false,
         }
     }
 }
@@ -214,6 +224,15 @@ impl Inner {
     pub(crate) async fn ack(&self, seq: u64) {
         // Always notifies, so that a redelivered entry's ack is sent again.
         self.acked.send_modify(|last| *last = (*last).max(seq));
+    }
+
+    /// Emits unless the channel is full: for advisory events that must not
+    /// hold up the connection task when the app is not reading.
+    pub(crate) fn emit_now(&self, event: Event) {
+        if !self.config.connection_events {
+            return;
+        }
+        let _ = self.events.try_send(event);
     }
 
     pub(crate) async fn emit(&self, event: Event) {
@@ -309,6 +328,7 @@ impl PendingDevice {
         let ks = Keyserver::spawn(
             self.config.keyserver_url.clone(),
             self.config.keyserver_audience(),
+            self.config.tls.clone(),
             self.device.clone(),
             self.user_id.clone(),
             self.config.request_timeout,
@@ -452,6 +472,7 @@ impl Client {
         let ks = Keyserver::spawn(
             config.keyserver_url.clone(),
             config.keyserver_audience(),
+            config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
@@ -542,6 +563,7 @@ impl Client {
         let keyserver = Keyserver::spawn(
             config.keyserver_url.clone(),
             config.keyserver_audience(),
+            config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
