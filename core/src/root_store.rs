@@ -491,7 +491,12 @@ mod tests {
             f.to_vec()
         };
         case("magic", flip(0), passphrase, "NotARootFile");
-        case("truncated", file[..FILE_BYTES - 1].to_vec(), passphrase, "NotARootFile");
+        case(
+            "truncated",
+            file[..FILE_BYTES - 1].to_vec(),
+            passphrase,
+            "NotARootFile",
+        );
         case("version_2", flip(9), passphrase, "Unsupported");
         case("kdf_id", flip(10), passphrase, "Unsupported");
         case("aead_id", flip(11), passphrase, "Unsupported");
@@ -507,9 +512,24 @@ mod tests {
                 .public_key()
                 .as_bytes(),
         );
-        case("public_key_replaced", other.to_vec(), passphrase, "WrongPassphrase");
-        case("ciphertext_altered", flip(HEADER_BYTES), passphrase, "WrongPassphrase");
-        case("tag_altered", flip(FILE_BYTES - 1), passphrase, "WrongPassphrase");
+        case(
+            "public_key_replaced",
+            other.to_vec(),
+            passphrase,
+            "WrongPassphrase",
+        );
+        case(
+            "ciphertext_altered",
+            flip(HEADER_BYTES),
+            passphrase,
+            "WrongPassphrase",
+        );
+        case(
+            "tag_altered",
+            flip(FILE_BYTES - 1),
+            passphrase,
+            "WrongPassphrase",
+        );
 
         let doc = serde_json::json!({
             "description": "Ward organisation root at rest (SECURITY.md §10.7.1). header = \"WARDROOT\" || u16_be(1) || 0x01 (Argon2id v1.3) || 0x01 (XChaCha20-Poly1305) || u32_be(m KiB) || u32_be(t) || u32_be(p) || salt(16) || nonce(24) || root public key(32); a = Argon2id(password = passphrase as UTF-8, salt, m, t, p, no secret, no associated data, 32 bytes); key = HKDF-SHA256(no salt, ikm = a, info = label, L = 32); file = header || XChaCha20-Poly1305(key, nonce, plaintext = root seed, aad = header) (ciphertext 32 || tag 16). root_seed = SHA-256(root_seed_label); salt = first 16 bytes of SHA-256(salt_label); nonce = first 24 bytes of SHA-256(nonce_label).",
@@ -531,7 +551,10 @@ mod tests {
             "negative": negatives,
         });
         let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/ward-v2-root-store.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../vectors/ward-v2-root-store.json"
+        );
         if std::env::var_os("WARD_WRITE_VECTORS").is_some() {
             std::fs::write(path, &text).unwrap();
         }
