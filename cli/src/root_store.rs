@@ -94,8 +94,9 @@ pub fn unlock(data: &Path, args: &RootArgs) -> Result<OrgRootKey, CliError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.root_file.is_none() => {
             let root = crate::load_root(data).map_err(|e| match e {
                 CliError::NoOrganisation(_) => CliError::Msg(format!(
-                    "no organisation root in {}: create one with `ward admin init` (encrypted), \
-                     or run `ward up` there for a dev organisation, or pass --root-file",
+                    "no organisation root in {}: run `ward up` first (a dev organisation), or \
+                     create a real one with `ward admin init` (root sealed under a passphrase), \
+                     or pass --root-file",
                     data.display()
                 )),
                 e => e,
