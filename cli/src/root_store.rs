@@ -48,7 +48,15 @@ impl RootArgs {
 
     fn read_passphrase(&self, prompt: &str, confirm: bool) -> Result<Zeroizing<String>, CliError> {
         if self.passphrase_stdin {
-            return read_line_stdin();
+            return read_line_stdin().and_then(|l| {
+                l.ok_or_else(|| {
+                    CliError::Msg(
+                        "--passphrase-stdin: standard input held no passphrase (write it as the \
+                         first line)"
+                            .into(),
+                    )
+                })
+            });
         }
         if let Some(env) = std::env::var_os(PASSPHRASE_ENV) {
             return env
@@ -249,24 +257,20 @@ pub fn encrypt_root(data: &Path, args: &RootArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn read_line_stdin() -> Result<Zeroizing<String>, CliError> {
+/// One line of standard input without its line ending; `None` if empty.
+fn read_line_stdin() -> Result<Option<Zeroizing<String>>, CliError> {
     let mut line = Zeroizing::new(String::new());
     std::io::stdin()
         .lock()
         .read_line(&mut line)
         .map_err(io("cannot read the passphrase from standard input"))?;
     let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
-    if trimmed.is_empty() {
-        return Err(CliError::Msg(
-            "--passphrase-stdin: standard input held no passphrase (write it as the first line)"
-                .into(),
-        ));
-    }
-    Ok(trimmed)
+    Ok((!trimmed.is_empty()).then_some(trimmed))
 }
 
-/// Prompts on standard error and reads one line with echo off, as
-/// `pin.rs` does; echo is restored before returning.
+/// Turns echo off, then prompts on standard error and reads one line (so a
+/// prompt on screen means echo is already off); echo is restored before
+/// returning.
 #[cfg(unix)]
 fn prompt_hidden(prompt: &str) -> Result<Zeroizing<String>, CliError> {
     use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
@@ -276,11 +280,13 @@ fn prompt_hidden(prompt: &str) -> Result<Zeroizing<String>, CliError> {
     let mut quiet = saved.clone();
     quiet.local_modes.remove(LocalModes::ECHO);
     quiet.local_modes.insert(LocalModes::ECHONL);
-    eprint!("{prompt}");
-    let _ = std::io::stderr().flush();
     tcsetattr(&stdin, OptionalActions::Flush, &quiet)
         .map_err(|e| CliError::Io("cannot turn the terminal echo off".into(), e.into()))?;
-    let result = read_line_stdin();
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let result = read_line_stdin().and_then(|l| {
+        l.ok_or_else(|| CliError::Msg("no passphrase typed: nothing was done".into()))
+    });
     let restored = tcsetattr(&stdin, OptionalActions::Flush, &saved);
     let line = result?;
     restored.map_err(|e| CliError::Io("cannot restore the terminal echo".into(), e.into()))?;

@@ -1052,3 +1052,62 @@ fn ward_up_print_config_shows_its_settings_from_flags_file_and_defaults() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn admin_init_reads_the_passphrase_from_a_terminal_without_echo() {
+    // `script` (util-linux) gives the command a pseudo-terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) on this machine");
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let data = std::env::temp_dir().join(format!("ward-cli-tty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let command = format!(
+        "{} admin init --data {}",
+        env!("CARGO_BIN_EXE_ward"),
+        data.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("WARD_ROOT_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |what: &str| {
+        while !seen.contains(what) {
+            let chunk = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no {what:?} in {seen:?}"));
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        seen.clone()
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    // The prompt is printed once echo is off: typing after it is never shown.
+    wait_for("New passphrase for the organisation root");
+    stdin.write_all(b"typed at a terminal\n").unwrap();
+    wait_for("Repeat the passphrase");
+    stdin.write_all(b"typed at a terminal\n").unwrap();
+    let out = wait_for("org root");
+    assert!(child.wait().unwrap().success(), "{out}");
+    assert!(out.contains("Created the organisation root"), "{out}");
+    assert!(
+        !out.contains("typed at a terminal"),
+        "the passphrase was echoed: {out}"
+    );
+    assert_eq!(std::fs::read(data.join("org-root.enc")).unwrap().len(), 144);
+    let _ = std::fs::remove_dir_all(&data);
+}
