@@ -24,9 +24,48 @@ use crate::device::DeviceArgs;
 use crate::root_store::RootArgs;
 use crate::{CliError, hex, unhex};
 
+/// Where `ward admin revoke` finds the keyserver: the keyserver half of a
+/// device's flags (no device store, PIN or relay is involved).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyserverArgs {
+    /// The organisation's folder: its root (public key, and by default the
+    /// encrypted root) and, while `ward up` runs, its endpoints and dev CA.
+    #[arg(long, env = "WARD_DATA", default_value = "ward-data")]
+    pub data: std::path::PathBuf,
+    /// The keyserver's URL (wss://; plain ws:// to loopback only). Default:
+    /// the one `ward up` is serving, else wss://127.0.0.1:7071.
+    #[arg(long = "keyserver", env = "WARD_KEYSERVER_URL")]
+    pub keyserver_url: Option<String>,
+    /// The CA (PEM) that signs the keyserver's certificate, pinned in place
+    /// of the public web roots. Default: <data>/tls/ca.pem when it exists.
+    #[arg(long, env = "WARD_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The keyserver's instance id, as its operator configured it (the
+    /// handshake binds it, SECURITY.md §8).
+    #[arg(long, env = "WARD_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    pub keyserver_instance: String,
+}
+
+impl KeyserverArgs {
+    /// The same settings as a device's, to share their defaults and TLS setup.
+    fn device_args(self) -> DeviceArgs {
+        DeviceArgs {
+            data: self.data,
+            store: None,
+            org_root: None,
+            relay_url: None,
+            keyserver_url: self.keyserver_url,
+            ca_file: self.ca_file,
+            relay_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
+            keyserver_instance: self.keyserver_instance,
+            pin_stdin: false,
+        }
+    }
+}
+
 /// `ward admin revoke`.
 pub async fn revoke(
-    args: DeviceArgs,
+    args: KeyserverArgs,
     root_args: RootArgs,
     user_id: String,
     device_hex: String,
@@ -38,6 +77,7 @@ pub async fn revoke(
                 "--device-id: expected the device's 64 hex digits (its signing key)".into(),
             )
         })?;
+    let args = args.device_args();
     // Unlocked before any network traffic: a wrong passphrase costs nothing else.
     let root = crate::root_store::unlock(&args.data, &root_args)?;
     // The root the clients of this folder pin must be the one that signs.
@@ -102,8 +142,15 @@ pub async fn revoke(
         .call(ks_request::Body::AdminSubmit(AdminSubmit {
             entry: Some(entry),
         }))
-        .await?
-    {
+        .await
+        .map_err(|e| match e {
+            // SECURITY.md §10.7: another entry took the position meanwhile.
+            CliError::Msg(m) if m.contains("Conflict") => CliError::Msg(format!(
+                "the log of {user_id} changed while the revocation was signed ({m}): nothing \
+                 was revoked; run the command again"
+            )),
+            e => e,
+        })? {
         ks_response::Body::Appended(a) => a.seq,
         _ => return Err(CliError::Msg("the keyserver answered out of step".into())),
     };

@@ -200,7 +200,7 @@ enum Admin {
         #[command(flatten)]
         root: root_store::RootArgs,
         #[command(flatten)]
-        device: device::DeviceArgs,
+        keyserver: admin::KeyserverArgs,
     },
     /// Export the keyserver's access log: which device read which wrapped
     /// key or grant, and when (read-only; safe while `ward up` runs).
@@ -712,9 +712,9 @@ fn main() -> ExitCode {
                     user_id,
                     device_id,
                     root,
-                    device,
+                    keyserver,
                 },
-        } => block_on(admin::revoke(device, root, user_id, device_id)),
+        } => block_on(admin::revoke(keyserver, root, user_id, device_id)),
         Command::Admin {
             command:
                 Admin::AuditExport {
