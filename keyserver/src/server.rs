@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use ward_core::keys::SigningPublicKey;
 use ward_net::handshake::{self, Peer};
 use ward_net::peers::{Gate, Reason, RefusalLog, Ticket};
+use ward_net::tls::{Acceptor, ServerStream};
 use ward_net::{Conn, close};
 use ward_proto::decode_bounded;
 use ward_proto::v1::{ErrorCode, KsRequest};
@@ -20,6 +21,7 @@ use ward_proto::v1::{ErrorCode, KsRequest};
 use crate::config::{Config, KsLimits};
 use crate::error::{KeyserverError, RequestError};
 use crate::handler::{self, Ctx, Session};
+use crate::metrics::KsMetrics;
 use crate::storage::{self, Db, DeviceStatus};
 
 type DeviceKey = (String, [u8; 32]);
@@ -103,6 +105,8 @@ impl RateLimiter {
 
 struct State {
     ctx: Ctx,
+    tls: Acceptor,
+    metrics: KsMetrics,
     sessions: Arc<Sessions>,
     rate: RateLimiter,
     connections: Arc<Semaphore>,
@@ -145,6 +149,12 @@ pub async fn run(
             "limits too small to serve anything".into(),
         ));
     }
+    if let Ok(addr) = listener.local_addr() {
+        config
+            .tls
+            .check(addr)
+            .map_err(|e| KeyserverError::Config(e.to_string()))?;
+    }
     let path = config.db_path.clone();
     let db = tokio::task::spawn_blocking(move || Db::open(&path))
         .await
@@ -161,6 +171,8 @@ pub async fn run(
         );
     }
     let state = Arc::new(State {
+        tls: config.tls.clone(),
+        metrics: KsMetrics::new(&config.metrics),
         rate: RateLimiter::new(&config.limits),
         connections: Arc::new(Semaphore::new(max_connections)),
         refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
@@ -187,6 +199,9 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "keyserver listening");
     }
+    // The database is open and migrated: ready.
+    let ready = config.metrics.clone();
+    ready.set_ready(true);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let shutdown = std::pin::pin!(shutdown);
@@ -234,6 +249,7 @@ pub async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    ready.set_ready(false);
     tracing::info!("keyserver shutting down");
     drop(listener);
     let _ = stop_tx.send(true);
@@ -268,6 +284,11 @@ async fn connection(
         Slot::Served(..) => limits.auth_timeout,
         Slot::Refused(_) => REFUSAL_TIMEOUT.min(limits.auth_timeout),
     };
+    let _open = state.metrics.connections.track();
+    let Some(stream) = state.tls.accept_within(stream, upgrade_time).await else {
+        state.metrics.handshake_failures.inc();
+        return;
+    };
     let mut conn =
         match tokio::time::timeout(upgrade_time, ward_net::conn::accept(stream, &limits)).await {
             Ok(Ok(c)) => c,
@@ -292,10 +313,12 @@ async fn connection(
 
     let mut registration = None;
     let mut enrolled = false;
+    let mut root_session = false;
     let mut enrolling_permit = None;
     let auth = {
         let slot = &mut registration;
         let enrolled = &mut enrolled;
+        let root_session = &mut root_session;
         let enrolling_permit = &mut enrolling_permit;
         let state = &state;
         tokio::select! {
@@ -303,6 +326,11 @@ async fn connection(
                 // Register before reading the directory: a revocation
                 // committed after this read still reaches the session.
                 *slot = Some(state.sessions.register(&peer.user_id, &peer.device));
+                // The organisation root itself (SECURITY.md §10.7): no directory entry.
+                if crate::admin::is_root_session(&state.ctx.root, &peer.user_id, &peer.device)? {
+                    *root_session = true;
+                    return Ok(peer);
+                }
                 let (user, device) = (peer.user_id.clone(), peer.device);
                 let status = state
                     .ctx
@@ -362,17 +390,19 @@ async fn connection(
         &mut registration,
         &mut stop,
         enrolling_permit,
+        root_session,
     )
     .await;
 }
 
 async fn serve(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<ServerStream>,
     state: &State,
     session: &mut Session,
     registration: &mut Registration,
     stop: &mut watch::Receiver<bool>,
     mut enrolling_permit: Option<Ticket>,
+    root_session: bool,
 ) {
     let limits = &state.ctx.limits;
     let max = limits.net.max_frame_bytes;
@@ -401,7 +431,7 @@ async fn serve(
                 }
                 continue;
             }
-            _ = &mut enroll_deadline, if !session.enrolled => {
+            _ = &mut enroll_deadline, if !session.enrolled && !root_session => {
                 conn.close(close::AUTH_TIMEOUT, "enrollment not completed in time").await;
                 return;
             }
@@ -427,8 +457,13 @@ async fn serve(
                 .await;
             return;
         };
+        let kind = KsMetrics::kind(&req);
         let outcome = if state.rate.allow(&session.device) {
-            handler::handle(&state.ctx, session, req).await
+            if root_session {
+                crate::admin::handle(&state.ctx, req).await
+            } else {
+                handler::handle(&state.ctx, session, req).await
+            }
         } else {
             handler::Outcome {
                 response: handler::error_response(
@@ -443,6 +478,7 @@ async fn serve(
             session.enrolled = true;
             drop(enrolling_permit.take());
         }
+        state.metrics.observe(kind, &outcome.response);
         let sent = conn.send_msg(&outcome.response).await;
         if let Some((user, device)) = &outcome.revoked {
             state.sessions.revoke(user, device);
