@@ -14,6 +14,7 @@
 //! | [`envelope`] | seal and open of messages and files |
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
+//! | [`room`] | patient-case rooms: membership log, epoch keys, sealed metadata |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -59,10 +60,12 @@ pub mod invite;
 pub mod keys;
 pub mod labels;
 pub mod padding;
+pub mod room;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wrap;
 
-pub use error::{AuthError, ChainError, KeyError, OpenError, SealError, WrapError};
+pub use error::{AuthError, ChainError, KeyError, OpenError, RoomError, SealError, WrapError};
 pub use ids::{ConversationId, ResourceId};
+pub use room::RoomId;
 pub use ward_proto as proto;

@@ -18,7 +18,7 @@ use crate::error::WrapError;
 use crate::hpke::{self, Context, ESEED_BYTES, XWING_SUITE};
 use crate::ids::ResourceId;
 use crate::keys::{
-    DeviceEncryptionKey, EncryptionPublicKey, KeyId, ResourceKey, UserEncryptionKey,
+    DeviceEncryptionKey, EncryptionPublicKey, KeyId, ResourceKey, RoomEpochKey, UserEncryptionKey,
 };
 use crate::labels::{GRANT_INFO, WRAP_INFO};
 
@@ -108,24 +108,48 @@ pub fn unwrap_resource_key(
     resource_id: &ResourceId,
     user_key: &UserEncryptionKey,
 ) -> Result<ResourceKey, WrapError> {
+    unwrap_with(
+        wrapped,
+        resource_id,
+        &user_key.public_key(),
+        user_key.secret(),
+    )
+}
+
+/// Unwraps the key of a room message with the epoch's room key: the same
+/// wrap as to a user key (W1-W5 of §6.5), its `recipient_key` the id of the
+/// epoch public key (SECURITY.md §17.6).
+pub fn unwrap_room_resource_key(
+    wrapped: &WrappedKey,
+    resource_id: &ResourceId,
+    epoch_key: &RoomEpochKey,
+) -> Result<ResourceKey, WrapError> {
+    unwrap_with(
+        wrapped,
+        resource_id,
+        &epoch_key.public_key(),
+        epoch_key.secret(),
+    )
+}
+
+fn unwrap_with(
+    wrapped: &WrappedKey,
+    resource_id: &ResourceId,
+    public: &EncryptionPublicKey,
+    secret: &x_wing::DecapsulationKeyRejectNonContrib,
+) -> Result<ResourceKey, WrapError> {
     if wrapped.resource_id.len() != 16 || wrapped.recipient_key.len() != KEY_ID_BYTES {
         return Err(WrapError::Malformed);
     }
     if wrapped.resource_id != resource_id.as_bytes() {
         return Err(WrapError::WrongResource);
     }
-    let me = user_key.public_key().id();
+    let me = public.id();
     if wrapped.recipient_key != me.as_bytes() {
         return Err(WrapError::WrongRecipient);
     }
     let aad = wrap_aad(resource_id, &me);
-    let key = open_from(
-        user_key.secret(),
-        &wrapped.enc,
-        &wrapped.ciphertext,
-        WRAP_INFO,
-        &aad,
-    )?;
+    let key = open_from(secret, &wrapped.enc, &wrapped.ciphertext, WRAP_INFO, &aad)?;
     ResourceKey::import_secret(&*key).map_err(|_| WrapError::Undecryptable)
 }
 
