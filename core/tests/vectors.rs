@@ -60,6 +60,9 @@ use ward_core::proto::v1::{
 };
 use ward_core::{ConversationId, ResourceId, auth, labels, padding, wrap};
 
+#[path = "room_vectors.rs"]
+mod room_vectors;
+
 const VECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/");
 
 // ---------------------------------------------------------------------------
@@ -3898,6 +3901,7 @@ fn generate() -> Vec<(&'static str, String)> {
             to_text(&gen_chain_negative()),
         ),
         ("ward-v1-negative.json", to_text(&gen_negative())),
+        ("ward-v2-room.json", to_text(&room_vectors::gen_room())),
     ]
 }
 
@@ -3959,4 +3963,5 @@ fn replay_all() {
     replay_chain(&load("ward-v2-chain.json"));
     replay_chain_negative(&load("ward-v2-chain-negative.json"));
     replay_negative(&load("ward-v1-negative.json"));
+    room_vectors::replay_room(&load("ward-v2-room.json"));
 }
