@@ -1573,10 +1573,18 @@ def check_negative_files():
             run_cases(f, d["cases"])
 
 
+def check_rooms():
+    """§17: room_v2.py, run against this module (its primitives, codec and results)."""
+    sys.path.insert(0, HERE)
+    import room_v2
+
+    room_v2.run(sys.modules[__name__])
+
+
 def main():
     print(f"vectors: {VECTORS}")
     for part in (check_keys, check_pad_roundtrip, check_rfc9180, check_xwing, check_wrap, check_signatures,
-                 check_chain, check_envelopes, check_store, check_negative_files):
+                 check_chain, check_envelopes, check_store, check_negative_files, check_rooms):
         try:
             part()
         except Exception as e:  # noqa: BLE001 - a broken section is one failure, the rest still runs
@@ -1588,7 +1596,8 @@ def main():
         if f.endswith(".json") and f not in {"ward-v2-keys.json", "ward-v2-wrap.json", "xwing-draft06-kem.json",
                                              "rfc9180-a2-x25519-sha256-chacha20poly1305-base.json",
                                              "ward-v2-signatures.json", "ward-v2-chain.json",
-                                             "ward-v2-envelope.json", "ward-v1-store.json"}:
+                                             "ward-v2-envelope.json", "ward-v1-store.json",
+                                             "ward-v2-room.json"}:
             d = load(f)
             if not (isinstance(d, dict) and "cases" in d):
                 SKIPPED.append(f"{f} (not read: no positive checker for this file)")
