@@ -626,6 +626,42 @@ fn epoch_wraps_are_checked_against_the_log() {
         room.accept_epoch_wrap(&forged, &bob.user_key).err(),
         Some(RoomError::Wrap(WrapError::Undecryptable))
     );
+    // EK7: sealed with the committed ids in the aad, so it opens, but the
+    // seed inside is not the committed key's.
+    let aad = epoch_wrap_aad(
+        room.id(),
+        0,
+        &room.epochs()[0].public_key.id(),
+        &bob.user_key.public_key().id(),
+    );
+    let (enc, ciphertext) = wrap::seal_to(
+        &mut rng,
+        &bob.user_key.public_key(),
+        ROOM_EPOCH_WRAP_INFO,
+        &aad,
+        &planted.export_secret(),
+    )
+    .unwrap();
+    assert!(
+        wrap::open_from(
+            bob.user_key.secret(),
+            &enc,
+            &ciphertext,
+            ROOM_EPOCH_WRAP_INFO,
+            &aad
+        )
+        .is_ok()
+    );
+    let opens_but_wrong = RoomKeyWrap {
+        enc,
+        ciphertext,
+        ..good.clone()
+    };
+    assert_eq!(
+        room.accept_epoch_wrap(&opens_but_wrong, &bob.user_key)
+            .err(),
+        Some(RoomError::Wrap(WrapError::Undecryptable))
+    );
     // ...or names it honestly: not the key the log commits to.
     let honest =
         wrap_epoch_key(&mut rng, room.id(), 0, &planted, &bob.user_key.public_key()).unwrap();
