@@ -60,7 +60,7 @@ use ward_core::proto::v1::{
 };
 use ward_core::{ConversationId, ResourceId, auth, labels, padding, wrap};
 
-#[path = "room_vectors.rs"]
+#[path = "room_vectors/mod.rs"]
 mod room_vectors;
 
 const VECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/");
