@@ -926,3 +926,56 @@ fn metadata_is_sealed_padded_and_bound_to_room_and_epoch() {
     assert!(seal_metadata(&mut rng, &room, 0, &key, &over).is_err());
     assert!(!format!("{max:?}").contains("nnn"));
 }
+
+#[test]
+fn a_room_header_names_a_room_and_no_users() {
+    use ward_proto::v1::{Envelope, EnvelopeHeader};
+    let mut rng = rand::rng();
+    let w = World::new(&["alice", "bob"]);
+    let c = create_room(
+        &mut rng,
+        w.author("alice"),
+        HistoryPolicy::FromJoin,
+        &[&w.user("bob").chain],
+        &meta("G"),
+        KIT_TIME,
+    )
+    .unwrap();
+    let alice = w.user("alice");
+    let req = RoomSealRequest {
+        content_type: ContentType::File,
+        content: &[1, 2, 3],
+        timestamp_ms: 5,
+    };
+    let sealed =
+        envelope::seal_to_room(&mut rng, &alice.device, &alice.chain, &c.room, &req).unwrap();
+    let parsed = envelope::ReceivedEnvelope::parse(&sealed.envelope).unwrap();
+    assert!(parsed.recipients().is_empty());
+    let addr = parsed.room().unwrap();
+    assert_eq!(addr.room_id, *c.room.id());
+    assert_eq!(addr.epoch_key, c.room.epochs()[0].public_key.id());
+    assert_eq!(sealed.wrapped_key.recipient_key, addr.epoch_key.as_bytes());
+    let reparse = |edit: &dyn Fn(&mut EnvelopeHeader)| {
+        let mut env: Envelope = decode_bounded(&sealed.envelope, 1 << 20).unwrap();
+        let mut h: EnvelopeHeader = decode_bounded(&env.header, 1 << 16).unwrap();
+        edit(&mut h);
+        env.header = h.encode_to_vec();
+        envelope::ReceivedEnvelope::parse(&env.encode_to_vec()).err()
+    };
+    assert_eq!(
+        reparse(&|h| h.recipient_user_ids = vec!["bob".into()]),
+        Some(OpenError::Malformed("recipients"))
+    );
+    assert_eq!(
+        reparse(&|h| h.room.as_mut().unwrap().room_id.pop().map(|_| ()).unwrap()),
+        Some(OpenError::Malformed("room"))
+    );
+    assert_eq!(
+        reparse(&|h| h.room.as_mut().unwrap().epoch_key.clear()),
+        Some(OpenError::Malformed("room"))
+    );
+    assert_eq!(
+        reparse(&|h| h.room = None),
+        Some(OpenError::Malformed("recipients"))
+    );
+}
