@@ -15,6 +15,7 @@
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
 //! | [`room`] | patient-case rooms: membership log, epoch keys, sealed metadata |
+//! | [`root_store`] | the organisation root sealed under a passphrase |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -61,6 +62,7 @@ pub mod keys;
 pub mod labels;
 pub mod padding;
 pub mod room;
+pub mod root_store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wrap;

@@ -25,6 +25,8 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.RoomEpoch.members", 1024),
     ("ward.v1.RoomAdd.members", 1024),
     ("ward.v1.RoomLog.entries", 4096),
+    // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
+    // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];
 
 /// Most repeated-field entries in one decoded message, all fields and
