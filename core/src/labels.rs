@@ -35,6 +35,9 @@ pub const WRAP_INFO: &[u8] = b"ward/v2/wrap/resource-key";
 pub const GRANT_INFO: &[u8] = b"ward/v2/wrap/device-grant";
 /// Id of an X-Wing encryption public key (`WrappedKey.recipient_key`, grants).
 pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
+/// HKDF-Expand `info` of the key that seals the organisation root at rest
+/// (SECURITY.md §10.7.1).
+pub const ROOT_STORE_AEAD_KEY: &[u8] = b"ward/v2/root-store/aead-key";
 
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
