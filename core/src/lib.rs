@@ -14,6 +14,7 @@
 //! | [`envelope`] | seal and open of messages and files |
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
+//! | [`stream`], [`attachment`] | chunked file encryption (STREAM) and the attachment descriptor |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -49,6 +50,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attachment;
 pub mod auth;
 pub mod chain;
 pub mod envelope;
@@ -59,10 +61,13 @@ pub mod invite;
 pub mod keys;
 pub mod labels;
 pub mod padding;
+pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wrap;
 
-pub use error::{AuthError, ChainError, KeyError, OpenError, SealError, WrapError};
+pub use error::{
+    AttachmentError, AuthError, ChainError, KeyError, OpenError, SealError, WrapError,
+};
 pub use ids::{ConversationId, ResourceId};
 pub use ward_proto as proto;
