@@ -43,7 +43,8 @@ pub async fn revoke(
     let root = load_root(&args.data)?;
     let (identity, path) = unlock_identity(&args, via.as_deref())?;
     let audience = Audience::keyserver(root.public_key(), args.keyserver_instance.clone());
-    let mut ks = Session::open(&args.keyserver, &audience, &identity).await?;
+    let tls = args.client_tls()?;
+    let mut ks = Session::open(&args.keyserver(), &audience, &tls, &identity).await?;
 
     let logs = match ks
         .call(ks_request::Body::GetLogs(GetLogs {
@@ -128,6 +129,7 @@ impl Session {
     async fn open(
         url: &str,
         audience: &Audience,
+        tls: &ward_net::tls::ClientTls,
         identity: &ward_sdk::store::Identity,
     ) -> Result<Self, CliError> {
         let unreachable = |e: NetError| {
@@ -137,7 +139,7 @@ impl Session {
         };
         let mut conn = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            ward_net::conn::connect(url, &Limits::default()),
+            ward_net::tls::connect(url, &Limits::default(), tls),
         )
         .await
         .map_err(|_| unreachable(NetError::Timeout))?

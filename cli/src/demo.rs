@@ -72,25 +72,41 @@ async fn scenario(dir: &Path) -> Result<(), CliError> {
     let ks_l = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(crate::io("demo: cannot listen on 127.0.0.1"))?;
-    let relay_url = format!("ws://{}", relay_l.local_addr().map_err(crate::io("relay"))?);
+    // TLS as in production, with a CA that lives in this process only.
+    let pki = ward_net::tls::dev_ca::DevPki::mint(
+        "Ward demo CA (this process only)",
+        ward_net::tls::dev_ca::LOOPBACK_NAMES,
+    )
+    .map_err(|e| CliError::Msg(format!("demo: {e}")))?;
+    let server_tls = ward_net::tls::Acceptor::Tls(
+        pki.server()
+            .map_err(|e| CliError::Msg(format!("demo: {e}")))?,
+    );
+    let client_tls = pki
+        .client()
+        .map_err(|e| CliError::Msg(format!("demo: {e}")))?;
+    let relay_url = format!(
+        "wss://{}",
+        relay_l.local_addr().map_err(crate::io("relay"))?
+    );
     let ks_url = format!(
-        "ws://{}",
+        "wss://{}",
         ks_l.local_addr().map_err(crate::io("keyserver"))?
     );
+    let mut relay_config = ward_relay::Config::new(&relay_db, org);
+    relay_config.tls = server_tls.clone();
+    let mut ks_config = ward_keyserver::Config::new(&ks_db, org);
+    ks_config.tls = server_tls;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let relay = tokio::spawn(ward_relay::run(
         relay_l,
-        ward_relay::Config::new(&relay_db, org),
+        relay_config,
         stopped(stop_rx.clone()),
     ));
-    let keyserver = tokio::spawn(ward_keyserver::run(
-        ks_l,
-        ward_keyserver::Config::new(&ks_db, org),
-        stopped(stop_rx),
-    ));
+    let keyserver = tokio::spawn(ward_keyserver::run(ks_l, ks_config, stopped(stop_rx)));
     println!("Ward demo: one organisation, two clinicians, one conversation.");
     println!("  relay      {relay_url}   (stores {})", relay_db.display());
     println!("  keyserver  {ks_url}   (stores {})", ks_db.display());
@@ -100,7 +116,8 @@ async fn scenario(dir: &Path) -> Result<(), CliError> {
     );
     println!();
 
-    let outcome = conversation(dir, &root, &relay_url, &ks_url, &relay_db, &ks_db).await;
+    let urls = (relay_url.as_str(), ks_url.as_str(), &client_tls);
+    let outcome = conversation(dir, &root, urls, &relay_db, &ks_db).await;
     // Scanned while both servers still run: their WAL files are there.
     let outcome = outcome.and_then(|sample| {
         println!();
@@ -113,8 +130,9 @@ async fn scenario(dir: &Path) -> Result<(), CliError> {
     outcome
 }
 
-fn config(dir: &Path, name: &str, relay: &str, ks: &str, org: &OrgRootKey) -> ClientConfig {
+fn config(dir: &Path, name: &str, (relay, ks, tls): Urls<'_>, org: &OrgRootKey) -> ClientConfig {
     let mut c = ClientConfig::new(dir.join(format!("{name}.db")), relay, ks, org.public_key());
+    c.tls = tls.clone();
     c.store_options.kdf = KdfParams {
         m_cost_kib: KdfParams::MIN_M_COST_KIB,
         t_cost: 1,
@@ -204,16 +222,18 @@ async fn wait_sent(
     }
 }
 
+/// The relay's and keyserver's URLs, and whom to trust for them.
+type Urls<'a> = (&'a str, &'a str, &'a ward_net::tls::ClientTls);
+
 async fn conversation(
     dir: &Path,
     root: &OrgRootKey,
-    relay: &str,
-    ks: &str,
+    urls: Urls<'_>,
     relay_db: &Path,
     ks_db: &Path,
 ) -> Result<String, CliError> {
-    let martin_cfg = config(dir, "martin", relay, ks, root);
-    let dubois_cfg = config(dir, "dubois", relay, ks, root);
+    let martin_cfg = config(dir, "martin", urls, root);
+    let dubois_cfg = config(dir, "dubois", urls, root);
     let mut martin = enroll(
         root,
         martin_cfg,

@@ -31,16 +31,20 @@ pub struct DeviceArgs {
     /// clinician's keys are verified from it. Default: read from <data>.
     #[arg(long, env = "WARD_ORG_ROOT")]
     pub org_root: Option<String>,
-    /// The relay's URL.
-    #[arg(long, env = "WARD_RELAY_URL", default_value = "ws://127.0.0.1:7070")]
-    pub relay: String,
-    /// The keyserver's URL.
-    #[arg(
-        long,
-        env = "WARD_KEYSERVER_URL",
-        default_value = "ws://127.0.0.1:7071"
-    )]
-    pub keyserver: String,
+    /// The relay's URL (wss://; plain ws:// to loopback only). Default: the
+    /// one `ward up` is serving (it writes <data>/endpoints), else
+    /// wss://127.0.0.1:7070.
+    #[arg(long = "relay", env = "WARD_RELAY_URL")]
+    pub relay_url: Option<String>,
+    /// The keyserver's URL (wss://; plain ws:// to loopback only). Default:
+    /// the one `ward up` is serving, else wss://127.0.0.1:7071.
+    #[arg(long = "keyserver", env = "WARD_KEYSERVER_URL")]
+    pub keyserver_url: Option<String>,
+    /// The CA (PEM) that signs the servers' certificates, pinned in place of
+    /// the public web roots. Default: `ward up`'s dev CA, <data>/tls/ca.pem,
+    /// when it exists; else the public web roots.
+    #[arg(long, env = "WARD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The relay's instance id, as its operator configured it (the handshake
     /// binds it, SECURITY.md §8).
     #[arg(long, env = "WARD_RELAY_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
@@ -55,6 +59,24 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
+    /// The relay's URL: --relay, else `ward up`'s, else the default port.
+    pub fn relay(&self) -> String {
+        self.relay_url.clone().unwrap_or_else(|| {
+            crate::endpoints::read(&self.data)
+                .map(|e| e.relay)
+                .unwrap_or_else(|| "wss://127.0.0.1:7070".into())
+        })
+    }
+
+    /// The keyserver's URL: --keyserver, else `ward up`'s, else the default.
+    pub fn keyserver(&self) -> String {
+        self.keyserver_url.clone().unwrap_or_else(|| {
+            crate::endpoints::read(&self.data)
+                .map(|e| e.keyserver)
+                .unwrap_or_else(|| "wss://127.0.0.1:7071".into())
+        })
+    }
+
     fn org_root(&self) -> Result<SigningPublicKey, CliError> {
         match &self.org_root {
             Some(h) => unhex(h)
@@ -72,13 +94,23 @@ impl DeviceArgs {
         }
     }
 
+    /// Whom to trust for `wss://`: --ca-file, else `ward up`'s dev CA, else
+    /// the public web roots.
+    pub fn client_tls(&self) -> Result<ward_net::tls::ClientTls, CliError> {
+        let dev = crate::dev_ca_path(&self.data);
+        let file = match &self.ca_file {
+            Some(f) => f.clone(),
+            None if dev.exists() => dev,
+            None => return Ok(ward_net::tls::ClientTls::web_roots()),
+        };
+        ward_net::tls::ClientTls::pinned_ca_file(&file)
+            .map_err(|e| CliError::Msg(format!("--ca-file {}: {e}", file.display())))
+    }
+
     fn config(&self, store: PathBuf) -> Result<ClientConfig, CliError> {
-        let mut c = ClientConfig::new(
-            store,
-            self.relay.clone(),
-            self.keyserver.clone(),
-            self.org_root()?,
-        );
+        let mut c = ClientConfig::new(store, self.relay(), self.keyserver(), self.org_root()?);
+        c.tls = self.client_tls()?;
+        c.connection_events = true;
         c.reconnect_max = Duration::from_secs(5);
         c.request_timeout = Duration::from_secs(10);
         c.relay_instance.clone_from(&self.relay_instance);
@@ -108,9 +140,10 @@ impl DeviceArgs {
         match found.len() {
             1 => Ok(dir.join(format!("{}.db", found[0]))),
             0 => Err(CliError::Msg(format!(
-                "no device store in {}: enroll first (`ward enroll --invite ... --delegation ...`), \
-                 or pass --store",
-                dir.display()
+                "no device store in {}: enroll first (`{} enroll --invite-file <file from admin \
+                 invite --out>`), or pass --store",
+                dir.display(),
+                crate::ward_cmd()
             ))),
             _ => Err(CliError::Msg(format!(
                 "several devices in {}: say which with --as ({})",
@@ -121,7 +154,7 @@ impl DeviceArgs {
     }
 
     /// Unlocks the device of `user`.
-    async fn unlock(&self, user: Option<&str>) -> Result<Client, CliError> {
+    pub(crate) async fn unlock(&self, user: Option<&str>) -> Result<Client, CliError> {
         let path = self.store_for(user)?;
         if !ward_sdk::store::Store::exists(&path) {
             return Err(CliError::Msg(format!(
@@ -166,9 +199,11 @@ pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
                  again from a new invite"
             )
         }
+        ClientError::Net(ward_net::NetError::Tls(t)) => tls_hint(t, args),
         ClientError::Net(_) | ClientError::Timeout => format!(
             "{e}. Is Ward running (`ward up`)? relay {}, keyserver {} (set --relay / --keyserver)",
-            args.relay, args.keyserver
+            args.relay(),
+            args.keyserver()
         ),
         ClientError::UnknownUser(u) => format!(
             "unknown user {u}: no such clinician at the keyserver (check the id, or invite them \
@@ -185,6 +220,28 @@ pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
         _ => e.to_string(),
     };
     CliError::Msg(text)
+}
+
+/// A TLS failure, said so that its fix is plain.
+fn tls_hint(t: &ward_net::tls::TlsError, args: &DeviceArgs) -> String {
+    use ward_net::tls::TlsError as T;
+    let fix = match t {
+        T::UntrustedCertificate(_) | T::WrongHost(_) => format!(
+            "for `ward up`, its dev CA is {}; otherwise pass the deployment's CA with --ca-file",
+            crate::dev_ca_path(&args.data).display()
+        ),
+        T::ServerRequiresTls(_) => "use wss:// in --relay / --keyserver".into(),
+        T::NotTls(_) => {
+            "the server speaks plain ws:// (`ward up --insecure-loopback`?): use ws:// for it"
+                .into()
+        }
+        _ => "check --relay / --keyserver and --ca-file".into(),
+    };
+    format!(
+        "TLS: {t}. {fix} (relay {}, keyserver {})",
+        args.relay(),
+        args.keyserver()
+    )
 }
 
 /// `ward enroll`.
@@ -223,7 +280,21 @@ pub async fn enroll(
     )?;
     let client = Client::enroll(config, &invite, &delegation, pin)
         .await
-        .map_err(|e| explain(e, &args))?;
+        .map_err(|e| match e {
+            // The user exists and this new device is not in its log: the
+            // invite's one enrollment has been made.
+            ClientError::Net(ward_net::NetError::Refused(
+                ward_proto::v1::ErrorCode::Unauthenticated,
+            ))
+            | ClientError::Keyserver {
+                code: ward_proto::v1::ErrorCode::Conflict,
+                ..
+            } => CliError::Msg(format!(
+                "invite already used: {user} is enrolled already. Ask the administrator for a \
+                 new invite, or add this device from an enrolled one"
+            )),
+            e => explain(e, &args),
+        })?;
     println!(
         "Enrolled {} ({}, {}).",
         user, details.display_name, details.profession
@@ -301,17 +372,24 @@ async fn send_inner(
         .await
         .map_err(|e| explain(e, args))?;
     let deadline = tokio::time::Instant::now() + wait;
+    // Why the message has not gone out yet, if the client said.
+    let mut delayed: Option<String> = None;
     loop {
         let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(ev)) => ev,
             Ok(None) => return Err(CliError::Msg("the client stopped".into())),
             Err(_) => {
+                let why = match &delayed {
+                    Some(w) => format!("it could not go out: {w}"),
+                    None => format!(
+                        "the relay has not confirmed it (is `ward up` running? relay {})",
+                        args.relay()
+                    ),
+                };
                 return Err(CliError::Msg(format!(
-                    "the relay has not confirmed the message within {}s: it stays queued in the \
-                     encrypted store and goes out the next time `ward send` or `ward listen` runs \
-                     for {me} (is `ward up` running? relay {})",
+                    "message not sent within {}s: {why}. It stays queued in the encrypted store \
+                     and goes out the next time `ward send` or `ward listen` runs for {me}",
                     wait.as_secs(),
-                    args.relay
                 )));
             }
         };
@@ -331,6 +409,43 @@ async fn send_inner(
                 return Ok(());
             }
             Event::Resealed { old, new } if old == rid => rid = new,
+            // A TLS failure will not fix itself: say so now, not after the wait.
+            // Any queued message's delay holds this one up too: the outbox
+            // goes out in order.
+            Event::SendDelayed {
+                reason: ClientError::Net(ward_net::NetError::Tls(t)),
+                ..
+            } => {
+                return Err(CliError::Msg(format!(
+                    "the message could not go out: {}. It stays queued in the encrypted store \
+                     and goes out once both servers are reachable.",
+                    tls_hint(&t, args)
+                )));
+            }
+            Event::SendDelayed { reason, .. } => {
+                delayed = Some(match &reason {
+                    ClientError::Keyserver { code, detail } => {
+                        format!("the keyserver refused: {code:?} ({detail})")
+                    }
+                    ClientError::Relay { code, detail } => {
+                        format!("the relay refused: {code:?} ({detail})")
+                    }
+                    other => format!(
+                        "{other} (relay {}, keyserver {})",
+                        args.relay(),
+                        args.keyserver()
+                    ),
+                });
+            }
+            Event::RelayUnreachable {
+                reason: ClientError::Net(ward_net::NetError::Tls(t)),
+            } => {
+                return Err(CliError::Msg(format!(
+                    "the relay refused the connection: {}. The message stays queued in the \
+                     encrypted store and goes out once the relay is reachable.",
+                    tls_hint(&t, args)
+                )));
+            }
             Event::SendFailed {
                 resource_id,
                 reason,
@@ -433,6 +548,9 @@ pub fn print_event(ev: &Event) {
             short(resource_id.as_bytes())
         ),
         Event::DeviceRevoked => eprintln!("warning: this device has been revoked"),
+        Event::RelayUnreachable { reason } => eprintln!(
+            "warning: the relay is not reachable ({reason}); still trying, messages stay queued"
+        ),
         Event::Sent { .. } | Event::Resealed { .. } => {}
         _ => {}
     }
@@ -474,7 +592,7 @@ pub fn short(b: &[u8]) -> String {
     hex(&b[..b.len().min(4)])
 }
 
-/// `YYYY-MM-DD HH:MM:SSZ` from unix seconds.
+/// RFC 3339 in UTC, `YYYY-MM-DDTHH:MM:SSZ`, from unix seconds.
 pub fn utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -489,7 +607,7 @@ pub fn utc(secs: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60

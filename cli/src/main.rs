@@ -12,6 +12,8 @@
 mod admin;
 mod demo;
 mod device;
+mod endpoints;
+mod history;
 mod pin;
 
 use std::io::Write as _;
@@ -19,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio::net::TcpListener;
 use ward_core::invite::{InviteDetails, create_invite};
 use ward_core::keys::{OrgRootKey, SigningPublicKey};
@@ -46,6 +48,8 @@ enum Command {
         /// The keyserver's listen address.
         #[arg(long, env = "WARD_KEYSERVER_LISTEN", default_value = "127.0.0.1:7071")]
         keyserver_listen: SocketAddr,
+        #[command(flatten)]
+        opts: UpOptions,
     },
     /// Administer the dev organisation.
     Admin {
@@ -100,6 +104,42 @@ enum Command {
         /// Give up after this many seconds (an error if --count was not reached).
         #[arg(long)]
         timeout_secs: Option<u64>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// List this device's conversations, most recent first (id, members,
+    /// messages, last activity).
+    Conversations {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Print stored messages, oldest first (all conversations, or one);
+    /// those not yet confirmed by the relay are marked (queued).
+    History {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        /// A conversation id, or the start of it (as `ward conversations` shows).
+        #[arg(long, conflicts_with = "with")]
+        conversation: Option<String>,
+        /// The conversation with exactly these users (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        with: Vec<String>,
+        /// Only the last N messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// List the messages this device sealed that the relay has not
+    /// confirmed yet.
+    Outbox {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
         #[command(flatten)]
         device: device::DeviceArgs,
     },
@@ -184,7 +224,45 @@ enum Admin {
         /// Days until the invite expires.
         #[arg(long, default_value_t = 7)]
         days: u64,
+        /// Write the invite to this new file, readable by its owner only
+        /// (0600), instead of standard output: it holds a one-time secret.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
+}
+
+/// `ward up`'s settings beyond the addresses (also from `--config`, a TOML
+/// file, and `WARD_UP_*` variables).
+#[derive(clap::Args, Debug, Clone)]
+struct UpOptions {
+    /// Serve plain ws:// instead of TLS (loopback addresses only); clients
+    /// then need ws:// URLs.
+    #[arg(long)]
+    insecure_loopback: bool,
+    /// The relay's admin listener (/metrics, /healthz, /readyz), e.g. 127.0.0.1:9070.
+    #[arg(long, default_value = "off")]
+    relay_admin_listen: String,
+    /// The keyserver's admin listener, e.g. 127.0.0.1:9071.
+    #[arg(long, default_value = "off")]
+    keyserver_admin_listen: String,
+    /// Print the effective settings of `ward up` as a TOML file and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// How the hints name this program: `ward` for a release build (installed or
+/// not), the cargo form for a debug build run from the source tree.
+pub(crate) fn ward_cmd() -> &'static str {
+    if cfg!(debug_assertions) {
+        "cargo run -q -p ward --"
+    } else {
+        "ward"
+    }
+}
+
+/// `ward up`'s dev CA certificate under `data` (what clients pin).
+pub(crate) fn dev_ca_path(data: &Path) -> PathBuf {
+    data.join("tls").join("ca.pem")
 }
 
 /// A failure the user can act on.
@@ -305,19 +383,65 @@ async fn up(
     data: PathBuf,
     relay_listen: SocketAddr,
     ks_listen: SocketAddr,
+    opts: UpOptions,
 ) -> Result<(), CliError> {
     let (root, created) = load_or_create_root(&data)?;
     let org_root: SigningPublicKey = root.public_key();
     drop(root);
     write_org_public(&data, &org_root)?;
+    let (tls, scheme) = if opts.insecure_loopback {
+        (ward_net::tls::Acceptor::InsecureLoopback, "ws")
+    } else {
+        let files = ward_net::tls::dev_ca::DevPkiFiles::in_dir(&data.join("tls"));
+        let minted = files
+            .load_or_create()
+            .map_err(|e| CliError::Msg(format!("dev CA: {e}")))?;
+        if minted {
+            println!(
+                "Created a dev CA for this machine in {}/ (clients here trust it).",
+                data.join("tls").display()
+            );
+        }
+        let identity = ward_net::tls::ServerTls::from_pem_files(&files.cert, &files.key)
+            .map_err(|e| CliError::Msg(format!("dev certificate: {e}")))?;
+        ward_net::tls::reload_on_sighup(identity.clone())
+            .map_err(io("cannot listen for SIGHUP"))?;
+        (ward_net::tls::Acceptor::Tls(identity), "wss")
+    };
+    for addr in [relay_listen, ks_listen] {
+        tls.check(addr).map_err(|e| CliError::Msg(e.to_string()))?;
+    }
     let relay_listener = TcpListener::bind(relay_listen)
         .await
         .map_err(io(format!("cannot listen on {relay_listen} for the relay")))?;
     let ks_listener = TcpListener::bind(ks_listen).await.map_err(io(format!(
         "cannot listen on {ks_listen} for the keyserver"
     )))?;
-    let relay_config = ward_relay::Config::new(data.join("relay.db"), org_root);
-    let ks_config = ward_keyserver::Config::new(data.join("keyserver.db"), org_root);
+    let mut relay_config = ward_relay::Config::new(data.join("relay.db"), org_root);
+    relay_config.tls = tls.clone();
+    let mut ks_config = ward_keyserver::Config::new(data.join("keyserver.db"), org_root);
+    ks_config.tls = tls;
+    for (what, addr, registry) in [
+        (
+            "relay",
+            &opts.relay_admin_listen,
+            relay_config.metrics.clone(),
+        ),
+        (
+            "keyserver",
+            &opts.keyserver_admin_listen,
+            ks_config.metrics.clone(),
+        ),
+    ] {
+        if addr != "off" {
+            let bound = ward_ops::admin::spawn(addr, registry, std::future::pending())
+                .await
+                .map_err(io(format!(
+                    "cannot listen on {addr} for the {what} admin listener"
+                )))?;
+            println!("  {what} admin  http://{bound}/metrics");
+        }
+    }
 
     let stop = stop_signal()?;
     let org = hex(org_root.as_bytes());
@@ -328,23 +452,30 @@ async fn up(
         );
         println!("a real organisation keeps its root key offline).");
     }
+    let urls = endpoints::Endpoints {
+        relay: format!(
+            "{scheme}://{}",
+            relay_listener.local_addr().map_err(io("relay address"))?
+        ),
+        keyserver: format!(
+            "{scheme}://{}",
+            ks_listener.local_addr().map_err(io("keyserver address"))?
+        ),
+    };
+    // The other commands read this instead of needing --relay / --keyserver.
+    endpoints::write(&data, &urls).map_err(io(endpoints::path(&data).display().to_string()))?;
+    let ward = ward_cmd();
     println!("Ward is up.");
-    println!(
-        "  relay      ws://{}",
-        relay_listener.local_addr().map_err(io("relay address"))?
-    );
-    println!(
-        "  keyserver  ws://{}",
-        ks_listener.local_addr().map_err(io("keyserver address"))?
-    );
+    println!("  relay      {}", urls.relay);
+    println!("  keyserver  {}", urls.keyserver);
     println!("  org root   {org}");
-    println!("Invite a clinician from another terminal:");
+    println!("Invite a clinician from another terminal (same folder):");
     println!(
-        "  cargo run -q -p ward -- admin invite --user-id dr.martin --name \"Dr Claire Martin\""
+        "  {ward} admin invite --user-id dr.martin --name \"Dr Claire Martin\" --out martin.invite"
     );
-    println!("and enroll them with the two lines it prints:");
-    println!("  cargo run -q -p ward -- enroll --invite-file <the saved output of admin invite>");
-    println!("Or see it all at once: cargo run -q -p ward -- demo");
+    println!("and enroll them from the file it wrote:");
+    println!("  {ward} enroll --invite-file martin.invite");
+    println!("Or see it all at once: {ward} demo");
     println!("Stop with Ctrl-C.");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -359,6 +490,7 @@ async fn up(
         let _ = stop_tx.send(true);
     };
     let (r, k, ()) = tokio::join!(relay, keyserver, ctrl_c);
+    endpoints::remove(&data);
     r?;
     k?;
     Ok(())
@@ -401,17 +533,50 @@ fn invite_lines(
     }
 }
 
-fn invite(data: &Path, details: InviteDetails) -> Result<(), CliError> {
+fn invite(data: &Path, details: InviteDetails, out: Option<&Path>) -> Result<(), CliError> {
     let root = load_root(data)?;
     let (signed, delegation) = create_invite(&mut rand::rng(), &root, &details)?;
-    println!(
-        "Invite for {} ({}), expires at unix time {}.",
-        details.user_id, details.display_name, details.expires_at
-    );
-    println!("Hand both lines to the clinician, out of band (QR code, in person).");
-    println!("The second is a one-time secret: whoever holds it can enroll as this user, once.");
-    println!("invite:     {}", hex(&signed.encode_to_vec()));
-    println!("delegation: {}", hex(&*delegation.export_secret()));
+    let text = zeroize::Zeroizing::new(format!(
+        "Invite for {} ({}), expires {}.\n\
+         Hand both lines to the clinician, out of band (QR code, in person).\n\
+         The second is a one-time secret: whoever holds it can enroll as this user, once.\n\
+         invite:     {}\n\
+         delegation: {}\n",
+        details.user_id,
+        details.display_name,
+        device::utc(details.expires_at),
+        hex(&signed.encode_to_vec()),
+        hex(&*delegation.export_secret())
+    ));
+    match out {
+        None => print!("{}", &*text),
+        Some(path) => {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let write = |p: &Path| -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = opts.open(p)?;
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            };
+            write(path).map_err(io(format!("cannot write the invite to {}", path.display())))?;
+            println!(
+                "Invite for {} written to {} (owner-only: it holds a one-time secret).",
+                details.user_id,
+                path.display()
+            );
+            println!(
+                "Enroll with: {} enroll --invite-file {}",
+                ward_cmd(),
+                path.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -447,20 +612,36 @@ fn admin_init(data: &Path) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    // No colour codes unless standard error is a terminal.
+    ward_ops::logging::init(ward_ops::logging::LogFormat::Text, "warn");
+    let (matches, _) =
+        match ward_ops::layered::parse_sub(Cli::command(), "up", "WARD_UP", std::env::args_os()) {
+            Ok(m) => m,
+            Err(ward_ops::layered::LayerError::Clap(e)) => e.exit(),
+            Err(e) => {
+                eprintln!("ward: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if let Some(("up", sub)) = matches.subcommand()
+        && sub.get_flag("print_config")
+    {
+        if let Some(up) = Cli::command().find_subcommand("up") {
+            print!("{}", ward_ops::layered::render(up, sub, "WARD_UP"));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Up {
             data,
             relay_listen,
             keyserver_listen,
-        } => block_on(up(data, relay_listen, keyserver_listen)),
+            opts,
+        } => block_on(up(data, relay_listen, keyserver_listen, opts)),
         Command::Enroll {
             invite_file,
             invite,
@@ -494,6 +675,25 @@ fn main() -> ExitCode {
             count,
             timeout_secs.map(std::time::Duration::from_secs),
         )),
+        Command::Conversations { as_user, device } => {
+            block_on(history::conversations(device, as_user))
+        }
+        Command::History {
+            as_user,
+            conversation,
+            with,
+            limit,
+            device,
+        } => block_on(history::history(
+            device,
+            as_user,
+            history::Selection {
+                conversation,
+                with,
+                limit,
+            },
+        )),
+        Command::Outbox { as_user, device } => block_on(history::outbox(device, as_user)),
         Command::RotateKey { as_user, device } => block_on(device::rotate_key(device, as_user)),
         Command::Demo { keep } => block_on(demo::run(keep)),
         Command::Admin {
@@ -525,6 +725,7 @@ fn main() -> ExitCode {
                     profession,
                     registry_number,
                     days,
+                    out,
                 },
         } => {
             let now = now_secs();
@@ -537,6 +738,7 @@ fn main() -> ExitCode {
                     registry_number,
                     expires_at: now.saturating_add(days.saturating_mul(86_400)),
                 },
+                out.as_deref(),
             )
         }
     };

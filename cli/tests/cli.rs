@@ -55,7 +55,7 @@ fn ward_up_serves_and_admin_invite_signs_with_its_organisation() {
             root = Some(r.trim().to_owned());
         }
         if let Some(r) = line.trim().strip_prefix("relay") {
-            relay = Some(r.trim().trim_start_matches("ws://").to_owned());
+            relay = Some(r.trim().trim_start_matches("wss://").to_owned());
         }
         if line.starts_with("Stop with") {
             break;
@@ -172,6 +172,9 @@ fn every_command_has_help() {
         &["send", "--help"],
         &["listen", "--help"],
         &["rotate-key", "--help"],
+        &["conversations", "--help"],
+        &["history", "--help"],
+        &["outbox", "--help"],
         &["demo", "--help"],
         &["admin", "--help"],
         &["admin", "init", "--help"],
@@ -449,6 +452,107 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
 }
 
 #[test]
+fn conversations_history_and_outbox_show_what_the_device_holds() {
+    let up = Up::start("history");
+    up.enroll("dr.martin", "Dr Claire Martin");
+    up.enroll("nurse.dubois", "Luc Dubois");
+    let none = up.ward(&["conversations", "--as", "dr.martin"]);
+    assert!(none.status.success() && none.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("No conversation yet"));
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "Bed 4: IV line",
+    ]);
+
+    let convs = up.ok(&["conversations", "--as", "dr.martin"]);
+    let line = convs.lines().next().unwrap();
+    assert!(
+        line.contains("dr.martin,nurse.dubois") && line.contains("1 message "),
+        "{convs}"
+    );
+    let conv = line.split_whitespace().next().unwrap().to_owned();
+
+    // A send while the relay cannot be reached stays in the outbox, and
+    // history marks it; the keyserver (for the recipients' keys) is up.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.args([
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "--wait-secs",
+        "1",
+        "Second dose at 14:00",
+    ])
+    .env("WARD_DATA", &up.data)
+    .env("WARD_RELAY_URL", "ws://127.0.0.1:9")
+    .env("WARD_KEYSERVER_URL", &up.keyserver)
+    .env("WARD_PIN", "ward-pin-493817");
+    let queued = run_within(cmd, std::time::Duration::from_secs(60));
+    assert!(!queued.status.success());
+    assert!(String::from_utf8_lossy(&queued.stderr).contains("stays queued"));
+    let outbox = up.ok(&["outbox", "--as", "dr.martin"]);
+    assert_eq!(outbox.lines().count(), 1, "{outbox}");
+    assert!(
+        outbox.contains(&format!("conv {conv}"))
+            && outbox.contains("not yet sent")
+            && outbox.contains("Second dose at 14:00"),
+        "{outbox}"
+    );
+    let history = up.ok(&["history", "--as", "dr.martin", "--conversation", &conv]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(lines[0].ends_with("Bed 4: IV line"), "{history}");
+    assert!(
+        lines[1].ends_with("Second dose at 14:00  (queued)"),
+        "{history}"
+    );
+    let last = up.ok(&[
+        "history",
+        "--as",
+        "dr.martin",
+        "--with",
+        "nurse.dubois",
+        "--limit",
+        "1",
+    ]);
+    assert_eq!(last.lines().count(), 1);
+    assert!(last.contains("Second dose"), "{last}");
+
+    // With the relay back, the next command sends it and the outbox empties.
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "Thanks",
+    ]);
+    let outbox = up.ok(&["outbox", "--as", "dr.martin"]);
+    assert!(outbox.contains("The outbox is empty"), "{outbox}");
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--count",
+        "3",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(heard.contains("Second dose at 14:00"), "{heard}");
+    let theirs = up.ok(&["history", "--as", "nurse.dubois"]);
+    assert_eq!(theirs.lines().count(), 3, "{theirs}");
+    let missing = up.ward(&["history", "--as", "dr.martin", "--conversation", "ffffffff"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no conversation ffffffff"));
+}
+
+#[test]
 fn admin_init_creates_the_organisation_once() {
     let data = std::env::temp_dir().join(format!("ward-cli-init-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
@@ -477,4 +581,216 @@ fn admin_init_creates_the_organisation_once() {
     assert_eq!(root(&first), root(&again));
     assert!(data.join("org-root.pub").exists());
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The first-contact items of issue 12, as a new user meets them.
+#[test]
+fn first_contact_ports_found_invite_file_private_reuse_named_and_rfc3339_times() {
+    let up = Up::start("first");
+    // `ward up` ran on random ports: the other commands find them without
+    // --relay / --keyserver (it wrote <data>/endpoints).
+    let bare = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+        cmd.args(args)
+            .env("WARD_DATA", &up.data)
+            .env_remove("WARD_RELAY_URL")
+            .env_remove("WARD_KEYSERVER_URL")
+            .env("WARD_PIN", "ward-pin-493817");
+        run_within(cmd, std::time::Duration::from_secs(60))
+    };
+    let ok = |args: &[&str]| {
+        let out = bare(args);
+        assert!(
+            out.status.success(),
+            "ward {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // No device store yet: the hint names the safe form.
+    let out = bare(&["listen", "--timeout-secs", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--invite-file"),
+        "{err}"
+    );
+
+    // The invite file is the owner's only, and its expiry is RFC 3339.
+    let file = up.data.join("martin.invite");
+    let said = ok(&[
+        "admin",
+        "invite",
+        "--user-id",
+        "dr.martin",
+        "--name",
+        "Dr Martin",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(said.contains("enroll --invite-file"), "{said}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let expires = text
+        .split("expires ")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    assert!(
+        expires.len() == 20 && expires.as_bytes()[10] == b'T' && expires.ends_with('Z'),
+        "{expires}"
+    );
+    ok(&["enroll", "--invite-file", file.to_str().unwrap()]);
+    let dubois = up.data.join("dubois.invite");
+    ok(&[
+        "admin",
+        "invite",
+        "--user-id",
+        "nurse.dubois",
+        "--name",
+        "Luc Dubois",
+        "--out",
+        dubois.to_str().unwrap(),
+    ]);
+    ok(&["enroll", "--invite-file", dubois.to_str().unwrap()]);
+
+    // The same invite again, for another device: said so.
+    let other = up.data.join("elsewhere.db");
+    let out = bare(&[
+        "enroll",
+        "--invite-file",
+        file.to_str().unwrap(),
+        "--store",
+        other.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("invite already used"),
+        "{err}"
+    );
+
+    ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "over TLS, found by itself",
+    ]);
+    let heard = ok(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    let line = heard.lines().next().unwrap();
+    // 2026-12-02T03:00:09Z  dr.martin  conv ...
+    assert_eq!(line.as_bytes()[10], b'T', "{line}");
+    assert!(line.ends_with("over TLS, found by itself"), "{line}");
+
+    // A relay URL that is not TLS: said at once, not after 30 s.
+    let plain = up.relay.replace("wss://", "ws://");
+    let started = std::time::Instant::now();
+    let out = bare(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "x",
+        "--relay",
+        &plain,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("use wss://"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // The keyserver refusing (here: plain text to its TLS port) is named too.
+    let plain_ks = up.keyserver.replace("wss://", "ws://");
+    let out = bare(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "y",
+        "--keyserver",
+        &plain_ks,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("requires TLS"),
+        "{err}"
+    );
+
+    // No relay at all: listen says so within seconds, and keeps trying.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("wss://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = bare(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--timeout-secs",
+        "3",
+        "--relay",
+        &dead,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relay is not reachable") && err.contains("still trying"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ward_up_print_config_shows_its_settings_from_flags_file_and_defaults() {
+    let dir = std::env::temp_dir().join(format!("ward-up-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("up.toml");
+    std::fs::write(
+        &file,
+        "relay-admin-listen = \"127.0.0.1:9070\"\nrelay-listen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["up", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--relay-listen", "127.0.0.1:2"])
+        .env_remove("WARD_RELAY_LISTEN")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("relay-listen = \"127.0.0.1:2\""),
+        "flag over file: {text}"
+    );
+    assert!(
+        text.contains("relay-admin-listen = \"127.0.0.1:9070\""),
+        "file: {text}"
+    );
+    assert!(
+        text.contains("keyserver-listen = \"127.0.0.1:7071\""),
+        "default: {text}"
+    );
+    assert!(
+        !dir.join("ward-data").exists(),
+        "print-config starts nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

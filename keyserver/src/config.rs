@@ -177,6 +177,12 @@ pub struct Config {
     pub limits: KsLimits,
     /// The server clock, used for invite expiry and access-log times.
     pub clock: Clock,
+    /// TLS on the listener, or plain TCP on loopback only (the default,
+    /// for tests and `--insecure-loopback`); see `ward_net::tls`.
+    pub tls: ward_net::tls::Acceptor,
+    /// Where the keyserver's metrics and readiness go (the admin listener
+    /// serves the same registry).
+    pub metrics: ward_ops::metrics::Registry,
 }
 
 impl Config {
@@ -188,6 +194,8 @@ impl Config {
             instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             limits: KsLimits::default(),
             clock: Clock::system(),
+            tls: ward_net::tls::Acceptor::InsecureLoopback,
+            metrics: ward_ops::metrics::Registry::new(),
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod config;
 pub mod directory;
 mod error;
 pub mod handler;
+pub mod metrics;
 mod server;
 pub mod storage;
 

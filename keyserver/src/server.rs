@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use ward_core::keys::SigningPublicKey;
 use ward_net::handshake::{self, Peer};
 use ward_net::peers::{Gate, Reason, RefusalLog, Ticket};
+use ward_net::tls::{Acceptor, ServerStream};
 use ward_net::{Conn, close};
 use ward_proto::decode_bounded;
 use ward_proto::v1::{ErrorCode, KsRequest};
@@ -20,6 +21,7 @@ use ward_proto::v1::{ErrorCode, KsRequest};
 use crate::config::{Config, KsLimits};
 use crate::error::{KeyserverError, RequestError};
 use crate::handler::{self, Ctx, Session};
+use crate::metrics::KsMetrics;
 use crate::storage::{self, Db, DeviceStatus};
 
 type DeviceKey = (String, [u8; 32]);
@@ -103,6 +105,8 @@ impl RateLimiter {
 
 struct State {
     ctx: Ctx,
+    tls: Acceptor,
+    metrics: KsMetrics,
     sessions: Arc<Sessions>,
     rate: RateLimiter,
     connections: Arc<Semaphore>,
@@ -145,6 +149,12 @@ pub async fn run(
             "limits too small to serve anything".into(),
         ));
     }
+    if let Ok(addr) = listener.local_addr() {
+        config
+            .tls
+            .check(addr)
+            .map_err(|e| KeyserverError::Config(e.to_string()))?;
+    }
     let path = config.db_path.clone();
     let db = tokio::task::spawn_blocking(move || Db::open(&path))
         .await
@@ -161,6 +171,8 @@ pub async fn run(
         );
     }
     let state = Arc::new(State {
+        tls: config.tls.clone(),
+        metrics: KsMetrics::new(&config.metrics),
         rate: RateLimiter::new(&config.limits),
         connections: Arc::new(Semaphore::new(max_connections)),
         refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
@@ -187,6 +199,9 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "keyserver listening");
     }
+    // The database is open and migrated: ready.
+    let ready = config.metrics.clone();
+    ready.set_ready(true);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let shutdown = std::pin::pin!(shutdown);
@@ -234,6 +249,7 @@ pub async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    ready.set_ready(false);
     tracing::info!("keyserver shutting down");
     drop(listener);
     let _ = stop_tx.send(true);
@@ -267,6 +283,11 @@ async fn connection(
     let upgrade_time = match slot {
         Slot::Served(..) => limits.auth_timeout,
         Slot::Refused(_) => REFUSAL_TIMEOUT.min(limits.auth_timeout),
+    };
+    let _open = state.metrics.connections.track();
+    let Some(stream) = state.tls.accept_within(stream, upgrade_time).await else {
+        state.metrics.handshake_failures.inc();
+        return;
     };
     let mut conn =
         match tokio::time::timeout(upgrade_time, ward_net::conn::accept(stream, &limits)).await {
@@ -367,7 +388,7 @@ async fn connection(
 }
 
 async fn serve(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<ServerStream>,
     state: &State,
     session: &mut Session,
     registration: &mut Registration,
@@ -427,6 +448,7 @@ async fn serve(
                 .await;
             return;
         };
+        let kind = KsMetrics::kind(&req);
         let outcome = if state.rate.allow(&session.device) {
             handler::handle(&state.ctx, session, req).await
         } else {
@@ -443,6 +465,7 @@ async fn serve(
             session.enrolled = true;
             drop(enrolling_permit.take());
         }
+        state.metrics.observe(kind, &outcome.response);
         let sent = conn.send_msg(&outcome.response).await;
         if let Some((user, device)) = &outcome.revoked {
             state.sessions.revoke(user, device);

@@ -22,6 +22,7 @@ async fn binary_serves_and_stops_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ward-keyserver"))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--insecure-loopback")
         .env("WARD_KEYSERVER_DB", &db)
         .env(
             "WARD_KEYSERVER_ORG_ROOT",

@@ -336,6 +336,9 @@ async fn run_relay(
         db.display().to_string(),
         "--org-root".into(),
         org_root,
+        // Loopback, as before TLS: the figures stay comparable with the
+        // raw echo server's (TLS cost is not measured here).
+        "--insecure-loopback".into(),
         "--max-connections".into(),
         (n + 16).to_string(),
         "--send-rate".into(),

@@ -23,6 +23,11 @@ pub struct Conn<S> {
     last_seen: Instant,
 }
 
+/// The WebSocket limits of a client connection (the full frame limit).
+pub(crate) fn ws_config(limits: &Limits) -> WebSocketConfig {
+    config(limits.max_frame_bytes)
+}
+
 fn config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame_bytes))
@@ -141,23 +146,14 @@ async fn refuse_upgrade<S: AsyncWrite + Unpin>(mut stream: S, status: u16) -> Ne
     NetError::BadUpgrade(status)
 }
 
-/// Client side: connects to `url` (`ws://host:port`).
+/// Client side: connects to `url`, `wss://host:port` verified against the
+/// web PKI's roots, or `ws://` to loopback only. [`crate::tls::connect`]
+/// takes a pinned CA.
 pub async fn connect(
     url: &str,
     limits: &Limits,
 ) -> Result<Conn<MaybeTlsStream<TcpStream>>, NetError> {
-    let (ws, _response) = tokio_tungstenite::connect_async_with_config(
-        url,
-        Some(config(limits.max_frame_bytes)),
-        true,
-    )
-    .await?;
-    Ok(Conn {
-        ws,
-        max_frame_bytes: limits.max_frame_bytes,
-        full_frame_bytes: limits.max_frame_bytes,
-        last_seen: Instant::now(),
-    })
+    crate::tls::connect(url, limits, &crate::tls::ClientTls::default()).await
 }
 
 impl<S> Conn<S>
@@ -299,6 +295,7 @@ pub fn close_code_for(err: &NetError) -> (u16, &'static str) {
         }
         NetError::Timeout => (close::AUTH_TIMEOUT, "authentication timed out"),
         NetError::Closed(..) | NetError::BadUpgrade(_) => (close::NORMAL, ""),
+        NetError::Tls(_) => (close::PROTOCOL_ERROR, "tls"),
     }
 }
 

@@ -32,6 +32,10 @@ pub enum NetError {
     /// (400 or 426; 0 when the peer left before a request was read).
     #[error("websocket upgrade refused (HTTP {0})")]
     BadUpgrade(u16),
+    /// TLS could not be set up, or refused the peer (untrusted certificate,
+    /// plain text where TLS is required): final for this URL and trust.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A service name other than the expected one: the client is talking to the wrong server.
     #[error("connected to service {0:?}, expected another")]
     WrongService(String),

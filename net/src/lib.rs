@@ -6,6 +6,7 @@
 //! * [`handshake`]: the device-authentication challenge-response of
 //!   SECURITY.md §8, server and client sides.
 //! * [`close`]: the close codes every Ward service uses.
+//! * [`tls`]: TLS 1.3 (rustls, ring) for servers and clients.
 //!
 //! ```no_run
 //! # async fn demo(device: ward_core::keys::DeviceSigningKey, root: ward_core::keys::SigningPublicKey) -> Result<(), ward_net::NetError> {
@@ -28,6 +29,7 @@ pub mod handshake;
 pub mod peers;
 pub mod rate;
 pub mod signal;
+pub mod tls;
 
 pub use conn::Conn;
 pub use error::NetError;
@@ -50,16 +52,22 @@ pub struct Limits {
 }
 
 /// Default [`Limits::max_preauth_frame_bytes`]: 256 KiB, room for a user log
-/// of some 800 v1 entries (a real log has a handful).
+/// of some 80 v2 entries (X-Wing keys make an entry about 3 KiB; a real log
+/// has a handful).
 pub const DEFAULT_MAX_PREAUTH_FRAME_BYTES: usize = 256 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            // An envelope of the largest content, plus framing.
-            max_frame_bytes: ward_core::envelope::MAX_ENVELOPE_BYTES + 4096,
-            auth_timeout: Duration::from_secs(10),
-            max_preauth_frame_bytes: DEFAULT_MAX_PREAUTH_FRAME_BYTES,
-        }
+        Self::DEFAULT
     }
+}
+
+impl Limits {
+    /// The defaults, as a constant (so that `--help` can show them).
+    pub const DEFAULT: Self = Self {
+        // An envelope of the largest content, plus framing.
+        max_frame_bytes: ward_core::envelope::MAX_ENVELOPE_BYTES + 4096,
+        auth_timeout: Duration::from_secs(10),
+        max_preauth_frame_bytes: DEFAULT_MAX_PREAUTH_FRAME_BYTES,
+    };
 }

@@ -25,6 +25,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Most commands the writer commits in one transaction (one fsync).
     pub max_batch: usize,
+    /// TLS on the listener, or plain TCP on loopback only (the default,
+    /// for tests and `ward up --insecure-loopback`); see `ward_net::tls`.
+    pub tls: ward_net::tls::Acceptor,
+    /// Where the relay's metrics and readiness go (the admin listener
+    /// serves the same registry).
+    pub metrics: ward_ops::metrics::Registry,
     /// Bytes of verified user logs kept in memory ([`crate::logs`]).
     pub log_cache_bytes: usize,
     /// Counters of the log verifier (keep a clone to read them).
@@ -100,30 +106,35 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            net: ward_net::Limits::default(),
-            max_recipients: 1024,
-            max_connections: 10_000,
-            send_rate_per_sec: 100.0,
-            send_burst: 200,
-            outbound_queue: 64,
-            outbound_bytes: 4 << 20,
-            global_outbound_bytes: 512 << 20,
-            slow_consumer_timeout: Duration::from_secs(10),
-            close_grace: Duration::from_secs(5),
-            tcp_keepalive: Some(Duration::from_secs(60)),
-            delivery_batch: 64,
-            max_unauthenticated: 1024,
-            max_unauthenticated_per_address: 64,
-            accept_rate_per_address: 50.0,
-            accept_burst_per_address: 500,
-            idle_timeout: Duration::from_secs(120),
-            ping_interval: Duration::from_secs(30),
-            max_user_pending_entries: 100_000,
-            max_user_pending_bytes: 1 << 30,
-            max_mailbox_entries: 20_000,
-        }
+        Self::DEFAULT
     }
+}
+
+impl Limits {
+    /// The defaults, as a constant (so that `--help` can show them).
+    pub const DEFAULT: Self = Self {
+        net: ward_net::Limits::DEFAULT,
+        max_recipients: 1024,
+        max_connections: 10_000,
+        send_rate_per_sec: 100.0,
+        send_burst: 200,
+        outbound_queue: 64,
+        outbound_bytes: 4 << 20,
+        global_outbound_bytes: 512 << 20,
+        slow_consumer_timeout: Duration::from_secs(10),
+        close_grace: Duration::from_secs(5),
+        tcp_keepalive: Some(Duration::from_secs(60)),
+        delivery_batch: 64,
+        max_unauthenticated: 1024,
+        max_unauthenticated_per_address: 64,
+        accept_rate_per_address: 50.0,
+        accept_burst_per_address: 500,
+        idle_timeout: Duration::from_secs(120),
+        ping_interval: Duration::from_secs(30),
+        max_user_pending_entries: 100_000,
+        max_user_pending_bytes: 1 << 30,
+        max_mailbox_entries: 20_000,
+    };
 }
 
 /// 30 days.
@@ -141,6 +152,8 @@ impl Config {
             sweep_interval: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(10),
             max_batch: 1024,
+            tls: ward_net::tls::Acceptor::InsecureLoopback,
+            metrics: ward_ops::metrics::Registry::new(),
             log_cache_bytes: crate::logs::DEFAULT_LOG_CACHE_BYTES,
             log_stats: Arc::default(),
         }

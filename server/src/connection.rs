@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 use ward_core::ids::valid_user_id;
 use ward_net::handshake::{self, Peer};
+use ward_net::tls::ServerStream;
 use ward_net::{Conn, close};
 use ward_proto::v1::{
     Ack, ClientFrame, Deliver, ErrorCode, LogAccepted, PublishLog, RelayError, Send, SendAck,
@@ -73,7 +73,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(
-    stream: TcpStream,
+    stream: ServerStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -99,6 +99,7 @@ pub async fn serve(
     let mut nonce = [0u8; 32];
     if getrandom::fill(&mut nonce).is_err() {
         warn!("no randomness for a challenge");
+        shared.metrics.closed(INTERNAL.code);
         finish(conn, Some(INTERNAL), limits.close_grace).await;
         return;
     }
@@ -120,12 +121,14 @@ pub async fn serve(
     };
     let peer = match authenticated {
         None => {
+            shared.metrics.closed(GOING_AWAY.code);
             finish(conn, Some(GOING_AWAY), limits.close_grace).await;
             return;
         }
         Some(Err(e)) => {
             debug!(%addr, error = %e, "handshake refused");
             let (code, reason) = ward_net::conn::close_code_for(&e);
+            shared.metrics.closed(code);
             finish(conn, Some(CloseReason { code, reason }), limits.close_grace).await;
             return;
         }
@@ -144,7 +147,7 @@ pub async fn serve(
 
 /// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`, holding
 /// one of the few refusal places (`_place`) meanwhile.
-pub async fn refuse_busy(stream: TcpStream, limits: Limits, _place: OwnedSemaphorePermit) {
+pub async fn refuse_busy(stream: ServerStream, limits: Limits, _place: OwnedSemaphorePermit) {
     let grace = Duration::from_secs(1);
     if let Ok(Ok(conn)) = timeout(grace, ward_net::conn::accept(stream, &limits.net)).await {
         let reason = CloseReason {
@@ -204,7 +207,7 @@ async fn prune_revoked(shared: &Shared, user_id: &str, user: &ward_core::chain::
 /// Sends the close frame (if any) within `grace`, half-closes the socket and
 /// waits for the peer to finish, so that the close frame is not lost to a
 /// reset.
-async fn finish(mut conn: Conn<TcpStream>, reason: Option<CloseReason>, grace: Duration) {
+async fn finish(mut conn: Conn<ServerStream>, reason: Option<CloseReason>, grace: Duration) {
     if let Some(r) = reason {
         let _ = timeout(grace, conn.close(r.code, r.reason)).await;
     }
@@ -287,7 +290,7 @@ struct Session {
 }
 
 async fn session(
-    mut conn: Conn<TcpStream>,
+    mut conn: Conn<ServerStream>,
     shared: Arc<Shared>,
     mailbox: Mailbox,
     mut shutdown: watch::Receiver<bool>,
@@ -305,6 +308,7 @@ async fn session(
     // one will find this connection.
     if let Err(reason) = still_active(&shared, &mailbox).await {
         shared.registry.unregister(&mailbox, reg_id);
+        shared.metrics.closed(reason.code);
         finish(conn, Some(reason), limits.close_grace).await;
         return;
     }
@@ -363,7 +367,10 @@ async fn session(
             }
             Some((frame, permit)) = out_rx.recv() => {
                 match timeout(write_timeout, conn.send_msg(&frame)).await {
-                    Ok(Ok(())) => drop(permit),
+                    Ok(Ok(())) => {
+                        shared.metrics.messages_out.inc();
+                        drop(permit)
+                    }
                     Ok(Err(_)) => break None,
                     Err(_) => break Some(SLOW),
                 }
@@ -407,6 +414,7 @@ async fn session(
         code: close::NORMAL,
         reason: "",
     });
+    shared.metrics.closed(end.code);
     finish(conn, Some(end), limits.close_grace).await;
 }
 

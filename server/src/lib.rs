@@ -26,6 +26,7 @@ pub mod config;
 mod connection;
 mod error;
 pub mod logs;
+pub mod metrics;
 pub mod registry;
 mod server;
 mod state;

@@ -5,95 +5,108 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ward_core::keys::SigningPublicKey;
 use ward_relay::{Config, Limits};
 
 /// Ward's relay: durable store-and-forward of ciphertext.
+///
+/// Every setting comes from a flag, else its environment variable, else the
+/// `--config` TOML file (keys: the long flag names), else the default shown.
+/// `ward-relay print-config` writes the effective settings as such a file.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Address to listen on (port 0: any free port; the bound address is printed).
     #[arg(long, env = "WARD_RELAY_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
     /// SQLite database file.
     #[arg(long, env = "WARD_RELAY_DB", default_value = "ward-relay.db")]
     db: PathBuf,
-    /// The organisation root public key (Ed25519, 64 hex digits).
+    /// The organisation root public key (Ed25519, 64 hex digits). Required to serve.
     #[arg(long, env = "WARD_RELAY_ORG_ROOT")]
-    org_root: String,
+    org_root: Option<String>,
     /// This relay's instance id (bound into the handshake; distinct per deployment).
     #[arg(long, env = "WARD_RELAY_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
     instance: String,
+    #[command(flatten)]
+    tls: ward_ops::tls_args::TlsArgs,
+    /// Admin listener address (Prometheus /metrics, /healthz, /readyz), e.g.
+    /// 127.0.0.1:9070; "off" for none. Keep it on loopback or an operations network.
+    #[arg(long, default_value = "off")]
+    admin_listen: String,
+    /// Log line format on standard error (colour only on a terminal).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: ward_ops::logging::LogFormat,
     /// Largest frame accepted, in bytes.
-    #[arg(long, env = "WARD_RELAY_MAX_FRAME_BYTES")]
-    max_frame_bytes: Option<usize>,
-    /// Seconds an unauthenticated connection has to authenticate.
-    #[arg(long, env = "WARD_RELAY_AUTH_TIMEOUT_SECS")]
-    auth_timeout_secs: Option<u64>,
+    #[arg(long, env = "WARD_RELAY_MAX_FRAME_BYTES", default_value_t = DEF.net.max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Seconds an unauthenticated connection has to authenticate (TLS included).
+    #[arg(long, env = "WARD_RELAY_AUTH_TIMEOUT_SECS", default_value_t = DEF.net.auth_timeout.as_secs())]
+    auth_timeout_secs: u64,
     /// Most recipient devices per message.
-    #[arg(long, env = "WARD_RELAY_MAX_RECIPIENTS")]
-    max_recipients: Option<usize>,
-    /// Most simultaneous connections (default 10000; lowered at start to the
-    /// file-descriptor limit minus 128, after raising the soft limit to the
-    /// hard one).
-    #[arg(long, env = "WARD_RELAY_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
+    #[arg(long, env = "WARD_RELAY_MAX_RECIPIENTS", default_value_t = DEF.max_recipients)]
+    max_recipients: usize,
+    /// Most simultaneous connections (lowered at start to the file-descriptor
+    /// limit minus 128, after raising the soft limit to the hard one).
+    #[arg(long, env = "WARD_RELAY_MAX_CONNECTIONS", default_value_t = DEF.max_connections)]
+    max_connections: usize,
     /// Sustained sends per second per device.
-    #[arg(long, env = "WARD_RELAY_SEND_RATE")]
-    send_rate: Option<f64>,
+    #[arg(long, env = "WARD_RELAY_SEND_RATE", default_value_t = DEF.send_rate_per_sec)]
+    send_rate: f64,
     /// Sends a device may burst above the rate.
-    #[arg(long, env = "WARD_RELAY_SEND_BURST")]
-    send_burst: Option<u32>,
+    #[arg(long, env = "WARD_RELAY_SEND_BURST", default_value_t = DEF.send_burst)]
+    send_burst: u32,
     /// Frames queued towards one connection.
-    #[arg(long, env = "WARD_RELAY_OUTBOUND_QUEUE")]
-    outbound_queue: Option<usize>,
+    #[arg(long, env = "WARD_RELAY_OUTBOUND_QUEUE", default_value_t = DEF.outbound_queue)]
+    outbound_queue: usize,
     /// Payload bytes queued towards one connection.
-    #[arg(long, env = "WARD_RELAY_OUTBOUND_BYTES")]
-    outbound_bytes: Option<usize>,
+    #[arg(long, env = "WARD_RELAY_OUTBOUND_BYTES", default_value_t = DEF.outbound_bytes)]
+    outbound_bytes: usize,
     /// Payload bytes queued towards all connections together.
-    #[arg(long, env = "WARD_RELAY_GLOBAL_OUTBOUND_BYTES")]
-    global_outbound_bytes: Option<usize>,
+    #[arg(long, env = "WARD_RELAY_GLOBAL_OUTBOUND_BYTES", default_value_t = DEF.global_outbound_bytes)]
+    global_outbound_bytes: usize,
     /// Milliseconds a full outbound queue is tolerated before SLOW_CONSUMER.
-    #[arg(long, env = "WARD_RELAY_SLOW_CONSUMER_MS")]
-    slow_consumer_ms: Option<u64>,
+    #[arg(long, env = "WARD_RELAY_SLOW_CONSUMER_MS", default_value_t = DEF.slow_consumer_timeout.as_millis() as u64)]
+    slow_consumer_ms: u64,
     /// TCP keepalive idle seconds on accepted sockets (0: off).
-    #[arg(long, env = "WARD_RELAY_TCP_KEEPALIVE_SECS")]
-    tcp_keepalive_secs: Option<u64>,
-    /// Largest frame accepted before login, in bytes (default 262144: an
-    /// AuthResponse with its log).
-    #[arg(long, env = "WARD_RELAY_MAX_PREAUTH_FRAME_BYTES")]
-    max_preauth_frame_bytes: Option<usize>,
-    /// Most unauthenticated connections at once, from everyone (default 1024).
-    #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED")]
-    max_unauthenticated: Option<usize>,
-    /// Most unauthenticated connections at once from one IPv4 address or
-    /// IPv6 /64 (default 64).
-    #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED_PER_ADDRESS")]
-    max_unauthenticated_per_address: Option<usize>,
+    #[arg(long, env = "WARD_RELAY_TCP_KEEPALIVE_SECS", default_value_t = 60)]
+    tcp_keepalive_secs: u64,
+    /// Largest frame accepted before login, in bytes (an AuthResponse with its log).
+    #[arg(long, env = "WARD_RELAY_MAX_PREAUTH_FRAME_BYTES", default_value_t = DEF.net.max_preauth_frame_bytes)]
+    max_preauth_frame_bytes: usize,
+    /// Most unauthenticated connections at once, from everyone.
+    #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED", default_value_t = DEF.max_unauthenticated)]
+    max_unauthenticated: usize,
+    /// Most unauthenticated connections at once from one IPv4 address or IPv6 /64.
+    #[arg(long, env = "WARD_RELAY_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = DEF.max_unauthenticated_per_address)]
+    max_unauthenticated_per_address: usize,
     /// New connections per second one IPv4 address or IPv6 /64 may open
-    /// (default 50, bursts of 500); more are dropped at accept.
-    #[arg(long, env = "WARD_RELAY_ACCEPT_RATE_PER_ADDRESS")]
-    accept_rate_per_address: Option<f64>,
+    /// (bursts of accept-burst-per-address); more are dropped at accept.
+    #[arg(long, env = "WARD_RELAY_ACCEPT_RATE_PER_ADDRESS", default_value_t = DEF.accept_rate_per_address)]
+    accept_rate_per_address: f64,
+    /// Connections one source may open in a burst above that rate.
+    #[arg(long, env = "WARD_RELAY_ACCEPT_BURST_PER_ADDRESS", default_value_t = DEF.accept_burst_per_address)]
+    accept_burst_per_address: u32,
     /// Seconds without anything read (not even a pong) before an
-    /// authenticated connection is closed (default 120).
-    #[arg(long, env = "WARD_RELAY_IDLE_TIMEOUT_SECS")]
-    idle_timeout_secs: Option<u64>,
-    /// Seconds between WebSocket pings (default 30).
-    #[arg(long, env = "WARD_RELAY_PING_INTERVAL_SECS")]
-    ping_interval_secs: Option<u64>,
+    /// authenticated connection is closed.
+    #[arg(long, env = "WARD_RELAY_IDLE_TIMEOUT_SECS", default_value_t = DEF.idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+    /// Seconds between WebSocket pings.
+    #[arg(long, env = "WARD_RELAY_PING_INTERVAL_SECS", default_value_t = DEF.ping_interval.as_secs())]
+    ping_interval_secs: u64,
     /// Undelivered queue entries a user's devices may have stored, all
-    /// together (default 100000); over it: QUOTA_EXCEEDED.
-    #[arg(long, env = "WARD_RELAY_MAX_USER_PENDING_ENTRIES")]
-    max_user_pending_entries: Option<u64>,
-    /// Undelivered payload bytes a user's devices may have stored (default
-    /// 1073741824); over it: QUOTA_EXCEEDED.
-    #[arg(long, env = "WARD_RELAY_MAX_USER_PENDING_BYTES")]
-    max_user_pending_bytes: Option<u64>,
-    /// Undelivered entries one mailbox may hold (default 20000); over it:
-    /// QUOTA_EXCEEDED.
-    #[arg(long, env = "WARD_RELAY_MAX_MAILBOX_ENTRIES")]
-    max_mailbox_entries: Option<u64>,
+    /// together; over it: QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_USER_PENDING_ENTRIES", default_value_t = DEF.max_user_pending_entries)]
+    max_user_pending_entries: u64,
+    /// Undelivered payload bytes a user's devices may have stored; over it: QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_USER_PENDING_BYTES", default_value_t = DEF.max_user_pending_bytes)]
+    max_user_pending_bytes: u64,
+    /// Undelivered entries one mailbox may hold; over it: QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_MAILBOX_ENTRIES", default_value_t = DEF.max_mailbox_entries)]
+    max_mailbox_entries: u64,
     /// Days an undelivered message is kept.
     #[arg(long, env = "WARD_RELAY_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u64,
@@ -106,64 +119,65 @@ struct Args {
     log_cache_mib: usize,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Print the effective configuration as a TOML file (`--config` reads it back).
+    PrintConfig,
+    /// Copy the database, consistently, while the relay runs (SQLite's
+    /// online backup). Restore: stop the relay, put the copy in place of
+    /// --db (removing its -wal and -shm files), start it. See OPERATIONS.md.
+    Backup {
+        /// The new backup file (never overwritten).
+        to: PathBuf,
+    },
+    /// Restore a backup as --db (the relay stopped; --db and its -wal/-shm
+    /// moved away first). Sequence numbers jump ahead, so that devices that
+    /// saw later messages than the backup holds miss none of the new ones.
+    Restore {
+        /// The backup file.
+        from: PathBuf,
+    },
+}
+
+const DEF: Limits = Limits::DEFAULT;
+
 fn config(args: &Args) -> Result<Config, String> {
-    let root = hex::decode(args.org_root.trim()).map_err(|e| format!("--org-root: {e}"))?;
+    let root = args
+        .org_root
+        .as_deref()
+        .ok_or("--org-root (or WARD_RELAY_ORG_ROOT, or org-root in --config) is required")?;
+    let root = hex::decode(root.trim()).map_err(|e| format!("--org-root: {e}"))?;
     let root = SigningPublicKey::from_bytes(&root).map_err(|e| format!("--org-root: {e}"))?;
     let mut config = Config::new(&args.db, root);
     config.instance = args.instance.clone();
     let d = Limits::default();
     let mut net = d.net;
-    if let Some(v) = args.max_frame_bytes {
-        net.max_frame_bytes = v;
-    }
-    if let Some(v) = args.auth_timeout_secs {
-        net.auth_timeout = Duration::from_secs(v);
-    }
-    if let Some(v) = args.max_preauth_frame_bytes {
-        net.max_preauth_frame_bytes = v;
-    }
+    net.max_frame_bytes = args.max_frame_bytes;
+    net.auth_timeout = Duration::from_secs(args.auth_timeout_secs);
+    net.max_preauth_frame_bytes = args.max_preauth_frame_bytes;
     config.limits = Limits {
         net,
-        max_recipients: args.max_recipients.unwrap_or(d.max_recipients),
-        max_connections: args.max_connections.unwrap_or(d.max_connections),
-        send_rate_per_sec: args.send_rate.unwrap_or(d.send_rate_per_sec),
-        send_burst: args.send_burst.unwrap_or(d.send_burst),
-        outbound_queue: args.outbound_queue.unwrap_or(d.outbound_queue),
-        outbound_bytes: args.outbound_bytes.unwrap_or(d.outbound_bytes),
-        global_outbound_bytes: args
-            .global_outbound_bytes
-            .unwrap_or(d.global_outbound_bytes),
-        slow_consumer_timeout: args
-            .slow_consumer_ms
-            .map(Duration::from_millis)
-            .unwrap_or(d.slow_consumer_timeout),
+        max_recipients: args.max_recipients,
+        max_connections: args.max_connections,
+        send_rate_per_sec: args.send_rate,
+        send_burst: args.send_burst,
+        outbound_queue: args.outbound_queue,
+        outbound_bytes: args.outbound_bytes,
+        global_outbound_bytes: args.global_outbound_bytes,
+        slow_consumer_timeout: Duration::from_millis(args.slow_consumer_ms),
         tcp_keepalive: match args.tcp_keepalive_secs {
-            None => d.tcp_keepalive,
-            Some(0) => None,
-            Some(s) => Some(Duration::from_secs(s)),
+            0 => None,
+            s => Some(Duration::from_secs(s)),
         },
-        max_unauthenticated: args.max_unauthenticated.unwrap_or(d.max_unauthenticated),
-        max_unauthenticated_per_address: args
-            .max_unauthenticated_per_address
-            .unwrap_or(d.max_unauthenticated_per_address),
-        accept_rate_per_address: args
-            .accept_rate_per_address
-            .unwrap_or(d.accept_rate_per_address),
-        idle_timeout: args
-            .idle_timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(d.idle_timeout),
-        ping_interval: args
-            .ping_interval_secs
-            .map(Duration::from_secs)
-            .unwrap_or(d.ping_interval),
-        max_user_pending_entries: args
-            .max_user_pending_entries
-            .unwrap_or(d.max_user_pending_entries),
-        max_user_pending_bytes: args
-            .max_user_pending_bytes
-            .unwrap_or(d.max_user_pending_bytes),
-        max_mailbox_entries: args.max_mailbox_entries.unwrap_or(d.max_mailbox_entries),
+        max_unauthenticated: args.max_unauthenticated,
+        max_unauthenticated_per_address: args.max_unauthenticated_per_address,
+        accept_rate_per_address: args.accept_rate_per_address,
+        accept_burst_per_address: args.accept_burst_per_address,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        ping_interval: Duration::from_secs(args.ping_interval_secs.max(1)),
+        max_user_pending_entries: args.max_user_pending_entries,
+        max_user_pending_bytes: args.max_user_pending_bytes,
+        max_mailbox_entries: args.max_mailbox_entries,
         ..d
     };
     config.retention = Duration::from_secs(args.retention_days.saturating_mul(86_400));
@@ -172,18 +186,76 @@ fn config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
+const ENV_PREFIX: &str = "WARD_RELAY";
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    let config = match config(&args) {
+    let (args, matches) = match ward_ops::layered::parse_into::<Args>(ENV_PREFIX) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ward-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &args.command {
+        Some(Cmd::PrintConfig) => {
+            print!(
+                "{}",
+                ward_ops::layered::render(&Args::command(), &matches, ENV_PREFIX)
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::Backup { to }) => {
+            return match ward_ops::backup::online(&args.db, to) {
+                Ok(s) => {
+                    println!(
+                        "backed up {} to {} ({} bytes)",
+                        args.db.display(),
+                        to.display(),
+                        s.bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-relay: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Cmd::Restore { from }) => {
+            let restored = ward_ops::backup::restore(from, &args.db)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let mut db = ward_relay::storage::open(&args.db).map_err(|e| e.to_string())?;
+                    ward_relay::storage::after_restore(&mut db).map_err(|e| e.to_string())
+                });
+            return match restored {
+                Ok(()) => {
+                    println!(
+                        "restored {} from {}; start the relay",
+                        args.db.display(),
+                        from.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-relay: restore: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
+    }
+    ward_ops::logging::init(args.log_format, "info");
+    let mut config = match config(&args) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("ward-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.tls = match args.tls.acceptor() {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("ward-relay: {e}");
             return ExitCode::from(2);
@@ -204,8 +276,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.admin_listen != "off" {
+        match ward_ops::admin::spawn(
+            &args.admin_listen,
+            config.metrics.clone(),
+            std::future::pending(),
+        )
+        .await
+        {
+            Ok(addr) => tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz"),
+            Err(e) => {
+                eprintln!(
+                    "ward-relay: cannot listen on {} for the admin listener: {e}",
+                    args.admin_listen
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
     if let Ok(addr) = listener.local_addr() {
         // Scripts and tests read the bound port from this line.
+        tracing::info!(tls = config.tls.is_tls(), "serving");
         let mut out = std::io::stdout();
         let _ = writeln!(out, "ward-relay listening on {addr}");
         let _ = out.flush();

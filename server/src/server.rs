@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::connection;
 use crate::error::RelayError;
+use crate::metrics::RelayMetrics;
 use crate::registry::Registry;
 use crate::state::Shared;
 use crate::storage::{self, Swept};
@@ -34,16 +35,35 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    if let Ok(addr) = listener.local_addr() {
+        config
+            .tls
+            .check(addr)
+            .map_err(|e| RelayError::Config(e.to_string()))?;
+    }
     let mut db = storage::open(&config.db_path)?;
     storage::migrate(&mut db)?;
+    let metrics = RelayMetrics::new(&config.metrics);
     let registry = Arc::new(Registry::default());
     let quotas = storage::Quotas {
         user_entries: config.limits.max_user_pending_entries,
         user_bytes: config.limits.max_user_pending_bytes,
         mailbox_entries: config.limits.max_mailbox_entries,
     };
-    let (writer, writer_thread) =
-        writer::spawn_with(db, config.max_batch, WRITER_QUEUE, registry.clone(), quotas)?;
+    let (writer, writer_thread) = writer::spawn_with(
+        db,
+        config.max_batch,
+        WRITER_QUEUE,
+        registry.clone(),
+        quotas,
+        Some(metrics.clone()),
+    )?;
+    config.metrics.gauge_fn(
+        "ward_relay_writer_queue_depth",
+        "Commands waiting for the writer (group commit).",
+        writer.queue_depth_fn(),
+    );
+    let ready = config.metrics.clone();
     // Raise the descriptor limit, and lower the cap to what it allows.
     let soft = ward_net::fdlimit::raise();
     let max_connections = ward_net::fdlimit::connection_cap(
@@ -66,11 +86,22 @@ pub async fn run(
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let refusal_log = ward_net::peers::RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared::new(config, writer.clone(), registry));
+    let shared = Arc::new(Shared::new(config, writer.clone(), registry, metrics));
+    let (outbound, budget) = (
+        shared.outbound.clone(),
+        crate::state::global_permits(&shared.config),
+    );
+    shared.config.metrics.gauge_fn(
+        "ward_relay_outbound_bytes_queued",
+        "Payload bytes queued towards all connections (bounded by global-outbound-bytes).",
+        move || budget.saturating_sub(outbound.available_permits()) as f64,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone()));
     let permits = Arc::new(Semaphore::new(max_connections));
     info!(addr = ?listener.local_addr().ok(), "relay listening");
+    // The database is open and migrated, the writer runs: ready.
+    ready.set_ready(true);
 
     tokio::pin!(shutdown);
     loop {
@@ -82,6 +113,8 @@ pub async fn run(
                     if let Some(idle) = shared.config.limits.tcp_keepalive {
                         set_keepalive(&stream, idle);
                     }
+                    let tls = shared.config.tls.clone();
+                    let handshake_time = shared.config.limits.net.auth_timeout;
                     let admitted = match permits.clone().try_acquire_owned() {
                         Ok(permit) => gate
                             .admit(addr.ip())
@@ -94,7 +127,17 @@ pub async fn run(
                             let shared = shared.clone();
                             let stop = stop_rx.clone();
                             tokio::spawn(async move {
-                                connection::serve(stream, addr, shared, stop, ticket).await;
+                                shared.metrics.accepted.inc();
+                                let _open = shared.metrics.connections.track();
+                                // The TLS handshake runs under the ticket: it
+                                // counts as unauthenticated.
+                                match tls.accept_within(stream, handshake_time).await {
+                                    Some(stream) => {
+                                        connection::serve(stream, addr, shared.clone(), stop, ticket)
+                                            .await
+                                    }
+                                    None => shared.metrics.handshake_failures.inc(),
+                                }
                                 drop(permit);
                             });
                         }
@@ -107,11 +150,14 @@ pub async fn run(
                             // are dropped at once: refusing must cost little.
                             let why = match refusals.clone().try_acquire_owned() {
                                 Ok(p) => {
-                                    tokio::spawn(connection::refuse_busy(
-                                        stream,
-                                        shared.config.limits,
-                                        p,
-                                    ));
+                                    let limits = shared.config.limits;
+                                    shared.metrics.closed(ward_net::close::TOO_MANY_CONNECTIONS);
+                                    tokio::spawn(async move {
+                                        let grace = Duration::from_secs(1);
+                                        if let Some(stream) = tls.accept_within(stream, grace).await {
+                                            connection::refuse_busy(stream, limits, p).await;
+                                        }
+                                    });
                                     why
                                 }
                                 Err(_) => Reason::Dropped,
@@ -129,6 +175,7 @@ pub async fn run(
         }
     }
 
+    ready.set_ready(false);
     info!("shutting down: no new connections");
     drop(listener);
     let _ = stop_tx.send(true);

@@ -83,11 +83,18 @@ pub struct Shared {
     readers: Arc<Readers>,
     /// Log length at which each user's revoked mailboxes were last pruned.
     pruned: Mutex<std::collections::HashMap<String, u64>>,
+    /// Prometheus series.
+    pub metrics: crate::metrics::RelayMetrics,
 }
 
 impl Shared {
     /// Bundles the state.
-    pub fn new(config: Config, writer: Writer, registry: Arc<Registry>) -> Self {
+    pub fn new(
+        config: Config,
+        writer: Writer,
+        registry: Arc<Registry>,
+        metrics: crate::metrics::RelayMetrics,
+    ) -> Self {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
         let outbound = Arc::new(Semaphore::new(global_permits(&config)));
@@ -101,6 +108,7 @@ impl Shared {
             outbound,
             readers,
             pruned: Mutex::new(std::collections::HashMap::new()),
+            metrics,
         }
     }
 

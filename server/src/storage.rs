@@ -12,6 +12,7 @@
 //! | `mailboxes` | recipient device | holds `next_seq`, so acks never make a seq come back, and `pending` (its queue entries) for the per-mailbox cap |
 //! | `usage` | sending user | undelivered queue entries and payload bytes its devices have stored: the per-user quota |
 //! | `logs` | user | longest verified user log seen (encoded `UserLog`) |
+//! | `seq_floor` | (one row) | the first seq of a new mailbox is `floor + 1`; raised by [`after_restore`] |
 //!
 //! Client message ids are random, so every index keyed by them costs one
 //! random page write per message. Only `sends.message_id` is; the ciphertext
@@ -28,7 +29,12 @@ use ward_proto::{Message, decode_bounded};
 use crate::error::StorageError;
 
 /// The schema version this relay writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// How far [`after_restore`] moves every mailbox's next sequence number: far
+/// beyond any number of messages one device receives between a backup and
+/// its restore.
+pub const RESTORE_SEQ_GAP: i64 = 1 << 32;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -81,6 +87,14 @@ const MIGRATIONS: &[&str] = &[
         GROUP BY s.sender_user;
     UPDATE usage SET bytes = (SELECT coalesce(sum(length(m.payload)), 0)
         FROM messages m JOIN sends s ON s.id = m.id WHERE s.sender_user = usage.user_id);
+    ",
+    // 2 -> 3: sequence numbers survive a restore (see `after_restore`).
+    "
+    CREATE TABLE seq_floor (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        floor INTEGER NOT NULL
+    );
+    INSERT INTO seq_floor (id, floor) VALUES (1, 0);
     ",
 ];
 
@@ -258,6 +272,27 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Makes a database restored from a backup safe to serve: devices have seen
+/// (and acked) sequence numbers the backup never issued, and a client skips
+/// a `seq` at or below its cursor as already handled. So every mailbox's
+/// next number, and the first number of mailboxes created from now on, jump
+/// [`RESTORE_SEQ_GAP`] ahead. Entries already in the backup keep their
+/// numbers: a device that handled them after the backup skips them, one
+/// that did not gets them. Run once per restore, before serving.
+pub fn after_restore(conn: &mut Connection) -> Result<(), StorageError> {
+    migrate(conn)?;
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE mailboxes SET next_seq = next_seq + ?1",
+        [RESTORE_SEQ_GAP],
+    )?;
+    // A mailbox created after the backup is unknown to it: its numbers
+    // started at floor + 1 and stayed below floor + 1 + RESTORE_SEQ_GAP.
+    tx.execute("UPDATE seq_floor SET floor = floor + ?1", [RESTORE_SEQ_GAP])?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Stores one message and its queue entries, idempotently on `message_id`,
 /// unless it would pass one of `quotas`.
 pub fn insert_message(
@@ -322,7 +357,8 @@ pub fn insert_message(
     conn.prepare_cached("INSERT INTO messages (id, payload) VALUES (?1, ?2)")?
         .execute(params![id, msg.payload])?;
     let mut next_seq = conn.prepare_cached(
-        "INSERT INTO mailboxes (user_id, device_id, next_seq, pending) VALUES (?1, ?2, 2, 1)
+        "INSERT INTO mailboxes (user_id, device_id, next_seq, pending)
+         VALUES (?1, ?2, (SELECT floor FROM seq_floor WHERE id = 1) + 2, 1)
          ON CONFLICT (user_id, device_id) DO UPDATE SET next_seq = next_seq + 1,
          pending = pending + 1
          RETURNING next_seq - 1",

@@ -101,6 +101,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Commands carried by those transactions.
     pub commands: AtomicU64,
+    /// Batch sizes and COMMIT (fsync) times, when observed.
+    pub metrics: Option<crate::metrics::RelayMetrics>,
 }
 
 /// Milliseconds since the Unix epoch, from the relay's clock.
@@ -118,8 +120,9 @@ pub fn spawn(
     max_batch: usize,
     queue: usize,
     registry: Arc<Registry>,
+    metrics: Option<crate::metrics::RelayMetrics>,
 ) -> std::io::Result<(Writer, JoinHandle<()>)> {
-    spawn_with(conn, max_batch, queue, registry, Quotas::UNLIMITED)
+    spawn_with(conn, max_batch, queue, registry, Quotas::UNLIMITED, metrics)
 }
 
 /// As [`spawn`], refusing sends that would pass `quotas`.
@@ -129,9 +132,13 @@ pub fn spawn_with(
     queue: usize,
     registry: Arc<Registry>,
     quotas: Quotas,
+    metrics: Option<crate::metrics::RelayMetrics>,
 ) -> std::io::Result<(Writer, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats {
+        metrics,
+        ..Stats::default()
+    });
     let counters = stats.clone();
     let handle = std::thread::Builder::new()
         .name("ward-relay-writer".into())
@@ -140,6 +147,17 @@ pub fn spawn_with(
 }
 
 impl Writer {
+    /// Commands waiting for the writer, without keeping the channel open
+    /// (for a queue-depth gauge).
+    pub fn queue_depth_fn(&self) -> impl Fn() -> f64 + Send + Sync + 'static {
+        let weak = self.tx.downgrade();
+        move || {
+            weak.upgrade()
+                .map(|s| (s.max_capacity() - s.capacity()) as f64)
+                .unwrap_or(0.0)
+        }
+    }
+
     /// `(commits, commands)` so far.
     pub fn stats(&self) -> (u64, u64) {
         (
@@ -252,8 +270,14 @@ fn writer_loop(
         commands += n as u64;
         stats.commits.store(commits, Ordering::Relaxed);
         stats.commands.store(commands, Ordering::Relaxed);
-        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..), quotas);
+        if let Some(m) = &stats.metrics {
+            m.commit_batch.observe(n as f64);
+        }
+        let (done, fresh, saw_stop) = commit_batch(&conn, batch.drain(..), stats, quotas);
         stop = saw_stop;
+        if let Some(m) = &stats.metrics {
+            m.messages_in.add(fresh.len() as u64);
+        }
         trace!(commands = n, "group commit");
         for d in done {
             d.answer();
@@ -274,6 +298,7 @@ fn writer_loop(
 fn commit_batch(
     conn: &Connection,
     batch: impl Iterator<Item = Command>,
+    stats: &Stats,
     quotas: &Quotas,
 ) -> (Vec<Done>, Vec<Fresh>, bool) {
     let mut done = Vec::new();
@@ -359,7 +384,12 @@ fn commit_batch(
         error!("could not begin a transaction; batch refused");
         return (done, Vec::new(), stop);
     }
-    if let Err(e) = run_cached(conn, "COMMIT") {
+    let started = std::time::Instant::now();
+    let committed = run_cached(conn, "COMMIT");
+    if let Some(m) = &stats.metrics {
+        m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    if let Err(e) = committed {
         error!(error = %e, "group commit failed; batch refused");
         let _ = conn.execute_batch("ROLLBACK");
         let why = e.to_string();
@@ -410,7 +440,8 @@ mod tests {
         let path = dir.join("w.db");
         let mut conn = storage::open(&path).unwrap();
         storage::migrate(&mut conn).unwrap();
-        let (writer, thread) = spawn(conn, 1024, 4096, Arc::new(Registry::default())).unwrap();
+        let (writer, thread) =
+            spawn(conn, 1024, 4096, Arc::new(Registry::default()), None).unwrap();
         let sends = (0..200u8).map(|i| {
             let w = writer.clone();
             let path = path.clone();

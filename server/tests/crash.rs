@@ -47,6 +47,7 @@ async fn start_with(db: &Path, root_hex: &str, extra: &[&str]) -> (Child, String
         .args(["--listen", "127.0.0.1:0", "--db"])
         .arg(db)
         .args(["--org-root", root_hex])
+        .arg("--insecure-loopback")
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

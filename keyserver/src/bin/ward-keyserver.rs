@@ -8,26 +8,41 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ward_core::keys::SigningPublicKey;
 use ward_keyserver::{Config, KsLimits};
 
 /// Ward's keyserver: verified directory and wrapped-key store.
+///
+/// Every setting comes from a flag, else its environment variable, else the
+/// `--config` TOML file (keys: the long flag names), else the default shown.
+/// `ward-keyserver print-config` writes the effective settings as such a file.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about = None)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// TCP address to listen on.
     #[arg(long, env = "WARD_KEYSERVER_LISTEN", default_value = "127.0.0.1:7071")]
     listen: SocketAddr,
     /// SQLite database file (created if missing).
     #[arg(long, env = "WARD_KEYSERVER_DB", default_value = "keyserver.db")]
     db: PathBuf,
-    /// The organisation root's Ed25519 public key, 64 hex digits.
+    /// The organisation root's Ed25519 public key, 64 hex digits. Required to serve.
     #[arg(long, env = "WARD_KEYSERVER_ORG_ROOT")]
-    org_root: String,
+    org_root: Option<String>,
     /// This keyserver's instance id (bound into the handshake; distinct per deployment).
     #[arg(long, env = "WARD_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
     instance: String,
+    #[command(flatten)]
+    tls: ward_ops::tls_args::TlsArgs,
+    /// Admin listener address (Prometheus /metrics, /healthz, /readyz), e.g.
+    /// 127.0.0.1:9071; "off" for none. Keep it on loopback or an operations network.
+    #[arg(long, default_value = "off")]
+    admin_listen: String,
+    /// Log line format on standard error (colour only on a terminal).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: ward_ops::logging::LogFormat,
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, env = "WARD_KEYSERVER_MAX_FRAME_BYTES", default_value_t = 4 << 20)]
     max_frame_bytes: usize,
@@ -100,8 +115,33 @@ struct Args {
     key_retention_days: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Print the effective configuration as a TOML file (`--config` reads it back).
+    PrintConfig,
+    /// Copy the database, consistently, while the keyserver runs (SQLite's
+    /// online backup). Restore: stop the keyserver, put the copy in place of
+    /// --db (removing its -wal and -shm files), start it. See OPERATIONS.md.
+    Backup {
+        /// The new backup file (never overwritten).
+        to: PathBuf,
+    },
+    /// Restore a backup as --db (the keyserver stopped; --db and its
+    /// -wal/-shm moved away first).
+    Restore {
+        /// The backup file.
+        from: PathBuf,
+    },
+}
+
+const ENV_PREFIX: &str = "WARD_KEYSERVER";
+
 fn config(args: &Args) -> Result<Config, String> {
-    let root = hex::decode(args.org_root.trim()).map_err(|e| format!("--org-root: {e}"))?;
+    let root = args
+        .org_root
+        .as_deref()
+        .ok_or("--org-root (or WARD_KEYSERVER_ORG_ROOT, or org-root in --config) is required")?;
+    let root = hex::decode(root.trim()).map_err(|e| format!("--org-root: {e}"))?;
     let org_root = SigningPublicKey::from_bytes(&root).map_err(|e| format!("--org-root: {e}"))?;
     let mut config = Config::new(&args.db, org_root);
     config.instance = args.instance.clone();
@@ -135,15 +175,66 @@ fn config(args: &Args) -> Result<Config, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
-    let config = match config(&args) {
+    let (args, matches) = match ward_ops::layered::parse_into::<Args>(ENV_PREFIX) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ward-keyserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match &args.command {
+        Some(Cmd::PrintConfig) => {
+            print!(
+                "{}",
+                ward_ops::layered::render(&Args::command(), &matches, ENV_PREFIX)
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::Backup { to }) => {
+            return match ward_ops::backup::online(&args.db, to) {
+                Ok(s) => {
+                    println!(
+                        "backed up {} to {} ({} bytes)",
+                        args.db.display(),
+                        to.display(),
+                        s.bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-keyserver: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Restore { from }) => {
+            return match ward_ops::backup::restore(from, &args.db) {
+                Ok(_) => {
+                    println!(
+                        "restored {} from {}; start the keyserver",
+                        args.db.display(),
+                        from.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-keyserver: restore: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
+    }
+    ward_ops::logging::init(args.log_format, "info");
+    let mut config = match config(&args) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("ward-keyserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.tls = match args.tls.acceptor() {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("ward-keyserver: {e}");
             return ExitCode::from(2);
@@ -164,6 +255,24 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.admin_listen != "off" {
+        match ward_ops::admin::spawn(
+            &args.admin_listen,
+            config.metrics.clone(),
+            std::future::pending(),
+        )
+        .await
+        {
+            Ok(addr) => tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz"),
+            Err(e) => {
+                eprintln!(
+                    "ward-keyserver: cannot listen on {} for the admin listener: {e}",
+                    args.admin_listen
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match ward_keyserver::run(listener, config, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

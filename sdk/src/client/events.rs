@@ -37,6 +37,26 @@ pub enum Event {
     /// longer receives anything, and the relay connection stops trying.
     /// The local history stays readable.
     DeviceRevoked,
+    /// The relay could not be reached or refused the connection (network
+    /// down, TLS not trusted, wrong URL). Sent once per outage, at the first
+    /// failed attempt; the client keeps retrying with backoff and queued
+    /// messages stay queued. A TLS failure (`ClientError::Net(NetError::Tls)`)
+    /// will not fix itself: an app should say so at once. Only with
+    /// `ClientConfig::connection_events`.
+    RelayUnreachable {
+        /// The failed attempt's error.
+        reason: ClientError,
+    },
+    /// An outgoing message could not go out yet (a server unreachable or
+    /// busy, a keyserver or TLS failure); it stays queued and is retried
+    /// with backoff. Sent once per message, at its first failed attempt.
+    /// Only with `ClientConfig::connection_events`.
+    SendDelayed {
+        /// The message.
+        resource_id: ResourceId,
+        /// The failed attempt's error.
+        reason: ClientError,
+    },
     /// A new message arrived under a relay sequence number at or below the
     /// last one this device handled: the relay's numbering went back (its
     /// database was reset or restored, or it had sent a number far ahead).

@@ -36,6 +36,7 @@ pub(crate) struct Keyserver {
 struct Task {
     url: String,
     audience: Audience,
+    tls: ward_net::tls::ClientTls,
     device: Arc<DeviceSigningKey>,
     user_id: String,
     timeout: Duration,
@@ -48,6 +49,7 @@ impl Keyserver {
     pub(crate) fn spawn(
         url: String,
         audience: Audience,
+        tls: ward_net::tls::ClientTls,
         device: Arc<DeviceSigningKey>,
         user_id: String,
         timeout: Duration,
@@ -56,6 +58,7 @@ impl Keyserver {
         let mut task = Task {
             url,
             audience,
+            tls,
             device,
             user_id,
             timeout,
@@ -177,7 +180,7 @@ impl Task {
         let fut = async {
             if self.conn.is_none() {
                 let limits = Limits::default();
-                let mut conn = ward_net::conn::connect(&self.url, &limits).await?;
+                let mut conn = ward_net::tls::connect(&self.url, &limits, &self.tls).await?;
                 ward_net::handshake::client(
                     &mut conn,
                     &self.device,

@@ -104,6 +104,14 @@ pub struct ClientConfig {
     pub relay_instance: String,
     /// The keyserver's instance id, likewise.
     pub keyserver_instance: String,
+    /// Whom to trust for `wss://` URLs: the web PKI's roots by default, or
+    /// a pinned CA (`ClientTls::pinned_ca_file`) for a private deployment.
+    /// Plain `ws://` URLs are accepted to loopback hosts only.
+    pub tls: ward_net::tls::ClientTls,
+    /// Also emit the advisory `Event::RelayUnreachable` and
+    /// `Event::SendDelayed` (off by default: an app that only shows messages
+    /// need not handle them; a CLI or a status bar wants them).
+    pub connection_events: bool,
 }
 
 impl ClientConfig {
@@ -139,6 +147,8 @@ impl ClientConfig {
             own_log_interval: Duration::from_secs(60),
             relay_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             keyserver_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
+            tls: ward_net::tls::ClientTls::default(),
+            connection_events: false,
         }
     }
 }
@@ -216,6 +226,15 @@ impl Inner {
         self.acked.send_modify(|last| *last = (*last).max(seq));
     }
 
+    /// Emits unless the channel is full: for advisory events that must not
+    /// hold up the connection task when the app is not reading.
+    pub(crate) fn emit_now(&self, event: Event) {
+        if !self.config.connection_events {
+            return;
+        }
+        let _ = self.events.try_send(event);
+    }
+
     pub(crate) async fn emit(&self, event: Event) {
         // No receiver (the app dropped it): the history still has everything.
         let _ = self.events.send(event).await;
@@ -227,6 +246,21 @@ impl Inner {
             keys.push(key);
         }
     }
+}
+
+/// A message in the outbox ([`Client::outbox`]): sealed and durable, not
+/// yet confirmed by the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Its resource id, as in [`Client::history`] (`None` only for an entry
+    /// the outbox worker will drop as undecodable).
+    pub resource_id: Option<ResourceId>,
+    /// The conversation it goes to.
+    pub conversation_id: ConversationId,
+    /// Not yet handed to the relay, or handed and awaiting confirmation.
+    pub state: crate::store::OutboxState,
+    /// When it was queued, unix milliseconds (the sender's clock).
+    pub queued_at_ms: u64,
 }
 
 /// The public keys of a device waiting to be paired, to be carried to an
@@ -309,6 +343,7 @@ impl PendingDevice {
         let ks = Keyserver::spawn(
             self.config.keyserver_url.clone(),
             self.config.keyserver_audience(),
+            self.config.tls.clone(),
             self.device.clone(),
             self.user_id.clone(),
             self.config.request_timeout,
@@ -452,6 +487,7 @@ impl Client {
         let ks = Keyserver::spawn(
             config.keyserver_url.clone(),
             config.keyserver_audience(),
+            config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
@@ -542,6 +578,7 @@ impl Client {
         let keyserver = Keyserver::spawn(
             config.keyserver_url.clone(),
             config.keyserver_audience(),
+            config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
@@ -736,6 +773,24 @@ impl Client {
             .store
             .run(move |s| s.messages(&conversation))
             .await
+    }
+
+    /// The messages waiting in the outbox, oldest first: each one's resource
+    /// id (its id in [`Client::history`]), conversation, state and when it
+    /// was queued. They stay until the relay confirms them.
+    pub async fn outbox(&self) -> Result<Vec<QueuedMessage>> {
+        let items = self.inner.store.run(|s| s.outbox_items()).await?;
+        Ok(items
+            .into_iter()
+            .map(|item| QueuedMessage {
+                resource_id: send::OutboxPayload::decode(&item.payload[..])
+                    .ok()
+                    .and_then(|p| ResourceId::from_slice(&p.resource_id)),
+                conversation_id: item.conversation_id,
+                state: item.state,
+                queued_at_ms: item.created_at_ms,
+            })
+            .collect())
     }
 
     /// How many messages wait in the outbox.

@@ -70,6 +70,8 @@ pub(crate) async fn run(
     delivers: mpsc::Sender<Deliver>,
 ) {
     let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+    // Whether this outage was reported (`Event::RelayUnreachable`).
+    let mut reported = false;
     loop {
         match session(
             &inner,
@@ -82,14 +84,22 @@ pub(crate) async fn run(
         .await
         {
             Ok(Stop::Shutdown) => return,
-            Ok(Stop::Disconnected) => {}
+            Ok(Stop::Disconnected) => reported = false,
             Err(e) if e.is_device_revoked() => {
                 tracing::warn!("relay: this device is revoked; no more reconnecting");
                 let _ = connected.send(false);
                 inner.emit(super::events::Event::DeviceRevoked).await;
                 return;
             }
-            Err(e) => tracing::debug!(error = %e, "relay connection failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "relay connection failed");
+                if *connected.borrow() {
+                    reported = false;
+                } else if !reported {
+                    reported = true;
+                    inner.emit_now(super::events::Event::RelayUnreachable { reason: e });
+                }
+            }
         }
         let _ = connected.send(false);
         let delay = backoff.next_delay();
@@ -142,7 +152,8 @@ async fn session(
         .ok_or(ClientError::NotEnrolled)?;
     let limits = Limits::default();
     let mut conn = tokio::time::timeout(inner.config.request_timeout, async {
-        let mut conn = ward_net::conn::connect(&inner.config.relay_url, &limits).await?;
+        let mut conn =
+            ward_net::tls::connect(&inner.config.relay_url, &limits, &inner.config.tls).await?;
         ward_net::handshake::client(
             &mut conn,
             &inner.device,

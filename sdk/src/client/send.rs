@@ -219,6 +219,8 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
     const MAX_RESEALS: u32 = 3;
     let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
     let mut reseals = 0;
+    // The message whose first failed attempt was reported (`SendDelayed`).
+    let mut delayed: Option<ResourceId> = None;
     loop {
         let item = match inner.store.run(|s| s.outbox_peek()).await {
             Ok(Some(item)) => item,
@@ -274,6 +276,13 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
             Err(ClientError::Closed) => return,
             Err(e) if e.is_transient() => {
                 tracing::debug!(resource = ?rid, error = %e, "send: will retry");
+                if delayed != Some(rid) {
+                    delayed = Some(rid);
+                    inner.emit_now(Event::SendDelayed {
+                        resource_id: rid,
+                        reason: e,
+                    });
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {

@@ -1,0 +1,71 @@
+//! The keyserver's Prometheus series (served by the admin listener, see
+//! `ward_ops::admin`). Counts by request kind and error code only: no user,
+//! device or resource id becomes a label.
+
+use ward_ops::metrics::{Counter, CounterVec, Gauge, Registry};
+use ward_proto::v1::{ErrorCode, KsRequest, KsResponse, ks_request, ks_response};
+
+/// Every series the keyserver updates.
+#[derive(Clone, Debug)]
+pub struct KsMetrics {
+    /// Open connections.
+    pub connections: Gauge,
+    /// Connections dropped in the TLS handshake.
+    pub handshake_failures: Counter,
+    /// Requests by kind.
+    pub requests: CounterVec,
+    /// Refusals by error code.
+    pub errors: CounterVec,
+    /// Access-log rows written: one per wrapped key or grant served.
+    pub access_log_rows: Counter,
+}
+
+impl KsMetrics {
+    /// Registers the series on `r`.
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            connections: r.gauge("ward_keyserver_connections", "Open connections."),
+            handshake_failures: r.counter(
+                "ward_keyserver_handshake_failures_total",
+                "Connections dropped in the TLS handshake (untrusted, plain text, timeout).",
+            ),
+            requests: r.counter_vec("ward_keyserver_requests_total", "Requests by kind.", "kind"),
+            errors: r.counter_vec(
+                "ward_keyserver_errors_total",
+                "Requests refused, by error code.",
+                "code",
+            ),
+            access_log_rows: r.counter(
+                "ward_keyserver_access_log_rows_total",
+                "Access-log rows written (one per wrapped key or device grant served).",
+            ),
+        }
+    }
+
+    /// The request's kind, as its label.
+    pub fn kind(req: &KsRequest) -> &'static str {
+        match &req.body {
+            Some(ks_request::Body::Append(_)) => "append",
+            Some(ks_request::Body::GetLogs(_)) => "get_logs",
+            Some(ks_request::Body::PutKeys(_)) => "put_keys",
+            Some(ks_request::Body::GetKeys(_)) => "get_keys",
+            Some(ks_request::Body::PutGrants(_)) => "put_grants",
+            Some(ks_request::Body::GetGrant(_)) => "get_grant",
+            None => "empty",
+        }
+    }
+
+    /// Counts a request (its [`Self::kind`]) and its answer.
+    pub fn observe(&self, kind: &'static str, resp: &KsResponse) {
+        self.requests.inc(kind);
+        match &resp.body {
+            Some(ks_response::Body::Error(e)) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                self.errors.inc(code.as_str_name());
+            }
+            Some(ks_response::Body::Keys(k)) => self.access_log_rows.add(k.keys.len() as u64),
+            Some(ks_response::Body::Grant(_)) => self.access_log_rows.inc(),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The relay's Prometheus series (served by the admin listener, see
+//! `ward_ops::admin`). Counts only: no user id, device id or size of a
+//! particular message ever becomes a label.
+
+use ward_ops::metrics::{
+    BATCH_BUCKETS, Counter, CounterVec, Gauge, Histogram, LATENCY_BUCKETS, Registry,
+};
+
+/// Every series the relay updates.
+#[derive(Clone, Debug)]
+pub struct RelayMetrics {
+    /// Open connections (TLS and WebSocket accepted, authenticated or not).
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub accepted: Counter,
+    /// Connections dropped before the WebSocket upgrade (TLS failure,
+    /// plain text on a TLS listener, timeout).
+    pub handshake_failures: Counter,
+    /// `Send` frames stored (new messages, not duplicates).
+    pub messages_in: Counter,
+    /// `Deliver` frames written to devices.
+    pub messages_out: Counter,
+    /// Connections closed by the relay, by close code.
+    pub closes: CounterVec,
+    /// Commands per group commit.
+    pub commit_batch: Histogram,
+    /// Time of each group commit's `COMMIT` (its fsync), seconds.
+    pub fsync_seconds: Histogram,
+}
+
+impl RelayMetrics {
+    /// Registers the series on `r`.
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            connections: r.gauge("ward_relay_connections", "Open connections."),
+            accepted: r.counter("ward_relay_connections_accepted_total", "Connections accepted."),
+            handshake_failures: r.counter(
+                "ward_relay_handshake_failures_total",
+                "Connections dropped in the TLS handshake (untrusted, plain text, timeout).",
+            ),
+            messages_in: r.counter("ward_relay_messages_in_total", "Messages stored (Send)."),
+            messages_out: r.counter("ward_relay_messages_out_total", "Messages delivered (Deliver)."),
+            closes: r.counter_vec(
+                "ward_relay_closes_total",
+                "Connections closed by the relay, by WebSocket close code (rejections: 1002, 1009, 4001-4007).",
+                "code",
+            ),
+            commit_batch: r.histogram(
+                "ward_relay_commit_batch_size",
+                "Commands per group commit (one fsync).",
+                BATCH_BUCKETS,
+            ),
+            fsync_seconds: r.histogram(
+                "ward_relay_fsync_seconds",
+                "Duration of each group commit's COMMIT, which holds its fsync.",
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+
+    /// Counts a close the relay sends.
+    pub fn closed(&self, code: u16) {
+        self.closes.inc(&code.to_string());
+    }
+}
