@@ -43,6 +43,9 @@ pub const ATTACHMENT_KEY_COMMITMENT: &[u8] = b"ward/v2/attachment/key-commitment
 pub const HASH_ATTACHMENT_BLOB: &[u8] = b"ward/v2/hash/attachment-blob";
 /// Id of an X-Wing encryption public key (`WrappedKey.recipient_key`, grants).
 pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
+/// HKDF-Expand `info` of the key that seals the organisation root at rest
+/// (SECURITY.md §10.7.1).
+pub const ROOT_STORE_AEAD_KEY: &[u8] = b"ward/v2/root-store/aead-key";
 
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {

@@ -15,6 +15,7 @@
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
 //! | [`stream`], [`attachment`] | chunked file encryption (STREAM) and the attachment descriptor |
+//! | [`root_store`] | the organisation root sealed under a passphrase |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -61,6 +62,7 @@ pub mod invite;
 pub mod keys;
 pub mod labels;
 pub mod padding;
+pub mod root_store;
 pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;

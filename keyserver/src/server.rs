@@ -313,10 +313,12 @@ async fn connection(
 
     let mut registration = None;
     let mut enrolled = false;
+    let mut root_session = false;
     let mut enrolling_permit = None;
     let auth = {
         let slot = &mut registration;
         let enrolled = &mut enrolled;
+        let root_session = &mut root_session;
         let enrolling_permit = &mut enrolling_permit;
         let state = &state;
         tokio::select! {
@@ -324,6 +326,11 @@ async fn connection(
                 // Register before reading the directory: a revocation
                 // committed after this read still reaches the session.
                 *slot = Some(state.sessions.register(&peer.user_id, &peer.device));
+                // The organisation root itself (SECURITY.md §10.7): no directory entry.
+                if crate::admin::is_root_session(&state.ctx.root, &peer.user_id, &peer.device)? {
+                    *root_session = true;
+                    return Ok(peer);
+                }
                 let (user, device) = (peer.user_id.clone(), peer.device);
                 let status = state
                     .ctx
@@ -383,6 +390,7 @@ async fn connection(
         &mut registration,
         &mut stop,
         enrolling_permit,
+        root_session,
     )
     .await;
 }
@@ -394,6 +402,7 @@ async fn serve(
     registration: &mut Registration,
     stop: &mut watch::Receiver<bool>,
     mut enrolling_permit: Option<Ticket>,
+    root_session: bool,
 ) {
     let limits = &state.ctx.limits;
     let max = limits.net.max_frame_bytes;
@@ -422,7 +431,7 @@ async fn serve(
                 }
                 continue;
             }
-            _ = &mut enroll_deadline, if !session.enrolled => {
+            _ = &mut enroll_deadline, if !session.enrolled && !root_session => {
                 conn.close(close::AUTH_TIMEOUT, "enrollment not completed in time").await;
                 return;
             }
@@ -450,7 +459,11 @@ async fn serve(
         };
         let kind = KsMetrics::kind(&req);
         let outcome = if state.rate.allow(&session.device) {
-            handler::handle(&state.ctx, session, req).await
+            if root_session {
+                crate::admin::handle(&state.ctx, req).await
+            } else {
+                handler::handle(&state.ctx, session, req).await
+            }
         } else {
             handler::Outcome {
                 response: handler::error_response(
