@@ -82,6 +82,10 @@ pub enum ContentType {
     Text,
     /// Opaque bytes (a document, a photo).
     File,
+    /// An attachment descriptor (SECURITY.md §16.5): the encoded
+    /// `AttachmentRef` of a file sent as a separate blob. Seal and open
+    /// check it (S1, R10) with [`crate::attachment::Descriptor::parse`].
+    Attachment,
 }
 
 impl ContentType {
@@ -89,6 +93,7 @@ impl ContentType {
         match self {
             Self::Text => ward_proto::v1::ContentType::Text as i32,
             Self::File => ward_proto::v1::ContentType::File as i32,
+            Self::Attachment => ward_proto::v1::ContentType::Attachment as i32,
         }
     }
 
@@ -96,6 +101,7 @@ impl ContentType {
         match ward_proto::v1::ContentType::try_from(v).ok()? {
             ward_proto::v1::ContentType::Text => Some(Self::Text),
             ward_proto::v1::ContentType::File => Some(Self::File),
+            ward_proto::v1::ContentType::Attachment => Some(Self::Attachment),
             ward_proto::v1::ContentType::Unspecified => None,
         }
     }
@@ -191,6 +197,11 @@ fn check_request(
     }
     if req.content_type == ContentType::Text && core::str::from_utf8(req.content).is_err() {
         return Err(SealError::InvalidText);
+    }
+    if req.content_type == ContentType::Attachment
+        && crate::attachment::Descriptor::parse(req.content).is_err()
+    {
+        return Err(SealError::InvalidAttachment);
     }
     // S2: the conversation id is 16 bytes by type (`ConversationId`).
     if req.recipients.is_empty() {
@@ -712,6 +723,13 @@ impl ReceivedEnvelope {
         if self.content_type == ContentType::Text && core::str::from_utf8(&buf[..len]).is_err() {
             return Err(OpenError::Malformed("text content is not UTF-8"));
         }
+        // R10, likewise on signed content: a message of kind attachment that
+        // a receiver could not act on is refused whole, before it is stored.
+        if self.content_type == ContentType::Attachment
+            && crate::attachment::Descriptor::parse(&buf[..len]).is_err()
+        {
+            return Err(OpenError::Malformed("attachment descriptor"));
+        }
         // Zero the padding and tag before dropping them from the length.
         buf[len..].zeroize();
         buf.truncate(len);
@@ -1024,7 +1042,7 @@ mod tests {
             OpenError::Malformed("content type")
         );
         assert_eq!(
-            e(|h, _| h.content_type = 3),
+            e(|h, _| h.content_type = 4),
             OpenError::Malformed("content type")
         );
         assert_eq!(

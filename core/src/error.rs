@@ -50,6 +50,10 @@ pub enum SealError {
     /// Text content must be UTF-8.
     #[error("text content is not UTF-8")]
     InvalidText,
+    /// Content of kind attachment that is not a valid descriptor
+    /// (SECURITY.md §16.5): every receiver would refuse it (R10).
+    #[error("attachment content is not a valid descriptor")]
+    InvalidAttachment,
     /// The conversation id is not 16 bytes. [`crate::ConversationId`] is 16
     /// bytes by type, so ward-core cannot return it; an implementation taking
     /// the id as bytes must (SECURITY.md §7.3 S2).
@@ -383,4 +387,69 @@ pub enum RoomError {
     /// Producing an entry needs this epoch's private key, which is not held.
     #[error("epoch {0} key is not held")]
     MissingEpochKey(u64),
+}
+
+/// An attachment (SECURITY.md §16) could not be described, encrypted or
+/// decrypted. Nothing a decryptor has not released before the error may be
+/// used, and a download is complete only once its `finish` succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachmentError {
+    /// A descriptor or blob header field is out of bounds (§16.5 D1-D9).
+    #[error("malformed attachment: {0}")]
+    Malformed(&'static str),
+    /// The descriptor is too large or not canonical protobuf.
+    #[error("undecodable attachment descriptor: {0}")]
+    Decode(#[from] DecodeError),
+    /// The file is larger than [`crate::attachment::MAX_ATTACHMENT_BYTES`].
+    #[error("attachment of {0} bytes exceeds the limit")]
+    TooLarge(u64),
+    /// The encryptor was given more or fewer bytes than the size it was
+    /// created for.
+    #[error("attachment declared as {declared} bytes but {given} were given")]
+    SizeMismatch {
+        /// The size the encryptor was created with.
+        declared: u64,
+        /// Bytes pushed so far (more than declared), or in total (fewer).
+        given: u64,
+    },
+    /// The file key does not match the blob header's key commitment: the
+    /// blob belongs to another attachment (a message pointing at another
+    /// message's blob, a relay serving the wrong one), or the key is wrong.
+    /// Checked in constant time before any chunk is decrypted (§16.6 B2).
+    #[error("file key does not match the blob's key commitment")]
+    KeyCommitmentMismatch,
+    /// A chunk does not authenticate at its position: tampered, reordered,
+    /// or taken from another file (§16.6 B4).
+    #[error("chunk {index} does not authenticate at its position")]
+    ChunkAuthFailed {
+        /// The chunk's position in the stream.
+        index: u64,
+    },
+    /// A chunk of the wrong length for its position: a non-final chunk
+    /// shorter (or longer) than [`crate::stream::CHUNK_SIZE`], or an empty
+    /// final chunk after others.
+    #[error("chunk {index} has the wrong length for its position")]
+    ChunkSize {
+        /// The chunk's position in the stream.
+        index: u64,
+    },
+    /// The stream ended before its final chunk: chunks were dropped from
+    /// the end, or the download stopped early.
+    #[error("attachment is truncated")]
+    Truncated,
+    /// Bytes after the final chunk.
+    #[error("data after the end of the attachment")]
+    TrailingData,
+    /// A chunk pushed after the final one, or use after an error: nothing
+    /// more is ever released.
+    #[error("attachment stream already ended")]
+    AfterEnd,
+    /// The padding after the content is not all zero (a sender's fault:
+    /// the chunk authenticated).
+    #[error("attachment padding is not zero")]
+    BadPadding,
+    /// The blob's SHA-256 differs from the descriptor's: not the blob the
+    /// signed message names (§16.6 B6).
+    #[error("blob does not match the descriptor's hash")]
+    HashMismatch,
 }

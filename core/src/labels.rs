@@ -33,6 +33,14 @@ pub const HASH_ENTRY: &[u8] = b"ward/v2/hash/entry";
 pub const WRAP_INFO: &[u8] = b"ward/v2/wrap/resource-key";
 /// HPKE `info` when granting a user's private key to a device.
 pub const GRANT_INFO: &[u8] = b"ward/v2/wrap/device-grant";
+/// HKDF-Expand `info` of an attachment's payload (STREAM) key, derived from
+/// the file key and the blob header's salt (SECURITY.md §16.3).
+pub const ATTACHMENT_PAYLOAD_KEY: &[u8] = b"ward/v2/attachment/payload-key";
+/// HKDF-Expand `info` of an attachment's key commitment (§16.3).
+pub const ATTACHMENT_KEY_COMMITMENT: &[u8] = b"ward/v2/attachment/key-commitment";
+/// Prefix of the hash over a whole attachment blob (§16.4), unframed: a
+/// blob may exceed the 4 GiB that a framed part's u32 length can express.
+pub const HASH_ATTACHMENT_BLOB: &[u8] = b"ward/v2/hash/attachment-blob";
 /// Id of an X-Wing encryption public key (`WrappedKey.recipient_key`, grants).
 pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
 /// HKDF-Expand `info` of the key that seals the organisation root at rest

@@ -1099,6 +1099,7 @@ fn content_type_name(c: ContentType) -> &'static str {
     match c {
         ContentType::Text => "text",
         ContentType::File => "file",
+        ContentType::Attachment => "attachment",
     }
 }
 
@@ -3822,10 +3823,7 @@ fn replay_envelope(v: &Value) {
             assert_eq!(msg.recipients, hd.recipient_user_ids);
             assert_eq!(msg.resource_id.as_bytes().to_vec(), hd.resource_id);
             assert_eq!(msg.conversation_id.as_bytes().to_vec(), hd.conversation_id);
-            let ct_name = match msg.content_type {
-                ContentType::Text => "text",
-                ContentType::File => "file",
-            };
+            let ct_name = content_type_name(msg.content_type);
             assert_eq!(ct_name, st(&inp["content_type"]));
         }
 
@@ -3865,6 +3863,7 @@ fn msg_type(name: &str) -> ContentType {
     match name {
         "text" => ContentType::Text,
         "file" => ContentType::File,
+        "attachment" => ContentType::Attachment,
         other => panic!("unknown content type {other}"),
     }
 }
@@ -4234,6 +4233,10 @@ fn generate() -> Vec<(&'static str, String)> {
         ),
         ("ward-v2-negative.json", to_text(&gen_negative())),
         ("ward-v2-room.json", to_text(&room_vectors::gen_room())),
+        (
+            "ward-v2-attachment.json",
+            to_text(&attachment::gen_attachment()),
+        ),
     ]
 }
 
@@ -4296,4 +4299,9 @@ fn replay_all() {
     replay_chain_negative(&load("ward-v2-chain-negative.json"));
     replay_negative(&load("ward-v2-negative.json"));
     room_vectors::replay_room(&load("ward-v2-room.json"));
+    attachment::replay_attachment(&load("ward-v2-attachment.json"));
 }
+
+// ward-v2-attachment.json (SECURITY.md §16) lives in its own file.
+#[path = "vectors/attachment.rs"]
+mod attachment;

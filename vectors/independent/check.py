@@ -1559,6 +1559,13 @@ def check_store():
         check(n + " PRAGMA key", lambda c=c, key=key: eq(f'PRAGMA key = "x\'{key.hex()}\'";', c["sqlcipher_key_pragma"]))
 
 
+def check_attachments():
+    """§16: attachment blobs and descriptors, in attachment_v2.py (written from §16 alone)."""
+    sys.path.insert(0, HERE)
+    import attachment_v2
+    attachment_v2.run(check, eq, load)
+
+
 def check_negative_files():
     names = sorted(f for f in os.listdir(VECTORS) if f.endswith(".json"))
     for f in names:
@@ -1580,7 +1587,8 @@ def check_rooms():
 def main():
     print(f"vectors: {VECTORS}")
     for part in (check_keys, check_pad_roundtrip, check_rfc9180, check_xwing, check_wrap, check_signatures,
-                 check_chain, check_envelopes, check_store, check_negative_files, check_rooms):
+                 check_chain, check_envelopes, check_store, check_attachments, check_negative_files,
+                 check_rooms):
         try:
             part()
         except Exception as e:  # noqa: BLE001 - a broken section is one failure, the rest still runs
@@ -1593,7 +1601,7 @@ def main():
                                              "rfc9180-a2-x25519-sha256-chacha20poly1305-base.json",
                                              "ward-v2-signatures.json", "ward-v2-chain.json",
                                              "ward-v2-envelope.json", "ward-v1-store.json",
-                                             "ward-v2-room.json"}:
+                                             "ward-v2-room.json", "ward-v2-attachment.json"}:
             d = load(f)
             if not (isinstance(d, dict) and "cases" in d):
                 SKIPPED.append(f"{f} (not read: no positive checker for this file)")
