@@ -50,6 +50,10 @@ pub enum SealError {
     /// Text content must be UTF-8.
     #[error("text content is not UTF-8")]
     InvalidText,
+    /// Content of kind attachment that is not a valid descriptor
+    /// (SECURITY.md §16.5): every receiver would refuse it (R10).
+    #[error("attachment content is not a valid descriptor")]
+    InvalidAttachment,
     /// The conversation id is not 16 bytes. [`crate::ConversationId`] is 16
     /// bytes by type, so ward-core cannot return it; an implementation taking
     /// the id as bytes must (SECURITY.md §7.3 S2).
@@ -75,6 +79,13 @@ pub enum SealError {
     /// (a key a verified chain cannot hold).
     #[error("cannot wrap to the user key of recipient {0}")]
     UnwrappableRecipient(String),
+    /// A room message from a user who is not a current member (§17.6 RS1).
+    #[error("the sender is not a member of the room")]
+    NotARoomMember,
+    /// The room's current epoch key may be held by a member who left: a
+    /// remaining member must rotate it first (§17.6 RS2).
+    #[error("the room's epoch key must be rotated first")]
+    RoomRotationPending,
 }
 
 /// Opening an envelope failed. Nothing of its content may be shown.
@@ -113,6 +124,14 @@ pub enum OpenError {
     /// Decryption or padding failed; deliberately coarse.
     #[error("envelope does not decrypt")]
     Undecryptable,
+    /// A room message names an epoch, or an epoch key, that the room's
+    /// verified log does not have (§17.6 RM2): refresh the room's log.
+    #[error("room message names an unknown epoch key")]
+    UnknownEpoch,
+    /// A room message from a user who was not a member during its epoch
+    /// (§17.6 RM3).
+    #[error("room message sender was not a member during its epoch")]
+    SenderNotInRoom,
 }
 
 /// A user's log, or an invite, does not verify.
@@ -237,4 +256,200 @@ pub enum AuthError {
     /// of another version (0: a v1 device, which does not send one).
     #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})", PROTOCOL_VERSION = ward_proto::PROTOCOL_VERSION)]
     UnsupportedVersion(u32),
+}
+
+/// A room's membership log, an epoch-key wrap or room metadata does not
+/// verify (SECURITY.md §17). `reason` strings are normative (§17.8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// Bad encoding, missing field, wrong length or over a limit.
+    #[error("malformed room statement: {0}")]
+    Malformed(&'static str),
+    /// Too large, or not protobuf, or not canonical.
+    #[error("undecodable room statement: {0}")]
+    Decode(#[from] DecodeError),
+    /// A protocol version this implementation does not speak.
+    #[error("unsupported room statement version {0}")]
+    UnsupportedVersion(u32),
+    /// An empty log: every room starts with its creation.
+    #[error("empty room log")]
+    EmptyLog,
+    /// The entry names another room.
+    #[error("entry {seq} belongs to another room")]
+    WrongRoom {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// `seq` does not follow the previous entry.
+    #[error("entry at position {expected} carries seq {found}")]
+    BadSequence {
+        /// The position.
+        expected: u64,
+        /// The seq written in the entry.
+        found: u64,
+    },
+    /// `prev_hash` does not match the previous entry (or the genesis hash).
+    #[error("entry {seq} does not chain to its predecessor")]
+    BrokenChain {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// Timestamps must not go backwards.
+    #[error("entry {seq} is dated before its predecessor")]
+    TimeWentBackwards {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The verifier has no verified log for the author's user: it must
+    /// fetch and verify it, then try again.
+    #[error("entry {seq}: the author's user log is unknown")]
+    UnknownAuthor {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry cites a longer user log of its author than the verifier
+    /// holds: refresh that log (§4.7), then try again.
+    #[error("entry {seq}: the author's user log is behind the entry")]
+    AuthorChainBehind {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry cites a shorter user log of its author than an earlier
+    /// entry of the same author did.
+    #[error("entry {seq}: the author's user log went backwards")]
+    AuthorChainRolledBack {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The signing device was not an active device of its user at the
+    /// cited log length.
+    #[error("entry {seq} is signed by a device that was not active")]
+    UnauthorizedDevice {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The signature does not verify.
+    #[error("bad signature on room entry {seq}")]
+    BadSignature {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The author is not a member of the room (never was, removed, or left).
+    #[error("entry {seq} is signed by a non-member")]
+    NotAMember {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// Only an admin may sign this entry.
+    #[error("entry {seq} needs an admin")]
+    NotAdmin {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry would leave members without any admin.
+    #[error("entry {seq} would leave the room without an admin")]
+    LastAdmin {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry makes no sense in the current state.
+    #[error("entry {seq}: {reason}")]
+    InvalidTransition {
+        /// Position in the log.
+        seq: u64,
+        /// What is wrong (a normative string of §17.8).
+        reason: &'static str,
+    },
+    /// The served log is shorter than one already verified.
+    #[error("room log rolled back from {known} to {served} entries")]
+    Rollback {
+        /// Entries known.
+        known: u64,
+        /// Entries served.
+        served: u64,
+    },
+    /// The served log does not extend the one already verified.
+    #[error("room log forked at or before entry {seq}")]
+    Fork {
+        /// Last entry known.
+        seq: u64,
+    },
+    /// A wrap names an epoch the verified log does not have, or another
+    /// epoch public key than the one the log commits to.
+    #[error("the wrap names an epoch key the room's log does not commit to")]
+    EpochKeyMismatch,
+    /// A wrap or metadata did not open (its `WrapError`, or `Undecryptable`).
+    #[error("room key wrap: {0}")]
+    Wrap(#[from] WrapError),
+    /// Producing an entry needs the verified log of this member.
+    #[error("no verified log for member {0}")]
+    UnknownMember(String),
+    /// Producing an entry needs this epoch's private key, which is not held.
+    #[error("epoch {0} key is not held")]
+    MissingEpochKey(u64),
+}
+
+/// An attachment (SECURITY.md §16) could not be described, encrypted or
+/// decrypted. Nothing a decryptor has not released before the error may be
+/// used, and a download is complete only once its `finish` succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachmentError {
+    /// A descriptor or blob header field is out of bounds (§16.5 D1-D9).
+    #[error("malformed attachment: {0}")]
+    Malformed(&'static str),
+    /// The descriptor is too large or not canonical protobuf.
+    #[error("undecodable attachment descriptor: {0}")]
+    Decode(#[from] DecodeError),
+    /// The file is larger than [`crate::attachment::MAX_ATTACHMENT_BYTES`].
+    #[error("attachment of {0} bytes exceeds the limit")]
+    TooLarge(u64),
+    /// The encryptor was given more or fewer bytes than the size it was
+    /// created for.
+    #[error("attachment declared as {declared} bytes but {given} were given")]
+    SizeMismatch {
+        /// The size the encryptor was created with.
+        declared: u64,
+        /// Bytes pushed so far (more than declared), or in total (fewer).
+        given: u64,
+    },
+    /// The file key does not match the blob header's key commitment: the
+    /// blob belongs to another attachment (a message pointing at another
+    /// message's blob, a relay serving the wrong one), or the key is wrong.
+    /// Checked in constant time before any chunk is decrypted (§16.6 B2).
+    #[error("file key does not match the blob's key commitment")]
+    KeyCommitmentMismatch,
+    /// A chunk does not authenticate at its position: tampered, reordered,
+    /// or taken from another file (§16.6 B4).
+    #[error("chunk {index} does not authenticate at its position")]
+    ChunkAuthFailed {
+        /// The chunk's position in the stream.
+        index: u64,
+    },
+    /// A chunk of the wrong length for its position: a non-final chunk
+    /// shorter (or longer) than [`crate::stream::CHUNK_SIZE`], or an empty
+    /// final chunk after others.
+    #[error("chunk {index} has the wrong length for its position")]
+    ChunkSize {
+        /// The chunk's position in the stream.
+        index: u64,
+    },
+    /// The stream ended before its final chunk: chunks were dropped from
+    /// the end, or the download stopped early.
+    #[error("attachment is truncated")]
+    Truncated,
+    /// Bytes after the final chunk.
+    #[error("data after the end of the attachment")]
+    TrailingData,
+    /// A chunk pushed after the final one, or use after an error: nothing
+    /// more is ever released.
+    #[error("attachment stream already ended")]
+    AfterEnd,
+    /// The padding after the content is not all zero (a sender's fault:
+    /// the chunk authenticated).
+    #[error("attachment padding is not zero")]
+    BadPadding,
+    /// The blob's SHA-256 differs from the descriptor's: not the blob the
+    /// signed message names (§16.6 B6).
+    #[error("blob does not match the descriptor's hash")]
+    HashMismatch,
 }

@@ -33,11 +33,32 @@ pub const HASH_ENTRY: &[u8] = b"ward/v2/hash/entry";
 pub const WRAP_INFO: &[u8] = b"ward/v2/wrap/resource-key";
 /// HPKE `info` when granting a user's private key to a device.
 pub const GRANT_INFO: &[u8] = b"ward/v2/wrap/device-grant";
+/// HKDF-Expand `info` of an attachment's payload (STREAM) key, derived from
+/// the file key and the blob header's salt (SECURITY.md §16.3).
+pub const ATTACHMENT_PAYLOAD_KEY: &[u8] = b"ward/v2/attachment/payload-key";
+/// HKDF-Expand `info` of an attachment's key commitment (§16.3).
+pub const ATTACHMENT_KEY_COMMITMENT: &[u8] = b"ward/v2/attachment/key-commitment";
+/// Prefix of the hash over a whole attachment blob (§16.4), unframed: a
+/// blob may exceed the 4 GiB that a framed part's u32 length can express.
+pub const HASH_ATTACHMENT_BLOB: &[u8] = b"ward/v2/hash/attachment-blob";
 /// Id of an X-Wing encryption public key (`WrappedKey.recipient_key`, grants).
 pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
 /// HKDF-Expand `info` of the key that seals the organisation root at rest
 /// (SECURITY.md §10.7.1).
 pub const ROOT_STORE_AEAD_KEY: &[u8] = b"ward/v2/root-store/aead-key";
+
+/// Signature over an encoded `RoomStatement` of a room's membership log (§17.2).
+pub const SIG_ROOM_STATEMENT: &[u8] = b"ward/v2/sig/room-statement";
+/// Hash of a room log entry, statement and signature (the next entry's `prev_hash`, §17.2).
+pub const HASH_ROOM_ENTRY: &[u8] = b"ward/v2/hash/room-entry";
+/// `prev_hash` of a room's entry 0: `H(HASH_ROOM_GENESIS, room_id)` (§17.2).
+pub const HASH_ROOM_GENESIS: &[u8] = b"ward/v2/hash/room-genesis";
+/// HPKE `info` when wrapping a room epoch's private key to a member's user key (§17.4).
+pub const ROOM_EPOCH_WRAP_INFO: &[u8] = b"ward/v2/wrap/room-epoch-key";
+/// HKDF-Expand `info` of a room epoch's metadata key (§17.5), unframed.
+pub const ROOM_METADATA_KEY: &[u8] = b"ward/v2/room/metadata-key";
+/// Associated data of sealed room metadata: `frame(ROOM_METADATA_AAD, room_id, u64_be(epoch))` (§17.5).
+pub const ROOM_METADATA_AAD: &[u8] = b"ward/v2/room/metadata";
 
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {

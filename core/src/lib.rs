@@ -14,6 +14,8 @@
 //! | [`envelope`] | seal and open of messages and files |
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
+//! | [`room`] | patient-case rooms: membership log, epoch keys, sealed metadata |
+//! | [`stream`], [`attachment`] | chunked file encryption (STREAM) and the attachment descriptor |
 //! | [`root_store`] | the organisation root sealed under a passphrase |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
@@ -50,6 +52,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attachment;
 pub mod auth;
 pub mod chain;
 pub mod envelope;
@@ -62,11 +65,16 @@ pub mod invite;
 pub mod keys;
 pub mod labels;
 pub mod padding;
+pub mod room;
 pub mod root_store;
+pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wrap;
 
-pub use error::{AuthError, ChainError, KeyError, OpenError, SealError, WrapError};
+pub use error::{
+    AttachmentError, AuthError, ChainError, KeyError, OpenError, RoomError, SealError, WrapError,
+};
 pub use ids::{ConversationId, ResourceId};
+pub use room::RoomId;
 pub use ward_proto as proto;

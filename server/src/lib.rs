@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blobs;
 pub mod config;
 mod connection;
 mod error;

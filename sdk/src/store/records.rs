@@ -141,6 +141,8 @@ fn content_type_to_db(t: ContentType) -> i64 {
     match t {
         ContentType::Text => 1,
         ContentType::File => 2,
+        // An attachment descriptor (SECURITY.md §16.5); the value matches the wire enum.
+        ContentType::Attachment => 3,
     }
 }
 
@@ -148,6 +150,7 @@ fn content_type_from_db(v: i64) -> Result<ContentType> {
     match v {
         1 => Ok(ContentType::Text),
         2 => Ok(ContentType::File),
+        3 => Ok(ContentType::Attachment),
         _ => Err(StoreError::InvalidData("content type")),
     }
 }
