@@ -148,7 +148,7 @@ fn main() {
     }
 
     // Negative vectors: what must be refused, by operation.
-    for file in ["ward-v2-chain-negative.json", "ward-v1-negative.json"] {
+    for file in ["ward-v2-chain-negative.json", "ward-v2-negative.json"] {
         for c in vector(file)["cases"].as_array().into_iter().flatten() {
             let i = &c["inputs"];
             match c["operation"].as_str().unwrap_or("") {
