@@ -25,6 +25,7 @@
 pub mod config;
 mod connection;
 mod error;
+pub mod keyserver_link;
 pub mod logs;
 pub mod metrics;
 pub mod registry;
