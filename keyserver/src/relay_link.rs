@@ -307,3 +307,62 @@ async fn stream(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_core::testkit::{KIT_TIME, Org};
+
+    /// Batch after batch from a cursor, every user whose log changed after
+    /// it arrives with its whole log, and a user that changes again between
+    /// batches comes again with its newer log: nothing is lost.
+    #[test]
+    fn batches_from_a_cursor_cover_every_change_once_and_in_whole() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let root = org.root_public();
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "ward-ks-link-{}-{}.db",
+            std::process::id(),
+            u64::from_le_bytes(tag)
+        ));
+        let mut conn = storage::open_connection(&path).unwrap();
+        storage::migrate(&mut conn).unwrap();
+        let n = USERS_PER_BATCH as usize + 6;
+        let mut users = Vec::new();
+        for i in 0..n {
+            let c = org.enroll(&mut rng, &format!("u{i}"));
+            storage::append(&mut conn, &root, KIT_TIME, &c.log[0]).unwrap();
+            users.push(c);
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        let first = changed_since(&mut conn, 0).unwrap().unwrap();
+        assert_eq!(first.0.len(), USERS_PER_BATCH as usize);
+        for (u, log) in first.0 {
+            seen.insert(u, log.len());
+        }
+        // u0 (sent in the first batch) changes before the second.
+        let mut u0 = users.swap_remove(0);
+        let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+        let e = u0.chain.rotate_user_key(&u0.device, &key, KIT_TIME);
+        storage::append(&mut conn, &root, KIT_TIME, &e).unwrap();
+        u0.chain.apply(&root, &e).unwrap();
+        let mut cursor = first.1;
+        while let Some((logs, next)) = changed_since(&mut conn, cursor).unwrap() {
+            assert!(next > cursor);
+            for (u, log) in logs {
+                seen.insert(u, log.len());
+            }
+            cursor = next;
+        }
+        assert_eq!(seen.len(), n, "every user");
+        assert_eq!(seen["u0"], 2, "u0 again, with its whole newer log");
+        assert!(changed_since(&mut conn, cursor).unwrap().is_none());
+        drop(conn);
+        for s in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{s}", path.display()));
+        }
+    }
+}

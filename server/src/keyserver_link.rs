@@ -351,3 +351,31 @@ async fn apply(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_key_is_created_owner_only_once_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("ward-relay-sk-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("relay.db.service-key");
+        let _ = std::fs::remove_file(&path);
+        let created = load_or_create_service_key(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let again = load_or_create_service_key(&path).unwrap();
+        assert_eq!(created.public_key(), again.public_key());
+        std::fs::write(&path, "not hex\n").unwrap();
+        assert!(matches!(
+            load_or_create_service_key(&path),
+            Err(ServiceKeyError::Format(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

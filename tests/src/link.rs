@@ -12,8 +12,8 @@ use ward_core::auth::Audience;
 use ward_core::keys::{RelayServiceKey, SigningPublicKey};
 use ward_net::Conn;
 use ward_proto::v1::{
-    AuthResponse, AuthResult, ErrorCode, LinkFrame, LinkNotice, LinkSubscribe, SignedStatement,
-    link_frame,
+    AuthResponse, AuthResult, ErrorCode, LinkFrame, LinkNotice, LinkSubscribe, LinkSynced,
+    SignedStatement, link_frame,
 };
 use ward_relay::keyserver_link::KeyserverLink;
 
@@ -107,5 +107,20 @@ impl FakeLink {
             })
             .await
             .unwrap();
+    }
+
+    /// Sends `LinkSynced { cursor }`.
+    pub async fn synced(&mut self, cursor: u64) {
+        self.conn
+            .send_msg(&LinkFrame {
+                frame: Some(link_frame::Frame::Synced(LinkSynced { cursor })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Closes the link (as a keyserver going away).
+    pub async fn close(mut self) {
+        self.conn.close(ward_net::close::GOING_AWAY, "bye").await;
     }
 }

@@ -229,3 +229,35 @@ async fn a_forged_revocation_from_the_keyserver_link_is_not_acted_upon() {
         Some(close::DEVICE_REVOKED)
     );
 }
+
+/// After the link drops, the relay dials again with the cursor of the last
+/// batch it handled, so the keyserver resends only what changed since; a
+/// revocation sent on the new link is acted upon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_resubscribes_from_its_cursor_after_the_link_drops() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let fake = FakeKeyserver::start(org.root_public()).await;
+    let relay = Relay::start_with(org.root_public(), |c| {
+        c.keyserver_link = Some(link_to(&fake.url(), service_key()))
+    })
+    .await;
+    let mut link = fake.accept().await;
+    assert_eq!(link.cursor, 0);
+    link.synced(42).await;
+    link.close().await;
+    let mut link = fake.accept().await;
+    assert_eq!(link.cursor, 42, "resumes from the last LinkSynced");
+
+    let bob = org.enroll(&mut rng, "bob");
+    let phone = Client::of(&relay.url(), &bob, "bob").await;
+    let revoke =
+        bob.chain
+            .revoke_device_as_root(&org.root, &bob.device.public_key(), KIT_TIME + 60);
+    link.notice("bob", [bob.log.clone(), vec![revoke]].concat())
+        .await;
+    assert_eq!(
+        closed_within(phone, SECONDS).await,
+        Some(close::DEVICE_REVOKED)
+    );
+}
