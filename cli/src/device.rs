@@ -154,7 +154,7 @@ impl DeviceArgs {
     }
 
     /// Unlocks the device of `user`.
-    async fn unlock(&self, user: Option<&str>) -> Result<Client, CliError> {
+    pub(crate) async fn unlock(&self, user: Option<&str>) -> Result<Client, CliError> {
         let path = self.store_for(user)?;
         if !ward_sdk::store::Store::exists(&path) {
             return Err(CliError::Msg(format!(

@@ -13,6 +13,7 @@ mod admin;
 mod demo;
 mod device;
 mod endpoints;
+mod history;
 mod pin;
 
 use std::io::Write as _;
@@ -103,6 +104,42 @@ enum Command {
         /// Give up after this many seconds (an error if --count was not reached).
         #[arg(long)]
         timeout_secs: Option<u64>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// List this device's conversations, most recent first (id, members,
+    /// messages, last activity).
+    Conversations {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Print stored messages, oldest first (all conversations, or one);
+    /// those not yet confirmed by the relay are marked (queued).
+    History {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        /// A conversation id, or the start of it (as `ward conversations` shows).
+        #[arg(long, conflicts_with = "with")]
+        conversation: Option<String>,
+        /// The conversation with exactly these users (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        with: Vec<String>,
+        /// Only the last N messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// List the messages this device sealed that the relay has not
+    /// confirmed yet.
+    Outbox {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
         #[command(flatten)]
         device: device::DeviceArgs,
     },
@@ -655,6 +692,25 @@ fn main() -> ExitCode {
             count,
             timeout_secs.map(std::time::Duration::from_secs),
         )),
+        Command::Conversations { as_user, device } => {
+            block_on(history::conversations(device, as_user))
+        }
+        Command::History {
+            as_user,
+            conversation,
+            with,
+            limit,
+            device,
+        } => block_on(history::history(
+            device,
+            as_user,
+            history::Selection {
+                conversation,
+                with,
+                limit,
+            },
+        )),
+        Command::Outbox { as_user, device } => block_on(history::outbox(device, as_user)),
         Command::RotateKey { as_user, device } => block_on(device::rotate_key(device, as_user)),
         Command::Demo { keep } => block_on(demo::run(keep)),
         Command::Admin {

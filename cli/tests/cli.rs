@@ -172,6 +172,9 @@ fn every_command_has_help() {
         &["send", "--help"],
         &["listen", "--help"],
         &["rotate-key", "--help"],
+        &["conversations", "--help"],
+        &["history", "--help"],
+        &["outbox", "--help"],
         &["demo", "--help"],
         &["admin", "--help"],
         &["admin", "init", "--help"],
@@ -480,6 +483,107 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
     assert!(!roux_store.exists(), "the revoked device's store is wiped");
     let refused = up.ward(&["send", "--as", "pharm.roux", "--to", "dr.martin", "x"]);
     assert!(!refused.status.success());
+}
+
+#[test]
+fn conversations_history_and_outbox_show_what_the_device_holds() {
+    let up = Up::start("history");
+    up.enroll("dr.martin", "Dr Claire Martin");
+    up.enroll("nurse.dubois", "Luc Dubois");
+    let none = up.ward(&["conversations", "--as", "dr.martin"]);
+    assert!(none.status.success() && none.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("No conversation yet"));
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "Bed 4: IV line",
+    ]);
+
+    let convs = up.ok(&["conversations", "--as", "dr.martin"]);
+    let line = convs.lines().next().unwrap();
+    assert!(
+        line.contains("dr.martin,nurse.dubois") && line.contains("1 message "),
+        "{convs}"
+    );
+    let conv = line.split_whitespace().next().unwrap().to_owned();
+
+    // A send while the relay cannot be reached stays in the outbox, and
+    // history marks it; the keyserver (for the recipients' keys) is up.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.args([
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "--wait-secs",
+        "1",
+        "Second dose at 14:00",
+    ])
+    .env("WARD_DATA", &up.data)
+    .env("WARD_RELAY_URL", "ws://127.0.0.1:9")
+    .env("WARD_KEYSERVER_URL", &up.keyserver)
+    .env("WARD_PIN", "ward-pin-493817");
+    let queued = run_within(cmd, std::time::Duration::from_secs(60));
+    assert!(!queued.status.success());
+    assert!(String::from_utf8_lossy(&queued.stderr).contains("stays queued"));
+    let outbox = up.ok(&["outbox", "--as", "dr.martin"]);
+    assert_eq!(outbox.lines().count(), 1, "{outbox}");
+    assert!(
+        outbox.contains(&format!("conv {conv}"))
+            && outbox.contains("not yet sent")
+            && outbox.contains("Second dose at 14:00"),
+        "{outbox}"
+    );
+    let history = up.ok(&["history", "--as", "dr.martin", "--conversation", &conv]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(lines[0].ends_with("Bed 4: IV line"), "{history}");
+    assert!(
+        lines[1].ends_with("Second dose at 14:00  (queued)"),
+        "{history}"
+    );
+    let last = up.ok(&[
+        "history",
+        "--as",
+        "dr.martin",
+        "--with",
+        "nurse.dubois",
+        "--limit",
+        "1",
+    ]);
+    assert_eq!(last.lines().count(), 1);
+    assert!(last.contains("Second dose"), "{last}");
+
+    // With the relay back, the next command sends it and the outbox empties.
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "Thanks",
+    ]);
+    let outbox = up.ok(&["outbox", "--as", "dr.martin"]);
+    assert!(outbox.contains("The outbox is empty"), "{outbox}");
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--count",
+        "3",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(heard.contains("Second dose at 14:00"), "{heard}");
+    let theirs = up.ok(&["history", "--as", "nurse.dubois"]);
+    assert_eq!(theirs.lines().count(), 3, "{theirs}");
+    let missing = up.ward(&["history", "--as", "dr.martin", "--conversation", "ffffffff"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no conversation ffffffff"));
 }
 
 #[test]

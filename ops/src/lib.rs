@@ -9,11 +9,13 @@
 //! | [`metrics`] | a small Prometheus registry (counters, gauges, histograms) and its text format |
 //! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` over a minimal HTTP/1.1 responder |
 //! | [`backup`] | SQLite's online backup API, consistent while the server runs |
+//! | [`deploy_check`] | for the servers' tests: `deploy/`'s systemd units and example configurations check out |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod backup;
+pub mod deploy_check;
 pub mod layered;
 pub mod logging;
 pub mod metrics;

@@ -99,7 +99,9 @@
 pub mod client;
 pub mod store;
 
-pub use client::{Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice};
+pub use client::{
+    Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, QueuedMessage,
+};
 
 pub use ward_core as core;
 pub use ward_proto as proto;

@@ -251,6 +251,21 @@ impl Inner {
     }
 }
 
+/// A message in the outbox ([`Client::outbox`]): sealed and durable, not
+/// yet confirmed by the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Its resource id, as in [`Client::history`] (`None` only for an entry
+    /// the outbox worker will drop as undecodable).
+    pub resource_id: Option<ResourceId>,
+    /// The conversation it goes to.
+    pub conversation_id: ConversationId,
+    /// Not yet handed to the relay, or handed and awaiting confirmation.
+    pub state: crate::store::OutboxState,
+    /// When it was queued, unix milliseconds (the sender's clock).
+    pub queued_at_ms: u64,
+}
+
 /// The public keys of a device waiting to be paired, to be carried to an
 /// existing device of the same user over an authenticated channel (a QR
 /// code shown on the new device and scanned by the existing one): whoever
@@ -762,6 +777,24 @@ impl Client {
             .store
             .run(move |s| s.messages(&conversation))
             .await
+    }
+
+    /// The messages waiting in the outbox, oldest first: each one's resource
+    /// id (its id in [`Client::history`]), conversation, state and when it
+    /// was queued. They stay until the relay confirms them.
+    pub async fn outbox(&self) -> Result<Vec<QueuedMessage>> {
+        let items = self.inner.store.run(|s| s.outbox_items()).await?;
+        Ok(items
+            .into_iter()
+            .map(|item| QueuedMessage {
+                resource_id: send::OutboxPayload::decode(&item.payload[..])
+                    .ok()
+                    .and_then(|p| ResourceId::from_slice(&p.resource_id)),
+                conversation_id: item.conversation_id,
+                state: item.state,
+                queued_at_ms: item.created_at_ms,
+            })
+            .collect())
     }
 
     /// How many messages wait in the outbox.

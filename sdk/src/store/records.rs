@@ -582,6 +582,35 @@ impl Store {
         }))
     }
 
+    /// Every queued entry, oldest first (what `ward outbox` lists).
+    pub fn outbox_items(&self) -> Result<Vec<OutboxItem>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, conversation_id, payload, state, created_at_ms FROM outbox ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    secret(r, 2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, cid, payload, state, created)| {
+                Ok(OutboxItem {
+                    id: OutboxId(id),
+                    conversation_id: id16(&cid, ConversationId::from_slice, "conversation id")?,
+                    payload,
+                    state: OutboxState::from_db(state)?,
+                    created_at_ms: to_u64(created, "created_at")?,
+                })
+            })
+            .collect()
+    }
+
     /// How many entries are queued.
     pub fn outbox_len(&self) -> Result<u64> {
         let n: i64 = self
@@ -853,6 +882,27 @@ mod tests {
             Some(m1.clone())
         );
         assert!(!format!("{m1:?}").contains("first"));
+    }
+
+    #[test]
+    fn outbox_items_lists_every_entry_in_order() {
+        let (_d, s) = store();
+        assert!(s.outbox_items().unwrap().is_empty());
+        let a = s
+            .outbox_enqueue(&ConversationId([1; 16]), b"a", 10)
+            .unwrap();
+        let b = s
+            .outbox_enqueue(&ConversationId([2; 16]), b"b", 20)
+            .unwrap();
+        assert!(s.outbox_mark_sent(a).unwrap());
+        let items = s.outbox_items().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!((items[0].id, items[0].state), (a, OutboxState::Sent));
+        assert_eq!((items[1].id, items[1].state), (b, OutboxState::Pending));
+        assert_eq!(items[1].conversation_id, ConversationId([2; 16]));
+        assert_eq!(&items[1].payload[..], b"b");
+        assert!(s.outbox_remove(a).unwrap());
+        assert_eq!(s.outbox_items().unwrap().len(), 1);
     }
 
     #[test]
