@@ -1,35 +1,72 @@
 //! `ward admin revoke` and `ward admin audit-export`.
 //!
-//! # Why `revoke` goes through an enrolled device
+//! # How `revoke` reaches the keyserver
 //!
-//! A root-signed revocation is authorised by its signature, not by who
-//! submits it: SECURITY.md §10.2 lets any *full* keyserver session append
-//! any user's entry. The keyserver has no operator request path (§10.6),
-//! an enrolling session may append only its own creation, and writing the
-//! keyserver's database behind its back would bypass its checks and its
-//! revocation fan-out. So the admin signs the revocation with the
-//! organisation root here, and relays it over the authenticated session of
-//! an enrolled device on this machine (`--via USER`, PIN-unlocked; it can
-//! be any clinician's, a remaining device of the same user is the natural
-//! one). The keyserver verifies it from the root like any entry, closes the
-//! revoked device's connections at once, and the device used learns nothing
-//! it did not know.
-
-use std::path::PathBuf;
+//! The admin unlocks the organisation root here (`root_store.rs`), signs the
+//! revocation, and submits it over a keyserver session that the root itself
+//! authenticates: the handshake of SECURITY.md §8 with the root as `device_id`
+//! and `ward_keyserver::admin::ADMIN_USER_ID` as `user_id` (§10.7). Such a
+//! session may read logs and `admin_submit` root-authored entries, nothing
+//! else; the keyserver verifies the entry against the user's log like any
+//! append, closes the revoked device's connections at once, and no
+//! clinician's device is involved.
 
 use ward_core::chain::verify_log;
-use ward_core::keys::SigningPublicKey;
+use ward_core::keys::{DeviceSigningKey, OrgRootKey, SigningPublicKey};
+use ward_keyserver::admin::ADMIN_USER_ID;
 use ward_net::handshake::Audience;
 use ward_net::{Limits, NetError};
-use ward_proto::v1::{ErrorCode, GetLogs, KsRequest, KsResponse, ks_request, ks_response};
+use ward_proto::v1::{
+    AdminSubmit, ErrorCode, GetLogs, KsRequest, KsResponse, ks_request, ks_response,
+};
 
-use crate::device::{DeviceArgs, unlock_identity};
-use crate::{CliError, hex, load_root, unhex};
+use crate::device::DeviceArgs;
+use crate::root_store::RootArgs;
+use crate::{CliError, hex, unhex};
+
+/// Where `ward admin revoke` finds the keyserver: the keyserver half of a
+/// device's flags (no device store, PIN or relay is involved).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyserverArgs {
+    /// The organisation's folder: its root (public key, and by default the
+    /// encrypted root) and, while `ward up` runs, its endpoints and dev CA.
+    #[arg(long, env = "WARD_DATA", default_value = "ward-data")]
+    pub data: std::path::PathBuf,
+    /// The keyserver's URL (wss://; plain ws:// to loopback only). Default:
+    /// the one `ward up` is serving, else wss://127.0.0.1:7071.
+    #[arg(long = "keyserver", env = "WARD_KEYSERVER_URL")]
+    pub keyserver_url: Option<String>,
+    /// The CA (PEM) that signs the keyserver's certificate, pinned in place
+    /// of the public web roots. Default: <data>/tls/ca.pem when it exists.
+    #[arg(long, env = "WARD_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The keyserver's instance id, as its operator configured it (the
+    /// handshake binds it, SECURITY.md §8).
+    #[arg(long, env = "WARD_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    pub keyserver_instance: String,
+}
+
+impl KeyserverArgs {
+    /// The same settings as a device's, to share their defaults and TLS setup.
+    fn device_args(self) -> DeviceArgs {
+        DeviceArgs {
+            data: self.data,
+            store: None,
+            org_root: None,
+            relay_url: None,
+            keyserver_url: self.keyserver_url,
+            ca_file: self.ca_file,
+            relay_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
+            keyserver_instance: self.keyserver_instance,
+            pin_stdin: false,
+        }
+    }
+}
 
 /// `ward admin revoke`.
 pub async fn revoke(
-    args: DeviceArgs,
-    via: Option<String>,
+    args: KeyserverArgs,
+    root_args: RootArgs,
     user_id: String,
     device_hex: String,
 ) -> Result<(), CliError> {
@@ -40,11 +77,24 @@ pub async fn revoke(
                 "--device-id: expected the device's 64 hex digits (its signing key)".into(),
             )
         })?;
-    let root = load_root(&args.data)?;
-    let (identity, path) = unlock_identity(&args, via.as_deref())?;
+    let args = args.device_args();
+    // Unlocked before any network traffic: a wrong passphrase costs nothing else.
+    let root = crate::root_store::unlock(&args.data, &root_args)?;
+    // The root the clients of this folder pin must be the one that signs.
+    if let Ok(pinned) = crate::load_org_public(&args.data)
+        && pinned != root.public_key()
+    {
+        return Err(CliError::Msg(format!(
+            "the root unlocked ({}) is not the organisation root pinned in {} ({}): wrong \
+             --root-file or --data",
+            hex(root.public_key().as_bytes()),
+            args.data.display(),
+            hex(pinned.as_bytes())
+        )));
+    }
     let audience = Audience::keyserver(root.public_key(), args.keyserver_instance.clone());
     let tls = args.client_tls()?;
-    let mut ks = Session::open(&args.keyserver(), &audience, &tls, &identity).await?;
+    let mut ks = Session::open_root(&args.keyserver(), &audience, &tls, &root).await?;
 
     let logs = match ks
         .call(ks_request::Body::GetLogs(GetLogs {
@@ -87,18 +137,27 @@ pub async fn revoke(
         .filter(|d| d.is_active() && d.signing_key != device)
         .count();
     let entry = user.revoke_device_as_root(&root, &device, crate::now_secs());
-    let seq = match ks.call(ks_request::Body::Append(entry)).await? {
+    drop(root);
+    let seq = match ks
+        .call(ks_request::Body::AdminSubmit(AdminSubmit {
+            entry: Some(entry),
+        }))
+        .await
+        .map_err(|e| match e {
+            // SECURITY.md §10.7: another entry took the position meanwhile.
+            CliError::Msg(m) if m.contains("Conflict") => CliError::Msg(format!(
+                "the log of {user_id} changed while the revocation was signed ({m}): nothing \
+                 was revoked; run the command again"
+            )),
+            e => e,
+        })? {
         ks_response::Body::Appended(a) => a.seq,
         _ => return Err(CliError::Msg("the keyserver answered out of step".into())),
     };
     println!(
-        "Revoked device {} of {user_id} (log entry {seq}, signed by the organisation root,",
+        "Revoked device {} of {user_id} (log entry {seq}, signed by the organisation root and \
+         submitted over a root session: no clinician's device was used).",
         hex(device.as_bytes())
-    );
-    println!(
-        "relayed through the keyserver session of {}'s device in {}).",
-        identity.user_id,
-        path.display()
     );
     println!("The keyserver has closed that device's connections and refuses it from now on.");
     if remaining == 0 {
@@ -111,14 +170,14 @@ pub async fn revoke(
             "{user_id}'s user key is unchanged and the lost device may still hold it. The first \
              remaining device of {user_id} that is online rotates the key on its own within a \
              minute and hands the new log to the relay, which then refuses the revoked device \
-             too. To do it now from this machine:"
+             too. To do it now from that user's machine:"
         );
-        println!("  ward rotate-key --as {user_id}");
+        println!("  {} rotate-key --as {user_id}", crate::ward_cmd());
     }
     Ok(())
 }
 
-/// One authenticated keyserver connection.
+/// One keyserver connection authenticated by the organisation root.
 struct Session {
     conn: ward_net::Conn<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     next: u64,
@@ -126,11 +185,11 @@ struct Session {
 }
 
 impl Session {
-    async fn open(
+    async fn open_root(
         url: &str,
         audience: &Audience,
         tls: &ward_net::tls::ClientTls,
-        identity: &ward_sdk::store::Identity,
+        root: &OrgRootKey,
     ) -> Result<Self, CliError> {
         let unreachable = |e: NetError| {
             CliError::Msg(format!(
@@ -144,28 +203,25 @@ impl Session {
         .await
         .map_err(|_| unreachable(NetError::Timeout))?
         .map_err(unreachable)?;
-        ward_net::handshake::client(
-            &mut conn,
-            &identity.device_signing,
-            &identity.user_id,
-            audience,
-            &[],
-        )
-        .await
-        .map_err(|e| {
-            CliError::Msg(format!(
-                "the keyserver refused the device of {} ({e}): use an enrolled, active device \
-                 (--via)",
-                identity.user_id
-            ))
-        })?;
+        // The handshake signs with a device-key type: the same Ed25519 key,
+        // for this one transcript (its label keeps it apart from every
+        // other root signature, SECURITY.md §10.7).
+        let signer = DeviceSigningKey::import_secret(&*root.export_secret())
+            .map_err(|_| CliError::Msg("the root key does not load as a signer".into()))?;
+        ward_net::handshake::client(&mut conn, &signer, ADMIN_USER_ID, audience, &[])
+            .await
+            .map_err(|e| {
+                CliError::Msg(format!(
+                    "the keyserver at {url} refused the organisation root's session ({e}): is it \
+                     this organisation's keyserver (--keyserver, --keyserver-instance)?"
+                ))
+            })?;
         Ok(Self {
             conn,
             next: 1,
             url: url.to_owned(),
         })
     }
-
     async fn call(&mut self, body: ks_request::Body) -> Result<ks_response::Body, CliError> {
         let request_id = self.next;
         self.next += 1;
@@ -213,7 +269,7 @@ pub enum Format {
 }
 
 /// `ward admin audit-export`.
-pub fn audit_export(data: PathBuf, since: u64, format: Format) -> Result<(), CliError> {
+pub fn audit_export(data: std::path::PathBuf, since: u64, format: Format) -> Result<(), CliError> {
     let db = data.join("keyserver.db");
     if !db.exists() {
         return Err(CliError::Msg(format!(

@@ -639,30 +639,3 @@ pub async fn rotate_key(args: DeviceArgs, me: Option<String>) -> Result<(), CliE
     );
     Ok(())
 }
-
-/// For `ward admin revoke`: the identity of an enrolled device, to relay a
-/// root-signed statement over its authenticated keyserver session.
-pub fn unlock_identity(
-    args: &DeviceArgs,
-    user: Option<&str>,
-) -> Result<(ward_sdk::store::Identity, PathBuf), CliError> {
-    let path = args.store_for(user)?;
-    if !ward_sdk::store::Store::exists(&path) {
-        return Err(CliError::Msg(format!(
-            "no device store at {}: name an enrolled device with --via or --store",
-            path.display()
-        )));
-    }
-    let pin = args.pin().read(
-        &format!("PIN of the device store {}: ", path.display()),
-        false,
-    )?;
-    let store = ward_sdk::store::Store::unlock(&path, &pin, None)
-        .map_err(|e| explain(ClientError::Store(e), args))?;
-    let identity = store
-        .identity()
-        .map_err(|e| explain(ClientError::Store(e), args))?
-        .ok_or_else(|| CliError::Msg(format!("{} holds no enrolled device", path.display())))?;
-    store.lock();
-    Ok((identity, path))
-}

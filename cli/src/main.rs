@@ -2,8 +2,8 @@
 //!
 //! * `ward up` runs the relay and the keyserver, as two services with two
 //!   SQLite databases under `./ward-data`, for a local dev organisation.
-//! * `ward admin init | invite | revoke | audit-export` administer it
-//!   (`admin.rs`).
+//! * `ward admin init | encrypt-root | invite | revoke | audit-export`
+//!   administer it (`admin.rs`; the encrypted root: `root_store.rs`).
 //! * `ward enroll | send | listen | rotate-key`: a clinician's device on the
 //!   SDK client (`device.rs`; the PIN is read by `pin.rs`).
 //! * `ward demo`: everything in one process, in seconds (`demo.rs`).
@@ -15,6 +15,7 @@ mod device;
 mod endpoints;
 mod history;
 mod pin;
+mod root_store;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -164,19 +165,31 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Admin {
-    /// Create the dev organisation (its root key in <data>); `ward up` also
-    /// creates it on first run. Does nothing if it exists.
+    /// Create an organisation: a new root key, encrypted under a passphrase
+    /// (<data>/org-root.enc, or --root-file), and its public key in
+    /// <data>/org-root.pub. Does nothing if the root file exists.
     Init {
-        /// Where the dev organisation's keys go.
+        /// Where the organisation's public key goes (and, by default, the
+        /// encrypted root).
         #[arg(long, env = "WARD_DATA", default_value = "ward-data")]
         data: PathBuf,
+        #[command(flatten)]
+        root: root_store::RootArgs,
+    },
+    /// Seal `ward up`'s plain dev root key (<data>/dev-org-root.key) under a
+    /// passphrase, then delete the plain file.
+    EncryptRoot {
+        /// The folder of `ward up`.
+        #[arg(long, env = "WARD_DATA", default_value = "ward-data")]
+        data: PathBuf,
+        #[command(flatten)]
+        root: root_store::RootArgs,
     },
     /// Revoke a clinician's lost device, signed by the organisation root.
     ///
-    /// The keyserver has no operator request path, so the signed revocation
-    /// is relayed over the authenticated keyserver session of an enrolled
-    /// device on this machine (--via; SECURITY.md 10.2: its signature, not
-    /// the submitter, authorises it).
+    /// Signed here with the (encrypted) root and submitted over a keyserver
+    /// session the root itself authenticates (SECURITY.md 10.7): no
+    /// clinician's device is involved.
     Revoke {
         /// Whose device.
         #[arg(long)]
@@ -184,12 +197,10 @@ enum Admin {
         /// The lost device's id (64 hex digits; `ward enroll` printed it).
         #[arg(long)]
         device_id: String,
-        /// The enrolled device to relay through (`<data>/clients/<user>.db`);
-        /// optional when only one device store exists.
-        #[arg(long)]
-        via: Option<String>,
         #[command(flatten)]
-        device: device::DeviceArgs,
+        root: root_store::RootArgs,
+        #[command(flatten)]
+        keyserver: admin::KeyserverArgs,
     },
     /// Export the keyserver's access log: which device read which wrapped
     /// key or grant, and when (read-only; safe while `ward up` runs).
@@ -228,6 +239,8 @@ enum Admin {
         /// (0600), instead of standard output: it holds a one-time secret.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        root: root_store::RootArgs,
     },
 }
 
@@ -280,6 +293,8 @@ enum CliError {
     Relay(#[from] ward_relay::RelayError),
     #[error("keyserver failed: {0}")]
     Keyserver(#[from] ward_keyserver::KeyserverError),
+    #[error("{}", root_store::explain(.0, .1))]
+    RootFile(PathBuf, ward_core::root_store::RootStoreError),
     #[error("{0}")]
     Msg(String),
 }
@@ -308,6 +323,9 @@ fn load_org_public(data: &Path) -> Result<SigningPublicKey, CliError> {
                     path.display()
                 ))
             });
+    }
+    if let Some(public) = root_store::public_key(data)? {
+        return Ok(public);
     }
     match load_root(data) {
         Ok(root) => Ok(root.public_key()),
@@ -385,9 +403,14 @@ async fn up(
     ks_listen: SocketAddr,
     opts: UpOptions,
 ) -> Result<(), CliError> {
-    let (root, created) = load_or_create_root(&data)?;
-    let org_root: SigningPublicKey = root.public_key();
-    drop(root);
+    // An organisation of `ward admin init`: only its public key is needed here.
+    let (org_root, created) = match root_store::public_key(&data)? {
+        Some(public) => (public, false),
+        None => {
+            let (root, created) = load_or_create_root(&data)?;
+            (root.public_key(), created)
+        }
+    };
     write_org_public(&data, &org_root)?;
     // The relay's link to the keyserver trusts what the CLI trusts.
     let mut link_tls = ward_net::tls::ClientTls::default();
@@ -466,7 +489,7 @@ async fn up(
             ks_listener.local_addr().map_err(io("keyserver address"))?
         ),
     };
-    // The relay follows the keyserver's relay link (SECURITY.md §10.7), so
+    // The relay follows the keyserver's relay link (SECURITY.md §10.8), so
     // a revocation reaches it at once: its service key (0600, beside its
     // database) is the one relay key the keyserver allows.
     let service_key =
@@ -550,8 +573,13 @@ fn invite_lines(
     }
 }
 
-fn invite(data: &Path, details: InviteDetails, out: Option<&Path>) -> Result<(), CliError> {
-    let root = load_root(data)?;
+fn invite(
+    data: &Path,
+    root: &root_store::RootArgs,
+    details: InviteDetails,
+    out: Option<&Path>,
+) -> Result<(), CliError> {
+    let root = root_store::unlock(data, root)?;
     let (signed, delegation) = create_invite(&mut rand::rng(), &root, &details)?;
     let text = zeroize::Zeroizing::new(format!(
         "Invite for {} ({}), expires {}.\n\
@@ -602,30 +630,6 @@ fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(f: F) -> Resu
         Ok(rt) => rt.block_on(f),
         Err(e) => Err(CliError::Io("cannot start the async runtime".into(), e)),
     }
-}
-
-fn admin_init(data: &Path) -> Result<(), CliError> {
-    let (root, created) = load_or_create_root(data)?;
-    let public = root.public_key();
-    drop(root);
-    write_org_public(data, &public)?;
-    if created {
-        println!(
-            "Created a dev organisation in {}/ (root key in {ROOT_KEY_FILE}: dev only; a real \
-             organisation keeps its root key offline).",
-            data.display()
-        );
-    } else {
-        println!(
-            "The dev organisation in {}/ already exists.",
-            data.display()
-        );
-    }
-    println!("  org root   {}", hex(public.as_bytes()));
-    println!(
-        "Next: `ward up`, then `ward admin invite --user-id dr.martin --name \"Dr Claire Martin\"`."
-    );
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -714,17 +718,20 @@ fn main() -> ExitCode {
         Command::RotateKey { as_user, device } => block_on(device::rotate_key(device, as_user)),
         Command::Demo { keep } => block_on(demo::run(keep)),
         Command::Admin {
-            command: Admin::Init { data },
-        } => admin_init(&data),
+            command: Admin::Init { data, root },
+        } => root_store::init(&data, &root),
+        Command::Admin {
+            command: Admin::EncryptRoot { data, root },
+        } => root_store::encrypt_root(&data, &root),
         Command::Admin {
             command:
                 Admin::Revoke {
                     user_id,
                     device_id,
-                    via,
-                    device,
+                    root,
+                    keyserver,
                 },
-        } => block_on(admin::revoke(device, via, user_id, device_id)),
+        } => block_on(admin::revoke(keyserver, root, user_id, device_id)),
         Command::Admin {
             command:
                 Admin::AuditExport {
@@ -743,11 +750,13 @@ fn main() -> ExitCode {
                     registry_number,
                     days,
                     out,
+                    root,
                 },
         } => {
             let now = now_secs();
             invite(
                 &data,
+                &root,
                 InviteDetails {
                     user_id,
                     display_name: name,

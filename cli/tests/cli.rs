@@ -178,6 +178,7 @@ fn every_command_has_help() {
         &["demo", "--help"],
         &["admin", "--help"],
         &["admin", "init", "--help"],
+        &["admin", "encrypt-root", "--help"],
         &["admin", "invite", "--help"],
         &["admin", "revoke", "--help"],
         &["admin", "audit-export", "--help"],
@@ -198,8 +199,14 @@ struct Up {
 
 impl Up {
     fn start(name: &str) -> Self {
+        Self::start_after(name, |_| {})
+    }
+
+    /// Like [`Up::start`], running `prepare` on the fresh data folder first.
+    fn start_after(name: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
         let data = std::env::temp_dir().join(format!("ward-cli-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
+        prepare(&data);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
             .args([
                 "up",
@@ -429,9 +436,10 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
     let unknown = up.ward(&["send", "--as", "dr.martin", "--to", "nobody.here", "x"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown user nobody.here"));
 
-    // A lost phone: revoked by the root, relayed through Martin's device.
-    // It is listening at the time: the relay learns the revocation from the
-    // keyserver at once, and `ward listen` says so, wiped, and fails.
+    // A lost phone: revoked by the (dev) root over a root session. It is
+    // listening at the time, its user's only device: the relay learns the
+    // revocation from the keyserver's relay link at once, and `ward listen`
+    // says so, wiped, and fails (issue 12, done-when 5).
     let roux = up.enroll("pharm.roux", "Paul Roux");
     let roux_store = up.data.join("clients").join("pharm.roux.db");
     assert!(roux_store.exists());
@@ -457,10 +465,12 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
         "pharm.roux",
         "--device-id",
         &roux,
-        "--via",
-        "dr.martin",
     ]);
     assert!(revoked.contains("Revoked device"), "{revoked}");
+    assert!(
+        revoked.contains("no clinician's device was used"),
+        "{revoked}"
+    );
     let told = std::time::Instant::now();
     let status = loop {
         if let Some(s) = listening.try_wait().unwrap() {
@@ -587,25 +597,32 @@ fn conversations_history_and_outbox_show_what_the_device_holds() {
 }
 
 #[test]
-fn admin_init_creates_the_organisation_once() {
+fn admin_init_creates_the_encrypted_root_once() {
     let data = std::env::temp_dir().join(format!("ward-cli-init-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let ward = env!("CARGO_BIN_EXE_ward");
-    let first = Command::new(ward)
-        .args(["admin", "init", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(first.status.success());
+    let init = || {
+        Command::new(ward)
+            .args(["admin", "init", "--data"])
+            .arg(&data)
+            .env("WARD_ROOT_PASSPHRASE", "ward cli init passphrase")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let first = init();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let first = String::from_utf8(first.stdout).unwrap();
-    assert!(first.starts_with("Created a dev organisation"), "{first}");
-    let again = Command::new(ward)
-        .args(["admin", "init", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let again = String::from_utf8(again.stdout).unwrap();
-    assert!(again.contains("already exists"));
+    assert!(
+        first.starts_with("Created the organisation root"),
+        "{first}"
+    );
+    let again = String::from_utf8(init().stdout).unwrap();
+    assert!(again.contains("already exists"), "{again}");
     let root = |s: &str| {
         s.lines()
             .find(|l| l.contains("org root"))
@@ -614,7 +631,249 @@ fn admin_init_creates_the_organisation_once() {
     };
     assert_eq!(root(&first), root(&again));
     assert!(data.join("org-root.pub").exists());
+    // The sealed file: 144 bytes, owner-only, no plain key beside it.
+    let sealed = std::fs::read(data.join("org-root.enc")).unwrap();
+    assert_eq!(sealed.len(), 144);
+    assert!(sealed.starts_with(b"WARDROOT"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("org-root.enc"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(!data.join("dev-org-root.key").exists());
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `ward ARGS` in `data` with `stdin` written to standard input, the
+/// passphrase variable unset unless `env` sets it.
+fn ward_piped(
+    data: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write as _;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.args(args)
+        .env("WARD_DATA", data)
+        .env_remove("WARD_ROOT_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn an_encrypted_root_signs_invites_and_revokes_with_its_passphrase_only() {
+    const PASS: &str = "a root passphrase for ward";
+    // `ward admin init` before `ward up`: a passphrase is required, a short
+    // one refused with nothing written, then the root is sealed.
+    let up = Up::start_after("sealed", |data| {
+        let none = ward_piped(data, &["admin", "init"], &[], "");
+        assert!(!none.status.success());
+        assert!(
+            text(&none).contains("no root passphrase: standard input is not a terminal"),
+            "{}",
+            text(&none)
+        );
+        let short = ward_piped(
+            data,
+            &["admin", "init", "--passphrase-stdin"],
+            &[],
+            "too short\n",
+        );
+        assert!(!short.status.success());
+        assert!(
+            text(&short).contains("at least 12 characters"),
+            "{}",
+            text(&short)
+        );
+        assert!(!data.join("org-root.enc").exists());
+        let made = ward_piped(
+            data,
+            &["admin", "init", "--passphrase-stdin"],
+            &[],
+            &format!("{PASS}\n"),
+        );
+        assert!(made.status.success(), "{}", text(&made));
+    });
+    // `ward up` serves that organisation from its public key alone.
+    let public = std::fs::read_to_string(up.data.join("org-root.pub")).unwrap();
+    assert!(!up.data.join("dev-org-root.key").exists());
+
+    // Invites: the passphrase from standard input, or from the variable.
+    let invite = |user: &str, env: &[(&str, &str)], stdin: &str| {
+        let file = up.data.join(format!("{user}.invite"));
+        let out = ward_piped(
+            &up.data,
+            &[
+                "admin",
+                "invite",
+                "--user-id",
+                user,
+                "--name",
+                user,
+                "--out",
+                file.to_str().unwrap(),
+            ],
+            env,
+            stdin,
+        );
+        (out, file)
+    };
+    let (wrong, wrong_file) = invite(
+        "dr.wrong",
+        &[("WARD_ROOT_PASSPHRASE", "not the passphrase")],
+        "",
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("wrong passphrase for the organisation root"),
+        "{}",
+        text(&wrong)
+    );
+    assert!(
+        !wrong_file.exists(),
+        "nothing is signed with a wrong passphrase"
+    );
+    let (no_pass, _) = invite("dr.none", &[], "");
+    assert!(text(&no_pass).contains("Set WARD_ROOT_PASSPHRASE, or pass --passphrase-stdin"));
+    let (ok, file) = invite("dr.leroy", &[("WARD_ROOT_PASSPHRASE", PASS)], "");
+    assert!(ok.status.success(), "{}", text(&ok));
+    let enrolled = up.ok(&["enroll", "--invite-file", file.to_str().unwrap()]);
+    let device = enrolled
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("device"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // Revocation: the root unlocked from standard input, no device store
+    // of any clinician opened (no PIN is given).
+    let revoke = |stdin: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+        cmd.args([
+            "admin",
+            "revoke",
+            "--passphrase-stdin",
+            "--user-id",
+            "dr.leroy",
+            "--device-id",
+            &device,
+        ])
+        .env("WARD_DATA", &up.data)
+        .env("WARD_KEYSERVER_URL", &up.keyserver)
+        .env_remove("WARD_PIN")
+        .env_remove("WARD_ROOT_PASSPHRASE");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        child.wait_with_output().unwrap()
+    };
+    let bad = revoke("not the passphrase\n");
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("wrong passphrase"), "{}", text(&bad));
+    let done = revoke(&format!("{PASS}\n"));
+    assert!(done.status.success(), "{}", text(&done));
+    assert!(text(&done).contains("Revoked device"), "{}", text(&done));
+    assert!(text(&done).contains("no clinician's device was used"));
+    let refused = up.ward(&["send", "--as", "dr.leroy", "--to", "dr.leroy", "x"]);
+    assert!(!refused.status.success());
+    let again = revoke(&format!("{PASS}\n"));
+    assert!(text(&again).contains("already revoked"), "{}", text(&again));
+    assert_eq!(
+        std::fs::read_to_string(up.data.join("org-root.pub")).unwrap(),
+        public
+    );
+}
+
+#[test]
+fn encrypt_root_seals_the_dev_key_and_deletes_it() {
+    let up = Up::start("encrypt-root");
+    let plain = up.data.join("dev-org-root.key");
+    assert!(plain.exists());
+    // Signing with the plain dev key says so.
+    let dev = up.ward(&["admin", "invite", "--user-id", "dr.a", "--name", "A"]);
+    assert!(text(&dev).contains("plain dev root key"), "{}", text(&dev));
+
+    let sealed = ward_piped(
+        &up.data,
+        &["admin", "encrypt-root", "--passphrase-stdin"],
+        &[],
+        "sealing the dev root\n",
+    );
+    assert!(sealed.status.success(), "{}", text(&sealed));
+    assert!(text(&sealed).contains("Sealed the organisation root"));
+    assert!(!plain.exists());
+    assert!(up.data.join("org-root.enc").exists());
+    // Twice is refused, nothing changed.
+    let twice = ward_piped(
+        &up.data,
+        &["admin", "encrypt-root", "--passphrase-stdin"],
+        &[],
+        "sealing the dev root\n",
+    );
+    assert!(!twice.status.success());
+    // From now on the passphrase is needed, and the organisation is the same.
+    let none = ward_piped(
+        &up.data,
+        &["admin", "invite", "--user-id", "dr.b", "--name", "B"],
+        &[],
+        "",
+    );
+    assert!(!none.status.success());
+    let ok = ward_piped(
+        &up.data,
+        &[
+            "admin",
+            "invite",
+            "--passphrase-stdin",
+            "--user-id",
+            "dr.b",
+            "--name",
+            "B",
+        ],
+        &[],
+        "sealing the dev root\n",
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    let invite = String::from_utf8(ok.stdout).unwrap();
+    let line = invite
+        .lines()
+        .find_map(|l| l.strip_prefix("invite:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let signed = SignedInvite::decode(unhex(&line).as_slice()).unwrap();
+    let public = std::fs::read_to_string(up.data.join("org-root.pub")).unwrap();
+    let root = SigningPublicKey::from_bytes(&unhex(public.trim())).unwrap();
+    assert!(verify_invite(&root, &signed).is_ok());
+    // The keyserver still serves: the enrolment from that invite works.
+    let file = up.data.join("dr.b.invite");
+    std::fs::write(&file, &invite).unwrap();
+    up.ok(&["enroll", "--invite-file", file.to_str().unwrap()]);
 }
 
 /// The first-contact items of issue 12, as a new user meets them.
@@ -827,4 +1086,63 @@ fn ward_up_print_config_shows_its_settings_from_flags_file_and_defaults() {
         "print-config starts nothing"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admin_init_reads_the_passphrase_from_a_terminal_without_echo() {
+    // `script` (util-linux) gives the command a pseudo-terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) on this machine");
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let data = std::env::temp_dir().join(format!("ward-cli-tty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let command = format!(
+        "{} admin init --data {}",
+        env!("CARGO_BIN_EXE_ward"),
+        data.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("WARD_ROOT_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |what: &str| {
+        while !seen.contains(what) {
+            let chunk = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no {what:?} in {seen:?}"));
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        seen.clone()
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    // The prompt is printed once echo is off: typing after it is never shown.
+    wait_for("New passphrase for the organisation root");
+    stdin.write_all(b"typed at a terminal\n").unwrap();
+    wait_for("Repeat the passphrase");
+    stdin.write_all(b"typed at a terminal\n").unwrap();
+    let out = wait_for("org root");
+    assert!(child.wait().unwrap().success(), "{out}");
+    assert!(out.contains("Created the organisation root"), "{out}");
+    assert!(
+        !out.contains("typed at a terminal"),
+        "the passphrase was echoed: {out}"
+    );
+    assert_eq!(std::fs::read(data.join("org-root.enc")).unwrap().len(), 144);
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -34,7 +34,7 @@ pub const MAX_CHALLENGE_BYTES: usize = 1024;
 pub const RELAY: &str = "ward-relay";
 /// The keyserver's service name.
 pub const KEYSERVER: &str = "ward-keyserver";
-/// The request path of the keyserver's relay link (SECURITY.md §10.7).
+/// The request path of the keyserver's relay link (SECURITY.md §10.8).
 pub const RELAY_LINK_PATH: &str = "/v2/relay-link";
 /// The instance id a server and a client use when none is configured.
 /// Deployments that share an organisation root (staging and production, or
@@ -166,7 +166,7 @@ pub fn verify_response(
     Ok((response.user_id.clone(), device))
 }
 
-/// The relay link's transcript (SECURITY.md §10.7): the keyserver's
+/// The relay link's transcript (SECURITY.md §10.8): the keyserver's
 /// challenge fields, the root of `audience` (the keyserver's, never read from
 /// the wire) and the relay's service key.
 fn link_transcript(audience: &Audience, challenge: &AuthChallenge, relay_key: &[u8]) -> Vec<u8> {

@@ -264,7 +264,7 @@ signing_key_type!(
 );
 signing_key_type!(
     /// A relay's service key: it authenticates the relay to the keyserver's
-    /// relay link (SECURITY.md §10.7) and signs nothing else.
+    /// relay link (SECURITY.md §10.8) and signs nothing else.
     RelayServiceKey
 );
 

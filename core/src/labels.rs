@@ -26,7 +26,7 @@ pub const SIG_DEVICE_POSSESSION: &[u8] = b"ward/v2/sig/device-possession";
 /// Device signature in the authentication handshake.
 pub const SIG_AUTH: &[u8] = b"ward/v2/sig/auth";
 /// A relay's service-key signature when it authenticates to the keyserver's
-/// relay link (SECURITY.md §10.7). Its own label: no device handshake
+/// relay link (SECURITY.md §10.8). Its own label: no device handshake
 /// signature is ever a relay-link one, and the other way round.
 pub const SIG_RELAY_LINK: &[u8] = b"ward/v2/sig/relay-link";
 /// Hash of an encoded `Invite` (the `prev_hash` of log entry 0, and its single-use id).
@@ -39,6 +39,9 @@ pub const WRAP_INFO: &[u8] = b"ward/v2/wrap/resource-key";
 pub const GRANT_INFO: &[u8] = b"ward/v2/wrap/device-grant";
 /// Id of an X-Wing encryption public key (`WrappedKey.recipient_key`, grants).
 pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
+/// HKDF-Expand `info` of the key that seals the organisation root at rest
+/// (SECURITY.md §10.7.1).
+pub const ROOT_STORE_AEAD_KEY: &[u8] = b"ward/v2/root-store/aead-key";
 
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {

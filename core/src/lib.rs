@@ -14,6 +14,7 @@
 //! | [`envelope`] | seal and open of messages and files |
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
+//! | [`root_store`] | the organisation root sealed under a passphrase |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -59,6 +60,7 @@ pub mod invite;
 pub mod keys;
 pub mod labels;
 pub mod padding;
+pub mod root_store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wrap;

@@ -1274,7 +1274,7 @@ fn gen_signatures() -> J {
         response.signature
     );
 
-    // The relay link (SECURITY.md §10.7): the relay's service key signs the
+    // The relay link (SECURITY.md §10.8): the relay's service key signs the
     // keyserver's challenge under its own label.
     let service = RelayServiceKey::import_secret(&seed(L_RELAY_SERVICE)).unwrap();
     let ks_audience = auth::Audience::keyserver(root().public_key(), AUTH_INSTANCE);
@@ -1317,7 +1317,7 @@ fn gen_signatures() -> J {
          device_id])), org_root the 32-byte pinned root of both sides. Invite \
          (SECURITY.md §4.1): signature = Ed25519(org root, framed(SIG_INVITE, [invite])) over \
          the encoded Invite; create_invite draws one 32-byte delegation key seed; invite_hash = \
-         SHA-256(framed(HASH_INVITE, [invite])). Relay link (SECURITY.md §10.7): signature = \
+         SHA-256(framed(HASH_INVITE, [invite])). Relay link (SECURITY.md §10.8): signature = \
          Ed25519(relay service key, framed(SIG_RELAY_LINK, [u32_be(version), service, instance, \
          org_root, nonce, service_key])) over the keyserver's challenge; the AuthResponse has an \
          empty user_id and log and the service key as device_id.",

@@ -183,7 +183,7 @@ pub struct Config {
     /// Where the keyserver's metrics and readiness go (the admin listener
     /// serves the same registry).
     pub metrics: ward_ops::metrics::Registry,
-    /// Relay service keys allowed on the relay link (SECURITY.md §10.7);
+    /// Relay service keys allowed on the relay link (SECURITY.md §10.8);
     /// empty: every relay is refused there.
     pub relay_keys: Vec<SigningPublicKey>,
 }

@@ -171,6 +171,7 @@ pub fn check_request(
                 len_ok(&g.user_key, KEY_BYTES, "user key")?;
             }
         }
+        Body::AdminSubmit(_) => return Err(admin_only()),
     }
     Ok(())
 }
@@ -317,7 +318,16 @@ async fn run(
             ctx.db.access.record(vec![row]).await?;
             Ok(ks_response::Body::Grant(grant))
         }
+        // Refused by `check_request` already.
+        Body::AdminSubmit(_) => Err(admin_only()),
     }
+}
+
+/// A device session sent a root session's request (SECURITY.md §10.7).
+fn admin_only() -> RequestError {
+    RequestError::forbidden(
+        "admin_submit is for root sessions only (a device relays a root-signed entry with append)",
+    )
 }
 
 #[cfg(test)]

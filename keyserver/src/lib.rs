@@ -11,6 +11,7 @@
 //! | [`storage`] | SQLite schema, migrations, queries; [`storage::export_access_log`] |
 //! | [`access`] | the group-committed access log |
 //! | [`handler`] | request to response |
+//! | [`admin`] | root sessions: root-signed entries from the offline root, no device needed |
 //! | `server` | accept loop, per-connection task, revocation fan-out, shutdown ([`run`]) |
 //!
 //! Transport and authentication are `ward-net`'s, shared with the relay: one
@@ -52,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod admin;
 pub mod config;
 pub mod directory;
 mod error;

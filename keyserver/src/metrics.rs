@@ -51,6 +51,7 @@ impl KsMetrics {
             Some(ks_request::Body::GetKeys(_)) => "get_keys",
             Some(ks_request::Body::PutGrants(_)) => "put_grants",
             Some(ks_request::Body::GetGrant(_)) => "get_grant",
+            Some(ks_request::Body::AdminSubmit(_)) => "admin_submit",
             None => "empty",
         }
     }

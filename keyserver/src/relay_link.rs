@@ -1,4 +1,4 @@
-//! The relay link (SECURITY.md §10.7): relays dial `/v2/relay-link`,
+//! The relay link (SECURITY.md §10.8): relays dial `/v2/relay-link`,
 //! authenticate with their service key, and are sent every user log that
 //! changes, so that a revocation reaches the relay at once, whether or not
 //! another device of that user is online.
@@ -70,7 +70,7 @@ impl LinkMetrics {
         Self {
             connected: r.gauge(
                 "ward_keyserver_relay_links",
-                "Relays connected to the relay link (SECURITY.md 10.7).",
+                "Relays connected to the relay link (SECURITY.md 10.8).",
             ),
             notices: r.counter(
                 "ward_keyserver_relay_link_notices_total",

@@ -118,7 +118,7 @@ struct State {
     refusal_log: RefusalLog,
     /// This keyserver as a handshake audience (service, instance, root).
     audience: handshake::Audience,
-    /// The relay link (SECURITY.md §10.7) and its change signal.
+    /// The relay link (SECURITY.md §10.8) and its change signal.
     link: crate::relay_link::LinkState,
     log_changed: watch::Sender<u64>,
 }
@@ -335,10 +335,12 @@ async fn connection(
 
     let mut registration = None;
     let mut enrolled = false;
+    let mut root_session = false;
     let mut enrolling_permit = None;
     let auth = {
         let slot = &mut registration;
         let enrolled = &mut enrolled;
+        let root_session = &mut root_session;
         let enrolling_permit = &mut enrolling_permit;
         let state = &state;
         tokio::select! {
@@ -346,6 +348,11 @@ async fn connection(
                 // Register before reading the directory: a revocation
                 // committed after this read still reaches the session.
                 *slot = Some(state.sessions.register(&peer.user_id, &peer.device));
+                // The organisation root itself (SECURITY.md §10.7): no directory entry.
+                if crate::admin::is_root_session(&state.ctx.root, &peer.user_id, &peer.device)? {
+                    *root_session = true;
+                    return Ok(peer);
+                }
                 let (user, device) = (peer.user_id.clone(), peer.device);
                 let status = state
                     .ctx
@@ -405,6 +412,7 @@ async fn connection(
         &mut registration,
         &mut stop,
         enrolling_permit,
+        root_session,
     )
     .await;
 }
@@ -416,6 +424,7 @@ async fn serve(
     registration: &mut Registration,
     stop: &mut watch::Receiver<bool>,
     mut enrolling_permit: Option<Ticket>,
+    root_session: bool,
 ) {
     let limits = &state.ctx.limits;
     let max = limits.net.max_frame_bytes;
@@ -444,7 +453,7 @@ async fn serve(
                 }
                 continue;
             }
-            _ = &mut enroll_deadline, if !session.enrolled => {
+            _ = &mut enroll_deadline, if !session.enrolled && !root_session => {
                 conn.close(close::AUTH_TIMEOUT, "enrollment not completed in time").await;
                 return;
             }
@@ -472,7 +481,11 @@ async fn serve(
         };
         let kind = KsMetrics::kind(&req);
         let outcome = if state.rate.allow(&session.device) {
-            handler::handle(&state.ctx, session, req).await
+            if root_session {
+                crate::admin::handle(&state.ctx, req).await
+            } else {
+                handler::handle(&state.ctx, session, req).await
+            }
         } else {
             handler::Outcome {
                 response: handler::error_response(
@@ -492,7 +505,7 @@ async fn serve(
             outcome.response.body,
             Some(ward_proto::v1::ks_response::Body::Appended(_))
         ) {
-            // Tell the relay links (SECURITY.md §10.7).
+            // Tell the relay links (SECURITY.md §10.8).
             state.log_changed.send_modify(|n| *n = n.wrapping_add(1));
         }
         let sent = conn.send_msg(&outcome.response).await;

@@ -21,6 +21,8 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.Send.recipients", 4096),
     // ward_core::envelope::MAX_RECIPIENTS is 256.
     ("ward.v1.EnvelopeHeader.recipient_user_ids", 1024),
+    // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
+    // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];
 
 /// Most repeated-field entries in one decoded message, all fields and

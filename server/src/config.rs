@@ -36,7 +36,7 @@ pub struct Config {
     /// Counters of the log verifier (keep a clone to read them).
     pub log_stats: Arc<crate::logs::LogStats>,
     /// The keyserver's relay link, which brings every log change (a
-    /// revocation) at once (SECURITY.md §10.7); `None`: the relay learns
+    /// revocation) at once (SECURITY.md §10.8); `None`: the relay learns
     /// logs from devices only (§9).
     pub keyserver_link: Option<crate::keyserver_link::KeyserverLink>,
 }

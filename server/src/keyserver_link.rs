@@ -1,4 +1,4 @@
-//! The relay's end of the keyserver's relay link (SECURITY.md §10.7): the
+//! The relay's end of the keyserver's relay link (SECURITY.md §10.8): the
 //! relay dials the keyserver, proves its service key, and is sent every user
 //! log that changes there. A revocation signed by the organisation root thus
 //! reaches the relay at once, whether or not another device of that user is
@@ -158,7 +158,7 @@ impl LinkMetrics {
         Self {
             connected: r.gauge(
                 "ward_relay_keyserver_link_connected",
-                "1 while the keyserver's relay link is up (SECURITY.md 10.7).",
+                "1 while the keyserver's relay link is up (SECURITY.md 10.8).",
             ),
             notices: r.counter(
                 "ward_relay_keyserver_link_notices_total",

@@ -34,7 +34,7 @@ struct Args {
     #[command(flatten)]
     tls: ward_ops::tls_args::TlsArgs,
     /// The keyserver to follow over its relay link (wss://host:port), which
-    /// brings every revocation at once (SECURITY.md §10.7). Its --relay-key
+    /// brings every revocation at once (SECURITY.md §10.8). Its --relay-key
     /// must list this relay's service key (`ward-relay service-key`). None:
     /// logs come from devices only.
     #[arg(long, env = "WARD_RELAY_KEYSERVER_URL")]

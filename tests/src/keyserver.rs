@@ -165,6 +165,35 @@ impl KsClient {
         Ok(Self { conn, next_id: 1 })
     }
 
+    /// Opens a root session (SECURITY.md §10.7): the handshake signed by the
+    /// organisation root itself, as `ward admin revoke` does.
+    pub async fn connect_root(
+        url: &str,
+        root: &ward_core::keys::OrgRootKey,
+    ) -> Result<Self, NetError> {
+        // The handshake signs with a device-key type: same Ed25519 seed.
+        let signer = DeviceSigningKey::import_secret(&*root.export_secret())
+            .expect("an Ed25519 seed loads as a signer");
+        Self::connect(
+            url,
+            &root.public_key(),
+            &signer,
+            ward_keyserver::admin::ADMIN_USER_ID,
+        )
+        .await
+    }
+
+    /// Submits a root-signed entry over a root session; returns its seq.
+    pub async fn admin_submit(&mut self, entry: &SignedStatement) -> Result<u64, CallError> {
+        let body = ks_request::Body::AdminSubmit(ward_proto::v1::AdminSubmit {
+            entry: Some(entry.clone()),
+        });
+        match self.call(body).await? {
+            ks_response::Body::Appended(a) => Ok(a.seq),
+            other => Err(CallError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Sends one request and returns the matching reply's body.
     pub async fn call(&mut self, body: ks_request::Body) -> Result<ks_response::Body, CallError> {
         let request_id = self.next_id;

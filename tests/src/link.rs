@@ -1,4 +1,4 @@
-//! The keyserver's relay link (SECURITY.md §10.7) in tests: a relay service
+//! The keyserver's relay link (SECURITY.md §10.8) in tests: a relay service
 //! key, the relay's link configuration to a test keyserver, and a fake
 //! keyserver end that sends whatever notices a test wants (to check that the
 //! relay verifies them itself).

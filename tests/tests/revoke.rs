@@ -1,5 +1,5 @@
 //! Issue 12, "revocation reaches everyone": the keyserver's relay link
-//! (SECURITY.md §10.7) through the real relay and keyserver on 127.0.0.1:0.
+//! (SECURITY.md §10.8) through the real relay and keyserver on 127.0.0.1:0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

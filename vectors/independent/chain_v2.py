@@ -494,13 +494,13 @@ def verify_response(root, service, instance, ch, resp):
 
 
 def link_transcript(root, ch, service_key):
-    # SECURITY.md §10.7: the keyserver's challenge, the root, the relay's service key.
+    # SECURITY.md §10.8: the keyserver's challenge, the root, the relay's service key.
     return frame(SIG_RELAY_LINK, ch["version"].to_bytes(4, "big"), ch["service"].encode(),
                  ch["instance"].encode(), root, ch["nonce"], service_key)
 
 
 def verify_link_response(root, ch, resp):
-    # L1-L3 of §10.7 (L4, the allowed keys, is the keyserver's configuration).
+    # L1-L3 of §10.8 (L4, the allowed keys, is the keyserver's configuration).
     # The log field (4) is not decoded here; the vector's response has none.
     if len(ch["nonce"]) != 32 or resp["user_id"] != "":
         raise Err("AuthError::Malformed")

@@ -36,7 +36,7 @@ struct Args {
     instance: String,
     /// A relay service public key (64 hex digits, printed by `ward-relay
     /// service-key`) allowed on the relay link, which tells relays of every
-    /// log change at once (SECURITY.md §10.7). Repeatable; none: no relay link.
+    /// log change at once (SECURITY.md §10.8). Repeatable; none: no relay link.
     #[arg(
         long = "relay-key",
         env = "WARD_KEYSERVER_RELAY_KEYS",
