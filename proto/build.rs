@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ward/v1/auth.proto",
         "proto/ward/v1/relay.proto",
         "proto/ward/v1/keyserver.proto",
+        "proto/ward/v1/room.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let bounds = bounds(&fds)?;

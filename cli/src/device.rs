@@ -196,6 +196,14 @@ pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
         ClientError::Store(StoreError::WrongPin { attempts_left }) => {
             format!("wrong PIN: {attempts_left} attempts left before the store is wiped")
         }
+        ClientError::ReenrollRequired => format!(
+            "this device store was written by Ward protocol v1, whose keys this version cannot \
+             use (its messages are still in it). To use this device again: ask your \
+             administrator for a new invite (`ward admin invite`), move the store aside (the \
+             store's .db file and its .db.header, under {}/clients/ unless --store names it), \
+             then enroll again with `ward enroll --invite-file <the new invite>`",
+            args.data.display()
+        ),
         ClientError::Store(StoreError::Wiped) => {
             "too many wrong PINs: the device store has been wiped; enroll again with a new invite"
                 .into()

@@ -648,6 +648,56 @@ fn admin_init_creates_the_encrypted_root_once() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// A device store written by the v1 SDK (the committed fixture of
+/// `sdk/tests/fixtures`, PIN 271828): `ward listen` on it does not start, and
+/// says what to do (a new invite, move the store aside, enroll again),
+/// rather than a bare store error.
+#[test]
+fn a_v1_device_store_asks_for_a_new_invite() {
+    let data = std::env::temp_dir().join(format!("ward-cli-v1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let ward = env!("CARGO_BIN_EXE_ward");
+    // Any organisation: the store is refused before the root is used.
+    let root = ward_core::keys::OrgRootKey::import_secret(&[7; 32])
+        .unwrap()
+        .public_key();
+    let root_hex: String = root.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let clients = data.join("clients");
+    std::fs::create_dir_all(&clients).unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/tests/fixtures");
+    for (from, to) in [
+        ("store-v1.db", "fixture@ward.db"),
+        ("store-v1.db.header", "fixture@ward.db.header"),
+    ] {
+        std::fs::copy(format!("{fixtures}/{from}"), clients.join(to)).unwrap();
+    }
+    let mut cmd = Command::new(ward);
+    cmd.args(["listen", "--as", "fixture@ward", "--timeout-secs", "5"])
+        .arg("--data")
+        .arg(&data)
+        .args(["--org-root", &root_hex])
+        // Nothing listens there: the verdict comes before any connection.
+        .args([
+            "--relay",
+            "ws://127.0.0.1:9",
+            "--keyserver",
+            "ws://127.0.0.1:9",
+        ])
+        .env("WARD_PIN", "271828");
+    let out = run_within(cmd, std::time::Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for needed in [
+        "written by Ward protocol v1",
+        "new invite",
+        "move the store aside",
+        "ward enroll --invite-file",
+    ] {
+        assert!(err.contains(needed), "missing {needed:?} in: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// `ward ARGS` in `data` with `stdin` written to standard input, the
 /// passphrase variable unset unless `env` sets it.
 fn ward_piped(

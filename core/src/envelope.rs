@@ -46,18 +46,19 @@ use hkdf::Hkdf;
 use rand_core::CryptoRng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use ward_proto::v1::{Envelope, EnvelopeHeader, WrappedKey};
+use ward_proto::v1::{Envelope, EnvelopeHeader, RoomRecipient, WrappedKey};
 use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded, decode_canonical};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::chain::VerifiedUser;
 use crate::error::{OpenError, SealError};
 use crate::ids::{ConversationId, ResourceId, valid_user_id};
-use crate::keys::{DeviceSigningKey, ResourceKey, SigningPublicKey};
+use crate::keys::{DeviceSigningKey, KeyId, ResourceKey, SigningPublicKey};
 use crate::labels::{
     ENVELOPE_AEAD_KEY, ENVELOPE_KEY_COMMITMENT, HASH_CIPHERTEXT, SIG_ENVELOPE, framed, framed_hash,
 };
 use crate::padding;
+use crate::room::{RoomId, VerifiedRoom};
 use crate::wrap::wrap_resource_key;
 
 /// Largest content one envelope carries (16 MiB); larger files are chunked.
@@ -234,52 +235,24 @@ pub fn seal<R: CryptoRng + ?Sized>(
     req: &SealRequest<'_>,
 ) -> Result<Sealed, SealError> {
     let recipient_ids = check_request(device, sender, req)?;
-    let resource_key = ResourceKey::generate(rng);
-    let resource_id = ResourceId::random(rng);
-    let mut nonce = [0u8; 24];
-    rng.fill_bytes(&mut nonce);
-    let keys = derive_keys(&resource_key, &resource_id);
-
-    let header = EnvelopeHeader {
-        version: PROTOCOL_VERSION,
-        resource_id: resource_id.as_bytes().to_vec(),
-        conversation_id: req.conversation_id.as_bytes().to_vec(),
-        sender_user_id: sender.user_id().to_owned(),
-        sender_device_id: device.public_key().as_bytes().to_vec(),
-        timestamp_ms: req.timestamp_ms,
-        content_type: req.content_type.to_wire(),
-        nonce: nonce.to_vec(),
-        recipient_user_ids: recipient_ids,
-        key_commitment: keys.commitment.to_vec(),
-    }
-    .encode_to_vec();
-    // 256 ids of 128 bytes fit in 40 KiB; keep seal and parse (P2) in step.
-    if header.len() > MAX_HEADER_BYTES {
-        return Err(SealError::TooManyRecipients(req.recipients.len()));
-    }
-
-    // The envelope, encoded as prost would (fields 1, 2, 3), in one buffer:
-    // the padded plaintext is written at its final place and encrypted there.
-    let ct_len = padding::padded_len(req.content.len()) + TAG_BYTES;
-    let mut buf = Zeroizing::new(Vec::with_capacity(
-        header.len() + ct_len + SIGNATURE_BYTES + 3 * 11,
-    ));
-    put_len_field(&mut buf, 1, header.len());
-    buf.extend_from_slice(&header);
-    put_len_field(&mut buf, 2, ct_len);
-    let ct_start = buf.len();
-    padding::pad_into(&mut buf, req.content);
-    let cipher = XChaCha20Poly1305::new(&(*keys.aead_key).into());
-    let tag = cipher
-        .encrypt_inout_detached(&nonce.into(), &header, (&mut buf[ct_start..]).into())
-        .map_err(|_| SealError::TooLarge(req.content.len()))?;
-    buf.extend_from_slice(&tag);
-    // From here `buf` holds only ciphertext: it leaves the Zeroizing guard.
-    let digest = ciphertext_digest(&buf[ct_start..]);
-    let signature = device.sign(&signature_input(&header, &digest));
-    put_len_field(&mut buf, 3, SIGNATURE_BYTES);
-    buf.extend_from_slice(&signature);
-    let envelope = core::mem::take(&mut *buf);
+    let n = req.recipients.len();
+    let (resource_id, envelope, resource_key) = seal_body(
+        rng,
+        device,
+        sender,
+        Addressing {
+            conversation_id: req.conversation_id,
+            recipient_user_ids: recipient_ids,
+            room: None,
+        },
+        req.content_type,
+        req.content,
+        req.timestamp_ms,
+    )
+    .map_err(|e| match e {
+        SealError::TooManyRecipients(_) => SealError::TooManyRecipients(n),
+        e => e,
+    })?;
 
     let mut wrapped_keys = Vec::with_capacity(req.recipients.len());
     for r in req.recipients {
@@ -293,6 +266,186 @@ pub fn seal<R: CryptoRng + ?Sized>(
         resource_id,
         envelope,
         wrapped_keys,
+        resource_key,
+    })
+}
+
+/// Who an envelope is for: users (each wrapped to), or a room epoch.
+struct Addressing {
+    conversation_id: ConversationId,
+    recipient_user_ids: Vec<String>,
+    room: Option<RoomRecipient>,
+}
+
+/// S4-S9 (§7.3): draws the resource key, resource id and nonce, builds the
+/// header, encrypts the padded content in the envelope buffer, hashes the
+/// ciphertext once and signs.
+fn seal_body<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    device: &DeviceSigningKey,
+    sender: &VerifiedUser,
+    to: Addressing,
+    content_type: ContentType,
+    content: &[u8],
+    timestamp_ms: u64,
+) -> Result<(ResourceId, Vec<u8>, ResourceKey), SealError> {
+    let resource_key = ResourceKey::generate(rng);
+    let resource_id = ResourceId::random(rng);
+    let mut nonce = [0u8; 24];
+    rng.fill_bytes(&mut nonce);
+    let keys = derive_keys(&resource_key, &resource_id);
+
+    let header = EnvelopeHeader {
+        version: PROTOCOL_VERSION,
+        resource_id: resource_id.as_bytes().to_vec(),
+        conversation_id: to.conversation_id.as_bytes().to_vec(),
+        sender_user_id: sender.user_id().to_owned(),
+        sender_device_id: device.public_key().as_bytes().to_vec(),
+        timestamp_ms,
+        content_type: content_type.to_wire(),
+        nonce: nonce.to_vec(),
+        recipient_user_ids: to.recipient_user_ids,
+        key_commitment: keys.commitment.to_vec(),
+        room: to.room,
+    }
+    .encode_to_vec();
+    // 256 ids of 128 bytes fit in 40 KiB; keep seal and parse (P2) in step.
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(SealError::TooManyRecipients(0));
+    }
+
+    // The envelope, encoded as prost would (fields 1, 2, 3), in one buffer:
+    // the padded plaintext is written at its final place and encrypted there.
+    let ct_len = padding::padded_len(content.len()) + TAG_BYTES;
+    let mut buf = Zeroizing::new(Vec::with_capacity(
+        header.len() + ct_len + SIGNATURE_BYTES + 3 * 11,
+    ));
+    put_len_field(&mut buf, 1, header.len());
+    buf.extend_from_slice(&header);
+    put_len_field(&mut buf, 2, ct_len);
+    let ct_start = buf.len();
+    padding::pad_into(&mut buf, content);
+    let cipher = XChaCha20Poly1305::new(&(*keys.aead_key).into());
+    let tag = cipher
+        .encrypt_inout_detached(&nonce.into(), &header, (&mut buf[ct_start..]).into())
+        .map_err(|_| SealError::TooLarge(content.len()))?;
+    buf.extend_from_slice(&tag);
+    // From here `buf` holds only ciphertext: it leaves the Zeroizing guard.
+    let digest = ciphertext_digest(&buf[ct_start..]);
+    let signature = device.sign(&signature_input(&header, &digest));
+    put_len_field(&mut buf, 3, SIGNATURE_BYTES);
+    buf.extend_from_slice(&signature);
+    let envelope = core::mem::take(&mut *buf);
+    Ok((resource_id, envelope, resource_key))
+}
+
+/// What to seal to a room.
+pub struct RoomSealRequest<'a> {
+    /// What the content is.
+    pub content_type: ContentType,
+    /// The plaintext.
+    pub content: &'a [u8],
+    /// Unix milliseconds, from the caller's clock.
+    pub timestamp_ms: u64,
+}
+
+/// A sealed room message: one envelope, one wrapped key (to the epoch key).
+pub struct RoomSealed {
+    /// The resource's id.
+    pub resource_id: ResourceId,
+    /// The encoded `Envelope`: for the relay.
+    pub envelope: Vec<u8>,
+    /// The resource key wrapped to the room's current epoch key: for the
+    /// keyserver, once, whatever the room's size.
+    pub wrapped_key: WrappedKey,
+    /// The epoch it is sealed to.
+    pub epoch: u64,
+    /// The resource key, for the sender's own store.
+    pub resource_key: ResourceKey,
+}
+
+impl fmt::Debug for RoomSealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomSealed")
+            .field("resource_id", &self.resource_id)
+            .field("envelope_len", &self.envelope.len())
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The conversation id of a room's messages: the room id's first 16 bytes
+/// (§17.6), so that existing per-conversation code keys rooms apart.
+pub fn room_conversation_id(room: &RoomId) -> ConversationId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&room.as_bytes()[..16]);
+    ConversationId(id)
+}
+
+/// Seals `req.content` from `device` to the room's current epoch (§17.6):
+/// the header names the room, the epoch and the epoch key's id instead of
+/// recipients, and the resource key is wrapped once, to the epoch key.
+///
+/// Refuses, before drawing randomness: S1 and the device check of S3, a
+/// sender who is not a current member (`NotARoomMember`, RS1), a room
+/// whose epoch key a leaver still holds (`RoomRotationPending`, RS2).
+/// Draws 32 (resource key), 16 (resource id), 24 (nonce), 64 (`eseed`).
+pub fn seal_to_room<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    device: &DeviceSigningKey,
+    sender: &VerifiedUser,
+    room: &VerifiedRoom,
+    req: &RoomSealRequest<'_>,
+) -> Result<RoomSealed, SealError> {
+    if req.content.len() > MAX_CONTENT_BYTES {
+        return Err(SealError::TooLarge(req.content.len()));
+    }
+    if req.content_type == ContentType::Text && core::str::from_utf8(req.content).is_err() {
+        return Err(SealError::InvalidText);
+    }
+    if !valid_user_id(sender.user_id()) {
+        return Err(SealError::InvalidUserId);
+    }
+    if !sender
+        .device(&device.public_key())
+        .is_some_and(|d| d.is_active())
+    {
+        return Err(SealError::DeviceNotActive);
+    }
+    if !room.is_member(sender.user_id()) {
+        return Err(SealError::NotARoomMember);
+    }
+    if room.rotation_pending() {
+        return Err(SealError::RoomRotationPending);
+    }
+    let epoch = room.current_epoch();
+    let epoch_key = *room
+        .current_epoch_key()
+        .ok_or(SealError::RoomRotationPending)?;
+    let (resource_id, envelope, resource_key) = seal_body(
+        rng,
+        device,
+        sender,
+        Addressing {
+            conversation_id: room_conversation_id(room.id()),
+            recipient_user_ids: Vec::new(),
+            room: Some(RoomRecipient {
+                room_id: room.id().as_bytes().to_vec(),
+                epoch,
+                epoch_key: epoch_key.id().as_bytes().to_vec(),
+            }),
+        },
+        req.content_type,
+        req.content,
+        req.timestamp_ms,
+    )?;
+    let wrapped_key = wrap_resource_key(rng, &resource_key, &resource_id, &epoch_key)
+        .map_err(|_| SealError::UnwrappableRecipient(format!("room epoch {epoch}")))?;
+    Ok(RoomSealed {
+        resource_id,
+        envelope,
+        wrapped_key,
+        epoch,
         resource_key,
     })
 }
@@ -317,6 +470,19 @@ pub struct ReceivedEnvelope {
     nonce: [u8; 24],
     recipients: Vec<String>,
     key_commitment: [u8; KEY_COMMITMENT_BYTES],
+    /// A room message: the room, the epoch and its key's id (§17.6).
+    room: Option<RoomAddress>,
+}
+
+/// The room a room message names (P11a, §17.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomAddress {
+    /// The room.
+    pub room_id: RoomId,
+    /// The epoch whose key the resource key is wrapped to.
+    pub epoch: u64,
+    /// The id of that epoch's public key.
+    pub epoch_key: KeyId,
 }
 
 impl ReceivedEnvelope {
@@ -346,7 +512,24 @@ impl ReceivedEnvelope {
             .as_slice()
             .try_into()
             .map_err(|_| OpenError::Malformed("nonce"))?;
-        if h.recipient_user_ids.is_empty()
+        // P11: users, or (P11a, §17.6) a room and no users.
+        let room = match &h.room {
+            None => None,
+            Some(r) => {
+                if !h.recipient_user_ids.is_empty() {
+                    return Err(OpenError::Malformed("recipients"));
+                }
+                let room_id = RoomId::from_slice(&r.room_id).ok_or(OpenError::Malformed("room"))?;
+                let epoch_key =
+                    KeyId::from_bytes(&r.epoch_key).map_err(|_| OpenError::Malformed("room"))?;
+                Some(RoomAddress {
+                    room_id,
+                    epoch: r.epoch,
+                    epoch_key,
+                })
+            }
+        };
+        if (room.is_none() && h.recipient_user_ids.is_empty())
             || h.recipient_user_ids.len() > MAX_RECIPIENTS
             || !h.recipient_user_ids.iter().all(|r| valid_user_id(r))
         {
@@ -384,6 +567,7 @@ impl ReceivedEnvelope {
             nonce,
             recipients: h.recipient_user_ids,
             key_commitment,
+            room,
         })
     }
 
@@ -411,6 +595,64 @@ impl ReceivedEnvelope {
     /// a forged envelope is refused at once; [`Self::open`] checks it again
     /// (without hashing the ciphertext again).
     pub fn verify(&self, sender: &VerifiedUser, me: &str) -> Result<(), OpenError> {
+        self.verify_sender(sender)?;
+        if !self.recipients.iter().any(|r| r == me) {
+            return Err(OpenError::NotARecipient);
+        }
+        Ok(())
+    }
+
+    /// The room a room message names (unverified until
+    /// [`Self::verify_in_room`]): which room log and epoch key to use.
+    pub fn room(&self) -> Option<&RoomAddress> {
+        self.room.as_ref()
+    }
+
+    /// The key-free checks of a room message (§17.6): R1-R4, then RM1 the
+    /// header names this verified room (`NotARecipient`), RM2 an epoch of
+    /// it with the committed key id (`UnknownEpoch`), RM3 the sender was a
+    /// member during that epoch (`SenderNotInRoom`).
+    pub fn verify_in_room(
+        &self,
+        sender: &VerifiedUser,
+        room: &VerifiedRoom,
+    ) -> Result<(), OpenError> {
+        self.verify_sender(sender)?;
+        let addr = self
+            .room
+            .as_ref()
+            .filter(|a| a.room_id == *room.id())
+            .ok_or(OpenError::NotARecipient)?;
+        let committed = usize::try_from(addr.epoch)
+            .ok()
+            .and_then(|e| room.epochs().get(e))
+            .is_some_and(|e| e.public_key.id() == addr.epoch_key);
+        if !committed {
+            return Err(OpenError::UnknownEpoch);
+        }
+        if !room.was_member_during(&self.sender_user_id, addr.epoch) {
+            return Err(OpenError::SenderNotInRoom);
+        }
+        Ok(())
+    }
+
+    /// Verifies a room message against the sender's verified chain and the
+    /// room's verified log, and decrypts it with the resource key unwrapped
+    /// with the epoch key ([`crate::wrap::unwrap_room_resource_key`]).
+    pub fn open_in_room(
+        &self,
+        sender: &VerifiedUser,
+        room: &VerifiedRoom,
+        key: &ResourceKey,
+    ) -> Result<OpenedMessage, OpenError> {
+        self.verify_in_room(sender, room)?;
+        let aead_key = self.aead_key(key)?;
+        let content = self.decrypt(&aead_key, Zeroizing::new(self.ciphertext.clone()))?;
+        Ok(self.message(content))
+    }
+
+    /// R1-R4: the sender against its verified chain, and the signature.
+    fn verify_sender(&self, sender: &VerifiedUser) -> Result<(), OpenError> {
         if sender.user_id() != self.sender_user_id {
             return Err(OpenError::SenderMismatch);
         }
@@ -428,9 +670,6 @@ impl ReceivedEnvelope {
             &self.signature,
         ) {
             return Err(OpenError::BadSignature);
-        }
-        if !self.recipients.iter().any(|r| r == me) {
-            return Err(OpenError::NotARecipient);
         }
         Ok(())
     }
@@ -488,6 +727,7 @@ impl ReceivedEnvelope {
             timestamp_ms: self.timestamp_ms,
             content_type: self.content_type,
             recipients: self.recipients.clone(),
+            room: self.room,
             content,
         }
     }
@@ -537,8 +777,10 @@ pub struct OpenedMessage {
     pub timestamp_ms: u64,
     /// What the content is.
     pub content_type: ContentType,
-    /// Every user it was sealed for.
+    /// Every user it was sealed for (empty for a room message).
     pub recipients: Vec<String>,
+    /// For a room message: the room and epoch it was sealed to.
+    pub room: Option<RoomAddress>,
     /// The plaintext.
     pub content: Zeroizing<Vec<u8>>,
 }
@@ -1009,6 +1251,7 @@ mod tests {
             nonce: nonce.to_vec(),
             recipient_user_ids: vec!["bob".into(), "carol".into()],
             key_commitment: derive_keys(committed, &rid).commitment.to_vec(),
+            room: None,
         }
         .encode_to_vec();
         let mut ct = padding::pad(content).to_vec();

@@ -75,6 +75,13 @@ pub enum SealError {
     /// (a key a verified chain cannot hold).
     #[error("cannot wrap to the user key of recipient {0}")]
     UnwrappableRecipient(String),
+    /// A room message from a user who is not a current member (§17.6 RS1).
+    #[error("the sender is not a member of the room")]
+    NotARoomMember,
+    /// The room's current epoch key may be held by a member who left: a
+    /// remaining member must rotate it first (§17.6 RS2).
+    #[error("the room's epoch key must be rotated first")]
+    RoomRotationPending,
 }
 
 /// Opening an envelope failed. Nothing of its content may be shown.
@@ -113,6 +120,14 @@ pub enum OpenError {
     /// Decryption or padding failed; deliberately coarse.
     #[error("envelope does not decrypt")]
     Undecryptable,
+    /// A room message names an epoch, or an epoch key, that the room's
+    /// verified log does not have (§17.6 RM2): refresh the room's log.
+    #[error("room message names an unknown epoch key")]
+    UnknownEpoch,
+    /// A room message from a user who was not a member during its epoch
+    /// (§17.6 RM3).
+    #[error("room message sender was not a member during its epoch")]
+    SenderNotInRoom,
 }
 
 /// A user's log, or an invite, does not verify.
@@ -237,4 +252,135 @@ pub enum AuthError {
     /// of another version (0: a v1 device, which does not send one).
     #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})", PROTOCOL_VERSION = ward_proto::PROTOCOL_VERSION)]
     UnsupportedVersion(u32),
+}
+
+/// A room's membership log, an epoch-key wrap or room metadata does not
+/// verify (SECURITY.md §17). `reason` strings are normative (§17.8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// Bad encoding, missing field, wrong length or over a limit.
+    #[error("malformed room statement: {0}")]
+    Malformed(&'static str),
+    /// Too large, or not protobuf, or not canonical.
+    #[error("undecodable room statement: {0}")]
+    Decode(#[from] DecodeError),
+    /// A protocol version this implementation does not speak.
+    #[error("unsupported room statement version {0}")]
+    UnsupportedVersion(u32),
+    /// An empty log: every room starts with its creation.
+    #[error("empty room log")]
+    EmptyLog,
+    /// The entry names another room.
+    #[error("entry {seq} belongs to another room")]
+    WrongRoom {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// `seq` does not follow the previous entry.
+    #[error("entry at position {expected} carries seq {found}")]
+    BadSequence {
+        /// The position.
+        expected: u64,
+        /// The seq written in the entry.
+        found: u64,
+    },
+    /// `prev_hash` does not match the previous entry (or the genesis hash).
+    #[error("entry {seq} does not chain to its predecessor")]
+    BrokenChain {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// Timestamps must not go backwards.
+    #[error("entry {seq} is dated before its predecessor")]
+    TimeWentBackwards {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The verifier has no verified log for the author's user: it must
+    /// fetch and verify it, then try again.
+    #[error("entry {seq}: the author's user log is unknown")]
+    UnknownAuthor {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry cites a longer user log of its author than the verifier
+    /// holds: refresh that log (§4.7), then try again.
+    #[error("entry {seq}: the author's user log is behind the entry")]
+    AuthorChainBehind {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry cites a shorter user log of its author than an earlier
+    /// entry of the same author did.
+    #[error("entry {seq}: the author's user log went backwards")]
+    AuthorChainRolledBack {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The signing device was not an active device of its user at the
+    /// cited log length.
+    #[error("entry {seq} is signed by a device that was not active")]
+    UnauthorizedDevice {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The signature does not verify.
+    #[error("bad signature on room entry {seq}")]
+    BadSignature {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The author is not a member of the room (never was, removed, or left).
+    #[error("entry {seq} is signed by a non-member")]
+    NotAMember {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// Only an admin may sign this entry.
+    #[error("entry {seq} needs an admin")]
+    NotAdmin {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry would leave members without any admin.
+    #[error("entry {seq} would leave the room without an admin")]
+    LastAdmin {
+        /// Position in the log.
+        seq: u64,
+    },
+    /// The entry makes no sense in the current state.
+    #[error("entry {seq}: {reason}")]
+    InvalidTransition {
+        /// Position in the log.
+        seq: u64,
+        /// What is wrong (a normative string of §17.8).
+        reason: &'static str,
+    },
+    /// The served log is shorter than one already verified.
+    #[error("room log rolled back from {known} to {served} entries")]
+    Rollback {
+        /// Entries known.
+        known: u64,
+        /// Entries served.
+        served: u64,
+    },
+    /// The served log does not extend the one already verified.
+    #[error("room log forked at or before entry {seq}")]
+    Fork {
+        /// Last entry known.
+        seq: u64,
+    },
+    /// A wrap names an epoch the verified log does not have, or another
+    /// epoch public key than the one the log commits to.
+    #[error("the wrap names an epoch key the room's log does not commit to")]
+    EpochKeyMismatch,
+    /// A wrap or metadata did not open (its `WrapError`, or `Undecryptable`).
+    #[error("room key wrap: {0}")]
+    Wrap(#[from] WrapError),
+    /// Producing an entry needs the verified log of this member.
+    #[error("no verified log for member {0}")]
+    UnknownMember(String),
+    /// Producing an entry needs this epoch's private key, which is not held.
+    #[error("epoch {0} key is not held")]
+    MissingEpochKey(u64),
 }

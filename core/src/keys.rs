@@ -353,6 +353,12 @@ encryption_key_type!(
     /// A device's encryption key: the user key is granted to it.
     DeviceEncryptionKey
 );
+encryption_key_type!(
+    /// One epoch's room key (SECURITY.md §17.4): messages to the room wrap
+    /// their resource key to its public half, which the room's log commits
+    /// to; its private half is wrapped to each member's user key.
+    RoomEpochKey
+);
 
 /// The 32-byte symmetric key of one resource (a message, a file).
 #[derive(Zeroize, ZeroizeOnDrop)]

@@ -43,6 +43,19 @@ pub const HASH_KEY_ID: &[u8] = b"ward/v2/hash/key-id";
 /// (SECURITY.md §10.7.1).
 pub const ROOT_STORE_AEAD_KEY: &[u8] = b"ward/v2/root-store/aead-key";
 
+/// Signature over an encoded `RoomStatement` of a room's membership log (§17.2).
+pub const SIG_ROOM_STATEMENT: &[u8] = b"ward/v2/sig/room-statement";
+/// Hash of a room log entry, statement and signature (the next entry's `prev_hash`, §17.2).
+pub const HASH_ROOM_ENTRY: &[u8] = b"ward/v2/hash/room-entry";
+/// `prev_hash` of a room's entry 0: `H(HASH_ROOM_GENESIS, room_id)` (§17.2).
+pub const HASH_ROOM_GENESIS: &[u8] = b"ward/v2/hash/room-genesis";
+/// HPKE `info` when wrapping a room epoch's private key to a member's user key (§17.4).
+pub const ROOM_EPOCH_WRAP_INFO: &[u8] = b"ward/v2/wrap/room-epoch-key";
+/// HKDF-Expand `info` of a room epoch's metadata key (§17.5), unframed.
+pub const ROOM_METADATA_KEY: &[u8] = b"ward/v2/room/metadata-key";
+/// Associated data of sealed room metadata: `frame(ROOM_METADATA_AAD, room_id, u64_be(epoch))` (§17.5).
+pub const ROOM_METADATA_AAD: &[u8] = b"ward/v2/room/metadata";
+
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let len = label.len() + 1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>();

@@ -14,6 +14,7 @@
 //! | [`envelope`] | seal and open of messages and files |
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
+//! | [`room`] | patient-case rooms: membership log, epoch keys, sealed metadata |
 //! | [`root_store`] | the organisation root sealed under a passphrase |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
@@ -60,11 +61,13 @@ pub mod invite;
 pub mod keys;
 pub mod labels;
 pub mod padding;
+pub mod room;
 pub mod root_store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wrap;
 
-pub use error::{AuthError, ChainError, KeyError, OpenError, SealError, WrapError};
+pub use error::{AuthError, ChainError, KeyError, OpenError, RoomError, SealError, WrapError};
 pub use ids::{ConversationId, ResourceId};
+pub use room::RoomId;
 pub use ward_proto as proto;

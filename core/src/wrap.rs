@@ -18,7 +18,7 @@ use crate::error::WrapError;
 use crate::hpke::{self, Context, ESEED_BYTES, XWING_SUITE};
 use crate::ids::ResourceId;
 use crate::keys::{
-    DeviceEncryptionKey, EncryptionPublicKey, KeyId, ResourceKey, UserEncryptionKey,
+    DeviceEncryptionKey, EncryptionPublicKey, KeyId, ResourceKey, RoomEpochKey, UserEncryptionKey,
 };
 use crate::labels::{GRANT_INFO, WRAP_INFO};
 
@@ -29,6 +29,26 @@ pub const ENC_BYTES: usize = hpke::ENC_BYTES;
 pub const CIPHERTEXT_BYTES: usize = 48;
 /// Bytes of a key id (`recipient_key`, `user_key`, `device_key`).
 pub const KEY_ID_BYTES: usize = 32;
+
+/// Largest standalone encoded `WrappedKey` or `DeviceGrant` accepted
+/// (SECURITY.md §6.5): the encoded sizes are 1225 and 1241 bytes, and a
+/// re-encoding (an unknown field, a field repeated) may add a little. Inside
+/// a keyserver frame they are bounded by the frame limit instead.
+pub const MAX_WRAPPED_KEY_BYTES: usize = 2048;
+
+/// Decodes a standalone `WrappedKey` from untrusted bytes (a file, a cache):
+/// over [`MAX_WRAPPED_KEY_BYTES`] or not protobuf is [`WrapError::Malformed`],
+/// the error W1 and W4 give for bad field lengths. Unwrap it next with
+/// [`unwrap_resource_key`].
+pub fn decode_wrapped_key(bytes: &[u8]) -> Result<WrappedKey, WrapError> {
+    ward_proto::decode_bounded(bytes, MAX_WRAPPED_KEY_BYTES).map_err(|_| WrapError::Malformed)
+}
+
+/// Decodes a standalone `DeviceGrant`, as [`decode_wrapped_key`] (same limit,
+/// same error). Accept it next with [`accept_grant`].
+pub fn decode_device_grant(bytes: &[u8]) -> Result<DeviceGrant, WrapError> {
+    ward_proto::decode_bounded(bytes, MAX_WRAPPED_KEY_BYTES).map_err(|_| WrapError::Malformed)
+}
 
 /// Seals a 32-byte secret to `recipient` with HPKE base mode (§6.2), drawing
 /// the 64-byte X-Wing `eseed` from `rng`. Rooms wrap their epoch keys with it.
@@ -108,24 +128,48 @@ pub fn unwrap_resource_key(
     resource_id: &ResourceId,
     user_key: &UserEncryptionKey,
 ) -> Result<ResourceKey, WrapError> {
+    unwrap_with(
+        wrapped,
+        resource_id,
+        &user_key.public_key(),
+        user_key.secret(),
+    )
+}
+
+/// Unwraps the key of a room message with the epoch's room key: the same
+/// wrap as to a user key (W1-W5 of §6.5), its `recipient_key` the id of the
+/// epoch public key (SECURITY.md §17.6).
+pub fn unwrap_room_resource_key(
+    wrapped: &WrappedKey,
+    resource_id: &ResourceId,
+    epoch_key: &RoomEpochKey,
+) -> Result<ResourceKey, WrapError> {
+    unwrap_with(
+        wrapped,
+        resource_id,
+        &epoch_key.public_key(),
+        epoch_key.secret(),
+    )
+}
+
+fn unwrap_with(
+    wrapped: &WrappedKey,
+    resource_id: &ResourceId,
+    public: &EncryptionPublicKey,
+    secret: &x_wing::DecapsulationKeyRejectNonContrib,
+) -> Result<ResourceKey, WrapError> {
     if wrapped.resource_id.len() != 16 || wrapped.recipient_key.len() != KEY_ID_BYTES {
         return Err(WrapError::Malformed);
     }
     if wrapped.resource_id != resource_id.as_bytes() {
         return Err(WrapError::WrongResource);
     }
-    let me = user_key.public_key().id();
+    let me = public.id();
     if wrapped.recipient_key != me.as_bytes() {
         return Err(WrapError::WrongRecipient);
     }
     let aad = wrap_aad(resource_id, &me);
-    let key = open_from(
-        user_key.secret(),
-        &wrapped.enc,
-        &wrapped.ciphertext,
-        WRAP_INFO,
-        &aad,
-    )?;
+    let key = open_from(secret, &wrapped.enc, &wrapped.ciphertext, WRAP_INFO, &aad)?;
     ResourceKey::import_secret(&*key).map_err(|_| WrapError::Undecryptable)
 }
 
@@ -195,6 +239,16 @@ mod tests {
         let w = wrap_resource_key(&mut rng, &key, &rid, &alice.public_key()).unwrap();
         let back = unwrap_resource_key(&w, &rid, &alice).unwrap();
         assert_eq!(*back.export_secret(), *key.export_secret());
+        // A standalone copy decodes back to the same record; one over the
+        // limit (here padded with an unknown field) does not.
+        let bytes = prost::Message::encode_to_vec(&w);
+        assert_eq!(decode_wrapped_key(&bytes).unwrap(), w);
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0x7a, 0x80, 0x08]); // field 15, 1024 bytes
+        padded.resize(padded.len() + 1024, 0);
+        assert!(padded.len() > MAX_WRAPPED_KEY_BYTES);
+        assert_eq!(decode_wrapped_key(&padded), Err(WrapError::Malformed));
+        assert_eq!(decode_device_grant(&bytes[..10]), Err(WrapError::Malformed));
 
         assert_eq!(
             unwrap_resource_key(&w, &rid, &bob).err(),

@@ -60,6 +60,9 @@ use ward_core::proto::v1::{
 };
 use ward_core::{ConversationId, ResourceId, auth, labels, padding, wrap};
 
+#[path = "room_vectors/mod.rs"]
+mod room_vectors;
+
 const VECTOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/");
 
 // ---------------------------------------------------------------------------
@@ -1548,7 +1551,7 @@ fn gen_chain() -> J {
 }
 
 // ---------------------------------------------------------------------------
-// ward-v1-negative.json
+// ward-v2-negative.json
 // ---------------------------------------------------------------------------
 
 /// Splits an error's `Debug` form into its variant name and `field: value` pairs.
@@ -1860,7 +1863,7 @@ fn negative_cases() -> Vec<Case> {
         "OpenError::Undecryptable",
         vec![],
     ));
-    cases.push(case(
+    cases.push(rcase(
         "envelope_key_commitment_length",
         "a 31-byte key commitment",
         "parse_envelope",
@@ -1872,6 +1875,7 @@ fn negative_cases() -> Vec<Case> {
         )],
         "OpenError::Malformed",
         vec![],
+        "key commitment",
     ));
     // Non-zero padding under a valid AEAD and signature.
     let bad_padding = {
@@ -1983,22 +1987,50 @@ fn negative_cases() -> Vec<Case> {
     let next = resign(&env, L_ALICE_DEV2_SIG, |hd, _| {
         hd.version = ward_core::proto::PROTOCOL_VERSION + 1;
     });
-    cases.push(case(
+    cases.push(rcase(
         "envelope_unsupported_version",
         "header version one above the current protocol version",
         "parse_envelope",
         vec![("envelope", h(&next))],
         "OpenError::UnsupportedVersion",
         vec![],
+        "3",
     ));
     let unspecified = resign(&env, L_ALICE_DEV2_SIG, |hd, _| hd.content_type = 0);
-    cases.push(case(
+    cases.push(rcase(
         "envelope_unspecified_content_type",
         "content type CONTENT_TYPE_UNSPECIFIED",
         "parse_envelope",
         vec![("envelope", h(&unspecified))],
         "OpenError::Malformed",
         vec![],
+        "content type",
+    ));
+    envelope_parse_cases(&mut cases, &env);
+    // R9: a text envelope, correctly encrypted and signed, whose content is
+    // not UTF-8 (a faulty sender): refused after decryption, on signed bytes.
+    let not_utf8 = {
+        let (aead_key, _) = envelope_keys(&d.rk, &d.rid);
+        resign(&env, L_ALICE_DEV2_SIG, |hd, ct| {
+            *ct = XChaCha20Poly1305::new(&aead_key.into())
+                .encrypt(
+                    &nonce24(&hd.nonce).into(),
+                    Payload {
+                        msg: &pad(b"caf\xe9"),
+                        aad: &env.header,
+                    },
+                )
+                .unwrap();
+        })
+    };
+    cases.push(rcase(
+        "envelope_text_not_utf8",
+        "a text envelope, correctly encrypted and signed, whose content is caf\\xe9 (not UTF-8): R9",
+        "open_envelope",
+        open_inputs(ALICE, full, &not_utf8, BOB, &d.rk),
+        "OpenError::Malformed",
+        vec![],
+        "text content is not UTF-8",
     ));
     seal_cases(&mut cases, &alice, &bob_entries);
 
@@ -2207,6 +2239,140 @@ fn negative_cases() -> Vec<Case> {
 /// user id (their logs in `logs`), and the request. `content_zeros` stands
 /// for content too long to write out.
 #[allow(clippy::too_many_arguments)]
+/// An envelope whose header is `header` (raw bytes), with `env`'s ciphertext
+/// and signature unless `edit` changes them: parsing checks no signature.
+fn with_header(env: &Envelope, header: Vec<u8>, edit: impl FnOnce(&mut Envelope)) -> Vec<u8> {
+    let mut e = Envelope {
+        header,
+        ..env.clone()
+    };
+    edit(&mut e);
+    e.encode_to_vec()
+}
+
+/// The parse rules P1-P14 of SECURITY.md §7.4, one case each with its
+/// normative reason (`Malformed`) or `DecodeError` variant (`Decode`).
+fn envelope_parse_cases(cases: &mut Vec<Case>, env: &Envelope) {
+    let header = |edit: &dyn Fn(&mut EnvelopeHeader)| {
+        let mut hd = EnvelopeHeader::decode(env.header.as_slice()).unwrap();
+        edit(&mut hd);
+        hd.encode_to_vec()
+    };
+    let mut unknown = env.header.clone();
+    unknown.extend_from_slice(&[0x98, 0x06, 0x01]);
+    let parse: Vec<(
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        &'static str,
+        &'static str,
+    )> = vec![
+        (
+            "envelope_not_protobuf",
+            "P1: bytes that are not protobuf (a truncated length-delimited field)",
+            vec![0x0a, 0x05, 0x01],
+            "OpenError::Decode",
+            "Malformed",
+        ),
+        (
+            "envelope_header_too_large",
+            "P2: a header of MAX_HEADER_BYTES + 1 = 40961 bytes, refused before decoding",
+            with_header(env, vec![0; envelope::MAX_HEADER_BYTES + 1], |_| {}),
+            "OpenError::Malformed",
+            "header too large",
+        ),
+        (
+            "envelope_header_non_canonical",
+            "P3: the header with an unknown field (99, varint 1) appended",
+            with_header(env, unknown, |_| {}),
+            "OpenError::Decode",
+            "NonCanonical",
+        ),
+        (
+            "envelope_short_resource_id",
+            "P5: a 15-byte resource id",
+            with_header(env, header(&|hd| hd.resource_id.truncate(15)), |_| {}),
+            "OpenError::Malformed",
+            "resource id",
+        ),
+        (
+            "envelope_short_conversation_id",
+            "P6: a 15-byte conversation id",
+            with_header(env, header(&|hd| hd.conversation_id.truncate(15)), |_| {}),
+            "OpenError::Malformed",
+            "conversation id",
+        ),
+        (
+            "envelope_empty_sender_user_id",
+            "P7: an empty sender user id",
+            with_header(env, header(&|hd| hd.sender_user_id.clear()), |_| {}),
+            "OpenError::Malformed",
+            "sender user id",
+        ),
+        (
+            "envelope_short_sender_device",
+            "P8: a 31-byte sender device id",
+            with_header(env, header(&|hd| hd.sender_device_id.truncate(31)), |_| {}),
+            "OpenError::Malformed",
+            "sender device",
+        ),
+        (
+            "envelope_short_nonce",
+            "P10: a 23-byte nonce",
+            with_header(env, header(&|hd| hd.nonce.truncate(23)), |_| {}),
+            "OpenError::Malformed",
+            "nonce",
+        ),
+        (
+            "envelope_no_recipients",
+            "P11: an empty recipient list",
+            with_header(env, header(&|hd| hd.recipient_user_ids.clear()), |_| {}),
+            "OpenError::Malformed",
+            "recipients",
+        ),
+        (
+            "envelope_duplicate_recipient",
+            "P11: recipients alice, bob, alice",
+            with_header(
+                env,
+                header(&|hd| hd.recipient_user_ids.push(ALICE.into())),
+                |_| {},
+            ),
+            "OpenError::Malformed",
+            "duplicate recipient",
+        ),
+        (
+            "envelope_short_signature",
+            "P13: a 63-byte signature",
+            with_header(env, env.header.clone(), |e| {
+                e.signature.truncate(63);
+            }),
+            "OpenError::Malformed",
+            "signature length",
+        ),
+        (
+            "envelope_short_ciphertext",
+            "P14: a ciphertext of 271 bytes (below 256 + 16)",
+            with_header(env, env.header.clone(), |e| {
+                e.ciphertext.truncate(271);
+            }),
+            "OpenError::Malformed",
+            "ciphertext too short",
+        ),
+    ];
+    for (name, description, bytes, error, reason) in parse {
+        cases.push(rcase(
+            name,
+            description,
+            "parse_envelope",
+            vec![("envelope", h(bytes))],
+            error,
+            vec![],
+            reason,
+        ));
+    }
+}
+
 fn seal_inputs(
     alice: &AliceLog,
     bob_entries: &[SignedStatement],
@@ -2247,7 +2413,7 @@ fn seal_cases(cases: &mut Vec<Case>, alice: &AliceLog, bob_entries: &[SignedStat
         seal_inputs(alice, bob_entries, device, recipients, ct, content)
     };
     let text = ContentType::Text;
-    cases.push(case(
+    cases.push(rcase(
         "seal_too_large",
         "content of MAX_CONTENT_BYTES + 1 zero bytes",
         "seal_envelope",
@@ -2259,6 +2425,7 @@ fn seal_cases(cases: &mut Vec<Case>, alice: &AliceLog, bob_entries: &[SignedStat
         ),
         "SealError::TooLarge",
         vec![],
+        "16777217",
     ));
     cases.push(case(
         "seal_invalid_text",
@@ -2276,7 +2443,7 @@ fn seal_cases(cases: &mut Vec<Case>, alice: &AliceLog, bob_entries: &[SignedStat
         "SealError::NoRecipients",
         vec![],
     ));
-    cases.push(case(
+    cases.push(rcase(
         "seal_too_many_recipients",
         "257 recipients (alice listed 257 times: the count is checked first)",
         "seal_envelope",
@@ -2288,14 +2455,16 @@ fn seal_cases(cases: &mut Vec<Case>, alice: &AliceLog, bob_entries: &[SignedStat
         ),
         "SealError::TooManyRecipients",
         vec![],
+        "257",
     ));
-    cases.push(case(
+    cases.push(rcase(
         "seal_duplicate_recipient",
         "alice, bob, alice",
         "seal_envelope",
         inputs(L_ALICE_DEV2_SIG, &[ALICE, BOB, ALICE], text, Ok(b"hello")),
         "SealError::DuplicateRecipient",
         vec![],
+        ALICE,
     ));
     cases.push(case(
         "seal_device_not_active",
@@ -2403,8 +2572,12 @@ fn cases_json(cases: Vec<Case>) -> J {
 fn gen_negative() -> J {
     let cases = cases_json(negative_cases());
     file(
-        "Ward v1 negative cases: each must fail with exactly the named error (Rust: \
-         Enum::Variant, with error_fields where the variant carries them). Operations: \
+        "Ward v2 negative cases (key wrap, envelope, seal, and the v1-era chain cases): each \
+         must fail with exactly the named error (Rust: Enum::Variant, with error_fields where \
+         the variant carries them, and error_reason for a variant with a payload: the \
+         normative reason string of Malformed, the DecodeError variant of Decode, the version \
+         of UnsupportedVersion, the length of TooLarge, the count of TooManyRecipients, the \
+         user id of DuplicateRecipient). Operations: \
          unwrap_resource_key(wrapped_key, resource_id, user_secret) (more wrap, grant and \
          key cases in ward-v2-wrap.json); \
          parse_envelope(envelope); open_envelope: parse, verify_log(org_root_public, \
@@ -2994,6 +3167,124 @@ fn chain_negative_cases() -> Vec<Case> {
         vec![],
         "TooLarge",
     ));
+    // Standalone wrapped keys and grants (§6.5): one error, WrapError::Malformed.
+    let (_, _, w) = wrap_vector();
+    let g = grant_vector();
+    let mut w_big = w.encode_to_vec();
+    w_big.extend_from_slice(&[0x7a, 0x80, 0x08]); // unknown field 15, 1024 bytes
+    w_big.resize(w_big.len() + 1024, 0);
+    assert!(w_big.len() > wrap::MAX_WRAPPED_KEY_BYTES);
+    let mut g_big = g.encode_to_vec();
+    g_big.extend_from_slice(&[0x7a, 0x80, 0x08]);
+    g_big.resize(g_big.len() + 1024, 0);
+    for (name, description, operation, bytes) in [
+        (
+            "wrapped_key_too_large",
+            "a standalone WrappedKey (the wrap vector's) padded with an unknown 1024-byte field to \
+             2252 bytes, over MAX_WRAPPED_KEY_BYTES = 2048: refused before decoding",
+            "decode_wrapped_key",
+            w_big,
+        ),
+        (
+            "wrapped_key_not_protobuf",
+            "a standalone WrappedKey that is not protobuf (a truncated length-delimited field)",
+            "decode_wrapped_key",
+            vec![0x0a, 0x05, 0x01],
+        ),
+        (
+            "device_grant_too_large",
+            "a standalone DeviceGrant (the grant vector's) padded with an unknown 1024-byte field \
+             to 2268 bytes, over MAX_WRAPPED_KEY_BYTES = 2048",
+            "decode_device_grant",
+            g_big,
+        ),
+        (
+            "device_grant_not_protobuf",
+            "a standalone DeviceGrant that is not protobuf (a truncated length-delimited field)",
+            "decode_device_grant",
+            vec![0x0a, 0x05, 0x01],
+        ),
+    ] {
+        cases.push(case(
+            name,
+            description,
+            operation,
+            vec![("bytes", h(bytes))],
+            "WrapError::Malformed",
+            vec![],
+        ));
+    }
+
+    // --- proto3 framing edge cases (§3.1), on a standalone SignedStatement ---
+    let signed_e0 = alice.entries[0].encode_to_vec();
+    let with = |tail: &[u8]| {
+        let mut b = signed_e0.clone();
+        b.extend_from_slice(tail);
+        b
+    };
+    for (name, description, bytes) in [
+        (
+            "signed_statement_unknown_group",
+            "entry 0 as a SignedStatement with an empty group appended in an unknown field \
+             (15: start group 7b, end group 7c): groups are refused, even unknown ones",
+            with(&[0x7b, 0x7c]),
+        ),
+        (
+            "signed_statement_varint_too_long",
+            "entry 0 with an unknown varint field 3 whose value takes 11 bytes",
+            with(&[
+                0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ]),
+        ),
+        (
+            "signed_statement_varint_over_64_bits",
+            "entry 0 with an unknown varint field 3 of 10 bytes whose last is 02 (2^64)",
+            with(&[
+                0x18, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02,
+            ]),
+        ),
+        (
+            "signed_statement_field_zero",
+            "entry 0 with a varint field numbered 0 appended (00 00)",
+            with(&[0x00, 0x00]),
+        ),
+        (
+            "signed_statement_wire_type_6",
+            "entry 0 with a field of the reserved wire type 6 appended (1e)",
+            with(&[0x1e]),
+        ),
+        (
+            "signed_statement_wire_type_7",
+            "entry 0 with a field of the reserved wire type 7 appended (1f)",
+            with(&[0x1f]),
+        ),
+    ] {
+        cases.push(rcase(
+            name,
+            description,
+            "decode_signed_statement",
+            vec![("bytes", h(bytes))],
+            "ChainError::Decode",
+            vec![],
+            "Malformed",
+        ));
+    }
+    // A uint32 whose varint is 2^32 + 2: decoded modulo 2^32 (to 2, as
+    // protobuf does), so it is not refused as malformed, but its encoding is
+    // not the canonical one.
+    let mut over = vec![0x08, 0x82, 0x80, 0x80, 0x80, 0x10];
+    over.extend_from_slice(&e0.statement[2..]);
+    assert_eq!(&e0.statement[..2], &[0x08, 0x02]);
+    cases.push(rcase(
+        "statement_version_over_32_bits",
+        "entry 0 with its version (uint32) written as the varint of 2^32 + 2 \
+         (08 82 80 80 80 10), signed again: it decodes to 2 and is not canonical",
+        "verify_log",
+        log_inputs(ALICE, &[resigned(over, L_ALICE_DELEGATION)]),
+        "ChainError::Decode",
+        vec![],
+        "NonCanonical",
+    ));
 
     // --- the handshake (§8) ---
     let prod = auth_audience();
@@ -3101,8 +3392,9 @@ fn gen_chain_negative() -> J {
          (Rust: Enum::Variant, with error_fields where the variant carries them, and \
          error_reason: the normative reason string of Malformed, InvalidTransition or KeyInUse, \
          the DecodeError variant of Decode, or the version of UnsupportedVersion). Operations \
-         as in ward-v1-negative.json, plus: decode_signed_invite(bytes) and \
-         decode_signed_statement(bytes) (§3.1 limits); verify_response(org_root_public, \
+         as in ward-v2-negative.json, plus: decode_signed_invite(bytes) and \
+         decode_signed_statement(bytes) (§3.1 limits and framing), decode_wrapped_key(bytes) \
+         and decode_device_grant(bytes) (§6.5 limits); verify_response(org_root_public, \
          service, instance, challenge, response) on the server; respond(device_secret, \
          user_id, expected org_root_public/service/instance, challenge) on the device. Logs \
          reuse alice's log of ward-v2-chain.json.",
@@ -3191,6 +3483,14 @@ fn run_negative(
             let r = chain::decode_signed_statement(&hx(&inputs["bytes"]));
             assert_error_reason(&what, r, expected, fields, reason);
         }
+        "decode_wrapped_key" => {
+            let r = wrap::decode_wrapped_key(&hx(&inputs["bytes"]));
+            assert_error_reason(&what, r, expected, fields, reason);
+        }
+        "decode_device_grant" => {
+            let r = wrap::decode_device_grant(&hx(&inputs["bytes"]));
+            assert_error_reason(&what, r, expected, fields, reason);
+        }
         "unwrap_resource_key" => {
             let w = WrappedKey::decode(hx(&inputs["wrapped_key"]).as_slice()).unwrap();
             let rid = ResourceId::from_slice(&hx(&inputs["resource_id"])).unwrap();
@@ -3222,11 +3522,12 @@ fn run_negative(
             );
         }
         "parse_envelope" => {
-            assert_error(
+            assert_error_reason(
                 &what,
                 ReceivedEnvelope::parse(&hx(&inputs["envelope"])),
                 expected,
                 fields,
+                reason,
             );
         }
         "open_envelope" => {
@@ -3240,9 +3541,9 @@ fn run_negative(
             let key = ResourceKey::import_secret(&hx(&inputs["resource_key"])).unwrap();
             let r = ReceivedEnvelope::parse(&hx(&inputs["envelope"]))
                 .and_then(|env| env.open(&sender, st(&inputs["me"]), &key));
-            assert_error(&what, r, expected, fields);
+            assert_error_reason(&what, r, expected, fields, reason);
         }
-        "seal_envelope" => assert_error(&what, run_seal(inputs), expected, fields),
+        "seal_envelope" => assert_error_reason(&what, run_seal(inputs), expected, fields, reason),
         "verify_log" => {
             let root = signing_public(&inputs["org_root_public"]);
             let r = chain::verify_log(&root, st(&inputs["user_id"]), &parse_log(&inputs["log"]));
@@ -3938,6 +4239,35 @@ fn replay_negative(v: &Value) {
     ] {
         assert!(errors.contains(&required), "no case for {required}");
     }
+    // Every normative reason of the envelope's parse and open rules (§7.4
+    // P2-P14, R9) has a case, and so does every payload of a seal refusal.
+    let reasons: Vec<(&str, &str)> = cases
+        .iter()
+        .filter_map(|c| Some((st(&c["error"]), c.get("error_reason")?.as_str()?)))
+        .collect();
+    for required in [
+        ("OpenError::Decode", "Malformed"),
+        ("OpenError::Decode", "NonCanonical"),
+        ("OpenError::UnsupportedVersion", "3"),
+        ("OpenError::Malformed", "header too large"),
+        ("OpenError::Malformed", "resource id"),
+        ("OpenError::Malformed", "conversation id"),
+        ("OpenError::Malformed", "sender user id"),
+        ("OpenError::Malformed", "sender device"),
+        ("OpenError::Malformed", "content type"),
+        ("OpenError::Malformed", "nonce"),
+        ("OpenError::Malformed", "recipients"),
+        ("OpenError::Malformed", "duplicate recipient"),
+        ("OpenError::Malformed", "key commitment"),
+        ("OpenError::Malformed", "signature length"),
+        ("OpenError::Malformed", "ciphertext too short"),
+        ("OpenError::Malformed", "text content is not UTF-8"),
+        ("SealError::TooLarge", "16777217"),
+        ("SealError::TooManyRecipients", "257"),
+        ("SealError::DuplicateRecipient", ALICE),
+    ] {
+        assert!(reasons.contains(&required), "no case for {required:?}");
+    }
 }
 
 fn replay_chain_negative(v: &Value) {
@@ -3981,8 +4311,13 @@ fn replay_chain_negative(v: &Value) {
         chain::KEY_IS_DELEGATION,
         "NonCanonical",
         "TooLarge",
+        "Malformed",
     ] {
         assert!(reasons.contains(&required), "no case for reason {required}");
+    }
+    let ops: Vec<&str> = cases.iter().map(|c| st(&c["operation"])).collect();
+    for required in ["decode_wrapped_key", "decode_device_grant"] {
+        assert!(ops.contains(&required), "no case for {required}");
     }
 }
 
@@ -4001,7 +4336,8 @@ fn generate() -> Vec<(&'static str, String)> {
             "ward-v2-chain-negative.json",
             to_text(&gen_chain_negative()),
         ),
-        ("ward-v1-negative.json", to_text(&gen_negative())),
+        ("ward-v2-negative.json", to_text(&gen_negative())),
+        ("ward-v2-room.json", to_text(&room_vectors::gen_room())),
     ]
 }
 
@@ -4062,5 +4398,6 @@ fn replay_all() {
     replay_signatures(&load("ward-v2-signatures.json"));
     replay_chain(&load("ward-v2-chain.json"));
     replay_chain_negative(&load("ward-v2-chain-negative.json"));
-    replay_negative(&load("ward-v1-negative.json"));
+    replay_negative(&load("ward-v2-negative.json"));
+    room_vectors::replay_room(&load("ward-v2-room.json"));
 }

@@ -21,6 +21,11 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.Send.recipients", 4096),
     // ward_core::envelope::MAX_RECIPIENTS is 256.
     ("ward.v1.EnvelopeHeader.recipient_user_ids", 1024),
+    // ward_core::room::MAX_ROOM_MEMBERS (1024) and MAX_ROOM_LOG_ENTRIES (4096):
+    // every member is listed in an epoch; an addition lists its new members.
+    ("ward.v1.RoomEpoch.members", 1024),
+    ("ward.v1.RoomAdd.members", 1024),
+    ("ward.v1.RoomLog.entries", 4096),
     // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
     // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];

@@ -128,7 +128,7 @@ mod tests {
             let h = EnvelopeHeader {
                 version: 1, resource_id: rid, conversation_id: cid, sender_user_id: user,
                 sender_device_id: dev, timestamp_ms: ts, content_type: ct, nonce,
-                recipient_user_ids: recips, key_commitment: commitment,
+                recipient_user_ids: recips, key_commitment: commitment, room: None,
             };
             let back: EnvelopeHeader = decode_bounded(&h.encode_to_vec(), 1 << 20).unwrap();
             prop_assert_eq!(back, h);

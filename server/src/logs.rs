@@ -5,18 +5,20 @@
 //! organisation root and keeps the longest verified log per user:
 //!
 //! * nothing stored: the presented log is verified and stored;
-//! * presented longer than stored: its first entries must be the stored ones
-//!   (else a fork: refused), and only the entries after them are verified.
-//!   The relay stores its own verified entries followed by that verified
-//!   suffix, never the presented bytes of a prefix it did not verify (a
-//!   presenter that zeroed the prefix's signatures would otherwise leave a
-//!   stored log that no longer verifies, which the relay would then ignore,
-//!   letting an older log in which a revoked device is active replace it).
-//!   Devices the suffix revokes are disconnected with `DEVICE_REVOKED`;
-//! * presented no longer than stored: it must be a prefix of the stored log
-//!   (else a fork: refused); the relay keeps and judges by its longer log, so
-//!   an older client log never rolls the relay's state back. An empty
-//!   presented log means "use the stored one".
+//! * presented longer than stored: its first entries must be the stored ones,
+//!   statement and signature (else a fork: refused), and only the entries
+//!   after them are verified. The relay stores its own verified entries
+//!   followed by that verified suffix, never the presented bytes of a prefix
+//!   it did not verify (a presenter that zeroed the prefix's signatures would
+//!   otherwise leave a stored log that no longer verifies, which the relay
+//!   would then ignore, letting an older log in which a revoked device is
+//!   active replace it). Devices the suffix revokes are disconnected with
+//!   `DEVICE_REVOKED`;
+//! * presented no longer than stored: it must be a prefix of the stored log,
+//!   entry for entry, signatures included (else a fork: refused); the relay
+//!   keeps and judges by its longer log, so an older client log never rolls
+//!   the relay's state back. An empty presented log means "use the stored
+//!   one".
 //!
 //! # The verified cache
 //!
@@ -234,16 +236,15 @@ enum Decision {
     },
 }
 
-/// Whether every presented entry is the known one at its position,
-/// statement for statement (comparing the last hash alone would let earlier
-/// entries be anything; the signatures of the known entries were checked
-/// when the relay stored them, and the relay keeps its own copies).
+/// Whether every presented entry is the known one at its position, whole
+/// entry for whole entry: statement *and* signature (comparing the last hash
+/// alone would let earlier entries be anything). The entry hash covers the
+/// signature (SECURITY.md §4.2), so a known entry presented with another
+/// signature (zeroed, or a second valid one) is a fork, as `update` calls it
+/// (§4.7 U3), not the same entry: the relay never judges a presented log
+/// "equal" to its own unless it is, byte for byte in both fields.
 fn is_prefix(presented: &[SignedStatement], known: &[SignedStatement]) -> bool {
-    presented.len() <= known.len()
-        && presented
-            .iter()
-            .zip(known)
-            .all(|(p, k)| p.statement == k.statement)
+    presented.len() <= known.len() && presented.iter().zip(known).all(|(p, k)| p == k)
 }
 
 /// Verifies a whole log, counting its entries.
@@ -549,14 +550,8 @@ mod tests {
             log.push(e);
         }
         let s = LogStats::default();
-        let stored = known(&root, "bob", &log[..2]);
-        // The presenter zeroed the signatures of the known prefix.
-        let mut presented = log.clone();
-        for e in &mut presented[..2] {
-            e.signature = vec![0; 64];
-        }
         let Ok(Decision::Replace { prev_len, next, .. }) =
-            decide(&root, "bob", stored, &presented, &s)
+            decide(&root, "bob", known(&root, "bob", &log[..2]), &log, &s)
         else {
             panic!("the new suffix should be accepted");
         };
@@ -564,6 +559,61 @@ mod tests {
         assert_eq!(s.entries_verified(), 2, "only the two new entries");
         assert_eq!(next.entries, log, "own prefix, verified suffix");
         assert!(verify_log(&root, "bob", &next.entries).is_ok());
+    }
+
+    /// The known prefix is compared entry for entry, signature included: a
+    /// presented log whose known entries differ from the stored ones only in
+    /// a signature (zeroed, or one byte changed) is a fork and refused,
+    /// whether it is longer than the stored log or not, and verifies nothing.
+    #[test]
+    fn a_known_prefix_that_differs_only_in_a_signature_is_refused() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let root = org.root_public();
+        let mut bob = org.enroll(&mut rng, "bob");
+        let mut log = bob.log.clone();
+        for _ in 0..3 {
+            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+            let e = bob
+                .chain
+                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
+            bob.chain.apply(&root, &e).unwrap();
+            log.push(e);
+        }
+        let mut zeroed = log.clone();
+        for e in &mut zeroed[..2] {
+            e.signature = vec![0; 64];
+        }
+        let mut flipped = log.clone();
+        flipped[1].signature[63] ^= 1;
+        for presented in [&zeroed, &flipped] {
+            // Longer than the stored log: the suffix is never looked at.
+            let s = LogStats::default();
+            assert!(matches!(
+                decide(&root, "bob", known(&root, "bob", &log[..2]), presented, &s),
+                Err(ErrorCode::InvalidStatement)
+            ));
+            assert_eq!(s.entries_verified(), 0);
+            // As long as the stored log, and shorter: not "the same log".
+            for stored in [&log[..2], &log[..]] {
+                assert!(matches!(
+                    decide(
+                        &root,
+                        "bob",
+                        known(&root, "bob", stored),
+                        &presented[..2],
+                        &s
+                    ),
+                    Err(ErrorCode::InvalidStatement)
+                ));
+            }
+        }
+        // The honest prefix is still accepted.
+        let s = LogStats::default();
+        assert!(matches!(
+            decide(&root, "bob", known(&root, "bob", &log), &log[..2], &s),
+            Ok(Decision::Keep(_))
+        ));
     }
 
     #[test]

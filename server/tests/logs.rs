@@ -176,9 +176,11 @@ async fn logins_after_the_first_verify_no_log_entry() {
 
 /// Issue 8, item 5: the relay keeps its own verified entries. Bob's only
 /// device is revoked by the root; a presenter serves that longer log with
-/// the known entry's signature zeroed. The relay takes the verified new
-/// entry and keeps its own entry 0, so after a restart (a full verification
-/// from disk) the older log, in which the device is active, is refused.
+/// the known entry's signature zeroed. The relay compares the known prefix
+/// entry for entry, signatures included (SECURITY.md §9), so it refuses that
+/// presentation as a fork and stores nothing of it; the genuine longer log
+/// is then taken, and after a restart (a full verification from disk) the
+/// older log, in which the device is active, is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeroed_prefix_signatures_cannot_roll_back_a_revocation() {
     let mut rng = rand::rng();
@@ -198,8 +200,17 @@ async fn zeroed_prefix_signatures_cannot_roll_back_a_revocation() {
     let mut tampered = old.clone();
     tampered[0].signature = vec![0; 64];
     tampered.push(revocation.clone());
-    // Presented by anyone (here at bob's own login, which it ends).
+    // Presented by anyone (here at bob's own login): a fork, refused.
     let e = login(&relay.url, relay.root, &bob.device, "bob", &tampered)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, NetError::Refused(ErrorCode::InvalidStatement)),
+        "{e}"
+    );
+    // The genuine longer log is taken; it revokes the presenting device.
+    let genuine = vec![old[0].clone(), revocation.clone()];
+    let e = login(&relay.url, relay.root, &bob.device, "bob", &genuine)
         .await
         .unwrap_err();
     assert!(

@@ -185,6 +185,7 @@ fn two_faced(
         nonce: nonce.to_vec(),
         recipient_user_ids: recipients.iter().map(|r| (*r).to_owned()).collect(),
         key_commitment: derive(committed, &rid, labels::ENVELOPE_KEY_COMMITMENT).to_vec(),
+        room: None,
     }
     .encode_to_vec();
     let mut padded = content.to_vec();

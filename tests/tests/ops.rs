@@ -117,7 +117,16 @@ async fn metrics_scraped_during_a_load_run_parse_and_count_the_traffic() {
         .unwrap();
     let _ = ward_tests::relay::closed(ward_net::Conn::from_ws(rogue, &Default::default())).await;
 
-    let after = scrape(admin).await;
+    // The rogue's server task ends just after its close frame reaches us:
+    // wait for the gauge to count it out (bounded) before reading the rest.
+    let mut after = scrape(admin).await;
+    for _ in 0..100 {
+        if value(&after, "ward_relay_connections", None) == (SENDERS + 1) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = scrape(admin).await;
+    }
     let total = (SENDERS * EACH) as f64;
     assert_eq!(value(&after, "ward_relay_messages_in_total", None), total);
     assert!(value(&after, "ward_relay_messages_out_total", None) >= total);

@@ -480,11 +480,11 @@ async fn both_servers_refuse_a_v1_device_with_a_version_error() {
 }
 
 /// Item 5, the relay side: a device presents its user's log with a zeroed
-/// signature on the prefix the relay holds. The relay keeps its own
-/// verified entries and appends only the verified new suffix (§9), so it
-/// either refuses the presentation or accepts the extension; either way the
-/// zeroed bytes are never stored: a later login that relies on the stored
-/// log alone (an empty presented log) still verifies.
+/// signature on the prefix the relay holds. The relay compares the known
+/// prefix entry for entry, signatures included (§9), so the presentation is
+/// a fork and refused (`INVALID_STATEMENT`); the zeroed bytes are never
+/// stored, the honest log is then accepted, and a later login that relies
+/// on the stored log alone (an empty presented log) still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_never_stores_a_presented_log_with_zeroed_signatures() {
     let mut rng = rand::rng();
@@ -503,8 +503,9 @@ async fn the_relay_never_stores_a_presented_log_with_zeroed_signatures() {
     let mut zeroed = log.clone();
     zeroed[0].signature = vec![0; 64];
     match ward_tests::relay::Client::connect(&url, &root, &tablet, "bob", &zeroed).await {
-        Ok(_) | Err(NetError::Refused(ErrorCode::InvalidStatement)) => {}
+        Err(NetError::Refused(ErrorCode::InvalidStatement)) => {}
         Err(e) => panic!("unexpected refusal {e}"),
+        Ok(_) => panic!("a known prefix with a zeroed signature was accepted"),
     }
     ward_tests::relay::Client::connect(&url, &root, &tablet, "bob", &log)
         .await

@@ -148,30 +148,7 @@ def parse_fields(b):
             if n > len(b) - i:
                 raise DecodeError("Malformed")
             v, i = bytes(b[i:i + n]), i + n
-        elif wt == 3:  # group: skip to the matching end group (unknown fields only)
-            depth, v = 1, None
-            while depth:
-                k2, i = read_varint(b, i)
-                f2, w2 = k2 >> 3, k2 & 7
-                if f2 == 0:
-                    raise DecodeError("Malformed")
-                if w2 == 3:
-                    depth += 1
-                elif w2 == 4:
-                    depth -= 1
-                elif w2 == 0:
-                    _, i = read_varint(b, i)
-                elif w2 == 1:
-                    i += 8
-                elif w2 == 5:
-                    i += 4
-                elif w2 == 2:
-                    n, i = read_varint(b, i)
-                    i += n
-                else:
-                    raise DecodeError("Malformed")
-                if i > len(b):
-                    raise DecodeError("Malformed")
+        # wire types 3 and 4 (groups, even in an unknown field), 6 and 7: §3.1 says Malformed
         else:
             raise DecodeError("Malformed")
         out.append((fno, wt, v))
@@ -824,6 +801,23 @@ def decode_signed_invite(b):
         raise chain_decode(e)
 
 
+MAX_WRAPPED_KEY_BYTES = 2048  # §6.5, standalone WrappedKey and DeviceGrant
+
+
+def decode_wrapped_key(b):
+    try:
+        return decode_bounded(WRAPPED_KEY, b, MAX_WRAPPED_KEY_BYTES)
+    except DecodeError:
+        raise WardError("WrapError::Malformed")
+
+
+def decode_device_grant(b):
+    try:
+        return decode_bounded(DEVICE_GRANT, b, MAX_WRAPPED_KEY_BYTES)
+    except DecodeError:
+        raise WardError("WrapError::Malformed")
+
+
 def decode_signed_statement(b):
     try:
         return decode_bounded(SIGNED_STATEMENT, b, MAX_STATEMENT_BYTES + 128)
@@ -1327,6 +1321,8 @@ OPS = {
     "verify_invite": lambda i: verify_invite(X(i["org_root_public"]), decode(SIGNED_INVITE, X(i["signed_invite"]))),
     "decode_signed_invite": lambda i: decode_signed_invite(X(i["bytes"])),
     "decode_signed_statement": lambda i: decode_signed_statement(X(i["bytes"])),
+    "decode_wrapped_key": lambda i: decode_wrapped_key(X(i["bytes"])),
+    "decode_device_grant": lambda i: decode_device_grant(X(i["bytes"])),
     "verify_response": lambda i: verify_response(X(i["org_root_public"]), i["service"], i["instance"],
                                                  X(i["challenge"]), X(i["response"])),
     "respond": op_respond,
@@ -1574,10 +1570,18 @@ def check_negative_files():
             run_cases(f, d["cases"])
 
 
+def check_rooms():
+    """§17: room_v2.py, run against this module (its primitives, codec and results)."""
+    sys.path.insert(0, HERE)
+    import room_v2
+
+    room_v2.run(sys.modules[__name__])
+
+
 def main():
     print(f"vectors: {VECTORS}")
     for part in (check_keys, check_pad_roundtrip, check_rfc9180, check_xwing, check_wrap, check_signatures,
-                 check_chain, check_envelopes, check_store, check_negative_files):
+                 check_chain, check_envelopes, check_store, check_negative_files, check_rooms):
         try:
             part()
         except Exception as e:  # noqa: BLE001 - a broken section is one failure, the rest still runs
@@ -1589,7 +1593,8 @@ def main():
         if f.endswith(".json") and f not in {"ward-v2-keys.json", "ward-v2-wrap.json", "xwing-draft06-kem.json",
                                              "rfc9180-a2-x25519-sha256-chacha20poly1305-base.json",
                                              "ward-v2-signatures.json", "ward-v2-chain.json",
-                                             "ward-v2-envelope.json", "ward-v1-store.json"}:
+                                             "ward-v2-envelope.json", "ward-v1-store.json",
+                                             "ward-v2-room.json"}:
             d = load(f)
             if not (isinstance(d, dict) and "cases" in d):
                 SKIPPED.append(f"{f} (not read: no positive checker for this file)")

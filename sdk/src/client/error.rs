@@ -14,9 +14,28 @@ use crate::store::StoreError;
 #[non_exhaustive]
 pub enum ClientError {
     /// The device store failed or refused (a wrong PIN is
-    /// [`StoreError::WrongPin`], with the attempts left).
+    /// [`StoreError::WrongPin`], with the attempts left). Never
+    /// [`StoreError::ReenrollRequired`], which is
+    /// [`ClientError::ReenrollRequired`].
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The device store was written by a protocol v1 SDK: it unlocked (the
+    /// PIN was right, its messages are still there), but its device and user
+    /// keys are X25519 keys that protocol v2 cannot use (SECURITY.md §1.1,
+    /// §14.9), and no v2 server accepts a v1 device. Nothing this device
+    /// holds can become valid again: the clinician needs a **new invite**
+    /// from the organisation's admin (v1 invites do not verify under v2),
+    /// and this device must enroll again with
+    /// [`crate::Client::enroll`], which creates a *new* store: move this one
+    /// aside first (its v1 history stays readable through
+    /// [`crate::store::Store`], which is also where
+    /// [`crate::store::Store::reset_for_reenrollment`] strips the v1 keys).
+    /// Not transient: retrying the unlock gives the same answer.
+    #[error(
+        "this device store holds protocol v1 keys, which this version cannot use: the device \
+         must enroll again, from a new invite"
+    )]
+    ReenrollRequired,
     /// A connection to the relay or the keyserver failed.
     #[error("network: {0}")]
     Net(#[from] NetError),
@@ -114,6 +133,19 @@ pub enum ClientError {
     /// The client has been locked or dropped.
     #[error("the client is closed")]
     Closed,
+}
+
+/// Store errors become [`ClientError::Store`], except the one an app must act
+/// on differently from a store failure: a v1 store is
+/// [`ClientError::ReenrollRequired`], at the top level, so that an app
+/// matches it without knowing the store's error type.
+impl From<StoreError> for ClientError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ReenrollRequired => Self::ReenrollRequired,
+            e => Self::Store(e),
+        }
+    }
 }
 
 impl ClientError {

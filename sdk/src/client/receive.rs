@@ -207,7 +207,7 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
             Some(k) => k.user,
             None => return Ok(Err(ClientError::UnknownUser(sender_id))),
         },
-        Err(e @ ClientError::Store(_)) => return Err(e),
+        Err(e @ (ClientError::Store(_) | ClientError::ReenrollRequired)) => return Err(e),
         Err(e) => return Ok(Err(e)),
     };
 
@@ -313,7 +313,7 @@ async fn fetch_grant(inner: &Inner, key_id: KeyId) -> Result<Result<UserEncrypti
             Some(k) => k.user,
             None => return Ok(Err(ClientError::NoUserKey)),
         },
-        Err(e @ ClientError::Store(_)) => return Err(e),
+        Err(e @ (ClientError::Store(_) | ClientError::ReenrollRequired)) => return Err(e),
         Err(e) => return Ok(Err(e)),
     };
     let Some(key) = std::iter::once(own.encryption_key())
