@@ -173,6 +173,16 @@ impl DeviceArgs {
     }
 }
 
+/// What `ward listen` says when its device is revoked: the SDK has wiped
+/// the store by then (SECURITY.md §15.3b).
+fn revoked_and_wiped() -> CliError {
+    CliError::Msg(
+        "this device was revoked by its organisation or by another device of its user; its \
+         local data has been wiped (enroll again from a new invite, or pair it anew)"
+            .into(),
+    )
+}
+
 /// Turns a client error into a message a person can act on.
 pub fn explain(e: ClientError, args: &DeviceArgs) -> CliError {
     if e.is_device_revoked() {
@@ -517,11 +527,7 @@ async fn listen_loop(
             }
             ev = events.recv() => match ev {
                 None => return Err(CliError::Msg("the client stopped".into())),
-                Some(Event::DeviceRevoked) => {
-                    return Err(CliError::Msg(
-                        "this device has been revoked: it receives nothing any more".into(),
-                    ));
-                }
+                Some(Event::DeviceRevoked) => return Err(revoked_and_wiped()),
                 Some(ev) => {
                     if matches!(ev, Event::Message(_)) {
                         seen += 1;
@@ -555,7 +561,10 @@ pub fn print_event(ev: &Event) {
             "warning: message {} was refused for good: {reason}",
             short(resource_id.as_bytes())
         ),
-        Event::DeviceRevoked => eprintln!("warning: this device has been revoked"),
+        Event::DeviceRevoked => eprintln!(
+            "warning: this device was revoked by its organisation or by another device of its \
+             user; its local data has been wiped"
+        ),
         Event::RelayUnreachable { reason } => eprintln!(
             "warning: the relay is not reachable ({reason}); still trying, messages stay queued"
         ),

@@ -412,6 +412,8 @@ async fn up(
         }
     };
     write_org_public(&data, &org_root)?;
+    // The relay's link to the keyserver trusts what the CLI trusts.
+    let mut link_tls = ward_net::tls::ClientTls::default();
     let (tls, scheme) = if opts.insecure_loopback {
         (ward_net::tls::Acceptor::InsecureLoopback, "ws")
     } else {
@@ -429,6 +431,8 @@ async fn up(
             .map_err(|e| CliError::Msg(format!("dev certificate: {e}")))?;
         ward_net::tls::reload_on_sighup(identity.clone())
             .map_err(io("cannot listen for SIGHUP"))?;
+        link_tls = ward_net::tls::ClientTls::pinned_ca_file(&files.ca)
+            .map_err(|e| CliError::Msg(format!("dev CA: {e}")))?;
         (ward_net::tls::Acceptor::Tls(identity), "wss")
     };
     for addr in [relay_listen, ks_listen] {
@@ -485,6 +489,19 @@ async fn up(
             ks_listener.local_addr().map_err(io("keyserver address"))?
         ),
     };
+    // The relay follows the keyserver's relay link (SECURITY.md §10.8), so
+    // a revocation reaches it at once: its service key (0600, beside its
+    // database) is the one relay key the keyserver allows.
+    let service_key =
+        ward_relay::keyserver_link::load_or_create_service_key(&data.join("relay.db.service-key"))
+            .map_err(|e| CliError::Msg(e.to_string()))?;
+    ks_config.relay_keys = vec![service_key.public_key()];
+    let mut link = ward_relay::keyserver_link::KeyserverLink::new(
+        urls.keyserver.clone(),
+        std::sync::Arc::new(service_key),
+    );
+    link.tls = link_tls;
+    relay_config.keyserver_link = Some(link);
     // The other commands read this instead of needing --relay / --keyserver.
     endpoints::write(&data, &urls).map_err(io(endpoints::path(&data).display().to_string()))?;
     let ward = ward_cmd();

@@ -3,7 +3,7 @@
 //! and SIGTERM stops `ward up` cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests abort on failure
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
 use ward_core::invite::verify_invite;
@@ -436,8 +436,28 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
     let unknown = up.ward(&["send", "--as", "dr.martin", "--to", "nobody.here", "x"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown user nobody.here"));
 
-    // A lost phone: revoked by the (dev) root over a root session.
+    // A lost phone: revoked by the (dev) root over a root session. It is
+    // listening at the time, its user's only device: the relay learns the
+    // revocation from the keyserver's relay link at once, and `ward listen`
+    // says so, wiped, and fails (issue 12, done-when 5).
     let roux = up.enroll("pharm.roux", "Paul Roux");
+    let roux_store = up.data.join("clients").join("pharm.roux.db");
+    assert!(roux_store.exists());
+    let mut listening = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["listen", "--as", "pharm.roux"])
+        .env("WARD_DATA", &up.data)
+        .env("WARD_RELAY_URL", &up.relay)
+        .env("WARD_KEYSERVER_URL", &up.keyserver)
+        .env("WARD_PIN", "ward-pin-493817")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut listen_err = BufReader::new(listening.stderr.take().unwrap());
+    let mut first = String::new();
+    listen_err.read_line(&mut first).unwrap();
+    assert!(first.contains("Listening as pharm.roux"), "{first}");
     let revoked = up.ok(&[
         "admin",
         "revoke",
@@ -451,13 +471,28 @@ fn enroll_send_listen_audit_and_revoke_through_the_real_binaries() {
         revoked.contains("no clinician's device was used"),
         "{revoked}"
     );
+    let told = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = listening.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            told.elapsed() < std::time::Duration::from_secs(10),
+            "ward listen on the revoked device is still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    listen_err.read_to_string(&mut rest).unwrap();
+    assert!(!status.success());
+    assert!(
+        rest.contains("this device was revoked by its organisation")
+            && rest.contains("its local data has been wiped"),
+        "{rest}"
+    );
+    assert!(!roux_store.exists(), "the revoked device's store is wiped");
     let refused = up.ward(&["send", "--as", "pharm.roux", "--to", "dr.martin", "x"]);
     assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("has been revoked"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
 }
 
 #[test]

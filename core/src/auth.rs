@@ -23,8 +23,8 @@ use ward_proto::v1::{AuthChallenge, AuthResponse};
 
 use crate::error::AuthError;
 use crate::ids::valid_user_id;
-use crate::keys::{DeviceSigningKey, SigningPublicKey};
-use crate::labels::{SIG_AUTH, framed};
+use crate::keys::{DeviceSigningKey, RelayServiceKey, SigningPublicKey};
+use crate::labels::{SIG_AUTH, SIG_RELAY_LINK, framed};
 
 /// Length of the server's challenge nonce.
 pub const AUTH_NONCE_BYTES: usize = 32;
@@ -34,6 +34,8 @@ pub const MAX_CHALLENGE_BYTES: usize = 1024;
 pub const RELAY: &str = "ward-relay";
 /// The keyserver's service name.
 pub const KEYSERVER: &str = "ward-keyserver";
+/// The request path of the keyserver's relay link (SECURITY.md §10.8).
+pub const RELAY_LINK_PATH: &str = "/v2/relay-link";
 /// The instance id a server and a client use when none is configured.
 /// Deployments that share an organisation root (staging and production, or
 /// two sites) MUST configure distinct ones (SECURITY.md §8).
@@ -164,10 +166,146 @@ pub fn verify_response(
     Ok((response.user_id.clone(), device))
 }
 
+/// The relay link's transcript (SECURITY.md §10.8): the keyserver's
+/// challenge fields, the root of `audience` (the keyserver's, never read from
+/// the wire) and the relay's service key.
+fn link_transcript(audience: &Audience, challenge: &AuthChallenge, relay_key: &[u8]) -> Vec<u8> {
+    framed(
+        SIG_RELAY_LINK,
+        &[
+            &challenge.version.to_be_bytes(),
+            challenge.service.as_bytes(),
+            challenge.instance.as_bytes(),
+            audience.org_root.as_bytes(),
+            &challenge.nonce,
+            relay_key,
+        ],
+    )
+}
+
+/// A relay's answer to the keyserver's challenge on the relay link, signed
+/// with its service key: an `AuthResponse` with an empty `user_id` and log
+/// and the service key as `device_id`. Refuses, before signing, a challenge
+/// of another version, or not from the keyserver `expected` (service and
+/// instance), or with a nonce of the wrong length.
+pub fn respond_link(
+    service_key: &RelayServiceKey,
+    expected: &Audience,
+    challenge: &AuthChallenge,
+) -> Result<AuthResponse, AuthError> {
+    if challenge.version != PROTOCOL_VERSION {
+        return Err(AuthError::UnsupportedVersion(challenge.version));
+    }
+    if expected.service != KEYSERVER
+        || challenge.service != expected.service
+        || challenge.instance != expected.instance
+        || challenge.nonce.len() != AUTH_NONCE_BYTES
+    {
+        return Err(AuthError::UnexpectedChallenge);
+    }
+    let relay_key = service_key.public_key().as_bytes().to_vec();
+    let signature = service_key
+        .sign(&link_transcript(expected, challenge, &relay_key))
+        .to_vec();
+    Ok(AuthResponse {
+        user_id: String::new(),
+        device_id: relay_key,
+        signature,
+        log: Vec::new(),
+        version: PROTOCOL_VERSION,
+    })
+}
+
+/// Checks a relay's answer on the relay link against the challenge this
+/// keyserver (of `audience`) sent; returns the relay's service key. Whether
+/// that key is allowed is the keyserver's question.
+pub fn verify_link_response(
+    audience: &Audience,
+    challenge: &AuthChallenge,
+    response: &AuthResponse,
+) -> Result<SigningPublicKey, AuthError> {
+    if challenge.nonce.len() != AUTH_NONCE_BYTES
+        || !response.user_id.is_empty()
+        || !response.log.is_empty()
+    {
+        return Err(AuthError::Malformed);
+    }
+    let key =
+        SigningPublicKey::from_bytes(&response.device_id).map_err(|_| AuthError::Malformed)?;
+    if response.version != PROTOCOL_VERSION {
+        return Err(AuthError::UnsupportedVersion(response.version));
+    }
+    if !key.verify(
+        &link_transcript(audience, challenge, &response.device_id),
+        &response.signature,
+    ) {
+        return Err(AuthError::BadSignature);
+    }
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::OrgRootKey;
+
+    #[test]
+    fn link_responses_verify_only_for_their_keyserver_and_never_as_device_ones() {
+        let mut rng = rand::rng();
+        let relay_key = RelayServiceKey::generate(&mut rng);
+        let same_as_device = DeviceSigningKey::import_secret(&*relay_key.export_secret()).unwrap();
+        let root = OrgRootKey::generate(&mut rng).public_key();
+        let ks = Audience::keyserver(root, "prod");
+        let c = ks.challenge([7; 32]);
+        let r = respond_link(&relay_key, &ks, &c).unwrap();
+        assert_eq!(
+            verify_link_response(&ks, &c, &r),
+            Ok(relay_key.public_key())
+        );
+        // Another keyserver instance, another organisation, another nonce.
+        let staging = Audience::keyserver(root, "staging");
+        assert_eq!(
+            verify_link_response(&staging, &staging.challenge([7; 32]), &r),
+            Err(AuthError::BadSignature)
+        );
+        let other = Audience::keyserver(OrgRootKey::generate(&mut rng).public_key(), "prod");
+        assert_eq!(
+            verify_link_response(&other, &other.challenge([7; 32]), &r),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_link_response(&ks, &ks.challenge([8; 32]), &r),
+            Err(AuthError::BadSignature)
+        );
+        // A relay signs for a keyserver only, and only the one it dialled.
+        let relay = Audience::relay(root, "prod");
+        assert_eq!(
+            respond_link(&relay_key, &relay, &relay.challenge([7; 32])).err(),
+            Some(AuthError::UnexpectedChallenge)
+        );
+        assert_eq!(
+            respond_link(&relay_key, &staging, &c).err(),
+            Some(AuthError::UnexpectedChallenge)
+        );
+        // A device's handshake signature is not a link one (distinct labels).
+        let dev = respond(&same_as_device, "alice", &ks, &c).unwrap();
+        let mut as_link = dev.clone();
+        as_link.user_id = String::new();
+        assert_eq!(
+            verify_link_response(&ks, &c, &as_link),
+            Err(AuthError::BadSignature)
+        );
+        let mut as_device = r.clone();
+        as_device.user_id = "alice".into();
+        assert_eq!(
+            verify_response(&ks, &c, &as_device),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_link_response(&ks, &c, &dev),
+            Err(AuthError::Malformed)
+        );
+    }
 
     #[test]
     fn response_verifies_only_for_its_own_challenge() {

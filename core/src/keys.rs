@@ -262,6 +262,11 @@ signing_key_type!(
     /// The one-time key an invite delegates: it signs the user creation.
     DelegationKey
 );
+signing_key_type!(
+    /// A relay's service key: it authenticates the relay to the keyserver's
+    /// relay link (SECURITY.md §10.8) and signs nothing else.
+    RelayServiceKey
+);
 
 /// An X-Wing decapsulation key, shared by the encryption key types below:
 /// its 32-byte seed (the only form X-Wing keys are stored or granted in),

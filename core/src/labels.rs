@@ -25,6 +25,10 @@ pub const ENVELOPE_KEY_COMMITMENT: &[u8] = b"ward/v2/envelope/key-commitment";
 pub const SIG_DEVICE_POSSESSION: &[u8] = b"ward/v2/sig/device-possession";
 /// Device signature in the authentication handshake.
 pub const SIG_AUTH: &[u8] = b"ward/v2/sig/auth";
+/// A relay's service-key signature when it authenticates to the keyserver's
+/// relay link (SECURITY.md §10.8). Its own label: no device handshake
+/// signature is ever a relay-link one, and the other way round.
+pub const SIG_RELAY_LINK: &[u8] = b"ward/v2/sig/relay-link";
 /// Hash of an encoded `Invite` (the `prev_hash` of log entry 0, and its single-use id).
 pub const HASH_INVITE: &[u8] = b"ward/v2/hash/invite";
 /// Hash of a log entry, statement and signature (the next entry's `prev_hash`).

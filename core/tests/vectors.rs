@@ -51,7 +51,7 @@ use ward_core::envelope::{self, ContentType, ReceivedEnvelope, SealRequest};
 use ward_core::invite::{self, InviteDetails};
 use ward_core::keys::{
     DelegationKey, DeviceEncryptionKey, DeviceSigningKey, EncryptionPublicKey, OrgRootKey,
-    ResourceKey, SigningPublicKey, UserEncryptionKey,
+    RelayServiceKey, ResourceKey, SigningPublicKey, UserEncryptionKey,
 };
 use ward_core::proto::Message;
 use ward_core::proto::v1::{
@@ -234,6 +234,7 @@ const L_ALICE_USER_2: &str = "ward vector alice user key 2";
 const L_ALICE_DEV1_SIG: &str = "ward vector alice device 1 signing";
 const L_ALICE_DEV1_ENC: &str = "ward vector alice device 1 encryption";
 const L_ALICE_DEV2_SIG: &str = "ward vector alice device 2 signing";
+const L_RELAY_SERVICE: &str = "ward vector relay service key";
 const L_ALICE_DEV2_ENC: &str = "ward vector alice device 2 encryption";
 const L_ALICE_DEV3_SIG: &str = "ward vector alice device 3 signing";
 const L_ALICE_DEV3_ENC: &str = "ward vector alice device 3 encryption";
@@ -452,7 +453,7 @@ fn gen_keys() -> J {
         ]));
     }
 
-    let all_labels: [(&str, &[u8]); 13] = [
+    let all_labels: [(&str, &[u8]); 14] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_DEVICE_POSSESSION", labels::SIG_DEVICE_POSSESSION),
@@ -461,6 +462,7 @@ fn gen_keys() -> J {
         ("ENVELOPE_AEAD_KEY", labels::ENVELOPE_AEAD_KEY),
         ("ENVELOPE_KEY_COMMITMENT", labels::ENVELOPE_KEY_COMMITMENT),
         ("SIG_AUTH", labels::SIG_AUTH),
+        ("SIG_RELAY_LINK", labels::SIG_RELAY_LINK),
         ("HASH_INVITE", labels::HASH_INVITE),
         ("HASH_ENTRY", labels::HASH_ENTRY),
         ("WRAP_INFO", labels::WRAP_INFO),
@@ -1276,6 +1278,38 @@ fn gen_signatures() -> J {
         response.signature
     );
 
+    // The relay link (SECURITY.md §10.8): the relay's service key signs the
+    // keyserver's challenge under its own label.
+    let service = RelayServiceKey::import_secret(&seed(L_RELAY_SERVICE)).unwrap();
+    let ks_audience = auth::Audience::keyserver(root().public_key(), AUTH_INSTANCE);
+    let ks_nonce: [u8; 32] = short("ward vector relay link nonce", 32)
+        .try_into()
+        .unwrap();
+    let ks_challenge = ks_audience.challenge(ks_nonce);
+    let link_response = auth::respond_link(&service, &ks_audience, &ks_challenge).unwrap();
+    assert_eq!(
+        auth::verify_link_response(&ks_audience, &ks_challenge, &link_response).unwrap(),
+        service.public_key()
+    );
+    let link_transcript = framed(
+        labels::SIG_RELAY_LINK,
+        &[
+            &ks_challenge.version.to_be_bytes(),
+            ks_challenge.service.as_bytes(),
+            ks_challenge.instance.as_bytes(),
+            root().public_key().as_bytes(),
+            &ks_challenge.nonce,
+            service.public_key().as_bytes(),
+        ],
+    );
+    assert_eq!(
+        SigningKey::from_bytes(&seed(L_RELAY_SERVICE))
+            .sign(&link_transcript)
+            .to_bytes()
+            .to_vec(),
+        link_response.signature
+    );
+
     let root = root();
     let d = alice_details();
     let (signed, delegation) = make_invite(&root, &d, L_ALICE_DELEGATION);
@@ -1287,8 +1321,33 @@ fn gen_signatures() -> J {
          device_id])), org_root the 32-byte pinned root of both sides. Invite \
          (SECURITY.md §4.1): signature = Ed25519(org root, framed(SIG_INVITE, [invite])) over \
          the encoded Invite; create_invite draws one 32-byte delegation key seed; invite_hash = \
-         SHA-256(framed(HASH_INVITE, [invite])).",
+         SHA-256(framed(HASH_INVITE, [invite])). Relay link (SECURITY.md §10.8): signature = \
+         Ed25519(relay service key, framed(SIG_RELAY_LINK, [u32_be(version), service, instance, \
+         org_root, nonce, service_key])) over the keyserver's challenge; the AuthResponse has an \
+         empty user_id and log and the service key as device_id.",
         vec![
+            (
+                "relay_link",
+                o(vec![
+                    ("service_secret_label", s(L_RELAY_SERVICE)),
+                    ("service_secret", h(seed(L_RELAY_SERVICE))),
+                    ("service_key", h(service.public_key().as_bytes())),
+                    ("org_root_public", h(root.public_key().as_bytes())),
+                    (
+                        "challenge",
+                        o(vec![
+                            ("version", J::N(u64::from(ks_challenge.version))),
+                            ("service", s(&ks_challenge.service)),
+                            ("instance", s(&ks_challenge.instance)),
+                            ("nonce", h(&ks_challenge.nonce)),
+                            ("encoded", h(ks_challenge.encode_to_vec())),
+                        ]),
+                    ),
+                    ("transcript", h(&link_transcript)),
+                    ("signature", h(&link_response.signature)),
+                    ("response", h(link_response.encode_to_vec())),
+                ]),
+            ),
             (
                 "auth",
                 o(vec![
@@ -3578,7 +3637,7 @@ fn replay_keys(v: &Value) {
         };
         assert_eq!(direct.to_vec(), public);
     }
-    let core_labels: [(&str, &[u8]); 13] = [
+    let core_labels: [(&str, &[u8]); 14] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_DEVICE_POSSESSION", labels::SIG_DEVICE_POSSESSION),
@@ -3587,6 +3646,7 @@ fn replay_keys(v: &Value) {
         ("ENVELOPE_AEAD_KEY", labels::ENVELOPE_AEAD_KEY),
         ("ENVELOPE_KEY_COMMITMENT", labels::ENVELOPE_KEY_COMMITMENT),
         ("SIG_AUTH", labels::SIG_AUTH),
+        ("SIG_RELAY_LINK", labels::SIG_RELAY_LINK),
         ("HASH_INVITE", labels::HASH_INVITE),
         ("HASH_ENTRY", labels::HASH_ENTRY),
         ("WRAP_INFO", labels::WRAP_INFO),
@@ -3910,6 +3970,50 @@ fn replay_signatures(v: &Value) {
     let key = DeviceSigningKey::import_secret(&hx(&a["device_secret"])).unwrap();
     assert_eq!(
         auth::respond(&key, &user, &audience, &challenge).unwrap(),
+        response
+    );
+
+    let l = &v["relay_link"];
+    let c = &l["challenge"];
+    let challenge = AuthChallenge::decode(hx(&c["encoded"]).as_slice()).unwrap();
+    assert_eq!(challenge.service, st(&c["service"]));
+    assert_eq!(challenge.instance, st(&c["instance"]));
+    let link_root = signing_public(&l["org_root_public"]);
+    let audience = auth::Audience {
+        service: challenge.service.clone(),
+        instance: challenge.instance.clone(),
+        org_root: link_root,
+    };
+    let response = AuthResponse::decode(hx(&l["response"]).as_slice()).unwrap();
+    assert!(response.user_id.is_empty() && response.log.is_empty());
+    assert_eq!(response.device_id, hx(&l["service_key"]));
+    let transcript = framed(
+        labels::SIG_RELAY_LINK,
+        &[
+            &challenge.version.to_be_bytes(),
+            challenge.service.as_bytes(),
+            challenge.instance.as_bytes(),
+            link_root.as_bytes(),
+            &challenge.nonce,
+            &response.device_id,
+        ],
+    );
+    assert_eq!(transcript, hx(&l["transcript"]));
+    assert!(ed25519_verifies(
+        &response.device_id,
+        &transcript,
+        &response.signature
+    ));
+    assert_eq!(
+        auth::verify_link_response(&audience, &challenge, &response)
+            .unwrap()
+            .as_bytes()
+            .to_vec(),
+        hx(&l["service_key"])
+    );
+    let key = RelayServiceKey::import_secret(&hx(&l["service_secret"])).unwrap();
+    assert_eq!(
+        auth::respond_link(&key, &audience, &challenge).unwrap(),
         response
     );
 

@@ -183,6 +183,9 @@ pub struct Config {
     /// Where the keyserver's metrics and readiness go (the admin listener
     /// serves the same registry).
     pub metrics: ward_ops::metrics::Registry,
+    /// Relay service keys allowed on the relay link (SECURITY.md §10.8);
+    /// empty: every relay is refused there.
+    pub relay_keys: Vec<SigningPublicKey>,
 }
 
 impl Config {
@@ -196,6 +199,7 @@ impl Config {
             clock: Clock::system(),
             tls: ward_net::tls::Acceptor::InsecureLoopback,
             metrics: ward_ops::metrics::Registry::new(),
+            relay_keys: Vec::new(),
         }
     }
 }

@@ -59,6 +59,7 @@ pub mod directory;
 mod error;
 pub mod handler;
 pub mod metrics;
+pub mod relay_link;
 mod server;
 pub mod storage;
 

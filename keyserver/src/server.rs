@@ -118,6 +118,9 @@ struct State {
     refusal_log: RefusalLog,
     /// This keyserver as a handshake audience (service, instance, root).
     audience: handshake::Audience,
+    /// The relay link (SECURITY.md §10.8) and its change signal.
+    link: crate::relay_link::LinkState,
+    log_changed: watch::Sender<u64>,
 }
 
 /// Connections over the cap that are being closed with a code at once.
@@ -170,7 +173,18 @@ pub async fn run(
             "connection cap lowered to fit the file-descriptor limit"
         );
     }
+    let (log_changed, changes) = watch::channel(0u64);
+    let link = crate::relay_link::LinkState {
+        db: Arc::clone(&db),
+        audience: handshake::Audience::keyserver(config.org_root, config.instance.clone()),
+        allowed: config.relay_keys.clone(),
+        changes,
+        limits: config.limits.net,
+        metrics: crate::relay_link::LinkMetrics::new(&config.metrics),
+    };
     let state = Arc::new(State {
+        link,
+        log_changed,
         tls: config.tls.clone(),
         metrics: KsMetrics::new(&config.metrics),
         rate: RateLimiter::new(&config.limits),
@@ -289,15 +303,19 @@ async fn connection(
         state.metrics.handshake_failures.inc();
         return;
     };
-    let mut conn =
-        match tokio::time::timeout(upgrade_time, ward_net::conn::accept(stream, &limits)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
-            }
-            Err(_) => return,
-        };
+    let (mut conn, path) = match tokio::time::timeout(
+        upgrade_time,
+        ward_net::conn::accept_with_path(stream, &limits),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return;
+        }
+        Err(_) => return,
+    };
     let (_permit, ticket) = match slot {
         Slot::Served(p, t) => (p, t),
         Slot::Refused(_p) => {
@@ -310,6 +328,10 @@ async fn connection(
         conn.close(close::INTERNAL_ERROR, "internal error").await;
         return;
     };
+    if path == crate::relay_link::RELAY_LINK_PATH {
+        crate::relay_link::serve(conn, &state.link, nonce, &mut stop, ticket).await;
+        return;
+    }
 
     let mut registration = None;
     let mut enrolled = false;
@@ -479,6 +501,13 @@ async fn serve(
             drop(enrolling_permit.take());
         }
         state.metrics.observe(kind, &outcome.response);
+        if matches!(
+            outcome.response.body,
+            Some(ward_proto::v1::ks_response::Body::Appended(_))
+        ) {
+            // Tell the relay links (SECURITY.md §10.8).
+            state.log_changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         let sent = conn.send_msg(&outcome.response).await;
         if let Some((user, device)) = &outcome.revoked {
             state.sessions.revoke(user, device);

@@ -21,7 +21,9 @@ pub const AUTH_TIMEOUT: u16 = 4002;
 pub const RATE_LIMITED: u16 = 4003;
 /// The peer did not read fast enough; nothing is lost, reconnect.
 pub const SLOW_CONSUMER: u16 = 4004;
-/// The device was revoked while connected.
+/// The device was revoked while connected (by its user's log, as the server
+/// verified it: on the relay also when the keyserver's relay link brought
+/// the revocation, SECURITY.md §10.8). Final: a client MUST NOT reconnect.
 pub const DEVICE_REVOKED: u16 = 4005;
 /// The server has too many connections: retry later.
 pub const TOO_MANY_CONNECTIONS: u16 = 4006;

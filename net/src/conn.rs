@@ -45,7 +45,20 @@ const MAX_UPGRADE_HEADERS: usize = 64;
 /// to WebSocket version 13) before the stream is closed. Until
 /// [`Conn::authenticated`], frames are limited to
 /// `limits.max_preauth_frame_bytes`.
-pub async fn accept<S>(mut stream: S, limits: &Limits) -> Result<Conn<S>, NetError>
+pub async fn accept<S>(stream: S, limits: &Limits) -> Result<Conn<S>, NetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_with_path(stream, limits).await.map(|(c, _)| c)
+}
+
+/// [`accept`], also returning the request's path (e.g. `/`, or the
+/// keyserver's relay link `/v2/relay-link`), so that one listener can serve
+/// two protocols that both start with the server's `AuthChallenge`.
+pub async fn accept_with_path<S>(
+    mut stream: S,
+    limits: &Limits,
+) -> Result<(Conn<S>, String), NetError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -75,14 +88,18 @@ where
         .map_err(tungstenite::Error::Io)?;
     stream.flush().await.map_err(tungstenite::Error::Io)?;
     let pre = limits.max_preauth_frame_bytes.min(limits.max_frame_bytes);
+    let path = request.uri().path().to_owned();
     let ws =
         WebSocketStream::from_partially_read(stream, tail, Role::Server, Some(config(pre))).await;
-    Ok(Conn {
-        ws,
-        max_frame_bytes: pre,
-        full_frame_bytes: limits.max_frame_bytes,
-        last_seen: Instant::now(),
-    })
+    Ok((
+        Conn {
+            ws,
+            max_frame_bytes: pre,
+            full_frame_bytes: limits.max_frame_bytes,
+            last_seen: Instant::now(),
+        },
+        path,
+    ))
 }
 
 /// Reads one HTTP request head (bounded); the bytes after it are returned

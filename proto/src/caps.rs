@@ -16,6 +16,7 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.AuthResponse.log", 4096),
     ("ward.v1.UserLog.entries", 4096),
     ("ward.v1.PublishLog.entries", 4096),
+    ("ward.v1.LinkNotice.entries", 4096),
     // The relay's max_recipients (default 1024) is checked after decoding.
     ("ward.v1.Send.recipients", 4096),
     // ward_core::envelope::MAX_RECIPIENTS is 256.

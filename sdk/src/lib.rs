@@ -83,6 +83,14 @@
 //!   keyserver yet, then rejects the message
 //!   ([`ClientError::WrappedKeyMissing`]). Keyserver requests are retried once
 //!   on a broken connection (they are idempotent).
+//! * **Revoked means wiped.** When either server refuses this device as
+//!   revoked (the relay's close code `DEVICE_REVOKED`, or a
+//!   `DEVICE_REVOKED` refusal), or its own verified log revokes it, the
+//!   client closes the store (zeroizing its key), destroys its files
+//!   (database, WAL and header, as [`store::Store::wipe`]), stops
+//!   reconnecting, and only then emits [`Event::DeviceRevoked`]; later calls
+//!   fail with [`ClientError::Closed`]. Drop the [`Client`] to release the
+//!   device keys it still holds (zeroized on drop). SECURITY.md §15.3b.
 //! * **Logs** (`tracing`) carry ids and error kinds only: never a
 //!   plaintext, a key or a PIN.
 #![forbid(unsafe_code)]

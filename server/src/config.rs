@@ -35,6 +35,10 @@ pub struct Config {
     pub log_cache_bytes: usize,
     /// Counters of the log verifier (keep a clone to read them).
     pub log_stats: Arc<crate::logs::LogStats>,
+    /// The keyserver's relay link, which brings every log change (a
+    /// revocation) at once (SECURITY.md §10.8); `None`: the relay learns
+    /// logs from devices only (§9).
+    pub keyserver_link: Option<crate::keyserver_link::KeyserverLink>,
 }
 
 /// Limits. Each violation closes the connection with a reason code.
@@ -156,6 +160,7 @@ impl Config {
             metrics: ward_ops::metrics::Registry::new(),
             log_cache_bytes: crate::logs::DEFAULT_LOG_CACHE_BYTES,
             log_stats: Arc::default(),
+            keyserver_link: None,
         }
     }
 }

@@ -173,7 +173,11 @@ async fn check(shared: &Shared, mut peer: Peer) -> Result<Peer, ErrorCode> {
 /// Deletes the mailboxes of `user`'s devices that are not active in its
 /// verified log (revoked, or addressed before the relay knew the log): their
 /// entries can never be read. Once per log length.
-async fn prune_revoked(shared: &Shared, user_id: &str, user: &ward_core::chain::VerifiedUser) {
+pub(crate) async fn prune_revoked(
+    shared: &Shared,
+    user_id: &str,
+    user: &ward_core::chain::VerifiedUser,
+) {
     if !shared.needs_prune(user_id, user.len()) {
         return;
     }

@@ -26,6 +26,7 @@ pub mod blobs;
 pub mod config;
 mod connection;
 mod error;
+pub mod keyserver_link;
 pub mod logs;
 pub mod metrics;
 pub mod registry;

@@ -33,6 +33,23 @@ struct Args {
     instance: String,
     #[command(flatten)]
     tls: ward_ops::tls_args::TlsArgs,
+    /// The keyserver to follow over its relay link (wss://host:port), which
+    /// brings every revocation at once (SECURITY.md §10.8). Its --relay-key
+    /// must list this relay's service key (`ward-relay service-key`). None:
+    /// logs come from devices only.
+    #[arg(long, env = "WARD_RELAY_KEYSERVER_URL")]
+    keyserver_url: Option<String>,
+    /// The keyserver's instance id (its challenge must name it).
+    #[arg(long, env = "WARD_RELAY_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
+    keyserver_instance: String,
+    /// PEM CA certificate(s) to trust for the keyserver's TLS certificate
+    /// (a private CA); default: the public web roots.
+    #[arg(long, env = "WARD_RELAY_KEYSERVER_CA", value_name = "FILE")]
+    keyserver_ca: Option<PathBuf>,
+    /// This relay's service key (Ed25519 seed, 64 hex digits), created
+    /// owner-only (0600) on first start; default: beside --db, <db>.service-key.
+    #[arg(long, env = "WARD_RELAY_SERVICE_KEY", value_name = "FILE")]
+    service_key: Option<PathBuf>,
     /// Admin listener address (Prometheus /metrics, /healthz, /readyz), e.g.
     /// 127.0.0.1:9070; "off" for none. Keep it on loopback or an operations network.
     #[arg(long, default_value = "off")]
@@ -123,6 +140,9 @@ struct Args {
 enum Cmd {
     /// Print the effective configuration as a TOML file (`--config` reads it back).
     PrintConfig,
+    /// Print this relay's service public key (for the keyserver's
+    /// --relay-key), creating the key file if it does not exist.
+    ServiceKey,
     /// Copy the database, consistently, while the relay runs (SQLite's
     /// online backup). Restore: stop the relay, put the copy in place of
     /// --db (removing its -wal and -shm files), start it. See OPERATIONS.md.
@@ -140,6 +160,32 @@ enum Cmd {
 }
 
 const DEF: Limits = Limits::DEFAULT;
+
+fn service_key_path(args: &Args) -> PathBuf {
+    args.service_key.clone().unwrap_or_else(|| {
+        let mut p = args.db.clone().into_os_string();
+        p.push(".service-key");
+        PathBuf::from(p)
+    })
+}
+
+fn keyserver_link(
+    args: &Args,
+) -> Result<Option<ward_relay::keyserver_link::KeyserverLink>, String> {
+    let Some(url) = &args.keyserver_url else {
+        return Ok(None);
+    };
+    let key = ward_relay::keyserver_link::load_or_create_service_key(&service_key_path(args))
+        .map_err(|e| e.to_string())?;
+    let mut link =
+        ward_relay::keyserver_link::KeyserverLink::new(url.clone(), std::sync::Arc::new(key));
+    link.instance = args.keyserver_instance.clone();
+    if let Some(ca) = &args.keyserver_ca {
+        link.tls = ward_net::tls::ClientTls::pinned_ca_file(ca)
+            .map_err(|e| format!("--keyserver-ca: {e}"))?;
+    }
+    Ok(Some(link))
+}
 
 fn config(args: &Args) -> Result<Config, String> {
     let root = args
@@ -183,6 +229,7 @@ fn config(args: &Args) -> Result<Config, String> {
     config.retention = Duration::from_secs(args.retention_days.saturating_mul(86_400));
     config.sweep_interval = Duration::from_secs(args.sweep_interval_secs.max(1));
     config.log_cache_bytes = args.log_cache_mib.saturating_mul(1 << 20);
+    config.keyserver_link = keyserver_link(args)?;
     Ok(config)
 }
 
@@ -204,6 +251,19 @@ async fn main() -> ExitCode {
                 ward_ops::layered::render(&Args::command(), &matches, ENV_PREFIX)
             );
             return ExitCode::SUCCESS;
+        }
+        Some(Cmd::ServiceKey) => {
+            let path = service_key_path(&args);
+            return match ward_relay::keyserver_link::load_or_create_service_key(&path) {
+                Ok(k) => {
+                    println!("{}", hex::encode(k.public_key().as_bytes()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-relay: {e}");
+                    ExitCode::from(1)
+                }
+            };
         }
         Some(Cmd::Backup { to }) => {
             return match ward_ops::backup::online(&args.db, to) {

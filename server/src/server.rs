@@ -98,6 +98,13 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone()));
+    let link = shared.config.keyserver_link.clone().map(|l| {
+        tokio::spawn(crate::keyserver_link::run(
+            shared.clone(),
+            l,
+            stop_rx.clone(),
+        ))
+    });
     let permits = Arc::new(Semaphore::new(max_connections));
     info!(addr = ?listener.local_addr().ok(), "relay listening");
     // The database is open and migrated, the writer runs: ready.
@@ -186,6 +193,9 @@ pub async fn run(
         warn!("connections still open after the shutdown grace period");
     }
     let _ = sweeper.await;
+    if let Some(link) = link {
+        let _ = link.await;
+    }
     writer.stop().await;
     match tokio::task::spawn_blocking(move || writer_thread.join()).await {
         Ok(Ok(())) => info!("writer flushed; relay stopped"),

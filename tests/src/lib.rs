@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod keyserver;
+pub mod link;
 pub mod proxy;
 pub mod relay;
 

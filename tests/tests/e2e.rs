@@ -64,12 +64,16 @@ impl World {
     async fn new_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
         captured_logs();
         let org = Org::new(&mut rand::rng());
-        let relay = Relay::start(org.root_public()).await;
         let ks_db = temp_db_path("e2e-ks");
         let mut config = test_config(&org, &ks_db);
         config.clock = Clock::system();
+        // The relay follows the keyserver's relay link, as under `ward up`.
+        let link_key = ward_tests::link::service_key();
+        config.relay_keys = vec![link_key.public_key()];
         tweak(&mut config);
         let keyserver = TestKeyserver::start(config).await;
+        let link = ward_tests::link::link_to(&keyserver.url(), link_key);
+        let relay = Relay::start_with(org.root_public(), |c| c.keyserver_link = Some(link)).await;
         Self {
             org,
             relay,
@@ -918,15 +922,14 @@ async fn key_rotation_reaches_the_other_device_and_revocation_cuts_it_off() {
         Event::DeviceRevoked => {}
         other => panic!("expected DeviceRevoked, got {other:?}"),
     }
+    // Told, then wiped: the store is gone and the client refuses to work.
+    assert!(store_files(&w.config("alice-tablet").store_path).is_empty());
     quiet(&mut a2_ev, Duration::from_millis(300)).await;
     match a2.send_text(conv, "WARD-ROT-3").await {
-        Err(e) if e.is_device_revoked() => {}
+        Err(ClientError::Closed) => {}
         other => panic!("a revoked device sent: {other:?}"),
     }
-    assert_eq!(
-        sorted_texts(&a2.history(conv).await.unwrap()),
-        vec!["WARD-ROT-1".to_owned()]
-    );
+    assert!(matches!(a2.history(conv).await, Err(ClientError::Closed)));
     assert_eq!(a1.history(conv).await.unwrap().len(), 2);
     quiet(&mut b_ev, Duration::from_millis(200)).await;
 }
@@ -999,5 +1002,68 @@ async fn a_root_revocation_is_followed_by_an_automatic_rotation() {
     sent(&mut b_ev, r).await;
     assert_eq!(text(&messages(&mut a1_ev, 1).await[0]), "WARD-AFTER-LOSS");
     quiet(&mut lost_ev, Duration::from_millis(300)).await;
-    assert!(lost.history(conv).await.unwrap().is_empty());
+    assert!(lost.history(conv).await.is_err());
+    assert!(store_files(&w.config("alice-lost").store_path).is_empty());
+}
+
+/// Done-when 5: the organisation revokes a lost phone (root-signed, through
+/// the keyserver) while the user's only other device is offline: the relay
+/// learns it over the keyserver's relay link, closes the phone's connection
+/// within seconds, and the phone's app is told and wiped. The phone's own
+/// log watcher is set to an hour, so nothing but the link can have told it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_revocation_reaches_a_lost_phone_with_no_other_device_online() {
+    let w = World::new().await;
+    let tablet = w.enroll("alice@chu", "alice-tablet").await;
+    let mut config = w.config("alice-lost");
+    config.own_log_interval = Duration::from_secs(3600);
+    let store_path = config.store_path.clone();
+    let pending = Client::pair_new_device(config, "alice@chu", pin())
+        .await
+        .unwrap();
+    tablet.approve_device(&pending.device_keys()).await.unwrap();
+    let mut lost = pending.complete().await.unwrap();
+    let mut lost_ev = lost.events().unwrap();
+    let lost_id = lost.device_id();
+    // The tablet goes offline; the phone is online at the relay.
+    tablet.lock().await;
+    let mut bob = w.enroll("bob@chu", "bob-phone").await;
+    let mut b_ev = bob.events().unwrap();
+    let conv = bob.create_conversation(&["alice@chu"]).await.unwrap();
+    let r = bob.send_text(conv, "WARD-BEFORE-LOSS").await.unwrap();
+    sent(&mut b_ev, r).await;
+    assert_eq!(
+        text(&messages(&mut lost_ev, 1).await[0]),
+        "WARD-BEFORE-LOSS"
+    );
+    assert!(!store_files(&store_path).is_empty());
+
+    let courier = w.org.enroll(&mut rand::rng(), "courier@chu");
+    let mut ks = ward_tests::keyserver::enroll(&w.ks_url(), &courier).await;
+    let entries = ks.get_logs(&["alice@chu"]).await.unwrap()["alice@chu"]
+        .entries
+        .clone();
+    let alice = ward_core::chain::verify_log(&w.org.root_public(), "alice@chu", &entries).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ks.append(&alice.revoke_device_as_root(&w.org.root, &lost_id, now))
+        .await
+        .unwrap();
+    let revoked_at = tokio::time::Instant::now();
+
+    match tokio::time::timeout(Duration::from_secs(5), lost_ev.recv())
+        .await
+        .expect("the lost phone was not told within 5 s")
+        .unwrap()
+    {
+        Event::DeviceRevoked => {}
+        other => panic!("expected DeviceRevoked, got {other:?}"),
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+    assert!(store_files(&store_path).is_empty(), "the store is wiped");
+    assert!(lost.history(conv).await.is_err());
+    // Nothing more from it; it does not reconnect.
+    quiet(&mut lost_ev, Duration::from_millis(500)).await;
 }

@@ -27,6 +27,7 @@ SIG_INVITE = b"ward/v2/sig/invite"
 SIG_STATEMENT = b"ward/v2/sig/statement"
 SIG_POSSESSION = b"ward/v2/sig/device-possession"
 SIG_AUTH = b"ward/v2/sig/auth"
+SIG_RELAY_LINK = b"ward/v2/sig/relay-link"
 HASH_INVITE = b"ward/v2/hash/invite"
 HASH_ENTRY = b"ward/v2/hash/entry"
 MAX_INVITE, MAX_SIGNED_INVITE = 1024, 1152
@@ -494,6 +495,26 @@ def verify_response(root, service, instance, ch, resp):
     return resp["user_id"]
 
 
+def link_transcript(root, ch, service_key):
+    # SECURITY.md §10.8: the keyserver's challenge, the root, the relay's service key.
+    return frame(SIG_RELAY_LINK, ch["version"].to_bytes(4, "big"), ch["service"].encode(),
+                 ch["instance"].encode(), root, ch["nonce"], service_key)
+
+
+def verify_link_response(root, ch, resp):
+    # L1-L3 of §10.8 (L4, the allowed keys, is the keyserver's configuration).
+    # The log field (4) is not decoded here; the vector's response has none.
+    if len(ch["nonce"]) != 32 or resp["user_id"] != "":
+        raise Err("AuthError::Malformed")
+    if not ed25519_valid(resp["device_id"]):
+        raise Err("AuthError::Malformed")
+    if resp["version"] != VERSION:
+        raise Err("AuthError::UnsupportedVersion", str(resp["version"]))
+    if not verify(resp["device_id"], link_transcript(root, ch, resp["device_id"]), resp["signature"]):
+        raise Err("AuthError::BadSignature")
+    return resp["device_id"]
+
+
 def respond_checks(service, instance, ch, user_id):
     if ch["version"] != VERSION:
         raise Err("AuthError::UnsupportedVersion", str(ch["version"]))
@@ -563,6 +584,21 @@ def main():
     t = transcript(root, ch, a["user_id"], x(a["device_id"]))
     assert t == x(a["transcript"]), "auth transcript"
     assert verify_response(root, ch["service"], ch["instance"], ch, resp) == a["user_id"]
+    lk = sig["relay_link"]
+    ch = decode("AuthChallenge", x(lk["challenge"]["encoded"]))
+    resp = decode("AuthResponse", x(lk["response"]))
+    root = x(lk["org_root_public"])
+    assert ch["service"] == "ward-keyserver", "relay link challenge is the keyserver's"
+    assert link_transcript(root, ch, x(lk["service_key"])) == x(lk["transcript"]), "relay link transcript"
+    assert verify_link_response(root, ch, resp) == x(lk["service_key"])
+    # The same signature is no device handshake signature (distinct labels).
+    as_device = dict(resp, user_id="relay")
+    try:
+        verify_response(root, ch["service"], ch["instance"], ch, as_device)
+        raise AssertionError("a relay-link signature verified as a device one")
+    except Err as e:
+        assert e.kind == "AuthError::BadSignature", e.kind
+    checked += 1
     inv = sig["invite"]
     signed = decode("SignedInvite", x(inv["signed_invite"]))
     assert frame(SIG_INVITE, signed["invite"]) == x(inv["signature_input"])

@@ -41,6 +41,7 @@ LABELS = {  # §3.4; §1.1: every label begins with ward/v2/
     "ENVELOPE_AEAD_KEY": "ward/v2/envelope/aead-key",
     "ENVELOPE_KEY_COMMITMENT": "ward/v2/envelope/key-commitment",
     "SIG_AUTH": "ward/v2/sig/auth",
+    "SIG_RELAY_LINK": "ward/v2/sig/relay-link",
     "HASH_INVITE": "ward/v2/hash/invite",
     "HASH_ENTRY": "ward/v2/hash/entry",
     "WRAP_INFO": "ward/v2/wrap/resource-key",

@@ -34,6 +34,15 @@ struct Args {
     /// This keyserver's instance id (bound into the handshake; distinct per deployment).
     #[arg(long, env = "WARD_KEYSERVER_INSTANCE", default_value = ward_core::auth::DEFAULT_INSTANCE)]
     instance: String,
+    /// A relay service public key (64 hex digits, printed by `ward-relay
+    /// service-key`) allowed on the relay link, which tells relays of every
+    /// log change at once (SECURITY.md §10.8). Repeatable; none: no relay link.
+    #[arg(
+        long = "relay-key",
+        env = "WARD_KEYSERVER_RELAY_KEYS",
+        value_delimiter = ','
+    )]
+    relay_keys: Vec<String>,
     #[command(flatten)]
     tls: ward_ops::tls_args::TlsArgs,
     /// Admin listener address (Prometheus /metrics, /healthz, /readyz), e.g.
@@ -145,6 +154,12 @@ fn config(args: &Args) -> Result<Config, String> {
     let org_root = SigningPublicKey::from_bytes(&root).map_err(|e| format!("--org-root: {e}"))?;
     let mut config = Config::new(&args.db, org_root);
     config.instance = args.instance.clone();
+    for k in &args.relay_keys {
+        let bytes = hex::decode(k.trim()).map_err(|e| format!("--relay-key: {e}"))?;
+        config
+            .relay_keys
+            .push(SigningPublicKey::from_bytes(&bytes).map_err(|e| format!("--relay-key: {e}"))?);
+    }
     let defaults = KsLimits::default();
     config.limits = KsLimits {
         net: ward_net::Limits {

@@ -33,9 +33,13 @@ pub enum Event {
         /// The id it now has.
         new: ResourceId,
     },
-    /// A server refused this device as revoked in its user's log: it no
-    /// longer receives anything, and the relay connection stops trying.
-    /// The local history stays readable.
+    /// This device was revoked (by the organisation root or another device
+    /// of its user): a server refused it as revoked in its user's log, or
+    /// its own verified log says so. Before this event the client closed
+    /// the store (zeroizing its key) and **wiped it** (database, WAL and
+    /// header destroyed); it stopped reconnecting, and every later call
+    /// fails with `ClientError::Closed`. Drop the `Client` to release the
+    /// device keys it still holds in memory (zeroized on drop). Sent once.
     DeviceRevoked,
     /// The relay could not be reached or refused the connection (network
     /// down, TLS not trusted, wrong URL). Sent once per outage, at the first

@@ -30,6 +30,7 @@ mod keyserver;
 mod own_log;
 mod receive;
 mod relay;
+mod revoked;
 mod send;
 
 use std::path::PathBuf;
@@ -215,6 +216,8 @@ pub(crate) struct Inner {
     acked: watch::Sender<u64>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) outbox_notify: Notify,
+    /// Set once this device was found revoked and wiped (`revoked.rs`).
+    pub(crate) revoked: std::sync::atomic::AtomicBool,
     #[cfg(feature = "testkit")]
     resource_keys: Mutex<Vec<[u8; 32]>>,
 }
@@ -601,6 +604,7 @@ impl Client {
             acked,
             events: events_tx,
             outbox_notify: Notify::new(),
+            revoked: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "testkit")]
             resource_keys: Mutex::new(Vec::new()),
         });

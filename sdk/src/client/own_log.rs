@@ -14,13 +14,28 @@
 use std::sync::Arc;
 
 use super::relay::RelayCmd;
+use super::revoked;
 use super::{Inner, change_user_key, refresh_own};
 
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut published_len = 0u64;
     loop {
-        if let Err(e) = round(&inner, &mut published_len).await {
-            tracing::debug!(error = %e, "own log check failed; retrying later");
+        if revoked::is_revoked(&inner) {
+            return;
+        }
+        match round(&inner, &mut published_len).await {
+            // The keyserver refuses this device as revoked (at the
+            // handshake or in a request): it was told before, it is wiped
+            // now (SECURITY.md §15.3b).
+            Err(e) if e.is_device_revoked() => {
+                revoked::revoked(&inner).await;
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "own log check failed; retrying later"),
+            Ok(()) => {}
+        }
+        if revoked::is_revoked(&inner) {
+            return;
         }
         tokio::time::sleep(inner.config.own_log_interval).await;
     }
@@ -28,12 +43,15 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 
 async fn round(inner: &Inner, published_len: &mut u64) -> super::Result<()> {
     let own = refresh_own(inner).await?;
-    let active = own
-        .user
-        .device(&inner.device.public_key())
-        .is_some_and(|d| d.is_active());
-    if !active {
-        // The relay and the keyserver refuse this device; nothing to do.
+    let me = own.user.device(&inner.device.public_key());
+    if me.is_some_and(|d| !d.is_active()) {
+        // This device's own verified log revokes it (read before the
+        // keyserver refused it).
+        revoked::revoked(inner).await;
+        return Ok(());
+    }
+    if me.is_none() {
+        // Not in its own log: nothing this device can do.
         return Ok(());
     }
     if own.user.rotation_pending() {

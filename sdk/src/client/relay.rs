@@ -88,7 +88,7 @@ pub(crate) async fn run(
             Err(e) if e.is_device_revoked() => {
                 tracing::warn!("relay: this device is revoked; no more reconnecting");
                 let _ = connected.send(false);
-                inner.emit(super::events::Event::DeviceRevoked).await;
+                super::revoked::revoked(&inner).await;
                 return;
             }
             Err(e) => {
