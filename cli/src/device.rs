@@ -319,8 +319,9 @@ pub async fn enroll(
     );
     println!("  device    {}", hex(client.device_id().as_bytes()));
     println!("  store     {} (encrypted, PIN-locked)", path.display());
-    println!("Send with:  ward send --as {user} --to <user id> \"text\"");
-    println!("Listen with: ward listen --as {user}");
+    let ward = crate::ward_cmd();
+    println!("Send with:  {ward} send --as {user} --to <user id> \"text\"");
+    println!("Listen with: {ward} listen --as {user}");
     client.lock().await;
     Ok(())
 }
