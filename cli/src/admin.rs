@@ -286,6 +286,8 @@ pub fn audit_export(data: std::path::PathBuf, since: u64, format: Format) -> Res
     let kind = |k: ward_keyserver::storage::AccessKind| match k {
         ward_keyserver::storage::AccessKind::WrappedKey => "wrapped_key",
         ward_keyserver::storage::AccessKind::DeviceGrant => "device_grant",
+        ward_keyserver::storage::AccessKind::RoomWrap => "room_wrap",
+        ward_keyserver::storage::AccessKind::RoomKey => "room_key",
     };
     match format {
         Format::Csv => {

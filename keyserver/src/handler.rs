@@ -172,6 +172,8 @@ pub fn check_request(
             }
         }
         Body::AdminSubmit(_) => return Err(admin_only()),
+        room if crate::rooms::is_room_request(room) => crate::rooms::check(limits, room)?,
+        _ => return Err(RequestError::malformed("unknown request")),
     }
     Ok(())
 }
@@ -320,6 +322,7 @@ async fn run(
         }
         // Refused by `check_request` already.
         Body::AdminSubmit(_) => Err(admin_only()),
+        room => crate::rooms::run(ctx, user, device, now, room).await,
     }
 }
 

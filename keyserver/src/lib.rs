@@ -11,6 +11,8 @@
 //! | [`storage`] | SQLite schema, migrations, queries; [`storage::export_access_log`] |
 //! | [`access`] | the group-committed access log |
 //! | [`handler`] | request to response |
+//! | [`rooms`] | the room requests: shapes, limits, dispatch (SECURITY.md §17.11) |
+//! | [`room_storage`] | room logs verified on append, epoch-key wraps, room message keys, who reads what |
 //! | [`admin`] | root sessions: root-signed entries from the offline root, no device needed |
 //! | `server` | accept loop, per-connection task, revocation fan-out, shutdown ([`run`]) |
 //!
@@ -60,6 +62,8 @@ mod error;
 pub mod handler;
 pub mod metrics;
 pub mod relay_link;
+pub mod room_storage;
+pub mod rooms;
 mod server;
 pub mod storage;
 

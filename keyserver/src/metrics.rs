@@ -52,6 +52,12 @@ impl KsMetrics {
             Some(ks_request::Body::PutGrants(_)) => "put_grants",
             Some(ks_request::Body::GetGrant(_)) => "get_grant",
             Some(ks_request::Body::AdminSubmit(_)) => "admin_submit",
+            Some(ks_request::Body::AppendRoom(_)) => "append_room",
+            Some(ks_request::Body::GetRoomLog(_)) => "get_room_log",
+            Some(ks_request::Body::GetRoomWraps(_)) => "get_room_wraps",
+            Some(ks_request::Body::PutRoomKey(_)) => "put_room_key",
+            Some(ks_request::Body::GetRoomKeys(_)) => "get_room_keys",
+            Some(ks_request::Body::ListRooms(_)) => "list_rooms",
             None => "empty",
         }
     }
@@ -66,6 +72,7 @@ impl KsMetrics {
             }
             Some(ks_response::Body::Keys(k)) => self.access_log_rows.add(k.keys.len() as u64),
             Some(ks_response::Body::Grant(_)) => self.access_log_rows.inc(),
+            Some(ks_response::Body::RoomWraps(w)) => self.access_log_rows.add(w.wraps.len() as u64),
             _ => {}
         }
     }

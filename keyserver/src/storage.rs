@@ -21,7 +21,11 @@
 //! | `user_keys` | every encryption key (by id) a user has had | `(user_id, user_key)` |
 //! | `wrapped_keys` | resource keys wrapped to a user key, with sender and time | `(resource_id, recipient_user)` |
 //! | `device_grants` | a user key wrapped to one of its devices | `(user_id, user_key, device_key)` |
-//! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key and grant read | `id` |
+//! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key, grant, room-wrap and room-key read | `id` |
+//!
+//! Version 3 adds the rooms' tables (`rooms`, `room_entries`, `room_access`,
+//! `room_epochs`, `room_epoch_members`, `room_wraps`, `room_keys`), queried
+//! by [`crate::room_storage`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,7 +44,7 @@ use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -123,6 +127,99 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX wrapped_keys_created ON wrapped_keys(created_at);
     CREATE INDEX device_grants_created ON device_grants(created_at);
     "#,
+    // 2 -> 3: rooms (SECURITY.md §17.11, `room_storage.rs`); the access log
+    // also records epoch-key wraps and room message keys served. Its kind
+    // CHECK cannot be altered in place: the table is rebuilt, rows kept
+    // (DROP TABLE fires no DELETE trigger; the triggers are recreated).
+    r#"
+    CREATE TABLE rooms (
+        room_id    BLOB PRIMARY KEY,
+        creator    TEXT NOT NULL,
+        policy     INTEGER NOT NULL,
+        log_len    INTEGER NOT NULL,
+        head       BLOB NOT NULL,
+        epoch      INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX rooms_creator ON rooms(creator);
+    CREATE TABLE room_entries (
+        room_id     BLOB NOT NULL REFERENCES rooms(room_id),
+        seq         INTEGER NOT NULL,
+        statement   BLOB NOT NULL,
+        signature   BLOB NOT NULL,
+        entry_hash  BLOB NOT NULL,
+        author_user TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (room_id, seq)
+    ) STRICT;
+    CREATE TABLE room_access (
+        room_id     BLOB NOT NULL REFERENCES rooms(room_id),
+        user_id     TEXT NOT NULL,
+        visible_len INTEGER,
+        PRIMARY KEY (room_id, user_id)
+    ) STRICT;
+    CREATE INDEX room_access_user ON room_access(user_id);
+    CREATE TABLE room_epochs (
+        room_id   BLOB NOT NULL REFERENCES rooms(room_id),
+        epoch     INTEGER NOT NULL,
+        epoch_key BLOB NOT NULL,
+        PRIMARY KEY (room_id, epoch)
+    ) STRICT;
+    CREATE TABLE room_epoch_members (
+        room_id  BLOB NOT NULL REFERENCES rooms(room_id),
+        epoch    INTEGER NOT NULL,
+        user_id  TEXT NOT NULL,
+        user_key BLOB NOT NULL,
+        PRIMARY KEY (room_id, epoch, user_id)
+    ) STRICT;
+    CREATE TABLE room_wraps (
+        room_id        BLOB NOT NULL REFERENCES rooms(room_id),
+        epoch          INTEGER NOT NULL,
+        recipient_user TEXT NOT NULL,
+        recipient_key  BLOB NOT NULL,
+        epoch_key      BLOB NOT NULL,
+        enc            BLOB NOT NULL,
+        ciphertext     BLOB NOT NULL,
+        sender_user    TEXT NOT NULL,
+        sender_device  BLOB NOT NULL,
+        created_at     INTEGER NOT NULL,
+        PRIMARY KEY (room_id, recipient_user, epoch, recipient_key)
+    ) STRICT;
+    CREATE INDEX room_wraps_sender ON room_wraps(sender_user);
+    CREATE TABLE room_keys (
+        resource_id   BLOB PRIMARY KEY,
+        room_id       BLOB NOT NULL REFERENCES rooms(room_id),
+        epoch         INTEGER NOT NULL,
+        recipient_key BLOB NOT NULL,
+        enc           BLOB NOT NULL,
+        ciphertext    BLOB NOT NULL,
+        sender_user   TEXT NOT NULL,
+        sender_device BLOB NOT NULL,
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX room_keys_sender ON room_keys(sender_user, created_at);
+    CREATE INDEX room_keys_created ON room_keys(created_at);
+    DROP TRIGGER access_log_no_update;
+    DROP TRIGGER access_log_no_delete;
+    CREATE TABLE access_log_v3 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        user_id     TEXT NOT NULL,
+        device_id   BLOB NOT NULL,
+        kind        TEXT NOT NULL
+                    CHECK (kind IN ('wrapped_key', 'device_grant', 'room_wrap', 'room_key')),
+        resource_id BLOB NOT NULL
+    ) STRICT;
+    INSERT INTO access_log_v3 (id, at, user_id, device_id, kind, resource_id)
+        SELECT id, at, user_id, device_id, kind, resource_id FROM access_log;
+    DROP TABLE access_log;
+    ALTER TABLE access_log_v3 RENAME TO access_log;
+    CREATE INDEX access_log_at ON access_log(at);
+    CREATE TRIGGER access_log_no_update BEFORE UPDATE ON access_log
+        BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
+    CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log
+        BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and configures the
@@ -182,6 +279,8 @@ pub struct Db {
     pub verified: VerifiedCache,
     /// The group-committing access-log writer.
     pub access: AccessLog,
+    /// Verified room logs ([`crate::room_storage::RoomCache`]).
+    pub rooms: crate::room_storage::RoomCache,
 }
 
 /// Connections kept open between calls.
@@ -199,6 +298,7 @@ impl Db {
             path: path.to_owned(),
             pool: Mutex::new(vec![conn]),
             verified: VerifiedCache::new(directory::DEFAULT_CACHE_BYTES),
+            rooms: crate::room_storage::RoomCache::new(crate::room_storage::DEFAULT_ROOM_CACHE),
         }))
     }
 
@@ -288,7 +388,7 @@ fn user_exists(conn: &Connection, user_id: &str) -> Result<bool, rusqlite::Error
 
 /// Refuses a request from a device that is no longer active (checked inside
 /// the request's own transaction, so a revocation committed before is seen).
-fn require_active(
+pub(crate) fn require_active(
     conn: &Connection,
     user_id: &str,
     device: &SigningPublicKey,
@@ -412,7 +512,10 @@ pub fn append(
 }
 
 /// The stored length and head of `user_id`'s log (0 and zeros: none).
-fn stored_head(conn: &Connection, user_id: &str) -> Result<(u64, [u8; 32]), rusqlite::Error> {
+pub(crate) fn stored_head(
+    conn: &Connection,
+    user_id: &str,
+) -> Result<(u64, [u8; 32]), rusqlite::Error> {
     let len: Option<i64> = conn
         .query_row(
             "SELECT log_len FROM users WHERE user_id = ?1",
@@ -846,7 +949,7 @@ pub fn put_wrapped_keys(
 
 /// Unix seconds before which wrapped keys (and grants of past user keys)
 /// have expired.
-fn cutoff(now: u64, quotas: &Quotas) -> i64 {
+pub(crate) fn cutoff(now: u64, quotas: &Quotas) -> i64 {
     now.saturating_sub(quotas.retention.as_secs()) as i64
 }
 
@@ -928,7 +1031,7 @@ pub fn get_wrapped_keys(
     Ok((out, rows))
 }
 
-fn access_row(
+pub(crate) fn access_row(
     now: u64,
     user_id: &str,
     device: &SigningPublicKey,
@@ -1092,6 +1195,12 @@ pub enum AccessKind {
     /// A device grant; the record's `resource_id` is the user public key
     /// whose private half the grant holds.
     DeviceGrant,
+    /// A room epoch-key wrap; the record's `resource_id` is
+    /// `room_id || u64_be(epoch)` (40 bytes).
+    RoomWrap,
+    /// A room message's resource key (wrapped to its epoch key); the
+    /// record's `resource_id` is the resource id.
+    RoomKey,
 }
 
 impl AccessKind {
@@ -1099,6 +1208,8 @@ impl AccessKind {
         match self {
             AccessKind::WrappedKey => "wrapped_key",
             AccessKind::DeviceGrant => "device_grant",
+            AccessKind::RoomWrap => "room_wrap",
+            AccessKind::RoomKey => "room_key",
         }
     }
 
@@ -1106,6 +1217,8 @@ impl AccessKind {
         match s {
             "wrapped_key" => Some(AccessKind::WrappedKey),
             "device_grant" => Some(AccessKind::DeviceGrant),
+            "room_wrap" => Some(AccessKind::RoomWrap),
+            "room_key" => Some(AccessKind::RoomKey),
             _ => None,
         }
     }

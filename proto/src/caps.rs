@@ -26,6 +26,9 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.RoomEpoch.members", 1024),
     ("ward.v1.RoomAdd.members", 1024),
     ("ward.v1.RoomLog.entries", 4096),
+    // keyserver/src/rooms.rs: MAX_ENTRIES_PER_APPEND and MAX_WRAPS_PER_APPEND.
+    ("ward.v1.AppendRoom.entries", 16),
+    ("ward.v1.AppendRoom.wraps", 1024),
     // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
     // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];
