@@ -103,6 +103,7 @@ pub mod store;
 
 pub use client::{
     Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, QueuedMessage,
+    RoomInfo, RoomMemberInfo,
 };
 
 pub use ward_core as core;

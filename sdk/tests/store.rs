@@ -545,7 +545,7 @@ fn check_fixture_content(s: &Store) {
 #[test]
 fn the_v1_fixture_opens_and_asks_to_reenroll() {
     assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
-    assert_eq!(SCHEMA_VERSION, 2, "new schema: add a fixture for it");
+    assert_eq!(SCHEMA_VERSION, 3, "new schema: add a fixture for it");
     let (_d, path) = fixture_copy("store-v1.db");
     check_fixture_header(&path);
     assert!(matches!(

@@ -130,6 +130,34 @@ pub enum ClientError {
     /// No such conversation in the store.
     #[error("unknown conversation")]
     UnknownConversation,
+    /// A room's log, as served, does not verify or does not extend the one
+    /// this device verified (SECURITY.md §17.3, §17.12).
+    #[error("the log of room {room:?} does not verify: {error}")]
+    Room {
+        /// The room.
+        room: ward_core::RoomId,
+        /// Why.
+        error: ward_core::RoomError,
+    },
+    /// A rollback or fork of this room's log was detected (now or before a
+    /// restart): the room is refused until the operator investigates.
+    #[error("room {room:?} was rolled back or forked by the keyserver: {fault}")]
+    RoomCompromised {
+        /// The room.
+        room: ward_core::RoomId,
+        /// The fault first recorded.
+        fault: String,
+    },
+    /// No such room, or this user may not read it.
+    #[error("unknown room")]
+    UnknownRoom,
+    /// This user is not a current member of the room.
+    #[error("not a member of the room")]
+    NotARoomMember,
+    /// The epoch key a room message is sealed to is not held by this user
+    /// (sealed after its removal, or before its joining under FROM_JOIN).
+    #[error("no key for epoch {0} of the room")]
+    NoEpochKey(u64),
     /// The client has been locked or dropped.
     #[error("the client is closed")]
     Closed,

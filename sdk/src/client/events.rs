@@ -73,6 +73,29 @@ pub enum Event {
         /// The sequence number that went below it (the new cursor).
         seq: u64,
     },
+    /// A room's verified log grew (SECURITY.md §17.12): members were added
+    /// or removed (or left), admins changed, or a new epoch started. Emitted
+    /// once per refresh that found new entries, after they verified and
+    /// were stored. This user's own removal is `removed` containing it.
+    RoomChanged {
+        /// The room.
+        room_id: ward_core::RoomId,
+        /// The log's length now.
+        len: u64,
+        /// Members now that were not before.
+        added: Vec<String>,
+        /// Members before that are not now (removed or left).
+        removed: Vec<String>,
+    },
+    /// A room's log was served rolled back or forked, or with an entry that
+    /// does not verify: nothing of it was accepted. A rollback or fork is
+    /// recorded in the store and the room refused from then on.
+    RoomRejected {
+        /// The room.
+        room_id: ward_core::RoomId,
+        /// Why (`ClientError::Room` or `ClientError::RoomCompromised`).
+        reason: ClientError,
+    },
     /// The relay durably stored an outgoing message (its `SendAck`).
     Sent {
         /// The message.

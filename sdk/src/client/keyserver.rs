@@ -18,9 +18,10 @@ use ward_core::keys::DeviceSigningKey;
 use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
-    DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
-    PutDeviceGrants, PutWrappedKeys, SignedStatement, UserLog, WrappedKeyFor, WrappedKeys,
-    ks_request, ks_response,
+    AppendRoom, DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetRoomKeys, GetRoomLog,
+    GetRoomWraps, GetWrappedKeys, KsRequest, KsResponse, ListRooms, PutDeviceGrants, PutRoomKey,
+    PutWrappedKeys, RoomAppended, RoomHead, RoomKeyWrap, RoomLogPage, SignedStatement, UserLog,
+    WrappedKey, WrappedKeyFor, WrappedKeys, ks_request, ks_response,
 };
 
 use super::error::{ClientError, Result};
@@ -146,6 +147,111 @@ impl Keyserver {
             ks_response::Body::Grant(g) => Ok(g),
             _ => Err(ClientError::Protocol(
                 "get_grant answered with another body",
+            )),
+        }
+    }
+}
+
+/// The room requests (SECURITY.md §17.11).
+impl Keyserver {
+    /// Appends room entries and/or stores epoch-key wraps (all or none).
+    pub(crate) async fn append_room(&self, req: AppendRoom) -> Result<RoomAppended> {
+        match self.call(ks_request::Body::AppendRoom(req)).await? {
+            ks_response::Body::RoomAppended(a) => Ok(a),
+            _ => Err(ClientError::Protocol(
+                "append_room answered with another body",
+            )),
+        }
+    }
+
+    /// One page of a room's log from `from_seq`.
+    pub(crate) async fn get_room_log(
+        &self,
+        room_id: Vec<u8>,
+        from_seq: u64,
+    ) -> Result<RoomLogPage> {
+        match self
+            .call(ks_request::Body::GetRoomLog(GetRoomLog {
+                room_id,
+                from_seq,
+            }))
+            .await?
+        {
+            ks_response::Body::RoomLog(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "get_room_log answered with another body",
+            )),
+        }
+    }
+
+    /// This user's epoch-key wraps of a room, epochs `>= from_epoch`.
+    pub(crate) async fn get_room_wraps(
+        &self,
+        room_id: Vec<u8>,
+        from_epoch: u64,
+    ) -> Result<Vec<RoomKeyWrap>> {
+        match self
+            .call(ks_request::Body::GetRoomWraps(GetRoomWraps {
+                room_id,
+                from_epoch,
+            }))
+            .await?
+        {
+            ks_response::Body::RoomWraps(w) => Ok(w.wraps),
+            _ => Err(ClientError::Protocol(
+                "get_room_wraps answered with another body",
+            )),
+        }
+    }
+
+    /// Stores a room message's resource key, wrapped to its epoch key.
+    pub(crate) async fn put_room_key(
+        &self,
+        room_id: Vec<u8>,
+        epoch: u64,
+        key: WrappedKey,
+    ) -> Result<u32> {
+        match self
+            .call(ks_request::Body::PutRoomKey(PutRoomKey {
+                room_id,
+                epoch,
+                key: Some(key),
+            }))
+            .await?
+        {
+            ks_response::Body::Stored(s) => Ok(s.count),
+            _ => Err(ClientError::Protocol(
+                "put_room_key answered with another body",
+            )),
+        }
+    }
+
+    /// Room message keys of `resource_ids`.
+    pub(crate) async fn get_room_keys(
+        &self,
+        room_id: Vec<u8>,
+        resource_ids: Vec<Vec<u8>>,
+    ) -> Result<WrappedKeys> {
+        match self
+            .call(ks_request::Body::GetRoomKeys(GetRoomKeys {
+                room_id,
+                resource_ids,
+            }))
+            .await?
+        {
+            ks_response::Body::Keys(k) => Ok(k),
+            _ => Err(ClientError::Protocol(
+                "get_room_keys answered with another body",
+            )),
+        }
+    }
+
+    /// The rooms this user is a current member of.
+    pub(crate) async fn list_rooms(&self) -> Result<Vec<RoomHead>> {
+        match self.call(ks_request::Body::ListRooms(ListRooms {})).await? {
+            ks_response::Body::Rooms(r) => Ok(r.rooms),
+            _ => Err(ClientError::Protocol(
+                "list_rooms answered with another body",
             )),
         }
     }

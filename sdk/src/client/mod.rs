@@ -11,6 +11,7 @@
 //! | [`Client::events`] | verified messages, typed rejections, send outcomes |
 //! | [`Client::conversations`], [`Client::history`] | what the store holds |
 //! | [`Client::rotate_user_key`], [`Client::revoke_device`] | key changes |
+//! | [`Client::create_room`], [`Client::add_members`], [`Client::remove_member`], [`Client::leave`], [`Client::rooms`], [`Client::members`], [`Client::send_room_text`] | patient-case rooms |
 //!
 //! | file | what |
 //! |---|---|
@@ -20,6 +21,7 @@
 //! | `directory.rs` | fetch, verify and cache users' logs |
 //! | `send.rs` | seal, outbox, keys before ciphertext |
 //! | `receive.rs` | verify, open, store, then ack |
+//! | `rooms.rs` | rooms: verified membership logs, epoch keys, room messages |
 //! | `events.rs` | [`Event`] |
 //! | `error.rs` | [`ClientError`] |
 
@@ -31,6 +33,7 @@ mod own_log;
 mod receive;
 mod relay;
 mod revoked;
+mod rooms;
 mod send;
 
 use std::path::PathBuf;
@@ -56,6 +59,7 @@ use zeroize::Zeroizing;
 
 pub use error::{ClientError, Result};
 pub use events::Event;
+pub use rooms::{RoomInfo, RoomMemberInfo};
 
 use crate::store::{Conversation, CreateOptions, Identity, Message, Pin, Store, StoreError};
 use directory::Directory;
@@ -216,6 +220,8 @@ pub(crate) struct Inner {
     acked: watch::Sender<u64>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) outbox_notify: Notify,
+    /// The rooms this device verified (`rooms.rs`).
+    pub(crate) rooms: rooms::RoomBook,
     /// Set once this device was found revoked and wiped (`revoked.rs`).
     pub(crate) revoked: std::sync::atomic::AtomicBool,
     #[cfg(feature = "testkit")]
@@ -604,6 +610,7 @@ impl Client {
             acked,
             events: events_tx,
             outbox_notify: Notify::new(),
+            rooms: rooms::RoomBook::new(),
             revoked: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "testkit")]
             resource_keys: Mutex::new(Vec::new()),

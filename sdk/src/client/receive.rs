@@ -188,6 +188,10 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         return Ok(Err(ClientError::SenderMismatch));
     }
     let sender_id = claimed_user.to_owned();
+    // A room message: opened against the room's verified log (§17.6).
+    if let Some(addr) = env.room().copied() {
+        return super::rooms::receive(inner, &env, &addr, &sender_id).await;
+    }
     // Not addressed to this user: it can never open here (R5 refuses it
     // after the signature check too); say so without waiting for a wrapped
     // key the keyserver will never serve us.
@@ -356,7 +360,7 @@ async fn fetch_grant(inner: &Inner, key_id: KeyId) -> Result<Result<UserEncrypti
 /// The deadline and backoff for waiting on something a sender or rotating
 /// device uploads just before we need it (a wrapped key, a grant): short
 /// steps, bounded by `key_wait`.
-fn key_wait(inner: &Inner) -> (tokio::time::Instant, Backoff) {
+pub(crate) fn key_wait(inner: &Inner) -> (tokio::time::Instant, Backoff) {
     let deadline = tokio::time::Instant::now() + inner.config.key_wait;
     let backoff = Backoff::new(
         inner

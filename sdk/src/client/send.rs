@@ -50,6 +50,24 @@ pub(crate) struct OutboxPayload {
     /// The relay recipients: every active device of every member but this one.
     #[prost(message, repeated, tag = "4")]
     pub recipients: Vec<Recipient>,
+    /// A room message's one wrapped key (then `keys` is empty), for
+    /// `put_room_key` (SECURITY.md §17.11).
+    #[prost(message, optional, tag = "5")]
+    pub room_key: Option<RoomKeyUpload>,
+}
+
+/// A room message's resource key wrapped to its epoch key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct RoomKeyUpload {
+    /// The room.
+    #[prost(bytes = "vec", tag = "1")]
+    pub room_id: Vec<u8>,
+    /// The epoch it is sealed to.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// The wrapped key.
+    #[prost(message, optional, tag = "3")]
+    pub key: Option<ward_proto::v1::WrappedKey>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -114,6 +132,7 @@ fn seal_for(
                 })
                 .collect(),
             recipients,
+            room_key: None,
         }
         .encode_to_vec(),
     );
@@ -121,6 +140,17 @@ fn seal_for(
     inner.record_resource_key(*sealed.resource_key.export_secret());
     drop(sealed.resource_key);
     Ok((rid, payload))
+}
+
+/// The room a conversation id belongs to, if it is a room's.
+async fn room_of(
+    inner: &Inner,
+    conversation_id: ConversationId,
+) -> Result<Option<ward_core::RoomId>> {
+    inner
+        .store
+        .run(move |s| s.room_by_conversation(&conversation_id))
+        .await
 }
 
 async fn members(inner: &Inner, conversation_id: ConversationId) -> Result<Vec<String>> {
@@ -141,20 +171,24 @@ pub(crate) async fn send(
     content_type: ContentType,
     content: Zeroizing<Vec<u8>>,
 ) -> Result<ResourceId> {
-    let members = members(inner, conversation_id).await?;
-    let known = inner
-        .directory
-        .refresh_or_cached(&inner.store, &inner.keyserver, &members)
-        .await?;
     let timestamp_ms = now_ms();
-    let (rid, payload) = seal_for(
-        inner,
-        &known,
-        conversation_id,
-        content_type,
-        &content,
-        timestamp_ms,
-    )?;
+    let (rid, payload) = if let Some(room) = room_of(inner, conversation_id).await? {
+        super::rooms::seal_message(inner, &room, content_type, &content, timestamp_ms).await?
+    } else {
+        let members = members(inner, conversation_id).await?;
+        let known = inner
+            .directory
+            .refresh_or_cached(&inner.store, &inner.keyserver, &members)
+            .await?;
+        seal_for(
+            inner,
+            &known,
+            conversation_id,
+            content_type,
+            &content,
+            timestamp_ms,
+        )?
+    };
     let message = Message {
         resource_id: rid,
         conversation_id,
@@ -188,19 +222,31 @@ async fn reseal(inner: &Inner, item: &OutboxItem, old: ResourceId) -> Result<Res
         .ok_or(ClientError::Protocol(
             "outbox entry without its history copy",
         ))?;
-    let members = members(inner, original.conversation_id).await?;
-    let known = inner
-        .directory
-        .refresh(&inner.store, &inner.keyserver, &members)
-        .await?;
-    let (rid, payload) = seal_for(
-        inner,
-        &known,
-        original.conversation_id,
-        original.content_type,
-        &original.content,
-        original.timestamp_ms,
-    )?;
+    let (rid, payload) = if let Some(room) = room_of(inner, original.conversation_id).await? {
+        // A rotation the sender had not seen: sealed again to the new epoch.
+        super::rooms::seal_message(
+            inner,
+            &room,
+            original.content_type,
+            &original.content,
+            original.timestamp_ms,
+        )
+        .await?
+    } else {
+        let members = members(inner, original.conversation_id).await?;
+        let known = inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &members)
+            .await?;
+        seal_for(
+            inner,
+            &known,
+            original.conversation_id,
+            original.content_type,
+            &original.content,
+            original.timestamp_ms,
+        )?
+    };
     let id = item.id;
     let me = inner.user_id.clone();
     inner
@@ -308,7 +354,19 @@ async fn deliver(
     connected: &mut watch::Receiver<bool>,
 ) -> Result<()> {
     // Keys first: a recipient must find its key once the envelope arrives.
-    inner.keyserver.put_keys(payload.keys).await?;
+    match payload.room_key {
+        Some(RoomKeyUpload {
+            room_id,
+            epoch,
+            key: Some(key),
+        }) => {
+            inner.keyserver.put_room_key(room_id, epoch, key).await?;
+        }
+        Some(_) => return Err(ClientError::Protocol("room message without its key")),
+        None => {
+            inner.keyserver.put_keys(payload.keys).await?;
+        }
+    }
     if payload.recipients.is_empty() {
         return Ok(()); // a note to self from a user's only device
     }

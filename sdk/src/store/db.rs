@@ -74,6 +74,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE identity ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE user_keys ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
     ",
+    // 3: rooms (SECURITY.md §17.12). The entries this device verified, so
+    // that rollback and fork detection survive a restart; a fault, once a
+    // rollback or fork was seen; the epoch seeds (secrets, only ever in this
+    // encrypted store), by room and epoch.
+    r"
+    CREATE TABLE rooms (
+        room_id         BLOB PRIMARY KEY,
+        conversation_id BLOB NOT NULL UNIQUE,
+        fault           TEXT
+    ) STRICT;
+    CREATE TABLE room_entries (
+        room_id BLOB NOT NULL REFERENCES rooms (room_id) ON DELETE CASCADE,
+        seq     INTEGER NOT NULL,
+        entry   BLOB NOT NULL,
+        PRIMARY KEY (room_id, seq)
+    ) STRICT;
+    CREATE TABLE room_epoch_keys (
+        room_id BLOB NOT NULL,
+        epoch   INTEGER NOT NULL,
+        seed    BLOB NOT NULL,
+        PRIMARY KEY (room_id, epoch)
+    ) STRICT;
+    ",
 ];
 
 /// `PRAGMA <name> = "x'<hex>'"` in a buffer that is zeroized on drop.

@@ -46,6 +46,7 @@ mod error;
 pub mod header;
 pub mod kdf;
 mod records;
+mod rooms;
 
 use core::fmt;
 use std::fs::{self, OpenOptions};
