@@ -386,10 +386,34 @@ async fn send_inner(
                 .map_err(|e| explain(e, args))?
         }
     };
-    let mut rid = client
+    let rid = client
         .send_text(conversation, text)
         .await
         .map_err(|e| explain(e, args))?;
+    let to: Vec<String> = members.iter().filter(|m| **m != me).cloned().collect();
+    await_sent(
+        args,
+        &mut events,
+        rid,
+        &to.join(", "),
+        conversation,
+        wait,
+        &me,
+    )
+    .await
+}
+
+/// Waits for the relay to confirm message `rid` (sent to `to`), saying why
+/// if it cannot go out; shared by `ward send --to` and `ward send --room`.
+pub(crate) async fn await_sent(
+    args: &DeviceArgs,
+    events: &mut Receiver<Event>,
+    mut rid: ward_core::ResourceId,
+    to: &str,
+    conversation: ward_core::ConversationId,
+    wait: Duration,
+    me: &str,
+) -> Result<(), CliError> {
     let deadline = tokio::time::Instant::now() + wait;
     // Why the message has not gone out yet, if the client said.
     let mut delayed: Option<String> = None;
@@ -415,13 +439,7 @@ async fn send_inner(
         match ev {
             Event::Sent { resource_id } if resource_id == rid => {
                 println!(
-                    "Sent to {} (conversation {}, message {}).",
-                    members
-                        .iter()
-                        .filter(|m| **m != me)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    "Sent to {to} (conversation {}, message {}).",
                     short(conversation.as_bytes()),
                     short(rid.as_bytes())
                 );
@@ -568,6 +586,33 @@ pub fn print_event(ev: &Event) {
         ),
         Event::RelayUnreachable { reason } => eprintln!(
             "warning: the relay is not reachable ({reason}); still trying, messages stay queued"
+        ),
+        Event::RoomChanged {
+            room_id,
+            len,
+            added,
+            removed,
+        } => {
+            let names = |v: &[String]| v.iter().map(|u| clean(u)).collect::<Vec<_>>().join(",");
+            let mut what = Vec::new();
+            if !added.is_empty() {
+                what.push(format!("added {}", names(added)));
+            }
+            if !removed.is_empty() {
+                what.push(format!("left or removed {}", names(removed)));
+            }
+            if what.is_empty() {
+                what.push("admins or keys changed".into());
+            }
+            eprintln!(
+                "room {}: {} (log length {len})",
+                short(room_id.as_bytes()),
+                what.join("; ")
+            );
+        }
+        Event::RoomRejected { room_id, reason } => eprintln!(
+            "warning: room {}: the keyserver served a log this device refuses: {reason}",
+            short(room_id.as_bytes())
         ),
         Event::Sent { .. } | Event::Resealed { .. } => {}
         _ => {}

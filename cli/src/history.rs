@@ -101,12 +101,22 @@ async fn history_inner(client: &Client, sel: &Selection) -> Result<(), CliError>
 
 async fn select(client: &Client, sel: &Selection) -> Result<Vec<ConversationId>, CliError> {
     let all = client.conversations().await.map_err(sdk)?;
+    // Rooms' messages are filed under their conversation id (room_id[0..16]),
+    // so a room id prefix selects them too.
+    let rooms: Vec<ConversationId> = client
+        .rooms()
+        .await
+        .map_err(sdk)?
+        .into_iter()
+        .map(|r| r.conversation_id)
+        .collect();
     if let Some(prefix) = &sel.conversation {
         let prefix = prefix.to_ascii_lowercase();
         let found: Vec<_> = all
             .iter()
-            .filter(|c| hex(c.id.as_bytes()).starts_with(&prefix))
             .map(|c| c.id)
+            .chain(rooms.iter().copied())
+            .filter(|id| hex(id.as_bytes()).starts_with(&prefix))
             .collect();
         return match found.len() {
             1 => Ok(found),
@@ -143,7 +153,7 @@ async fn select(client: &Client, sel: &Selection) -> Result<Vec<ConversationId>,
         }
         return Ok(found);
     }
-    Ok(all.into_iter().map(|c| c.id).collect())
+    Ok(all.into_iter().map(|c| c.id).chain(rooms).collect())
 }
 
 /// `ward outbox`: messages sealed on this device that the relay has not

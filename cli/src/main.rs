@@ -15,6 +15,7 @@ mod device;
 mod endpoints;
 mod history;
 mod pin;
+mod room;
 mod root_store;
 
 use std::io::Write as _;
@@ -52,6 +53,11 @@ enum Command {
         #[command(flatten)]
         opts: UpOptions,
     },
+    /// Patient-case rooms: create, add, remove, leave, list, members.
+    Room {
+        #[command(subcommand)]
+        command: room::RoomCommand,
+    },
     /// Administer the dev organisation.
     Admin {
         #[command(subcommand)]
@@ -76,15 +82,23 @@ enum Command {
         device: device::DeviceArgs,
     },
     /// Send a text to one or more clinicians (reuses the conversation with
-    /// exactly these members, or starts one).
+    /// exactly these members, or starts one), or to a room (--room).
     Send {
         /// The sending user (picks `<data>/clients/<user>.db`); optional when
         /// only one device store exists.
         #[arg(long = "as", env = "WARD_USER")]
         as_user: Option<String>,
         /// Recipients' user ids, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "room",
+            conflicts_with = "room"
+        )]
         to: Vec<String>,
+        /// A room id, or the start of it (`ward room list`).
+        #[arg(long)]
+        room: Option<String>,
         /// The message.
         text: String,
         /// Seconds to wait for the relay to confirm the message.
@@ -123,7 +137,8 @@ enum Command {
         /// The user (picks `<data>/clients/<user>.db`).
         #[arg(long = "as", env = "WARD_USER")]
         as_user: Option<String>,
-        /// A conversation id, or the start of it (as `ward conversations` shows).
+        /// A conversation id or room id, or the start of it (as `ward
+        /// conversations` and `ward room list` show).
         #[arg(long, conflicts_with = "with")]
         conversation: Option<String>,
         /// The conversation with exactly these users (comma-separated).
@@ -675,9 +690,24 @@ fn main() -> ExitCode {
         Command::Send {
             as_user,
             to,
+            room: Some(room),
             text,
             wait_secs,
             device,
+        } if to.is_empty() => block_on(room::send(
+            device,
+            as_user,
+            room,
+            text,
+            std::time::Duration::from_secs(wait_secs),
+        )),
+        Command::Send {
+            as_user,
+            to,
+            text,
+            wait_secs,
+            device,
+            ..
         } => block_on(device::send(
             device,
             as_user,
@@ -685,6 +715,7 @@ fn main() -> ExitCode {
             text,
             std::time::Duration::from_secs(wait_secs),
         )),
+        Command::Room { command } => block_on(room::run(command)),
         Command::Listen {
             as_user,
             count,

@@ -182,6 +182,13 @@ fn every_command_has_help() {
         &["admin", "invite", "--help"],
         &["admin", "revoke", "--help"],
         &["admin", "audit-export", "--help"],
+        &["room", "--help"],
+        &["room", "create", "--help"],
+        &["room", "add", "--help"],
+        &["room", "remove", "--help"],
+        &["room", "leave", "--help"],
+        &["room", "list", "--help"],
+        &["room", "members", "--help"],
     ] {
         let out = Command::new(ward).args(args).output().unwrap();
         assert!(out.status.success(), "ward {args:?}");
@@ -594,6 +601,131 @@ fn conversations_history_and_outbox_show_what_the_device_holds() {
     let missing = up.ward(&["history", "--as", "dr.martin", "--conversation", "ffffffff"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no conversation ffffffff"));
+}
+
+/// The README's room walkthrough on `ward up`: create, list, members, send
+/// to the room, listen, remove, and the removed member hears nothing more.
+#[test]
+fn rooms_from_the_readme_walkthrough() {
+    let up = Up::start("rooms");
+    up.enroll("dr.martin", "Dr Claire Martin");
+    up.enroll("nurse.dubois", "Luc Dubois");
+    up.enroll("dr.okafor", "Dr Ada Okafor");
+    let created = up.ok(&[
+        "room",
+        "create",
+        "--as",
+        "dr.martin",
+        "--name",
+        "Bed 12",
+        "--case",
+        "case-881",
+        "--topic",
+        "post-op",
+        "--members",
+        "nurse.dubois,dr.okafor",
+    ]);
+    let id = created.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(id.len(), 64, "{created}");
+    let short = &id[..8];
+    let list = up.ok(&["room", "list", "--as", "nurse.dubois"]);
+    assert!(
+        list.contains(short)
+            && list.contains("Bed 12")
+            && list.contains("case-881")
+            && list.contains("3 members")
+            && list.contains("member"),
+        "{list}"
+    );
+    let members = up.ok(&["room", "members", short, "--as", "dr.okafor"]);
+    assert_eq!(
+        members.lines().collect::<Vec<_>>(),
+        ["dr.martin  (admin)", "dr.okafor", "nurse.dubois"]
+    );
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--room",
+        short,
+        "Vitals every 2 h",
+    ]);
+    for who in ["nurse.dubois", "dr.okafor"] {
+        let heard = up.ok(&[
+            "listen",
+            "--as",
+            who,
+            "--count",
+            "1",
+            "--timeout-secs",
+            "30",
+        ]);
+        assert!(
+            heard.contains("Vitals every 2 h") && heard.contains(&format!("conv {short}")),
+            "{heard}"
+        );
+    }
+    let refused = up.ward(&[
+        "room",
+        "remove",
+        short,
+        "--member",
+        "dr.martin",
+        "--as",
+        "dr.okafor",
+    ]);
+    assert!(!refused.status.success());
+    up.ok(&[
+        "room",
+        "remove",
+        short,
+        "--member",
+        "dr.okafor",
+        "--as",
+        "dr.martin",
+    ]);
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--room",
+        short,
+        "Discharge tomorrow",
+    ]);
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(heard.contains("Discharge tomorrow"), "{heard}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.args([
+        "listen",
+        "--as",
+        "dr.okafor",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "3",
+    ])
+    .env("WARD_DATA", &up.data)
+    .env("WARD_RELAY_URL", &up.relay)
+    .env("WARD_KEYSERVER_URL", &up.keyserver)
+    .env("WARD_PIN", "ward-pin-493817");
+    let removed = run_within(cmd, std::time::Duration::from_secs(60));
+    assert!(
+        !removed.status.success(),
+        "the removed member heard something"
+    );
+    assert!(!String::from_utf8_lossy(&removed.stdout).contains("Discharge"));
+    let history = up.ok(&["history", "--as", "nurse.dubois", "--conversation", short]);
+    assert_eq!(history.lines().count(), 2, "{history}");
+    let list = up.ok(&["room", "list", "--as", "dr.okafor"]);
+    assert!(list.contains("former member"), "{list}");
 }
 
 #[test]
