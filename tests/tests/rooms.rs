@@ -614,3 +614,62 @@ async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
         c.lock().await;
     }
 }
+
+/// A leave, and a member's user-key rotation, each make the next sender
+/// start a new epoch first: the leaver holds no key of it, and the new
+/// epoch is wrapped to the rotated member's new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_or_a_key_rotation_starts_a_new_epoch_before_the_next_message() {
+    let w = World::new().await;
+    let mut alice = w.enroll(ALICE).await;
+    let mut bob = w.enroll(BOB).await;
+    let mut carol = w.enroll(CAROL).await;
+    let (mut ea, mut eb, mut ec) = (
+        alice.events().unwrap(),
+        bob.events().unwrap(),
+        carol.events().unwrap(),
+    );
+    let room = alice
+        .create_room(
+            "Night shift",
+            "",
+            "",
+            &[BOB, CAROL],
+            HistoryPolicy::FromJoin,
+        )
+        .await
+        .unwrap();
+    // Alice, the only admin, leaves: Bob (first by user id) becomes admin.
+    alice.leave(&room).await.unwrap();
+    let info = bob.room(&room).await.unwrap();
+    assert!(info.rotation_pending);
+    assert!(info.members.iter().any(|m| m.user_id == BOB && m.admin));
+    let rid = carol
+        .send_room_text(&room, "after alice left")
+        .await
+        .unwrap();
+    sent(&mut ec, rid).await;
+    assert_eq!(text(&next_message(&mut eb).await), "after alice left");
+    no_message(&mut ea, Duration::from_millis(300)).await;
+    let verified = ks_room(&w, &room);
+    assert_eq!(verified.current_epoch(), 1);
+    assert!(!verified.rotation_pending());
+    assert_eq!(alice.room_epochs_held(&room).await.unwrap(), vec![0]);
+
+    // Bob rotates his user key: Carol's next message starts epoch 2,
+    // wrapped to Bob's new key, and Bob reads it.
+    bob.rotate_user_key().await.unwrap();
+    let rid = carol
+        .send_room_text(&room, "after bob's rotation")
+        .await
+        .unwrap();
+    sent(&mut ec, rid).await;
+    assert_eq!(text(&next_message(&mut eb).await), "after bob's rotation");
+    let verified = ks_room(&w, &room);
+    assert_eq!(verified.current_epoch(), 2);
+    let users = ks_users(&w);
+    assert!(verified.stale_members(&users).is_empty());
+    for c in [alice, bob, carol] {
+        c.lock().await;
+    }
+}

@@ -289,7 +289,7 @@ async fn report(inner: &Inner, before: Option<&VerifiedRoom>, after: &VerifiedRo
 /// `from_epoch`, or after the newest held), and keeps the keys.
 async fn fetch_wraps(inner: &Inner, room: &VerifiedRoom, from_epoch: Option<u64>) -> Result<()> {
     let id = *room.id();
-    let ring = inner.store.run(move |s| s.room_keyring(&id)).await?;
+    let ring = keyring(inner, room).await?;
     let current = room.current_epoch();
     if from_epoch.is_none() && ring.get(current).is_some() {
         return Ok(());
@@ -435,15 +435,32 @@ async fn producer_ctx(
     Ok((own, map))
 }
 
-async fn keyring(inner: &Inner, id: &RoomId) -> Result<RoomKeyring> {
-    let rid = *id;
-    inner.store.run(move |s| s.room_keyring(&rid)).await
+/// The epoch keys held for `room` that are the keys its verified log
+/// commits to: a key kept before an append the keyserver then refused (a
+/// concurrent admin's entry took the epoch) is left out, and replaced once
+/// the real epoch's wrap arrives.
+async fn keyring(inner: &Inner, room: &VerifiedRoom) -> Result<RoomKeyring> {
+    let rid = *room.id();
+    let held = inner.store.run(move |s| s.room_keyring(&rid)).await?;
+    let mut ring = RoomKeyring::new();
+    for e in held.epochs() {
+        let committed = usize::try_from(e).ok().and_then(|i| room.epochs().get(i));
+        if let (Some(key), Some(c)) = (held.get(e), committed)
+            && key.public_key() == c.public_key
+        {
+            // Seeds move between keyrings only through the encrypted store's
+            // zeroizing export.
+            let seed = key.export_secret();
+            ring.insert(e, ward_core::keys::RoomEpochKey::import_secret(&*seed)?);
+        }
+    }
+    Ok(ring)
 }
 
 /// A fresh epoch for the same members, made and committed by this device.
 async fn rotate(inner: &Inner, book: &mut Book, room: &VerifiedRoom) -> Result<VerifiedRoom> {
     let (own, resolver) = producer_ctx(inner, Some(room), &[]).await?;
-    let ring = keyring(inner, room.id()).await?;
+    let ring = keyring(inner, room).await?;
     let change = {
         let author = RoomAuthor {
             device: &inner.device,
@@ -624,13 +641,13 @@ pub(crate) async fn receive(
     if let Err(e) = env.verify_in_room(&sender, &room) {
         return Ok(Err(e.into()));
     }
-    let mut ring = keyring(inner, &id).await?;
+    let mut ring = keyring(inner, &room).await?;
     if ring.get(addr.epoch).is_none() {
         // A wrap that arrived after the last refresh (or an older epoch).
         if let Err(e) = verdict(fetch_wraps(inner, &room, Some(addr.epoch)).await)? {
             return Ok(Err(e));
         }
-        ring = keyring(inner, &id).await?;
+        ring = keyring(inner, &room).await?;
     }
     let Some(epoch_key) = ring.get(addr.epoch) else {
         return Ok(Err(ClientError::NoEpochKey(addr.epoch)));
@@ -734,7 +751,7 @@ impl Client {
         let new: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
         let (own, users) = producer_ctx(inner, Some(&current), &new).await?;
         let chains: Vec<&VerifiedUser> = new.iter().filter_map(|u| users.get(u)).collect();
-        let ring = keyring(inner, room).await?;
+        let ring = keyring(inner, &current).await?;
         let change = current
             .add_members(
                 &mut rand::rng(),
@@ -759,7 +776,7 @@ impl Client {
         let mut book = inner.rooms.rooms.lock().await;
         let current = refresh(inner, &mut book, room).await?;
         let (own, users) = producer_ctx(inner, Some(&current), &[]).await?;
-        let ring = keyring(inner, room).await?;
+        let ring = keyring(inner, &current).await?;
         let change = current
             .remove_member(
                 &mut rand::rng(),
@@ -839,7 +856,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
-            let ring = keyring(inner, &id).await?;
+            let ring = keyring(inner, &room).await?;
             let fault = inner.store.run(move |s| s.room_fault(&id)).await?;
             out.push(info(&room, &inner.user_id, &ring, fault));
         }
@@ -851,7 +868,7 @@ impl Client {
         let inner = &self.inner;
         let mut book = inner.rooms.rooms.lock().await;
         let r = current(inner, &mut book, room).await?;
-        let ring = keyring(inner, room).await?;
+        let ring = keyring(inner, &r).await?;
         Ok(info(&r, &inner.user_id, &ring, None))
     }
 
@@ -875,7 +892,9 @@ impl Client {
     #[cfg(feature = "testkit")]
     #[doc(hidden)]
     pub async fn room_epochs_held(&self, room: &RoomId) -> Result<Vec<u64>> {
-        Ok(keyring(&self.inner, room).await?.epochs().collect())
+        let id = *room;
+        let ring = self.inner.store.run(move |s| s.room_keyring(&id)).await?;
+        Ok(ring.epochs().collect())
     }
 
     /// Test hook: every epoch seed this device holds for `room`, as a
@@ -886,7 +905,8 @@ impl Client {
         &self,
         room: &RoomId,
     ) -> Result<std::collections::BTreeMap<u64, [u8; 32]>> {
-        let ring = keyring(&self.inner, room).await?;
+        let id = *room;
+        let ring = self.inner.store.run(move |s| s.room_keyring(&id)).await?;
         Ok(ring
             .epochs()
             .filter_map(|e| ring.get(e).map(|k| (e, *k.export_secret())))

@@ -114,11 +114,12 @@ impl Store {
             .flatten())
     }
 
-    /// Keeps the private key of `epoch` of `room` (its 32-byte seed).
+    /// Keeps the private key of `epoch` of `room` (its 32-byte seed),
+    /// replacing one held before (the caller checked it against the log).
     pub fn add_room_epoch_key(&self, room: &RoomId, epoch: u64, key: &RoomEpochKey) -> Result<()> {
         let seed = key.export_secret();
         self.conn.execute(
-            "INSERT OR IGNORE INTO room_epoch_keys (room_id, epoch, seed) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO room_epoch_keys (room_id, epoch, seed) VALUES (?1, ?2, ?3)",
             params![&room.as_bytes()[..], seq_i64(epoch)?, &seed[..]],
         )?;
         Ok(())
