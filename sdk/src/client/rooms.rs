@@ -612,8 +612,24 @@ pub(crate) async fn receive(
     let id = addr.room_id;
     let room = {
         let mut book = inner.rooms.rooms.lock().await;
+        if let Err(e) = verdict(check_fault(inner, &id).await)? {
+            return Ok(Err(e));
+        }
+        // The verified state suffices when it knows the message's epoch and
+        // the sender in it; otherwise the log is refreshed (a new room, a
+        // new epoch, a new member), as RM2 asks.
+        let held = load(inner, &mut book, &id).await;
+        let held = match verdict(held)? {
+            Ok(h) => h.filter(|r| {
+                addr.epoch <= r.current_epoch() && r.was_member_during(sender_id, addr.epoch)
+            }),
+            Err(e) => return Ok(Err(e)),
+        };
         let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
         let room = loop {
+            if let Some(h) = &held {
+                break Ok(h.clone());
+            }
             match refresh(inner, &mut book, &id).await {
                 Err(e) if e.is_transient() => tokio::time::sleep(backoff.next_delay()).await,
                 other => break other,
