@@ -219,3 +219,63 @@ pub async fn run(
         _ => Err(RequestError::malformed("not a room request")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ward_proto::v1::{AppendRoom, GetRoomKeys, RoomKeyWrap, RoomWrapFor, SignedRoomStatement};
+
+    use super::*;
+
+    fn append(entries: usize, wraps: usize, enc: usize) -> Body {
+        Body::AppendRoom(AppendRoom {
+            room_id: vec![1; 32],
+            entries: vec![
+                SignedRoomStatement {
+                    statement: vec![0; 10],
+                    signature: vec![0; 64],
+                };
+                entries
+            ],
+            wraps: vec![
+                RoomWrapFor {
+                    recipient_user_id: "b".into(),
+                    wrap: Some(RoomKeyWrap {
+                        room_id: vec![1; 32],
+                        epoch: 0,
+                        epoch_key: vec![2; 32],
+                        recipient_key: vec![3; 32],
+                        enc: vec![4; enc],
+                        ciphertext: vec![5; 48],
+                    }),
+                };
+                wraps
+            ],
+        })
+    }
+
+    #[test]
+    fn room_requests_are_shaped_and_bounded_before_storage() {
+        let limits = KsLimits::default();
+        let code = |b: &Body| check(&limits, b).unwrap_err().code;
+        assert!(check(&limits, &append(1, 3, ENC_BYTES)).is_ok());
+        assert!(check(&limits, &append(0, 1, ENC_BYTES)).is_ok());
+        assert_eq!(code(&append(0, 0, ENC_BYTES)), ErrorCode::Malformed);
+        assert_eq!(code(&append(17, 0, ENC_BYTES)), ErrorCode::TooLarge);
+        assert_eq!(code(&append(0, 1025, ENC_BYTES)), ErrorCode::TooLarge);
+        assert_eq!(code(&append(1, 1, ENC_BYTES - 1)), ErrorCode::Malformed);
+        let keys = |n: usize, len: usize| {
+            Body::GetRoomKeys(GetRoomKeys {
+                room_id: vec![1; 32],
+                resource_ids: vec![vec![0; len]; n],
+            })
+        };
+        assert!(check(&limits, &keys(1, 16)).is_ok());
+        assert_eq!(code(&keys(0, 16)), ErrorCode::Malformed);
+        assert_eq!(code(&keys(1, 15)), ErrorCode::Malformed);
+        assert_eq!(
+            code(&keys(limits.max_items_per_request + 1, 16)),
+            ErrorCode::TooLarge
+        );
+        assert!(is_room_request(&keys(1, 16)));
+    }
+}

@@ -51,6 +51,9 @@ use crate::store::Message;
 
 /// Wraps per `AppendRoom` (the keyserver's limit).
 const WRAPS_PER_REQUEST: usize = 1024;
+/// User logs per `GetLogs`: under the keyserver's default item limit (256),
+/// so that a room of up to 1,024 members is fetched in a few requests.
+const LOGS_PER_REQUEST: usize = 128;
 
 /// A room as this device verified it ([`Client::rooms`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,14 +128,19 @@ fn authors(entries: &[SignedRoomStatement]) -> BTreeSet<String> {
 /// held when the keyserver is unreachable.
 async fn users(inner: &Inner, users: &BTreeSet<String>) -> Result<HashMap<String, VerifiedUser>> {
     let ids: Vec<String> = users.iter().cloned().collect();
-    let known = inner
-        .directory
-        .refresh_or_cached(&inner.store, &inner.keyserver, &ids)
-        .await?;
-    Ok(known
-        .into_iter()
-        .map(|k| (k.user.user_id().to_owned(), k.user))
-        .collect())
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(LOGS_PER_REQUEST) {
+        let known = inner
+            .directory
+            .refresh_or_cached(&inner.store, &inner.keyserver, chunk)
+            .await?;
+        out.extend(
+            known
+                .into_iter()
+                .map(|k| (k.user.user_id().to_owned(), k.user)),
+        );
+    }
+    Ok(out)
 }
 
 /// The verified state of a room held in memory or in the store.
@@ -420,14 +428,18 @@ async fn producer_ctx(
     ids.extend(extra.iter().cloned());
     ids.insert(inner.user_id.clone());
     let list: Vec<String> = ids.into_iter().collect();
-    let known = inner
-        .directory
-        .refresh(&inner.store, &inner.keyserver, &list)
-        .await?;
-    let map: HashMap<String, VerifiedUser> = known
-        .into_iter()
-        .map(|k| (k.user.user_id().to_owned(), k.user))
-        .collect();
+    let mut map: HashMap<String, VerifiedUser> = HashMap::with_capacity(list.len());
+    for chunk in list.chunks(LOGS_PER_REQUEST) {
+        let known = inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, chunk)
+            .await?;
+        map.extend(
+            known
+                .into_iter()
+                .map(|k| (k.user.user_id().to_owned(), k.user)),
+        );
+    }
     let own = map
         .get(&inner.user_id)
         .cloned()
