@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `room/seal_1KiB/room_500` (one wrap, to the epoch key) | `room/seal_1KiB/one_to_one` (two wraps: the peer and the sender's own user) and `room/seal_1KiB/users_256` (the most users one envelope may list, one wrap each) |
 //! | `room/remove/{500,1000}` (new epoch: one wrap per remaining member) | — (bytes printed: entry and wraps) |
+//! | `room/remove/verify/{500,1000}` (a member or the keyserver verifies the removal) and `room/remove/accept_wrap/{500,1000}` (a member opens its wrap) | the removal itself |
 //!
 //! Bytes uploaded are printed once per case on stderr (`bytes …`).
 //!
@@ -201,6 +202,32 @@ fn bench_remove(c: &mut Criterion) {
                     &r.ring,
                     KIT_TIME,
                 ))
+            })
+        });
+        // What every remaining member's device and the keyserver do with
+        // it: verify the entry against the verified state (M1-M12), and a
+        // member accepts its wrap of the new epoch (EK1-EK7).
+        g.bench_with_input(BenchmarkId::new("verify", n), &n, |b, _| {
+            b.iter(|| {
+                let mut next = r.room.clone();
+                must(next.apply(black_box(&change.entry), &r.chains));
+                next
+            })
+        });
+        let member = &r.people[1];
+        let wrap = &change
+            .wraps
+            .iter()
+            .find(|(u, _)| u == member.chain.user_id())
+            .map(|(_, w)| w.clone());
+        let wrap = must(wrap.clone().ok_or("no wrap to member 1"));
+        g.bench_with_input(BenchmarkId::new("accept_wrap", n), &n, |b, _| {
+            b.iter(|| {
+                must(
+                    change
+                        .room
+                        .accept_epoch_wrap(black_box(&wrap), &member.user_key),
+                )
             })
         });
     }

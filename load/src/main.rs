@@ -14,6 +14,9 @@
 //! (waits for each `SendAck`), and receives the M/N messages of connection
 //! i-1, acking every 64. Send->ack latency is measured per message;
 //! delivery latency from the send to the `Deliver` at the recipient.
+//! With `--fanout K` a second run follows in which every `Send` lists K
+//! recipients (connections i+1..=i+K), as a room message lists its members'
+//! devices: one stored payload, K queue entries; it prints deliveries/s.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -50,6 +53,11 @@ struct Args {
     /// Skip the echo baseline.
     #[arg(long)]
     no_echo: bool,
+    /// Recipients per message, as a room message lists its members'
+    /// devices: connection i sends to i+1..=i+fanout (SECURITY.md §17.12).
+    /// With more than 1, the 1:1 run comes first, then the fan-out run.
+    #[arg(long, default_value_t = 1)]
+    fanout: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +81,8 @@ struct Report {
     name: &'static str,
     elapsed: Duration,
     messages: usize,
+    /// Deliveries: messages times recipients.
+    deliveries: usize,
     stats: Stats,
     peak_rss_kib: Option<u64>,
 }
@@ -100,6 +110,13 @@ impl Report {
             rate,
             self.stats.errors
         );
+        if self.deliveries != self.messages {
+            println!(
+                "deliveries {}  = {:.0} deliveries/s",
+                self.deliveries,
+                self.deliveries as f64 / self.elapsed.as_secs_f64()
+            );
+        }
         println!(
             "send->ack ms     p50 {:.2}  p99 {:.2}  max {:.2}",
             pct(a, 0.5),
@@ -195,7 +212,7 @@ fn now_us(start: Instant) -> u64 {
 /// One relay connection's workload.
 async fn relay_worker(
     mut conn: Conn,
-    to: Recipient,
+    to: Vec<Recipient>,
     n_send: usize,
     n_expect: usize,
     size: usize,
@@ -214,7 +231,7 @@ async fn relay_worker(
             let frame = ClientFrame {
                 frame: Some(client_frame::Frame::Send(Send {
                     message_id: id.clone(),
-                    recipients: vec![to.clone()],
+                    recipients: to.clone(),
                     payload,
                 })),
             };
@@ -322,6 +339,7 @@ async fn run_relay(
     org_root: String,
     users: &[Clinician],
     relay_bin: &std::path::Path,
+    fanout: usize,
 ) -> Result<Report, Error> {
     let n = users.len();
     let mut r = [0u8; 8];
@@ -384,14 +402,24 @@ async fn run_relay(
     let per = args.messages / n;
     let start = Instant::now();
     let mut workers = Vec::with_capacity(n);
+    let fanout = fanout.clamp(1, n.saturating_sub(1).max(1));
     for (i, conn) in conns.into_iter().enumerate() {
-        let next = (i + 1) % n;
-        let to = Recipient {
-            user_id: format!("load{next}"),
-            device_id: users[next].device.public_key().as_bytes().to_vec(),
-        };
+        let to = (1..=fanout)
+            .map(|k| {
+                let next = (i + k) % n;
+                Recipient {
+                    user_id: format!("load{next}"),
+                    device_id: users[next].device.public_key().as_bytes().to_vec(),
+                }
+            })
+            .collect();
         workers.push(tokio::spawn(relay_worker(
-            conn, to, per, per, args.size, start,
+            conn,
+            to,
+            per,
+            per * fanout,
+            args.size,
+            start,
         )));
     }
     let mut all = Vec::with_capacity(n);
@@ -403,9 +431,14 @@ async fn run_relay(
     stop_child(child).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Report {
-        name: "ward-relay (auth, SQLite WAL synchronous=FULL, group commit)",
+        name: if fanout > 1 {
+            "ward-relay, fan-out (one Send to several devices, as a room message)"
+        } else {
+            "ward-relay (auth, SQLite WAL synchronous=FULL, group commit)"
+        },
         elapsed,
         messages: per * n,
+        deliveries: per * n * fanout,
         stats: merge(all),
         peak_rss_kib: peak,
     })
@@ -446,6 +479,7 @@ async fn run_echo(args: &Args) -> Result<Report, Error> {
         name: "raw tokio-tungstenite echo (no auth, no storage)",
         elapsed,
         messages: per * n,
+        deliveries: per * n,
         stats: merge(all),
         peak_rss_kib: peak,
     })
@@ -477,14 +511,19 @@ async fn main_load(args: Args) -> Result<(), Error> {
             .map(|p| p.get())
             .unwrap_or(0)
     );
-    let mut relay = run_relay(
-        &args,
-        hex::encode(org.root_public().as_bytes()),
-        &users,
-        &relay_bin,
-    )
-    .await?;
+    let root = hex::encode(org.root_public().as_bytes());
+    let mut relay = run_relay(&args, root.clone(), &users, &relay_bin, 1).await?;
     relay.print();
+    if args.fanout > 1 {
+        let mut fan = run_relay(&args, root, &users, &relay_bin, args.fanout).await?;
+        fan.print();
+        let one = relay.deliveries as f64 / relay.elapsed.as_secs_f64();
+        let many = fan.deliveries as f64 / fan.elapsed.as_secs_f64();
+        println!(
+            "== ratio fan-out/1:1 deliveries per second: {:.2}",
+            many / one
+        );
+    }
     if !args.no_echo {
         let mut echo = run_echo(&args).await?;
         echo.print();
