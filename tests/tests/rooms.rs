@@ -333,6 +333,17 @@ async fn a_removed_member_cannot_read_what_follows_even_with_every_server_byte()
     let mut bob = w.unlock(BOB).await;
     let mut eb = bob.events().unwrap();
     assert_eq!(text(&next_message(&mut eb).await), "after the removal");
+    // Every epoch-key wrap and room message key served was logged first.
+    let log = ward_keyserver::storage::export_access_log(&w.ks_db, 0).unwrap();
+    let read = |user: &str, kind| {
+        log.iter()
+            .filter(|r| r.user_id == user && r.kind == kind)
+            .count()
+    };
+    use ward_keyserver::storage::AccessKind::{RoomKey, RoomWrap};
+    assert_eq!(read(BOB, RoomWrap), 2, "epochs 0 and 1");
+    assert_eq!(read(BOB, RoomKey), 2, "both messages");
+    assert_eq!((read(CAROL, RoomWrap), read(CAROL, RoomKey)), (1, 1));
     bob.lock().await;
     alice.lock().await;
 }
