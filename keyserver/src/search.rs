@@ -279,32 +279,8 @@ pub fn backfill(conn: &mut Connection) -> Result<usize, StorageError> {
     Ok(missing.len())
 }
 
-/// Serves one search for an active device of `caller_user`: a page of at
-/// most `q.page_size` users, in order of normalised display name then user
-/// id, after the cursor's user. Users without an active device are left
-/// out (SECURITY.md §10.9).
-pub fn search(
-    conn: &mut Connection,
-    caller_user: &str,
-    caller_device: &SigningPublicKey,
-    q: &Query,
-) -> Result<DirectoryPage, RequestError> {
-    let tx = conn.transaction()?;
-    crate::storage::require_active(&tx, caller_user, caller_device)?;
-    let (after_key, after_user) = match &q.after {
-        None => (String::new(), String::new()),
-        Some(u) => {
-            let key: Option<String> = tx
-                .query_row(
-                    "SELECT sort_key FROM directory_index WHERE user_id = ?1",
-                    params![u],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let key = key.ok_or_else(|| RequestError::malformed("invalid cursor"))?;
-            (key, u.clone())
-        }
-    };
+/// The SQL of a search and its parameters.
+fn statement(q: &Query, after_key: String, after_user: String) -> (String, Vec<Value>) {
     // ?1 ?2 cursor, ?3 profession, ?4 limit; then, with words, ?5 ?6 the
     // registry range and ?7.. a range per word.
     let mut args: Vec<Value> = vec![
@@ -313,9 +289,18 @@ pub fn search(
         q.profession.clone().into(),
         i64::from(q.page_size + 1).into(),
     ];
-    let common = "(d.sort_key > ?1 OR (d.sort_key = ?1 AND d.user_id > ?2))
-           AND (?3 = '' OR d.profession = ?3)
-           AND EXISTS (SELECT 1 FROM devices v WHERE v.user_id = d.user_id AND v.active = 1)";
+    // An equality the planner can see (not `?3 = '' OR ...`): a profession
+    // alone is then one range of `directory_index_profession`, in order.
+    let profession = if q.profession.is_empty() {
+        "1"
+    } else {
+        "d.profession = ?3"
+    };
+    let common = format!(
+        "(d.sort_key > ?1 OR (d.sort_key = ?1 AND d.user_id > ?2))
+           AND {profession}
+           AND EXISTS (SELECT 1 FROM devices v WHERE v.user_id = d.user_id AND v.active = 1)"
+    );
     let sql = if q.words.is_empty() {
         format!(
             "SELECT d.user_id, d.invite, u.log_len FROM directory_index d
@@ -360,6 +345,36 @@ pub fn search(
             all_words.join(" AND ")
         )
     };
+    (sql, args)
+}
+
+/// Serves one search for an active device of `caller_user`: a page of at
+/// most `q.page_size` users, in order of normalised display name then user
+/// id, after the cursor's user. Users without an active device are left
+/// out (SECURITY.md §10.9).
+pub fn search(
+    conn: &mut Connection,
+    caller_user: &str,
+    caller_device: &SigningPublicKey,
+    q: &Query,
+) -> Result<DirectoryPage, RequestError> {
+    let tx = conn.transaction()?;
+    crate::storage::require_active(&tx, caller_user, caller_device)?;
+    let (after_key, after_user) = match &q.after {
+        None => (String::new(), String::new()),
+        Some(u) => {
+            let key: Option<String> = tx
+                .query_row(
+                    "SELECT sort_key FROM directory_index WHERE user_id = ?1",
+                    params![u],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let key = key.ok_or_else(|| RequestError::malformed("invalid cursor"))?;
+            (key, u.clone())
+        }
+    };
+    let (sql, args) = statement(q, after_key, after_user);
     let mut stmt = tx.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok((
@@ -527,6 +542,49 @@ mod tests {
 
     fn ids(p: &DirectoryPage) -> Vec<&str> {
         p.entries.iter().map(|e| e.user_id.as_str()).collect()
+    }
+
+    #[test]
+    fn searches_are_index_range_scans_not_table_scans() {
+        let d = directory();
+        let queries = [
+            query("helene le"),
+            query("1010"),
+            SearchDirectory {
+                profession: "nurse".into(),
+                ..SearchDirectory::default()
+            },
+            SearchDirectory {
+                query: "h".into(),
+                profession: "nurse".into(),
+                cursor: b"h.legoff".to_vec(),
+                ..SearchDirectory::default()
+            },
+        ];
+        for r in &queries {
+            let q = Query::parse(r).unwrap();
+            let (sql, args) = statement(&q, "k".into(), "u".into());
+            let mut stmt = d
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for step in &plan {
+                let table_scan = step.starts_with("SCAN ") && !step.starts_with("SCAN cand");
+                assert!(!table_scan, "{r:?}: {plan:?}");
+            }
+            // Candidates come from the index of what is asked for.
+            let driver = if q.words.is_empty() {
+                "directory_index_profession (profession=?"
+            } else {
+                "directory_words USING PRIMARY KEY (word>? AND word<?)"
+            };
+            assert!(plan.iter().any(|s| s.contains(driver)), "{r:?}: {plan:?}");
+        }
     }
 
     #[test]
