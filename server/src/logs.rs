@@ -20,6 +20,13 @@
 //!   the relay's state back. An empty presented log means "use the stored
 //!   one".
 //!
+//! A presented log may be only the end of the log (SECURITY.md §9): it is
+//! placed at the `seq` its first entry claims and judged as above against
+//! the relay's entries from there. If the relay holds fewer entries than
+//! where it starts, it asks the keyserver's link for the log
+//! ([`crate::keyserver_link::Fetcher`]) and waits briefly; failing that the
+//! login is refused `UNKNOWN_USER`, and the device presents its whole log.
+//!
 //! # The verified cache
 //!
 //! Verifying a whole log costs one signature per entry (an insider may grow
