@@ -245,9 +245,9 @@ async fn results_come_in_pages_and_filter_by_profession() {
     );
 }
 
-/// A device whose user does not exist (an enrolling session, the only
-/// session a stranger can open) is refused, and so is a connection that
-/// skips the handshake.
+/// A stranger is refused at the handshake, an invited clinician's enrolling
+/// session is refused the search, and so is a connection that skips the
+/// handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_authenticated_members_may_search() {
     let w = World::new(|_| {}).await;
@@ -257,12 +257,40 @@ async fn only_authenticated_members_may_search() {
             ..SearchDirectory::default()
         })
     };
+    // A stranger's key is refused at the handshake (no invite to prove).
     let stranger = DeviceSigningKey::generate(&mut rand::rng());
-    let mut ks = KsClient::connect(
+    let refused = KsClient::connect(
         &w.keyserver.url(),
         &w.org.root_public(),
         &stranger,
         "mallory",
+    )
+    .await
+    .err()
+    .expect("a stranger gets no session");
+    assert!(
+        matches!(
+            refused,
+            ward_net::NetError::Refused(ErrorCode::Unauthenticated)
+        ),
+        "{refused:?}"
+    );
+    // An invited clinician not enrolled yet holds an enrolling session:
+    // it may enroll, not search.
+    let (invite, delegation) = create_invite(
+        &mut rand::rng(),
+        &w.org.root,
+        &details("newcomer", "New Comer", "nurse", ""),
+    )
+    .unwrap();
+    let device = DeviceSigningKey::generate(&mut rand::rng());
+    let mut ks = KsClient::connect_enrolling(
+        &w.keyserver.url(),
+        &w.org.root_public(),
+        &device,
+        "newcomer",
+        &delegation,
+        &invite,
     )
     .await
     .unwrap();

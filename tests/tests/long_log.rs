@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
-use ward_keyserver::Clock;
 use ward_proto::Message as _;
 use ward_proto::v1::GetLogs;
 use ward_sdk::store::{KdfParams, Pin};
@@ -84,8 +83,9 @@ async fn a_user_whose_log_outgrows_the_pre_login_limit_still_logs_in() {
     let root = org.root_public();
     let key = service_key();
     let ks_db: PathBuf = temp_db_path("long-log-ks");
+    // The keyserver's clock stays at the testkit's time, so that the
+    // courier's testkit invite is valid whatever the date.
     let mut ks_config = test_config(&org, &ks_db);
-    ks_config.clock = Clock::system();
     ks_config.relay_keys = vec![key.public_key()];
     let ks = TestKeyserver::start(ks_config).await;
     let relay = Relay::start_with(root, |c| c.limits.net.max_preauth_frame_bytes = PREAUTH).await;
