@@ -58,6 +58,7 @@ impl KsMetrics {
             Some(ks_request::Body::PutRoomKey(_)) => "put_room_key",
             Some(ks_request::Body::GetRoomKeys(_)) => "get_room_keys",
             Some(ks_request::Body::ListRooms(_)) => "list_rooms",
+            Some(ks_request::Body::SearchDirectory(_)) => "search_directory",
             None => "empty",
         }
     }

@@ -29,6 +29,8 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     // keyserver/src/rooms.rs: MAX_ENTRIES_PER_APPEND and MAX_WRAPS_PER_APPEND.
     ("ward.v1.AppendRoom.entries", 16),
     ("ward.v1.AppendRoom.wraps", 1024),
+    // The keyserver serves at most 50 directory results a page (SECURITY.md §10.9).
+    ("ward.v1.DirectoryPage.entries", 64),
     // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
     // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];

@@ -102,8 +102,8 @@ pub mod fuzzing;
 pub mod store;
 
 pub use client::{
-    Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, QueuedMessage,
-    RoomInfo, RoomMemberInfo,
+    Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event, NewDeviceKeys, Page,
+    PageCursor, PendingDevice, QueuedMessage, RoomInfo, RoomMemberInfo,
 };
 
 pub use ward_core as core;

@@ -18,10 +18,11 @@ use ward_core::keys::{DelegationKey, DeviceSigningKey};
 use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
-    AppendRoom, DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetRoomKeys, GetRoomLog,
-    GetRoomWraps, GetWrappedKeys, KsRequest, KsResponse, ListRooms, PutDeviceGrants, PutRoomKey,
-    PutWrappedKeys, RoomAppended, RoomHead, RoomKeyWrap, RoomLogPage, SignedInvite,
-    SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys, ks_request, ks_response,
+    AppendRoom, DeviceGrant, DirectoryPage, ErrorCode, GetDeviceGrant, GetLogs, GetRoomKeys,
+    GetRoomLog, GetRoomWraps, GetWrappedKeys, KsRequest, KsResponse, ListRooms, PutDeviceGrants,
+    PutRoomKey, PutWrappedKeys, RoomAppended, RoomHead, RoomKeyWrap, RoomLogPage, SearchDirectory,
+    SignedInvite, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys, ks_request,
+    ks_response,
 };
 
 use super::error::{ClientError, Result};
@@ -166,6 +167,16 @@ impl Keyserver {
             ks_response::Body::Stored(s) => Ok(s.count),
             _ => Err(ClientError::Protocol(
                 "put_grants answered with another body",
+            )),
+        }
+    }
+
+    /// One page of the professional directory (SECURITY.md §10.9): unverified.
+    pub(crate) async fn search(&self, req: SearchDirectory) -> Result<DirectoryPage> {
+        match self.call(ks_request::Body::SearchDirectory(req)).await? {
+            ks_response::Body::DirectoryPage(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "search_directory answered with another body",
             )),
         }
     }
