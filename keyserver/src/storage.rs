@@ -1342,6 +1342,53 @@ mod tests {
     }
 
     #[test]
+    fn the_rooms_migration_keeps_the_access_log_and_its_guards() {
+        let path = temp_db("migrate-rooms");
+        let mut conn = open_connection(&path).unwrap();
+        // A database of the schema before rooms, with a read logged.
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(3) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO access_log (at, user_id, device_id, kind, resource_id)
+             VALUES (7, 'u', x'00', 'device_grant', x'01')",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.execute(
+                "INSERT INTO access_log (at, user_id, device_id, kind, resource_id)
+                 VALUES (8, 'u', x'00', 'room_wrap', x'01')",
+                [],
+            )
+            .is_err()
+        );
+        migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO access_log (at, user_id, device_id, kind, resource_id)
+             VALUES (8, 'u', x'00', 'room_wrap', x'02'), (9, 'u', x'00', 'room_key', x'03')",
+            [],
+        )
+        .unwrap();
+        let log = export_access_log(&path, 0).unwrap();
+        let kinds: Vec<_> = log.iter().map(|r| (r.id, r.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, AccessKind::DeviceGrant),
+                (2, AccessKind::RoomWrap),
+                (3, AccessKind::RoomKey)
+            ]
+        );
+        assert!(conn.execute("DELETE FROM access_log", []).is_err());
+        assert!(conn.execute("UPDATE access_log SET at = 2", []).is_err());
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn migrations_are_idempotent_and_the_access_log_is_append_only() {
         let path = temp_db("migrate");
         let mut conn = open_connection(&path).unwrap();
