@@ -714,6 +714,12 @@ pub fn put_room_key(
     let cutoff = cutoff(now, quotas);
     tx.prepare_cached("DELETE FROM room_keys WHERE sender_user = ?1 AND created_at < ?2")?
         .execute(params![caller_user, cutoff])?;
+    // And a bounded number of anyone's, oldest first, as for wrapped keys.
+    tx.prepare_cached(
+        "DELETE FROM room_keys WHERE rowid IN
+         (SELECT rowid FROM room_keys WHERE created_at < ?1 ORDER BY created_at LIMIT 256)",
+    )?
+    .execute(params![cutoff])?;
     let stored: i64 = tx
         .prepare_cached("SELECT count(*) FROM room_keys WHERE sender_user = ?1")?
         .query_row(params![caller_user], |r| r.get(0))?;
