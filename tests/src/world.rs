@@ -31,34 +31,43 @@ pub struct World {
     pub org: Org,
     /// The real relay.
     pub relay: Relay,
-    /// The real keyserver.
-    pub keyserver: TestKeyserver,
+    /// The real keyserver (a test may take it to stop it).
+    pub keyserver: Option<TestKeyserver>,
     /// The keyserver's database file.
     pub ks_db: PathBuf,
     /// A proxy in front of the keyserver, if the clients use one.
     pub ks_proxy: Option<Proxy>,
     /// Where the device stores live.
     pub dir: TempDir,
+    /// The clients' request timeout ([`World::config`]).
+    pub request_timeout: Duration,
 }
 
 impl World {
     /// The servers, clients talking to them directly.
     pub async fn new() -> Self {
-        Self::start(false).await
+        Self::start(false, |_| {}).await
+    }
+
+    /// [`World::new`], with the keyserver's configuration adjusted first.
+    pub async fn new_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
+        Self::start(false, tweak).await
     }
 
     /// The servers, clients reaching the keyserver through [`World::ks_proxy`].
     pub async fn with_keyserver_proxy() -> Self {
-        Self::start(true).await
+        Self::start(true, |_| {}).await
     }
 
-    async fn start(proxy: bool) -> Self {
+    async fn start(proxy: bool, tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
         let org = Org::new(&mut rand::rng());
         let ks_db = temp_db_path("world-ks");
         let mut config = test_config(&org, &ks_db);
         config.clock = Clock::system();
+        // The relay follows the keyserver's relay link, as under `ward up`.
         let link_key = crate::link::service_key();
         config.relay_keys = vec![link_key.public_key()];
+        tweak(&mut config);
         let keyserver = TestKeyserver::start(config).await;
         let link = crate::link::link_to(&keyserver.url(), link_key);
         let relay = Relay::start_with(org.root_public(), |c| c.keyserver_link = Some(link)).await;
@@ -70,18 +79,24 @@ impl World {
         Self {
             org,
             relay,
-            keyserver,
+            keyserver: Some(keyserver),
             ks_db,
             ks_proxy,
             dir: TempDir::new("world-clients"),
+            request_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// The real keyserver's URL (panics once a test took it).
+    pub fn keyserver_url(&self) -> String {
+        self.keyserver.as_ref().expect("the keyserver runs").url()
     }
 
     /// The keyserver URL clients use (the proxy's, if any).
     pub fn ks_url(&self) -> String {
         match &self.ks_proxy {
             Some(p) => p.url(),
-            None => self.keyserver.url(),
+            None => self.keyserver_url(),
         }
     }
 
@@ -106,22 +121,32 @@ impl World {
         };
         c.reconnect_min = Duration::from_millis(50);
         c.reconnect_max = Duration::from_millis(500);
-        c.request_timeout = Duration::from_secs(10);
+        c.request_timeout = self.request_timeout;
         c.key_wait = Duration::from_secs(3);
         c
     }
 
-    /// Enrolls `user_id`'s first device, its store named after the user.
-    pub async fn enroll(&self, user_id: &str) -> Client {
-        let (invite, delegation) = crate::invite(&self.org, user_id);
-        Client::enroll(self.config(user_id), &invite, &delegation, pin())
+    /// A signed invite for `user_id` (encoded) and its delegation secret.
+    pub fn invite(&self, user_id: &str) -> (Vec<u8>, Vec<u8>) {
+        crate::invite(&self.org, user_id)
+    }
+
+    /// Enrolls `user_id`'s first device, its store named `device`.
+    pub async fn enroll(&self, user_id: &str, device: &str) -> Client {
+        self.enroll_with(user_id, self.config(device)).await
+    }
+
+    /// Enrolls `user_id`'s first device with `config`.
+    pub async fn enroll_with(&self, user_id: &str, config: ClientConfig) -> Client {
+        let (invite, delegation) = self.invite(user_id);
+        Client::enroll(config, &invite, &delegation, pin())
             .await
             .expect("enroll")
     }
 
-    /// Reopens `user_id`'s device (after [`Client::lock`]).
-    pub async fn unlock(&self, user_id: &str) -> Client {
-        Client::unlock(self.config(user_id), pin())
+    /// Reopens the device whose store is `device` (after [`Client::lock`]).
+    pub async fn unlock(&self, device: &str) -> Client {
+        Client::unlock(self.config(device), pin())
             .await
             .expect("unlock")
     }

@@ -9,14 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
 use ward_core::ResourceId;
-use ward_core::testkit::Org;
-use ward_keyserver::Clock;
-use ward_sdk::store::{KdfParams, Message, Pin, StoreError};
-use ward_sdk::{Client, ClientConfig, ClientError, Event};
-use ward_tests::keyserver::{TestKeyserver, remove_db, temp_db_path, test_config};
-use ward_tests::relay::{Relay, TempDir, WAIT};
-
-const PIN: &str = "ward-pin-493817";
+use ward_sdk::store::{Message, Pin, StoreError};
+use ward_sdk::{Client, ClientError, Event};
+use ward_tests::relay::{TempDir, WAIT};
+use ward_tests::world::{PIN, World, pin};
 
 /// Every `tracing` line any test in this binary emits (servers and clients
 /// alike), at every level: checked for plaintexts and keys.
@@ -47,108 +43,16 @@ fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     .clone()
 }
 
-/// An organisation, its two servers and a directory for device stores.
-struct World {
-    org: Org,
-    relay: Relay,
-    keyserver: Option<TestKeyserver>,
-    ks_db: PathBuf,
-    dir: TempDir,
+/// The shared world (`ward_tests::world`), with this binary's log capture
+/// installed first.
+async fn world() -> World {
+    captured_logs();
+    World::new().await
 }
 
-impl World {
-    async fn new() -> Self {
-        Self::new_with(|_| {}).await
-    }
-
-    async fn new_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
-        captured_logs();
-        let org = Org::new(&mut rand::rng());
-        let ks_db = temp_db_path("e2e-ks");
-        let mut config = test_config(&org, &ks_db);
-        config.clock = Clock::system();
-        // The relay follows the keyserver's relay link, as under `ward up`.
-        let link_key = ward_tests::link::service_key();
-        config.relay_keys = vec![link_key.public_key()];
-        tweak(&mut config);
-        let keyserver = TestKeyserver::start(config).await;
-        let link = ward_tests::link::link_to(&keyserver.url(), link_key);
-        let relay = Relay::start_with(org.root_public(), |c| c.keyserver_link = Some(link)).await;
-        Self {
-            org,
-            relay,
-            keyserver: Some(keyserver),
-            ks_db,
-            dir: TempDir::new("e2e-clients"),
-        }
-    }
-
-    fn ks_url(&self) -> String {
-        self.keyserver.as_ref().unwrap().url()
-    }
-
-    /// A client configuration for the device store `name`, with a cheap
-    /// KDF and short delays.
-    fn config(&self, name: &str) -> ClientConfig {
-        let mut c = ClientConfig::new(
-            self.dir.path().join(format!("{name}.db")),
-            self.relay.url(),
-            self.ks_url(),
-            self.org.root_public(),
-        );
-        c.store_options.kdf = KdfParams {
-            m_cost_kib: 8 * 1024,
-            t_cost: 1,
-            p_cost: 1,
-        };
-        c.reconnect_min = Duration::from_millis(50);
-        c.reconnect_max = Duration::from_millis(500);
-        c.request_timeout = Duration::from_secs(5);
-        c.key_wait = Duration::from_secs(3);
-        c
-    }
-
-    /// A signed invite (encoded) and its delegation secret.
-    fn invite(&self, user_id: &str) -> (Vec<u8>, Vec<u8>) {
-        ward_tests::invite(&self.org, user_id)
-    }
-
-    async fn enroll(&self, user_id: &str, device: &str) -> Client {
-        self.enroll_with(user_id, self.config(device)).await
-    }
-
-    async fn enroll_with(&self, user_id: &str, config: ClientConfig) -> Client {
-        let (invite, delegation) = self.invite(user_id);
-        Client::enroll(config, &invite, &delegation, pin())
-            .await
-            .expect("enroll")
-    }
-
-    /// Every file of both servers' databases, WAL included.
-    fn server_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for db in [&self.relay.db, &self.ks_db] {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let mut p = db.as_os_str().to_owned();
-                p.push(suffix);
-                let p = PathBuf::from(p);
-                if p.exists() {
-                    out.push(p);
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        remove_db(&self.ks_db);
-    }
-}
-
-fn pin() -> Pin {
-    Pin::new(PIN.into()).unwrap()
+async fn world_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> World {
+    captured_logs();
+    World::new_with(tweak).await
 }
 
 fn text(m: &Message) -> String {
@@ -246,7 +150,7 @@ fn store_files(path: &Path) -> Vec<PathBuf> {
 /// plaintext or a resource key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clinicians_three_devices_both_ways_and_offline() {
-    let w = World::new().await;
+    let w = world().await;
     let mut resource_keys: Vec<[u8; 32]> = Vec::new();
     let mut plaintexts: Vec<String> = Vec::new();
 
@@ -420,7 +324,7 @@ async fn two_clinicians_three_devices_both_ways_and_offline() {
 /// history, and the store's files hold no plaintext.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_and_unlock() {
-    let w = World::new().await;
+    let w = world().await;
     let alice = w.enroll("alice@chu", "alice-phone").await;
     let mut bob = w.enroll("bob@chu", "bob-phone").await;
     let mut bob_ev = bob.events().unwrap();
@@ -457,7 +361,7 @@ async fn lock_and_unlock() {
 /// queued, the app dies, and the restarted client delivers it exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_offline_then_restarted_delivers_once() {
-    let w = World::new().await;
+    let w = world().await;
     // A port nothing listens on.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -494,7 +398,7 @@ async fn killed_while_offline_then_restarted_delivers_once() {
 /// servers are idempotent on the ids) and the message arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_send_then_restarted_delivers_once() {
-    let w = World::new().await;
+    let w = world().await;
     let mut bob = w.enroll("bob@chu", "bob-phone").await;
     let mut bob_ev = bob.events().unwrap();
     let alice = w.enroll("alice@chu", "alice-phone").await;
@@ -545,7 +449,7 @@ async fn forged_replayed_misaddressed_and_keyless_envelopes_are_rejected() {
     use ward_tests::keyserver::{KsClient, enroll};
     use ward_tests::relay::{Client as RawRelay, message_id};
 
-    let w = World::new().await;
+    let w = world().await;
     let mut cfg = w.config("bob-phone");
     cfg.key_wait = Duration::from_millis(1500);
     let mut bob = w.enroll_with("bob@chu", cfg).await;
@@ -706,7 +610,7 @@ async fn relay_restart_reconnects_and_drains_the_outbox() {
         (stop, task)
     }
 
-    let w = World::new().await;
+    let w = world().await;
     let dir = TempDir::new("e2e-relay2");
     let db = dir.path().join("relay.db");
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -764,7 +668,7 @@ async fn relay_restart_reconnects_and_drains_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_larger_than_the_queues_arrives_once_in_order() {
     const N: usize = 300;
-    let w = World::new_with(|c| {
+    let w = world_with(|c| {
         c.limits.requests_per_second = 100_000;
         c.limits.request_burst = 100_000;
     })
@@ -820,7 +724,7 @@ async fn a_key_rotated_while_queued_is_resealed_to_the_new_key() {
     use ward_tests::keyserver::enroll;
     use ward_tests::relay::Client as RawRelay;
 
-    let w = World::new().await;
+    let w = world().await;
     let mut rng = rand::rng();
     let carol = w.org.enroll(&mut rng, "carol@chu");
     let mut c_ks = enroll(&w.ks_url(), &carol).await;
@@ -888,7 +792,7 @@ async fn a_key_rotated_while_queued_is_resealed_to_the_new_key() {
 /// stop addressing it, and it can no longer send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_reaches_the_other_device_and_revocation_cuts_it_off() {
-    let w = World::new().await;
+    let w = world().await;
     let a1 = w.enroll("alice@chu", "alice-phone").await;
     let mut bob = w.enroll("bob@chu", "bob-phone").await;
     let pending = Client::pair_new_device(w.config("alice-tablet"), "alice@chu", pin())
@@ -941,7 +845,7 @@ async fn key_rotation_reaches_the_other_device_and_revocation_cuts_it_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_revocation_is_followed_by_an_automatic_rotation() {
     use ward_core::chain::verify_log;
-    let w = World::new().await;
+    let w = world().await;
     let mut config = w.config("alice-phone");
     config.own_log_interval = Duration::from_millis(200);
     let a1 = w.enroll_with("alice@chu", config).await;
@@ -1013,7 +917,7 @@ async fn a_root_revocation_is_followed_by_an_automatic_rotation() {
 /// log watcher is set to an hour, so nothing but the link can have told it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_revocation_reaches_a_lost_phone_with_no_other_device_online() {
-    let w = World::new().await;
+    let w = world().await;
     let tablet = w.enroll("alice@chu", "alice-tablet").await;
     let mut config = w.config("alice-lost");
     config.own_log_interval = Duration::from_secs(3600);

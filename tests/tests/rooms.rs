@@ -228,9 +228,9 @@ const CAROL: &str = "carol@chu";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_cannot_read_what_follows_even_with_every_server_byte() {
     let w = World::new().await;
-    let mut alice = w.enroll(ALICE).await;
-    let mut bob = w.enroll(BOB).await;
-    let mut carol = w.enroll(CAROL).await;
+    let mut alice = w.enroll(ALICE, ALICE).await;
+    let mut bob = w.enroll(BOB, BOB).await;
+    let mut carol = w.enroll(CAROL, CAROL).await;
     let (mut ea, mut eb, mut ec) = (
         alice.events().unwrap(),
         bob.events().unwrap(),
@@ -389,9 +389,9 @@ fn room_error(e: ClientError) -> RoomError {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_admin_entries_rollbacks_and_forks_are_refused() {
     let w = World::with_keyserver_proxy().await;
-    let alice = w.enroll(ALICE).await;
-    let bob = w.enroll(BOB).await;
-    let carol = w.enroll(CAROL).await;
+    let alice = w.enroll(ALICE, ALICE).await;
+    let bob = w.enroll(BOB, BOB).await;
+    let carol = w.enroll(CAROL, CAROL).await;
     let room = alice
         .create_room(
             "Tumour board",
@@ -410,7 +410,7 @@ async fn non_admin_entries_rollbacks_and_forks_are_refused() {
     bob.lock().await;
     let bob_device = loot(&w, BOB, &room).device;
     let forged = non_admin_grant(&w, &room, BOB, &bob_device);
-    let mut ks = KsClient::connect(&w.keyserver.url(), &w.org.root_public(), &bob_device, BOB)
+    let mut ks = KsClient::connect(&w.keyserver_url(), &w.org.root_public(), &bob_device, BOB)
         .await
         .unwrap();
     let refused = ks
@@ -506,11 +506,11 @@ async fn non_admin_entries_rollbacks_and_forks_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_policy_from_join_and_whole_history() {
     let w = World::new().await;
-    let mut alice = w.enroll(ALICE).await;
+    let mut alice = w.enroll(ALICE, ALICE).await;
     let mut ea = alice.events().unwrap();
-    let bob = w.enroll(BOB).await;
+    let bob = w.enroll(BOB, BOB).await;
     bob.lock().await; // the relay keeps his copies
-    let mut carol = w.enroll(CAROL).await;
+    let mut carol = w.enroll(CAROL, CAROL).await;
     let mut ec = carol.events().unwrap();
     let users = ks_users(&w);
     let mut rooms = Vec::new();
@@ -584,7 +584,10 @@ async fn history_policy_from_join_and_whole_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
     const MEMBERS: usize = 100;
-    let w = World::new().await;
+    let mut w = World::new().await;
+    // The room's creation uploads 100 wraps: room to spare on a loaded machine.
+    w.request_timeout = Duration::from_secs(10);
+    let w = w;
     let mut clients: Vec<Client> = Vec::with_capacity(MEMBERS);
     let t0 = std::time::Instant::now();
     // Ten at a time: an enrolment mostly waits on the servers.
@@ -593,7 +596,7 @@ async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
         let w = &w;
         clients.extend(
             futures_util::future::join_all(
-                chunk.iter().map(|id| async move { w.enroll(id).await }),
+                chunk.iter().map(|id| async move { w.enroll(id, id).await }),
             )
             .await,
         );
@@ -644,9 +647,9 @@ async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_or_a_key_rotation_starts_a_new_epoch_before_the_next_message() {
     let w = World::new().await;
-    let mut alice = w.enroll(ALICE).await;
-    let mut bob = w.enroll(BOB).await;
-    let mut carol = w.enroll(CAROL).await;
+    let mut alice = w.enroll(ALICE, ALICE).await;
+    let mut bob = w.enroll(BOB, BOB).await;
+    let mut carol = w.enroll(CAROL, CAROL).await;
     let (mut ea, mut eb, mut ec) = (
         alice.events().unwrap(),
         bob.events().unwrap(),
