@@ -56,6 +56,7 @@ pub mod attachment;
 pub mod auth;
 pub mod chain;
 pub mod envelope;
+mod envelope_aead;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -73,7 +74,8 @@ pub mod testkit;
 pub mod wrap;
 
 pub use error::{
-    AttachmentError, AuthError, ChainError, KeyError, OpenError, RoomError, SealError, WrapError,
+    AttachmentError, AttachmentIoError, AuthError, ChainError, KeyError, OpenError, RoomError,
+    SealError, WrapError,
 };
 pub use ids::{ConversationId, ResourceId};
 pub use room::RoomId;
