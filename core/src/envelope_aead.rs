@@ -3,14 +3,11 @@
 //! once instead of three times.
 //!
 //! `chacha20poly1305` encrypts the whole buffer and only then runs Poly1305
-//! over it, and the digest is one more pass after that: on a 10 MiB seal each
-//! pass streams the buffer from memory again (issue 8 measured the seal at
-//! 2.03x the bare AEAD). Here the same construction (RFC 8439 §2.8 with
-//! XChaCha20's HChaCha20 subkey, draft-irtf-cfrg-xchacha §2) is run from its
-//! two halves, `chacha20` and `poly1305`, one cache-sized piece at a time:
-//! keystream, then Poly1305, while the piece is still in L1. The bytes are
-//! exactly those of `XChaCha20Poly1305::encrypt_inout_detached` (the tests
-//! compare them over many lengths).
+//! over it, and the digest was one more pass after that: on a 10 MiB seal
+//! each pass streamed the buffer from memory again (issue 8 measured the
+//! seal at 2.03x the bare AEAD). The AEAD now runs in one pass
+//! ([`crate::onepass`]: the same bytes, piece by piece in L1), and the digest
+//! takes each piece as it is sealed.
 //!
 //! The digest is SHA-256 of the ciphertext, a chain that no second core can
 //! split; but it can *follow* the encryption. From
@@ -24,17 +21,10 @@
 use std::sync::mpsc;
 
 use chacha20::XChaCha20;
-use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use poly1305::Poly1305;
-use poly1305::universal_hash::{KeyInit, UniversalHash};
+use chacha20::cipher::KeyIvInit;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
-/// Bytes encrypted and authenticated together: small enough to stay in L1
-/// between the keystream and Poly1305, a multiple of the 64-byte ChaCha20
-/// block and of the 16-byte Poly1305 block (so only the final piece is
-/// padded, as RFC 8439 pads the whole ciphertext).
-const PIECE: usize = 16 << 10;
+use crate::onepass::{Misuse, PIECE, Sealer};
 
 /// Bytes handed to the hash thread at a time: few enough messages that the
 /// channel costs nothing against the hashing (80 for 10 MiB).
@@ -45,14 +35,6 @@ const BATCH: usize = 128 << 10;
 /// seal stays on the caller's thread.
 pub(crate) const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
-/// The 64-byte ChaCha20 block; block 0 gives the Poly1305 key.
-const BLOCK: u64 = 64;
-
-/// The AEAD ran over more than ChaCha20's 32-bit block counter covers (the
-/// envelope's 16 MiB content limit is far below it).
-#[derive(Debug)]
-pub(crate) struct TooLong;
-
 /// XChaCha20-Poly1305 of `buf` in place under `key` and `nonce` with `aad`,
 /// returning the tag and `digest` fed with the ciphertext (not the tag).
 pub(crate) fn seal_and_hash(
@@ -61,50 +43,29 @@ pub(crate) fn seal_and_hash(
     aad: &[u8],
     buf: &mut [u8],
     digest: Sha256,
-) -> Result<([u8; 16], Sha256), TooLong> {
-    if buf.len() as u64 / BLOCK >= u64::from(u32::MAX) {
-        return Err(TooLong);
-    }
-    let mut cipher = XChaCha20::new(key.into(), nonce.into());
-    let mut mac_key = Zeroizing::new([0u8; 32]);
-    cipher.apply_keystream(&mut *mac_key);
-    let mut mac = Poly1305::new((&*mac_key).into());
-    cipher.seek(BLOCK);
-    mac.update_padded(aad);
-
-    let len = buf.len();
-    let digest = if len >= PARALLEL_MIN_BYTES {
-        hashed_alongside(&mut cipher, &mut mac, buf, digest)
+) -> Result<([u8; 16], Sha256), Misuse> {
+    let mut sealer = Sealer::new(XChaCha20::new(key.into(), nonce.into()), aad);
+    let digest = if buf.len() >= PARALLEL_MIN_BYTES {
+        hashed_alongside(&mut sealer, buf, digest)?
     } else {
         let mut digest = digest;
         for piece in buf.chunks_mut(PIECE) {
-            seal_piece(&mut cipher, &mut mac, piece);
+            sealer.seal(piece)?;
             digest.update(&*piece);
         }
         digest
     };
-
-    let mut lengths = [0u8; 16];
-    lengths[..8].copy_from_slice(&(aad.len() as u64).to_le_bytes());
-    lengths[8..].copy_from_slice(&(len as u64).to_le_bytes());
-    mac.update_padded(&lengths);
-    Ok((mac.finalize().into(), digest))
-}
-
-fn seal_piece(cipher: &mut XChaCha20, mac: &mut Poly1305, piece: &mut [u8]) {
-    cipher.apply_keystream(piece);
-    mac.update_padded(piece);
+    Ok((sealer.finish(), digest))
 }
 
 /// Seals `buf` batch by batch while a scoped thread hashes each sealed
 /// batch. Falls back to hashing on this thread if the thread cannot start
 /// or goes away.
 fn hashed_alongside(
-    cipher: &mut XChaCha20,
-    mac: &mut Poly1305,
+    sealer: &mut Sealer<XChaCha20>,
     buf: &mut [u8],
     digest: Sha256,
-) -> Sha256 {
+) -> Result<Sha256, Misuse> {
     let fallback = digest.clone();
     let hashed = std::thread::scope(|s| {
         // Unbounded on purpose: a message is a borrowed slice of `buf` (no
@@ -122,9 +83,7 @@ fn hashed_alongside(
             });
         let mut sent_all = worker.is_ok();
         for batch in buf.chunks_mut(BATCH) {
-            for piece in batch.chunks_mut(PIECE) {
-                seal_piece(cipher, mac, piece);
-            }
+            sealer.seal(batch)?;
             // Sealed: from here the batch is only read, by the hash thread.
             let sealed: &[u8] = batch;
             if sent_all && tx.send(sealed).is_err() {
@@ -132,23 +91,23 @@ fn hashed_alongside(
             }
         }
         drop(tx);
-        match worker.map(|w| w.join()) {
+        Ok(match worker.map(|w| w.join()) {
             Ok(Ok(digest)) if sent_all => Some(digest),
             _ => None,
-        }
-    });
-    hashed.unwrap_or_else(|| {
+        })
+    })?;
+    Ok(hashed.unwrap_or_else(|| {
         let mut digest = fallback;
         digest.update(&*buf);
         digest
-    })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chacha20poly1305::XChaCha20Poly1305;
-    use chacha20poly1305::aead::AeadInOut;
+    use chacha20poly1305::aead::{AeadInOut, KeyInit};
 
     fn reference(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], pt: &[u8]) -> (Vec<u8>, [u8; 16]) {
         let mut ct = pt.to_vec();

@@ -466,7 +466,8 @@ pub enum AttachmentIoError {
     /// The reader or the writer failed.
     #[error("attachment I/O failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The thread that hashes the blob stopped before the end.
-    #[error("the blob hash thread stopped")]
-    HashThread,
+    /// A thread of the pipeline could not be started (nothing was read or
+    /// written then), or stopped without saying why.
+    #[error("an attachment pipeline thread could not start or stopped")]
+    Thread,
 }

@@ -65,6 +65,7 @@ pub mod ids;
 pub mod invite;
 pub mod keys;
 pub mod labels;
+mod onepass;
 pub mod padding;
 pub mod room;
 pub mod root_store;

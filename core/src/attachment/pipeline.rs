@@ -1,6 +1,6 @@
 //! Files to blobs and blobs to files through `std::io`, with the blob hash
-//! (§16.4) on a second thread (issue 11: 1 GiB at no less than 0.9x the raw
-//! AEAD).
+//! (§16.4) off the AEAD's thread (issue 11: 1 GiB at no less than 0.9x the
+//! raw AEAD).
 //!
 //! The sans-IO [`Encryptor`](super::Encryptor) and
 //! [`Decryptor`](super::Decryptor) do everything on the caller's thread, so
@@ -8,26 +8,30 @@
 //! with SHA-NI the two run at about the same speed here, and the file goes
 //! at half the AEAD's rate. The hash cannot be dropped or cut into pieces
 //! (§16.4: only a collision-resistant hash of every byte binds the blob to
-//! the sender's signature), but it can run beside the encryption: each
-//! sealed chunk is handed to a scoped thread that hashes the chunks in
-//! order while this thread reads, encrypts (or decrypts) and writes the
-//! next ones. The file then goes at the rate of the slower pass.
+//! the sender's signature), but it can run beside the AEAD. Each pipeline
+//! has three stages over chunks, in order:
 //!
-//! Memory is constant: [`BUFFERS`] sealed-chunk buffers circulate between
-//! the two threads over bounded channels (the reader waits for the hash,
-//! never the other way round), plus, when opening, one plaintext chunk. Only
-//! ciphertext crosses to the hash thread; plaintext stays on the caller's
-//! thread in buffers that are wiped when dropped. The reader and the writer
-//! are used on the caller's thread only, so neither needs to be `Send`. If
-//! the hash thread cannot be started, the hash runs on the caller's thread:
-//! same bytes, the old speed.
+//! 1. an input thread reads the next chunk into a buffer (the file's bytes
+//!    and zero padding when sealing; the sealed chunk, which it hashes,
+//!    when opening);
+//! 2. the caller's thread runs the AEAD in place in that buffer (seal, or
+//!    open and the padding check);
+//! 3. an output thread writes the buffer (hashing the sealed chunk first
+//!    when sealing; the file's bytes when opening).
+//!
+//! The caller's thread does nothing but the AEAD, so the file goes at the
+//! STREAM rate as long as the two I/O threads (a copy each, and the hash on
+//! one of them) keep up on the other core. Memory is constant: [`BUFFERS`]
+//! chunk buffers circulate over three bounded channels, and are wiped when
+//! dropped (a buffer holds plaintext between the file and the AEAD). The
+//! reader and the writer run on the I/O threads, hence `Send`. If a thread
+//! cannot be started nothing is read or written, and the error says so.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::{Scope, ScopedJoinHandle};
 
 use rand_core::CryptoRng;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -37,18 +41,17 @@ use super::{
 use crate::error::{AttachmentError, AttachmentIoError};
 use crate::stream::{SEALED_CHUNK_SIZE, StreamDecryptor, StreamEncryptor, TAG_SIZE};
 
-/// Sealed-chunk buffers in circulation: one being filled or written, the
-/// others queued for or inside the hash. Four keep both threads busy
-/// through a slow read or write; memory is `4 * (64 KiB + 16)`.
-pub const BUFFERS: usize = 4;
+/// Chunk buffers in circulation: one being read, one in the AEAD, one being
+/// written, the rest queued to absorb a slow read or write. Memory is
+/// `6 * (64 KiB + 16)`, whatever the file's size.
+pub const BUFFERS: usize = 6;
 
 type Buf = Zeroizing<Vec<u8>>;
 
-/// Reads a file of exactly `size` bytes from `reader`, writes its blob to
-/// `writer` (header, then each sealed chunk) and returns what the
-/// descriptor needs; the same blob, bytes and hash, as
-/// [`Encryptor`](super::Encryptor) makes from the same RNG draws (the file
-/// key, the salt, the blob id).
+/// Reads a file of exactly `size` bytes from `file`, writes its blob to
+/// `blob` (header, then each sealed chunk) and returns what the descriptor
+/// needs: the same blob, bytes and hash, as [`Encryptor`](super::Encryptor)
+/// makes from the same RNG draws (the file key, the salt, the blob id).
 ///
 /// Refuses a reader that ends before `size` bytes or has more after them
 /// ([`AttachmentError::SizeMismatch`]); what was written is then no blob to
@@ -56,8 +59,8 @@ type Buf = Zeroizing<Vec<u8>>;
 pub fn seal_stream<R: CryptoRng + ?Sized>(
     rng: &mut R,
     size: u64,
-    mut reader: impl Read,
-    mut writer: impl Write,
+    mut file: impl Read + Send,
+    mut blob: impl Write + Send,
 ) -> Result<SealedAttachment, AttachmentIoError> {
     let Fresh {
         layout,
@@ -68,120 +71,217 @@ pub fn seal_stream<R: CryptoRng + ?Sized>(
     } = Fresh::draw(rng, size)?;
     let mut stream = StreamEncryptor::new(&payload);
     drop(payload);
-    writer.write_all(&header)?;
-    let mut prefix = blob_hasher();
-    prefix.update(header);
+    let mut hasher = blob_hasher();
+    let mut header_written = false;
+    let mut read = 0u64;
 
-    let blob_hash = std::thread::scope(|s| -> Result<[u8; 32], AttachmentIoError> {
-        let mut hashing = Hashing::start(s, prefix);
-        let mut read = 0u64;
-        for index in 0..layout.chunks {
+    run(
+        layout.chunks,
+        |index, buf| {
             let len = layout.chunk_len(index);
             let content = layout.content_len(index);
-            let last = layout.is_last(index);
-            let mut buf = hashing.buffer()?;
             buf.resize(len, 0);
-            let n = read_full(&mut reader, &mut buf[..content])?;
+            let n = read_full(&mut file, &mut buf[..content])?;
             read += n as u64;
             if n < content {
-                return Err(AttachmentError::SizeMismatch {
-                    declared: size,
-                    given: read,
-                }
-                .into());
+                return Err(size_mismatch(size, read));
             }
-            if last {
-                // The declared size must be the whole file: one byte more
-                // and the blob would silently cut it.
-                let extra = read_full(&mut reader, &mut [0u8; 1])?;
-                if extra > 0 {
-                    return Err(AttachmentError::SizeMismatch {
-                        declared: size,
-                        given: read + extra as u64,
-                    }
-                    .into());
-                }
+            // The declared size must be the whole file: one byte more and
+            // the blob would silently cut it.
+            if layout.is_last(index) && read_full(&mut file, &mut [0u8; 1])? > 0 {
+                return Err(size_mismatch(size, read + 1));
             }
-            // The rest of the chunk is padding: zeros (the buffer may hold
-            // an earlier chunk's ciphertext).
+            // Padding is zeros (a recycled buffer holds older ciphertext).
             buf[content..].fill(0);
-            let tag = stream.seal_chunk(&mut buf[..len], last)?;
+            Ok(())
+        },
+        |index, buf| {
+            let tag = stream.seal_chunk(&mut buf[..], layout.is_last(index))?;
             buf.extend_from_slice(&tag);
-            writer.write_all(&buf)?;
-            hashing.hash(buf)?;
-        }
-        hashing.finish()
-    })?;
-    writer.flush()?;
+            Ok(())
+        },
+        |_, buf| {
+            if !header_written {
+                hasher.update(header);
+                blob.write_all(&header)?;
+                header_written = true;
+            }
+            hasher.update(&buf[..]);
+            blob.write_all(buf)?;
+            Ok(())
+        },
+    )?;
+    blob.flush()?;
     Ok(SealedAttachment {
         blob_id,
         key,
         layout,
-        blob_hash,
+        blob_hash: hasher.finalize().into(),
     })
 }
 
-/// Reads the blob `descriptor` names from `reader` and writes the file to
-/// `writer`, checking what [`Decryptor`](super::Decryptor) checks: the key
+/// Reads the blob `descriptor` names from `blob` and writes the file to
+/// `file`, checking what [`Decryptor`](super::Decryptor) checks: the key
 /// commitment before anything is decrypted (B2), each chunk at its
 /// position, the padding, that the blob ends exactly where the descriptor
-/// says (B3, B5: the reader must reach its end there), and the blob hash
-/// (B6).
+/// says (B3, B5: the reader must reach its end there; data past it is
+/// refused before the final chunk is opened), and the blob hash (B6).
 ///
 /// Everything written is authentic and in order, a prefix of the file; the
 /// file is *complete*, the exact one the sender signed for, only if this
 /// returns `Ok`. On an error, discard what was written.
 pub fn open_stream(
     descriptor: &Descriptor,
-    mut reader: impl Read,
-    mut writer: impl Write,
+    mut blob: impl Read + Send,
+    mut file: impl Write + Send,
 ) -> Result<(), AttachmentIoError> {
     let layout = descriptor.layout;
     let mut header = [0u8; HEADER_SIZE];
-    if read_full(&mut reader, &mut header)? < HEADER_SIZE {
+    if read_full(&mut blob, &mut header)? < HEADER_SIZE {
         return Err(AttachmentError::Truncated.into());
     }
     let payload = open_header(&descriptor.key, &header)?;
     let mut stream = StreamDecryptor::new(&payload);
     drop(payload);
-    let mut prefix = blob_hasher();
-    prefix.update(header);
-    let mut plain: Buf = Zeroizing::new(Vec::with_capacity(SEALED_CHUNK_SIZE));
+    let mut hasher = blob_hasher();
+    hasher.update(header);
 
-    let blob_hash = std::thread::scope(|s| -> Result<[u8; 32], AttachmentIoError> {
-        let mut hashing = Hashing::start(s, prefix);
-        for index in 0..layout.chunks {
-            let len = layout.chunk_len(index);
-            let content = layout.content_len(index);
-            let last = layout.is_last(index);
-            let mut buf = hashing.buffer()?;
-            buf.resize(len + TAG_SIZE, 0);
-            if read_full(&mut reader, &mut buf)? < len + TAG_SIZE {
+    run(
+        layout.chunks,
+        |index, buf| {
+            let sealed = layout.chunk_len(index) + TAG_SIZE;
+            buf.resize(sealed, 0);
+            if read_full(&mut blob, buf)? < sealed {
                 return Err(AttachmentError::Truncated.into());
             }
-            if last && read_full(&mut reader, &mut [0u8; 1])? > 0 {
-                // Refused before the final chunk is released.
+            if layout.is_last(index) && read_full(&mut blob, &mut [0u8; 1])? > 0 {
                 return Err(AttachmentError::TrailingData.into());
             }
-            let (ct, tag) = buf.split_at(len);
-            let tag: &[u8; TAG_SIZE] = tag
+            hasher.update(&buf[..]);
+            Ok(())
+        },
+        |index, buf| {
+            let len = layout.chunk_len(index);
+            let (ct, tag) = buf.split_at_mut(len);
+            let tag: &[u8; TAG_SIZE] = (&*tag)
                 .try_into()
                 .map_err(|_| AttachmentError::ChunkSize { index })?;
-            plain.resize(len, 0);
-            stream.open_chunk_to(ct, &mut plain, tag, last)?;
-            if !padding_is_zero(&plain[content..]) {
+            stream.open_chunk(ct, tag, layout.is_last(index))?;
+            if !padding_is_zero(&ct[layout.content_len(index)..]) {
                 return Err(AttachmentError::BadPadding.into());
             }
-            writer.write_all(&plain[..content])?;
-            hashing.hash(buf)?;
-        }
-        hashing.finish()
-    })?;
-    writer.flush()?;
+            Ok(())
+        },
+        |index, buf| {
+            file.write_all(&buf[..layout.content_len(index)])?;
+            Ok(())
+        },
+    )?;
+    file.flush()?;
+    let blob_hash: [u8; 32] = hasher.finalize().into();
     if !bool::from(blob_hash.ct_eq(descriptor.blob_hash())) {
         return Err(AttachmentError::HashMismatch.into());
     }
     Ok(())
+}
+
+fn size_mismatch(declared: u64, given: u64) -> AttachmentIoError {
+    AttachmentError::SizeMismatch { declared, given }.into()
+}
+
+type Stage<'a> = dyn FnMut(u64, &mut Buf) -> Result<(), AttachmentIoError> + 'a;
+
+/// Runs `input`, `crypt` and `output` over chunks `0..chunks`, each chunk
+/// through all three in order, the first and last on threads of their own
+/// and `crypt` on the caller's. Stops at the first error and returns it
+/// (the one that caused it, not a neighbour's hang-up).
+fn run<'a>(
+    chunks: u64,
+    mut input: impl FnMut(u64, &mut Buf) -> Result<(), AttachmentIoError> + Send + 'a,
+    mut crypt: impl FnMut(u64, &mut Buf) -> Result<(), AttachmentIoError>,
+    mut output: impl FnMut(u64, &Buf) -> Result<(), AttachmentIoError> + Send + 'a,
+) -> Result<(), AttachmentIoError> {
+    let (to_crypt, filled) = sync_channel::<(u64, Buf)>(BUFFERS);
+    let (to_output, done) = sync_channel::<(u64, Buf)>(BUFFERS);
+    // Room for every buffer there is: giving one back never waits.
+    let (give_back, free) = sync_channel::<Buf>(BUFFERS);
+
+    std::thread::scope(|s| {
+        let reader = std::thread::Builder::new()
+            .name("ward-attach-in".into())
+            .spawn_scoped(s, move || feed(chunks, &mut input, to_crypt, free))
+            .map_err(|_| AttachmentIoError::Thread)?;
+        let writer = std::thread::Builder::new()
+            .name("ward-attach-out".into())
+            .spawn_scoped(s, move || -> Result<(), AttachmentIoError> {
+                for (index, buf) in done {
+                    output(index, &buf)?;
+                    // Fails only once the input stage has ended.
+                    drop(give_back.send(buf));
+                }
+                Ok(())
+            });
+        let crypted = match writer {
+            Ok(_) => (|| {
+                for index in 0..chunks {
+                    // A hang-up: the input stage stopped, and says why.
+                    let (i, mut buf) = filled.recv().map_err(|_| AttachmentIoError::Thread)?;
+                    debug_assert_eq!(i, index);
+                    crypt(index, &mut buf)?;
+                    to_output
+                        .send((index, buf))
+                        .map_err(|_| AttachmentIoError::Thread)?;
+                }
+                Ok(())
+            })(),
+            Err(_) => Err(AttachmentIoError::Thread),
+        };
+        drop((filled, to_output));
+        let read = reader.join().unwrap_or(Err(AttachmentIoError::Thread));
+        let written = match writer {
+            Ok(w) => w.join().unwrap_or(Err(AttachmentIoError::Thread)),
+            Err(_) => Err(AttachmentIoError::Thread),
+        };
+        first_cause([read, crypted, written])
+    })
+}
+
+/// The input stage: fills buffers (new ones until [`BUFFERS`] exist, then
+/// those the output stage gives back) and hands them on in order.
+fn feed(
+    chunks: u64,
+    input: &mut Stage<'_>,
+    to_crypt: SyncSender<(u64, Buf)>,
+    free: Receiver<Buf>,
+) -> Result<(), AttachmentIoError> {
+    let mut made = 0;
+    for index in 0..chunks {
+        let mut buf = if made < BUFFERS {
+            made += 1;
+            Zeroizing::new(Vec::with_capacity(SEALED_CHUNK_SIZE))
+        } else {
+            free.recv().map_err(|_| AttachmentIoError::Thread)?
+        };
+        input(index, &mut buf)?;
+        to_crypt
+            .send((index, buf))
+            .map_err(|_| AttachmentIoError::Thread)?;
+    }
+    Ok(())
+}
+
+/// The error that stopped the pipeline: a stage's own, before the hang-ups
+/// it caused in the others (reported as [`AttachmentIoError::Thread`]).
+fn first_cause(results: [Result<(), AttachmentIoError>; 3]) -> Result<(), AttachmentIoError> {
+    let mut hang_up = None;
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(AttachmentIoError::Thread) => hang_up = Some(AttachmentIoError::Thread),
+            Err(e) => return Err(e),
+        }
+    }
+    hang_up.map_or(Ok(()), Err)
 }
 
 /// Fills `buf` from `reader` unless it ends first; returns the bytes read.
@@ -196,106 +296,6 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// The blob hash, fed sealed chunks in order: on a scoped thread, or on
-/// the caller's if none could be started.
-struct Hashing<'scope> {
-    mode: Mode<'scope>,
-    free: Vec<Buf>,
-    made: usize,
-}
-
-enum Mode<'scope> {
-    Thread {
-        to_hash: SyncSender<Buf>,
-        hashed: Receiver<Buf>,
-        worker: ScopedJoinHandle<'scope, Sha256>,
-    },
-    Inline(Sha256),
-}
-
-impl<'scope> Hashing<'scope> {
-    fn start<'env>(s: &'scope Scope<'scope, 'env>, hasher: Sha256) -> Self {
-        let (to_hash, queue) = sync_channel::<Buf>(BUFFERS);
-        // Room for every buffer there is: the worker never waits to give
-        // one back, so dropping `to_hash` always ends it.
-        let (give_back, hashed) = sync_channel::<Buf>(BUFFERS);
-        let inline = hasher.clone();
-        let spawned = std::thread::Builder::new()
-            .name("ward-blob-hash".into())
-            .spawn_scoped(s, move || {
-                let mut hasher = hasher;
-                for buf in queue {
-                    hasher.update(&buf[..]);
-                    if give_back.send(buf).is_err() {
-                        break;
-                    }
-                }
-                hasher
-            });
-        let mode = match spawned {
-            Ok(worker) => Mode::Thread {
-                to_hash,
-                hashed,
-                worker,
-            },
-            Err(_) => Mode::Inline(inline),
-        };
-        Self {
-            mode,
-            free: Vec::with_capacity(BUFFERS),
-            made: 0,
-        }
-    }
-
-    /// A buffer to fill: a new one until [`BUFFERS`] exist, then one the
-    /// hash is done with (waiting for it if need be).
-    fn buffer(&mut self) -> Result<Buf, AttachmentIoError> {
-        if let Some(buf) = self.free.pop() {
-            return Ok(buf);
-        }
-        if let Mode::Thread { hashed, .. } = &self.mode
-            && self.made >= BUFFERS
-        {
-            return hashed.recv().map_err(|_| AttachmentIoError::HashThread);
-        }
-        self.made += 1;
-        Ok(Zeroizing::new(Vec::with_capacity(SEALED_CHUNK_SIZE)))
-    }
-
-    /// Hashes the next sealed chunk (ciphertext and tag) of the blob.
-    fn hash(&mut self, buf: Buf) -> Result<(), AttachmentIoError> {
-        match &mut self.mode {
-            Mode::Thread { to_hash, .. } => {
-                to_hash.send(buf).map_err(|_| AttachmentIoError::HashThread)
-            }
-            Mode::Inline(hasher) => {
-                hasher.update(&buf[..]);
-                self.free.push(buf);
-                Ok(())
-            }
-        }
-    }
-
-    /// The hash of everything fed, once the worker has caught up.
-    fn finish(self) -> Result<[u8; 32], AttachmentIoError> {
-        let hasher = match self.mode {
-            Mode::Thread {
-                to_hash,
-                hashed,
-                worker,
-            } => {
-                drop(to_hash);
-                let joined = worker.join();
-                // Only now: the worker gives every buffer back until it ends.
-                drop(hashed);
-                joined.map_err(|_| AttachmentIoError::HashThread)?
-            }
-            Mode::Inline(hasher) => hasher,
-        };
-        Ok(hasher.finalize().into())
-    }
 }
 
 #[cfg(test)]
