@@ -35,6 +35,19 @@ const BATCH: usize = 128 << 10;
 /// seal stays on the caller's thread.
 pub(crate) const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
+/// Benches compare the seal with and without its digest thread in one run
+/// (`testkit::seal_digest_thread`); everywhere else it is always on.
+#[cfg(feature = "testkit")]
+pub(crate) static DIGEST_THREAD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+fn digest_thread() -> bool {
+    #[cfg(feature = "testkit")]
+    return DIGEST_THREAD.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "testkit"))]
+    true
+}
+
 /// XChaCha20-Poly1305 of `buf` in place under `key` and `nonce` with `aad`,
 /// returning the tag and `digest` fed with the ciphertext (not the tag).
 pub(crate) fn seal_and_hash(
@@ -45,7 +58,7 @@ pub(crate) fn seal_and_hash(
     digest: Sha256,
 ) -> Result<([u8; 16], Sha256), Misuse> {
     let mut sealer = Sealer::new(XChaCha20::new(key.into(), nonce.into()), aad);
-    let digest = if buf.len() >= PARALLEL_MIN_BYTES {
+    let digest = if buf.len() >= PARALLEL_MIN_BYTES && digest_thread() {
         hashed_alongside(&mut sealer, buf, digest)?
     } else {
         let mut digest = digest;

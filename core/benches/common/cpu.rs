@@ -47,17 +47,26 @@ pub struct Cost {
 impl Cost {
     /// Runs `f` once and adds what it cost.
     pub fn measure(&mut self, f: impl FnOnce()) -> Duration {
-        let (c0, w0) = thread_times();
-        let p0 = process_cpu();
+        let start = self.start();
         let t = Instant::now();
         f();
+        self.stop(t, start.0, start.1);
+        t.elapsed()
+    }
+
+    /// For code that cannot be a closure: the counters before it.
+    pub fn start(&self) -> ((u64, u64), u64) {
+        (thread_times(), process_cpu())
+    }
+
+    /// After it: adds the time since `t` and the counters' increase.
+    pub fn stop(&mut self, t: Instant, thread0: (u64, u64), process0: u64) {
         let wall = t.elapsed();
         let (c1, w1) = thread_times();
         self.wall += wall;
-        self.thread_cpu += c1 - c0;
-        self.thread_wait += w1 - w0;
-        self.process_cpu += process_cpu().saturating_sub(p0);
-        wall
+        self.thread_cpu += c1.saturating_sub(thread0.0);
+        self.thread_wait += w1.saturating_sub(thread0.1);
+        self.process_cpu += process_cpu().saturating_sub(process0);
     }
 
     /// CPU time of the other threads (the hash thread).
