@@ -183,13 +183,7 @@ async fn handshake(
     let key = match ward_core::auth::verify_link_response(&state.audience, &challenge, &response) {
         Ok(k) => k,
         Err(e) => {
-            let code = match e {
-                ward_core::AuthError::Malformed | ward_core::AuthError::UnexpectedChallenge => {
-                    ErrorCode::Malformed
-                }
-                ward_core::AuthError::BadSignature => ErrorCode::Unauthenticated,
-                ward_core::AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            };
+            let code = ward_net::handshake::refusal_code(&e);
             let _ = conn.send_msg(&refuse(code)).await;
             return Err(e.into());
         }

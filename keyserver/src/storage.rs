@@ -275,6 +275,18 @@ pub fn device_status(
     })
 }
 
+/// Whether the invite of hash `invite_hash` has enrolled a user already.
+pub fn invite_used(conn: &Connection, invite_hash: &[u8; 32]) -> Result<bool, rusqlite::Error> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM used_invites WHERE invite_hash = ?1",
+            params![invite_hash.as_slice()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 fn user_exists(conn: &Connection, user_id: &str) -> Result<bool, rusqlite::Error> {
     Ok(conn
         .query_row(

@@ -487,13 +487,14 @@ impl Client {
         let store = StoreCell::new(store);
 
         let device = Arc::new(device);
-        let ks = Keyserver::spawn(
+        let ks = Keyserver::spawn_enrolling(
             config.keyserver_url.clone(),
             config.keyserver_audience(),
             config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
+            (delegation, signed),
         );
         if let Err(e) = ks.append(entry).await {
             store.close().await;
