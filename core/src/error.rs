@@ -477,8 +477,8 @@ pub enum AttachmentIoError {
     /// The reader or the writer failed.
     #[error("attachment I/O failed: {0}")]
     Io(#[from] std::io::Error),
-    /// A thread of the pipeline could not be started (nothing was read or
-    /// written then), or stopped without saying why.
+    /// A thread of the pipeline could not be started (nothing was written
+    /// then), or stopped without saying why.
     #[error("an attachment pipeline thread could not start or stopped")]
     Thread,
 }

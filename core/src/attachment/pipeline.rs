@@ -25,7 +25,8 @@
 //! chunk buffers circulate over three bounded channels, and are wiped when
 //! dropped (a buffer holds plaintext between the file and the AEAD). The
 //! reader and the writer run on the I/O threads, hence `Send`. If a thread
-//! cannot be started nothing is read or written, and the error says so.
+//! cannot be started nothing is written (some input may have been read), and
+//! the error says so ([`AttachmentIoError::Thread`]).
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
