@@ -64,7 +64,18 @@ impl Org {
             // passes the kit's time.
             expires_at: KIT_TIME + 20 * 365 * 86_400,
         };
-        let (invite, delegation) = match create_invite(rng, &self.root, &details) {
+        self.enroll_with(rng, &details)
+    }
+
+    /// Invites and enrolls `details.user_id` with one device, under these
+    /// invite details (a directory test's names and registry numbers).
+    pub fn enroll_with<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        details: &InviteDetails,
+    ) -> Clinician {
+        let user_id = details.user_id.as_str();
+        let (invite, delegation) = match create_invite(rng, &self.root, details) {
             Ok(x) => x,
             Err(e) => unreachable_kit(e),
         };

@@ -207,6 +207,10 @@ pub async fn run(
             db,
             root: config.org_root,
             clock: config.clock,
+            search: crate::search::Limiter::new(
+                config.limits.searches_per_minute,
+                config.limits.search_burst,
+            ),
             limits: config.limits,
         },
     });

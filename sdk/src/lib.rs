@@ -102,7 +102,8 @@ pub mod fuzzing;
 pub mod store;
 
 pub use client::{
-    Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, QueuedMessage,
+    Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event, NewDeviceKeys, Page,
+    PageCursor, PendingDevice, QueuedMessage,
 };
 
 pub use ward_core as core;

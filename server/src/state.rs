@@ -85,6 +85,8 @@ pub struct Shared {
     pruned: Mutex<std::collections::HashMap<String, u64>>,
     /// Prometheus series.
     pub metrics: crate::metrics::RelayMetrics,
+    /// Logs asked of the keyserver's link at a login (SECURITY.md §9).
+    pub link_fetch: crate::keyserver_link::Fetcher,
 }
 
 impl Shared {
@@ -99,7 +101,9 @@ impl Shared {
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
         let outbound = Arc::new(Semaphore::new(global_permits(&config)));
         let logs = crate::logs::LogCache::new(config.log_cache_bytes, config.log_stats.clone());
+        let link_fetch = crate::keyserver_link::Fetcher::new(config.keyserver_link.is_some());
         Self {
+            link_fetch,
             logs,
             config,
             writer,

@@ -18,9 +18,9 @@ use ward_core::keys::{DelegationKey, DeviceSigningKey};
 use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
-    DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
-    PutDeviceGrants, PutWrappedKeys, SignedInvite, SignedStatement, UserLog, WrappedKeyFor,
-    WrappedKeys, ks_request, ks_response,
+    DeviceGrant, DirectoryPage, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest,
+    KsResponse, PutDeviceGrants, PutWrappedKeys, SearchDirectory, SignedInvite, SignedStatement,
+    UserLog, WrappedKeyFor, WrappedKeys, ks_request, ks_response,
 };
 
 use super::error::{ClientError, Result};
@@ -165,6 +165,16 @@ impl Keyserver {
             ks_response::Body::Stored(s) => Ok(s.count),
             _ => Err(ClientError::Protocol(
                 "put_grants answered with another body",
+            )),
+        }
+    }
+
+    /// One page of the professional directory (SECURITY.md §10.9): unverified.
+    pub(crate) async fn search(&self, req: SearchDirectory) -> Result<DirectoryPage> {
+        match self.call(ks_request::Body::SearchDirectory(req)).await? {
+            ks_response::Body::DirectoryPage(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "search_directory answered with another body",
             )),
         }
     }
