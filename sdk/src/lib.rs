@@ -102,7 +102,8 @@ pub mod fuzzing;
 pub mod store;
 
 pub use client::{
-    Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, QueuedMessage,
+    AttachmentInfo, Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, Phase,
+    Progress, QueuedMessage,
 };
 
 pub use ward_core as core;

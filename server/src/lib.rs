@@ -22,6 +22,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blob_meta;
+mod blob_session;
 pub mod blobs;
 pub mod config;
 mod connection;

@@ -5,6 +5,7 @@ pub mod keyserver;
 pub mod link;
 pub mod proxy;
 pub mod relay;
+pub mod world;
 
 use ward_core::invite::{InviteDetails, create_invite};
 use ward_core::testkit::Org;

@@ -74,6 +74,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE identity ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE user_keys ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
     ",
+    // 3: attachment uploads in progress (SECURITY.md §16.9): the blob is
+    // encrypted to a spool file first, and its descriptor (which holds the
+    // file key: it stays in this encrypted database) waits here until the
+    // relay stored every piece; then it moves to the outbox as a message.
+    r"
+    CREATE TABLE uploads (
+        blob_id         BLOB PRIMARY KEY,
+        conversation_id BLOB NOT NULL,
+        descriptor      BLOB NOT NULL,
+        spool_path      TEXT NOT NULL,
+        blob_size       INTEGER NOT NULL,
+        next_piece      INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// `PRAGMA <name> = "x'<hex>'"` in a buffer that is zeroized on drop.
