@@ -9,6 +9,7 @@
 //! | [`metrics`] | a small Prometheus registry (counters, gauges, histograms) and its text format |
 //! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` over a minimal HTTP/1.1 responder |
 //! | [`backup`] | SQLite's online backup API, consistent while the server runs |
+//! | [`instance`] | a warning for a server left at the default instance id beyond loopback |
 //! | [`deploy_check`] | for the servers' tests: `deploy/`'s systemd units and example configurations check out |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod backup;
 pub mod deploy_check;
+pub mod instance;
 pub mod layered;
 pub mod logging;
 pub mod metrics;

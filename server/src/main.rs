@@ -374,6 +374,14 @@ async fn main() -> ExitCode {
         }
     }
     if let Ok(addr) = listener.local_addr() {
+        if let Some(w) = ward_ops::instance::default_instance_warning(
+            "ward-relay",
+            &config.instance,
+            ward_core::auth::DEFAULT_INSTANCE,
+            addr,
+        ) {
+            tracing::warn!("{w}");
+        }
         // Scripts and tests read the bound port from this line.
         tracing::info!(tls = config.tls.is_tls(), "serving");
         let mut out = std::io::stdout();

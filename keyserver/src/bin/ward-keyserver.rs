@@ -288,6 +288,16 @@ async fn main() -> ExitCode {
             }
         }
     }
+    if let Ok(addr) = listener.local_addr()
+        && let Some(w) = ward_ops::instance::default_instance_warning(
+            "ward-keyserver",
+            &config.instance,
+            ward_core::auth::DEFAULT_INSTANCE,
+            addr,
+        )
+    {
+        tracing::warn!("{w}");
+    }
     match ward_keyserver::run(listener, config, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
