@@ -341,16 +341,13 @@ pub async fn send(
     result
 }
 
-async fn send_inner(
+/// The conversation with exactly `to` and this user: an existing one, or
+/// a new one. Returns it with its members.
+pub(crate) async fn conversation_with(
     args: &DeviceArgs,
-    client: &mut Client,
+    client: &Client,
     to: &[String],
-    text: &str,
-    wait: Duration,
-) -> Result<(), CliError> {
-    let mut events = client
-        .events()
-        .ok_or_else(|| CliError::Msg("internal: no event stream".into()))?;
+) -> Result<(ward_core::ConversationId, BTreeSet<String>), CliError> {
     let me = client.user_id().to_owned();
     let mut members: BTreeSet<String> = to
         .iter()
@@ -386,6 +383,21 @@ async fn send_inner(
                 .map_err(|e| explain(e, args))?
         }
     };
+    Ok((conversation, members))
+}
+
+async fn send_inner(
+    args: &DeviceArgs,
+    client: &mut Client,
+    to: &[String],
+    text: &str,
+    wait: Duration,
+) -> Result<(), CliError> {
+    let mut events = client
+        .events()
+        .ok_or_else(|| CliError::Msg("internal: no event stream".into()))?;
+    let me = client.user_id().to_owned();
+    let (conversation, members) = conversation_with(args, client, to).await?;
     let mut rid = client
         .send_text(conversation, text)
         .await
@@ -585,8 +597,9 @@ fn reason_kind(e: &ClientError) -> String {
 
 /// `time  sender  conversation  text`.
 pub fn message_line(m: &Message) -> String {
-    let body = match m.content_type {
-        ward_core::envelope::ContentType::Text => clean(&String::from_utf8_lossy(&m.content)),
+    let body = match (m.content_type, m.attachment()) {
+        (ward_core::envelope::ContentType::Text, _) => clean(&String::from_utf8_lossy(&m.content)),
+        (_, Some(a)) => crate::files::attachment_line(m, &a),
         _ => format!("[file, {} bytes]", m.content.len()),
     };
     format!(
