@@ -416,3 +416,238 @@ async fn blob_size_cap_and_quota_give_typed_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A real blob of a `len`-byte file (header and sealed chunks) and its
+/// descriptor, as a sender's device makes them.
+fn real_blob(len: usize) -> (Vec<u8>, ward_core::attachment::Descriptor) {
+    let content = vec![0x42u8; len];
+    let mut enc = ward_core::attachment::Encryptor::new(&mut rand::rng(), len as u64).unwrap();
+    let mut blob = Vec::new();
+    enc.push(&content, &mut blob).unwrap();
+    let d = enc
+        .finish(&mut blob)
+        .unwrap()
+        .describe("image/jpeg", "wound.jpg", None)
+        .unwrap();
+    (blob, d)
+}
+
+fn state(f: ward_proto::v1::server_frame::Frame) -> ward_proto::v1::BlobState {
+    match f {
+        ward_proto::v1::server_frame::Frame::BlobState(s) => s,
+        other => panic!("expected BlobState, got {other:?}"),
+    }
+}
+
+/// The blob protocol on the wire (SECURITY.md §16.9), with raw frames:
+/// only the uploading device writes (another device of the same user, or
+/// another user, gets BLOB_REFUSED), pieces must come in order with their
+/// lengths, a Send may name only complete blobs of its sender, readers are
+/// its recipients, and blob frames have their own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_uploader_writes_and_only_recipients_read() {
+    use ward_proto::v1::client_frame::Frame as F;
+    use ward_proto::v1::server_frame::Frame as S;
+    use ward_proto::v1::{BlobOpen, BlobPiece, BlobRead, BlobStatus};
+    use ward_tests::relay::{Client as Raw, Relay, message_id, seal, to};
+    let org = ward_core::testkit::Org::new(&mut rand::rng());
+    let alice = org.enroll(&mut rand::rng(), "alice");
+    let bob = org.enroll(&mut rand::rng(), "bob");
+    let carol = org.enroll(&mut rand::rng(), "carol");
+    let relay = Relay::start(org.root_public()).await;
+    let blobs = format!("{}/v2/blobs", relay.url());
+    let (blob, d) = real_blob(2 * CHUNK as usize + 10);
+    let id = d.blob_id().to_vec();
+    let size = blob.len() as u64;
+    let piece = |i: u64| {
+        let l = d.layout();
+        let (o, n) = l.chunk_range(i).unwrap();
+        let (o, n) = if i == 0 { (0, o + n) } else { (o, n) };
+        blob[o as usize..(o + n) as usize].to_vec()
+    };
+
+    let mut a = Raw::of(&blobs, &alice, "alice").await;
+    a.frame(F::BlobOpen(BlobOpen {
+        blob_id: id.clone(),
+        blob_size: size,
+    }))
+    .await;
+    let st = state(a.next().await);
+    assert_eq!((st.next_piece, st.pieces, st.complete), (0, 3, false));
+    // Out of order, and the wrong length: refused, nothing stored.
+    a.frame(F::BlobPiece(BlobPiece {
+        blob_id: id.clone(),
+        index: 1,
+        data: piece(1),
+    }))
+    .await;
+    assert_eq!(a.error().await.code, ErrorCode::BlobOutOfOrder as i32);
+    a.frame(F::BlobPiece(BlobPiece {
+        blob_id: id.clone(),
+        index: 0,
+        data: piece(0)[1..].to_vec(),
+    }))
+    .await;
+    assert_eq!(a.error().await.code, ErrorCode::BlobOutOfOrder as i32);
+    a.frame(F::BlobPiece(BlobPiece {
+        blob_id: id.clone(),
+        index: 0,
+        data: piece(0),
+    }))
+    .await;
+    assert_eq!(state(a.next().await).next_piece, 1);
+
+    // Carol can neither take the id over, write to it, ask where it stands
+    // nor read it; each answer is the one for a blob that does not exist.
+    let mut c = Raw::of(&blobs, &carol, "carol").await;
+    let mut refusals = Vec::new();
+    for f in [
+        F::BlobOpen(BlobOpen {
+            blob_id: id.clone(),
+            blob_size: size,
+        }),
+        F::BlobPiece(BlobPiece {
+            blob_id: id.clone(),
+            index: 1,
+            data: piece(1),
+        }),
+        F::BlobStatus(BlobStatus {
+            blob_id: id.clone(),
+        }),
+        F::BlobRead(BlobRead {
+            blob_id: id.clone(),
+            offset: 0,
+            length: 64,
+        }),
+    ] {
+        c.frame(f).await;
+        let e = c.error().await;
+        refusals.push((e.code, e.detail));
+    }
+    c.frame(F::BlobRead(BlobRead {
+        blob_id: vec![7; 32],
+        offset: 0,
+        length: 64,
+    }))
+    .await;
+    let ghost = c.error().await;
+    for r in &refusals {
+        assert_eq!(*r, (ErrorCode::BlobRefused as i32, ghost.detail.clone()));
+    }
+
+    // A Send may not name the blob before it is complete.
+    let mut am = Raw::of(&relay.url(), &alice, "alice").await;
+    let send = |blob_ids: Vec<Vec<u8>>| {
+        F::Send(ward_proto::v1::Send {
+            message_id: message_id().to_vec(),
+            recipients: vec![to(&bob, "bob")],
+            payload: seal(&alice, &[&bob.chain], "descriptor stand-in"),
+            blob_ids,
+        })
+    };
+    am.frame(send(vec![id.clone()])).await;
+    assert_eq!(am.error().await.code, ErrorCode::BlobRefused as i32);
+    // Nor can a blob frame travel on the message connection.
+    am.frame(F::BlobStatus(BlobStatus {
+        blob_id: id.clone(),
+    }))
+    .await;
+    assert_eq!(am.error().await.code, ErrorCode::Malformed as i32);
+
+    // The rest of the upload, then the Send: Bob becomes a reader.
+    for i in 1..3 {
+        a.frame(F::BlobPiece(BlobPiece {
+            blob_id: id.clone(),
+            index: i,
+            data: piece(i),
+        }))
+        .await;
+        assert_eq!(state(a.next().await).complete, i == 2);
+    }
+    let mut am = Raw::of(&relay.url(), &alice, "alice").await;
+    am.frame(send(vec![id.clone()])).await;
+    assert!(matches!(am.next().await, S::SendAck(_)));
+    // Carol may not name Alice's blob in a Send of hers.
+    let mut cm = Raw::of(&relay.url(), &carol, "carol").await;
+    cm.frame(F::Send(ward_proto::v1::Send {
+        message_id: message_id().to_vec(),
+        recipients: vec![to(&carol, "carol")],
+        payload: seal(&carol, &[&carol.chain], "x"),
+        blob_ids: vec![id.clone()],
+    }))
+    .await;
+    assert_eq!(cm.error().await.code, ErrorCode::BlobRefused as i32);
+    let mut b = Raw::of(&blobs, &bob, "bob").await;
+    b.frame(F::BlobRead(BlobRead {
+        blob_id: id.clone(),
+        offset: 0,
+        length: size,
+    }))
+    .await;
+    match b.next().await {
+        S::BlobData(data) => assert_eq!(data.data, blob),
+        other => panic!("{other:?}"),
+    }
+    // Still refused to Carol, now that it is complete.
+    c.frame(F::BlobRead(BlobRead {
+        blob_id: id.clone(),
+        offset: 0,
+        length: 64,
+    }))
+    .await;
+    assert_eq!(c.error().await.code, ErrorCode::BlobRefused as i32);
+}
+
+/// Retention and abandonment: a complete blob nobody fetched is deleted
+/// after the retention period, an upload not resumed after the abandonment
+/// delay too; the sweeper unlinks their files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_blobs_and_abandoned_uploads_are_deleted() {
+    use ward_proto::v1::client_frame::Frame as F;
+    use ward_proto::v1::{BlobOpen, BlobPiece};
+    use ward_tests::relay::{Client as Raw, Relay};
+    let org = ward_core::testkit::Org::new(&mut rand::rng());
+    let alice = org.enroll(&mut rand::rng(), "alice");
+    let metrics = ward_ops::metrics::Registry::new();
+    let m = metrics.clone();
+    let relay = Relay::start_with(org.root_public(), |c| {
+        c.retention = std::time::Duration::from_millis(300);
+        c.blob_abandon_after = std::time::Duration::from_millis(300);
+        c.sweep_interval = std::time::Duration::from_millis(100);
+        c.metrics = m;
+    })
+    .await;
+    let dir = ward_relay::config::default_blob_dir(&relay.db);
+    let mut a = Raw::of(&format!("{}/v2/blobs", relay.url()), &alice, "alice").await;
+    // One complete blob (one piece), one upload left after its first piece.
+    let (small, ds) = real_blob(100);
+    let (big, db) = real_blob(3 * CHUNK as usize);
+    for (blob, d, pieces) in [(&small, &ds, 1usize), (&big, &db, 1)] {
+        a.frame(F::BlobOpen(BlobOpen {
+            blob_id: d.blob_id().to_vec(),
+            blob_size: blob.len() as u64,
+        }))
+        .await;
+        state(a.next().await);
+        let (o, n) = d.layout().chunk_range(0).unwrap();
+        assert_eq!(pieces, 1);
+        a.frame(F::BlobPiece(BlobPiece {
+            blob_id: d.blob_id().to_vec(),
+            index: 0,
+            data: blob[..(o + n) as usize].to_vec(),
+        }))
+        .await;
+        state(a.next().await);
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4); // .blob, .part and two .meta
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_dir(&dir).unwrap().count() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "blobs not swept");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Files first, then the records (a crash in between is swept again).
+    relay.wait_count("blobs", 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let text = metrics.render();
+    assert!(text.contains("ward_relay_blobs_deleted_total 2"), "{text}");
+}
