@@ -4,8 +4,9 @@
 //! complete, and its readers (the recipient devices of the `Send` that named
 //! it) with whether each fetched it to the end. The bytes themselves are
 //! files behind [`crate::blobs::BlobStore`]; the two are kept consistent by
-//! order: a row is written before its file and removed after it, and the
-//! sweeper removes rows whose file is gone and files nobody refers to.
+//! order: a row is written before its file and removed after it, so a file
+//! without a row is an orphan (after a database restore) that the sweeper
+//! deletes.
 //!
 //! Writes go through the group-committing writer ([`BlobOp`]); the checks a
 //! download needs are reads ([`reader_may_read`]).
@@ -283,6 +284,18 @@ pub fn expired(
     for r in rows {
         if let Ok(id) = BlobId::try_from(r?.as_slice()) {
             out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Which of `ids` have no record (files to delete).
+pub fn unrecorded(conn: &Connection, ids: &[BlobId]) -> Result<Vec<BlobId>, StorageError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE blob_id = ?1")?;
+    let mut out = Vec::new();
+    for id in ids {
+        if !stmt.exists(params![&id[..]])? {
+            out.push(*id);
         }
     }
     Ok(out)

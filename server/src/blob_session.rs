@@ -483,9 +483,37 @@ pub(crate) async fn refresh_totals(shared: &Shared) {
     }
 }
 
-/// Deletes blobs past retention, abandoned uploads, and blobs every reader
-/// fetched whose deletion was interrupted.
+/// Deletes blob files no record refers to (a database restored from a
+/// backup older than the blob directory). Safe against a concurrent
+/// `BlobOpen`: its record is committed before its files are created.
+async fn sweep_orphans(shared: &Shared) {
+    let store = shared.blobs.clone();
+    let Ok(ids) = blocking(move || store.ids()).await else {
+        return;
+    };
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(orphans) = shared.read(move |c| blob_meta::unrecorded(c, &ids)).await else {
+        return;
+    };
+    for id in orphans {
+        let store = shared.blobs.clone();
+        match blocking(move || store.delete(&id)).await {
+            Ok(()) => {
+                shared.metrics.blobs_deleted.inc();
+                debug!("orphaned blob file deleted");
+            }
+            Err(BlobError::NotFound) => {}
+            Err(e) => warn!(error = %e, "deleting an orphaned blob failed"),
+        }
+    }
+}
+
+/// Deletes blobs past retention, abandoned uploads, blobs every reader
+/// fetched whose deletion was interrupted, and orphaned files.
 pub(crate) async fn sweep(shared: &Shared) {
+    sweep_orphans(shared).await;
     let now = crate::writer::now_ms();
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let retention = now.saturating_sub(ms(shared.config.retention));
