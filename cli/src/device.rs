@@ -581,6 +581,14 @@ pub fn print_event(ev: &Event) {
         Event::RelayUnreachable { reason } => eprintln!(
             "warning: the relay is not reachable ({reason}); still trying, messages stay queued"
         ),
+        Event::AttachmentFailed {
+            conversation_id,
+            reason,
+        } => eprintln!(
+            "warning: a file being sent to conversation {} was refused for good and not sent: \
+             {reason}",
+            short(conversation_id.as_bytes())
+        ),
         Event::Sent { .. } | Event::Resealed { .. } => {}
         _ => {}
     }

@@ -236,12 +236,9 @@ async fn upload_once(
     let descriptor = Descriptor::parse(&upload.descriptor)?;
     let layout = *descriptor.layout();
     let mut conn = BlobConn::connect(inner).await?;
-    let mut st = conn.open(inner, &upload.blob_id, upload.blob_size).await?;
-    if !st.complete && st.next_piece != upload.next_piece {
-        // Not needed for correctness (the open said it); asked so that the
-        // resume is visible in the relay's view too.
-        st = conn.status(inner, &upload.blob_id).await?;
-    }
+    // The relay's answer says where the upload stands (the row's
+    // `next_piece` is only what this device last recorded).
+    let st = conn.open(inner, &upload.blob_id, upload.blob_size).await?;
     let total = layout.blob;
     let done_at = |n: u64| {
         if n >= layout.chunks {

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 use ward_net::{Conn, Limits};
 use ward_proto::v1::{
-    BlobFetched, BlobOpen, BlobPiece, BlobRead, BlobState, BlobStatus, ClientFrame, ErrorCode,
-    ServerFrame, client_frame, server_frame,
+    BlobFetched, BlobOpen, BlobPiece, BlobRead, BlobState, ClientFrame, ErrorCode, ServerFrame,
+    client_frame, server_frame,
 };
 
 use super::Inner;
@@ -112,15 +112,6 @@ impl BlobConn {
         self.send(client_frame::Frame::BlobOpen(BlobOpen {
             blob_id: id.to_vec(),
             blob_size: size,
-        }))
-        .await?;
-        self.state(inner, id).await
-    }
-
-    /// Where the upload of `id` stands ("where am I").
-    pub(crate) async fn status(&mut self, inner: &Inner, id: &[u8; 32]) -> Result<BlobState> {
-        self.send(client_frame::Frame::BlobStatus(BlobStatus {
-            blob_id: id.to_vec(),
         }))
         .await?;
         self.state(inner, id).await
