@@ -251,6 +251,15 @@ async fn a_download_killed_halfway_resumes() {
     assert!(dl.await.unwrap_err().is_panic());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!out.exists());
+    // What was released so far waits in a part file only this user reads.
+    let mut part = out.clone().into_os_string();
+    part.push(".ward-part");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&part).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let served_before = w.metric("ward_relay_blob_bytes_out_total");
     assert!(served_before >= size / 2.0 && served_before < size);
 

@@ -328,6 +328,13 @@ pub(crate) async fn resume_uploads(inner: Arc<Inner>) {
     let Ok(uploads) = inner.store.run(|s| s.uploads()).await else {
         return;
     };
+    let keep: Vec<PathBuf> = uploads.iter().map(|u| u.spool_path.clone()).collect();
+    let dir = spool_dir(&inner);
+    let _ = blocking(move || {
+        remove_stale_spools(&dir, &keep);
+        Ok(())
+    })
+    .await;
     for upload in uploads {
         let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
         loop {
@@ -356,6 +363,28 @@ pub(crate) async fn resume_uploads(inner: Arc<Inner>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Upload spools no upload refers to, an hour old: encryptions the app died
+/// in (`new-*.blob`) and spools of finished uploads whose removal a crash
+/// interrupted. (Download spools stay: a download resumes from them.)
+fn remove_stale_spools(dir: &Path, keep: &[PathBuf]) {
+    const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if old && path.extension().is_some_and(|e| e == "blob") && !keep.contains(&path) {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -441,18 +470,29 @@ async fn download_once(
     // Replay what an earlier attempt stored: whole pieces only.
     let (dec, spool_file, part_file, have) = blocking(move || {
         std::fs::create_dir_all(&dir).map_err(ClientError::File)?;
-        let spool = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&spool_p)
-            .map_err(ClientError::File)?;
+        let spool = {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(true).append(true).create(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            o.open(&spool_p).map_err(ClientError::File)?
+        };
         let len = spool.metadata().map_err(ClientError::File)?.len();
         let (end, _) = file_crypto::whole_pieces(&l, len.min(l.blob));
         if end != len {
             spool.set_len(end).map_err(ClientError::File)?;
         }
-        let mut part = std::fs::File::create(&part_p).map_err(ClientError::File)?;
+        // Plaintext once released: readable by this user only. Rewritten
+        // from the spool on every attempt.
+        match std::fs::remove_file(&part_p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ClientError::File(e)),
+        }
+        let mut part = file_crypto::create_private(&part_p)?;
         let mut dec = BlobDecryptor::new(&d);
         let mut buf = Zeroizing::new(vec![0u8; file_crypto::IO_BUFFER]);
         let mut plain = Zeroizing::new(Vec::with_capacity(file_crypto::IO_BUFFER));
