@@ -6,12 +6,14 @@
 //!   administer it (`admin.rs`; the encrypted root: `root_store.rs`).
 //! * `ward enroll | send | listen | rotate-key`: a clinician's device on the
 //!   SDK client (`device.rs`; the PIN is read by `pin.rs`).
+//! * `ward directory search`: the professional directory (`directory.rs`).
 //! * `ward demo`: everything in one process, in seconds (`demo.rs`).
 #![forbid(unsafe_code)]
 
 mod admin;
 mod demo;
 mod device;
+mod directory;
 mod endpoints;
 mod files;
 mod history;
@@ -179,6 +181,11 @@ enum Command {
         #[command(flatten)]
         device: device::DeviceArgs,
     },
+    /// The organisation's professional directory.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Two clinicians, one conversation, and what each server stored:
     /// everything in this process, in seconds.
     Demo {
@@ -186,6 +193,32 @@ enum Command {
         /// folder instead of a temporary one.
         #[arg(long)]
         keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Find clinicians by name (every word starts a word of the name, any
+    /// case or accent) or registry number (a prefix); each result is the
+    /// root-signed invite, verified on this device.
+    Search {
+        /// Name words or a registry number; may be empty with --profession.
+        #[arg(default_value = "")]
+        text: String,
+        /// Only clinicians of this profession.
+        #[arg(long)]
+        profession: Option<String>,
+        /// Which page of results (from 1).
+        #[arg(long, default_value_t = 1)]
+        page: u32,
+        /// Results per page (at most 50).
+        #[arg(long, default_value_t = 20)]
+        page_size: u32,
+        /// The searching user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        #[command(flatten)]
+        device: device::DeviceArgs,
     },
 }
 
@@ -770,6 +803,26 @@ fn main() -> ExitCode {
         Command::Outbox { as_user, device } => block_on(history::outbox(device, as_user)),
         Command::RotateKey { as_user, device } => block_on(device::rotate_key(device, as_user)),
         Command::Demo { keep } => block_on(demo::run(keep)),
+        Command::Directory {
+            command:
+                DirectoryCommand::Search {
+                    text,
+                    profession,
+                    page,
+                    page_size,
+                    as_user,
+                    device,
+                },
+        } => block_on(directory::search(
+            device,
+            as_user,
+            directory::Search {
+                text,
+                profession,
+                page,
+                page_size,
+            },
+        )),
         Command::Admin {
             command: Admin::Init { data, root },
         } => root_store::init(&data, &root),

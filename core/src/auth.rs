@@ -21,10 +21,13 @@
 use ward_proto::PROTOCOL_VERSION;
 use ward_proto::v1::{AuthChallenge, AuthResponse};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, ChainError};
 use crate::ids::valid_user_id;
-use crate::keys::{DeviceSigningKey, RelayServiceKey, SigningPublicKey};
-use crate::labels::{SIG_AUTH, SIG_RELAY_LINK, framed};
+use crate::invite::{VerifiedInvite, decode_signed_invite, verify_invite};
+use crate::keys::{DelegationKey, DeviceSigningKey, RelayServiceKey, SigningPublicKey};
+use crate::labels::{SIG_AUTH, SIG_ENROL_AUTH, SIG_RELAY_LINK, framed};
+use ward_proto::Message as _;
+use ward_proto::v1::SignedInvite;
 
 /// Length of the server's challenge nonce.
 pub const AUTH_NONCE_BYTES: usize = 32;
@@ -91,8 +94,20 @@ fn transcript(
     user_id: &str,
     device_id: &[u8],
 ) -> Vec<u8> {
+    transcript_under(SIG_AUTH, audience, challenge, user_id, device_id)
+}
+
+/// The same fields under `label`: the device's transcript ([`SIG_AUTH`]) or
+/// the one an enrolling device's invite signs ([`SIG_ENROL_AUTH`]).
+fn transcript_under(
+    label: &[u8],
+    audience: &Audience,
+    challenge: &AuthChallenge,
+    user_id: &str,
+    device_id: &[u8],
+) -> Vec<u8> {
     framed(
-        SIG_AUTH,
+        label,
         &[
             &challenge.version.to_be_bytes(),
             challenge.service.as_bytes(),
@@ -136,7 +151,73 @@ pub fn respond(
         signature,
         log: Vec::new(),
         version: PROTOCOL_VERSION,
+        invite: Vec::new(),
+        invite_signature: Vec::new(),
     })
+}
+
+/// The answer of a device that enrolls: [`respond`], plus the proof that it
+/// holds an invite for `user_id` (SECURITY.md §8, E1–E5). `invite` is the
+/// `SignedInvite` and `delegation` its one-time key, the pair the clinician
+/// received; the delegation key signs the same fields as the device, under
+/// [`SIG_ENROL_AUTH`]. A keyserver opens an enrolling session (a user that
+/// does not exist yet) only with this proof.
+pub fn respond_enrolling(
+    device: &DeviceSigningKey,
+    delegation: &DelegationKey,
+    invite: &SignedInvite,
+    user_id: &str,
+    expected: &Audience,
+    challenge: &AuthChallenge,
+) -> Result<AuthResponse, AuthError> {
+    let mut response = respond(device, user_id, expected, challenge)?;
+    response.invite_signature = delegation
+        .sign(&transcript_under(
+            SIG_ENROL_AUTH,
+            expected,
+            challenge,
+            user_id,
+            &response.device_id,
+        ))
+        .to_vec();
+    response.invite = invite.encode_to_vec();
+    Ok(response)
+}
+
+/// Checks an enrolling device's invite proof, after [`verify_response`]
+/// accepted the response of `user_id`'s `device` to `challenge` (E1–E5 of
+/// SECURITY.md §8, in order). Returns the verified invite: its expiry
+/// ([`VerifiedInvite::check_not_expired`]) and single use are the server's
+/// to check, against its clock and its records.
+pub fn verify_enrolment(
+    audience: &Audience,
+    challenge: &AuthChallenge,
+    user_id: &str,
+    device: &SigningPublicKey,
+    invite: &[u8],
+    invite_signature: &[u8],
+) -> Result<VerifiedInvite, AuthError> {
+    if invite.is_empty() {
+        return Err(AuthError::NoInvite);
+    }
+    let signed = decode_signed_invite(invite).map_err(AuthError::Invite)?;
+    let verified = verify_invite(&audience.org_root, &signed).map_err(AuthError::Invite)?;
+    if verified.details.user_id != user_id {
+        return Err(AuthError::Invite(ChainError::Malformed(
+            "invite for another user",
+        )));
+    }
+    let t = transcript_under(
+        SIG_ENROL_AUTH,
+        audience,
+        challenge,
+        user_id,
+        device.as_bytes(),
+    );
+    if !verified.delegation_key.verify(&t, invite_signature) {
+        return Err(AuthError::BadInviteSignature);
+    }
+    Ok(verified)
 }
 
 /// Checks a response to the challenge this server (of `audience`) sent;
@@ -213,6 +294,8 @@ pub fn respond_link(
         signature,
         log: Vec::new(),
         version: PROTOCOL_VERSION,
+        invite: Vec::new(),
+        invite_signature: Vec::new(),
     })
 }
 
@@ -227,6 +310,8 @@ pub fn verify_link_response(
     if challenge.nonce.len() != AUTH_NONCE_BYTES
         || !response.user_id.is_empty()
         || !response.log.is_empty()
+        || !response.invite.is_empty()
+        || !response.invite_signature.is_empty()
     {
         return Err(AuthError::Malformed);
     }
@@ -247,7 +332,98 @@ pub fn verify_link_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invite::{InviteDetails, create_invite};
     use crate::keys::OrgRootKey;
+
+    fn invite_for(root: &OrgRootKey, user_id: &str) -> (SignedInvite, DelegationKey) {
+        let details = InviteDetails {
+            user_id: user_id.into(),
+            display_name: "Dr A".into(),
+            profession: "physician".into(),
+            registry_number: "10001234567".into(),
+            expires_at: 2_000_000_000,
+        };
+        create_invite(&mut rand::rng(), root, &details).unwrap()
+    }
+
+    #[test]
+    fn only_the_holder_of_the_invite_proves_an_enrolment() {
+        let mut rng = rand::rng();
+        let root = OrgRootKey::generate(&mut rng);
+        let ks = Audience::keyserver(root.public_key(), "prod");
+        let c = ks.challenge([9; 32]);
+        let device = DeviceSigningKey::generate(&mut rng);
+        let (invite, delegation) = invite_for(&root, "alice");
+        let r = respond_enrolling(&device, &delegation, &invite, "alice", &ks, &c).unwrap();
+        let (user, dev) = verify_response(&ks, &c, &r).unwrap();
+        let check = |r: &AuthResponse, c: &AuthChallenge| {
+            verify_enrolment(&ks, c, &user, &dev, &r.invite, &r.invite_signature)
+        };
+        let ok = check(&r, &c).unwrap();
+        assert_eq!(ok.details.user_id, "alice");
+        assert_eq!(ok.delegation_key, delegation.public_key());
+
+        // E1: a plain response (what anyone can make with a key of its own).
+        let plain = respond(&device, "alice", &ks, &c).unwrap();
+        assert_eq!(check(&plain, &c), Err(AuthError::NoInvite));
+        // E2: not an invite.
+        let mut junk = r.clone();
+        junk.invite = vec![0xff; 40];
+        assert!(matches!(check(&junk, &c), Err(AuthError::Invite(_))));
+        // E3: an invite some other root signed.
+        let (foreign, foreign_del) = invite_for(&OrgRootKey::generate(&mut rng), "alice");
+        let f = respond_enrolling(&device, &foreign_del, &foreign, "alice", &ks, &c).unwrap();
+        assert_eq!(
+            check(&f, &c),
+            Err(AuthError::Invite(ChainError::ForgedInvite))
+        );
+        // E4: a genuine invite, for another user.
+        let (bobs, bobs_del) = invite_for(&root, "bob");
+        let b = respond_enrolling(&device, &bobs_del, &bobs, "alice", &ks, &c).unwrap();
+        assert_eq!(
+            check(&b, &c),
+            Err(AuthError::Invite(ChainError::Malformed(
+                "invite for another user"
+            )))
+        );
+        // E5: the invite without its delegation key (seen over a shoulder,
+        // or copied from another device's handshake), or a proof replayed
+        // on another connection, for another device, at another keyserver.
+        let stranger = DelegationKey::generate(&mut rng);
+        let s = respond_enrolling(&device, &stranger, &invite, "alice", &ks, &c).unwrap();
+        assert_eq!(check(&s, &c), Err(AuthError::BadInviteSignature));
+        let c2 = ks.challenge([10; 32]);
+        assert_eq!(check(&r, &c2), Err(AuthError::BadInviteSignature));
+        let other_device = DeviceSigningKey::generate(&mut rng).public_key();
+        assert_eq!(
+            verify_enrolment(
+                &ks,
+                &c,
+                "alice",
+                &other_device,
+                &r.invite,
+                &r.invite_signature
+            ),
+            Err(AuthError::BadInviteSignature)
+        );
+        let staging = Audience::keyserver(root.public_key(), "staging");
+        assert_eq!(
+            verify_enrolment(
+                &staging,
+                &staging.challenge([9; 32]),
+                "alice",
+                &dev,
+                &r.invite,
+                &r.invite_signature
+            ),
+            Err(AuthError::BadInviteSignature)
+        );
+        // The delegation signature is no device signature, and the other
+        // way round: distinct labels.
+        let mut swapped = r.clone();
+        swapped.invite_signature = r.signature.clone();
+        assert_eq!(check(&swapped, &c), Err(AuthError::BadInviteSignature));
+    }
 
     #[test]
     fn link_responses_verify_only_for_their_keyserver_and_never_as_device_ones() {

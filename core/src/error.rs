@@ -256,6 +256,17 @@ pub enum AuthError {
     /// of another version (0: a v1 device, which does not send one).
     #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})", PROTOCOL_VERSION = ward_proto::PROTOCOL_VERSION)]
     UnsupportedVersion(u32),
+    /// A device of a user that does not exist yet presented no invite
+    /// (SECURITY.md §8, E1): it may not open an enrolling session.
+    #[error("no invite presented for an enrolment")]
+    NoInvite,
+    /// The invite presented with an enrolment does not verify from the
+    /// root, or is for another user (E2–E4).
+    #[error("invalid enrolment invite: {0}")]
+    Invite(ChainError),
+    /// The invite's delegation key did not sign this handshake (E5).
+    #[error("the invite's delegation key did not sign this handshake")]
+    BadInviteSignature,
 }
 
 /// A room's membership log, an epoch-key wrap or room metadata does not

@@ -29,6 +29,10 @@ pub const SIG_AUTH: &[u8] = b"ward/v2/sig/auth";
 /// relay link (SECURITY.md §10.8). Its own label: no device handshake
 /// signature is ever a relay-link one, and the other way round.
 pub const SIG_RELAY_LINK: &[u8] = b"ward/v2/sig/relay-link";
+/// The invite's delegation key, signing the handshake of a device that
+/// enrolls (SECURITY.md §8, E1–E5): only the invite's holder can open an
+/// enrolling session at the keyserver.
+pub const SIG_ENROL_AUTH: &[u8] = b"ward/v2/sig/enrol-auth";
 /// Hash of an encoded `Invite` (the `prev_hash` of log entry 0, and its single-use id).
 pub const HASH_INVITE: &[u8] = b"ward/v2/hash/invite";
 /// Hash of a log entry, statement and signature (the next entry's `prev_hash`).

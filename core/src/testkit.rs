@@ -6,9 +6,10 @@ use rand_core::CryptoRng;
 use crate::chain::{VerifiedUser, create_user, verify_log};
 use crate::invite::{InviteDetails, create_invite};
 use crate::keys::{
-    DeviceEncryptionKey, DeviceSigningKey, OrgRootKey, SigningPublicKey, UserEncryptionKey,
+    DelegationKey, DeviceEncryptionKey, DeviceSigningKey, OrgRootKey, SigningPublicKey,
+    UserEncryptionKey,
 };
-use ward_proto::v1::SignedStatement;
+use ward_proto::v1::{SignedInvite, SignedStatement};
 
 /// Timestamp used by the kit's statements (2026-11-29, unix seconds).
 pub const KIT_TIME: u64 = 1_795_910_400;
@@ -31,6 +32,11 @@ pub struct Clinician {
     pub log: Vec<SignedStatement>,
     /// The log, verified.
     pub chain: VerifiedUser,
+    /// The invite the user enrolled with, and its one-time key: what an
+    /// enrolling handshake proves it holds (SECURITY.md §8, E1–E5).
+    pub invite: SignedInvite,
+    /// See [`Clinician::invite`].
+    pub delegation: DelegationKey,
 }
 
 impl Org {
@@ -53,9 +59,23 @@ impl Org {
             display_name: format!("Dr {user_id}"),
             profession: "physician".into(),
             registry_number: "10001234567".into(),
-            expires_at: KIT_TIME + 7 * 86_400,
+            // Far ahead: tests that run a server on the real clock (the
+            // binaries' own tests) must not start failing as the calendar
+            // passes the kit's time.
+            expires_at: KIT_TIME + 20 * 365 * 86_400,
         };
-        let (invite, delegation) = match create_invite(rng, &self.root, &details) {
+        self.enroll_with(rng, &details)
+    }
+
+    /// Invites and enrolls `details.user_id` with one device, under these
+    /// invite details (a directory test's names and registry numbers).
+    pub fn enroll_with<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        details: &InviteDetails,
+    ) -> Clinician {
+        let user_id = details.user_id.as_str();
+        let (invite, delegation) = match create_invite(rng, &self.root, details) {
             Ok(x) => x,
             Err(e) => unreachable_kit(e),
         };
@@ -86,6 +106,8 @@ impl Org {
             device_key,
             log,
             chain,
+            invite,
+            delegation,
         }
     }
 }

@@ -58,7 +58,7 @@ use ward_core::proto::v1::{
     AuthChallenge, AuthResponse, DeviceGrant, DeviceKeys, Envelope, EnvelopeHeader, Invite,
     SignedInvite, SignedStatement, Statement, UserCreation, WrappedKey, statement::Body,
 };
-use ward_core::{ConversationId, ResourceId, auth, labels, padding, wrap};
+use ward_core::{AuthError, ConversationId, ResourceId, auth, labels, padding, wrap};
 
 #[path = "room_vectors/mod.rs"]
 mod room_vectors;
@@ -453,7 +453,7 @@ fn gen_keys() -> J {
         ]));
     }
 
-    let all_labels: [(&str, &[u8]); 14] = [
+    let all_labels: [(&str, &[u8]); 15] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_DEVICE_POSSESSION", labels::SIG_DEVICE_POSSESSION),
@@ -463,6 +463,7 @@ fn gen_keys() -> J {
         ("ENVELOPE_KEY_COMMITMENT", labels::ENVELOPE_KEY_COMMITMENT),
         ("SIG_AUTH", labels::SIG_AUTH),
         ("SIG_RELAY_LINK", labels::SIG_RELAY_LINK),
+        ("SIG_ENROL_AUTH", labels::SIG_ENROL_AUTH),
         ("HASH_INVITE", labels::HASH_INVITE),
         ("HASH_ENTRY", labels::HASH_ENTRY),
         ("WRAP_INFO", labels::WRAP_INFO),
@@ -1315,6 +1316,60 @@ fn gen_signatures() -> J {
     let (signed, delegation) = make_invite(&root, &d, L_ALICE_DELEGATION);
     let verified = invite::verify_invite(&root.public_key(), &signed).unwrap();
     let sig_input = framed(labels::SIG_INVITE, &[&signed.invite]);
+
+    // Enrolment (SECURITY.md §8, E1–E5): alice's first device opens an
+    // enrolling session at the keyserver with her invite; its delegation key
+    // signs the handshake fields under SIG_ENROL_AUTH.
+    let enrol_device = dev(L_ALICE_DEV1_SIG);
+    let enrol_nonce: [u8; 32] = short("ward vector enrol auth nonce", 32)
+        .try_into()
+        .unwrap();
+    let enrol_challenge = ks_audience.challenge(enrol_nonce);
+    let enrol = auth::respond_enrolling(
+        &enrol_device,
+        &delegation,
+        &signed,
+        ALICE,
+        &ks_audience,
+        &enrol_challenge,
+    )
+    .unwrap();
+    assert_eq!(
+        auth::verify_response(&ks_audience, &enrol_challenge, &enrol).unwrap(),
+        (ALICE.to_owned(), enrol_device.public_key())
+    );
+    assert_eq!(
+        auth::verify_enrolment(
+            &ks_audience,
+            &enrol_challenge,
+            ALICE,
+            &enrol_device.public_key(),
+            &enrol.invite,
+            &enrol.invite_signature,
+        )
+        .unwrap(),
+        verified
+    );
+    let (root_public, enrol_device_id) = (root.public_key(), enrol_device.public_key());
+    let enrol_parts: [&[u8]; 7] = [
+        &enrol_challenge.version.to_be_bytes(),
+        enrol_challenge.service.as_bytes(),
+        enrol_challenge.instance.as_bytes(),
+        root_public.as_bytes(),
+        &enrol_challenge.nonce,
+        ALICE.as_bytes(),
+        enrol_device_id.as_bytes(),
+    ];
+    let enrol_device_transcript = framed(labels::SIG_AUTH, &enrol_parts);
+    let enrol_transcript = framed(labels::SIG_ENROL_AUTH, &enrol_parts);
+    assert_eq!(
+        SigningKey::from_bytes(&seed(L_ALICE_DELEGATION))
+            .sign(&enrol_transcript)
+            .to_bytes()
+            .to_vec(),
+        enrol.invite_signature
+    );
+    assert_eq!(enrol.invite, signed.encode_to_vec());
     file(
         "Ward v2 signatures. Auth (SECURITY.md §8): signature = Ed25519(device, \
          framed(SIG_AUTH, [u32_be(version), service, instance, org_root, nonce, user_id, \
@@ -1324,8 +1379,39 @@ fn gen_signatures() -> J {
          SHA-256(framed(HASH_INVITE, [invite])). Relay link (SECURITY.md §10.8): signature = \
          Ed25519(relay service key, framed(SIG_RELAY_LINK, [u32_be(version), service, instance, \
          org_root, nonce, service_key])) over the keyserver's challenge; the AuthResponse has an \
-         empty user_id and log and the service key as device_id.",
+         empty user_id and log and the service key as device_id. Enrolment (SECURITY.md §8, \
+         E1-E5): a device of a user that does not exist yet adds to its AuthResponse the encoded \
+         SignedInvite (field 6) and invite_signature = Ed25519(delegation key, \
+         framed(SIG_ENROL_AUTH, [the same seven parts as the device's transcript])) (field 7).",
         vec![
+            (
+                "enrol_auth",
+                o(vec![
+                    ("device_secret_label", s(L_ALICE_DEV1_SIG)),
+                    ("device_secret", h(seed(L_ALICE_DEV1_SIG))),
+                    ("device_id", h(enrol_device.public_key().as_bytes())),
+                    ("user_id", s(ALICE)),
+                    ("org_root_public", h(root.public_key().as_bytes())),
+                    ("delegation_seed_label", s(L_ALICE_DELEGATION)),
+                    ("delegation_seed", h(seed(L_ALICE_DELEGATION))),
+                    ("signed_invite", h(signed.encode_to_vec())),
+                    (
+                        "challenge",
+                        o(vec![
+                            ("version", J::N(u64::from(enrol_challenge.version))),
+                            ("service", s(&enrol_challenge.service)),
+                            ("instance", s(&enrol_challenge.instance)),
+                            ("nonce", h(&enrol_challenge.nonce)),
+                            ("encoded", h(enrol_challenge.encode_to_vec())),
+                        ]),
+                    ),
+                    ("device_transcript", h(&enrol_device_transcript)),
+                    ("device_signature", h(&enrol.signature)),
+                    ("enrol_transcript", h(&enrol_transcript)),
+                    ("invite_signature", h(&enrol.invite_signature)),
+                    ("response", h(enrol.encode_to_vec())),
+                ]),
+            ),
             (
                 "relay_link",
                 o(vec![
@@ -3637,7 +3723,7 @@ fn replay_keys(v: &Value) {
         };
         assert_eq!(direct.to_vec(), public);
     }
-    let core_labels: [(&str, &[u8]); 14] = [
+    let core_labels: [(&str, &[u8]); 15] = [
         ("SIG_INVITE", labels::SIG_INVITE),
         ("SIG_STATEMENT", labels::SIG_STATEMENT),
         ("SIG_DEVICE_POSSESSION", labels::SIG_DEVICE_POSSESSION),
@@ -3647,6 +3733,7 @@ fn replay_keys(v: &Value) {
         ("ENVELOPE_KEY_COMMITMENT", labels::ENVELOPE_KEY_COMMITMENT),
         ("SIG_AUTH", labels::SIG_AUTH),
         ("SIG_RELAY_LINK", labels::SIG_RELAY_LINK),
+        ("SIG_ENROL_AUTH", labels::SIG_ENROL_AUTH),
         ("HASH_INVITE", labels::HASH_INVITE),
         ("HASH_ENTRY", labels::HASH_ENTRY),
         ("WRAP_INFO", labels::WRAP_INFO),
@@ -3971,6 +4058,69 @@ fn replay_signatures(v: &Value) {
     assert_eq!(
         auth::respond(&key, &user, &audience, &challenge).unwrap(),
         response
+    );
+
+    let e = &v["enrol_auth"];
+    let c = &e["challenge"];
+    let challenge = AuthChallenge::decode(hx(&c["encoded"]).as_slice()).unwrap();
+    let enrol_root = signing_public(&e["org_root_public"]);
+    let audience = auth::Audience {
+        service: challenge.service.clone(),
+        instance: challenge.instance.clone(),
+        org_root: enrol_root,
+    };
+    let response = AuthResponse::decode(hx(&e["response"]).as_slice()).unwrap();
+    assert_eq!(response.invite, hx(&e["signed_invite"]));
+    assert_eq!(response.invite_signature, hx(&e["invite_signature"]));
+    let parts: [&[u8]; 7] = [
+        &challenge.version.to_be_bytes(),
+        challenge.service.as_bytes(),
+        challenge.instance.as_bytes(),
+        enrol_root.as_bytes(),
+        &challenge.nonce,
+        st(&e["user_id"]).as_bytes(),
+        &hx(&e["device_id"]),
+    ];
+    assert_eq!(
+        framed(labels::SIG_AUTH, &parts),
+        hx(&e["device_transcript"])
+    );
+    assert_eq!(
+        framed(labels::SIG_ENROL_AUTH, &parts),
+        hx(&e["enrol_transcript"])
+    );
+    let (user, device) = auth::verify_response(&audience, &challenge, &response).unwrap();
+    let invite = auth::verify_enrolment(
+        &audience,
+        &challenge,
+        &user,
+        &device,
+        &response.invite,
+        &response.invite_signature,
+    )
+    .unwrap();
+    assert_eq!(
+        invite.delegation_key.as_bytes().to_vec(),
+        SigningKey::from_bytes(&hx(&e["delegation_seed"]).try_into().unwrap())
+            .verifying_key()
+            .to_bytes()
+            .to_vec()
+    );
+    // The device's signature in the delegation's place, and no proof at all.
+    assert_eq!(
+        auth::verify_enrolment(
+            &audience,
+            &challenge,
+            &user,
+            &device,
+            &response.invite,
+            &response.signature
+        ),
+        Err(AuthError::BadInviteSignature)
+    );
+    assert_eq!(
+        auth::verify_enrolment(&audience, &challenge, &user, &device, &[], &[]),
+        Err(AuthError::NoInvite)
     );
 
     let l = &v["relay_link"];

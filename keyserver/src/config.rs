@@ -95,6 +95,11 @@ pub struct KsLimits {
     pub revocation_recheck: Duration,
     /// Per-user storage quotas and retention (SECURITY.md §10.2).
     pub quotas: Quotas,
+    /// Directory searches per minute per device, sustained (SECURITY.md
+    /// §10.9); counted apart from, and on top of, `requests_per_second`.
+    pub searches_per_minute: u32,
+    /// Directory searches a device may send in a burst.
+    pub search_burst: u32,
 }
 
 /// What one user may keep stored, and for how long (SECURITY.md §10.2).
@@ -159,6 +164,9 @@ impl Default for KsLimits {
             accept_burst_per_address: 500,
             revocation_recheck: Duration::from_secs(30),
             quotas: Quotas::default(),
+            // Search as you type: a burst for one name, then one a second.
+            searches_per_minute: 60,
+            search_burst: 20,
         }
     }
 }

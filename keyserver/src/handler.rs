@@ -14,6 +14,7 @@ use ward_proto::v1::{
 use crate::config::{Clock, KsLimits};
 use crate::directory::{self, Change, Kind};
 use crate::error::RequestError;
+use crate::search;
 use crate::storage::{self, Db};
 
 /// Who is on the other end of a connection, after the handshake.
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub clock: Clock,
     /// Limits.
     pub limits: KsLimits,
+    /// Per-device directory search budgets.
+    pub search: search::Limiter,
 }
 
 const RESOURCE_ID_BYTES: usize = 16;
@@ -170,6 +173,9 @@ pub fn check_request(
             if !g.user_key.is_empty() {
                 len_ok(&g.user_key, KEY_BYTES, "user key")?;
             }
+        }
+        Body::SearchDirectory(s) => {
+            search::Query::parse(s)?;
         }
         Body::AdminSubmit(_) => return Err(admin_only()),
     }
@@ -317,6 +323,21 @@ async fn run(
                 .await?;
             ctx.db.access.record(vec![row]).await?;
             Ok(ks_response::Body::Grant(grant))
+        }
+        Body::SearchDirectory(s) => {
+            // Its own budget, on top of the general one (SECURITY.md §10.9).
+            if !ctx.search.allow(&device) {
+                return Err(RequestError::new(
+                    ErrorCode::RateLimited,
+                    "too many directory searches: slow down",
+                ));
+            }
+            let q = search::Query::parse(&s)?;
+            let page = ctx
+                .db
+                .call(move |c| search::search(c, &user, &device, &q))
+                .await?;
+            Ok(ks_response::Body::DirectoryPage(page))
         }
         // Refused by `check_request` already.
         Body::AdminSubmit(_) => Err(admin_only()),

@@ -12,6 +12,7 @@
 //! | [`access`] | the group-committed access log |
 //! | [`handler`] | request to response |
 //! | [`admin`] | root sessions: root-signed entries from the offline root, no device needed |
+//! | [`search`] | the professional directory: search index, normalisation, search budgets |
 //! | `server` | accept loop, per-connection task, revocation fan-out, shutdown ([`run`]) |
 //!
 //! Transport and authentication are `ward-net`'s, shared with the relay: one
@@ -46,6 +47,8 @@
 //! | `--max-wrapped-keys-per-user` | `WARD_KEYSERVER_MAX_WRAPPED_KEYS_PER_USER` | 250000 | wrapped keys a user may have stored as sender |
 //! | `--max-grants-per-user` | `WARD_KEYSERVER_MAX_GRANTS_PER_USER` | 4096 | device grants stored per user |
 //! | `--key-retention-days` | `WARD_KEYSERVER_KEY_RETENTION_DAYS` | 60 | age at which wrapped keys (and grants of past user keys) are deleted |
+//! | `--searches-per-minute` | `WARD_KEYSERVER_SEARCHES_PER_MINUTE` | 60 | sustained directory searches per device |
+//! | `--search-burst` | `WARD_KEYSERVER_SEARCH_BURST` | 20 | directory search burst per device |
 //!
 //! Logging follows `RUST_LOG` (default `info`). SIGINT or SIGTERM stops the
 //! server gracefully.
@@ -60,6 +63,7 @@ mod error;
 pub mod handler;
 pub mod metrics;
 pub mod relay_link;
+pub mod search;
 mod server;
 pub mod storage;
 

@@ -52,6 +52,7 @@ impl KsMetrics {
             Some(ks_request::Body::PutGrants(_)) => "put_grants",
             Some(ks_request::Body::GetGrant(_)) => "get_grant",
             Some(ks_request::Body::AdminSubmit(_)) => "admin_submit",
+            Some(ks_request::Body::SearchDirectory(_)) => "search_directory",
             None => "empty",
         }
     }

@@ -10,6 +10,8 @@
 //! relay -> keyserver  LinkSubscribe { cursor }
 //! keyserver -> relay  LinkFrame { notice: LinkNotice { user_id, entries } }*  LinkFrame { synced: { cursor } }
 //!                     ... again after every change
+//! relay -> keyserver  LinkFetch { user_ids }    (any time: logs the relay lacks at a login)
+//! keyserver -> relay  LinkFrame { notice: LinkNotice { user_id, entries } }*   (cursor unchanged)
 //! ```
 //!
 //! The keyserver's claims are never trusted by the relay: a notice carries
@@ -34,8 +36,8 @@ use ward_net::handshake::Audience;
 use ward_net::tls::ServerStream;
 use ward_net::{Conn, NetError, close};
 use ward_proto::v1::{
-    AuthResponse, AuthResult, ErrorCode, LinkFrame, LinkNotice, LinkSubscribe, LinkSynced,
-    SignedStatement, link_frame,
+    AuthResponse, AuthResult, ErrorCode, LinkFetch, LinkFrame, LinkNotice, LinkSubscribe,
+    LinkSynced, SignedStatement, link_frame,
 };
 
 use crate::error::RequestError;
@@ -46,6 +48,10 @@ pub use ward_core::auth::RELAY_LINK_PATH;
 
 /// Users whose logs go in one read transaction (and one `LinkSynced`).
 const USERS_PER_BATCH: i64 = 64;
+/// Most users one `LinkFetch` may name.
+pub const MAX_FETCH_USERS: usize = 64;
+/// Largest `LinkFetch` frame (64 user ids of at most 128 bytes, and tags).
+const MAX_FETCH_BYTES: usize = 16 << 10;
 /// How often the link re-reads the cursor even without a local append: a
 /// backstop for entries written by another process sharing the database.
 const POLL: Duration = Duration::from_secs(2);
@@ -107,7 +113,7 @@ enum LinkError {
     Net(#[from] NetError),
     #[error("storage: {0}")]
     Storage(String),
-    #[error("the relay sent a frame after its subscription")]
+    #[error("the relay sent a frame that is not a valid LinkFetch")]
     Unexpected,
 }
 
@@ -183,13 +189,7 @@ async fn handshake(
     let key = match ward_core::auth::verify_link_response(&state.audience, &challenge, &response) {
         Ok(k) => k,
         Err(e) => {
-            let code = match e {
-                ward_core::AuthError::Malformed | ward_core::AuthError::UnexpectedChallenge => {
-                    ErrorCode::Malformed
-                }
-                ward_core::AuthError::BadSignature => ErrorCode::Unauthenticated,
-                ward_core::AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            };
+            let code = ward_net::handshake::refusal_code(&e);
             let _ = conn.send_msg(&refuse(code)).await;
             return Err(e.into());
         }
@@ -300,12 +300,68 @@ async fn stream(
             _ = poll.tick() => {}
             _ = ping.tick() => conn.ping().await?,
             frame = conn.recv() => match frame? {
-                // The relay sends nothing after its subscription.
-                Some(_) => return Err(LinkError::Unexpected),
+                // After its subscription a relay only asks for logs.
+                Some(bytes) => fetch(conn, state, &bytes).await?,
                 None => return Ok(()),
             },
         }
     }
+}
+
+/// Answers a `LinkFetch`: a notice with the whole stored log of each named
+/// user that exists (the same notice a change would bring; the relay
+/// verifies it the same way). Anything else from the relay ends the link.
+async fn fetch(
+    conn: &mut Conn<ServerStream>,
+    state: &LinkState,
+    bytes: &[u8],
+) -> Result<(), LinkError> {
+    let req: LinkFetch =
+        ward_proto::decode_bounded(bytes, MAX_FETCH_BYTES).map_err(|_| LinkError::Unexpected)?;
+    if req.user_ids.is_empty()
+        || req.user_ids.len() > MAX_FETCH_USERS
+        || !req
+            .user_ids
+            .iter()
+            .all(|u| ward_core::ids::valid_user_id(u))
+    {
+        return Err(LinkError::Unexpected);
+    }
+    let mut users = req.user_ids;
+    users.sort();
+    users.dedup();
+    let logs = state
+        .db
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::with_capacity(users.len());
+            for u in users {
+                let log = storage::load_log(&tx, &u)?;
+                if !log.is_empty() {
+                    out.push((u, log));
+                }
+            }
+            Ok::<_, RequestError>(out)
+        })
+        .await
+        .map_err(|e| LinkError::Storage(e.to_string()))?;
+    let max = conn.max_frame_bytes();
+    for (user_id, entries) in logs {
+        let size: usize = entries
+            .iter()
+            .map(|e| e.statement.len() + e.signature.len() + 8)
+            .sum();
+        if size + user_id.len() + 64 > max {
+            tracing::warn!(user = %user_id, "relay link: log too large for one frame; skipped");
+            continue;
+        }
+        let frame = LinkFrame {
+            frame: Some(link_frame::Frame::Notice(LinkNotice { user_id, entries })),
+        };
+        conn.send_msg(&frame).await?;
+        state.metrics.notices.inc();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

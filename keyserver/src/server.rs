@@ -207,6 +207,10 @@ pub async fn run(
             db,
             root: config.org_root,
             clock: config.clock,
+            search: crate::search::Limiter::new(
+                config.limits.searches_per_minute,
+                config.limits.search_burst,
+            ),
             limits: config.limits,
         },
     });
@@ -364,15 +368,46 @@ async fn connection(
                         *enrolled = true;
                         Ok(peer)
                     }
-                    // Unauthenticated in all but the key: bounded in number
+                    // An enrolment: only with a valid, unused invite of
+                    // this user, whose delegation key signed this very
+                    // handshake (SECURITY.md §8, E1-E5), so that a stranger
+                    // cannot hold enrolling places. Then bounded in number
                     // and in time (see `serve`).
-                    Ok(DeviceStatus::NoSuchUser) => match state.enrolling.admit(addr.ip()) {
-                        Ok(p) => {
-                            *enrolling_permit = Some(p);
-                            Ok(peer)
+                    Ok(DeviceStatus::NoSuchUser) => {
+                        let invite = ward_core::auth::verify_enrolment(
+                            &state.audience,
+                            &state.audience.challenge(nonce),
+                            &peer.user_id,
+                            &peer.device,
+                            &peer.invite,
+                            &peer.invite_signature,
+                        )
+                        .map_err(|e| {
+                            tracing::debug!(error = %e, "enrolment refused");
+                            ErrorCode::Unauthenticated
+                        })?;
+                        if invite.check_not_expired(state.ctx.clock.now()).is_err() {
+                            return Err(ErrorCode::InviteExpired);
                         }
-                        Err(_) => Err(ErrorCode::RateLimited),
-                    },
+                        let hash = invite.hash;
+                        let used = state
+                            .ctx
+                            .db
+                            .call(move |c| storage::invite_used(c, &hash).map_err(RequestError::from))
+                            .await;
+                        match used {
+                            Ok(false) => {}
+                            Ok(true) => return Err(ErrorCode::InviteUsed),
+                            Err(_) => return Err(ErrorCode::Internal),
+                        }
+                        match state.enrolling.admit(addr.ip()) {
+                            Ok(p) => {
+                                *enrolling_permit = Some(p);
+                                Ok(peer)
+                            }
+                            Err(_) => Err(ErrorCode::RateLimited),
+                        }
+                    }
                     Ok(DeviceStatus::Revoked) => Err(ErrorCode::DeviceRevoked),
                     Ok(DeviceStatus::Unknown) => Err(ErrorCode::Unauthenticated),
                     Err(_) => Err(ErrorCode::Internal),

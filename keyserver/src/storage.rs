@@ -10,7 +10,7 @@
 //!   [`Db::call`], which runs them on tokio's blocking pool with a pooled
 //!   connection, never on the async workers.
 //!
-//! Schema (version 1):
+//! Schema (version 3):
 //!
 //! | table | rows | key |
 //! |---|---|---|
@@ -22,6 +22,8 @@
 //! | `wrapped_keys` | resource keys wrapped to a user key, with sender and time | `(resource_id, recipient_user)` |
 //! | `device_grants` | a user key wrapped to one of its devices | `(user_id, user_key, device_key)` |
 //! | `access_log` | append-only (triggers refuse UPDATE and DELETE): each wrapped-key and grant read | `id` |
+//! | `directory_index` | per user: normalised display name, profession and registry number, and entry 0's invite (`search.rs`) | `user_id` |
+//! | `directory_words` | each normalised word of a user's display name | `(word, user_id)` |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,7 +42,7 @@ use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -123,6 +125,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX wrapped_keys_created ON wrapped_keys(created_at);
     CREATE INDEX device_grants_created ON device_grants(created_at);
     "#,
+    // 2 -> 3: the professional directory's search index (`search.rs`,
+    // SECURITY.md §10.9). Filled for existing users at startup
+    // (`search::backfill`): SQL cannot read the invite out of entry 0.
+    r#"
+    CREATE TABLE directory_index (
+        user_id    TEXT PRIMARY KEY REFERENCES users(user_id),
+        sort_key   TEXT NOT NULL,
+        profession TEXT NOT NULL,
+        registry   TEXT NOT NULL,
+        invite     BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX directory_index_order ON directory_index(sort_key, user_id);
+    CREATE INDEX directory_index_profession ON directory_index(profession, sort_key, user_id);
+    CREATE INDEX directory_index_registry ON directory_index(registry);
+    CREATE TABLE directory_words (
+        word    TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users(user_id),
+        PRIMARY KEY (word, user_id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX directory_words_user ON directory_words(user_id, word);
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and configures the
@@ -193,6 +216,10 @@ impl Db {
     pub fn open(path: &Path) -> Result<Arc<Self>, StorageError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
+        let indexed = crate::search::backfill(&mut conn)?;
+        if indexed > 0 {
+            tracing::info!(users = indexed, "directory search index filled");
+        }
         let access = AccessLog::start(path)?;
         Ok(Arc::new(Self {
             access,
@@ -275,6 +302,18 @@ pub fn device_status(
     })
 }
 
+/// Whether the invite of hash `invite_hash` has enrolled a user already.
+pub fn invite_used(conn: &Connection, invite_hash: &[u8; 32]) -> Result<bool, rusqlite::Error> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM used_invites WHERE invite_hash = ?1",
+            params![invite_hash.as_slice()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 fn user_exists(conn: &Connection, user_id: &str) -> Result<bool, rusqlite::Error> {
     Ok(conn
         .query_row(
@@ -288,7 +327,7 @@ fn user_exists(conn: &Connection, user_id: &str) -> Result<bool, rusqlite::Error
 
 /// Refuses a request from a device that is no longer active (checked inside
 /// the request's own transaction, so a revocation committed before is seen).
-fn require_active(
+pub(crate) fn require_active(
     conn: &Connection,
     user_id: &str,
     device: &SigningPublicKey,
@@ -631,6 +670,7 @@ fn write_plan(
                 params![user_id, key, now as i64],
             )?;
             insert_entry(tx, &user_id, 0, entry, now)?;
+            crate::search::index_user(tx, &user_id, entry)?;
             tx.execute(
                 "INSERT INTO used_invites (invite_hash, user_id, used_at) VALUES (?1, ?2, ?3)",
                 params![hash.as_slice(), user_id, now as i64],

@@ -44,7 +44,7 @@ async fn binary_serves_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut conn = conn.expect("binary did not start listening");
-    ward_net::handshake::client(
+    ward_net::handshake::client_enrolling(
         &mut conn,
         &a.device,
         "dr.a",
@@ -52,7 +52,8 @@ async fn binary_serves_and_stops_on_sigterm() {
             *a.chain.org_root(),
             ward_core::auth::DEFAULT_INSTANCE,
         ),
-        &[],
+        &a.delegation,
+        &a.invite,
     )
     .await
     .unwrap();

@@ -16,9 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use ward_core::AuthError;
 use ward_core::auth::MAX_CHALLENGE_BYTES;
 pub use ward_core::auth::{Audience, KEYSERVER, RELAY};
-use ward_core::keys::{DeviceSigningKey, SigningPublicKey};
+use ward_core::keys::{DelegationKey, DeviceSigningKey, SigningPublicKey};
 use ward_proto::decode_bounded;
-use ward_proto::v1::{AuthChallenge, AuthResponse, AuthResult, ErrorCode, SignedStatement};
+use ward_proto::v1::{
+    AuthChallenge, AuthResponse, AuthResult, ErrorCode, SignedInvite, SignedStatement,
+};
 
 use crate::{Conn, Limits, NetError};
 
@@ -34,6 +36,12 @@ pub struct Peer {
     pub device: SigningPublicKey,
     /// The log the device presented (empty if it sent none).
     pub log: Vec<SignedStatement>,
+    /// An enrolling device's invite and its delegation signature
+    /// (SECURITY.md §8, E1–E5), unchecked: empty unless it sent them. The
+    /// keyserver checks them with `ward_core::auth::verify_enrolment`.
+    pub invite: Vec<u8>,
+    /// See [`Peer::invite`].
+    pub invite_signature: Vec<u8>,
 }
 
 /// The next message, decoded under its own limit (SECURITY.md §3.1).
@@ -47,6 +55,18 @@ where
         .await?
         .ok_or(NetError::Closed(None, String::new()))?;
     Ok(decode_bounded(&bytes, max)?)
+}
+
+/// The `AuthResult` error a server answers a refused response with.
+pub fn refusal_code(e: &AuthError) -> ErrorCode {
+    match e {
+        AuthError::Malformed | AuthError::UnexpectedChallenge => ErrorCode::Malformed,
+        AuthError::BadSignature
+        | AuthError::NoInvite
+        | AuthError::Invite(_)
+        | AuthError::BadInviteSignature => ErrorCode::Unauthenticated,
+        AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+    }
 }
 
 /// Server side. Sends the challenge of `audience` (this server's service,
@@ -78,13 +98,7 @@ where
             match ward_core::auth::verify_response(audience, &challenge, &response) {
                 Ok(ok) => ok,
                 Err(e) => {
-                    let code = match e {
-                        AuthError::Malformed | AuthError::UnexpectedChallenge => {
-                            ErrorCode::Malformed
-                        }
-                        AuthError::BadSignature => ErrorCode::Unauthenticated,
-                        AuthError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-                    };
+                    let code = refusal_code(&e);
                     let _ = conn
                         .send_msg(&AuthResult {
                             ok: false,
@@ -98,6 +112,8 @@ where
             user_id,
             device,
             log: response.log,
+            invite: response.invite,
+            invite_signature: response.invite_signature,
         })
         .await
         {
@@ -139,6 +155,46 @@ pub async fn client<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    answer(conn, device, user_id, expected, log, None).await
+}
+
+/// Client side for a device that enrolls at the keyserver (its user does
+/// not exist yet): [`client`], with the proof that it holds `invite` and
+/// its one-time `delegation` key (SECURITY.md §8, E1–E5). Without it the
+/// keyserver opens no enrolling session.
+pub async fn client_enrolling<S>(
+    conn: &mut Conn<S>,
+    device: &DeviceSigningKey,
+    user_id: &str,
+    expected: &Audience,
+    delegation: &DelegationKey,
+    invite: &SignedInvite,
+) -> Result<(), NetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    answer(
+        conn,
+        device,
+        user_id,
+        expected,
+        &[],
+        Some((delegation, invite)),
+    )
+    .await
+}
+
+async fn answer<S>(
+    conn: &mut Conn<S>,
+    device: &DeviceSigningKey,
+    user_id: &str,
+    expected: &Audience,
+    log: &[SignedStatement],
+    enrolment: Option<(&DelegationKey, &SignedInvite)>,
+) -> Result<(), NetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let challenge: AuthChallenge = recv_small(conn, MAX_CHALLENGE_BYTES).await?;
     if challenge.version == ward_proto::PROTOCOL_VERSION
         && (challenge.service != expected.service || challenge.instance != expected.instance)
@@ -148,7 +204,12 @@ where
             challenge.service, challenge.instance
         )));
     }
-    let mut response = ward_core::auth::respond(device, user_id, expected, &challenge)?;
+    let mut response = match enrolment {
+        None => ward_core::auth::respond(device, user_id, expected, &challenge)?,
+        Some((delegation, invite)) => ward_core::auth::respond_enrolling(
+            device, delegation, invite, user_id, expected, &challenge,
+        )?,
+    };
     response.log = log.to_vec();
     conn.send_msg(&response).await?;
     let result: AuthResult = recv_small(conn, MAX_RESULT_BYTES).await?;

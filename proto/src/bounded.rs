@@ -298,6 +298,7 @@ mod tests {
                 signature: sig.clone(),
                 log: vec![SignedStatement { statement: sig.clone(), signature: sig }; n],
                 version: 2,
+                ..Default::default()
             };
             prop_assert!(check(&resp.encode_to_vec(), AuthResponse::schema()).is_ok());
         }

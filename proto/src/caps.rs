@@ -28,6 +28,8 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.RoomEpoch.members", 1024),
     ("ward.v1.RoomAdd.members", 1024),
     ("ward.v1.RoomLog.entries", 4096),
+    // The keyserver serves at most 50 directory results a page (SECURITY.md §10.9).
+    ("ward.v1.DirectoryPage.entries", 64),
     // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
     // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];

@@ -108,8 +108,8 @@ pub mod fuzzing;
 pub mod store;
 
 pub use client::{
-    AttachmentInfo, Client, ClientConfig, ClientError, Event, NewDeviceKeys, PendingDevice, Phase,
-    Progress, QueuedMessage,
+    AttachmentInfo, Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event,
+    NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress, QueuedMessage,
 };
 
 pub use ward_core as core;

@@ -12,16 +12,22 @@
 //! root (sequence, link, author, signature), change anything. A forged,
 //! unsigned, forked or older log is refused or ignored and logged.
 //!
+//! A device may log in presenting only the end of its log (SECURITY.md §9).
+//! When the relay does not hold the rest, it asks the keyserver for the log
+//! over the link ([`Fetcher`], a `LinkFetch` frame) and waits briefly for
+//! the notice that answers it, which is verified like any other.
+//!
 //! The link reconnects with backoff. The relay keeps the keyserver's cursor
 //! of the last batch it handled (in memory) and sends it on reconnecting, so
 //! logs that changed while the link was down are sent then; after a relay
 //! restart the cursor is 0 and every log is sent (and verified) once.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use ward_core::auth::{Audience, MAX_CHALLENGE_BYTES, RELAY_LINK_PATH};
 use ward_core::keys::RelayServiceKey;
@@ -29,7 +35,8 @@ use ward_net::tls::ClientTls;
 use ward_net::{Conn, NetError};
 use ward_proto::decode_bounded;
 use ward_proto::v1::{
-    AuthChallenge, AuthResult, ErrorCode, LinkFrame, LinkSubscribe, SignedStatement, link_frame,
+    AuthChallenge, AuthResult, ErrorCode, LinkFetch, LinkFrame, LinkSubscribe, SignedStatement,
+    link_frame,
 };
 use zeroize::Zeroizing;
 
@@ -78,6 +85,82 @@ const MAX_RESULT_BYTES: usize = 64;
 /// Nothing (not even a ping, sent every 30 s) from the keyserver for this
 /// long: the link is considered dead and dialled again.
 const READ_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Users asked for in one `LinkFetch` (the keyserver's cap).
+const FETCH_BATCH: usize = 64;
+/// Fetches queued while the link is busy or down; more are dropped (the
+/// login they serve is refused `UNKNOWN_USER`, and the device presents its
+/// whole log next).
+const FETCH_QUEUE: usize = 256;
+/// A user asked for is not asked for again within this time: logins forged
+/// in a loop (any key can sign its own handshake) cost the keyserver one
+/// log read per user and interval, not one per attempt.
+const FETCH_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
+/// The relay's requests for logs it lacks, to the link task; and the
+/// signal, for the logins waiting on them, that a notice was applied.
+pub struct Fetcher {
+    enabled: bool,
+    tx: mpsc::Sender<String>,
+    rx: Mutex<Option<mpsc::Receiver<String>>>,
+    applied: watch::Sender<u64>,
+    recent: Mutex<HashMap<String, Instant>>,
+}
+
+impl Fetcher {
+    /// A fetcher; `enabled` when the relay follows a keyserver link.
+    pub fn new(enabled: bool) -> Self {
+        let (tx, rx) = mpsc::channel(FETCH_QUEUE);
+        Self {
+            enabled,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            applied: watch::channel(0).0,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether logs can be fetched at all (a link is configured).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Subscribes to applied notices (before [`Self::request`], so that
+    /// none is missed).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Queues a request for `user_id`'s log, unless one was queued
+    /// recently or the queue is full.
+    pub fn request(&self, user_id: &str) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent
+            .get(user_id)
+            .is_some_and(|at| now.duration_since(*at) < FETCH_AGAIN_AFTER)
+        {
+            return;
+        }
+        if recent.len() >= 4096 {
+            recent.retain(|_, at| now.duration_since(*at) < FETCH_AGAIN_AFTER);
+        }
+        if self.tx.try_send(user_id.to_owned()).is_ok() {
+            recent.insert(user_id.to_owned(), now);
+        }
+    }
+
+    fn notice_applied(&self) {
+        self.applied.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn take_requests(&self) -> Option<mpsc::Receiver<String>> {
+        self.rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
 
 /// Errors of the service key file.
 #[derive(Debug, thiserror::Error)]
@@ -191,12 +274,17 @@ enum LinkError {
 /// notices; on failure wait (backoff with jitter) and dial again.
 pub(crate) async fn run(shared: Arc<Shared>, link: KeyserverLink, mut stop: watch::Receiver<bool>) {
     let metrics = LinkMetrics::new(&shared.config.metrics);
+    // One link task per relay: it owns the fetch requests.
+    let Some(mut fetches) = shared.link_fetch.take_requests() else {
+        warn!("keyserver link: started twice; this one stops");
+        return;
+    };
     let mut cursor = 0u64;
     let mut delay = link.reconnect_min;
     loop {
         let began = tokio::time::Instant::now();
         let outcome = tokio::select! {
-            r = session(&shared, &link, &mut cursor, &metrics) => r,
+            r = session(&shared, &link, &mut cursor, &metrics, &mut fetches) => r,
             _ = stop.changed() => return,
         };
         metrics.connected.set(0);
@@ -237,6 +325,7 @@ async fn session(
     link: &KeyserverLink,
     cursor: &mut u64,
     metrics: &LinkMetrics,
+    fetches: &mut mpsc::Receiver<String>,
 ) -> Result<(), LinkError> {
     let url = format!("{}{RELAY_LINK_PATH}", link.url.trim_end_matches('/'));
     let limits = ward_net::Limits {
@@ -255,12 +344,26 @@ async fn session(
     metrics.connected.set(1);
     info!(cursor = *cursor, "keyserver link up");
     loop {
-        let bytes = match tokio::time::timeout(READ_TIMEOUT, conn.recv()).await {
-            Err(_) => return Err(LinkError::Silent(READ_TIMEOUT)),
-            Ok(r) => match r? {
-                Some(b) => b,
-                None => return Ok(()),
+        let read = tokio::time::timeout(READ_TIMEOUT, conn.recv());
+        let bytes = tokio::select! {
+            r = read => match r {
+                Err(_) => return Err(LinkError::Silent(READ_TIMEOUT)),
+                Ok(r) => match r? {
+                    Some(b) => b,
+                    None => return Ok(()),
+                },
             },
+            Some(first) = fetches.recv() => {
+                let mut user_ids = vec![first];
+                while user_ids.len() < FETCH_BATCH {
+                    match fetches.try_recv() {
+                        Ok(u) => user_ids.push(u),
+                        Err(_) => break,
+                    }
+                }
+                conn.send_msg(&LinkFetch { user_ids }).await?;
+                continue;
+            }
         };
         let frame: LinkFrame =
             decode_bounded(&bytes, MAX_LINK_FRAME_BYTES).map_err(|_| LinkError::Protocol)?;
@@ -338,6 +441,7 @@ async fn apply(
     match crate::logs::refresh(shared, user_id, entries).await {
         Ok(user) => {
             crate::connection::prune_revoked(shared, user_id, &user).await;
+            shared.link_fetch.notice_applied();
             Ok(true)
         }
         Err(ErrorCode::Internal | ErrorCode::Conflict) => Err(LinkError::Internal),

@@ -20,6 +20,13 @@
 //!   the relay's state back. An empty presented log means "use the stored
 //!   one".
 //!
+//! A presented log may be only the end of the log (SECURITY.md §9): it is
+//! placed at the `seq` its first entry claims and judged as above against
+//! the relay's entries from there. If the relay holds fewer entries than
+//! where it starts, it asks the keyserver's link for the log
+//! ([`crate::keyserver_link::Fetcher`]) and waits briefly; failing that the
+//! login is refused `UNKNOWN_USER`, and the device presents its whole log.
+//!
 //! # The verified cache
 //!
 //! Verifying a whole log costs one signature per entry (an insider may grow
@@ -282,6 +289,24 @@ fn extend(
     Ok(Cached { user, entries })
 }
 
+/// Where a presented log starts: the `seq` its first entry claims (0 for an
+/// empty log, or one whose first statement does not decode: it is then
+/// judged, and refused, as a whole log). A device may present only the end
+/// of its log (SECURITY.md §9); the claim is checked by comparison with the
+/// relay's entries or by verification, never trusted.
+fn presented_start(presented: &[SignedStatement]) -> u64 {
+    presented
+        .first()
+        .and_then(|e| {
+            ward_proto::decode_bounded::<ward_proto::v1::Statement>(
+                &e.statement,
+                ward_core::chain::MAX_STATEMENT_BYTES,
+            )
+            .ok()
+        })
+        .map_or(0, |st| st.seq)
+}
+
 fn decide(
     root: &SigningPublicKey,
     user_id: &str,
@@ -289,8 +314,9 @@ fn decide(
     presented: &[SignedStatement],
     stats: &LogStats,
 ) -> Result<Decision, ErrorCode> {
+    let start = presented_start(presented);
     match known.log {
-        None => {
+        None if start == 0 => {
             if presented.is_empty() {
                 return Err(ErrorCode::UnknownUser);
             }
@@ -305,29 +331,38 @@ fn decide(
                 newly_revoked,
             })
         }
-        Some(log) if presented.len() > log.entries.len() => {
-            let (prefix, suffix) = presented.split_at(log.entries.len());
-            if !is_prefix(prefix, &log.entries) {
-                warn!(user = user_id, "presented log forks from the stored one");
-                return Err(ErrorCode::InvalidStatement);
-            }
-            let next = extend(root, &log, suffix, stats).map_err(|e| {
-                warn!(user = user_id, error = %e, "presented log does not extend the stored one");
-                ErrorCode::InvalidStatement
-            })?;
-            let newly_revoked = revoked_since(&next.user, log.user.len());
-            Ok(Decision::Replace {
-                prev_len: log.user.len(),
-                next: Arc::new(next),
-                newly_revoked,
-            })
-        }
+        // The end of a log the relay does not hold, or holds less of than
+        // where the presented part starts: it cannot be verified. The
+        // device presents its whole log next (UNKNOWN_USER, §9).
+        None => Err(ErrorCode::UnknownUser),
+        Some(log) if start > log.user.len() => Err(ErrorCode::UnknownUser),
         Some(log) => {
-            if !is_prefix(presented, &log.entries) {
-                warn!(user = user_id, "presented log forks from the stored one");
-                return Err(ErrorCode::InvalidStatement);
+            // `start <= len <= MAX_LOG_ENTRIES`: it fits a usize.
+            let from = usize::try_from(start).unwrap_or(usize::MAX);
+            let held = log.entries.get(from..).unwrap_or_default();
+            if presented.len() > held.len() {
+                let (overlap, suffix) = presented.split_at(held.len());
+                if !is_prefix(overlap, held) {
+                    warn!(user = user_id, "presented log forks from the stored one");
+                    return Err(ErrorCode::InvalidStatement);
+                }
+                let next = extend(root, &log, suffix, stats).map_err(|e| {
+                    warn!(user = user_id, error = %e, "presented log does not extend the stored one");
+                    ErrorCode::InvalidStatement
+                })?;
+                let newly_revoked = revoked_since(&next.user, log.user.len());
+                Ok(Decision::Replace {
+                    prev_len: log.user.len(),
+                    next: Arc::new(next),
+                    newly_revoked,
+                })
+            } else {
+                if !is_prefix(presented, held) {
+                    warn!(user = user_id, "presented log forks from the stored one");
+                    return Err(ErrorCode::InvalidStatement);
+                }
+                Ok(Decision::Keep(log))
             }
-            Ok(Decision::Keep(log))
         }
     }
 }
@@ -385,6 +420,29 @@ async fn known(shared: &Shared, user_id: &str) -> Result<Known, ErrorCode> {
     Ok(known)
 }
 
+/// Asks the keyserver's link for `user_id`'s log and waits, at most half
+/// the handshake timeout, until the relay holds `len` entries of it (a
+/// notice verified and stored) or gives up; the caller decides again either
+/// way.
+async fn fetch_and_wait(shared: &Shared, user_id: &str, len: u64) {
+    let mut applied = shared.link_fetch.subscribe();
+    shared.link_fetch.request(user_id);
+    let deadline = tokio::time::Instant::now() + shared.config.limits.net.auth_timeout / 2;
+    while let Ok(Ok(())) = tokio::time::timeout_at(deadline, applied.changed()).await {
+        if shared
+            .logs
+            .get(user_id)
+            .is_some_and(|l| l.user.len() >= len)
+        {
+            return;
+        }
+    }
+    info!(
+        user = user_id,
+        "the keyserver link did not bring the log in time"
+    );
+}
+
 /// Verifies `presented` against the relay's log of `user_id`, stores the
 /// verified result if longer, disconnects devices it revokes, and returns
 /// the relay's current view of the user.
@@ -394,11 +452,21 @@ pub async fn refresh(
     presented: Vec<SignedStatement>,
 ) -> Result<VerifiedUser, ErrorCode> {
     let presented = Arc::new(presented);
+    let start = presented_start(&presented);
+    let mut fetched = false;
     for _ in 0..4 {
         let known = known(shared, user_id).await?;
+        let held = known.log.as_ref().map_or(0, |l| l.user.len());
+        if start > held && !fetched && shared.link_fetch.enabled() {
+            // The end of a log the relay lacks the start of: ask the
+            // keyserver for it over the link, then judge again.
+            fetched = true;
+            fetch_and_wait(shared, user_id, start).await;
+            continue;
+        }
         let cheap = match &known.log {
-            Some(log) => presented.len() <= log.entries.len(),
-            None => presented.is_empty(),
+            Some(log) => start.saturating_add(presented.len() as u64) <= log.user.len(),
+            None => presented.is_empty() || start > 0,
         };
         let root = shared.config.org_root;
         let decision = if cheap {
@@ -559,6 +627,79 @@ mod tests {
         assert_eq!(s.entries_verified(), 2, "only the two new entries");
         assert_eq!(next.entries, log, "own prefix, verified suffix");
         assert!(verify_log(&root, "bob", &next.entries).is_ok());
+    }
+
+    /// A device may present only the end of its log (SECURITY.md §9): it is
+    /// placed at the `seq` its first entry claims, compared with the relay's
+    /// entries where they overlap and verified after them. A part that
+    /// starts past what the relay holds cannot be judged: `UNKNOWN_USER`,
+    /// and the device presents its whole log next.
+    #[test]
+    fn the_end_of_a_log_is_judged_against_the_relays_entries() {
+        let mut rng = rand::rng();
+        let org = Org::new(&mut rng);
+        let root = org.root_public();
+        let mut bob = org.enroll(&mut rng, "bob");
+        let mut log = bob.log.clone();
+        for _ in 0..4 {
+            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+            let e = bob
+                .chain
+                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
+            bob.chain.apply(&root, &e).unwrap();
+            log.push(e);
+        }
+        let held = |n: usize| known(&root, "bob", &log[..n]);
+        // Overlapping the stored entries, then new ones: only those verified.
+        let s = LogStats::default();
+        let Ok(Decision::Replace { prev_len, next, .. }) =
+            decide(&root, "bob", held(3), &log[2..], &s)
+        else {
+            panic!("a suffix overlapping the stored log should extend it");
+        };
+        assert_eq!((prev_len, s.entries_verified()), (3, 2));
+        assert_eq!(next.entries, log);
+        // Starting right after the stored log.
+        assert!(matches!(
+            decide(&root, "bob", held(3), &log[3..], &s),
+            Ok(Decision::Replace { prev_len: 3, .. })
+        ));
+        // Inside the stored log: nothing new.
+        assert!(matches!(
+            decide(&root, "bob", held(5), &log[3..4], &s),
+            Ok(Decision::Keep(_))
+        ));
+        assert!(matches!(
+            decide(&root, "bob", held(5), &log[4..], &s),
+            Ok(Decision::Keep(_))
+        ));
+        // A gap after the stored log, or no stored log: cannot be judged.
+        assert!(matches!(
+            decide(&root, "bob", held(2), &log[3..], &s),
+            Err(ErrorCode::UnknownUser)
+        ));
+        assert!(matches!(
+            decide(&root, "bob", none(), &log[1..], &s),
+            Err(ErrorCode::UnknownUser)
+        ));
+        // An overlap that differs from the stored entries: a fork.
+        let mut forked = log[2..].to_vec();
+        forked[0].signature[0] ^= 1;
+        assert!(matches!(
+            decide(&root, "bob", held(4), &forked, &s),
+            Err(ErrorCode::InvalidStatement)
+        ));
+        // Another user's entry placed at its seq: a fork too.
+        let mut alice = org.enroll(&mut rng, "alice");
+        let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+        let a1 = alice
+            .chain
+            .rotate_user_key(&alice.device, &key, ward_core::testkit::KIT_TIME);
+        alice.chain.apply(&root, &a1).unwrap();
+        assert!(matches!(
+            decide(&root, "bob", held(1), &[a1], &s),
+            Err(ErrorCode::InvalidStatement)
+        ));
     }
 
     /// The known prefix is compared entry for entry, signature included: a

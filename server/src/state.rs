@@ -87,6 +87,8 @@ pub struct Shared {
     pub metrics: crate::metrics::RelayMetrics,
     /// Attachment blob files (SECURITY.md §16.9).
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    /// Logs asked of the keyserver's link at a login (SECURITY.md §9).
+    pub link_fetch: crate::keyserver_link::Fetcher,
 }
 
 impl Shared {
@@ -102,7 +104,9 @@ impl Shared {
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
         let outbound = Arc::new(Semaphore::new(global_permits(&config)));
         let logs = crate::logs::LogCache::new(config.log_cache_bytes, config.log_stats.clone());
+        let link_fetch = crate::keyserver_link::Fetcher::new(config.keyserver_link.is_some());
         Self {
+            link_fetch,
             logs,
             config,
             writer,

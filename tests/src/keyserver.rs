@@ -10,16 +10,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::MaybeTlsStream;
 use ward_core::auth::DEFAULT_INSTANCE;
-use ward_core::keys::DeviceSigningKey;
 use ward_core::keys::SigningPublicKey;
+use ward_core::keys::{DelegationKey, DeviceSigningKey};
 use ward_core::testkit::{KIT_TIME, Org};
 use ward_keyserver::{Clock, Config, KeyserverError};
 use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
     DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
-    PutDeviceGrants, PutWrappedKeys, SignedStatement, UserLog, WrappedKeyFor, WrappedKeys,
-    ks_request, ks_response,
+    PutDeviceGrants, PutWrappedKeys, SignedInvite, SignedStatement, UserLog, WrappedKeyFor,
+    WrappedKeys, ks_request, ks_response,
 };
 
 /// A fresh path in the system temp dir (the file does not exist yet).
@@ -162,6 +162,28 @@ impl KsClient {
         let limits = Limits::default();
         let mut conn = ward_net::conn::connect(url, &limits).await?;
         ward_net::handshake::client(&mut conn, device, user_id, audience, &[]).await?;
+        Ok(Self { conn, next_id: 1 })
+    }
+
+    /// Connects as `device`, the first device of `user_id`, a user that
+    /// does not exist yet, proving it holds the user's `invite` and its
+    /// `delegation` key (SECURITY.md §8, E1–E5): an enrolling session, which
+    /// may append the user's creation.
+    pub async fn connect_enrolling(
+        url: &str,
+        root: &SigningPublicKey,
+        device: &DeviceSigningKey,
+        user_id: &str,
+        delegation: &DelegationKey,
+        invite: &SignedInvite,
+    ) -> Result<Self, NetError> {
+        let limits = Limits::default();
+        let mut conn = ward_net::conn::connect(url, &limits).await?;
+        let audience = Audience::keyserver(*root, DEFAULT_INSTANCE);
+        ward_net::handshake::client_enrolling(
+            &mut conn, device, user_id, &audience, delegation, invite,
+        )
+        .await?;
         Ok(Self { conn, next_id: 1 })
     }
 
@@ -323,9 +345,16 @@ where
 /// (entry 0 of its log): enrollment.
 pub async fn enroll(url: &str, c: &ward_core::testkit::Clinician) -> KsClient {
     let user_id = c.chain.user_id().to_owned();
-    let mut client = KsClient::connect(url, c.chain.org_root(), &c.device, &user_id)
-        .await
-        .expect("connect to enroll");
+    let mut client = KsClient::connect_enrolling(
+        url,
+        c.chain.org_root(),
+        &c.device,
+        &user_id,
+        &c.delegation,
+        &c.invite,
+    )
+    .await
+    .expect("connect to enroll");
     assert_eq!(client.append(&c.log[0]).await.expect("enroll"), 0);
     client
 }

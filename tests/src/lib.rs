@@ -27,7 +27,15 @@ pub fn invite(org: &Org, user_id: &str) -> (Vec<u8>, Vec<u8>) {
         registry_number: "10001234567".into(),
         expires_at: now + 86_400,
     };
+    invite_as(org, &details)
+}
+
+/// An invite with these details (name, profession, registry number, expiry),
+/// signed by `org`'s root: the encoded `SignedInvite` and the delegation
+/// secret.
+#[allow(clippy::expect_used)] // test helper: a failure here is a broken test setup
+pub fn invite_as(org: &Org, details: &InviteDetails) -> (Vec<u8>, Vec<u8>) {
     let (invite, delegation) =
-        create_invite(&mut rand::rng(), &org.root, &details).expect("a valid invite");
+        create_invite(&mut rand::rng(), &org.root, details).expect("a valid invite");
     (invite.encode_to_vec(), delegation.export_secret().to_vec())
 }

@@ -12,8 +12,8 @@ use ward_core::auth::Audience;
 use ward_core::keys::{RelayServiceKey, SigningPublicKey};
 use ward_net::Conn;
 use ward_proto::v1::{
-    AuthResponse, AuthResult, ErrorCode, LinkFrame, LinkNotice, LinkSubscribe, LinkSynced,
-    SignedStatement, link_frame,
+    AuthChallenge, AuthResponse, AuthResult, ErrorCode, LinkFetch, LinkFrame, LinkNotice,
+    LinkSubscribe, LinkSynced, SignedStatement, link_frame,
 };
 use ward_relay::keyserver_link::KeyserverLink;
 
@@ -119,8 +119,40 @@ impl FakeLink {
             .unwrap();
     }
 
+    /// The relay's next `LinkFetch` (it asks for logs it lacks at a login).
+    pub async fn next_fetch(&mut self) -> LinkFetch {
+        tokio::time::timeout(WAIT, self.conn.recv_msg())
+            .await
+            .expect("the relay asked for no log in time")
+            .unwrap()
+            .expect("the link closed")
+    }
+
     /// Closes the link (as a keyserver going away).
     pub async fn close(mut self) {
         self.conn.close(ward_net::close::GOING_AWAY, "bye").await;
     }
+}
+
+/// Dials the keyserver's relay link at `url` as a relay with `key`, and
+/// returns the connection with the keyserver's `AuthResult`.
+pub async fn dial(
+    url: &str,
+    audience: &Audience,
+    key: &RelayServiceKey,
+) -> (
+    Conn<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    AuthResult,
+) {
+    let mut conn = ward_net::conn::connect(
+        &format!("{url}{}", ward_core::auth::RELAY_LINK_PATH),
+        &ward_net::Limits::default(),
+    )
+    .await
+    .unwrap();
+    let challenge: AuthChallenge = conn.recv_msg().await.unwrap().unwrap();
+    let response = ward_core::auth::respond_link(key, audience, &challenge).unwrap();
+    conn.send_msg(&response).await.unwrap();
+    let result: AuthResult = conn.recv_msg().await.unwrap().unwrap();
+    (conn, result)
 }

@@ -15,7 +15,7 @@ use ward_core::keys::DeviceSigningKey;
 use ward_core::testkit::Org;
 use ward_net::close;
 use ward_proto::v1::{ErrorCode, Recipient};
-use ward_tests::keyserver::{KsClient, TestKeyserver, temp_db_path, test_config};
+use ward_tests::keyserver::{TestKeyserver, temp_db_path, test_config};
 use ward_tests::relay::{Client, Relay, WAIT, message_id, seal, to};
 
 const ATTACKER: &str = "127.0.0.2";
@@ -153,12 +153,15 @@ async fn one_address_cannot_take_the_slots_of_others() {
 }
 
 /// Item 5: a flood of self-signed fresh keys (users that do not exist, so
-/// they may only enroll) from one address does not stop a real enrolment
-/// from another.
+/// they could only enroll) gets no enrolling session at all: without a
+/// valid invite of the user, signed over the handshake by its delegation
+/// key (SECURITY.md §8, E1–E5), the keyserver refuses at the handshake. So
+/// a clinician behind the same NAT address enrolls at once.
 #[tokio::test]
 async fn an_enrolment_flood_does_not_stop_a_real_enrolment() {
     let mut rng = rand::rng();
     let org = Org::new(&mut rng);
+    let mallory = Org::new(&mut rng);
     let alice = org.enroll(&mut rng, "alice");
     let db = temp_db_path("abuse-ks-enroll");
     let mut config = test_config(&org, &db);
@@ -166,37 +169,67 @@ async fn an_enrolment_flood_does_not_stop_a_real_enrolment() {
     config.limits.max_enrolling_per_address = 4;
     let ks = TestKeyserver::start(config).await;
     let url = format!("ws://{}", ks.addr);
+    let audience = ward_net::handshake::Audience::keyserver(
+        org.root_public(),
+        ward_core::auth::DEFAULT_INSTANCE,
+    );
     let mut flood = Vec::new();
-    let mut refused = 0;
     for i in 0..40 {
         let key = DeviceSigningKey::generate(&mut rng);
         let tcp = tcp_from(ATTACKER, ks.addr).await;
         let (ws, _) = tokio_tungstenite::client_async(&url, tcp).await.unwrap();
         let mut conn = ward_net::Conn::from_ws(ws, &ward_net::Limits::default());
-        match ward_net::handshake::client(
-            &mut conn,
-            &key,
-            &format!("nobody{i}"),
-            &ward_net::handshake::Audience::keyserver(
-                org.root_public(),
-                ward_core::auth::DEFAULT_INSTANCE,
-            ),
-            &[],
-        )
-        .await
-        {
-            Ok(()) => flood.push(conn),
-            Err(ward_net::NetError::Refused(ErrorCode::RateLimited)) => refused += 1,
-            Err(e) => panic!("{e}"),
+        let user = format!("nobody{i}");
+        // Half without an invite, half with one another root signed.
+        let r = if i % 2 == 0 {
+            ward_net::handshake::client(&mut conn, &key, &user, &audience, &[]).await
+        } else {
+            let forged = mallory.enroll(&mut rng, &user);
+            ward_net::handshake::client_enrolling(
+                &mut conn,
+                &key,
+                &user,
+                &audience,
+                &forged.delegation,
+                &forged.invite,
+            )
+            .await
+        };
+        match r {
+            Err(ward_net::NetError::Refused(ErrorCode::Unauthenticated)) => {}
+            Err(e) => panic!("expected UNAUTHENTICATED, got {e}"),
+            Ok(()) => panic!("attempt {i} got an enrolling session without a valid invite"),
         }
+        flood.push(conn);
     }
-    assert_eq!(flood.len(), 4, "one address holds its share only");
-    assert_eq!(refused, 36);
-    // A real enrolment from 127.0.0.1 goes through.
-    let mut c = KsClient::connect(&url, &org.root_public(), &alice.device, "alice")
-        .await
-        .unwrap();
-    assert_eq!(c.append(&alice.log[0]).await.unwrap(), 0);
+    // A real enrolment from the attacker's own address goes through.
+    let tcp = tcp_from(ATTACKER, ks.addr).await;
+    let (ws, _) = tokio_tungstenite::client_async(&url, tcp).await.unwrap();
+    let mut conn = ward_net::Conn::from_ws(ws, &ward_net::Limits::default());
+    ward_net::handshake::client_enrolling(
+        &mut conn,
+        &alice.device,
+        "alice",
+        &audience,
+        &alice.delegation,
+        &alice.invite,
+    )
+    .await
+    .unwrap();
+    conn.send_msg(&ward_proto::v1::KsRequest {
+        request_id: 1,
+        body: Some(ward_proto::v1::ks_request::Body::Append(
+            alice.log[0].clone(),
+        )),
+    })
+    .await
+    .unwrap();
+    let r: ward_proto::v1::KsResponse = conn.recv_msg().await.unwrap().unwrap();
+    assert!(
+        matches!(r.body, Some(ward_proto::v1::ks_response::Body::Appended(ref a)) if a.seq == 0),
+        "{r:?}"
+    );
+    drop(flood);
 }
 
 /// Item 5: a connection that answers nothing (no frame, no pong) is closed

@@ -78,12 +78,26 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
         .unwrap()
     };
     let (c1, c2) = (creation(&d1), creation(&d2));
-    let mut a1 = KsClient::connect(&ks.url(), &ks.root, &d1.signing, "dr.a")
-        .await
-        .unwrap();
-    let mut a2 = KsClient::connect(&ks.url(), &ks.root, &d2.signing, "dr.a")
-        .await
-        .unwrap();
+    let mut a1 = KsClient::connect_enrolling(
+        &ks.url(),
+        &ks.root,
+        &d1.signing,
+        "dr.a",
+        &delegation,
+        &invite,
+    )
+    .await
+    .unwrap();
+    let mut a2 = KsClient::connect_enrolling(
+        &ks.url(),
+        &ks.root,
+        &d2.signing,
+        "dr.a",
+        &delegation,
+        &invite,
+    )
+    .await
+    .unwrap();
 
     // Before enrolling, a device may do nothing else.
     let e = a1.get_logs(&["dr.a"]).await.unwrap_err();
@@ -135,22 +149,21 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
     let (old_invite, old_delegation) =
         create_invite(&mut rng, &org.root, &details("dr.late", KIT_TIME - 10)).unwrap();
     let d = new_device();
-    let late = create_user(
-        &root,
-        &old_invite,
-        &old_delegation,
-        &UserEncryptionKey::generate(&mut rng).public_key(),
-        &d.signing.public_key(),
-        &d.encryption.public_key(),
-        KIT_TIME - 20,
-    )
-    .unwrap();
-    let mut c = KsClient::connect(&ks.url(), &ks.root, &d.signing, "dr.late")
-        .await
-        .unwrap();
+    // Refused at the handshake (§8): no session to append it from. (The
+    // append's own expiry check is `accept_creation`'s unit test.)
     assert_eq!(
-        c.append(&late).await.unwrap_err().code(),
-        Some(ErrorCode::InviteExpired)
+        refused(
+            KsClient::connect_enrolling(
+                &ks.url(),
+                &ks.root,
+                &d.signing,
+                "dr.late",
+                &old_delegation,
+                &old_invite
+            )
+            .await
+        ),
+        ErrorCode::InviteExpired
     );
 
     // Forged: signed by another organisation's root.
@@ -158,22 +171,36 @@ async fn enroll_from_invite_and_refuse_reused_expired_and_forged_invites() {
     let (forged, forged_delegation) =
         create_invite(&mut rng, &mallory.root, &details("dr.fake", KIT_TIME + 100)).unwrap();
     let d = new_device();
-    let fake = create_user(
-        &mallory.root_public(),
-        &forged,
-        &forged_delegation,
-        &UserEncryptionKey::generate(&mut rng).public_key(),
-        &d.signing.public_key(),
-        &d.encryption.public_key(),
-        KIT_TIME,
-    )
-    .unwrap();
-    let mut c = KsClient::connect(&ks.url(), &ks.root, &d.signing, "dr.fake")
-        .await
-        .unwrap();
     assert_eq!(
-        c.append(&fake).await.unwrap_err().code(),
-        Some(ErrorCode::InvalidStatement)
+        refused(
+            KsClient::connect_enrolling(
+                &ks.url(),
+                &ks.root,
+                &d.signing,
+                "dr.fake",
+                &forged_delegation,
+                &forged
+            )
+            .await
+        ),
+        ErrorCode::Unauthenticated
+    );
+    // The real invite of another user does not open a session either.
+    let (bobs, bobs_delegation) =
+        create_invite(&mut rng, &org.root, &details("dr.bob", KIT_TIME + 100)).unwrap();
+    assert_eq!(
+        refused(
+            KsClient::connect_enrolling(
+                &ks.url(),
+                &ks.root,
+                &d.signing,
+                "dr.eve",
+                &bobs_delegation,
+                &bobs
+            )
+            .await
+        ),
+        ErrorCode::Unauthenticated
     );
     // Neither user exists.
     let logs = a1.get_logs(&["dr.late", "dr.fake"]).await.unwrap();
@@ -409,14 +436,11 @@ async fn wrapped_keys_are_served_only_to_the_recipients_devices_and_reads_are_lo
         refused(KsClient::connect(&ks.url(), &ks.root, &impostor.signing, "dr.b").await),
         ErrorCode::Unauthenticated
     );
-    // A device of no user (it could only enroll) is refused the request.
+    // A device of no user, without an invite, gets no session at all.
     let stranger = new_device();
-    let mut s = KsClient::connect(&ks.url(), &ks.root, &stranger.signing, "dr.nobody")
-        .await
-        .unwrap();
     assert_eq!(
-        s.get_keys(&[rid.as_bytes()]).await.unwrap_err().code(),
-        Some(ErrorCode::Unauthenticated)
+        refused(KsClient::connect(&ks.url(), &ks.root, &stranger.signing, "dr.nobody").await),
+        ErrorCode::Unauthenticated
     );
     // A client that skips the handshake and sends a request right away.
     let mut raw = ward_net::conn::connect(&ks.url(), &ward_net::Limits::default())
@@ -1006,11 +1030,20 @@ async fn devices_that_are_not_enrolled_are_bounded_in_number_and_time() {
     let mut ca = enroll(&ks.url(), &a).await;
 
     let (s1, s2) = (new_device(), new_device());
-    let first = KsClient::connect(&ks.url(), &ks.root, &s1.signing, "dr.x")
-        .await
-        .unwrap();
+    let (x_invite, x_delegation) =
+        create_invite(&mut rng, &org.root, &details("dr.x", KIT_TIME + 100)).unwrap();
+    let (y_invite, y_delegation) =
+        create_invite(&mut rng, &org.root, &details("dr.y", KIT_TIME + 100)).unwrap();
+    let (url, root) = (ks.url(), ks.root);
+    let first =
+        KsClient::connect_enrolling(&url, &root, &s1.signing, "dr.x", &x_delegation, &x_invite)
+            .await
+            .unwrap();
     assert_eq!(
-        refused(KsClient::connect(&ks.url(), &ks.root, &s2.signing, "dr.y").await),
+        refused(
+            KsClient::connect_enrolling(&url, &root, &s2.signing, "dr.y", &y_delegation, &y_invite)
+                .await
+        ),
         ErrorCode::RateLimited
     );
     // Enrolled devices are not affected.
@@ -1022,9 +1055,10 @@ async fn devices_that_are_not_enrolled_are_bounded_in_number_and_time() {
     // Its place is free again, and enrolling releases it.
     let b = org.enroll(&mut rng, "dr.b");
     let mut cb = enroll(&ks.url(), &b).await;
-    let again = KsClient::connect(&ks.url(), &ks.root, &s2.signing, "dr.y")
-        .await
-        .unwrap();
+    let again =
+        KsClient::connect_enrolling(&url, &root, &s2.signing, "dr.y", &y_delegation, &y_invite)
+            .await
+            .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     // Enrolled sessions outlive the enrollment deadline.
     assert!(cb.get_logs(&["dr.b"]).await.is_ok());

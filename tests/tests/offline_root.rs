@@ -48,7 +48,7 @@ async fn clinician_enrolls(
         KIT_TIME,
     )
     .unwrap();
-    let mut client = KsClient::connect(url, root, &device, user_id)
+    let mut client = KsClient::connect_enrolling(url, root, &device, user_id, delegation, invite)
         .await
         .unwrap();
     assert_eq!(client.append(&entry).await.unwrap(), 0);
@@ -219,26 +219,29 @@ async fn admin_submissions_not_signed_by_this_root_are_refused_typed() {
 
     // Another root cannot open a root session here. Binding its own root
     // (what `ward admin revoke` would), the transcript does not verify;
-    // binding this one, its key is just an unknown device, whose only
-    // permitted request is its own enrolment.
+    // binding this one, its key is just an unknown device of a user that
+    // does not exist, with no invite: no session either (§8, E1).
     match KsClient::connect_root(&ks.url(), &other.root).await {
         Err(NetError::Refused(ErrorCode::Unauthenticated)) => {}
         Err(e) => panic!("expected UNAUTHENTICATED, got {e}"),
         Ok(_) => panic!("another organisation's root opened a root session"),
     }
     let other_signer = DeviceSigningKey::import_secret(&*other.root.export_secret()).unwrap();
-    let mut impostor = KsClient::connect(
+    match KsClient::connect(
         &ks.url(),
         &org.root_public(),
         &other_signer,
         ward_keyserver::admin::ADMIN_USER_ID,
     )
     .await
-    .unwrap();
-    assert_eq!(
-        code(impostor.admin_submit(&by_other_root).await),
-        Some(ErrorCode::Unauthenticated)
-    );
+    {
+        Err(NetError::Refused(ErrorCode::Unauthenticated)) => {}
+        Err(e) => panic!("expected UNAUTHENTICATED, got {e}"),
+        Ok(mut impostor) => panic!(
+            "another root's key got a session: {:?}",
+            code(impostor.admin_submit(&by_other_root).await)
+        ),
+    }
     // The root under any user id but the admin one is refused at the handshake.
     let signer = DeviceSigningKey::import_secret(&*org.root.export_secret()).unwrap();
     match KsClient::connect(&ks.url(), &org.root_public(), &signer, "a").await {

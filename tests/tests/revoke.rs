@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use ward_core::auth::{Audience, RELAY_LINK_PATH};
+use ward_core::auth::Audience;
 use ward_core::keys::{DeviceEncryptionKey, DeviceSigningKey};
 use ward_core::testkit::{KIT_TIME, Org};
 use ward_net::{NetError, close};
-use ward_proto::v1::{AuthChallenge, AuthResult, ErrorCode};
+use ward_proto::v1::ErrorCode;
 use ward_tests::keyserver::{TestKeyserver, remove_db, temp_db_path, test_config, wait_close};
 use ward_tests::link::{FakeKeyserver, link_to, service_key};
 use ward_tests::relay::{Client, Relay, closed, message_id, to};
@@ -102,25 +102,6 @@ async fn a_root_revocation_at_the_keyserver_closes_the_device_at_the_relay_at_on
     remove_db(&ks_db);
 }
 
-/// Dials the keyserver's relay link as a relay with `key`.
-async fn link_handshake(
-    url: &str,
-    audience: &Audience,
-    key: &ward_core::keys::RelayServiceKey,
-) -> (ward_tests::relay::ClientConn, AuthResult) {
-    let mut conn = ward_net::conn::connect(
-        &format!("{url}{RELAY_LINK_PATH}"),
-        &ward_net::Limits::default(),
-    )
-    .await
-    .unwrap();
-    let challenge: AuthChallenge = conn.recv_msg().await.unwrap().unwrap();
-    let response = ward_core::auth::respond_link(key, audience, &challenge).unwrap();
-    conn.send_msg(&response).await.unwrap();
-    let result: AuthResult = conn.recv_msg().await.unwrap().unwrap();
-    (conn, result)
-}
-
 /// The keyserver refuses a relay whose service key it was not configured
 /// with (`UNAUTHENTICATED`, close 4001), and accepts the one it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +116,7 @@ async fn a_relay_whose_service_key_is_not_allowed_is_refused() {
     let audience = Audience::keyserver(org.root_public(), ward_core::auth::DEFAULT_INSTANCE);
 
     let stranger = service_key();
-    let (mut conn, result) = link_handshake(&ks.url(), &audience, &stranger).await;
+    let (mut conn, result) = ward_tests::link::dial(&ks.url(), &audience, &stranger).await;
     assert!(!result.ok);
     assert_eq!(result.error, ErrorCode::Unauthenticated as i32);
     assert_eq!(wait_close(&mut conn).await, Some(close::AUTH_FAILED));
@@ -145,7 +126,7 @@ async fn a_relay_whose_service_key_is_not_allowed_is_refused() {
             .contains("ward_keyserver_relay_link_refused_total 1")
     );
 
-    let (_conn, result) = link_handshake(&ks.url(), &audience, &allowed).await;
+    let (_conn, result) = ward_tests::link::dial(&ks.url(), &audience, &allowed).await;
     assert!(result.ok, "{result:?}");
 
     // And a real relay with a stranger's key never gets its link up.

@@ -42,6 +42,7 @@ LABELS = {  # §3.4; §1.1: every label begins with ward/v2/
     "ENVELOPE_KEY_COMMITMENT": "ward/v2/envelope/key-commitment",
     "SIG_AUTH": "ward/v2/sig/auth",
     "SIG_RELAY_LINK": "ward/v2/sig/relay-link",
+    "SIG_ENROL_AUTH": "ward/v2/sig/enrol-auth",
     "HASH_INVITE": "ward/v2/hash/invite",
     "HASH_ENTRY": "ward/v2/hash/entry",
     "WRAP_INFO": "ward/v2/wrap/resource-key",
@@ -201,7 +202,8 @@ DEVICE_GRANT = msg((1, F("user_key", "bytes")), (2, F("device_key", "bytes")), (
 AUTH_CHALLENGE = msg((1, F("version", "uint32")), (2, F("service", "string")), (3, F("nonce", "bytes")),
                      (4, F("instance", "string")))
 AUTH_RESPONSE = msg((1, F("user_id", "string")), (2, F("device_id", "bytes")), (3, F("signature", "bytes")),
-                    (4, F("log", SIGNED_STATEMENT, repeated=True)), (5, F("version", "uint32")))
+                    (4, F("log", SIGNED_STATEMENT, repeated=True)), (5, F("version", "uint32")),
+                    (6, F("invite", "bytes")), (7, F("invite_signature", "bytes")))
 
 
 def default(typ, repeated):
@@ -999,6 +1001,29 @@ def auth_transcript(version, service, instance, root, nonce, user_id, device_id)
                  device_id)
 
 
+def enrol_transcript(version, service, instance, root, nonce, user_id, device_id):
+    # §8: the same seven parts as the device's transcript, under SIG_ENROL_AUTH.
+    return frame(L["SIG_ENROL_AUTH"], u32(version), service.encode(), instance.encode(), root, nonce,
+                 user_id.encode(), device_id)
+
+
+def verify_enrolment(root, service, instance, challenge_bytes, r):
+    """E1–E5 of §8, for a response `r` that passed S1–S3; returns the verified invite."""
+    ch = decode_bounded(AUTH_CHALLENGE, challenge_bytes, MAX_CHALLENGE_BYTES)
+    if not r["invite"]:  # E1
+        raise AE("NoInvite")
+    try:
+        inv = verify_invite(root, decode_signed_invite(r["invite"]))  # E2, E3
+    except WardError as e:
+        raise AE("Invite", str(e))
+    if inv["user_id"] != r["user_id"]:  # E4
+        raise AE("Invite", "invite for another user")
+    t = enrol_transcript(ch["version"], service, instance, root, ch["nonce"], r["user_id"], r["device_id"])
+    if not ed_verify(inv["delegation_public_key"], t, r["invite_signature"]):  # E5
+        raise AE("BadInviteSignature")
+    return inv
+
+
 def respond(device_seed, user_id, root, service, instance, challenge_bytes):
     try:
         ch = decode_bounded(AUTH_CHALLENGE, challenge_bytes, MAX_CHALLENGE_BYTES)
@@ -1365,6 +1390,46 @@ def check_signatures():
         check("auth response encoded", f)
         check("auth response verifies (S1–S3)", lambda: verify_response(
             root, ch["service"], ch["instance"], X(ch["encoded"]), X(a["response"])) and True)
+    e = d.get("enrol_auth")
+    if e:
+        ch = e["challenge"]
+        root = X(e["org_root_public"])
+        t, sig, dev = respond(X(e["device_secret"]), e["user_id"], root, ch["service"], ch["instance"],
+                              X(ch["encoded"]))
+        check("enrol device transcript", lambda: eq(t, X(e["device_transcript"])))
+        check("enrol device signature", lambda: eq(sig, X(e["device_signature"])))
+        et = enrol_transcript(ch["version"], ch["service"], ch["instance"], root, X(ch["nonce"]), e["user_id"], dev)
+        check("enrol transcript (§8)", lambda: eq(et, X(e["enrol_transcript"])))
+        check("enrol transcript prefix (§8)", lambda: eq(et[:22 + 1 + 8], L["SIG_ENROL_AUTH"] + X(
+            "00" "00000004" "00000002")))
+        isig = ed_sign(X(e["delegation_seed"]), et)
+        check("enrol invite signature", lambda: eq(isig, X(e["invite_signature"])))
+
+        def mine():
+            return encode(AUTH_RESPONSE, {"user_id": e["user_id"], "device_id": dev, "signature": sig, "log": [],
+                                          "version": PROTOCOL_VERSION, "invite": X(e["signed_invite"]),
+                                          "invite_signature": isig})
+        check("enrol response encoded", lambda: eq(mine(), X(e["response"]), "response"))
+
+        def verified():
+            r = verify_response(root, ch["service"], ch["instance"], X(ch["encoded"]), X(e["response"]))
+            inv = verify_enrolment(root, ch["service"], ch["instance"], X(ch["encoded"]), r)
+            return eq(inv["delegation_public_key"], ed_public(X(e["delegation_seed"])))
+        check("enrol response verifies (S1–S3, E1–E5)", verified)
+
+        def refused(kind, **change):
+            r = decode(AUTH_RESPONSE, X(e["response"]))
+            r.update(change)
+            try:
+                verify_enrolment(root, ch["service"], ch["instance"], X(ch["encoded"]), r)
+            except WardError as err:
+                return eq(err.name, kind)
+            return "accepted"
+        check("enrol E1 no invite", lambda: refused("AuthError::NoInvite", invite=b""))
+        check("enrol E2 not an invite", lambda: refused("AuthError::Invite", invite=b"\xff" * 40))
+        check("enrol E5 device signature in its place",
+              lambda: refused("AuthError::BadInviteSignature", invite_signature=sig))
+        check("enrol E4 another user", lambda: refused("AuthError::Invite", user_id="mallory"))
     inv = d.get("invite")
     if inv:
         root_sk = X(inv["org_root_secret"])

@@ -67,6 +67,12 @@ struct Args {
     /// Requests a device may send in a burst.
     #[arg(long, env = "WARD_KEYSERVER_BURST", default_value_t = 200)]
     burst: u32,
+    /// Sustained directory searches per minute per device (on top of --rate).
+    #[arg(long, env = "WARD_KEYSERVER_SEARCHES_PER_MINUTE", default_value_t = 60)]
+    searches_per_minute: u32,
+    /// Directory searches a device may send in a burst.
+    #[arg(long, env = "WARD_KEYSERVER_SEARCH_BURST", default_value_t = 20)]
+    search_burst: u32,
     /// Connections open at once (lowered at start to the file-descriptor
     /// limit minus 128, after raising the soft limit to the hard one).
     #[arg(long, env = "WARD_KEYSERVER_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -170,6 +176,8 @@ fn config(args: &Args) -> Result<Config, String> {
         max_items_per_request: args.max_items,
         requests_per_second: args.rate,
         request_burst: args.burst,
+        searches_per_minute: args.searches_per_minute,
+        search_burst: args.search_burst,
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         max_enrolling: args.max_enrolling,

@@ -59,21 +59,30 @@ impl BlobConn {
             .ok_or(ClientError::NotEnrolled)?;
         let limits = Limits::default();
         let url = blob_url(&inner.config.relay_url);
-        let conn = tokio::time::timeout(inner.config.request_timeout, async {
-            let mut conn = ward_net::tls::connect(&url, &limits, &inner.config.tls).await?;
-            ward_net::handshake::client(
-                &mut conn,
-                &inner.device,
-                &inner.user_id,
-                &inner.config.relay_audience(),
-                &own.entries,
-            )
-            .await?;
-            Ok::<_, ClientError>(conn)
-        })
-        .await
-        .map_err(|_| ClientError::Timeout)??;
-        Ok(Self { conn })
+        // The end of the log, as the message connection presents it; the
+        // whole log if the relay lacks its start (SECURITY.md §9).
+        for whole in [false, true] {
+            let r = tokio::time::timeout(inner.config.request_timeout, async {
+                let mut conn = ward_net::tls::connect(&url, &limits, &inner.config.tls).await?;
+                ward_net::handshake::client(
+                    &mut conn,
+                    &inner.device,
+                    &inner.user_id,
+                    &inner.config.relay_audience(),
+                    super::relay::presented_log(&own.entries, whole),
+                )
+                .await?;
+                Ok::<_, ClientError>(conn)
+            })
+            .await
+            .map_err(|_| ClientError::Timeout)?;
+            match r {
+                Err(ClientError::Net(ward_net::NetError::Refused(ErrorCode::UnknownUser)))
+                    if !whole => {}
+                r => return r.map(|conn| Self { conn }),
+            }
+        }
+        Err(ClientError::Protocol("relay refused the whole log"))
     }
 
     async fn send(&mut self, f: client_frame::Frame) -> Result<()> {

@@ -89,6 +89,44 @@ impl Directory {
         Ok(Some(known))
     }
 
+    /// The verified states of `user_ids`: held ones as they are, the others
+    /// fetched and verified from the root but **not** persisted (a directory
+    /// search shows many users this device may never write to; a log is
+    /// pinned in the store once it is used, by [`Self::refresh`]).
+    pub(crate) async fn verified_unpinned(
+        &self,
+        store: &StoreCell,
+        keyserver: &Keyserver,
+        user_ids: &[String],
+    ) -> Result<HashMap<String, VerifiedUser>> {
+        let mut out = HashMap::with_capacity(user_ids.len());
+        let mut missing = Vec::new();
+        for u in user_ids {
+            if out.contains_key(u) || missing.contains(u) {
+                continue;
+            }
+            match self.cached(store, u).await? {
+                Some(k) => {
+                    out.insert(u.clone(), k.user);
+                }
+                None => missing.push(u.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let mut served = keyserver.get_logs(missing.clone()).await?;
+        for u in missing {
+            let entries = served
+                .remove(&u)
+                .ok_or_else(|| ClientError::UnknownUser(u.clone()))?
+                .entries;
+            let user = verify_log(&self.root, &u, &entries).map_err(|e| chain_err(&u, e))?;
+            out.insert(u, user);
+        }
+        Ok(out)
+    }
+
     /// Fetches the logs of `user_ids` from the keyserver and verifies each
     /// one (from the root on first sight, as an extension of the cached
     /// state afterwards). Fails on the first user whose log does not verify.

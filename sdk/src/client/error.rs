@@ -71,6 +71,15 @@ pub enum ClientError {
         /// Why.
         error: ChainError,
     },
+    /// A directory search result carries a root-signed invite that is not
+    /// the invite of that user's verified log entry 0 (another invite for
+    /// the same user id, or one naming another user): the keyserver lied
+    /// about who this is, and the page is refused.
+    #[error("the directory's entry for {user_id} is not the invite of that user's log")]
+    DirectoryMismatch {
+        /// The user the entry claimed to be.
+        user_id: String,
+    },
     /// The keyserver knows no such user (and this device never verified one).
     #[error("unknown user {0}")]
     UnknownUser(String),

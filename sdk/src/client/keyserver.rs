@@ -2,8 +2,8 @@
 //! task, requests answered in order and matched by request id.
 //!
 //! The task connects lazily, authenticates as this device (an unknown
-//! user's device gets an *enrolling* session, which may only append its
-//! own creation), and reconnects once per request if the connection broke:
+//! user's device, proving it holds the user's invite, gets an *enrolling*
+//! session, which may only append its own creation), and reconnects once per request if the connection broke:
 //! every keyserver request is idempotent (SECURITY.md §10.2), so a retried
 //! request that had in fact been applied is acknowledged again.
 
@@ -14,13 +14,13 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::MaybeTlsStream;
-use ward_core::keys::DeviceSigningKey;
+use ward_core::keys::{DelegationKey, DeviceSigningKey};
 use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
-    DeviceGrant, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest, KsResponse,
-    PutDeviceGrants, PutWrappedKeys, SignedStatement, UserLog, WrappedKeyFor, WrappedKeys,
-    ks_request, ks_response,
+    DeviceGrant, DirectoryPage, ErrorCode, GetDeviceGrant, GetLogs, GetWrappedKeys, KsRequest,
+    KsResponse, PutDeviceGrants, PutWrappedKeys, SearchDirectory, SignedInvite, SignedStatement,
+    UserLog, WrappedKeyFor, WrappedKeys, ks_request, ks_response,
 };
 
 use super::error::{ClientError, Result};
@@ -42,6 +42,10 @@ struct Task {
     timeout: Duration,
     conn: Option<Conn<MaybeTlsStream<TcpStream>>>,
     next_id: u64,
+    /// While enrolling: the invite and its one-time key, which prove to the
+    /// keyserver that this device may open an enrolling session (SECURITY.md
+    /// §8, E1–E5). Dropped (and zeroized) with the task.
+    enrolment: Option<(DelegationKey, SignedInvite)>,
 }
 
 impl Keyserver {
@@ -54,8 +58,7 @@ impl Keyserver {
         user_id: String,
         timeout: Duration,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(ks_request::Body, Reply)>(64);
-        let mut task = Task {
+        Self::start(Task {
             url,
             audience,
             tls,
@@ -64,7 +67,36 @@ impl Keyserver {
             timeout,
             conn: None,
             next_id: 1,
-        };
+            enrolment: None,
+        })
+    }
+
+    /// Starts the task of a device that enrolls: every handshake carries
+    /// the proof that it holds the invite and its delegation key.
+    pub(crate) fn spawn_enrolling(
+        url: String,
+        audience: Audience,
+        tls: ward_net::tls::ClientTls,
+        device: Arc<DeviceSigningKey>,
+        user_id: String,
+        timeout: Duration,
+        enrolment: (DelegationKey, SignedInvite),
+    ) -> Self {
+        Self::start(Task {
+            url,
+            audience,
+            tls,
+            device,
+            user_id,
+            timeout,
+            conn: None,
+            next_id: 1,
+            enrolment: Some(enrolment),
+        })
+    }
+
+    fn start(mut task: Task) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(ks_request::Body, Reply)>(64);
         tokio::spawn(async move {
             while let Some((body, reply)) = rx.recv().await {
                 let result = task.call(body).await;
@@ -137,6 +169,16 @@ impl Keyserver {
         }
     }
 
+    /// One page of the professional directory (SECURITY.md §10.9): unverified.
+    pub(crate) async fn search(&self, req: SearchDirectory) -> Result<DirectoryPage> {
+        match self.call(ks_request::Body::SearchDirectory(req)).await? {
+            ks_response::Body::DirectoryPage(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "search_directory answered with another body",
+            )),
+        }
+    }
+
     /// The grant of `user_key` (empty: the newest) to this device.
     pub(crate) async fn get_grant(&self, user_key: Vec<u8>) -> Result<DeviceGrant> {
         match self
@@ -181,14 +223,29 @@ impl Task {
             if self.conn.is_none() {
                 let limits = Limits::default();
                 let mut conn = ward_net::tls::connect(&self.url, &limits, &self.tls).await?;
-                ward_net::handshake::client(
-                    &mut conn,
-                    &self.device,
-                    &self.user_id,
-                    &self.audience,
-                    &[],
-                )
-                .await?;
+                match &self.enrolment {
+                    None => {
+                        ward_net::handshake::client(
+                            &mut conn,
+                            &self.device,
+                            &self.user_id,
+                            &self.audience,
+                            &[],
+                        )
+                        .await?
+                    }
+                    Some((delegation, invite)) => {
+                        ward_net::handshake::client_enrolling(
+                            &mut conn,
+                            &self.device,
+                            &self.user_id,
+                            &self.audience,
+                            delegation,
+                            invite,
+                        )
+                        .await?
+                    }
+                }
                 self.conn = Some(conn);
             }
             let conn = self.conn.as_mut().ok_or(ClientError::Closed)?;

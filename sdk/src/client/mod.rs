@@ -12,6 +12,7 @@
 //! | [`Client::events`] | verified messages, typed rejections, send outcomes |
 //! | [`Client::conversations`], [`Client::history`] | what the store holds |
 //! | [`Client::rotate_user_key`], [`Client::revoke_device`] | key changes |
+//! | [`Client::search_directory`] | the professional directory, verified before it is shown |
 //!
 //! | file | what |
 //! |---|---|
@@ -19,6 +20,7 @@
 //! | `keyserver.rs` | typed keyserver requests over one connection |
 //! | `relay.rs` | the relay connection task, backoff |
 //! | `directory.rs` | fetch, verify and cache users' logs |
+//! | `search.rs` | directory search: [`DirectoryQuery`], [`Page`], [`DirectoryEntry`] |
 //! | `send.rs` | seal, outbox, keys before ciphertext |
 //! | `attach.rs` | `send_file`, `download`, resumed uploads |
 //! | `blob_conn.rs` | the relay's blob connection (`/v2/blobs`) |
@@ -38,6 +40,7 @@ mod own_log;
 mod receive;
 mod relay;
 mod revoked;
+mod search;
 mod send;
 
 use std::path::PathBuf;
@@ -64,6 +67,7 @@ use zeroize::Zeroizing;
 pub use attach::{AttachmentInfo, Phase, Progress};
 pub use error::{ClientError, Result};
 pub use events::Event;
+pub use search::{DirectoryEntry, DirectoryQuery, MAX_PAGE_SIZE, Page, PageCursor};
 
 use crate::store::{Conversation, CreateOptions, Identity, Message, Pin, Store, StoreError};
 use directory::Directory;
@@ -495,13 +499,14 @@ impl Client {
         let store = StoreCell::new(store);
 
         let device = Arc::new(device);
-        let ks = Keyserver::spawn(
+        let ks = Keyserver::spawn_enrolling(
             config.keyserver_url.clone(),
             config.keyserver_audience(),
             config.tls.clone(),
             device.clone(),
             user_id.clone(),
             config.request_timeout,
+            (delegation, signed),
         );
         if let Err(e) = ks.append(entry).await {
             store.close().await;
@@ -661,6 +666,22 @@ impl Client {
     /// get `None`. Read it: when its buffer is full, receiving waits.
     pub fn events(&mut self) -> Option<mpsc::Receiver<Event>> {
         self.events.take()
+    }
+
+    /// Searches the organisation's professional directory at the keyserver
+    /// (SECURITY.md §10.9): `page` is `None` for the first page, then the
+    /// previous page's [`Page::next`]. Every result's invite is checked
+    /// against the pinned root and against the user's verified log entry 0
+    /// (fetched and verified when this device holds none) before it is
+    /// returned; one that fails refuses the page
+    /// ([`ClientError::Chain`], [`ClientError::DirectoryMismatch`]). Too
+    /// many searches are `ClientError::Keyserver { code: RateLimited, .. }`.
+    pub async fn search_directory(
+        &self,
+        query: &DirectoryQuery,
+        page: Option<&PageCursor>,
+    ) -> Result<Page<DirectoryEntry>> {
+        search::search(&self.inner, query, page).await
     }
 
     /// Approves a new device of this user (keys from

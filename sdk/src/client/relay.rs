@@ -1,5 +1,6 @@
 //! The relay connection task: connect with exponential backoff and jitter,
-//! authenticate presenting this user's own verified log, then forward
+//! authenticate presenting the end of this user's own verified log (the
+//! whole log if the relay answers that it lacks the rest), then forward
 //! `Deliver`s to the receive worker and carry `Send`, `Ack` and
 //! `PublishLog` frames for the rest of the client.
 //!
@@ -31,6 +32,36 @@ pub(crate) enum RelayCmd {
     Send(Send, oneshot::Sender<Result<()>>),
     /// Publish this user's log (after it changed).
     PublishLog(Vec<ward_proto::v1::SignedStatement>),
+}
+
+/// Most bytes of log entries presented at login: the newest entries that fit
+/// (all of a short log). The relay's pre-login frame limit (256 KiB by
+/// default) caps the whole log at some 180 entries; its end, judged against
+/// the log the relay already holds (SECURITY.md §9), keeps a long-lived
+/// user able to log in.
+pub(crate) const AUTH_LOG_BUDGET: usize = 16 << 10;
+
+/// What this device presents in `AuthResponse.log`: the newest entries of
+/// its verified log whose encoded sizes add up to at most
+/// [`AUTH_LOG_BUDGET`], or the whole log when `whole` (the relay answered
+/// `UNKNOWN_USER`: it does not hold the entries before them).
+pub(crate) fn presented_log(
+    entries: &[ward_proto::v1::SignedStatement],
+    whole: bool,
+) -> &[ward_proto::v1::SignedStatement] {
+    if whole {
+        return entries;
+    }
+    let mut bytes = 0usize;
+    let mut from = entries.len();
+    for (i, e) in entries.iter().enumerate().rev() {
+        bytes = bytes.saturating_add(ward_proto::Message::encoded_len(e) + 4);
+        if bytes > AUTH_LOG_BUDGET {
+            break;
+        }
+        from = i;
+    }
+    &entries[from..]
 }
 
 /// Exponential backoff with full jitter: the n-th delay is drawn uniformly
@@ -72,7 +103,13 @@ pub(crate) async fn run(
     let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
     // Whether this outage was reported (`Event::RelayUnreachable`).
     let mut reported = false;
+    // Whether the next login presents the whole log (the relay lacked it):
+    // for one attempt, so that a whole log the relay cannot take (over its
+    // pre-login limit) does not stop the next attempts, once the relay has
+    // learnt the log elsewhere (the keyserver's link, another device).
+    let mut whole = false;
     loop {
+        let present_whole = std::mem::take(&mut whole);
         match session(
             &inner,
             &mut cmds,
@@ -80,11 +117,21 @@ pub(crate) async fn run(
             &connected,
             &delivers,
             &mut backoff,
+            present_whole,
         )
         .await
         {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Disconnected) => reported = false,
+            Err(ClientError::Net(NetError::Refused(ErrorCode::UnknownUser))) if !present_whole => {
+                // The relay holds less of this user's log than was
+                // presented: present all of it, at once.
+                tracing::debug!(
+                    "relay: it lacks the start of this user's log; presenting it whole"
+                );
+                whole = true;
+                continue;
+            }
             Err(e) if e.is_device_revoked() => {
                 tracing::warn!("relay: this device is revoked; no more reconnecting");
                 let _ = connected.send(false);
@@ -144,6 +191,7 @@ async fn session(
     connected: &watch::Sender<bool>,
     delivers: &mpsc::Sender<Deliver>,
     backoff: &mut Backoff,
+    whole: bool,
 ) -> Result<Stop> {
     let own = inner
         .directory
@@ -159,7 +207,7 @@ async fn session(
             &inner.device,
             &inner.user_id,
             &inner.config.relay_audience(),
-            &own.entries,
+            presented_log(&own.entries, whole),
         )
         .await?;
         Ok::<_, ClientError>(conn)
@@ -239,6 +287,33 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_log_is_presented_by_its_end_and_a_short_one_whole() {
+        let mut rng = rand::rng();
+        let org = ward_core::testkit::Org::new(&mut rng);
+        let root = org.root_public();
+        let mut bob = org.enroll(&mut rng, "bob");
+        let mut log = bob.log.clone();
+        assert_eq!(presented_log(&log, false).len(), 1);
+        for _ in 0..20 {
+            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
+            let e = bob
+                .chain
+                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
+            bob.chain.apply(&root, &e).unwrap();
+            log.push(e);
+        }
+        let end = presented_log(&log, false);
+        let bytes: usize = end
+            .iter()
+            .map(|e| ward_proto::Message::encoded_len(e) + 4)
+            .sum();
+        assert!(!end.is_empty() && end.len() < log.len());
+        assert!(bytes <= AUTH_LOG_BUDGET);
+        assert_eq!(end, &log[log.len() - end.len()..], "the newest entries");
+        assert_eq!(presented_log(&log, true), &log[..]);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
