@@ -663,3 +663,43 @@ async fn expired_blobs_and_abandoned_uploads_are_deleted() {
     let text = metrics.render();
     assert!(text.contains("ward_relay_blobs_deleted_total 3"), "{text}");
 }
+
+/// Not a check: upload and download rates of a 256 MiB file over loopback
+/// through the relay (BENCHMARKS.md). Run in a release build:
+/// `cargo test --release -p ward-tests --test attachments rates -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rates_over_loopback() {
+    let w = World::new().await;
+    let (alice, mut bob, conv) = pair(&w).await;
+    let mut bob_events = bob.events().unwrap();
+    let src = w.dir().join("bench.bin");
+    let len: u64 = 256 << 20;
+    let hash = write_file(&src, len, 9);
+    let mib = len as f64 / (1 << 20) as f64;
+    let (mut enc_done, t0) = (None, std::time::Instant::now());
+    alice
+        .send_file(conv, &src, "bench.bin", "application/octet-stream", |p| {
+            if p.phase == Phase::Uploading && enc_done.is_none() {
+                enc_done = Some(t0.elapsed());
+            }
+        })
+        .await
+        .unwrap();
+    let total = t0.elapsed();
+    let enc = enc_done.unwrap();
+    let m = attachment(&mut bob_events).await;
+    let out = w.dir().join("bench-out.bin");
+    let t1 = std::time::Instant::now();
+    bob.download(&m, &out, |_| {}).await.unwrap();
+    let down = t1.elapsed();
+    assert_eq!(file_hash(&out), hash);
+    eprintln!(
+        "RATES {mib} MiB: encrypt to spool {:.0} MiB/s ({enc:?}), upload {:.0} MiB/s ({:?}), \
+         download+verify {:.0} MiB/s ({down:?})",
+        mib / enc.as_secs_f64(),
+        mib / (total - enc).as_secs_f64(),
+        total - enc,
+        mib / down.as_secs_f64(),
+    );
+}
