@@ -84,6 +84,8 @@ struct BlobSession {
     uploads: HashMap<BlobId, u64>,
     /// Blobs this device was found to be a reader of: `id -> size`.
     readable: HashMap<BlobId, u64>,
+    /// The global outbound budget the last `BlobRead` holds.
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Most blobs one connection keeps authorisations for (a client transfers
@@ -129,6 +131,7 @@ pub(crate) async fn session(
         mailbox,
         uploads: HashMap::new(),
         readable: HashMap::new(),
+        held: None,
     };
     let write_timeout = limits.slow_consumer_timeout;
     let mut ping = tokio::time::interval(limits.ping_interval.max(Duration::from_millis(10)));
@@ -159,6 +162,9 @@ pub(crate) async fn session(
                     }
                 };
                 let (id, answer) = s.handle(frame).await;
+                // A read's share of the global outbound budget, held until
+                // its data is written.
+                let _budget = s.held.take();
                 let (reply, close) = match answer {
                     Ok(f) => (f, None),
                     Err(Refusal::Error(code, detail)) => (error_frame(code, &id, detail), None),
@@ -393,6 +399,24 @@ impl BlobSession {
                 "range outside the blob",
             ));
         }
+        // Data read for blob connections counts against the same global
+        // budget as deliveries (`global_outbound_bytes`): the memory reads
+        // hold is bounded whatever the number of downloads.
+        let cost = u32::try_from(
+            f.length
+                .min(crate::state::global_permits(&self.shared.config) as u64),
+        )
+        .unwrap_or(u32::MAX)
+        .max(1);
+        let permit = timeout(
+            self.shared.config.limits.slow_consumer_timeout,
+            self.shared.outbound.clone().acquire_many_owned(cost),
+        )
+        .await;
+        let Ok(Ok(permit)) = permit else {
+            return Err(Refusal::Error(ErrorCode::RateLimited, "relay busy; retry"));
+        };
+        self.held = Some(permit);
         let store = self.shared.blobs.clone();
         let (offset, length) = (f.offset, f.length);
         match blocking(move || store.read_range(&id, offset, length)).await {

@@ -677,6 +677,20 @@ async fn rates_over_loopback() {
     let len: u64 = 256 << 20;
     let hash = write_file(&src, len, 9);
     let mib = len as f64 / (1 << 20) as f64;
+    // Peak RSS of this whole process (relay, keyserver, both clients, this
+    // test): an upper bound of what the transfers add to the clients.
+    let hwm = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            / 1024
+    };
+    let idle = hwm();
     let (mut enc_done, t0) = (None, std::time::Instant::now());
     alice
         .send_file(conv, &src, "bench.bin", "application/octet-stream", |p| {
@@ -687,16 +701,19 @@ async fn rates_over_loopback() {
         .await
         .unwrap();
     let total = t0.elapsed();
+    let after_send = hwm();
     let enc = enc_done.unwrap();
     let m = attachment(&mut bob_events).await;
     let out = w.dir().join("bench-out.bin");
     let t1 = std::time::Instant::now();
     bob.download(&m, &out, |_| {}).await.unwrap();
     let down = t1.elapsed();
+    let after_download = hwm();
     assert_eq!(file_hash(&out), hash);
     eprintln!(
         "RATES {mib} MiB: encrypt to spool {:.0} MiB/s ({enc:?}), upload {:.0} MiB/s ({:?}), \
-         download+verify {:.0} MiB/s ({down:?})",
+         download+verify {:.0} MiB/s ({down:?}); peak RSS of the process {idle} MiB idle, \
+         {after_send} MiB after sending, {after_download} MiB after receiving",
         mib / enc.as_secs_f64(),
         mib / (total - enc).as_secs_f64(),
         total - enc,
