@@ -607,6 +607,79 @@ async fn only_the_uploader_writes_and_only_recipients_read() {
     assert_eq!(c.error().await.code, ErrorCode::BlobRefused as i32);
 }
 
+/// A blob stays until every reader device said it fetched the blob to the
+/// end: Bob's fetch leaves it for Carol, Carol's deletes it; a second
+/// `BlobFetched`, or one from a non-reader, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_stays_until_every_reader_fetched_it() {
+    use ward_proto::v1::client_frame::Frame as F;
+    use ward_proto::v1::server_frame::Frame as S;
+    use ward_proto::v1::{BlobOpen, BlobPiece};
+    use ward_tests::relay::{Client as Raw, Relay, message_id, seal, to};
+    let org = ward_core::testkit::Org::new(&mut rand::rng());
+    let alice = org.enroll(&mut rand::rng(), "alice");
+    let bob = org.enroll(&mut rand::rng(), "bob");
+    let carol = org.enroll(&mut rand::rng(), "carol");
+    let relay = Relay::start(org.root_public()).await;
+    let blobs = format!("{}/v2/blobs", relay.url());
+    let (blob, d) = real_blob(1000);
+    let id = d.blob_id().to_vec();
+    let mut a = Raw::of(&blobs, &alice, "alice").await;
+    a.frame(F::BlobOpen(BlobOpen {
+        blob_id: id.clone(),
+        blob_size: blob.len() as u64,
+    }))
+    .await;
+    state(a.next().await);
+    a.frame(F::BlobPiece(BlobPiece {
+        blob_id: id.clone(),
+        index: 0,
+        data: blob.clone(),
+    }))
+    .await;
+    assert!(state(a.next().await).complete);
+    let mut am = Raw::of(&relay.url(), &alice, "alice").await;
+    am.frame(F::Send(ward_proto::v1::Send {
+        message_id: message_id().to_vec(),
+        recipients: vec![to(&bob, "bob"), to(&carol, "carol")],
+        payload: seal(&alice, &[&bob.chain, &carol.chain], "descriptor stand-in"),
+        blob_ids: vec![id.clone()],
+    }))
+    .await;
+    assert!(matches!(am.next().await, S::SendAck(_)));
+    let dir = ward_relay::config::default_blob_dir(&relay.db);
+    let mut b = Raw::of(&blobs, &bob, "bob").await;
+    assert!(matches!(fetched(&mut b, &id).await, S::BlobState(_)));
+    assert_eq!(relay.count("blobs"), 1);
+    assert!(std::fs::read_dir(&dir).unwrap().count() > 0);
+    // Alice uploaded it but is no reader.
+    assert!(
+        matches!(fetched(&mut a, &id).await, S::Error(e) if e.code == ErrorCode::BlobRefused as i32)
+    );
+    let mut c = Raw::of(&blobs, &carol, "carol").await;
+    assert!(matches!(fetched(&mut c, &id).await, S::BlobState(_)));
+    relay.wait_count("blobs", 0).await;
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert_eq!(relay.count("blob_readers"), 0);
+    assert!(
+        matches!(fetched(&mut c, &id).await, S::Error(e) if e.code == ErrorCode::BlobRefused as i32)
+    );
+}
+
+/// Sends `BlobFetched` for `id` and returns the answer.
+async fn fetched(
+    c: &mut ward_tests::relay::Client,
+    id: &[u8],
+) -> ward_proto::v1::server_frame::Frame {
+    c.frame(ward_proto::v1::client_frame::Frame::BlobFetched(
+        ward_proto::v1::BlobFetched {
+            blob_id: id.to_vec(),
+        },
+    ))
+    .await;
+    c.next().await
+}
+
 /// Retention and abandonment: a complete blob nobody fetched is deleted
 /// after the retention period, an upload not resumed after the abandonment
 /// delay too; the sweeper unlinks their files.
