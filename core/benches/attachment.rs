@@ -12,9 +12,21 @@
 //! by iteration, so both see the same load on a shared machine, and prints
 //! the throughput ratio (Ward / raw; 1.0 = as fast as the raw AEAD).
 //!
+//! `gib/*` (issue 11's figure, 1 GiB of file; `WARD_BENCH_MIB` sets another
+//! size) pairs the reader-to-writer pipeline, `attachment::seal_stream` and
+//! `open_stream` (blob hash on a second thread), with one raw
+//! ChaCha20-Poly1305 call over the same bytes, from the same input buffer
+//! into the same output buffer; and the sans-IO `Encryptor` (hash on the
+//! same thread) with the same raw call, for what the thread changes.
+//!
 //! Run with: `cargo bench -p ward-core --bench attachment -- --warm-up-time 1 --measurement-time 5`
+//! (`'gib'` for the 1 GiB pairs only: about 4 GiB of buffers, two minutes).
 
 use std::cell::Cell;
+
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::Cost;
 use std::fmt::Debug;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -22,9 +34,9 @@ use std::time::{Duration, Instant};
 use chacha20poly1305::ChaCha20Poly1305;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
-use ward_core::attachment::{Decryptor, Descriptor, Encryptor};
+use ward_core::attachment::{Decryptor, Descriptor, Encryptor, open_stream, seal_stream};
 use ward_core::stream::{CHUNK_SIZE, StreamDecryptor, StreamEncryptor, TAG_SIZE};
 
 /// 64 MiB: a multiple of the chunk size (PADME leaves it unpadded), large
@@ -283,5 +295,149 @@ fn bench_paired(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_attachment, bench_paired);
+/// [`interleave`], also counting CPU time (common/cpu.rs): on a loaded
+/// machine the wall clock of the two-thread pipeline measures the load.
+fn interleave_cost(
+    iters: u64,
+    totals: (&Cell<Cost>, &Cell<Cost>),
+    mut ward: impl FnMut(),
+    mut raw: impl FnMut(),
+) -> Duration {
+    let (mut w, mut r) = (totals.0.get(), totals.1.get());
+    let mut timed = Duration::ZERO;
+    for _ in 0..iters {
+        timed += w.measure(&mut ward);
+        r.measure(&mut raw);
+    }
+    totals.0.set(w);
+    totals.1.set(r);
+    timed
+}
+
+fn report_cost(name: &str, reference: &str, totals: (&Cell<Cost>, &Cell<Cost>)) {
+    let (w, r) = (totals.0.get(), totals.1.get());
+    println!(
+        "paired/{name}: throughput ratio vs {reference} = {:.3} (ward {:?}, raw {:?}, interleaved)",
+        r.wall.as_secs_f64() / w.wall.as_secs_f64(),
+        w.wall,
+        r.wall
+    );
+    cpu::report(name, reference, &w, &r);
+}
+
+/// The size of the `gib/*` file: 1 GiB unless `WARD_BENCH_MIB` says
+/// otherwise (a multiple of the chunk size, so PADME leaves it unpadded, as
+/// 1 GiB is).
+fn gib_len() -> usize {
+    std::env::var("WARD_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1024)
+        << 20
+}
+
+fn bench_gib(c: &mut Criterion) {
+    let len = gib_len();
+    let plain: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31)).collect();
+    let cipher = ChaCha20Poly1305::new(&KEY.into());
+    let mut g = c.benchmark_group("gib");
+    g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Bytes(len as u64));
+    println!("gib: {} MiB of file", len >> 20);
+
+    // Raw: one call from `plain` into `raw_ct` (and back into `file`).
+    let mut raw_ct = vec![0u8; len];
+    let raw_encrypt_to = |out: &mut [u8]| {
+        let io = must(InOutBuf::new(black_box(&plain[..]), out));
+        must(cipher.encrypt_inout_detached(&[0u8; 12].into(), &[], io))
+    };
+    let raw_tag = raw_encrypt_to(&mut raw_ct);
+    let mut blob = vec![0u8; must(ward_core::attachment::Layout::new(len as u64)).blob as usize];
+    // Both sides of a pair write the same output buffer, one after the other.
+    let file = std::cell::RefCell::new(vec![0u8; len]);
+
+    let t = (Cell::new(Cost::default()), Cell::new(Cost::default()));
+    let mut sealed = None;
+    g.bench_function("seal_stream", |b| {
+        b.iter_custom(|iters| {
+            interleave_cost(
+                iters,
+                (&t.0, &t.1),
+                || {
+                    let s = must(seal_stream(
+                        &mut rand::rng(),
+                        len as u64,
+                        black_box(&plain[..]),
+                        &mut blob[..],
+                    ));
+                    sealed = Some(s);
+                },
+                || {
+                    black_box(raw_encrypt_to(&mut raw_ct));
+                },
+            )
+        })
+    });
+    report_cost(
+        "gib/seal_stream",
+        "raw encrypt, input to output",
+        (&t.0, &t.1),
+    );
+    let Some(sealed) = sealed else { return };
+    let d = must(sealed.describe("application/octet-stream", "bench.bin", None));
+
+    let t = (Cell::new(Cost::default()), Cell::new(Cost::default()));
+    g.bench_function("open_stream", |b| {
+        b.iter_custom(|iters| {
+            interleave_cost(
+                iters,
+                (&t.0, &t.1),
+                || {
+                    must(open_stream(
+                        &d,
+                        black_box(&blob[..]),
+                        &mut file.borrow_mut()[..],
+                    ))
+                },
+                || {
+                    let mut file = file.borrow_mut();
+                    let io = must(InOutBuf::new(black_box(&raw_ct[..]), &mut file[..]));
+                    must(cipher.decrypt_inout_detached(&[0u8; 12].into(), &[], io, &raw_tag));
+                },
+            )
+        })
+    });
+    report_cost(
+        "gib/open_stream",
+        "raw decrypt, input to output",
+        (&t.0, &t.1),
+    );
+
+    // The sans-IO encryptor (hash on the caller's thread), for comparison.
+    let mut out = Vec::with_capacity(blob.len());
+    let t = (Cell::new(Cost::default()), Cell::new(Cost::default()));
+    g.bench_function("encryptor_one_thread", |b| {
+        b.iter_custom(|iters| {
+            interleave_cost(
+                iters,
+                (&t.0, &t.1),
+                || {
+                    black_box(attachment_encrypt(black_box(&plain), &mut out));
+                },
+                || {
+                    black_box(raw_encrypt_to(&mut raw_ct));
+                },
+            )
+        })
+    });
+    report_cost(
+        "gib/encryptor_one_thread",
+        "raw encrypt, input to output",
+        (&t.0, &t.1),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench_attachment, bench_paired, bench_gib);
 criterion_main!(benches);

@@ -464,3 +464,21 @@ pub enum AttachmentError {
     #[error("blob does not match the descriptor's hash")]
     HashMismatch,
 }
+
+/// A file could not be streamed to a blob or a blob to a file
+/// ([`crate::attachment::seal_stream`], [`crate::attachment::open_stream`]).
+/// What was written before the error is not a usable blob or file.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachmentIoError {
+    /// The format refused the bytes (a tampered, truncated or foreign blob,
+    /// a file of another size than declared).
+    #[error(transparent)]
+    Attachment(#[from] AttachmentError),
+    /// The reader or the writer failed.
+    #[error("attachment I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A thread of the pipeline could not be started (nothing was written
+    /// then), or stopped without saying why.
+    #[error("an attachment pipeline thread could not start or stopped")]
+    Thread,
+}

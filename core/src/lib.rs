@@ -1,7 +1,11 @@
 //! Ward's protocol core: pure functions and state machines, no I/O.
 //!
 //! No sockets, no clock reads, no global randomness: callers pass a
-//! [`rand_core::CryptoRng`] and the current time. Both servers link this
+//! [`rand_core::CryptoRng`] and the current time. One place uses threads,
+//! scoped to the call, so that reading, writing and the blob hash run
+//! beside the AEAD: [`attachment::seal_stream`] / [`attachment::open_stream`],
+//! which take the caller's `Read` and `Write` (the sans-IO `Encryptor` and
+//! `Decryptor` stay). Both servers link this
 //! crate for its verifiers; the SDK wraps it with a store and a network
 //! client. SECURITY.md specifies every byte produced here; `vectors/` holds
 //! test vectors generated from it.
@@ -15,7 +19,7 @@
 //! | [`auth`] | the challenge-response both servers use |
 //! | [`padding`] | length hiding |
 //! | [`room`] | patient-case rooms: membership log, epoch keys, sealed metadata |
-//! | [`stream`], [`attachment`] | chunked file encryption (STREAM) and the attachment descriptor |
+//! | [`stream`], [`attachment`] | chunked file encryption (STREAM), the attachment descriptor, the file pipeline |
 //! | [`root_store`] | the organisation root sealed under a passphrase |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
@@ -73,7 +77,8 @@ pub mod testkit;
 pub mod wrap;
 
 pub use error::{
-    AttachmentError, AuthError, ChainError, KeyError, OpenError, RoomError, SealError, WrapError,
+    AttachmentError, AttachmentIoError, AuthError, ChainError, KeyError, OpenError, RoomError,
+    SealError, WrapError,
 };
 pub use ids::{ConversationId, ResourceId};
 pub use room::RoomId;
