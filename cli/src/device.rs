@@ -341,16 +341,13 @@ pub async fn send(
     result
 }
 
-async fn send_inner(
+/// The conversation with exactly `to` and this user: an existing one, or
+/// a new one. Returns it with its members.
+pub(crate) async fn conversation_with(
     args: &DeviceArgs,
-    client: &mut Client,
+    client: &Client,
     to: &[String],
-    text: &str,
-    wait: Duration,
-) -> Result<(), CliError> {
-    let mut events = client
-        .events()
-        .ok_or_else(|| CliError::Msg("internal: no event stream".into()))?;
+) -> Result<(ward_core::ConversationId, BTreeSet<String>), CliError> {
     let me = client.user_id().to_owned();
     let mut members: BTreeSet<String> = to
         .iter()
@@ -386,6 +383,21 @@ async fn send_inner(
                 .map_err(|e| explain(e, args))?
         }
     };
+    Ok((conversation, members))
+}
+
+async fn send_inner(
+    args: &DeviceArgs,
+    client: &mut Client,
+    to: &[String],
+    text: &str,
+    wait: Duration,
+) -> Result<(), CliError> {
+    let mut events = client
+        .events()
+        .ok_or_else(|| CliError::Msg("internal: no event stream".into()))?;
+    let me = client.user_id().to_owned();
+    let (conversation, members) = conversation_with(args, client, to).await?;
     let rid = client
         .send_text(conversation, text)
         .await
@@ -587,6 +599,14 @@ pub fn print_event(ev: &Event) {
         Event::RelayUnreachable { reason } => eprintln!(
             "warning: the relay is not reachable ({reason}); still trying, messages stay queued"
         ),
+        Event::AttachmentFailed {
+            conversation_id,
+            reason,
+        } => eprintln!(
+            "warning: a file being sent to conversation {} was refused for good and not sent: \
+             {reason}",
+            short(conversation_id.as_bytes())
+        ),
         Event::RoomChanged {
             room_id,
             len,
@@ -630,8 +650,9 @@ fn reason_kind(e: &ClientError) -> String {
 
 /// `time  sender  conversation  text`.
 pub fn message_line(m: &Message) -> String {
-    let body = match m.content_type {
-        ward_core::envelope::ContentType::Text => clean(&String::from_utf8_lossy(&m.content)),
+    let body = match (m.content_type, m.attachment()) {
+        (ward_core::envelope::ContentType::Text, _) => clean(&String::from_utf8_lossy(&m.content)),
+        (_, Some(a)) => crate::files::attachment_line(m, &a),
         _ => format!("[file, {} bytes]", m.content.len()),
     };
     format!(

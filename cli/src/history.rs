@@ -99,7 +99,10 @@ async fn history_inner(client: &Client, sel: &Selection) -> Result<(), CliError>
     Ok(())
 }
 
-async fn select(client: &Client, sel: &Selection) -> Result<Vec<ConversationId>, CliError> {
+pub(crate) async fn select(
+    client: &Client,
+    sel: &Selection,
+) -> Result<Vec<ConversationId>, CliError> {
     let all = client.conversations().await.map_err(sdk)?;
     // Rooms' messages are filed under their conversation id (room_id[0..16]),
     // so a room id prefix selects them too.
@@ -217,7 +220,10 @@ fn preview(m: &Message) -> String {
                 None => text,
             }
         }
-        _ => format!("[file, {} bytes]", m.content.len()),
+        _ => match m.attachment() {
+            Some(a) => crate::files::attachment_line(m, &a),
+            None => format!("[file, {} bytes]", m.content.len()),
+        },
     }
 }
 

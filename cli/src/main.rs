@@ -15,6 +15,7 @@ mod demo;
 mod device;
 mod directory;
 mod endpoints;
+mod files;
 mod history;
 mod pin;
 mod room;
@@ -83,8 +84,9 @@ enum Command {
         #[command(flatten)]
         device: device::DeviceArgs,
     },
-    /// Send a text to one or more clinicians (reuses the conversation with
-    /// exactly these members, or starts one), or to a room (--room).
+    /// Send a text, or a file (--file), to one or more clinicians (reuses
+    /// the conversation with exactly these members, or starts one), or a
+    /// text to a room (--room).
     Send {
         /// The sending user (picks `<data>/clients/<user>.db`); optional when
         /// only one device store exists.
@@ -94,18 +96,43 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            required_unless_present = "room",
-            conflicts_with = "room"
+            required_unless_present_any = ["conversation", "room"]
         )]
         to: Vec<String>,
-        /// A room id, or the start of it (`ward room list`).
-        #[arg(long)]
+        /// A room id, or the start of it (`ward room list`), instead of --to;
+        /// with a text only.
+        #[arg(long, conflicts_with_all = ["to", "conversation", "file"])]
         room: Option<String>,
+        /// An existing conversation (id or its start, as `ward conversations`
+        /// shows) instead of --to; with --file only.
+        #[arg(long, conflicts_with = "to", requires = "file")]
+        conversation: Option<String>,
+        /// Send this file as an attachment (encrypted, resumable upload).
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+        /// The file's media type; default: from its extension.
+        #[arg(long, requires = "file")]
+        media_type: Option<String>,
         /// The message.
-        text: String,
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
         /// Seconds to wait for the relay to confirm the message.
         #[arg(long, default_value_t = 30)]
         wait_secs: u64,
+        #[command(flatten)]
+        device: device::DeviceArgs,
+    },
+    /// Download the file of an attachment message into a folder (under the
+    /// sender's file name, never overwriting), checking every chunk.
+    Download {
+        /// The user (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER")]
+        as_user: Option<String>,
+        /// The message id, or its start, as `ward history` shows it.
+        message_id: String,
+        /// The folder to save in.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
         #[command(flatten)]
         device: device::DeviceArgs,
     },
@@ -722,17 +749,37 @@ fn main() -> ExitCode {
         },
         Command::Send {
             as_user,
-            to,
             room: Some(room),
             text,
             wait_secs,
             device,
-        } if to.is_empty() => block_on(room::send(
+            ..
+        } => block_on(room::send(
             device,
             as_user,
             room,
-            text,
+            text.unwrap_or_default(),
             std::time::Duration::from_secs(wait_secs),
+        )),
+        Command::Send {
+            as_user,
+            to,
+            conversation,
+            file: Some(path),
+            media_type,
+            wait_secs,
+            device,
+            ..
+        } => block_on(files::send_file(
+            device,
+            as_user,
+            files::SendFile {
+                to,
+                conversation,
+                path,
+                media_type,
+                wait: std::time::Duration::from_secs(wait_secs),
+            },
         )),
         Command::Send {
             as_user,
@@ -745,10 +792,16 @@ fn main() -> ExitCode {
             device,
             as_user,
             to,
-            text,
+            text.unwrap_or_default(),
             std::time::Duration::from_secs(wait_secs),
         )),
         Command::Room { command } => block_on(room::run(command)),
+        Command::Download {
+            as_user,
+            message_id,
+            out,
+            device,
+        } => block_on(files::download(device, as_user, message_id, out)),
         Command::Listen {
             as_user,
             count,

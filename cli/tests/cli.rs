@@ -170,6 +170,7 @@ fn every_command_has_help() {
         &["up", "--help"],
         &["enroll", "--help"],
         &["send", "--help"],
+        &["download", "--help"],
         &["listen", "--help"],
         &["rotate-key", "--help"],
         &["conversations", "--help"],
@@ -726,6 +727,86 @@ fn rooms_from_the_readme_walkthrough() {
     assert_eq!(history.lines().count(), 2, "{history}");
     let list = up.ok(&["room", "list", "--as", "dr.okafor"]);
     assert!(list.contains("former member"), "{list}");
+}
+
+#[test]
+fn send_file_history_and_download_through_the_real_binaries() {
+    let up = Up::start("files");
+    up.enroll("dr.martin", "Dr Claire Martin");
+    up.enroll("nurse.dubois", "Luc Dubois");
+    let letter = up.data.join("discharge-letter.pdf");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&letter, &content).unwrap();
+    let out = up.ward(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.dubois",
+        "--file",
+        letter.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("Sent discharge-letter.pdf (application/pdf"),
+        "{stdout}"
+    );
+    // Not a terminal: plain progress lines, ending at 100%.
+    assert!(
+        stderr.contains("uploading") && stderr.contains("100%"),
+        "{stderr}"
+    );
+
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "nurse.dubois",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(
+        heard.contains("[attachment discharge-letter.pdf, application/pdf, 293.0 KiB; "),
+        "{heard}"
+    );
+    let history = up.ok(&["history", "--as", "nurse.dubois"]);
+    let id = history
+        .split("download ")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .unwrap()
+        .to_owned();
+    let folder = up.data.join("inbox");
+    std::fs::create_dir_all(&folder).unwrap();
+    let saved = up.ok(&[
+        "download",
+        "--as",
+        "nurse.dubois",
+        &id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert!(saved.contains("Saved"), "{saved}");
+    assert_eq!(
+        std::fs::read(folder.join("discharge-letter.pdf")).unwrap(),
+        content
+    );
+    // Never overwritten.
+    let again = up.ward(&[
+        "download",
+        "--as",
+        "nurse.dubois",
+        &id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not overwritten"));
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! | `envelope/seal/{1KiB,64KiB,10MiB}` | `envelope/aead_encrypt/…` (bare XChaCha20-Poly1305, same group) |
 //! | `envelope/open/…` (parse + open in place, as the SDK) | `envelope/aead_decrypt/…` |
 //! | `envelope/seal/1KiB` | the sum of `seal_1KiB_parts/{resource_keygen, wrap_resource_key, hkdf, aead_encrypt, ed25519_sign}` |
-//! | `paired/seal/{1KiB,10MiB}` | the same references, interleaved in one loop; prints the ratio, and at 10 MiB also the seal with its digest thread off (`testkit::seal_digest_thread`) and on-CPU times (common/cpu.rs) |
+//! | `paired/seal/{1KiB,10MiB}` | the same references, interleaved in one loop; prints the ratio |
 //! | `wrap/wrap_resource_key`, `wrap/unwrap_resource_key` (X-Wing) | `primitive/xwing/{encapsulate,decapsulate}`; the v1 X25519-only wrap it replaces, `wrap/v1_x25519_{wrap,unwrap}` |
 //! | `auth/respond` ("sign"), `auth/verify_response` ("verify") | `primitive/ed25519/sign`, `…/verify_strict` |
 //! | `chain/verify_log_1_entry` | two `primitive/ed25519/verify_strict` |
@@ -30,10 +30,6 @@
 
 use std::fmt::Debug;
 use std::hint::black_box;
-
-#[path = "common/cpu.rs"]
-mod cpu;
-use cpu::Cost;
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -237,37 +233,19 @@ fn bench_paired(c: &mut Criterion) {
         let padded = vec![0u8; padding::padded_len(len)];
         let transcript = vec![0u8; 300];
         let (seal_total, ref_total) = (Cell::new(Duration::ZERO), Cell::new(Duration::ZERO));
-        let (seal_cost, ref_cost) = (Cell::new(Cost::default()), Cell::new(Cost::default()));
-        // 10 MiB: the same seal with its digest thread off, in the same loop.
-        let one_thread_cost = Cell::new(Cost::default());
         g.bench_function(BenchmarkId::new("seal", name), |b| {
             b.iter_custom(|iters| {
                 let mut timed = Duration::ZERO;
-                let (mut sc, mut rc) = (seal_cost.get(), ref_cost.get());
-                let mut oc = one_thread_cost.get();
                 for _ in 0..iters {
-                    timed += sc.measure(|| {
-                        black_box(must(envelope::seal(
-                            &mut rng,
-                            &alice.device,
-                            &alice.chain,
-                            black_box(&req),
-                        )));
-                    });
-                    if len > 1 << 10 {
-                        ward_core::testkit::seal_digest_thread(false);
-                        oc.measure(|| {
-                            black_box(must(envelope::seal(
-                                &mut rng,
-                                &alice.device,
-                                &alice.chain,
-                                black_box(&req),
-                            )));
-                        });
-                        ward_core::testkit::seal_digest_thread(true);
-                    }
                     let t = Instant::now();
-                    let (c0, p0) = rc.start();
+                    black_box(must(envelope::seal(
+                        &mut rng,
+                        &alice.device,
+                        &alice.chain,
+                        black_box(&req),
+                    )));
+                    timed += t.elapsed();
+                    let t = Instant::now();
                     if len > 1 << 10 {
                         // The bare AEAD of the same content.
                         black_box(must(
@@ -292,12 +270,8 @@ fn bench_paired(c: &mut Criterion) {
                         ));
                         black_box(signing.sign(black_box(&transcript)));
                     }
-                    rc.stop(t, c0, p0);
                     ref_total.set(ref_total.get() + t.elapsed());
                 }
-                seal_cost.set(sc);
-                ref_cost.set(rc);
-                one_thread_cost.set(oc);
                 seal_total.set(seal_total.get() + timed);
                 timed
             })
@@ -313,29 +287,6 @@ fn bench_paired(c: &mut Criterion) {
             seal_total.get(),
             ref_total.get()
         );
-        // The 1 KiB seal is single-threaded, and too short for the
-        // process's CPU clock: only the wall-clock ratio above means much.
-        if len > 1 << 10 {
-            cpu::report(
-                &format!("seal/{name}"),
-                reference,
-                &seal_cost.get(),
-                &ref_cost.get(),
-            );
-            let one = one_thread_cost.get();
-            println!(
-                "paired/seal/{name}: seal without its digest thread / {reference} = {:.2} (totals {:?} / {:?}, same loop)",
-                one.wall.as_secs_f64() / ref_total.get().as_secs_f64(),
-                one.wall,
-                ref_total.get()
-            );
-            cpu::report(
-                &format!("seal_one_thread/{name}"),
-                reference,
-                &one,
-                &ref_cost.get(),
-            );
-        }
     }
     g.finish();
 }

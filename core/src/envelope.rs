@@ -44,14 +44,13 @@ use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use hkdf::Hkdf;
 use rand_core::CryptoRng;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use ward_proto::v1::{Envelope, EnvelopeHeader, RoomRecipient, WrappedKey};
 use ward_proto::{Message, PROTOCOL_VERSION, decode_bounded, decode_canonical};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::chain::VerifiedUser;
-use crate::envelope_aead;
 use crate::error::{OpenError, SealError};
 use crate::ids::{ConversationId, ResourceId, valid_user_id};
 use crate::keys::{DeviceSigningKey, KeyId, ResourceKey, SigningPublicKey};
@@ -172,17 +171,6 @@ fn derive_keys(key: &ResourceKey, resource_id: &ResourceId) -> DerivedKeys {
 /// The one hash pass over the ciphertext that the signature commits to.
 pub(crate) fn ciphertext_digest(ciphertext: &[u8]) -> [u8; 32] {
     framed_hash(HASH_CIPHERTEXT, &[ciphertext])
-}
-
-/// [`ciphertext_digest`]'s hash before the ciphertext: the framing of
-/// `labels::framed_hash` for one part of `len` bytes.
-fn ciphertext_hasher(len: usize) -> Sha256 {
-    let mut h = Sha256::new();
-    h.update(HASH_CIPHERTEXT);
-    h.update([0u8]);
-    // At most 16 MiB of content plus padding: far below 4 GiB.
-    h.update((len as u32).to_be_bytes());
-    h
 }
 
 /// The signed transcript: `frame(SIG_ENVELOPE, header, digest)`. Ed25519
@@ -348,21 +336,13 @@ fn seal_body<R: CryptoRng + ?Sized>(
     put_len_field(&mut buf, 2, ct_len);
     let ct_start = buf.len();
     padding::pad_into(&mut buf, content);
-    // S6 and S7 in one pass over the buffer (envelope_aead.rs): the digest
-    // is `framed_hash(HASH_CIPHERTEXT, [ciphertext || tag])`, fed as the
-    // AEAD goes; from 1 MiB on, on a second thread.
-    let (tag, mut hasher) = envelope_aead::seal_and_hash(
-        &keys.aead_key,
-        &nonce,
-        &header,
-        &mut buf[ct_start..],
-        ciphertext_hasher(ct_len),
-    )
-    .map_err(|_| SealError::TooLarge(content.len()))?;
+    let cipher = XChaCha20Poly1305::new(&(*keys.aead_key).into());
+    let tag = cipher
+        .encrypt_inout_detached(&nonce.into(), &header, (&mut buf[ct_start..]).into())
+        .map_err(|_| SealError::TooLarge(content.len()))?;
     buf.extend_from_slice(&tag);
     // From here `buf` holds only ciphertext: it leaves the Zeroizing guard.
-    hasher.update(tag);
-    let digest: [u8; 32] = hasher.finalize().into();
+    let digest = ciphertext_digest(&buf[ct_start..]);
     let signature = device.sign(&signature_input(&header, &digest));
     put_len_field(&mut buf, 3, SIGNATURE_BYTES);
     buf.extend_from_slice(&signature);
@@ -1245,32 +1225,6 @@ mod tests {
                 sealed.envelope.capacity() - sealed.envelope.len() < 40,
                 "{len}"
             );
-        }
-    }
-
-    #[test]
-    fn seals_on_both_sides_of_the_parallel_digest_open_alike() {
-        // Below 1 MiB the digest is fed on the caller's thread, above on a
-        // second one: the signature must cover the same digest either way.
-        let f = &*FIXTURE;
-        let bob = &f.others[0];
-        for len in [1000usize, crate::envelope_aead::PARALLEL_MIN_BYTES + 12_345] {
-            let content: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
-            let sealed = seal_from_alice(&[&bob.chain], ContentType::File, &content);
-            let env = Envelope::decode(sealed.envelope.as_slice()).unwrap();
-            assert_eq!(
-                ciphertext_hasher(env.ciphertext.len())
-                    .chain_update(&env.ciphertext)
-                    .finalize()
-                    .as_slice(),
-                ciphertext_digest(&env.ciphertext),
-                "{len}"
-            );
-            let opened = ReceivedEnvelope::parse(&sealed.envelope)
-                .unwrap()
-                .open(&f.alice.chain, "bob", &sealed.resource_key)
-                .unwrap();
-            assert!(opened.content[..] == content[..], "{len}");
         }
     }
 

@@ -1,11 +1,11 @@
 //! Ward's protocol core: pure functions and state machines, no I/O.
 //!
 //! No sockets, no clock reads, no global randomness: callers pass a
-//! [`rand_core::CryptoRng`] and the current time. Two places use threads,
-//! scoped to the call, so that a hash runs beside the AEAD: the envelope
-//! seal from 1 MiB of content, and [`attachment::seal_stream`] /
-//! [`attachment::open_stream`], which take the caller's `Read` and `Write`
-//! (the sans-IO `Encryptor` and `Decryptor` stay). Both servers link this
+//! [`rand_core::CryptoRng`] and the current time. One place uses threads,
+//! scoped to the call, so that reading, writing and the blob hash run
+//! beside the AEAD: [`attachment::seal_stream`] / [`attachment::open_stream`],
+//! which take the caller's `Read` and `Write` (the sans-IO `Encryptor` and
+//! `Decryptor` stay). Both servers link this
 //! crate for its verifiers; the SDK wraps it with a store and a network
 //! client. SECURITY.md specifies every byte produced here; `vectors/` holds
 //! test vectors generated from it.
@@ -60,7 +60,6 @@ pub mod attachment;
 pub mod auth;
 pub mod chain;
 pub mod envelope;
-mod envelope_aead;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -69,7 +68,6 @@ pub mod ids;
 pub mod invite;
 pub mod keys;
 pub mod labels;
-mod onepass;
 pub mod padding;
 pub mod room;
 pub mod root_store;

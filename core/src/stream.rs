@@ -19,14 +19,11 @@
 //! made beyond what the caller's I/O needs. [`crate::attachment`] builds the
 //! byte-stream encryptor and decryptor, header and padding on top.
 
-use chacha20::ChaCha20;
-use chacha20::cipher::KeyIvInit;
 use chacha20poly1305::ChaCha20Poly1305;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::error::AttachmentError;
-use crate::onepass;
 
 /// Plaintext bytes of every chunk but the final one (64 KiB, as age).
 pub const CHUNK_SIZE: usize = 64 << 10;
@@ -73,9 +70,6 @@ fn check_length(index: u64, len: usize, last: bool) -> Result<(), AttachmentErro
 /// one stream only (§16.3 derives a fresh one per file).
 pub struct StreamEncryptor {
     cipher: ChaCha20Poly1305,
-    // In-place chunks go through `onepass` (keystream and Poly1305 in one
-    // pass over the chunk), which keys ChaCha20 per chunk from this.
-    key: Zeroizing<[u8; 32]>,
     next: u64,
     ended: bool,
 }
@@ -85,7 +79,6 @@ impl StreamEncryptor {
     pub fn new(payload_key: &[u8; 32]) -> Self {
         Self {
             cipher: ChaCha20Poly1305::new(payload_key.into()),
-            key: Zeroizing::new(*payload_key),
             next: 0,
             ended: false,
         }
@@ -122,14 +115,12 @@ impl StreamEncryptor {
         last: bool,
     ) -> Result<[u8; TAG_SIZE], AttachmentError> {
         let nonce = self.begin(chunk.len(), last)?;
-        let tag = onepass::seal(
-            ChaCha20::new((&*self.key).into(), (&nonce).into()),
-            &[],
-            chunk,
-        )
-        .map_err(|_| AttachmentError::TooLarge(CHUNK_SIZE as u64))?;
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&nonce.into(), &[], chunk.into())
+            .map_err(|_| AttachmentError::TooLarge(CHUNK_SIZE as u64))?;
         self.advance(last);
-        Ok(tag)
+        Ok(tag.into())
     }
 
     /// Encrypts the next chunk from `input` into `output` (same length) and
@@ -157,7 +148,6 @@ impl StreamEncryptor {
 /// tag verifies at its position; after the final chunk nothing more opens.
 pub struct StreamDecryptor {
     cipher: ChaCha20Poly1305,
-    key: Zeroizing<[u8; 32]>,
     next: u64,
     ended: bool,
 }
@@ -167,7 +157,6 @@ impl StreamDecryptor {
     pub fn new(payload_key: &[u8; 32]) -> Self {
         Self {
             cipher: ChaCha20Poly1305::new(payload_key.into()),
-            key: Zeroizing::new(*payload_key),
             next: 0,
             ended: false,
         }
@@ -194,7 +183,7 @@ impl StreamDecryptor {
         if self.ended {
             return Err(AttachmentError::AfterEnd);
         }
-        open_at(&self.cipher, &self.key, self.next, chunk, tag, last)?;
+        open_at(&self.cipher, self.next, chunk, tag, last)?;
         self.next += 1;
         self.ended = last;
         Ok(())
@@ -245,7 +234,6 @@ pub fn open_chunk_at(
 ) -> Result<(), AttachmentError> {
     open_at(
         &ChaCha20Poly1305::new(payload_key.into()),
-        payload_key,
         index,
         chunk,
         tag,
@@ -255,7 +243,6 @@ pub fn open_chunk_at(
 
 fn open_at(
     cipher: &ChaCha20Poly1305,
-    key: &[u8; 32],
     index: u64,
     chunk: &mut [u8],
     tag: &[u8; TAG_SIZE],
@@ -263,9 +250,12 @@ fn open_at(
 ) -> Result<(), AttachmentError> {
     check_length(index, chunk.len(), last)?;
     let nonce = chunk_nonce(index, last);
-    // One pass (onepass.rs); on a bad tag `chunk` is the ciphertext again.
-    let cipher_at_nonce = || ChaCha20::new(key.into(), (&nonce).into());
-    if onepass::open(cipher_at_nonce, &[], chunk, tag).is_err() {
+    // chacha20poly1305 verifies the tag before it applies the keystream: on
+    // failure `chunk` is still the ciphertext.
+    if cipher
+        .decrypt_inout_detached(&nonce.into(), &[], (&mut *chunk).into(), tag.into())
+        .is_err()
+    {
         return Err(diagnose(cipher, index, chunk, tag, last));
     }
     Ok(())

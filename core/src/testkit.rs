@@ -117,10 +117,3 @@ impl Org {
 fn unreachable_kit(e: crate::error::ChainError) -> ! {
     panic!("testkit produced an invalid statement: {e}")
 }
-
-/// Turns the envelope seal's digest thread (from 1 MiB of content, §7.3 S7
-/// hashed beside the AEAD) off or on, for the whole process: benches measure
-/// both in one run. The envelope is the same either way.
-pub fn seal_digest_thread(on: bool) {
-    crate::envelope_aead::DIGEST_THREAD.store(on, std::sync::atomic::Ordering::Relaxed);
-}

@@ -233,6 +233,7 @@ async fn relay_worker(
                     message_id: id.clone(),
                     recipients: to.clone(),
                     payload,
+                    blob_ids: Vec::new(),
                 })),
             };
             if conn.send_msg(&frame).await.is_err() {
@@ -304,6 +305,7 @@ async fn echo_worker(mut conn: Conn, n_send: usize, size: usize, start: Instant)
                 device_id: vec![2; 32],
             }],
             payload: vec![0u8; size],
+            blob_ids: Vec::new(),
         })),
     };
     for _ in 0..n_send {

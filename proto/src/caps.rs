@@ -19,6 +19,8 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.LinkNotice.entries", 4096),
     // The relay's max_recipients (default 1024) is checked after decoding.
     ("ward.v1.Send.recipients", 4096),
+    // The relay takes at most MAX_SEND_BLOBS (16) after decoding.
+    ("ward.v1.Send.blob_ids", 64),
     // ward_core::envelope::MAX_RECIPIENTS is 256.
     ("ward.v1.EnvelopeHeader.recipient_user_ids", 1024),
     // ward_core::room::MAX_ROOM_MEMBERS (1024) and MAX_ROOM_LOG_ENTRIES (4096):

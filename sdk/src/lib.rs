@@ -34,9 +34,15 @@
 //!
 //! let conversation = client.create_conversation(&["dr.bernard@chu-example"]).await?;
 //! client.send_text(conversation, "Bed 12: K+ 6.1, please review").await?;
+//! // A document: encrypted to a spool, uploaded resumably, then sent.
+//! client.send_file(conversation, "ecg.pdf", "ecg.pdf", "application/pdf", |_progress| {}).await?;
 //!
 //! while let Some(event) = events.recv().await {
 //!     match event {
+//!         Event::Message(m) if m.attachment().is_some() => {
+//!             // Checked chunk by chunk and as a whole (SECURITY.md §16.6).
+//!             client.download(&m, "/tmp/received.pdf", |_progress| {}).await?;
+//!         }
 //!         Event::Message(m) => println!("{}: {} bytes", m.sender_user_id, m.content.len()),
 //!         Event::Rejected { reason, .. } => eprintln!("refused: {reason}"), // never a message
 //!         _ => {}
@@ -102,8 +108,9 @@ pub mod fuzzing;
 pub mod store;
 
 pub use client::{
-    Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event, NewDeviceKeys, Page,
-    PageCursor, PendingDevice, QueuedMessage, RoomInfo, RoomMemberInfo,
+    AttachmentInfo, Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event,
+    NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress, QueuedMessage, RoomInfo,
+    RoomMemberInfo,
 };
 
 pub use ward_core as core;

@@ -545,7 +545,7 @@ fn check_fixture_content(s: &Store) {
 #[test]
 fn the_v1_fixture_opens_and_asks_to_reenroll() {
     assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
-    assert_eq!(SCHEMA_VERSION, 3, "new schema: add a fixture for it");
+    assert_eq!(SCHEMA_VERSION, 4, "new schema: add a fixture for it");
     let (_d, path) = fixture_copy("store-v1.db");
     check_fixture_header(&path);
     assert!(matches!(
@@ -596,21 +596,86 @@ fn the_v1_fixture_opens_and_asks_to_reenroll() {
     check_fixture_content(&s);
 }
 
-/// Opens `tests/fixtures/store-v2.db` (committed) and reads back every row
-/// written by `write_fixture`. A change of the header, the KDF, the SQLCipher
-/// settings or the schema that breaks existing stores fails here. To
-/// regenerate after an intended format change (with a migration!):
-/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store fixture`.
+/// Opens `tests/fixtures/store-v2.db` (committed, schema 2; no longer
+/// regenerated) and reads back every row written by `write_fixture`: it
+/// migrates to schema 3 (uploads, empty). A change of the header, the KDF,
+/// the SQLCipher settings or the schema that breaks existing stores fails
+/// here.
 #[test]
 fn the_committed_v2_fixture_still_opens() {
-    let committed = fixture_dir().join("store-v2.db");
+    let (_d, path) = fixture_copy("store-v2.db");
+    check_v2_content(&path);
+    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    assert!(s.uploads().unwrap().is_empty());
+}
+
+/// The upload row of the schema-3 fixture.
+fn fixture_upload() -> ward_sdk::store::Upload {
+    ward_sdk::store::Upload {
+        blob_id: [9; 32],
+        conversation_id: ConversationId(FIXTURE_CONV),
+        descriptor: Zeroizing::new(b"descriptor bytes".to_vec()),
+        spool_path: PathBuf::from("/spool/0909.blob"),
+        blob_size: 1104,
+        next_piece: 1,
+        created_at_ms: 1_790_000_000_003,
+    }
+}
+
+/// Opens `tests/fixtures/store-v3.db` (committed): `write_fixture` and an
+/// attachment upload in progress. To regenerate after an intended format
+/// change (with a migration, and a new fixture beside this one):
+/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store fixture`.
+#[test]
+fn the_committed_v3_fixture_still_opens() {
+    let committed = fixture_dir().join("store-v3.db");
     if std::env::var_os("WARD_WRITE_FIXTURES").is_some() {
         let _ = Store::wipe(&committed);
         write_fixture(&committed);
+        let s = Store::unlock(&committed, &pin(FIXTURE_PIN), None).unwrap();
+        s.upload_put(&fixture_upload()).unwrap();
+        s.lock();
     }
-    let (_d, path) = fixture_copy("store-v2.db");
-    check_fixture_header(&path);
-    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    let (_d, path) = fixture_copy("store-v3.db");
+    check_v2_content(&path);
+    let mut s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    let ups = s.uploads().unwrap();
+    assert_eq!(ups.len(), 1);
+    let (u, want) = (&ups[0], fixture_upload());
+    assert_eq!(
+        (
+            u.blob_id,
+            u.conversation_id,
+            &u.descriptor[..],
+            &u.spool_path
+        ),
+        (
+            want.blob_id,
+            want.conversation_id,
+            &want.descriptor[..],
+            &want.spool_path
+        )
+    );
+    assert_eq!(
+        (u.blob_size, u.next_piece, u.created_at_ms),
+        (want.blob_size, want.next_piece, want.created_at_ms)
+    );
+    // Finishing it moves it to the outbox, with its history copy.
+    let m = Message {
+        content_type: ContentType::Attachment,
+        content: Zeroizing::new(b"descriptor bytes".to_vec()),
+        ..text(FIXTURE_CONV, 3, 1_790_000_000_004, "", &fixture_device())
+    };
+    s.upload_finish(&[9; 32], b"sealed", 1_790_000_000_004, &m)
+        .unwrap();
+    assert!(s.uploads().unwrap().is_empty());
+    assert_eq!(s.outbox_len().unwrap(), 2);
+}
+
+/// What `write_fixture` wrote, read back from a copy at `path`.
+fn check_v2_content(path: &Path) {
+    check_fixture_header(path);
+    let s = Store::unlock(path, &pin(FIXTURE_PIN), None).unwrap();
     assert!(!s.holds_v1_keys().unwrap());
     let id = s.identity().unwrap().unwrap();
     assert_eq!(id.user_id, "fixture@ward");

@@ -9,10 +9,9 @@
 //! with exactly the length that index must have. A broken upload resumes at
 //! [`BlobStore::next_piece`]; a stored piece is never sent again. Once the
 //! last piece is stored the blob is sealed (immutable) and only then
-//! readable, by byte range. Not yet wired into the relay's network loop,
-//! nor are authorisation (the uploading device writes, recipient devices
-//! read), quotas and deletion after the last fetch; those sit above this
-//! interface.
+//! readable, by byte range. Authorisation (the uploading device writes,
+//! recipient devices read), quotas and deletion after the last fetch sit
+//! above this interface (`crate::blob_meta`, `crate::blob_session`).
 //!
 //! On disk: `<id>.part` while uploading (with `<id>.meta` holding the owner
 //! and size), renamed to `<id>.blob` when complete. Each piece is fsynced
@@ -155,6 +154,10 @@ pub trait BlobStore: Send + Sync {
 
     /// Removes the blob or upload; `NotFound` if there is none.
     fn delete(&self, id: &BlobId) -> Result<(), BlobError>;
+
+    /// Every blob or upload the store holds (for the sweeper to find files
+    /// no record refers to, e.g. after a database restore).
+    fn ids(&self) -> Result<Vec<BlobId>, BlobError>;
 }
 
 /// Blobs as files in one directory.
@@ -387,6 +390,29 @@ impl BlobStore for FsBlobStore {
         }
         self.sync_dir()
     }
+
+    fn ids(&self) -> Result<Vec<BlobId>, BlobError> {
+        let mut out = std::collections::BTreeSet::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some((stem, _)) = name.to_str().and_then(|n| n.split_once('.')) else {
+                continue;
+            };
+            if stem.len() != 2 * BLOB_ID_SIZE {
+                continue;
+            }
+            let mut id = [0u8; BLOB_ID_SIZE];
+            let ok = (0..BLOB_ID_SIZE).all(|i| {
+                u8::from_str_radix(&stem[2 * i..2 * i + 2], 16)
+                    .map(|b| id[i] = b)
+                    .is_ok()
+            });
+            if ok {
+                out.insert(id);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
 }
 
 #[cfg(test)]
@@ -575,6 +601,7 @@ mod tests {
             store.read_range(&[8; 32], 0, 1),
             Err(BlobError::NotFound)
         ));
+        assert_eq!(store.ids().unwrap(), vec![id]);
         // Deletion removes every file of the blob.
         store.delete(&id).unwrap();
         assert!(matches!(store.state(&id), Err(BlobError::NotFound)));

@@ -11,6 +11,11 @@ use ward_core::keys::SigningPublicKey;
 pub struct Config {
     /// The SQLite database file (created if missing; `-wal`/`-shm` beside it).
     pub db_path: PathBuf,
+    /// Where attachment blobs are kept as files (created if missing);
+    /// default `<db_path>.blobs` (SECURITY.md §16.9, OPERATIONS.md).
+    pub blob_dir: PathBuf,
+    /// An unfinished upload not resumed for this long is deleted.
+    pub blob_abandon_after: Duration,
     /// The pinned organisation root: every device's log is verified from it.
     pub org_root: SigningPublicKey,
     /// This relay's instance id, bound into every handshake (SECURITY.md §8).
@@ -106,6 +111,13 @@ pub struct Limits {
     /// Most undelivered entries one mailbox (recipient device) may hold;
     /// over it a `Send` to it gets `QUOTA_EXCEEDED`.
     pub max_mailbox_entries: u64,
+    /// Largest attachment blob accepted, in bytes (its declared size at
+    /// `BlobOpen`); over it: `TOO_LARGE`.
+    pub max_blob_bytes: u64,
+    /// Most bytes of blobs a user's devices may have stored or be uploading
+    /// at once, until they are deleted; over it `BlobOpen` gets
+    /// `QUOTA_EXCEEDED`.
+    pub max_user_blob_bytes: u64,
 }
 
 impl Default for Limits {
@@ -138,17 +150,33 @@ impl Limits {
         max_user_pending_entries: 100_000,
         max_user_pending_bytes: 1 << 30,
         max_mailbox_entries: 20_000,
+        max_blob_bytes: crate::blobs::DEFAULT_MAX_BLOB_BYTES,
+        max_user_blob_bytes: 10 << 30,
     };
 }
 
 /// 30 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
+/// An unfinished upload is deleted after a day without a `BlobOpen`.
+pub const DEFAULT_BLOB_ABANDON: Duration = Duration::from_secs(86_400);
+
+/// `<db_path>.blobs`: beside the database, so that one directory holds the
+/// relay's state.
+pub fn default_blob_dir(db_path: &std::path::Path) -> PathBuf {
+    let mut p = db_path.as_os_str().to_owned();
+    p.push(".blobs");
+    PathBuf::from(p)
+}
+
 impl Config {
     /// A configuration with default limits and retention.
     pub fn new(db_path: impl Into<PathBuf>, org_root: SigningPublicKey) -> Self {
+        let db_path: PathBuf = db_path.into();
         Self {
-            db_path: db_path.into(),
+            blob_dir: default_blob_dir(&db_path),
+            blob_abandon_after: DEFAULT_BLOB_ABANDON,
+            db_path,
             org_root,
             instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             limits: Limits::default(),

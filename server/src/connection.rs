@@ -80,9 +80,9 @@ pub async fn serve(
     ticket: ward_net::peers::Ticket,
 ) {
     let limits = shared.config.limits;
-    let mut conn = match timeout(
+    let (mut conn, path) = match timeout(
         limits.net.auth_timeout,
-        ward_net::conn::accept(stream, &limits.net),
+        ward_net::conn::accept_with_path(stream, &limits.net),
     )
     .await
     {
@@ -142,6 +142,17 @@ pub async fn serve(
         device_id: *peer.device.as_bytes(),
     };
     debug!(%addr, user = %mailbox.user_id, "device authenticated");
+    if path == crate::blob_session::BLOB_PATH {
+        let mut conn = conn;
+        let end = crate::blob_session::session(&mut conn, shared.clone(), mailbox, shutdown).await;
+        let end = end.unwrap_or(CloseReason {
+            code: close::NORMAL,
+            reason: "",
+        });
+        shared.metrics.closed(end.code);
+        finish(conn, Some(end), limits.close_grace).await;
+        return;
+    }
     session(conn, shared, mailbox, shutdown).await;
 }
 
@@ -659,6 +670,18 @@ impl Session {
             Some(client_frame::Frame::Send(send)) => self.send(send).await,
             Some(client_frame::Frame::Ack(ack)) => self.ack(ack).await,
             Some(client_frame::Frame::PublishLog(p)) => self.publish_log(p).await,
+            Some(
+                client_frame::Frame::BlobOpen(_)
+                | client_frame::Frame::BlobPiece(_)
+                | client_frame::Frame::BlobStatus(_)
+                | client_frame::Frame::BlobRead(_)
+                | client_frame::Frame::BlobFetched(_),
+            ) => Outcome::error(
+                ErrorCode::Malformed,
+                Vec::new(),
+                "blob frames go to a blob connection (/v2/blobs)",
+            )
+            .closing(close::PROTOCOL_ERROR, "malformed frame"),
             None => Outcome::error(ErrorCode::Malformed, Vec::new(), "empty frame")
                 .closing(close::PROTOCOL_ERROR, "malformed frame"),
         }
@@ -720,6 +743,13 @@ impl Session {
         if let Err((code, detail)) = self.check_recipients(&recipients).await {
             return Outcome::error(code, message_id.to_vec(), detail);
         }
+        if !send.blob_ids.is_empty()
+            && let Err(out) = self
+                .add_readers(&message_id, send.blob_ids, &recipients)
+                .await
+        {
+            return out;
+        }
         let msg = NewMessage {
             message_id,
             recipients,
@@ -751,6 +781,58 @@ impl Session {
                     message_id.to_vec(),
                     "not stored; retry",
                 )
+            }
+        }
+    }
+
+    /// The recipients of a `Send` naming blobs become their readers, before
+    /// the message is stored: once a recipient has the descriptor, it may
+    /// download. Every blob must be a complete one of the sender's user.
+    async fn add_readers(
+        &self,
+        message_id: &[u8; 16],
+        blob_ids: Vec<Vec<u8>>,
+        recipients: &[Mailbox],
+    ) -> Result<(), Outcome> {
+        use crate::blob_meta::{BlobOp, BlobOutcome, MAX_SEND_BLOBS};
+        if blob_ids.len() > MAX_SEND_BLOBS {
+            return Err(Outcome::error(
+                ErrorCode::TooLarge,
+                message_id.to_vec(),
+                "too many blobs in one message",
+            ));
+        }
+        let mut ids = Vec::with_capacity(blob_ids.len());
+        for b in blob_ids {
+            let Ok(id) = crate::blobs::BlobId::try_from(b.as_slice()) else {
+                return Err(Outcome::error(
+                    ErrorCode::Malformed,
+                    message_id.to_vec(),
+                    "blob id must be 32 bytes",
+                )
+                .closing(close::PROTOCOL_ERROR, "malformed frame"));
+            };
+            ids.push(id);
+        }
+        let op = BlobOp::AddReaders {
+            owner_user: self.mailbox.user_id.clone(),
+            ids,
+            readers: recipients.to_vec(),
+        };
+        match self.shared.writer.blob(op).await {
+            Ok(BlobOutcome::Done) => Ok(()),
+            Ok(_) => Err(Outcome::error(
+                ErrorCode::BlobRefused,
+                message_id.to_vec(),
+                "a named blob is not a complete upload of yours",
+            )),
+            Err(e) => {
+                warn!(error = %e, "recording blob readers failed");
+                Err(Outcome::error(
+                    ErrorCode::Internal,
+                    message_id.to_vec(),
+                    "not stored; retry",
+                ))
             }
         }
     }

@@ -9,6 +9,10 @@
 //! * Delivery: pushed at once to connected devices, backlog in seq order on
 //!   connect; acked entries deleted, orphaned ciphertext deleted, the rest
 //!   expired by a retention sweeper.
+//! * Attachment blobs (SECURITY.md §16.9): files behind [`blobs::BlobStore`],
+//!   uploaded and downloaded on a connection of their own (`/v2/blobs`),
+//!   records and readers in [`blob_meta`], deleted once every reader fetched
+//!   them or after retention.
 //! * Bounded per-connection queues; limits on frame size, recipients, auth
 //!   time, send rate and connections, each violation closing with a code.
 //!
@@ -22,6 +26,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blob_meta;
+mod blob_session;
 pub mod blobs;
 pub mod config;
 mod connection;

@@ -124,7 +124,20 @@ struct Args {
     /// Undelivered entries one mailbox may hold; over it: QUOTA_EXCEEDED.
     #[arg(long, env = "WARD_RELAY_MAX_MAILBOX_ENTRIES", default_value_t = DEF.max_mailbox_entries)]
     max_mailbox_entries: u64,
-    /// Days an undelivered message is kept.
+    /// Largest attachment blob accepted, in bytes (2 GiB by default).
+    #[arg(long, env = "WARD_RELAY_MAX_BLOB_BYTES", default_value_t = DEF.max_blob_bytes)]
+    max_blob_bytes: u64,
+    /// Bytes of attachment blobs a user's devices may have stored or be
+    /// uploading at once; over it: QUOTA_EXCEEDED.
+    #[arg(long, env = "WARD_RELAY_MAX_USER_BLOB_BYTES", default_value_t = DEF.max_user_blob_bytes)]
+    max_user_blob_bytes: u64,
+    /// Directory of attachment blob files; default: beside --db, <db>.blobs.
+    #[arg(long, env = "WARD_RELAY_BLOB_DIR", value_name = "DIR")]
+    blob_dir: Option<PathBuf>,
+    /// Hours an unfinished upload is kept without being resumed.
+    #[arg(long, env = "WARD_RELAY_BLOB_ABANDON_HOURS", default_value_t = 24)]
+    blob_abandon_hours: u64,
+    /// Days an undelivered message is kept (and a blob not fetched by all its readers).
     #[arg(long, env = "WARD_RELAY_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u64,
     /// Seconds between retention sweeps.
@@ -224,8 +237,14 @@ fn config(args: &Args) -> Result<Config, String> {
         max_user_pending_entries: args.max_user_pending_entries,
         max_user_pending_bytes: args.max_user_pending_bytes,
         max_mailbox_entries: args.max_mailbox_entries,
+        max_blob_bytes: args.max_blob_bytes,
+        max_user_blob_bytes: args.max_user_blob_bytes,
         ..d
     };
+    if let Some(dir) = &args.blob_dir {
+        config.blob_dir = dir.clone();
+    }
+    config.blob_abandon_after = Duration::from_secs(args.blob_abandon_hours.saturating_mul(3600));
     config.retention = Duration::from_secs(args.retention_days.saturating_mul(86_400));
     config.sweep_interval = Duration::from_secs(args.sweep_interval_secs.max(1));
     config.log_cache_bytes = args.log_cache_mib.saturating_mul(1 << 20);

@@ -26,6 +26,20 @@ pub struct RelayMetrics {
     pub commit_batch: Histogram,
     /// Time of each group commit's `COMMIT` (its fsync), seconds.
     pub fsync_seconds: Histogram,
+    /// Attachment blobs recorded (uploading or complete).
+    pub blobs: Gauge,
+    /// Declared bytes of those blobs.
+    pub blob_bytes: Gauge,
+    /// Blob pieces stored (each fsynced, each acknowledged once).
+    pub blob_pieces_in: Counter,
+    /// Blob bytes stored.
+    pub blob_bytes_in: Counter,
+    /// Blob pieces refused (out of order, wrong length, not the uploader's).
+    pub blob_pieces_refused: Counter,
+    /// Blob bytes served to readers.
+    pub blob_bytes_out: Counter,
+    /// Blobs deleted (fetched by every reader, expired, abandoned).
+    pub blobs_deleted: Counter,
 }
 
 impl RelayMetrics {
@@ -54,6 +68,28 @@ impl RelayMetrics {
                 "ward_relay_fsync_seconds",
                 "Duration of each group commit's COMMIT, which holds its fsync.",
                 LATENCY_BUCKETS,
+            ),
+            blobs: r.gauge("ward_relay_blobs", "Attachment blobs stored or uploading."),
+            blob_bytes: r.gauge(
+                "ward_relay_blob_bytes",
+                "Declared bytes of the attachment blobs stored or uploading.",
+            ),
+            blob_pieces_in: r.counter(
+                "ward_relay_blob_pieces_in_total",
+                "Blob pieces stored (fsynced and acknowledged).",
+            ),
+            blob_bytes_in: r.counter("ward_relay_blob_bytes_in_total", "Blob bytes stored."),
+            blob_pieces_refused: r.counter(
+                "ward_relay_blob_pieces_refused_total",
+                "Blob pieces refused (out of order, wrong length, not the uploader's).",
+            ),
+            blob_bytes_out: r.counter(
+                "ward_relay_blob_bytes_out_total",
+                "Blob bytes served to readers.",
+            ),
+            blobs_deleted: r.counter(
+                "ward_relay_blobs_deleted_total",
+                "Blobs deleted (fetched by every reader, expired or abandoned).",
             ),
         }
     }

@@ -86,7 +86,19 @@ pub async fn run(
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let refusal_log = ward_net::peers::RefusalLog::new(REFUSAL_LOG_INTERVAL);
     let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared::new(config, writer.clone(), registry, metrics));
+    // The blob store's cap is the configured one: `BlobOpen` checks it first.
+    let blobs: Arc<dyn crate::blobs::BlobStore> = Arc::new(
+        crate::blobs::FsBlobStore::open(&config.blob_dir, config.limits.max_blob_bytes)
+            .map_err(|e| RelayError::Config(format!("blob directory: {e}")))?,
+    );
+    let shared = Arc::new(Shared::new(
+        config,
+        writer.clone(),
+        registry,
+        metrics,
+        blobs,
+    ));
+    crate::blob_session::refresh_totals(&shared).await;
     let (outbound, budget) = (
         shared.outbound.clone(),
         crate::state::global_permits(&shared.config),
@@ -254,7 +266,10 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => sweep(&shared, &stop).await,
+            _ = tick.tick() => {
+                sweep(&shared, &stop).await;
+                crate::blob_session::sweep(&shared).await;
+            }
             _ = stop.changed() => break,
         }
     }

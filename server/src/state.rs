@@ -85,6 +85,8 @@ pub struct Shared {
     pruned: Mutex<std::collections::HashMap<String, u64>>,
     /// Prometheus series.
     pub metrics: crate::metrics::RelayMetrics,
+    /// Attachment blob files (SECURITY.md §16.9).
+    pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Logs asked of the keyserver's link at a login (SECURITY.md §9).
     pub link_fetch: crate::keyserver_link::Fetcher,
 }
@@ -96,6 +98,7 @@ impl Shared {
         writer: Writer,
         registry: Arc<Registry>,
         metrics: crate::metrics::RelayMetrics,
+        blobs: Arc<dyn crate::blobs::BlobStore>,
     ) -> Self {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
@@ -113,6 +116,7 @@ impl Shared {
             readers,
             pruned: Mutex::new(std::collections::HashMap::new()),
             metrics,
+            blobs,
         }
     }
 

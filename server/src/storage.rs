@@ -2,7 +2,7 @@
 //! readers run. Every function here blocks: call them from the writer thread
 //! or from `spawn_blocking`, never on the async runtime.
 //!
-//! Schema (version 2):
+//! Schema (version 4):
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
@@ -13,6 +13,8 @@
 //! | `usage` | sending user | undelivered queue entries and payload bytes its devices have stored: the per-user quota |
 //! | `logs` | user | longest verified user log seen (encoded `UserLog`) |
 //! | `seq_floor` | (one row) | the first seq of a new mailbox is `floor + 1`; raised by [`after_restore`] |
+//! | `blobs` | attachment blob | owner device, declared size (the blob quota), complete; bytes are files (`crate::blobs`) |
+//! | `blob_readers` | (blob, reader device) | recorded from the `Send` naming the blob; `fetched` once it said so |
 //!
 //! Client message ids are random, so every index keyed by them costs one
 //! random page write per message. Only `sends.message_id` is; the ciphertext
@@ -29,7 +31,7 @@ use ward_proto::{Message, decode_bounded};
 use crate::error::StorageError;
 
 /// The schema version this relay writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How far [`after_restore`] moves every mailbox's next sequence number: far
 /// beyond any number of messages one device receives between a backup and
@@ -95,6 +97,27 @@ const MIGRATIONS: &[&str] = &[
         floor INTEGER NOT NULL
     );
     INSERT INTO seq_floor (id, floor) VALUES (1, 0);
+    ",
+    // 3 -> 4: attachment blobs (their bytes are files: `crate::blobs`); see
+    // `crate::blob_meta`.
+    "
+    CREATE TABLE blobs (
+        blob_id      BLOB PRIMARY KEY,       -- 32 bytes, sender-chosen
+        owner_user   TEXT NOT NULL,
+        owner_device BLOB NOT NULL,          -- the only device that may write it
+        size         INTEGER NOT NULL,       -- declared blob size, counted in the quota
+        complete     INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL,       -- unix ms: retention
+        opened_at    INTEGER NOT NULL        -- unix ms of the last BlobOpen: abandonment
+    ) WITHOUT ROWID;
+    CREATE INDEX blobs_owner ON blobs(owner_user);
+    CREATE TABLE blob_readers (
+        blob_id   BLOB NOT NULL,
+        user_id   TEXT NOT NULL,
+        device_id BLOB NOT NULL,
+        fetched   INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (blob_id, user_id, device_id)
+    ) WITHOUT ROWID;
     ",
 ];
 

@@ -52,6 +52,10 @@ enum Command {
         devices: Vec<[u8; 32]>,
         reply: Reply<usize>,
     },
+    Blob {
+        op: crate::blob_meta::BlobOp,
+        reply: Reply<crate::blob_meta::BlobOutcome>,
+    },
     Stop,
 }
 
@@ -61,6 +65,10 @@ enum Done {
     StoreLog(Reply<bool>, Result<bool, StorageError>),
     Sweep(Reply<Swept>, Result<Swept, StorageError>),
     Prune(Reply<usize>, Result<usize, StorageError>),
+    Blob(
+        Reply<crate::blob_meta::BlobOutcome>,
+        Result<crate::blob_meta::BlobOutcome, StorageError>,
+    ),
 }
 
 impl Done {
@@ -72,6 +80,7 @@ impl Done {
             Done::StoreLog(r, _) => Done::StoreLog(r, Err(e())),
             Done::Sweep(r, _) => Done::Sweep(r, Err(e())),
             Done::Prune(r, _) => Done::Prune(r, Err(e())),
+            Done::Blob(r, _) => Done::Blob(r, Err(e())),
         }
     }
 
@@ -83,6 +92,7 @@ impl Done {
             Done::StoreLog(r, v) => drop(r.send(v)),
             Done::Sweep(r, v) => drop(r.send(v)),
             Done::Prune(r, v) => drop(r.send(v)),
+            Done::Blob(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -236,6 +246,15 @@ impl Writer {
         .await
     }
 
+    /// Changes the attachment blob records (`crate::blob_meta`); returns
+    /// once committed.
+    pub async fn blob(
+        &self,
+        op: crate::blob_meta::BlobOp,
+    ) -> Result<crate::blob_meta::BlobOutcome, StorageError> {
+        self.call(|reply| Command::Blob { op, reply }).await
+    }
+
     /// Asks the writer to commit what it holds and exit. Commands sent
     /// afterwards fail with [`StorageError::WriterGone`].
     pub async fn stop(&self) {
@@ -319,6 +338,7 @@ fn commit_batch(
                 Command::StoreLog { reply, .. } => done.push(Done::StoreLog(reply, Err(fail()))),
                 Command::Sweep { reply, .. } => done.push(Done::Sweep(reply, Err(fail()))),
                 Command::Prune { reply, .. } => done.push(Done::Prune(reply, Err(fail()))),
+                Command::Blob { reply, .. } => done.push(Done::Blob(reply, Err(fail()))),
             }
             continue;
         }
@@ -376,6 +396,10 @@ fn commit_batch(
             } => Done::Prune(
                 reply,
                 in_savepoint(conn, || storage::prune_devices(conn, &user_id, &devices)),
+            ),
+            Command::Blob { op, reply } => Done::Blob(
+                reply,
+                in_savepoint(conn, || crate::blob_meta::run(conn, &op, now)),
             ),
         };
         done.push(item);

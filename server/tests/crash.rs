@@ -123,6 +123,7 @@ async fn sigkill_after_send_ack_loses_no_acknowledged_message() {
                         message_id: id.to_vec(),
                         recipients: vec![to.clone()],
                         payload: n.to_be_bytes().repeat(64),
+                        blob_ids: Vec::new(),
                     })),
                 };
                 if c.send_msg(&send).await.is_err() {
@@ -278,6 +279,7 @@ async fn slow_reader_does_not_grow_relay_memory() {
                 message_id: id.to_vec(),
                 recipients: vec![to.clone()],
                 payload: vec![i as u8; SIZE],
+                blob_ids: Vec::new(),
             })),
         })
         .await
@@ -384,6 +386,7 @@ async fn send_until_killed(mut c: Conn, log: Arc<Mutex<SenderLog>>, to: Vec<Reci
                 message_id: id.clone(),
                 recipients: to.clone(),
                 payload: id.repeat(4),
+                blob_ids: Vec::new(),
             })),
         };
         if c.send_msg(&send).await.is_err() {
@@ -550,6 +553,7 @@ async fn sigkill_loop_under_load_delivers_every_acked_message_once_in_order() {
                 message_id: id.clone(),
                 recipients: to.clone(),
                 payload: id.repeat(4),
+                blob_ids: Vec::new(),
             })),
         })
         .await

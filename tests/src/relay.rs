@@ -253,6 +253,7 @@ impl Client {
             message_id: id.to_vec(),
             recipients,
             payload,
+            blob_ids: Vec::new(),
         }))
         .await;
     }

@@ -1,11 +1,11 @@
-//! An organisation, its two real servers (the relay following the
-//! keyserver's relay link, as under `ward up`) and a directory for SDK device
-//! stores: the setup of the SDK end-to-end tests, optionally with the
-//! clients' keyserver connections through a tampering [`Proxy`].
-// Test support: a failed setup step should fail the test loudly.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! An organisation with both real servers on loopback (the relay following
+//! the keyserver's relay link, as under `ward up`) and a directory for SDK
+//! device stores: the setup SDK-level end-to-end tests share, optionally
+//! with the clients' keyserver connections through a tampering [`Proxy`].
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ward_core::testkit::Org;
@@ -17,20 +17,22 @@ use crate::keyserver::{TestKeyserver, remove_db, temp_db_path, test_config};
 use crate::proxy::Proxy;
 use crate::relay::{Relay, TempDir};
 
-/// The PIN every test device uses.
+/// The PIN of every test device.
 pub const PIN: &str = "ward-pin-493817";
 
-/// [`PIN`] as a `Pin`.
+/// The PIN, as the SDK takes it.
 pub fn pin() -> Pin {
-    Pin::new(PIN.into()).expect("a valid PIN")
+    Pin::new(PIN.into()).unwrap()
 }
 
-/// The servers and the organisation.
+/// An organisation, its two servers and a directory for device stores.
 pub struct World {
     /// The organisation (its root signs the invites).
     pub org: Org,
-    /// The real relay.
+    /// The relay.
     pub relay: Relay,
+    /// The relay's metrics registry.
+    pub relay_metrics: ward_ops::metrics::Registry,
     /// The real keyserver (a test may take it to stop it).
     pub keyserver: Option<TestKeyserver>,
     /// The keyserver's database file.
@@ -44,33 +46,48 @@ pub struct World {
 }
 
 impl World {
-    /// The servers, clients talking to them directly.
+    /// Both servers with their test configurations.
     pub async fn new() -> Self {
-        Self::start(false, |_| {}).await
+        Self::start(false, |_| {}, |_| {}).await
     }
 
-    /// [`World::new`], with the keyserver's configuration adjusted first.
+    /// Both servers, the relay's configuration adjusted by `tweak`.
+    pub async fn with_relay(tweak: impl FnOnce(&mut ward_relay::Config)) -> Self {
+        Self::start(false, |_| {}, tweak).await
+    }
+
+    /// Both servers, the keyserver's configuration adjusted by `tweak`.
     pub async fn new_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
-        Self::start(false, tweak).await
+        Self::start(false, tweak, |_| {}).await
     }
 
-    /// The servers, clients reaching the keyserver through [`World::ks_proxy`].
+    /// Both servers, clients reaching the keyserver through [`World::ks_proxy`].
     pub async fn with_keyserver_proxy() -> Self {
-        Self::start(true, |_| {}).await
+        Self::start(true, |_| {}, |_| {}).await
     }
 
-    async fn start(proxy: bool, tweak: impl FnOnce(&mut ward_keyserver::Config)) -> Self {
+    async fn start(
+        proxy: bool,
+        ks_tweak: impl FnOnce(&mut ward_keyserver::Config),
+        relay_tweak: impl FnOnce(&mut ward_relay::Config),
+    ) -> Self {
         let org = Org::new(&mut rand::rng());
         let ks_db = temp_db_path("world-ks");
         let mut config = test_config(&org, &ks_db);
         config.clock = Clock::system();
-        // The relay follows the keyserver's relay link, as under `ward up`.
         let link_key = crate::link::service_key();
         config.relay_keys = vec![link_key.public_key()];
-        tweak(&mut config);
+        ks_tweak(&mut config);
         let keyserver = TestKeyserver::start(config).await;
         let link = crate::link::link_to(&keyserver.url(), link_key);
-        let relay = Relay::start_with(org.root_public(), |c| c.keyserver_link = Some(link)).await;
+        let metrics = ward_ops::metrics::Registry::new();
+        let m = metrics.clone();
+        let relay = Relay::start_with(org.root_public(), |c| {
+            c.keyserver_link = Some(link);
+            c.metrics = m;
+            relay_tweak(c);
+        })
+        .await;
         let ks_proxy = if proxy {
             Some(Proxy::start(keyserver.url()).await)
         } else {
@@ -79,12 +96,41 @@ impl World {
         Self {
             org,
             relay,
+            relay_metrics: metrics,
             keyserver: Some(keyserver),
             ks_db,
             ks_proxy,
             dir: TempDir::new("world-clients"),
-            request_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The directory device stores (and any test files) go in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The relay's blob directory (its default, beside its database).
+    pub fn blob_dir(&self) -> PathBuf {
+        ward_relay::config::default_blob_dir(&self.relay.db)
+    }
+
+    /// A relay metric's value (a counter or gauge without labels); 0 if absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.relay_metrics.render();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .unwrap_or(0.0)
     }
 
     /// The real keyserver's URL (panics once a test took it).
@@ -105,8 +151,8 @@ impl World {
         self.dir.path().join(format!("{name}.db"))
     }
 
-    /// A client configuration for the device store `name`: a cheap KDF and
-    /// short delays.
+    /// A client configuration for the device store `name`, with a cheap
+    /// KDF and short delays.
     pub fn config(&self, name: &str) -> ClientConfig {
         let mut c = ClientConfig::new(
             self.store_path(name),
@@ -131,7 +177,7 @@ impl World {
         crate::invite(&self.org, user_id)
     }
 
-    /// Enrolls `user_id`'s first device, its store named `device`.
+    /// Enrolls `user_id`'s first device, stored as `device`.
     pub async fn enroll(&self, user_id: &str, device: &str) -> Client {
         self.enroll_with(user_id, self.config(device)).await
     }
@@ -144,7 +190,7 @@ impl World {
             .expect("enroll")
     }
 
-    /// Reopens the device whose store is `device` (after [`Client::lock`]).
+    /// Unlocks the device stored as `device` again (after a restart).
     pub async fn unlock(&self, device: &str) -> Client {
         Client::unlock(self.config(device), pin())
             .await

@@ -47,12 +47,16 @@ fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
 /// installed first.
 async fn world() -> World {
     captured_logs();
-    World::new().await
+    let mut w = World::new().await;
+    w.request_timeout = Duration::from_secs(5);
+    w
 }
 
 async fn world_with(tweak: impl FnOnce(&mut ward_keyserver::Config)) -> World {
     captured_logs();
-    World::new_with(tweak).await
+    let mut w = World::new_with(tweak).await;
+    w.request_timeout = Duration::from_secs(5);
+    w
 }
 
 fn text(m: &Message) -> String {

@@ -661,6 +661,7 @@ async fn malformed_service_frames_are_refused() {
         message_id: vec![1; 15],
         recipients: vec![to(&bob, "bob")],
         payload: vec![1],
+        blob_ids: Vec::new(),
     }))
     .await;
     assert_eq!(a.error().await.code, ErrorCode::Malformed as i32);

@@ -584,10 +584,7 @@ async fn history_policy_from_join_and_whole_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
     const MEMBERS: usize = 100;
-    let mut w = World::new().await;
-    // The room's creation uploads 100 wraps: room to spare on a loaded machine.
-    w.request_timeout = Duration::from_secs(10);
-    let w = w;
+    let w = World::new().await;
     let mut clients: Vec<Client> = Vec::with_capacity(MEMBERS);
     let t0 = std::time::Instant::now();
     // Ten at a time: an enrolment mostly waits on the servers.

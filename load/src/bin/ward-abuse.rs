@@ -374,6 +374,7 @@ async fn pair(
                 message_id: id.clone(),
                 recipients: vec![to.clone()],
                 payload: vec![7u8; 1024],
+                blob_ids: Vec::new(),
             })),
         };
         a.send_msg(&frame).await?;

@@ -170,6 +170,25 @@ pub enum ClientError {
     /// The client has been locked or dropped.
     #[error("the client is closed")]
     Closed,
+    /// An attachment failed: a downloaded blob refused by the checks of
+    /// SECURITY.md §16.6 (`KeyCommitmentMismatch`: another message's blob or
+    /// a wrong key; `ChunkAuthFailed`: a chunk tampered, reordered or from
+    /// another file; `Truncated`; `TrailingData`; `BadPadding`;
+    /// `HashMismatch`: not the blob the signed message names), or a file that
+    /// cannot be sent (too large, changed size while read, a bad name or
+    /// media type). Nothing of a refused download is kept.
+    #[error("attachment: {0}")]
+    Attachment(#[from] ward_core::AttachmentError),
+    /// Reading or writing a local file (the file to send, the download's
+    /// destination, a spool file) failed.
+    #[error("file: {0}")]
+    File(std::io::Error),
+    /// The message is not an attachment.
+    #[error("the message is not an attachment")]
+    NotAnAttachment,
+    /// The download's destination exists: it is never overwritten.
+    #[error("{0} exists; not overwritten")]
+    FileExists(std::path::PathBuf),
 }
 
 /// Store errors become [`ClientError::Store`], except the one an app must act

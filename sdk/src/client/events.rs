@@ -101,6 +101,15 @@ pub enum Event {
         /// The message.
         resource_id: ResourceId,
     },
+    /// An attachment upload resumed after a restart was refused for good
+    /// (the relay's quota or size cap, or the upload expired there): its
+    /// message was never sent and the upload was dropped.
+    AttachmentFailed {
+        /// The conversation it was for.
+        conversation_id: ward_core::ConversationId,
+        /// Why.
+        reason: ClientError,
+    },
     /// An outgoing message was refused for good (a keyserver or relay
     /// refusal that retrying cannot fix); it stays in the local history but
     /// left the outbox.

@@ -8,6 +8,7 @@
 //! | [`Client::unlock`] / [`Client::lock`] | open the store with the PIN / close it and zeroize |
 //! | [`Client::pair_new_device`], [`Client::approve_device`], [`PendingDevice::complete`] | a second device |
 //! | [`Client::create_conversation`], [`Client::send_text`] | send (queued durably, delivered in the background) |
+//! | [`Client::send_file`], [`Client::download`] | attachments: streamed, resumable (`attach.rs`) |
 //! | [`Client::events`] | verified messages, typed rejections, send outcomes |
 //! | [`Client::conversations`], [`Client::history`] | what the store holds |
 //! | [`Client::rotate_user_key`], [`Client::revoke_device`] | key changes |
@@ -22,14 +23,20 @@
 //! | `directory.rs` | fetch, verify and cache users' logs |
 //! | `search.rs` | directory search: [`DirectoryQuery`], [`Page`], [`DirectoryEntry`] |
 //! | `send.rs` | seal, outbox, keys before ciphertext |
+//! | `attach.rs` | `send_file`, `download`, resumed uploads |
+//! | `blob_conn.rs` | the relay's blob connection (`/v2/blobs`) |
+//! | `file_crypto.rs` | the one use of ward-core's attachment encryptor and decryptor |
 //! | `receive.rs` | verify, open, store, then ack |
 //! | `rooms.rs` | rooms: verified membership logs, epoch keys, room messages |
 //! | `events.rs` | [`Event`] |
 //! | `error.rs` | [`ClientError`] |
 
+mod attach;
+mod blob_conn;
 mod directory;
 mod error;
 mod events;
+mod file_crypto;
 mod keyserver;
 mod own_log;
 mod receive;
@@ -60,6 +67,7 @@ use ward_proto::Message as _;
 use ward_proto::v1::SignedInvite;
 use zeroize::Zeroizing;
 
+pub use attach::{AttachmentInfo, Phase, Progress};
 pub use error::{ClientError, Result};
 pub use events::Event;
 pub use rooms::{RoomInfo, RoomMemberInfo};
@@ -631,6 +639,7 @@ impl Client {
             tokio::spawn(receive::run(inner.clone(), deliver_rx)),
             tokio::spawn(send::run_outbox(inner.clone(), connected_rx)),
             tokio::spawn(own_log::run(inner.clone())),
+            tokio::spawn(attach::resume_uploads(inner.clone())),
         ];
         Ok(Self {
             inner,
@@ -791,6 +800,49 @@ impl Client {
             Zeroizing::new(text.as_bytes().to_vec()),
         )
         .await
+    }
+
+    /// Sends the file at `path` to a conversation as an attachment
+    /// (SECURITY.md §16): encrypted into a spool file beside the store,
+    /// uploaded to the relay over a blob connection, then its descriptor
+    /// (`file_name`, `media_type`, size, key, hash) sealed as a message and
+    /// queued like [`Self::send_text`]. Constant memory, whatever the size.
+    /// `progress` sees the encryption, then the upload. Returns once the
+    /// relay holds the whole blob and the message is queued. If the app dies
+    /// first, the next [`Self::unlock`] resumes the upload where the relay
+    /// stopped and then sends the message.
+    pub async fn send_file(
+        &self,
+        conversation: ConversationId,
+        path: impl AsRef<std::path::Path>,
+        file_name: &str,
+        media_type: &str,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<ResourceId> {
+        attach::send_file(
+            &self.inner,
+            conversation,
+            path.as_ref(),
+            file_name,
+            media_type,
+            &mut progress,
+        )
+        .await
+    }
+
+    /// Downloads the file of an attachment message into a new file at
+    /// `out` (never overwritten: [`ClientError::FileExists`]), checking the
+    /// blob as it arrives (SECURITY.md §16.6: any failure is
+    /// [`ClientError::Attachment`] and leaves nothing behind). The bytes go
+    /// to `<out>.ward-part` until the whole blob verified. A broken
+    /// download resumes, at the next call, from the last verified chunk.
+    pub async fn download(
+        &self,
+        message: &Message,
+        out: impl AsRef<std::path::Path>,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<std::path::PathBuf> {
+        attach::download(&self.inner, message, out.as_ref(), &mut progress).await
     }
 
     /// Every conversation this device knows.

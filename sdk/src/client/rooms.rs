@@ -575,6 +575,7 @@ pub(crate) async fn seal_message(
             envelope: sealed.envelope,
             keys: Vec::new(),
             recipients,
+            blob_ids: Vec::new(),
             room_key: Some(RoomKeyUpload {
                 room_id: id.as_bytes().to_vec(),
                 epoch: sealed.epoch,

@@ -50,9 +50,12 @@ pub(crate) struct OutboxPayload {
     /// The relay recipients: every active device of every member but this one.
     #[prost(message, repeated, tag = "4")]
     pub recipients: Vec<Recipient>,
+    /// The blobs an attachment descriptor names (`Send.blob_ids`, §16.9).
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub blob_ids: Vec<Vec<u8>>,
     /// A room message's one wrapped key (then `keys` is empty), for
     /// `put_room_key` (SECURITY.md §17.11).
-    #[prost(message, optional, tag = "5")]
+    #[prost(message, optional, tag = "6")]
     pub room_key: Option<RoomKeyUpload>,
 }
 
@@ -77,14 +80,16 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Seals `content` for every member in `known` and builds the outbox entry.
-fn seal_for(
+/// Seals `content` for every member in `known` and builds the outbox entry
+/// (naming `blob_ids` to the relay, for an attachment).
+pub(crate) fn seal_for(
     inner: &Inner,
     known: &[Known],
     conversation_id: ConversationId,
     content_type: ContentType,
     content: &[u8],
     timestamp_ms: u64,
+    blob_ids: Vec<Vec<u8>>,
 ) -> Result<(ResourceId, Zeroizing<Vec<u8>>)> {
     let own = known
         .iter()
@@ -132,6 +137,7 @@ fn seal_for(
                 })
                 .collect(),
             recipients,
+            blob_ids,
             room_key: None,
         }
         .encode_to_vec(),
@@ -153,7 +159,7 @@ async fn room_of(
         .await
 }
 
-async fn members(inner: &Inner, conversation_id: ConversationId) -> Result<Vec<String>> {
+pub(crate) async fn members(inner: &Inner, conversation_id: ConversationId) -> Result<Vec<String>> {
     let conv = inner
         .store
         .run(move |s| s.conversation(&conversation_id))
@@ -187,6 +193,7 @@ pub(crate) async fn send(
             content_type,
             &content,
             timestamp_ms,
+            Vec::new(),
         )?
     };
     let message = Message {
@@ -213,7 +220,12 @@ pub(crate) async fn send(
 /// comes first), so it is sealed again, from freshly verified logs, under
 /// a new resource id, replacing the outbox entry and the history copy in
 /// one transaction.
-async fn reseal(inner: &Inner, item: &OutboxItem, old: ResourceId) -> Result<ResourceId> {
+async fn reseal(
+    inner: &Inner,
+    item: &OutboxItem,
+    old: ResourceId,
+    blob_ids: Vec<Vec<u8>>,
+) -> Result<ResourceId> {
     let me = inner.user_id.clone();
     let original = inner
         .store
@@ -245,6 +257,7 @@ async fn reseal(inner: &Inner, item: &OutboxItem, old: ResourceId) -> Result<Res
             original.content_type,
             &original.content,
             original.timestamp_ms,
+            blob_ids,
         )?
     };
     let id = item.id;
@@ -291,13 +304,14 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
             let _ = inner.store.run(move |s| s.outbox_remove(id)).await;
             continue;
         };
+        let blob_ids = payload.blob_ids.clone();
         let outcome = match deliver(&inner, &item, payload, &mut connected).await {
             Err(ClientError::Keyserver {
                 code: ErrorCode::Conflict,
                 ..
             }) if reseals < MAX_RESEALS => {
                 reseals += 1;
-                match reseal(&inner, &item, rid).await {
+                match reseal(&inner, &item, rid, blob_ids).await {
                     Ok(new) => {
                         inner.emit(Event::Resealed { old: rid, new }).await;
                         continue;
@@ -384,6 +398,7 @@ async fn deliver(
                 message_id: payload.resource_id,
                 recipients: payload.recipients,
                 payload: payload.envelope,
+                blob_ids: payload.blob_ids,
             },
             reply,
         ))

@@ -74,7 +74,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE identity ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE user_keys ADD COLUMN key_suite INTEGER NOT NULL DEFAULT 1;
     ",
-    // 3: rooms (SECURITY.md §17.12). The entries this device verified, so
+    // 3: attachment uploads in progress (SECURITY.md §16.9): the blob is
+    // encrypted to a spool file first, and its descriptor (which holds the
+    // file key: it stays in this encrypted database) waits here until the
+    // relay stored every piece; then it moves to the outbox as a message.
+    r"
+    CREATE TABLE uploads (
+        blob_id         BLOB PRIMARY KEY,
+        conversation_id BLOB NOT NULL,
+        descriptor      BLOB NOT NULL,
+        spool_path      TEXT NOT NULL,
+        blob_size       INTEGER NOT NULL,
+        next_piece      INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL
+    ) STRICT;
+    ",
+    // 4: rooms (SECURITY.md §17.12). The entries this device verified, so
     // that rollback and fork detection survive a restart; a fault, once a
     // rollback or fork was seen; the epoch seeds (secrets, only ever in this
     // encrypted store), by room and epoch.

@@ -47,6 +47,7 @@ pub mod header;
 pub mod kdf;
 mod records;
 mod rooms;
+mod uploads;
 
 use core::fmt;
 use std::fs::{self, OpenOptions};
@@ -60,6 +61,7 @@ pub use error::{Result, StoreError};
 pub use header::FORMAT_VERSION;
 pub use kdf::{KdfParams, Pin, PlatformSecret};
 pub use records::{Conversation, Identity, Message, OutboxId, OutboxItem, OutboxState};
+pub use uploads::Upload;
 
 use header::{Header, KdfSlot, sync_dir, with_suffix};
 use kdf::{DbKey, SALT_BYTES, derive_db_key};

@@ -75,6 +75,8 @@ impl fmt::Debug for Message {
             .field("timestamp_ms", &self.timestamp_ms)
             .field("content_type", &self.content_type)
             .field("content", &format_args!("<{} bytes>", self.content.len()))
+            // An attachment shows its file, never its key.
+            .field("attachment", &self.attachment())
             .finish()
     }
 }
@@ -94,7 +96,7 @@ pub enum OutboxState {
 }
 
 impl OutboxState {
-    fn to_db(self) -> i64 {
+    pub(super) fn to_db(self) -> i64 {
         match self {
             Self::Pending => 0,
             Self::Sent => 1,
@@ -155,15 +157,19 @@ fn content_type_from_db(v: i64) -> Result<ContentType> {
     }
 }
 
-fn to_i64(v: u64, what: &'static str) -> Result<i64> {
+pub(super) fn to_i64(v: u64, what: &'static str) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::InvalidData(what))
 }
 
-fn to_u64(v: i64, what: &'static str) -> Result<u64> {
+pub(super) fn to_u64(v: i64, what: &'static str) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::InvalidData(what))
 }
 
-fn id16<T>(bytes: &[u8], parse: fn(&[u8]) -> Option<T>, what: &'static str) -> Result<T> {
+pub(super) fn id16<T>(
+    bytes: &[u8],
+    parse: fn(&[u8]) -> Option<T>,
+    what: &'static str,
+) -> Result<T> {
     parse(bytes).ok_or(StoreError::InvalidData(what))
 }
 
@@ -172,7 +178,7 @@ fn id16<T>(bytes: &[u8], parse: fn(&[u8]) -> Option<T>, what: &'static str) -> R
 /// 2 = X-Wing seeds (SECURITY.md §14.9).
 const KEY_SUITE_XWING: i64 = 2;
 
-fn secret(row: &Row<'_>, idx: usize) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
+pub(super) fn secret(row: &Row<'_>, idx: usize) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
     row.get::<_, Vec<u8>>(idx).map(Zeroizing::new)
 }
 
@@ -201,7 +207,7 @@ fn message_from_row(r: MessageRow) -> Result<Message> {
 }
 
 /// `INSERT OR IGNORE` of one message; whether it was new.
-fn insert_message_in(conn: &rusqlite::Connection, m: &Message) -> Result<bool> {
+pub(super) fn insert_message_in(conn: &rusqlite::Connection, m: &Message) -> Result<bool> {
     let n = conn.execute(
         "INSERT OR IGNORE INTO messages
              (sender_user_id, resource_id, conversation_id, sender_device,
