@@ -155,7 +155,7 @@ pub(crate) async fn send_file(
         let tmp = tmp.clone();
         blocking(move || {
             std::fs::create_dir_all(&dir).map_err(ClientError::File)?;
-            file_crypto::encrypt_to_spool(&src, &tmp, &mut |done, total| {
+            file_crypto::encrypt_to_spool(&src, &tmp, &|done, total| {
                 let _ = tx.send((done, total));
             })
         })

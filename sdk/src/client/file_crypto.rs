@@ -2,15 +2,17 @@
 //! decryptor (SECURITY.md §16), so that a faster implementation (pipelined,
 //! hashing on a second thread) can be swapped in here alone.
 //!
-//! Both directions run in constant memory: a buffer of [`IO_BUFFER`] bytes
-//! of input and what the core appends for it. They are synchronous: call
-//! them from a blocking thread.
+//! Both directions run in constant memory. They are synchronous: call them
+//! from a blocking thread. Sending goes through the core's pipeline
+//! (`attachment::seal_stream`); receiving through the push decryptor, since
+//! the blob arrives from the network in pieces.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
-use ward_core::attachment::{Decryptor, Descriptor, Encryptor, Layout, SealedAttachment};
+use ward_core::AttachmentIoError;
+use ward_core::attachment::{Decryptor, Descriptor, Layout, SealedAttachment};
 use ward_core::stream::SEALED_CHUNK_SIZE;
 
 use super::error::{ClientError, Result};
@@ -54,34 +56,58 @@ pub(crate) fn whole_pieces(layout: &Layout, len: u64) -> (u64, u64) {
 
 /// Encrypts the file at `src` into a new spool file at `spool` (created
 /// owner-only, never overwritten), fsynced; reports plaintext bytes read.
+///
+/// Through ward-core's pipeline (`attachment::seal_stream`): the AEAD runs
+/// on this thread, reading, writing and the blob hash beside it, so a
+/// device with a free core encrypts at about the raw AEAD's speed, in
+/// constant memory. `progress` is called from the reading thread.
 pub(crate) fn encrypt_to_spool(
     src: &Path,
     spool: &Path,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<SealedAttachment> {
-    let mut input = File::open(src).map_err(ClientError::File)?;
+    let input = File::open(src).map_err(ClientError::File)?;
     let size = input.metadata().map_err(ClientError::File)?.len();
-    let mut enc = Encryptor::new(&mut rand::rng(), size)?;
     let mut out = create_private(spool)?;
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; IO_BUFFER]);
-    let mut sealed = Vec::with_capacity(IO_BUFFER + 4096);
-    let mut done = 0u64;
-    loop {
-        let n = input.read(&mut buf).map_err(ClientError::File)?;
-        if n == 0 {
-            break;
-        }
-        // A file that grows while read is refused (SizeMismatch), not cut.
-        enc.push(&buf[..n], &mut sealed)?;
-        out.write_all(&sealed).map_err(ClientError::File)?;
-        sealed.clear();
-        done += n as u64;
-        progress(done, size);
-    }
-    let att = enc.finish(&mut sealed)?;
-    out.write_all(&sealed).map_err(ClientError::File)?;
+    let reader = Counting {
+        inner: input,
+        done: 0,
+        size,
+        progress,
+    };
+    // A file that grows or shrinks while read is refused (SizeMismatch), not cut.
+    let att = ward_core::attachment::seal_stream(&mut rand::rng(), size, reader, &mut out)
+        .map_err(pipeline_error)?;
     out.sync_all().map_err(ClientError::File)?;
     Ok(att)
+}
+
+/// The pipeline's error as the client's.
+fn pipeline_error(e: AttachmentIoError) -> ClientError {
+    match e {
+        AttachmentIoError::Attachment(e) => ClientError::Attachment(e),
+        AttachmentIoError::Io(e) => ClientError::File(e),
+        AttachmentIoError::Thread => ClientError::File(std::io::Error::other(
+            "the encryption pipeline could not start a thread",
+        )),
+    }
+}
+
+/// The file being sent, counting what is read of it.
+struct Counting<'a> {
+    inner: File,
+    done: u64,
+    size: u64,
+    progress: &'a (dyn Fn(u64, u64) + Sync),
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done, self.size);
+        Ok(n)
+    }
 }
 
 /// A file created empty for writing, readable by its owner only.
