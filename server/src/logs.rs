@@ -540,6 +540,26 @@ mod tests {
         }
     }
 
+    /// `user`'s log: the creation, then `n` key rotations by its device.
+    fn rotated_log(
+        org: &Org,
+        rng: &mut rand::rngs::ThreadRng,
+        user: &str,
+        n: usize,
+    ) -> Vec<SignedStatement> {
+        let mut c = org.enroll(rng, user);
+        let mut log = c.log.clone();
+        for _ in 0..n {
+            let key = ward_core::keys::UserEncryptionKey::generate(rng).public_key();
+            let e = c
+                .chain
+                .rotate_user_key(&c.device, &key, ward_core::testkit::KIT_TIME);
+            c.chain.apply(&org.root_public(), &e).unwrap();
+            log.push(e);
+        }
+        log
+    }
+
     fn none() -> Known {
         Known {
             log: None,
@@ -607,16 +627,7 @@ mod tests {
         let mut rng = rand::rng();
         let org = Org::new(&mut rng);
         let root = org.root_public();
-        let mut bob = org.enroll(&mut rng, "bob");
-        let mut log = bob.log.clone();
-        for _ in 0..3 {
-            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
-            let e = bob
-                .chain
-                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
-            bob.chain.apply(&root, &e).unwrap();
-            log.push(e);
-        }
+        let log = rotated_log(&org, &mut rng, "bob", 3);
         let s = LogStats::default();
         let Ok(Decision::Replace { prev_len, next, .. }) =
             decide(&root, "bob", known(&root, "bob", &log[..2]), &log, &s)
@@ -639,16 +650,7 @@ mod tests {
         let mut rng = rand::rng();
         let org = Org::new(&mut rng);
         let root = org.root_public();
-        let mut bob = org.enroll(&mut rng, "bob");
-        let mut log = bob.log.clone();
-        for _ in 0..4 {
-            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
-            let e = bob
-                .chain
-                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
-            bob.chain.apply(&root, &e).unwrap();
-            log.push(e);
-        }
+        let log = rotated_log(&org, &mut rng, "bob", 4);
         let held = |n: usize| known(&root, "bob", &log[..n]);
         // Overlapping the stored entries, then new ones: only those verified.
         let s = LogStats::default();
@@ -690,12 +692,7 @@ mod tests {
             Err(ErrorCode::InvalidStatement)
         ));
         // Another user's entry placed at its seq: a fork too.
-        let mut alice = org.enroll(&mut rng, "alice");
-        let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
-        let a1 = alice
-            .chain
-            .rotate_user_key(&alice.device, &key, ward_core::testkit::KIT_TIME);
-        alice.chain.apply(&root, &a1).unwrap();
+        let a1 = rotated_log(&org, &mut rng, "alice", 1).remove(1);
         assert!(matches!(
             decide(&root, "bob", held(1), &[a1], &s),
             Err(ErrorCode::InvalidStatement)
@@ -711,16 +708,7 @@ mod tests {
         let mut rng = rand::rng();
         let org = Org::new(&mut rng);
         let root = org.root_public();
-        let mut bob = org.enroll(&mut rng, "bob");
-        let mut log = bob.log.clone();
-        for _ in 0..3 {
-            let key = ward_core::keys::UserEncryptionKey::generate(&mut rng).public_key();
-            let e = bob
-                .chain
-                .rotate_user_key(&bob.device, &key, ward_core::testkit::KIT_TIME);
-            bob.chain.apply(&root, &e).unwrap();
-            log.push(e);
-        }
+        let log = rotated_log(&org, &mut rng, "bob", 3);
         let mut zeroed = log.clone();
         for e in &mut zeroed[..2] {
             e.signature = vec![0; 64];
