@@ -206,6 +206,29 @@ fn message_from_row(r: MessageRow) -> Result<Message> {
     })
 }
 
+/// Inside the caller's transaction: queues `payload` for sending and stores
+/// `message`, the sender's own copy, in the history. Returns the outbox id.
+pub(super) fn enqueue_with_message_in(
+    conn: &rusqlite::Connection,
+    payload: &[u8],
+    created_at_ms: u64,
+    message: &Message,
+) -> Result<OutboxId> {
+    conn.execute(
+        "INSERT INTO outbox (conversation_id, payload, state, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            &message.conversation_id.as_bytes()[..],
+            payload,
+            OutboxState::Pending.to_db(),
+            to_i64(created_at_ms, "created_at")?,
+        ],
+    )?;
+    let id = OutboxId(conn.last_insert_rowid());
+    insert_message_in(conn, message)?;
+    Ok(id)
+}
+
 /// `INSERT OR IGNORE` of one message; whether it was new.
 pub(super) fn insert_message_in(conn: &rusqlite::Connection, m: &Message) -> Result<bool> {
     let n = conn.execute(
@@ -656,18 +679,7 @@ impl Store {
         message: &Message,
     ) -> Result<OutboxId> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO outbox (conversation_id, payload, state, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                &message.conversation_id.as_bytes()[..],
-                payload,
-                OutboxState::Pending.to_db(),
-                to_i64(created_at_ms, "created_at")?,
-            ],
-        )?;
-        let id = OutboxId(tx.last_insert_rowid());
-        insert_message_in(&tx, message)?;
+        let id = enqueue_with_message_in(&tx, payload, created_at_ms, message)?;
         tx.commit()?;
         Ok(id)
     }

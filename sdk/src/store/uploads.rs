@@ -14,8 +14,8 @@ use super::rusqlite::{self, OptionalExtension, params};
 use ward_core::ConversationId;
 use zeroize::Zeroizing;
 
-use super::records::{id16, insert_message_in, secret, to_i64, to_u64};
-use super::{Message, OutboxId, OutboxState, Result, Store, StoreError};
+use super::records::{enqueue_with_message_in, id16, secret, to_i64, to_u64};
+use super::{Message, OutboxId, Result, Store, StoreError};
 
 /// An upload waiting for the relay.
 #[derive(Clone)]
@@ -162,18 +162,7 @@ impl Store {
         message: &Message,
     ) -> Result<OutboxId> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO outbox (conversation_id, payload, state, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                &message.conversation_id.as_bytes()[..],
-                payload,
-                OutboxState::Pending.to_db(),
-                to_i64(created_at_ms, "created_at")?,
-            ],
-        )?;
-        let id = OutboxId(tx.last_insert_rowid());
-        insert_message_in(&tx, message)?;
+        let id = enqueue_with_message_in(&tx, payload, created_at_ms, message)?;
         tx.execute(
             "DELETE FROM uploads WHERE blob_id = ?1",
             params![&blob_id[..]],
