@@ -18,14 +18,15 @@
 //! purpose, which is what the fuzzer detects.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use ward_proto::v1::{
     AuthChallenge, AuthResponse, AuthResult, ClientFrame, DeviceGrant, Envelope, EnvelopeHeader,
-    Invite, KsRequest, KsResponse, ServerFrame, SignedInvite, SignedStatement, Statement, UserLog,
-    WrappedKey,
+    Invite, KsRequest, KsResponse, RoomKeyWrap, RoomLogPage, ServerFrame, SignedInvite,
+    SignedRoomStatement, SignedStatement, Statement, UserLog, WrappedKey,
 };
 use ward_proto::{Bounded, DecodeError, Message, bounded, decode_bounded, decode_canonical};
 
@@ -39,6 +40,10 @@ use crate::keys::{
     ResourceKey, SigningPublicKey, UserEncryptionKey,
 };
 use crate::labels::{SIG_INVITE, SIG_STATEMENT, framed};
+use crate::room::{
+    HistoryPolicy, RoomAuthor, RoomKeyring, RoomMetadata, VerifiedRoom, create_room,
+    verify_room_log,
+};
 use crate::testkit::{Clinician, KIT_TIME, Org};
 use crate::wrap::{accept_grant, grant_user_key, unwrap_resource_key, wrap_resource_key};
 
@@ -581,6 +586,139 @@ pub fn keys(data: &[u8]) {
 
 // ---------------------------------------------------------------- seeds
 
+// ---------------------------------------------------------------- rooms
+
+/// A room of Alice (its admin) and Bob, created `FromJoin`, from which
+/// Alice then removed Bob: two entries, two epochs.
+pub struct RoomFixture {
+    /// The two signed entries, in order.
+    pub entries: Vec<SignedRoomStatement>,
+    /// Its verified state after both entries.
+    pub room: VerifiedRoom,
+    /// Epoch 0's key wrapped to Bob.
+    pub wrap_for_bob: RoomKeyWrap,
+    /// Epoch 1's key wrapped to Alice.
+    pub wrap_for_alice: RoomKeyWrap,
+    /// The verified user logs of Alice and Bob.
+    pub users: BTreeMap<String, VerifiedUser>,
+}
+
+/// The deterministic room fixture (built once per process; its own seed, so
+/// that the other targets' fixture and corpora keep their meaning).
+pub fn room_fixture() -> &'static RoomFixture {
+    static FIXTURE: OnceLock<RoomFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let f = fixture();
+        let mut rng = StdRng::seed_from_u64(0x524f_4f4d); // "ROOM"
+        let author = RoomAuthor {
+            device: &f.alice.device,
+            chain: &f.alice.chain,
+        };
+        let users: BTreeMap<String, VerifiedUser> = [&f.alice, &f.bob]
+            .iter()
+            .map(|c| (c.chain.user_id().to_owned(), c.chain.clone()))
+            .collect();
+        let meta = RoomMetadata {
+            name: "Tumour board".into(),
+            case_reference: "CASE-FUZZ-1".into(),
+            topic: "bed 12".into(),
+        };
+        let created = create_room(
+            &mut rng,
+            author,
+            HistoryPolicy::FromJoin,
+            &[&f.bob.chain],
+            &meta,
+            KIT_TIME,
+        )
+        .expect("fixture room");
+        let mut ring = RoomKeyring::new();
+        ring.insert(0, created.epoch_key.expect("epoch 0 key"));
+        let removed = created
+            .room
+            .remove_member(&mut rng, author, BOB, &users, &ring, KIT_TIME + 1)
+            .expect("fixture removal");
+        let wrap_to = |wraps: &[(String, RoomKeyWrap)], user: &str| {
+            wraps
+                .iter()
+                .find(|(u, _)| u == user)
+                .map(|(_, w)| w.clone())
+                .expect("fixture room wrap")
+        };
+        RoomFixture {
+            entries: vec![created.entry, removed.entry],
+            wrap_for_bob: wrap_to(&created.wraps, BOB),
+            wrap_for_alice: wrap_to(&removed.wraps, ALICE),
+            room: removed.room,
+            users,
+        }
+    })
+}
+
+/// Target `room`: room logs and epoch-key wraps as a member receives them
+/// from the keyserver. Mode 0: the bytes as a `RoomLogPage`, verified as a
+/// whole log; it must verify the same way twice, and a verified log has as
+/// many entries as it was given. Mode 1: the page's entries appended to the
+/// fixture's log: the suffix path and the whole-log path agree. Mode 2: the
+/// bytes as a `RoomKeyWrap` for Alice or Bob (the second byte picks); a wrap that opens yields the key pair the log commits to.
+pub fn room(data: &[u8]) {
+    let Some((mode, bytes)) = split(data) else {
+        return;
+    };
+    let f = fixture();
+    let r = room_fixture();
+    match mode % 3 {
+        0 | 1 => {
+            let Ok(page) = decode_bounded::<RoomLogPage>(bytes, FRAME_MAX) else {
+                return;
+            };
+            if mode % 3 == 0 {
+                let first = verify_room_log(None, &page.entries, &r.users);
+                let again = verify_room_log(None, &page.entries, &r.users);
+                assert_eq!(first.is_ok(), again.is_ok());
+                if let (Ok(a), Ok(b)) = (&first, &again) {
+                    assert_eq!(a.head(), b.head());
+                    assert_eq!(a.len(), page.entries.len() as u64);
+                }
+            } else {
+                let mut entries = r.entries.clone();
+                entries.extend(page.entries.iter().cloned());
+                let full = verify_room_log(Some(r.room.id()), &entries, &r.users);
+                let suffix = r.room.apply_suffix(&page.entries, &r.users);
+                assert_eq!(full.is_ok(), suffix.is_ok());
+                if let (Ok(a), Ok(b)) = (&full, &suffix) {
+                    assert_eq!(a.head(), b.head());
+                    assert_eq!(a.len(), entries.len() as u64);
+                }
+            }
+        }
+        _ => {
+            let Some((who, rest)) = split(bytes) else {
+                return;
+            };
+            let Ok(wrap) = decode_bounded::<RoomKeyWrap>(rest, FRAME_MAX) else {
+                return;
+            };
+            let user_key = if who % 2 == 0 {
+                &f.alice.user_key
+            } else {
+                &f.bob.user_key
+            };
+            if let Ok(key) = r.room.accept_epoch_wrap(&wrap, user_key) {
+                let committed = usize::try_from(wrap.epoch)
+                    .ok()
+                    .and_then(|e| r.room.epochs().get(e))
+                    .expect("a wrap opened for an epoch the log does not have")
+                    .public_key;
+                assert!(
+                    key.public_key().id() == committed.id(),
+                    "an accepted wrap yields a key the log does not commit to"
+                );
+            }
+        }
+    }
+}
+
 /// Valid inputs for each target, made from the fixture: the fuzzer starts
 /// from them, past the checks random bytes never pass.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -730,5 +868,24 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ] {
         out.push(("frames", with(ty, &bytes)));
     }
+    // Rooms: the whole log, its second entry as a suffix, both wraps.
+    let r = room_fixture();
+    let page = |entries: &[SignedRoomStatement]| {
+        RoomLogPage {
+            from_seq: 0,
+            len: entries.len() as u64,
+            entries: entries.to_vec(),
+        }
+        .encode_to_vec()
+    };
+    out.push(("room", with(0, &page(&r.entries))));
+    out.push(("room", with(0, &page(&r.entries[..1]))));
+    out.push(("room", with(1, &[])));
+    let mut alice = vec![0];
+    alice.extend(r.wrap_for_alice.encode_to_vec());
+    out.push(("room", with(2, &alice)));
+    let mut bob = vec![1];
+    bob.extend(r.wrap_for_bob.encode_to_vec());
+    out.push(("room", with(2, &bob)));
     out
 }

@@ -85,8 +85,36 @@ fn seeds_run() {
             "wrap" => fuzzing::wrap,
             "auth" => fuzzing::auth,
             "keys" => fuzzing::keys,
+            "room" => fuzzing::room,
             other => panic!("seed for unknown target {other}"),
         };
         entry(&data);
     }
+}
+
+#[test]
+fn room() {
+    replay("room", fuzzing::room);
+}
+
+/// The room seeds reach past the checks: the fixture's log verifies and its
+/// wraps open for their members, so mutations start from valid inputs.
+#[test]
+fn room_fixture_is_valid() {
+    let f = fuzzing::fixture();
+    let r = fuzzing::room_fixture();
+    let v = ward_core::room::verify_room_log(None, &r.entries, &r.users).unwrap();
+    assert_eq!(v.head(), r.room.head());
+    assert!(!v.is_member(fuzzing::BOB));
+    r.room
+        .accept_epoch_wrap(&r.wrap_for_alice, &f.alice.user_key)
+        .unwrap();
+    r.room
+        .accept_epoch_wrap(&r.wrap_for_bob, &f.bob.user_key)
+        .unwrap();
+    assert!(
+        r.room
+            .accept_epoch_wrap(&r.wrap_for_bob, &f.alice.user_key)
+            .is_err()
+    );
 }
