@@ -584,8 +584,6 @@ pub fn keys(data: &[u8]) {
     }
 }
 
-// ---------------------------------------------------------------- seeds
-
 // ---------------------------------------------------------------- rooms
 
 /// A room of Alice (its admin) and Bob, created `FromJoin`, from which
@@ -718,6 +716,8 @@ pub fn room(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------- seeds
 
 /// Valid inputs for each target, made from the fixture: the fuzzer starts
 /// from them, past the checks random bytes never pass.

@@ -69,6 +69,11 @@ fn keys() {
     replay("keys", fuzzing::keys);
 }
 
+#[test]
+fn room() {
+    replay("room", fuzzing::room);
+}
+
 /// The seeds the fuzzer starts from pass their target (the fixture builds
 /// them right), so a corpus is never seeded with inputs that stop early.
 #[test]
@@ -90,11 +95,6 @@ fn seeds_run() {
         };
         entry(&data);
     }
-}
-
-#[test]
-fn room() {
-    replay("room", fuzzing::room);
 }
 
 /// The room seeds reach past the checks: the fixture's log verifies and its
