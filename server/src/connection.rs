@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -302,6 +302,11 @@ struct Session {
     shared: Arc<Shared>,
     mailbox: Mailbox,
     bucket: TokenBucket,
+    /// The highest seq this connection has handed to the socket: an `Ack`
+    /// never deletes past it (SECURITY.md §9), so a cumulative ack from a
+    /// client's past (a cursor from before a relay reset, numbered from 1
+    /// again) cannot delete entries it has not received.
+    delivered: Arc<AtomicU64>,
 }
 
 async fn session(
@@ -329,6 +334,7 @@ async fn session(
     }
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
     let budget = Arc::new(Semaphore::new(budget_permits(&limits)));
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut delivery = tokio::spawn(deliver(
         shared.clone(),
         mailbox.clone(),
@@ -339,11 +345,13 @@ async fn session(
         },
         out_tx,
         budget,
+        delivered.clone(),
     ));
     let mut s = Session {
         shared: shared.clone(),
         mailbox: mailbox.clone(),
         bucket: shared.buckets.take(&mailbox),
+        delivered,
     };
     let write_timeout = limits.slow_consumer_timeout;
     // Pings keep NAT mappings open and make a vanished peer show: a peer
@@ -464,6 +472,8 @@ struct Sink {
     shared: Arc<Shared>,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
+    /// The session's `delivered` (highest seq queued for the socket).
+    delivered: Arc<AtomicU64>,
     /// Permits of this connection's budget, and of the global one.
     own_max: usize,
     global_max: usize,
@@ -503,6 +513,8 @@ impl Sink {
             Ok(Err(_)) => return Err(DeliveryEnd::Gone),
             Err(_) => return Err(DeliveryEnd::Slow),
         };
+        // Before it is queued: the client can ack it only once written.
+        self.delivered.fetch_max(d.seq, Ordering::SeqCst);
         let frame = ServerFrame {
             frame: Some(server_frame::Frame::Deliver(d)),
         };
@@ -529,6 +541,7 @@ async fn deliver(
     mut wake: Wake,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
+    delivered: Arc<AtomicU64>,
 ) -> DeliveryEnd {
     let limits = shared.config.limits;
     let sink = Sink {
@@ -538,6 +551,7 @@ async fn deliver(
         shared: shared.clone(),
         out,
         budget,
+        delivered,
     };
     let mut cursor = 0u64;
     let mut need_read = true;
@@ -842,12 +856,13 @@ impl Session {
             return Outcome::error(ErrorCode::Forbidden, Vec::new(), "not your mailbox")
                 .closing(close::FORBIDDEN, "another device's mailbox");
         }
-        match self
-            .shared
-            .writer
-            .ack(self.mailbox.clone(), ack.up_to_seq)
-            .await
-        {
+        // Only what this connection delivered: entries above it stay, and
+        // are delivered (and acked) in their turn.
+        let up_to = ack.up_to_seq.min(self.delivered.load(Ordering::SeqCst));
+        if up_to == 0 {
+            return Outcome::none();
+        }
+        match self.shared.writer.ack(self.mailbox.clone(), up_to).await {
             Ok(_) => Outcome::none(),
             Err(e) => {
                 warn!(error = %e, "ack failed");
