@@ -26,6 +26,8 @@
 //! connection and this client another.
 #![forbid(unsafe_code)]
 
+mod pairs;
+
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -69,6 +71,22 @@ struct Args {
     /// one pair keeps messaging; prints the relay's RSS per connection.
     #[arg(long)]
     idle: Option<usize>,
+    /// Workloads A to C instead (issue 15): this many sender->receiver
+    /// pairs, every message checked intact, once and in order.
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Messages per pair (workloads A to C).
+    #[arg(long, default_value_t = 100)]
+    per_pair: u64,
+    /// Sends each sender keeps outstanding, waiting for their acks (A, B).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Workload B: the receivers log in only once everything is stored.
+    #[arg(long)]
+    backlog: bool,
+    /// Workload C: the senders together send this many msg/s on a schedule.
+    #[arg(long)]
+    rate: Option<u64>,
     /// How long workload D holds the idle connections, in seconds.
     #[arg(long, default_value_t = 10)]
     hold_secs: u64,
@@ -708,9 +726,10 @@ async fn main_load(args: Args) -> Result<(), Error> {
     if let Some(Cmd::EchoServer) = args.cmd {
         return echo_server().await;
     }
-    let n = match args.idle {
-        Some(idle) => idle + 2,
-        None => args.connections.max(1),
+    let n = match (args.idle, args.pairs) {
+        (Some(idle), _) => idle + 2,
+        (None, Some(p)) => 2 * p.max(1),
+        (None, None) => args.connections.max(1),
     };
     let relay_bin = match &args.relay_bin {
         Some(p) => p.clone(),
@@ -724,7 +743,9 @@ async fn main_load(args: Args) -> Result<(), Error> {
     let users: Vec<Clinician> = (0..n)
         .map(|i| org.enroll(&mut rng, &format!("load{i}")))
         .collect();
-    if let Some(idle) = args.idle {
+    if args.pairs.is_some() {
+        // pairs::run says what it runs.
+    } else if let Some(idle) = args.idle {
         println!(
             "workload D: {idle} idle connections and one messaging pair, {} s (loopback, {} CPUs)",
             args.hold_secs,
@@ -746,6 +767,9 @@ async fn main_load(args: Args) -> Result<(), Error> {
     let root = hex::encode(org.root_public().as_bytes());
     if args.idle.is_some() {
         return run_idle(&args, root, &users, &relay_bin).await;
+    }
+    if args.pairs.is_some() {
+        return pairs::run(&args, root, &users, &relay_bin).await;
     }
     let mut relay = run_relay(&args, root.clone(), &users, &relay_bin, 1).await?;
     relay.print();
