@@ -67,9 +67,10 @@ use crate::storage::{self, Mailbox};
 /// the device record it may add, the map's share).
 const ENTRY_OVERHEAD: usize = 256;
 
-/// Default budget of the verified-log cache: 64 MiB, about 9,000 users of
-/// one device (7 KiB each, parsed state included: X-Wing keys are 1.2 KB).
-pub const DEFAULT_LOG_CACHE_BYTES: usize = 64 << 20;
+/// Default budget of the verified-log cache: 128 MiB, about 18,000 users of
+/// one device (7 KiB each, parsed state included: X-Wing keys are 1.2 KB),
+/// as many as the old 64 MiB held when only encoded bytes were counted.
+pub const DEFAULT_LOG_CACHE_BYTES: usize = 128 << 20;
 
 /// Counters of the log verifier, shared with whoever built the
 /// configuration (tests and metrics read them).
