@@ -32,12 +32,13 @@ use std::time::Duration;
 use rusqlite::params;
 use tokio::sync::watch;
 use ward_core::keys::SigningPublicKey;
+use ward_core::room::RoomId;
 use ward_net::handshake::Audience;
 use ward_net::tls::ServerStream;
 use ward_net::{Conn, NetError, close};
 use ward_proto::v1::{
     AuthResponse, AuthResult, ErrorCode, LinkFetch, LinkFrame, LinkNotice, LinkSubscribe,
-    LinkSynced, SignedStatement, link_frame,
+    LinkSynced, SignedRoomStatement, SignedStatement, link_frame,
 };
 
 use crate::error::RequestError;
@@ -241,6 +242,44 @@ fn changed_since(
     Ok(Some((out, u64::try_from(last).unwrap_or(0))))
 }
 
+/// One batch of changed room logs after `room_cursor` (room id, whole
+/// log), and the cursor it brings the relay to (`None`: nothing changed).
+type RoomBatch = (Vec<(Vec<u8>, Vec<SignedRoomStatement>)>, u64);
+
+/// [`changed_since`] for room logs (SECURITY.md §17.10): rooms ordered by
+/// their latest entry's rowid, each sent with its whole log.
+fn rooms_changed_since(
+    conn: &mut rusqlite::Connection,
+    room_cursor: u64,
+) -> Result<Option<RoomBatch>, RequestError> {
+    let tx = conn.transaction()?;
+    let rooms: Vec<(Vec<u8>, i64)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT room_id, MAX(rowid) AS last FROM room_entries WHERE rowid > ?1
+             GROUP BY room_id ORDER BY last LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![room_cursor as i64, USERS_PER_BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let Some(&(_, last)) = rooms.last() else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(rooms.len());
+    for (id, _) in rooms {
+        let Some(room) = RoomId::from_slice(&id) else {
+            continue;
+        };
+        let log = crate::room_storage::load_room_log(&tx, &room)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        out.push((id, log));
+    }
+    Ok(Some((out, u64::try_from(last).unwrap_or(0))))
+}
+
 async fn stream(
     conn: &mut Conn<ServerStream>,
     state: &LinkState,
@@ -251,6 +290,7 @@ async fn stream(
         .map_err(|_| NetError::Timeout)??
         .ok_or(NetError::Closed(None, String::new()))?;
     let mut cursor = sub.cursor;
+    let mut room_cursor = sub.room_cursor;
     let mut changes = state.changes.clone();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -278,14 +318,59 @@ async fn stream(
                     continue;
                 }
                 let frame = LinkFrame {
-                    frame: Some(link_frame::Frame::Notice(LinkNotice { user_id, entries })),
+                    frame: Some(link_frame::Frame::Notice(LinkNotice {
+                        user_id,
+                        entries,
+                        ..LinkNotice::default()
+                    })),
                 };
                 conn.send_msg(&frame).await?;
                 state.metrics.notices.inc();
             }
             cursor = next;
             conn.send_msg(&LinkFrame {
-                frame: Some(link_frame::Frame::Synced(LinkSynced { cursor })),
+                frame: Some(link_frame::Frame::Synced(LinkSynced {
+                    cursor,
+                    room_cursor,
+                })),
+            })
+            .await?;
+        }
+        // Then the room logs, once the user logs are sent: a room entry is
+        // verified against its authors' and members' user logs, which were
+        // stored before it, so the relay holds them when the room comes.
+        loop {
+            let db = state.db.clone();
+            let batch = db
+                .call(move |c| rooms_changed_since(c, room_cursor))
+                .await
+                .map_err(|e| LinkError::Storage(e.to_string()))?;
+            let Some((rooms, next)) = batch else { break };
+            for (room_id, room_entries) in rooms {
+                let size: usize = room_entries
+                    .iter()
+                    .map(|e| e.statement.len() + e.signature.len() + 8)
+                    .sum();
+                if size + 64 > max {
+                    tracing::warn!("relay link: room log too large for one frame; skipped");
+                    continue;
+                }
+                let frame = LinkFrame {
+                    frame: Some(link_frame::Frame::Notice(LinkNotice {
+                        room_id,
+                        room_entries,
+                        ..LinkNotice::default()
+                    })),
+                };
+                conn.send_msg(&frame).await?;
+                state.metrics.notices.inc();
+            }
+            room_cursor = next;
+            conn.send_msg(&LinkFrame {
+                frame: Some(link_frame::Frame::Synced(LinkSynced {
+                    cursor,
+                    room_cursor,
+                })),
             })
             .await?;
         }
@@ -356,7 +441,11 @@ async fn fetch(
             continue;
         }
         let frame = LinkFrame {
-            frame: Some(link_frame::Frame::Notice(LinkNotice { user_id, entries })),
+            frame: Some(link_frame::Frame::Notice(LinkNotice {
+                user_id,
+                entries,
+                ..LinkNotice::default()
+            })),
         };
         conn.send_msg(&frame).await?;
         state.metrics.notices.inc();

@@ -134,7 +134,7 @@ fn resolver(
     Ok(out)
 }
 
-fn load_room_log(
+pub(crate) fn load_room_log(
     conn: &Connection,
     room: &RoomId,
 ) -> Result<Vec<(SignedRoomStatement, String)>, rusqlite::Error> {

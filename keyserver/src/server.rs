@@ -538,7 +538,10 @@ async fn serve(
         state.metrics.observe(kind, &outcome.response);
         if matches!(
             outcome.response.body,
-            Some(ward_proto::v1::ks_response::Body::Appended(_))
+            Some(
+                ward_proto::v1::ks_response::Body::Appended(_)
+                    | ward_proto::v1::ks_response::Body::RoomAppended(_)
+            )
         ) {
             // Tell the relay links (SECURITY.md §10.8).
             state.log_changed.send_modify(|n| *n = n.wrapping_add(1));

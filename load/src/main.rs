@@ -271,6 +271,7 @@ async fn relay_worker(
                     recipients: to.clone(),
                     payload,
                     blob_ids: Vec::new(),
+                    room_id: Vec::new(),
                 })),
             };
             if conn.send_msg(&frame).await.is_err() {
@@ -343,6 +344,7 @@ async fn echo_worker(mut conn: Conn, n_send: usize, size: usize, start: Instant)
             }],
             payload: vec![0u8; size],
             blob_ids: Vec::new(),
+            room_id: Vec::new(),
         })),
     };
     for _ in 0..n_send {
@@ -611,6 +613,7 @@ async fn pair_worker(
                 recipients: vec![to.clone()],
                 payload: payload.clone(),
                 blob_ids: Vec::new(),
+                room_id: Vec::new(),
             })),
         };
         if a.send_msg(&frame).await.is_err() {

@@ -148,6 +148,7 @@ async fn send_one(
             recipients: vec![to.clone()],
             payload: payload(index, counter, t, size),
             blob_ids: Vec::new(),
+            room_id: Vec::new(),
         })),
     };
     conn.send_msg(&frame).await

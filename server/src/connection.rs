@@ -693,6 +693,15 @@ async fn deliver(
     }
 }
 
+/// The room an envelope's header names (§17.6), if the payload is an
+/// envelope with a room header.
+fn room_header(payload: &[u8]) -> Option<ward_proto::v1::RoomRecipient> {
+    let env: ward_proto::v1::Envelope = ward_proto::decode_bounded(payload, payload.len()).ok()?;
+    let header: ward_proto::v1::EnvelopeHeader =
+        ward_proto::decode_bounded(&env.header, env.header.len()).ok()?;
+    header.room
+}
+
 impl Session {
     /// Every recipient of a user whose log the relay holds must be an active
     /// device in it. A user the relay has no log for yet (never connected)
@@ -766,6 +775,9 @@ impl Session {
             )
             .closing(close::PROTOCOL_ERROR, "malformed frame");
         };
+        if !send.room_id.is_empty() {
+            return self.send_to_room(message_id, send).await;
+        }
         if send.recipients.len() > limits.max_recipients {
             return Outcome::error(ErrorCode::TooLarge, send.message_id, "too many recipients")
                 .closing(close::TOO_BIG, "too many recipients");
@@ -804,17 +816,71 @@ impl Session {
         if let Err((code, detail)) = self.check_recipients(&recipients).await {
             return Outcome::error(code, message_id.to_vec(), detail);
         }
-        if !send.blob_ids.is_empty()
-            && let Err(out) = self
-                .add_readers(&message_id, send.blob_ids, &recipients)
-                .await
+        self.store(message_id, recipients, send.payload, send.blob_ids)
+            .await
+    }
+
+    /// A room `Send` (SECURITY.md §17.10): no recipients listed; the relay
+    /// computes them from the room log it verified. The room's own member
+    /// limit (§17.1) bounds them, not `max_recipients`.
+    async fn send_to_room(&mut self, message_id: [u8; 16], send: Send) -> Outcome {
+        let malformed = |detail| {
+            Outcome::error(ErrorCode::Malformed, message_id.to_vec(), detail)
+                .closing(close::PROTOCOL_ERROR, "malformed frame")
+        };
+        let Ok(room_id) = <[u8; 32]>::try_from(send.room_id.as_slice()) else {
+            return malformed("room id must be 32 bytes");
+        };
+        if !send.recipients.is_empty() || send.payload.is_empty() {
+            return malformed("a room message lists no recipients and carries a payload");
+        }
+        // The header is in the clear (§17.6): it must be this room's, and
+        // sealed to the epoch the relay holds as current.
+        let Some(room) = room_header(&send.payload) else {
+            return malformed("a room message's envelope must name its room");
+        };
+        if room.room_id != room_id {
+            return malformed("the envelope names another room");
+        }
+        let target = crate::rooms::RoomSend {
+            room_id,
+            epoch: room.epoch,
+            epoch_key: &room.epoch_key,
+        };
+        let recipients = match crate::rooms::recipients(&self.shared, &self.mailbox, &target).await
+        {
+            Ok(r) => r,
+            Err((code, detail)) => return Outcome::error(code, message_id.to_vec(), detail),
+        };
+        if recipients.is_empty() {
+            // A room whose only member is this device: nothing to queue,
+            // and nothing lost.
+            return Outcome::reply(server_frame::Frame::SendAck(SendAck {
+                message_id: message_id.to_vec(),
+            }));
+        }
+        self.store(message_id, recipients, send.payload, send.blob_ids)
+            .await
+    }
+
+    /// Records blob readers, then stores one payload and a queue entry per
+    /// recipient.
+    async fn store(
+        &mut self,
+        message_id: [u8; 16],
+        recipients: Vec<Mailbox>,
+        payload: Vec<u8>,
+        blob_ids: Vec<Vec<u8>>,
+    ) -> Outcome {
+        if !blob_ids.is_empty()
+            && let Err(out) = self.add_readers(&message_id, blob_ids, &recipients).await
         {
             return out;
         }
         let msg = NewMessage {
             message_id,
             recipients,
-            payload: send.payload,
+            payload,
         };
         match self.shared.writer.send(self.mailbox.clone(), msg).await {
             Ok(SendOutcome::Stored(_) | SendOutcome::Duplicate) => {

@@ -21,6 +21,10 @@
 //! of the last batch it handled (in memory) and sends it on reconnecting, so
 //! logs that changed while the link was down are sent then; after a relay
 //! restart the cursor is 0 and every log is sent (and verified) once.
+//!
+//! Room logs come the same way, with their own cursor (SECURITY.md §17.10,
+//! [`crate::rooms`]): verified against the user logs the relay holds, as
+//! members verify them, rollbacks and forks refused.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -279,7 +283,7 @@ pub(crate) async fn run(shared: Arc<Shared>, link: KeyserverLink, mut stop: watc
         warn!("keyserver link: started twice; this one stops");
         return;
     };
-    let mut cursor = 0u64;
+    let mut cursor = (0u64, 0u64);
     let mut delay = link.reconnect_min;
     loop {
         let began = tokio::time::Instant::now();
@@ -323,7 +327,7 @@ fn jitter(max: u64) -> u64 {
 async fn session(
     shared: &Shared,
     link: &KeyserverLink,
-    cursor: &mut u64,
+    cursor: &mut (u64, u64),
     metrics: &LinkMetrics,
     fetches: &mut mpsc::Receiver<String>,
 ) -> Result<(), LinkError> {
@@ -340,9 +344,17 @@ async fn session(
     })
     .await
     .map_err(|_| NetError::Timeout)??;
-    conn.send_msg(&LinkSubscribe { cursor: *cursor }).await?;
+    conn.send_msg(&LinkSubscribe {
+        cursor: cursor.0,
+        room_cursor: cursor.1,
+    })
+    .await?;
     metrics.connected.set(1);
-    info!(cursor = *cursor, "keyserver link up");
+    info!(
+        cursor = cursor.0,
+        room_cursor = cursor.1,
+        "keyserver link up"
+    );
     loop {
         let read = tokio::time::timeout(READ_TIMEOUT, conn.recv());
         let bytes = tokio::select! {
@@ -368,6 +380,13 @@ async fn session(
         let frame: LinkFrame =
             decode_bounded(&bytes, MAX_LINK_FRAME_BYTES).map_err(|_| LinkError::Protocol)?;
         match frame.frame {
+            Some(link_frame::Frame::Notice(n)) if !n.room_id.is_empty() => {
+                if apply_room(shared, &n.room_id, n.room_entries).await? {
+                    metrics.notices.inc();
+                } else {
+                    metrics.refused.inc();
+                }
+            }
             Some(link_frame::Frame::Notice(n)) => {
                 if apply(shared, &n.user_id, n.entries).await? {
                     metrics.notices.inc();
@@ -377,7 +396,7 @@ async fn session(
             }
             // Every notice before it was applied (they are handled in
             // order): resume from here next time.
-            Some(link_frame::Frame::Synced(s)) => *cursor = s.cursor,
+            Some(link_frame::Frame::Synced(s)) => *cursor = (s.cursor, s.room_cursor),
             None => return Err(LinkError::Protocol),
         }
     }
@@ -450,6 +469,28 @@ async fn apply(
                 user = user_id,
                 ?code,
                 "keyserver link: a log that does not verify against the relay's; not acted upon"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Verifies one room notice (SECURITY.md §17.10). `Ok(false)`: refused
+/// (forged, forked, rolled back: logged, nothing changed); `Err`: the
+/// relay failed, the notice comes again.
+async fn apply_room(
+    shared: &Shared,
+    room_id: &[u8],
+    entries: Vec<ward_proto::v1::SignedRoomStatement>,
+) -> Result<bool, LinkError> {
+    match crate::rooms::apply_notice(shared, room_id, entries).await {
+        Ok(_) => Ok(true),
+        Err(crate::rooms::RoomLogError::Internal) => Err(LinkError::Internal),
+        Err(e) => {
+            warn!(
+                room = %hex::encode(room_id),
+                error = %e,
+                "keyserver link: a room log that does not verify against the relay's; not acted upon"
             );
             Ok(false)
         }

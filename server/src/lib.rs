@@ -36,6 +36,7 @@ pub mod keyserver_link;
 pub mod logs;
 pub mod metrics;
 pub mod registry;
+pub mod rooms;
 mod server;
 mod state;
 pub mod storage;

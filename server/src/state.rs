@@ -80,6 +80,8 @@ pub struct Shared {
     pub outbound: Arc<Semaphore>,
     /// Verified user logs ([`crate::logs`]).
     pub logs: crate::logs::LogCache,
+    /// Verified room logs ([`crate::rooms`], SECURITY.md §17.10).
+    pub rooms: crate::rooms::RoomCache,
     readers: Arc<Readers>,
     /// Log length at which each user's revoked mailboxes were last pruned.
     pruned: Mutex<std::collections::HashMap<String, u64>>,
@@ -108,6 +110,7 @@ impl Shared {
         Self {
             link_fetch,
             logs,
+            rooms: crate::rooms::RoomCache::default(),
             config,
             writer,
             registry,

@@ -12,6 +12,7 @@
 //! | `mailboxes` | recipient device | holds `next_seq`, so acks never make a seq come back, and `pending` (its queue entries) for the per-mailbox cap |
 //! | `usage` | sending user | undelivered queue entries and payload bytes its devices have stored: the per-user quota |
 //! | `logs` | user | longest verified user log seen (encoded `UserLog`) |
+//! | `room_logs` | room | longest verified room log from the keyserver link (encoded `RoomLog`) |
 //! | `seq_floor` | (one row) | the first seq of a new mailbox is `floor + 1`; raised by [`after_restore`] |
 //! | `blobs` | attachment blob | owner device, declared size (the blob quota), complete; bytes are files (`crate::blobs`) |
 //! | `blob_readers` | (blob, reader device) | recorded from the `Send` naming the blob; `fetched` once it said so |
@@ -25,7 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use ward_proto::v1::{Deliver, SignedStatement, UserLog};
+use ward_proto::v1::{Deliver, RoomLog, SignedRoomStatement, SignedStatement, UserLog};
 use ward_proto::{Message, decode_bounded};
 
 use crate::error::StorageError;
@@ -117,6 +118,17 @@ const MIGRATIONS: &[&str] = &[
         device_id BLOB NOT NULL,
         fetched   INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (blob_id, user_id, device_id)
+    ) WITHOUT ROWID;
+    ",
+    // 4 -> 5: room logs from the keyserver link, verified (SECURITY.md
+    // §17.10; `crate::rooms`): the relay computes a room message's
+    // recipients from them.
+    "
+    CREATE TABLE room_logs (
+        room_id    BLOB PRIMARY KEY,         -- 32 bytes
+        len        INTEGER NOT NULL,
+        entries    BLOB NOT NULL,            -- encoded RoomLog
+        updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
 ];
@@ -550,6 +562,59 @@ pub fn store_log(
     )?
     .execute(params![user_id, entries.len() as i64, blob, now_ms as i64])?;
     Ok(true)
+}
+
+/// Replaces a room's stored log if it still has `prev_len` entries (0:
+/// none stored). Returns false if another writer got there first.
+pub fn store_room_log(
+    conn: &Connection,
+    room_id: &[u8; 32],
+    prev_len: u64,
+    entries: &[SignedRoomStatement],
+    now_ms: u64,
+) -> Result<bool, StorageError> {
+    let current: Option<i64> = conn
+        .prepare_cached("SELECT len FROM room_logs WHERE room_id = ?1")?
+        .query_row(params![room_id.as_slice()], |r| r.get(0))
+        .optional()?;
+    if current.unwrap_or(0) as u64 != prev_len {
+        return Ok(false);
+    }
+    let blob = RoomLog {
+        entries: entries.to_vec(),
+    }
+    .encode_to_vec();
+    conn.prepare_cached(
+        "INSERT INTO room_logs (room_id, len, entries, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (room_id) DO UPDATE SET len = excluded.len, entries = excluded.entries,
+         updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        room_id.as_slice(),
+        entries.len() as i64,
+        blob,
+        now_ms as i64
+    ])?;
+    Ok(true)
+}
+
+/// The stored log of a room, if any.
+pub fn load_room_log(
+    conn: &Connection,
+    room_id: &[u8; 32],
+) -> Result<Option<Vec<SignedRoomStatement>>, StorageError> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT entries FROM room_logs WHERE room_id = ?1")?
+        .query_row(params![room_id.as_slice()], |r| r.get(0))
+        .optional()?;
+    match blob {
+        None => Ok(None),
+        Some(b) => {
+            let log: RoomLog = decode_bounded(&b, usize::MAX)
+                .map_err(|_| StorageError::Corrupt("stored room log"))?;
+            Ok(Some(log.entries))
+        }
+    }
 }
 
 /// The stored log of `user_id`, if any.

@@ -42,6 +42,12 @@ enum Command {
         entries: Vec<SignedStatement>,
         reply: Reply<bool>,
     },
+    StoreRoomLog {
+        room_id: [u8; 32],
+        prev_len: u64,
+        entries: Vec<ward_proto::v1::SignedRoomStatement>,
+        reply: Reply<bool>,
+    },
     Sweep {
         cutoff_ms: u64,
         limit: usize,
@@ -221,6 +227,22 @@ impl Writer {
         .await
     }
 
+    /// Replaces a room's log if it still has `prev_len` entries.
+    pub async fn store_room_log(
+        &self,
+        room_id: [u8; 32],
+        prev_len: u64,
+        entries: Vec<ward_proto::v1::SignedRoomStatement>,
+    ) -> Result<bool, StorageError> {
+        self.call(|reply| Command::StoreRoomLog {
+            room_id,
+            prev_len,
+            entries,
+            reply,
+        })
+        .await
+    }
+
     /// Expires up to `limit` of the oldest messages received before `cutoff_ms`.
     pub async fn sweep(&self, cutoff_ms: u64, limit: usize) -> Result<Swept, StorageError> {
         self.call(|reply| Command::Sweep {
@@ -335,7 +357,9 @@ fn commit_batch(
                 Command::Stop => stop = true,
                 Command::Send { reply, .. } => done.push(Done::Send(reply, Err(fail()))),
                 Command::Ack { reply, .. } => done.push(Done::Ack(reply, Err(fail()))),
-                Command::StoreLog { reply, .. } => done.push(Done::StoreLog(reply, Err(fail()))),
+                Command::StoreLog { reply, .. } | Command::StoreRoomLog { reply, .. } => {
+                    done.push(Done::StoreLog(reply, Err(fail())))
+                }
                 Command::Sweep { reply, .. } => done.push(Done::Sweep(reply, Err(fail()))),
                 Command::Prune { reply, .. } => done.push(Done::Prune(reply, Err(fail()))),
                 Command::Blob { reply, .. } => done.push(Done::Blob(reply, Err(fail()))),
@@ -379,6 +403,17 @@ fn commit_batch(
                 reply,
                 in_savepoint(conn, || {
                     storage::store_log(conn, &user_id, prev_len, &entries, now)
+                }),
+            ),
+            Command::StoreRoomLog {
+                room_id,
+                prev_len,
+                entries,
+                reply,
+            } => Done::StoreLog(
+                reply,
+                in_savepoint(conn, || {
+                    storage::store_room_log(conn, &room_id, prev_len, &entries, now)
                 }),
             ),
             Command::Sweep {

@@ -124,6 +124,7 @@ async fn sigkill_after_send_ack_loses_no_acknowledged_message() {
                         recipients: vec![to.clone()],
                         payload: n.to_be_bytes().repeat(64),
                         blob_ids: Vec::new(),
+                        room_id: Vec::new(),
                     })),
                 };
                 if c.send_msg(&send).await.is_err() {
@@ -280,6 +281,7 @@ async fn slow_reader_does_not_grow_relay_memory() {
                 recipients: vec![to.clone()],
                 payload: vec![i as u8; SIZE],
                 blob_ids: Vec::new(),
+                room_id: Vec::new(),
             })),
         })
         .await
@@ -387,6 +389,7 @@ async fn send_until_killed(mut c: Conn, log: Arc<Mutex<SenderLog>>, to: Vec<Reci
                 recipients: to.clone(),
                 payload: id.repeat(4),
                 blob_ids: Vec::new(),
+                room_id: Vec::new(),
             })),
         };
         if c.send_msg(&send).await.is_err() {
@@ -554,6 +557,7 @@ async fn sigkill_loop_under_load_delivers_every_acked_message_once_in_order() {
                 recipients: to.clone(),
                 payload: id.repeat(4),
                 blob_ids: Vec::new(),
+                room_id: Vec::new(),
             })),
         })
         .await

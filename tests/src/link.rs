@@ -13,7 +13,7 @@ use ward_core::keys::{RelayServiceKey, SigningPublicKey};
 use ward_net::Conn;
 use ward_proto::v1::{
     AuthChallenge, AuthResponse, AuthResult, ErrorCode, LinkFetch, LinkFrame, LinkNotice,
-    LinkSubscribe, LinkSynced, SignedStatement, link_frame,
+    LinkSubscribe, LinkSynced, SignedRoomStatement, SignedStatement, link_frame,
 };
 use ward_relay::keyserver_link::KeyserverLink;
 
@@ -103,6 +103,22 @@ impl FakeLink {
                 frame: Some(link_frame::Frame::Notice(LinkNotice {
                     user_id: user_id.to_owned(),
                     entries,
+                    ..LinkNotice::default()
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Sends a room notice: `entries` as the log of room `room_id`
+    /// (SECURITY.md §17.10).
+    pub async fn room_notice(&mut self, room_id: &[u8; 32], entries: Vec<SignedRoomStatement>) {
+        self.conn
+            .send_msg(&LinkFrame {
+                frame: Some(link_frame::Frame::Notice(LinkNotice {
+                    room_id: room_id.to_vec(),
+                    room_entries: entries,
+                    ..LinkNotice::default()
                 })),
             })
             .await
@@ -113,7 +129,10 @@ impl FakeLink {
     pub async fn synced(&mut self, cursor: u64) {
         self.conn
             .send_msg(&LinkFrame {
-                frame: Some(link_frame::Frame::Synced(LinkSynced { cursor })),
+                frame: Some(link_frame::Frame::Synced(LinkSynced {
+                    cursor,
+                    room_cursor: 0,
+                })),
             })
             .await
             .unwrap();

@@ -254,6 +254,7 @@ impl Client {
             recipients,
             payload,
             blob_ids: Vec::new(),
+            room_id: Vec::new(),
         }))
         .await;
     }

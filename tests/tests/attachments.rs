@@ -552,6 +552,7 @@ async fn only_the_uploader_writes_and_only_recipients_read() {
             recipients: vec![to(&bob, "bob")],
             payload: seal(&alice, &[&bob.chain], "descriptor stand-in"),
             blob_ids,
+            room_id: Vec::new(),
         })
     };
     am.frame(send(vec![id.clone()])).await;
@@ -583,6 +584,7 @@ async fn only_the_uploader_writes_and_only_recipients_read() {
         recipients: vec![to(&carol, "carol")],
         payload: seal(&carol, &[&carol.chain], "x"),
         blob_ids: vec![id.clone()],
+        room_id: Vec::new(),
     }))
     .await;
     assert_eq!(cm.error().await.code, ErrorCode::BlobRefused as i32);
@@ -644,6 +646,7 @@ async fn a_blob_stays_until_every_reader_fetched_it() {
         recipients: vec![to(&bob, "bob"), to(&carol, "carol")],
         payload: seal(&alice, &[&bob.chain, &carol.chain], "descriptor stand-in"),
         blob_ids: vec![id.clone()],
+        room_id: Vec::new(),
     }))
     .await;
     assert!(matches!(am.next().await, S::SendAck(_)));

@@ -259,6 +259,7 @@ async fn the_keyserver_answers_a_link_fetch_with_the_stored_log() {
     // Subscribed past every change: only the fetch's answer comes.
     conn.send_msg(&LinkSubscribe {
         cursor: i64::MAX as u64,
+        room_cursor: i64::MAX as u64,
     })
     .await
     .unwrap();

@@ -662,6 +662,7 @@ async fn malformed_service_frames_are_refused() {
         recipients: vec![to(&bob, "bob")],
         payload: vec![1],
         blob_ids: Vec::new(),
+        room_id: Vec::new(),
     }))
     .await;
     assert_eq!(a.error().await.code, ErrorCode::Malformed as i32);

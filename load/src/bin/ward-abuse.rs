@@ -375,6 +375,7 @@ async fn pair(
                 recipients: vec![to.clone()],
                 payload: vec![7u8; 1024],
                 blob_ids: Vec::new(),
+                room_id: Vec::new(),
             })),
         };
         a.send_msg(&frame).await?;

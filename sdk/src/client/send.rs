@@ -399,6 +399,7 @@ async fn deliver(
                 recipients: payload.recipients,
                 payload: payload.envelope,
                 blob_ids: payload.blob_ids,
+                room_id: Vec::new(),
             },
             reply,
         ))

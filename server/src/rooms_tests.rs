@@ -1,0 +1,132 @@
+//! The relay's room-log decisions and their storage (SECURITY.md §17.10),
+//! with entries from `ward-core`'s producers.
+
+use ward_core::room::{HistoryPolicy, RoomAuthor, RoomKeyring, RoomMetadata, create_room};
+use ward_core::testkit::{Clinician, Org};
+
+use super::*;
+
+fn author(c: &Clinician) -> RoomAuthor<'_> {
+    RoomAuthor {
+        device: &c.device,
+        chain: &c.chain,
+    }
+}
+
+fn meta() -> RoomMetadata {
+    RoomMetadata {
+        name: "Bed 12".into(),
+        case_reference: "case-881".into(),
+        topic: "post-op".into(),
+    }
+}
+
+struct Fixture {
+    id: [u8; 32],
+    /// Creation (a, b, c), then the removal of c.
+    log: Vec<SignedRoomStatement>,
+    users: HashMap<String, VerifiedUser>,
+    /// Another room log of the same id's length 2: a fork (a adds d instead).
+    fork: Vec<SignedRoomStatement>,
+}
+
+fn fixture() -> Fixture {
+    let rng = &mut rand::rng();
+    let org = Org::new(rng);
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|u| org.enroll(rng, u));
+    let users: HashMap<String, VerifiedUser> = [&a, &b, &c, &d]
+        .into_iter()
+        .map(|u| (u.chain.user_id().to_owned(), u.chain.clone()))
+        .collect();
+    let created = create_room(
+        rng,
+        author(&a),
+        HistoryPolicy::FromJoin,
+        &[&b.chain, &c.chain],
+        &meta(),
+        10,
+    )
+    .unwrap();
+    let mut keyring = RoomKeyring::new();
+    keyring.insert(0, created.epoch_key.unwrap());
+    let removed = created
+        .room
+        .remove_member(rng, author(&a), "c", &users, &keyring, 11)
+        .unwrap();
+    let added = created
+        .room
+        .add_members(rng, author(&a), &[&d.chain], &users, &keyring, 11)
+        .unwrap();
+    Fixture {
+        id: *created.room.id().as_bytes(),
+        log: vec![created.entry.clone(), removed.entry],
+        users,
+        fork: vec![created.entry, added.entry],
+    }
+}
+
+#[test]
+fn a_room_log_is_verified_whole_then_only_its_new_entries() {
+    let f = fixture();
+    let first = decide(&f.id, None, &f.log[..1], &f.users).unwrap().unwrap();
+    assert!(first.room.is_member("c"));
+    let next = decide(&f.id, Some(&first), &f.log, &f.users)
+        .unwrap()
+        .unwrap();
+    assert!(!next.room.is_member("c"), "the removal is applied");
+    assert!(next.room.is_member("a") && next.room.is_member("b"));
+    assert_eq!(next.room.current_epoch(), 1);
+    assert_eq!(next.entries, f.log);
+    // The same log again: nothing new.
+    assert!(
+        decide(&f.id, Some(&next), &f.log, &f.users)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn rollbacks_forks_forgeries_and_other_rooms_are_refused() {
+    let f = fixture();
+    let held = decide(&f.id, None, &f.log, &f.users).unwrap().unwrap();
+    // A rollback that drops the removal.
+    assert!(matches!(
+        decide(&f.id, Some(&held), &f.log[..1], &f.users),
+        Err(RoomError::Rollback { .. })
+    ));
+    // A fork: another entry 1.
+    assert!(matches!(
+        decide(&f.id, Some(&held), &f.fork, &f.users),
+        Err(RoomError::Fork { .. })
+    ));
+    // A forged signature, on a room the relay does not hold yet.
+    let mut forged = f.log.clone();
+    forged[1].signature[0] ^= 1;
+    assert!(decide(&f.id, None, &forged, &f.users).is_err());
+    // Another room's log under this id.
+    assert!(decide(&[7; 32], None, &f.log, &f.users).is_err());
+    // Without the members' user logs nothing verifies.
+    assert!(decide(&f.id, None, &f.log, &HashMap::new()).is_err());
+}
+
+#[test]
+fn the_log_names_its_authors_and_members() {
+    let f = fixture();
+    let named = named_users(&f.fork);
+    assert_eq!(named.into_iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn room_logs_are_stored_compare_and_swap_on_their_length() {
+    let f = fixture();
+    let mut c = rusqlite::Connection::open_in_memory().unwrap();
+    storage::migrate(&mut c).unwrap();
+    assert_eq!(storage::load_room_log(&c, &f.id).unwrap(), None);
+    assert!(storage::store_room_log(&c, &f.id, 0, &f.log[..1], 5).unwrap());
+    // A writer that read no log loses the race.
+    assert!(!storage::store_room_log(&c, &f.id, 0, &f.log, 6).unwrap());
+    assert!(storage::store_room_log(&c, &f.id, 1, &f.log, 6).unwrap());
+    assert_eq!(storage::load_room_log(&c, &f.id).unwrap().unwrap(), f.log);
+    // Another room is apart.
+    assert_eq!(storage::load_room_log(&c, &[9; 32]).unwrap(), None);
+}
