@@ -693,10 +693,26 @@ async fn deliver(
     }
 }
 
+/// An `Envelope` read for its header only: prost skips the other fields
+/// without copying them, so reading the header of every `Send` costs no
+/// copy of its ciphertext.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvelopeHeaderOnly {
+    #[prost(bytes = "vec", tag = "1")]
+    header: Vec<u8>,
+}
+
+impl ward_proto::Bounded for EnvelopeHeaderOnly {
+    // The fields it reads are the Envelope's.
+    fn schema() -> &'static ward_proto::bounded::Schema {
+        <ward_proto::v1::Envelope as ward_proto::Bounded>::schema()
+    }
+}
+
 /// The room an envelope's header names (§17.6), if the payload is an
 /// envelope with a room header.
 fn room_header(payload: &[u8]) -> Option<ward_proto::v1::RoomRecipient> {
-    let env: ward_proto::v1::Envelope = ward_proto::decode_bounded(payload, payload.len()).ok()?;
+    let env: EnvelopeHeaderOnly = ward_proto::decode_bounded(payload, payload.len()).ok()?;
     let header: ward_proto::v1::EnvelopeHeader =
         ward_proto::decode_bounded(&env.header, env.header.len()).ok()?;
     header.room
@@ -812,6 +828,16 @@ impl Session {
                 "no recipient or no payload",
             )
             .closing(close::PROTOCOL_ERROR, "malformed frame");
+        }
+        // A room envelope goes through the room's fan-out, whose recipients
+        // the relay verified: a listed one would let a sender add
+        // non-members or leave members out (§17.10).
+        if room_header(&send.payload).is_some() {
+            return Outcome::error(
+                ErrorCode::Malformed,
+                message_id.to_vec(),
+                "a room message names its room (Send.room_id), not its recipients",
+            );
         }
         if let Err((code, detail)) = self.check_recipients(&recipients).await {
             return Outcome::error(code, message_id.to_vec(), detail);
