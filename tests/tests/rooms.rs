@@ -609,6 +609,7 @@ async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
         .unwrap();
     eprintln!("room created at {:?}", t0.elapsed());
     let texts = ["first", "second", "third", "sentinel"];
+    let sends = w.relay.count("sends");
     for t in texts {
         let rid = clients[0].send_room_text(&room, t).await.unwrap();
         sent(&mut events[0], rid).await;
@@ -623,6 +624,9 @@ async fn a_hundred_member_room_delivers_each_message_once_to_every_device() {
         assert_eq!(got, texts);
     }
     eprintln!("all delivered at {:?}", t0.elapsed());
+    // One upload per message: the `Send` names the room and the relay fans
+    // it out to the 99 other members (SECURITY.md §17.10).
+    assert_eq!(w.relay.count("sends"), sends + texts.len() as i64);
     assert_eq!(
         ks_wraps(&w, &room).len(),
         MEMBERS,

@@ -37,9 +37,7 @@ use ward_core::room::{
 use ward_core::wrap::unwrap_room_resource_key;
 use ward_core::{ConversationId, ResourceId, RoomError, RoomId};
 use ward_proto::decode_bounded;
-use ward_proto::v1::{
-    AppendRoom, ErrorCode, Recipient, RoomStatement, RoomWrapFor, SignedRoomStatement,
-};
+use ward_proto::v1::{AppendRoom, ErrorCode, RoomStatement, RoomWrapFor, SignedRoomStatement};
 use zeroize::Zeroizing;
 
 use super::error::{ClientError, Result};
@@ -520,7 +518,8 @@ fn info(room: &VerifiedRoom, me: &str, ring: &RoomKeyring, fault: Option<String>
 
 /// Seals a room message and builds its outbox entry (`send.rs` queues it):
 /// refresh, rotate if needed, one wrap to the epoch key, one relay `Send`
-/// to every active device of every member but this one.
+/// naming the room (the relay fans it out to every active device of every
+/// member but this one, §17.10).
 pub(crate) async fn seal_message(
     inner: &Inner,
     id: &RoomId,
@@ -554,27 +553,16 @@ pub(crate) async fn seal_message(
             timestamp_ms,
         },
     )?;
-    let me = inner.device.public_key();
-    let recipients: Vec<Recipient> = room
-        .members()
-        .keys()
-        .filter_map(|u| members.get(u))
-        .flat_map(|user| {
-            user.devices()
-                .filter(|d| d.is_active() && d.signing_key != me)
-                .map(|d| Recipient {
-                    user_id: user.user_id().to_owned(),
-                    device_id: d.signing_key.as_bytes().to_vec(),
-                })
-        })
-        .collect();
     let rid = sealed.resource_id;
     let payload = Zeroizing::new(
         OutboxPayload {
             resource_id: rid.as_bytes().to_vec(),
             envelope: sealed.envelope,
             keys: Vec::new(),
-            recipients,
+            // The relay computes a room message's recipients from the room
+            // log it verified (SECURITY.md §17.10): the `Send` names the
+            // room only.
+            recipients: Vec::new(),
             blob_ids: Vec::new(),
             room_key: Some(RoomKeyUpload {
                 room_id: id.as_bytes().to_vec(),

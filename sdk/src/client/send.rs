@@ -305,11 +305,28 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
             continue;
         };
         let blob_ids = payload.blob_ids.clone();
+        let room = payload.room_key.is_some();
         let outcome = match deliver(&inner, &item, payload, &mut connected).await {
             Err(ClientError::Keyserver {
                 code: ErrorCode::Conflict,
                 ..
             }) if reseals < MAX_RESEALS => {
+                reseals += 1;
+                match reseal(&inner, &item, rid, blob_ids).await {
+                    Ok(new) => {
+                        inner.emit(Event::Resealed { old: rid, new }).await;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            // The relay's CONFLICT on a room message: the envelope is not
+            // sealed to the room's current epoch (a removal or rotation
+            // this device had not seen, SECURITY.md §17.10).
+            Err(ClientError::Relay {
+                code: ErrorCode::Conflict,
+                ..
+            }) if room && reseals < MAX_RESEALS => {
                 reseals += 1;
                 match reseal(&inner, &item, rid, blob_ids).await {
                     Ok(new) => {
@@ -367,6 +384,14 @@ async fn deliver(
     payload: OutboxPayload,
     connected: &mut watch::Receiver<bool>,
 ) -> Result<()> {
+    // A room message names its room; the relay computes the recipients
+    // (§17.10). Outbox entries written before that list them: the room
+    // still decides, so the list is not sent.
+    let room_id = payload
+        .room_key
+        .as_ref()
+        .map(|k| k.room_id.clone())
+        .unwrap_or_default();
     // Keys first: a recipient must find its key once the envelope arrives.
     match payload.room_key {
         Some(RoomKeyUpload {
@@ -381,9 +406,14 @@ async fn deliver(
             inner.keyserver.put_keys(payload.keys).await?;
         }
     }
-    if payload.recipients.is_empty() {
+    if room_id.is_empty() && payload.recipients.is_empty() {
         return Ok(()); // a note to self from a user's only device
     }
+    let recipients = if room_id.is_empty() {
+        payload.recipients
+    } else {
+        Vec::new()
+    };
     connected
         .wait_for(|c| *c)
         .await
@@ -396,10 +426,10 @@ async fn deliver(
         .send(RelayCmd::Send(
             Send {
                 message_id: payload.resource_id,
-                recipients: payload.recipients,
+                recipients,
                 payload: payload.envelope,
                 blob_ids: payload.blob_ids,
-                room_id: Vec::new(),
+                room_id,
             },
             reply,
         ))
