@@ -451,6 +451,25 @@ async fn fetch_and_wait(shared: &Shared, user_id: &str, len: u64) {
     );
 }
 
+/// The active devices of `user_id`'s verified log: from the cache without
+/// copying the user's state (a room `Send` asks this for every member,
+/// SECURITY.md §17.10), else through [`refresh`].
+pub(crate) async fn active_devices(
+    shared: &Shared,
+    user_id: &str,
+) -> Result<Vec<[u8; 32]>, ErrorCode> {
+    let ids = |u: &VerifiedUser| {
+        u.devices()
+            .filter(|d| d.is_active())
+            .map(|d| *d.signing_key.as_bytes())
+            .collect()
+    };
+    if let Some(cached) = shared.logs.get(user_id) {
+        return Ok(ids(&cached.user));
+    }
+    refresh(shared, user_id, Vec::new()).await.map(|u| ids(&u))
+}
+
 /// Verifies `presented` against the relay's log of `user_id`, stores the
 /// verified result if longer, disconnects devices it revokes, and returns
 /// the relay's current view of the user.

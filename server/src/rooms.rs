@@ -361,15 +361,14 @@ pub async fn recipients(
     }
     let mut out = Vec::new();
     for user in room.members().keys() {
-        let verified = match crate::logs::refresh(shared, user, Vec::new()).await {
-            Ok(v) => v,
+        let devices = match crate::logs::active_devices(shared, user).await {
+            Ok(d) => d,
             // Verified against this user's log when the room was: only a
             // stored log that vanished since lands here; nothing to queue.
             Err(ErrorCode::UnknownUser) => continue,
             Err(_) => return Err((ErrorCode::Internal, "a member's log could not be read")),
         };
-        for d in verified.devices().filter(|d| d.is_active()) {
-            let device_id = *d.signing_key.as_bytes();
+        for device_id in devices {
             if *user == sender.user_id && device_id == sender.device_id {
                 continue;
             }
