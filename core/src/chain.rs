@@ -84,7 +84,10 @@ pub struct VerifiedUser {
     invite: VerifiedInvite,
     encryption_key: EncryptionPublicKey,
     past_encryption_keys: Vec<EncryptionPublicKey>,
-    devices: BTreeMap<SigningPublicKey, DeviceRecord>,
+    /// Boxed: a B-tree node holds room for 11 values, and a record (its
+    /// X-Wing key) is 1.3 KB, so an unboxed one-device user took a 15 KB
+    /// node; the relay caches one of these per user (issue 15).
+    devices: BTreeMap<SigningPublicKey, Box<DeviceRecord>>,
     len: u64,
     head: [u8; 32],
     last_timestamp: u64,
@@ -278,12 +281,12 @@ impl VerifiedUser {
         let mut devices = BTreeMap::new();
         devices.insert(
             signing_key,
-            DeviceRecord {
+            Box::new(DeviceRecord {
                 signing_key,
                 encryption_key,
                 added_at: 0,
                 revoked_at: None,
-            },
+            }),
         );
         Ok(Self {
             root: *root,
@@ -323,10 +326,7 @@ impl VerifiedUser {
         }
         let author = SigningPublicKey::from_bytes(&st.author)
             .map_err(|_| ChainError::Malformed("author"))?;
-        let author_is_device = self
-            .devices
-            .get(&author)
-            .is_some_and(DeviceRecord::is_active);
+        let author_is_device = self.devices.get(&author).is_some_and(|d| d.is_active());
         match &st.body {
             // A second creation in one log: an invite for this user id used
             // again. Reported as reuse only if the entry is genuinely signed
@@ -368,12 +368,12 @@ impl VerifiedUser {
                 }
                 self.devices.insert(
                     signing_key,
-                    DeviceRecord {
+                    Box::new(DeviceRecord {
                         signing_key,
                         encryption_key,
                         added_at: seq,
                         revoked_at: None,
-                    },
+                    }),
                 );
             }
             Some(Body::DeviceRevocation(DeviceRevocation {
@@ -711,12 +711,12 @@ impl VerifiedUser {
 
     /// Every device ever added, revoked ones included.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceRecord> {
-        self.devices.values()
+        self.devices.values().map(|d| &**d)
     }
 
     /// One device by id.
     pub fn device(&self, id: &SigningPublicKey) -> Option<&DeviceRecord> {
-        self.devices.get(id)
+        self.devices.get(id).map(|d| &**d)
     }
 
     /// Number of entries verified.

@@ -17,7 +17,16 @@
 //! With `--fanout K` a second run follows in which every `Send` lists K
 //! recipients (connections i+1..=i+K), as a room message lists its members'
 //! devices: one stored payload, K queue entries; it prints deliveries/s.
+//!
+//! With `--idle N` (workload D of issue 15) it runs nothing of the above:
+//! N authenticated connections that only answer pings, held for
+//! `--hold-secs` while one pair keeps messaging, and the relay's resident
+//! memory (VmRSS) per idle connection. N is bounded by the open-files
+//! limit of each process (`ulimit -n`): the relay holds one descriptor per
+//! connection and this client another.
 #![forbid(unsafe_code)]
+
+mod pairs;
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -58,6 +67,29 @@ struct Args {
     /// With more than 1, the 1:1 run comes first, then the fan-out run.
     #[arg(long, default_value_t = 1)]
     fanout: usize,
+    /// Workload D instead: this many idle authenticated connections, while
+    /// one pair keeps messaging; prints the relay's RSS per connection.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Workloads A to C instead (issue 15): this many sender->receiver
+    /// pairs, every message checked intact, once and in order.
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Messages per pair (workloads A to C).
+    #[arg(long, default_value_t = 100)]
+    per_pair: u64,
+    /// Sends each sender keeps outstanding, waiting for their acks (A, B).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Workload B: the receivers log in only once everything is stored.
+    #[arg(long)]
+    backlog: bool,
+    /// Workload C: the senders together send this many msg/s on a schedule.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// How long workload D holds the idle connections, in seconds.
+    #[arg(long, default_value_t = 10)]
+    hold_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,11 +196,16 @@ async fn start_child(bin: &std::path::Path, args: &[String]) -> Result<(Child, S
 }
 
 fn peak_rss_kib(child: &Child) -> Option<u64> {
+    status_kib(child, "VmHWM:")
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmHWM:` the peak, `VmRSS:` now).
+fn status_kib(child: &Child, field: &str) -> Option<u64> {
     let pid = child.id()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -349,58 +386,10 @@ async fn run_relay(
     let dir = std::env::temp_dir().join(format!("ward-load-{}", hex::encode(r)));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("relay.db");
-    let relay_args = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--db".into(),
-        db.display().to_string(),
-        "--org-root".into(),
-        org_root,
-        // Loopback, as before TLS: the figures stay comparable with the
-        // raw echo server's (TLS cost is not measured here).
-        "--insecure-loopback".into(),
-        "--max-connections".into(),
-        (n + 16).to_string(),
-        "--send-rate".into(),
-        "1000000".into(),
-        "--send-burst".into(),
-        "1000000".into(),
-        // Every load connection comes from 127.0.0.1: lift the per-source
-        // limits meant for attackers.
-        "--accept-rate-per-address".into(),
-        "1000000".into(),
-        "--max-unauthenticated-per-address".into(),
-        (n + 16).to_string(),
-        "--max-unauthenticated".into(),
-        (n + 16).to_string(),
-    ];
+    let relay_args = relay_args(&db, org_root, n);
     let (child, addr) = start_child(relay_bin, &relay_args).await?;
     let url = format!("ws://{addr}");
-
-    // Connect and authenticate everyone first.
-    let gate = Arc::new(Semaphore::new(64));
-    let mut connecting = Vec::with_capacity(n);
-    for (i, u) in users.iter().enumerate() {
-        let (url, gate) = (url.clone(), gate.clone());
-        let device =
-            ward_core::keys::DeviceSigningKey::import_secret(&u.device.export_secret()[..])?;
-        let log = u.log.clone();
-        let audience = ward_net::handshake::Audience::relay(
-            *u.chain.org_root(),
-            ward_core::auth::DEFAULT_INSTANCE,
-        );
-        connecting.push(tokio::spawn(async move {
-            let _p = gate.acquire().await;
-            let mut c = ward_net::conn::connect(&url, &ward_net::Limits::default()).await?;
-            ward_net::handshake::client(&mut c, &device, &format!("load{i}"), &audience, &log)
-                .await?;
-            Ok::<Conn, ward_net::NetError>(c)
-        }));
-    }
-    let mut conns = Vec::with_capacity(n);
-    for c in connecting {
-        conns.push(c.await??);
-    }
+    let conns = connect_all(&url, users, 0).await?;
     let per = args.messages / n;
     let start = Instant::now();
     let mut workers = Vec::with_capacity(n);
@@ -444,6 +433,252 @@ async fn run_relay(
         stats: merge(all),
         peak_rss_kib: peak,
     })
+}
+
+/// The relay's command line for `n` load connections, all from 127.0.0.1.
+fn relay_args(db: &std::path::Path, org_root: String, n: usize) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--db".into(),
+        db.display().to_string(),
+        "--org-root".into(),
+        org_root,
+        // Loopback, as before TLS: the figures stay comparable with the
+        // raw echo server's (TLS cost is not measured here).
+        "--insecure-loopback".into(),
+        "--max-connections".into(),
+        (n + 16).to_string(),
+        "--send-rate".into(),
+        "1000000".into(),
+        "--send-burst".into(),
+        "1000000".into(),
+        // Every load connection comes from 127.0.0.1: lift the per-source
+        // limits meant for attackers.
+        "--accept-rate-per-address".into(),
+        "1000000".into(),
+        "--max-unauthenticated-per-address".into(),
+        (n + 16).to_string(),
+        "--max-unauthenticated".into(),
+        (n + 16).to_string(),
+    ]
+}
+
+/// Connects and authenticates every user (64 handshakes at a time); user
+/// `i` is `load{first + i}`.
+async fn connect_all(url: &str, users: &[Clinician], first: usize) -> Result<Vec<Conn>, Error> {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut connecting = Vec::with_capacity(users.len());
+    for (i, u) in users.iter().enumerate() {
+        let (url, gate) = (url.to_owned(), gate.clone());
+        let device =
+            ward_core::keys::DeviceSigningKey::import_secret(&u.device.export_secret()[..])?;
+        let log = u.log.clone();
+        let audience = ward_net::handshake::Audience::relay(
+            *u.chain.org_root(),
+            ward_core::auth::DEFAULT_INSTANCE,
+        );
+        let user_id = format!("load{}", first + i);
+        connecting.push(tokio::spawn(async move {
+            let _p = gate.acquire().await;
+            let mut c = ward_net::conn::connect(&url, &ward_net::Limits::default()).await?;
+            ward_net::handshake::client(&mut c, &device, &user_id, &audience, &log).await?;
+            Ok::<Conn, ward_net::NetError>(c)
+        }));
+    }
+    let mut conns = Vec::with_capacity(users.len());
+    for c in connecting {
+        conns.push(c.await??);
+    }
+    Ok(conns)
+}
+
+/// Workload D: `idle` authenticated connections that only answer pings,
+/// then one pair (users 0 and 1) messaging for `hold` while they stay
+/// connected. The relay's VmRSS is read with the pair alone, and again with
+/// every idle connection open.
+async fn run_idle(
+    args: &Args,
+    org_root: String,
+    users: &[Clinician],
+    relay_bin: &std::path::Path,
+) -> Result<(), Error> {
+    let idle = users.len().saturating_sub(2);
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|e| format!("{e}"))?;
+    let dir = std::env::temp_dir().join(format!("ward-load-{}", hex::encode(r)));
+    std::fs::create_dir_all(&dir)?;
+    let args_v = relay_args(&dir.join("relay.db"), org_root, users.len());
+    let (child, addr) = start_child(relay_bin, &args_v).await?;
+    let url = format!("ws://{addr}");
+    let mut pair = connect_all(&url, &users[..2], 0).await?.into_iter();
+    let (a, b) = match (pair.next(), pair.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Err("pair did not connect".into()),
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = status_kib(&child, "VmRSS:").ok_or("no relay RSS")?;
+    let t0 = Instant::now();
+    let conns = connect_all(&url, &users[2..], 2).await?;
+    let connected_in = t0.elapsed();
+    // Each idle connection reads, so that pings are answered (the relay
+    // closes a peer it has heard nothing from for its idle timeout).
+    let holders: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut frames = 0u64;
+                while let Ok(Some(_)) = c.recv().await {
+                    frames += 1;
+                }
+                frames
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded = status_kib(&child, "VmRSS:").ok_or("no relay RSS")?;
+    // The pair messages while the idle connections are held.
+    let to = |i: usize| Recipient {
+        user_id: format!("load{i}"),
+        device_id: users[i].device.public_key().as_bytes().to_vec(),
+    };
+    let start = Instant::now();
+    let hold = Duration::from_secs(args.hold_secs);
+    let mut stats = pair_worker(a, b, to(1), args.size, start, hold).await;
+    let elapsed = start.elapsed();
+    let held = status_kib(&child, "VmRSS:").ok_or("no relay RSS")?;
+    let peak = peak_rss_kib(&child);
+    let dropped = holders.iter().filter(|h| h.is_finished()).count();
+    for h in holders {
+        h.abort();
+    }
+    stop_child(child).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    stats.ack_us.sort_unstable();
+    let sent = stats.ack_us.len();
+    println!(
+        "== workload D: {idle} idle authenticated connections (connected in {:.1} s)",
+        connected_in.as_secs_f64()
+    );
+    println!(
+        "relay VmRSS: {:.1} MiB with the pair alone, {:.1} MiB with every idle connection, {:.1} MiB after the hold (peak {:.1} MiB)",
+        base as f64 / 1024.0,
+        loaded as f64 / 1024.0,
+        held as f64 / 1024.0,
+        peak.unwrap_or(0) as f64 / 1024.0
+    );
+    println!(
+        "per idle connection: {:.1} KiB",
+        loaded.saturating_sub(base) as f64 / idle.max(1) as f64
+    );
+    println!(
+        "pair during the hold: {sent} messages in {:.1} s ({:.0} msg/s), send->ack p50 {:.2} p99 {:.2} ms, errors {}; idle connections closed: {dropped}",
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64(),
+        pct(&stats.ack_us, 0.5),
+        pct(&stats.ack_us, 0.99),
+        stats.errors
+    );
+    if !args.no_echo {
+        idle_echo(idle).await?;
+    }
+    Ok(())
+}
+
+/// One message at a time from `a` to `b` until `hold` has passed: each one
+/// must be acked, then delivered to `b` intact, once and in order (an error
+/// otherwise).
+async fn pair_worker(
+    mut a: Conn,
+    mut b: Conn,
+    to: Recipient,
+    size: usize,
+    start: Instant,
+    hold: Duration,
+) -> Stats {
+    let mut st = Stats::default();
+    let mut last_seq = 0;
+    let mut n = 0u64;
+    while start.elapsed() < hold {
+        let mut id = vec![0u8; 16];
+        let _ = getrandom::fill(&mut id);
+        let mut payload = vec![0u8; size.max(16)];
+        payload[..8].copy_from_slice(&n.to_be_bytes());
+        let t = now_us(start);
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Send(Send {
+                message_id: id.clone(),
+                recipients: vec![to.clone()],
+                payload: payload.clone(),
+                blob_ids: Vec::new(),
+            })),
+        };
+        if a.send_msg(&frame).await.is_err() {
+            st.errors += 1;
+            return st;
+        }
+        match a.recv_msg::<ServerFrame>().await {
+            Ok(Some(ServerFrame {
+                frame: Some(server_frame::Frame::SendAck(ack)),
+            })) if ack.message_id == id => st.ack_us.push(now_us(start).saturating_sub(t)),
+            _ => {
+                st.errors += 1;
+                return st;
+            }
+        }
+        match b.recv_msg::<ServerFrame>().await {
+            Ok(Some(ServerFrame {
+                frame: Some(server_frame::Frame::Deliver(d)),
+            })) if d.message_id == id && d.payload == payload && d.seq > last_seq => {
+                st.deliver_us.push(now_us(start).saturating_sub(t));
+                last_seq = d.seq;
+            }
+            _ => {
+                st.errors += 1;
+                return st;
+            }
+        }
+        if n % 64 == 63 && b.send_msg(&ack(last_seq)).await.is_err() {
+            st.errors += 1;
+            return st;
+        }
+        n += 1;
+    }
+    let _ = b.send_msg(&ack(last_seq)).await;
+    st
+}
+
+/// Workload D's baseline: as many idle connections to the raw echo server
+/// (tokio-tungstenite's defaults, no auth), and its VmRSS per connection.
+async fn idle_echo(idle: usize) -> Result<(), Error> {
+    let me = std::env::current_exe()?;
+    let (child, addr) = start_child(&me, &["echo-server".to_owned()]).await?;
+    let url = format!("ws://{addr}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = status_kib(&child, "VmRSS:").ok_or("no echo RSS")?;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut connecting = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        let (url, gate) = (url.clone(), gate.clone());
+        connecting.push(tokio::spawn(async move {
+            let _p = gate.acquire().await;
+            ward_net::conn::connect(&url, &ward_net::Limits::default()).await
+        }));
+    }
+    let mut conns = Vec::with_capacity(idle);
+    for c in connecting {
+        conns.push(c.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded = status_kib(&child, "VmRSS:").ok_or("no echo RSS")?;
+    println!(
+        "== baseline: {idle} idle connections to the raw tokio-tungstenite echo server: {:.1} MiB, {:.1} KiB per connection",
+        loaded as f64 / 1024.0,
+        loaded.saturating_sub(base) as f64 / idle.max(1) as f64
+    );
+    drop(conns);
+    stop_child(child).await;
+    Ok(())
 }
 
 async fn run_echo(args: &Args) -> Result<Report, Error> {
@@ -491,7 +726,11 @@ async fn main_load(args: Args) -> Result<(), Error> {
     if let Some(Cmd::EchoServer) = args.cmd {
         return echo_server().await;
     }
-    let n = args.connections.max(1);
+    let n = match (args.idle, args.pairs) {
+        (Some(idle), _) => idle + 2,
+        (None, Some(p)) => 2 * p.max(1),
+        (None, None) => args.connections.max(1),
+    };
     let relay_bin = match &args.relay_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -504,16 +743,34 @@ async fn main_load(args: Args) -> Result<(), Error> {
     let users: Vec<Clinician> = (0..n)
         .map(|i| org.enroll(&mut rng, &format!("load{i}")))
         .collect();
-    println!(
-        "{} connections, {} messages of {} bytes (loopback, {} CPUs)",
-        n,
-        (args.messages / n) * n,
-        args.size,
-        std::thread::available_parallelism()
-            .map(|p| p.get())
-            .unwrap_or(0)
-    );
+    if args.pairs.is_some() {
+        // pairs::run says what it runs.
+    } else if let Some(idle) = args.idle {
+        println!(
+            "workload D: {idle} idle connections and one messaging pair, {} s (loopback, {} CPUs)",
+            args.hold_secs,
+            std::thread::available_parallelism()
+                .map(|p| p.get())
+                .unwrap_or(0)
+        );
+    } else {
+        println!(
+            "{} connections, {} messages of {} bytes (loopback, {} CPUs)",
+            n,
+            (args.messages / n) * n,
+            args.size,
+            std::thread::available_parallelism()
+                .map(|p| p.get())
+                .unwrap_or(0)
+        );
+    }
     let root = hex::encode(org.root_public().as_bytes());
+    if args.idle.is_some() {
+        return run_idle(&args, root, &users, &relay_bin).await;
+    }
+    if args.pairs.is_some() {
+        return pairs::run(&args, root, &users, &relay_bin).await;
+    }
     let mut relay = run_relay(&args, root.clone(), &users, &relay_bin, 1).await?;
     relay.print();
     if args.fanout > 1 {

@@ -28,8 +28,16 @@ pub(crate) fn ws_config(limits: &Limits) -> WebSocketConfig {
     config(limits.max_frame_bytes)
 }
 
+/// Bytes taken from the socket per read. tungstenite's default, 128 KiB,
+/// is allocated and zero-filled for every connection: most of what an idle
+/// phone cost the relay (167 KiB per connection, BENCHMARKS.md, issue 15).
+/// A frame larger than this still arrives whole (the buffer grows for the
+/// frame being read); only the bytes per read call shrink.
+pub const READ_BUFFER_BYTES: usize = 4 << 10;
+
 fn config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
 }

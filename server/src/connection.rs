@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,6 +79,54 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     ticket: ward_net::peers::Ticket,
 ) {
+    // Boxed: the upgrade's and the handshake's states (the presented log's
+    // verification among them) are large and over once the device is in;
+    // inline, every idle session's future would keep their size (issue 15).
+    let Some((conn, path, mailbox)) =
+        Box::pin(authenticate(stream, addr, &shared, &mut shutdown, ticket)).await
+    else {
+        return;
+    };
+    if path == crate::blob_session::BLOB_PATH {
+        // Boxed: a blob connection's state is not every message session's.
+        return Box::pin(blob_connection(conn, shared, mailbox, shutdown)).await;
+    }
+    session(conn, shared, mailbox, shutdown).await;
+}
+
+/// An authenticated connection on the blob path (§16.9), to its close.
+async fn blob_connection(
+    mut conn: Conn<ServerStream>,
+    shared: Arc<Shared>,
+    mailbox: Mailbox,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = shared.config.limits;
+    let end = Box::pin(crate::blob_session::session(
+        &mut conn,
+        shared.clone(),
+        mailbox,
+        shutdown,
+    ))
+    .await;
+    let end = end.unwrap_or(CloseReason {
+        code: close::NORMAL,
+        reason: "",
+    });
+    shared.metrics.closed(end.code);
+    finish(conn, Some(end), limits.close_grace).await;
+}
+
+/// The WebSocket upgrade and the device handshake: the authenticated
+/// connection, its path and its mailbox, or `None` once the peer was
+/// answered (refused, timed out, or the relay is stopping).
+async fn authenticate(
+    stream: ServerStream,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    ticket: ward_net::peers::Ticket,
+) -> Option<(Conn<ServerStream>, String, Mailbox)> {
     let limits = shared.config.limits;
     let (mut conn, path) = match timeout(
         limits.net.auth_timeout,
@@ -89,11 +137,11 @@ pub async fn serve(
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(%addr, error = %e, "websocket upgrade failed");
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%addr, "websocket upgrade timed out");
-            return;
+            return None;
         }
     };
     let mut nonce = [0u8; 32];
@@ -101,7 +149,7 @@ pub async fn serve(
         warn!("no randomness for a challenge");
         shared.metrics.closed(INTERNAL.code);
         finish(conn, Some(INTERNAL), limits.close_grace).await;
-        return;
+        return None;
     }
     let check_shared = shared.clone();
     let audience =
@@ -116,21 +164,21 @@ pub async fn serve(
         );
         tokio::select! {
             r = auth => Some(r),
-            _ = stopped(&mut shutdown) => None,
+            _ = stopped(shutdown) => None,
         }
     };
     let peer = match authenticated {
         None => {
             shared.metrics.closed(GOING_AWAY.code);
             finish(conn, Some(GOING_AWAY), limits.close_grace).await;
-            return;
+            return None;
         }
         Some(Err(e)) => {
             debug!(%addr, error = %e, "handshake refused");
             let (code, reason) = ward_net::conn::close_code_for(&e);
             shared.metrics.closed(code);
             finish(conn, Some(CloseReason { code, reason }), limits.close_grace).await;
-            return;
+            return None;
         }
         Some(Ok(peer)) => peer,
     };
@@ -142,18 +190,7 @@ pub async fn serve(
         device_id: *peer.device.as_bytes(),
     };
     debug!(%addr, user = %mailbox.user_id, "device authenticated");
-    if path == crate::blob_session::BLOB_PATH {
-        let mut conn = conn;
-        let end = crate::blob_session::session(&mut conn, shared.clone(), mailbox, shutdown).await;
-        let end = end.unwrap_or(CloseReason {
-            code: close::NORMAL,
-            reason: "",
-        });
-        shared.metrics.closed(end.code);
-        finish(conn, Some(end), limits.close_grace).await;
-        return;
-    }
-    session(conn, shared, mailbox, shutdown).await;
+    Some((conn, path, mailbox))
 }
 
 /// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`, holding
@@ -230,7 +267,9 @@ async fn finish(mut conn: Conn<ServerStream>, reason: Option<CloseReason>, grace
     let tcp = ws.get_mut();
     let _ = timeout(grace, async {
         let _ = tcp.shutdown().await;
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here made every connection's future 4 KiB
+        // larger for its whole life, not just while closing (issue 15).
+        let mut buf = vec![0u8; 4096];
         // A peer that keeps sending (the rest of a 20 MiB frame refused from
         // its header) is not drained for the whole grace: past a few KiB it
         // is not closing, so the socket is dropped.
@@ -250,7 +289,13 @@ const MAX_DRAIN_BYTES: usize = 64 << 10;
 
 /// A frame and the budget it holds (this connection's, and the global one)
 /// until it is written.
-type Outbound = (ServerFrame, (OwnedSemaphorePermit, OwnedSemaphorePermit));
+/// A frame for the socket and the budgets it holds. Boxed: the channel
+/// allocates its first 32 slots up front, 4.6 KB of unboxed frames per idle
+/// connection (issue 15).
+type Outbound = (
+    Box<ServerFrame>,
+    (OwnedSemaphorePermit, OwnedSemaphorePermit),
+);
 
 /// Payload read from the store per delivery batch (at least one entry).
 const BATCH_BYTES: usize = 256 << 10;
@@ -302,6 +347,11 @@ struct Session {
     shared: Arc<Shared>,
     mailbox: Mailbox,
     bucket: TokenBucket,
+    /// The highest seq this connection has handed to the socket: an `Ack`
+    /// never deletes past it (SECURITY.md §9), so a cumulative ack from a
+    /// client's past (a cursor from before a relay reset, numbered from 1
+    /// again) cannot delete entries it has not received.
+    delivered: Arc<AtomicU64>,
 }
 
 async fn session(
@@ -321,7 +371,7 @@ async fn session(
     // A revocation stored between the handshake's check and this
     // registration found nothing to close: look again, now that any later
     // one will find this connection.
-    if let Err(reason) = still_active(&shared, &mailbox).await {
+    if let Err(reason) = Box::pin(still_active(&shared, &mailbox)).await {
         shared.registry.unregister(&mailbox, reg_id);
         shared.metrics.closed(reason.code);
         finish(conn, Some(reason), limits.close_grace).await;
@@ -329,6 +379,7 @@ async fn session(
     }
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
     let budget = Arc::new(Semaphore::new(budget_permits(&limits)));
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut delivery = tokio::spawn(deliver(
         shared.clone(),
         mailbox.clone(),
@@ -339,11 +390,13 @@ async fn session(
         },
         out_tx,
         budget,
+        delivered.clone(),
     ));
     let mut s = Session {
         shared: shared.clone(),
         mailbox: mailbox.clone(),
         bucket: shared.buckets.take(&mailbox),
+        delivered,
     };
     let write_timeout = limits.slow_consumer_timeout;
     // Pings keep NAT mappings open and make a vanished peer show: a peer
@@ -381,7 +434,7 @@ async fn session(
                 };
             }
             Some((frame, permit)) = out_rx.recv() => {
-                match timeout(write_timeout, conn.send_msg(&frame)).await {
+                match timeout(write_timeout, conn.send_msg(&*frame)).await {
                     Ok(Ok(())) => {
                         shared.metrics.messages_out.inc();
                         drop(permit)
@@ -392,7 +445,9 @@ async fn session(
             }
             inbound = conn.recv_msg::<ClientFrame>() => {
                 let outcome = match inbound {
-                    Ok(Some(frame)) => s.handle(frame).await,
+                    // Boxed: its state (a send's storage and log calls)
+                    // would otherwise be part of every idle session's.
+                    Ok(Some(frame)) => Box::pin(s.handle(frame)).await,
                     Ok(None) => break None,
                     Err(e) => {
                         let (code, reason) = ward_net::conn::close_code_for(&e);
@@ -455,7 +510,7 @@ fn budget_permits(limits: &Limits) -> usize {
 /// How the writer reaches a delivery task.
 struct Wake {
     notify: Arc<Notify>,
-    hints: mpsc::Receiver<Deliver>,
+    hints: mpsc::Receiver<Box<Deliver>>,
     overflow: Arc<AtomicBool>,
 }
 
@@ -464,6 +519,8 @@ struct Sink {
     shared: Arc<Shared>,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
+    /// The session's `delivered` (highest seq queued for the socket).
+    delivered: Arc<AtomicU64>,
     /// Permits of this connection's budget, and of the global one.
     own_max: usize,
     global_max: usize,
@@ -503,9 +560,11 @@ impl Sink {
             Ok(Err(_)) => return Err(DeliveryEnd::Gone),
             Err(_) => return Err(DeliveryEnd::Slow),
         };
-        let frame = ServerFrame {
+        // Before it is queued: the client can ack it only once written.
+        self.delivered.fetch_max(d.seq, Ordering::SeqCst);
+        let frame = Box::new(ServerFrame {
             frame: Some(server_frame::Frame::Deliver(d)),
-        };
+        });
         match self
             .out
             .send_timeout((frame, (own, global)), self.wait)
@@ -529,6 +588,7 @@ async fn deliver(
     mut wake: Wake,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
+    delivered: Arc<AtomicU64>,
 ) -> DeliveryEnd {
     let limits = shared.config.limits;
     let sink = Sink {
@@ -538,6 +598,7 @@ async fn deliver(
         shared: shared.clone(),
         out,
         budget,
+        delivered,
     };
     let mut cursor = 0u64;
     let mut need_read = true;
@@ -559,7 +620,7 @@ async fn deliver(
                     Ok(g) => g,
                     Err(end) => return end,
                 };
-                if let Err(end) = sink.push(d, global).await {
+                if let Err(end) = sink.push(*d, global).await {
                     return end;
                 }
             }
@@ -842,12 +903,13 @@ impl Session {
             return Outcome::error(ErrorCode::Forbidden, Vec::new(), "not your mailbox")
                 .closing(close::FORBIDDEN, "another device's mailbox");
         }
-        match self
-            .shared
-            .writer
-            .ack(self.mailbox.clone(), ack.up_to_seq)
-            .await
-        {
+        // Only what this connection delivered: entries above it stay, and
+        // are delivered (and acked) in their turn.
+        let up_to = ack.up_to_seq.min(self.delivered.load(Ordering::SeqCst));
+        if up_to == 0 {
+            return Outcome::none();
+        }
+        match self.shared.writer.ack(self.mailbox.clone(), up_to).await {
             Ok(_) => Outcome::none(),
             Err(e) => {
                 warn!(error = %e, "ack failed");

@@ -38,8 +38,8 @@
 //! A login attempt whose device is not in the log costs no log signature.
 //!
 //! The cache is bounded by [`Config::log_cache_bytes`](crate::Config): the
-//! encoded size of the entries plus a fixed overhead per entry, over all
-//! users; the least recently used users are evicted past it (an evicted user
+//! encoded size of the entries plus a fixed overhead per entry, and the
+//! parsed state (a record per device), over all users; the least recently used users are evicted past it (an evicted user
 //! costs one full verification at its next use). One user's log is at most
 //! 4,096 entries of at most 4 KiB, so one entry of the budget always fits.
 //!
@@ -67,9 +67,10 @@ use crate::storage::{self, Mailbox};
 /// the device record it may add, the map's share).
 const ENTRY_OVERHEAD: usize = 256;
 
-/// Default budget of the verified-log cache: 64 MiB, about 140,000 entries
-/// of typical size (tens of thousands of ordinary users).
-pub const DEFAULT_LOG_CACHE_BYTES: usize = 64 << 20;
+/// Default budget of the verified-log cache: 128 MiB, about 18,000 users of
+/// one device (7 KiB each, parsed state included: X-Wing keys are 1.2 KB),
+/// as many as the old 64 MiB held when only encoded bytes were counted.
+pub const DEFAULT_LOG_CACHE_BYTES: usize = 128 << 20;
 
 /// Counters of the log verifier, shared with whoever built the
 /// configuration (tests and metrics read them).
@@ -107,11 +108,18 @@ pub struct Cached {
 }
 
 impl Cached {
+    /// What it holds in memory: its encoded entries, and the parsed state
+    /// (one boxed record per device, an X-Wing key each). Counting only the
+    /// encoded bytes let the cache hold several times its budget.
     fn cost(&self) -> usize {
-        self.entries
+        let encoded: usize = self
+            .entries
             .iter()
             .map(|e| e.statement.len() + e.signature.len() + ENTRY_OVERHEAD)
-            .sum()
+            .sum();
+        let devices = self.user.devices().count()
+            * (std::mem::size_of::<ward_core::chain::DeviceRecord>() + ENTRY_OVERHEAD);
+        encoded + std::mem::size_of::<Self>() + devices
     }
 }
 
@@ -762,6 +770,12 @@ mod tests {
             })
             .collect();
         let one = logs[0].1.cost();
+        // A one-device user: its entry (about 3.3 KB encoded with its X-Wing
+        // keys) and its parsed state (two X-Wing keys again) are both counted.
+        assert!(
+            (6_000..9_000).contains(&one),
+            "a one-device user costs {one}"
+        );
         let cache = LogCache::new(one * 2, Arc::new(LogStats::default()));
         cache.offer(&logs[0].0, logs[0].1.clone());
         cache.offer(&logs[1].0, logs[1].1.clone());

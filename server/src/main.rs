@@ -145,7 +145,7 @@ struct Args {
     sweep_interval_secs: u64,
     /// Memory for verified user logs, in MiB (least recently used users are
     /// evicted past it and verified again at their next login).
-    #[arg(long, env = "WARD_RELAY_LOG_CACHE_MIB", default_value_t = 64)]
+    #[arg(long, env = "WARD_RELAY_LOG_CACHE_MIB", default_value_t = 128)]
     log_cache_mib: usize,
 }
 

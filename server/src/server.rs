@@ -150,7 +150,9 @@ pub async fn run(
                                 let _open = shared.metrics.connections.track();
                                 // The TLS handshake runs under the ticket: it
                                 // counts as unauthenticated.
-                                match tls.accept_within(stream, handshake_time).await {
+                                // Boxed, like the handshake in `serve`: the TLS
+                                // handshake's state is over once it is done.
+                                match Box::pin(tls.accept_within(stream, handshake_time)).await {
                                     Some(stream) => {
                                         connection::serve(stream, addr, shared.clone(), stop, ticket)
                                             .await

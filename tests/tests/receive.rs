@@ -336,3 +336,45 @@ async fn a_relay_reset_is_surfaced_and_drops_nothing() {
     let history: Vec<String> = bob.history(conv).await.unwrap().iter().map(text).collect();
     assert_eq!(history, ["one", "two", "three", "four", "five"]);
 }
+
+/// The same reset with the receiver's phone offline: alice's message is
+/// stored at the empty relay (seq 1) before bob reconnects with his cursor
+/// from the old numbering (3). The client used to ack that cursor on
+/// connecting, which deleted entry 1 unseen (a CI run caught it through the
+/// test above, when alice's send won the race); now a relay deletes only
+/// what a connection delivered, and the client no longer re-acks at login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reset_while_the_receiver_is_offline_drops_nothing() {
+    let mut w = World::new().await;
+    let url = w.relay.url();
+    let (alice, mut a_ev) = w.enroll("alice@chu", url.clone()).await;
+    let (bob, mut b_ev) = w.enroll("bob@chu", url.clone()).await;
+    let conv = alice.create_conversation(&["bob@chu"]).await.unwrap();
+    for t in ["one", "two", "three"] {
+        send(&alice, conv, t).await;
+        assert_eq!(message(&mut b_ev).await, t);
+    }
+    drop(b_ev);
+    drop(bob);
+    w.relay.reset().await;
+    let four = alice.send_text(conv, "four").await.unwrap();
+    // Stored at the new relay before bob's phone comes back.
+    loop {
+        match tokio::time::timeout(WAIT, a_ev.recv()).await {
+            Ok(Some(Event::Sent { resource_id })) if resource_id == four => break,
+            Ok(Some(_)) => continue,
+            other => panic!("alice's message was not acked: {other:?}"),
+        }
+    }
+    let mut bob = Client::unlock(w.config("bob@chu", url), Pin::new(PIN.into()).unwrap())
+        .await
+        .unwrap();
+    let mut b_ev = bob.events().unwrap();
+    match next(&mut b_ev).await {
+        Event::RelayCursorRegressed { cursor: 3, seq: 1 } => {}
+        other => panic!("expected a cursor regression, got {other:?}"),
+    }
+    assert_eq!(message(&mut b_ev).await, "four");
+    let history: Vec<String> = bob.history(conv).await.unwrap().iter().map(text).collect();
+    assert_eq!(history, ["one", "two", "three", "four"]);
+}

@@ -7,10 +7,13 @@
 //! Acks are cumulative and per mailbox, not per connection, so they travel
 //! as one value, the highest sequence number handled (a `watch`): the
 //! receive worker never waits on the connection to ack (it cannot deadlock
-//! against a connection waiting for it to take more `Deliver`s), acks
-//! coalesce, and each new connection starts by acking the latest value, so
-//! an ack lost with a connection is resent. Entries delivered again anyway
-//! are recognised by the relay cursor and acked again.
+//! against a connection waiting for it to take more `Deliver`s) and acks
+//! coalesce. A new connection does not start by acking the latest value:
+//! the relay deletes only what that connection delivered (SECURITY.md §9),
+//! and after a relay reset the value is from another numbering, above
+//! entries this device has not seen. An entry whose ack was lost with a
+//! connection is delivered again, recognised by the relay cursor and acked
+//! again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -216,10 +219,8 @@ async fn session(
     .map_err(|_| ClientError::Timeout)??;
     tracing::debug!("relay: connected");
     backoff.reset();
-    let last = *acked.borrow_and_update();
-    if last > 0 {
-        conn.send_msg(&ack_frame(last)).await?;
-    }
+    // Marked seen: only acks of what this connection delivers are sent.
+    acked.borrow_and_update();
     let _ = connected.send(true);
     let mut pending: HashMap<Vec<u8>, oneshot::Sender<Result<()>>> = HashMap::new();
     loop {
