@@ -117,17 +117,21 @@ async fn metrics_scraped_during_a_load_run_parse_and_count_the_traffic() {
         .unwrap();
     let _ = ward_tests::relay::closed(ward_net::Conn::from_ws(rogue, &Default::default())).await;
 
-    // The rogue's server task ends just after its close frame reaches us:
-    // wait for the gauge to count it out (bounded) before reading the rest.
+    // The rogue's server task ends just after its close frame reaches us,
+    // and a delivery is counted once its write returned, which can be after
+    // bob read it (seen under load in CI): wait for both (bounded) before
+    // reading the rest.
+    let total = (SENDERS * EACH) as f64;
     let mut after = scrape(admin).await;
     for _ in 0..100 {
-        if value(&after, "ward_relay_connections", None) == (SENDERS + 1) as f64 {
+        if value(&after, "ward_relay_connections", None) == (SENDERS + 1) as f64
+            && value(&after, "ward_relay_messages_out_total", None) >= total
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         after = scrape(admin).await;
     }
-    let total = (SENDERS * EACH) as f64;
     assert_eq!(value(&after, "ward_relay_messages_in_total", None), total);
     assert!(value(&after, "ward_relay_messages_out_total", None) >= total);
     assert_eq!(
