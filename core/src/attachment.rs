@@ -19,10 +19,10 @@
 //!
 //! [`Encryptor`] and [`Decryptor`] are sans-IO (bytes pushed in, bytes
 //! appended out, all on the caller's thread). [`seal_stream`] and
-//! [`open_stream`] take a reader and a writer instead, and keep only the
-//! AEAD on the caller's thread: reading, writing and the blob hash run on two
-//! scoped threads beside it (`attachment/pipeline.rs`). Same bytes, the raw
-//! AEAD's speed when a second core is free, constant memory (about 1 MiB).
+//! [`open_stream`] take a reader and a writer instead: the caller's thread
+//! reads and runs the AEAD, and the blob hash and the writing run on one
+//! scoped thread beside it (`attachment/pipeline.rs`). Same bytes, about the
+//! raw AEAD's speed when a second core is free, constant memory (a few MiB).
 //!
 //! ```
 //! use ward_core::attachment::{Decryptor, Descriptor, Encryptor};

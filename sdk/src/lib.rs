@@ -109,8 +109,8 @@ pub mod store;
 
 pub use client::{
     AttachmentInfo, Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event,
-    NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress, QueuedMessage, RoomInfo,
-    RoomMemberInfo,
+    InviteFile, NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress, QueuedMessage,
+    RoomInfo, RoomMemberInfo,
 };
 
 pub use ward_core as core;

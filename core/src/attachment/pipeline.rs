@@ -9,27 +9,31 @@
 //! at half the AEAD's rate. The hash cannot be dropped or cut into pieces
 //! (§16.4: only a collision-resistant hash of every byte binds the blob to
 //! the sender's signature), but it can run beside the AEAD. Each pipeline
-//! has three stages over chunks, in order:
+//! has two stages over batches of [`BATCH`] chunks, in order:
 //!
-//! 1. an input thread reads the next chunk into a buffer (the file's bytes
-//!    and zero padding when sealing; the sealed chunk, which it hashes,
-//!    when opening);
-//! 2. the caller's thread runs the AEAD in place in that buffer (seal, or
-//!    open and the padding check);
-//! 3. an output thread writes the buffer (hashing the sealed chunk first
-//!    when sealing; the file's bytes when opening).
+//! 1. the caller's thread reads each chunk of the batch straight into the
+//!    batch's buffer and runs the AEAD on it while it is in cache (sealing:
+//!    in place, after the zero padding; opening: from the sealed chunk into
+//!    a plaintext buffer, then the padding check);
+//! 2. an output thread hashes the sealed bytes (the blob's, in both
+//!    directions) and writes the batch (the blob when sealing, the file's
+//!    bytes when opening).
 //!
-//! The caller's thread does nothing but the AEAD, so the file goes at the
-//! STREAM rate as long as the two I/O threads (a copy each, and the hash on
-//! one of them) keep up on the other core. Memory is constant: [`BUFFERS`]
-//! chunk buffers circulate over three bounded channels, and are wiped when
-//! dropped (a buffer holds plaintext between the file and the AEAD). The
-//! reader and the writer run on the I/O threads, hence `Send`. If a thread
-//! cannot be started nothing is written (some input may have been read), and
-//! the error says so ([`AttachmentIoError::Thread`]).
+//! Why two stages and not three (read, AEAD, write each on a thread, as
+//! before): on a 2-core machine three busy threads share two cores, and
+//! each chunk crossed cores twice. Now each batch crosses once, and one
+//! hand-over moves [`BATCH`] chunks, which cuts the wake-ups by as much. The
+//! caller does a copy (the read) and the AEAD, the output thread the hash
+//! and a copy (the write): two about equal halves.
+//!
+//! Memory is constant: [`BUFFERS`] batches circulate over two bounded
+//! channels, and plaintext buffers are wiped when dropped. The writer runs on
+//! the output thread, hence `Send`. If that thread cannot be started nothing
+//! is written (nothing is read either), and the error says so
+//! ([`AttachmentIoError::Thread`]).
 
 use std::io::{self, Read, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::sync_channel;
 
 use rand_core::CryptoRng;
 use sha2::Digest;
@@ -40,14 +44,31 @@ use super::{
     Descriptor, Fresh, HEADER_SIZE, SealedAttachment, blob_hasher, open_header, padding_is_zero,
 };
 use crate::error::{AttachmentError, AttachmentIoError};
-use crate::stream::{SEALED_CHUNK_SIZE, StreamDecryptor, StreamEncryptor, TAG_SIZE};
+use crate::stream::{CHUNK_SIZE, SEALED_CHUNK_SIZE, StreamDecryptor, StreamEncryptor, TAG_SIZE};
 
-/// Chunk buffers in circulation: one being read, one in the AEAD, one being
-/// written, the rest queued to absorb a slow read or write. Memory is
-/// `6 * (64 KiB + 16)`, whatever the file's size.
-pub const BUFFERS: usize = 6;
+/// Chunks per hand-over between the two threads (256 KiB): fewer wake-ups
+/// than one chunk per message, still small enough to stay in cache.
+pub const BATCH: usize = 4;
 
-type Buf = Zeroizing<Vec<u8>>;
+/// Batches in circulation: one being filled, one being written, the rest
+/// queued to absorb a slow read or write. Memory is about
+/// `BUFFERS * BATCH * 64 KiB` when sealing and twice that when opening
+/// (sealed and plaintext buffers), whatever the file's size.
+pub const BUFFERS: usize = 4;
+
+/// The chunks of batch `batch` of a stream of `chunks` chunks.
+fn batch_chunks(batch: u64, chunks: u64) -> std::ops::Range<u64> {
+    let start = batch * BATCH as u64;
+    start..(start + BATCH as u64).min(chunks)
+}
+
+/// Sealed chunks of a blob, back to back: what the output thread hashes and
+/// writes when sealing. Holds plaintext between the read and the AEAD,
+/// hence wiped.
+struct SealBatch {
+    buf: Zeroizing<Vec<u8>>,
+    len: usize,
+}
 
 /// Reads a file of exactly `size` bytes from `file`, writes its blob to
 /// `blob` (header, then each sealed chunk) and returns what the descriptor
@@ -56,11 +77,11 @@ type Buf = Zeroizing<Vec<u8>>;
 ///
 /// Refuses a reader that ends before `size` bytes or has more after them
 /// ([`AttachmentError::SizeMismatch`]); what was written is then no blob to
-/// upload.
+/// upload. The reader runs on the caller's thread, the writer on another.
 pub fn seal_stream<R: CryptoRng + ?Sized>(
     rng: &mut R,
     size: u64,
-    mut file: impl Read + Send,
+    mut file: impl Read,
     mut blob: impl Write + Send,
 ) -> Result<SealedAttachment, AttachmentIoError> {
     let Fresh {
@@ -73,42 +94,50 @@ pub fn seal_stream<R: CryptoRng + ?Sized>(
     let mut stream = StreamEncryptor::new(&payload);
     drop(payload);
     let mut hasher = blob_hasher();
-    let mut header_written = false;
+    hasher.update(header);
     let mut read = 0u64;
+    let mut header_written = false;
 
     run(
         layout.chunks,
-        |index, buf| {
-            let len = layout.chunk_len(index);
-            let content = layout.content_len(index);
-            buf.resize(len, 0);
-            let n = read_full(&mut file, &mut buf[..content])?;
-            read += n as u64;
-            if n < content {
-                return Err(size_mismatch(size, read));
+        || SealBatch {
+            buf: Zeroizing::new(vec![0u8; BATCH * SEALED_CHUNK_SIZE]),
+            len: 0,
+        },
+        |batch, b| {
+            b.len = 0;
+            for index in batch_chunks(batch, layout.chunks) {
+                let len = layout.chunk_len(index);
+                let content = layout.content_len(index);
+                let chunk = &mut b.buf[b.len..b.len + len + TAG_SIZE];
+                let n = read_full(&mut file, &mut chunk[..content])?;
+                read += n as u64;
+                if n < content {
+                    return Err(size_mismatch(size, read));
+                }
+                // The declared size must be the whole file: one byte more
+                // and the blob would silently cut it.
+                if layout.is_last(index) && read_full(&mut file, &mut [0u8; 1])? > 0 {
+                    return Err(size_mismatch(size, read + 1));
+                }
+                // Padding is zeros (a recycled buffer holds older ciphertext).
+                chunk[content..len].fill(0);
+                let (body, tag) = chunk.split_at_mut(len);
+                tag.copy_from_slice(&stream.seal_chunk(body, layout.is_last(index))?);
+                b.len += len + TAG_SIZE;
             }
-            // The declared size must be the whole file: one byte more and
-            // the blob would silently cut it.
-            if layout.is_last(index) && read_full(&mut file, &mut [0u8; 1])? > 0 {
-                return Err(size_mismatch(size, read + 1));
-            }
-            // Padding is zeros (a recycled buffer holds older ciphertext).
-            buf[content..].fill(0);
             Ok(())
         },
-        |index, buf| {
-            let tag = stream.seal_chunk(&mut buf[..], layout.is_last(index))?;
-            buf.extend_from_slice(&tag);
-            Ok(())
-        },
-        |_, buf| {
+        // A failed seal leaves no blob to upload: nothing of it need be
+        // written.
+        |_| false,
+        |b| {
             if !header_written {
-                hasher.update(header);
                 blob.write_all(&header)?;
                 header_written = true;
             }
-            hasher.update(&buf[..]);
-            blob.write_all(buf)?;
+            hasher.update(&b.buf[..b.len]);
+            blob.write_all(&b.buf[..b.len])?;
             Ok(())
         },
     )?;
@@ -121,6 +150,15 @@ pub fn seal_stream<R: CryptoRng + ?Sized>(
     })
 }
 
+/// A batch being opened: the sealed chunks as read (hashed by the output
+/// thread) and the file's bytes of those that authenticated (written by it).
+struct OpenBatch {
+    sealed: Vec<u8>,
+    sealed_len: usize,
+    plain: Zeroizing<Vec<u8>>,
+    plain_len: usize,
+}
+
 /// Reads the blob `descriptor` names from `blob` and writes the file to
 /// `file`, checking what [`Decryptor`](super::Decryptor) checks: the key
 /// commitment before anything is decrypted (B2), each chunk at its
@@ -128,12 +166,16 @@ pub fn seal_stream<R: CryptoRng + ?Sized>(
 /// says (B3, B5: the reader must reach its end there; data past it is
 /// refused before the final chunk is opened), and the blob hash (B6).
 ///
-/// Everything written is authentic and in order, a prefix of the file; the
-/// file is *complete*, the exact one the sender signed for, only if this
-/// returns `Ok`. On an error, discard what was written.
+/// Everything written is authentic and in order, a prefix of the file: a
+/// chunk reaches `file` only once its tag verified at its position and its
+/// padding checked, and when a chunk fails, the chunks before it in its
+/// batch are written and nothing after. The file is *complete*, the exact
+/// one the sender signed for, only if this returns `Ok` (the hash is known
+/// only at the end). On an error, discard what was written. The reader runs
+/// on the caller's thread, the writer on another.
 pub fn open_stream(
     descriptor: &Descriptor,
-    mut blob: impl Read + Send,
+    mut blob: impl Read,
     mut file: impl Write + Send,
 ) -> Result<(), AttachmentIoError> {
     let layout = descriptor.layout;
@@ -149,32 +191,48 @@ pub fn open_stream(
 
     run(
         layout.chunks,
-        |index, buf| {
-            let sealed = layout.chunk_len(index) + TAG_SIZE;
-            buf.resize(sealed, 0);
-            if read_full(&mut blob, buf)? < sealed {
-                return Err(AttachmentError::Truncated.into());
+        || OpenBatch {
+            sealed: vec![0u8; BATCH * SEALED_CHUNK_SIZE],
+            sealed_len: 0,
+            plain: Zeroizing::new(vec![0u8; BATCH * CHUNK_SIZE]),
+            plain_len: 0,
+        },
+        |batch, b| {
+            b.sealed_len = 0;
+            b.plain_len = 0;
+            for index in batch_chunks(batch, layout.chunks) {
+                let len = layout.chunk_len(index);
+                let content = layout.content_len(index);
+                let sealed = &mut b.sealed[b.sealed_len..b.sealed_len + len + TAG_SIZE];
+                if read_full(&mut blob, sealed)? < len + TAG_SIZE {
+                    return Err(AttachmentError::Truncated.into());
+                }
+                if layout.is_last(index) && read_full(&mut blob, &mut [0u8; 1])? > 0 {
+                    return Err(AttachmentError::TrailingData.into());
+                }
+                let (ct, tag) = sealed.split_at(len);
+                let tag: &[u8; TAG_SIZE] = tag
+                    .try_into()
+                    .map_err(|_| AttachmentError::ChunkSize { index })?;
+                // Written after the chunks already in the batch; only
+                // `plain_len` bytes of it are ever handed on, so what a
+                // failed chunk leaves past them is never written.
+                let out = &mut b.plain[b.plain_len..b.plain_len + len];
+                stream.open_chunk_to(ct, out, tag, layout.is_last(index))?;
+                if !padding_is_zero(&out[content..]) {
+                    return Err(AttachmentError::BadPadding.into());
+                }
+                b.sealed_len += len + TAG_SIZE;
+                b.plain_len += content;
             }
-            if layout.is_last(index) && read_full(&mut blob, &mut [0u8; 1])? > 0 {
-                return Err(AttachmentError::TrailingData.into());
-            }
-            hasher.update(&buf[..]);
             Ok(())
         },
-        |index, buf| {
-            let len = layout.chunk_len(index);
-            let (ct, tag) = buf.split_at_mut(len);
-            let tag: &[u8; TAG_SIZE] = (&*tag)
-                .try_into()
-                .map_err(|_| AttachmentError::ChunkSize { index })?;
-            stream.open_chunk(ct, tag, layout.is_last(index))?;
-            if !padding_is_zero(&ct[layout.content_len(index)..]) {
-                return Err(AttachmentError::BadPadding.into());
-            }
-            Ok(())
-        },
-        |index, buf| {
-            file.write_all(&buf[..layout.content_len(index)])?;
+        // The chunks before a failing one are authentic: written, as the
+        // chunk-by-chunk decryptor would have.
+        |b| b.plain_len > 0,
+        |b| {
+            hasher.update(&b.sealed[..b.sealed_len]);
+            file.write_all(&b.plain[..b.plain_len])?;
             Ok(())
         },
     )?;
@@ -190,90 +248,66 @@ fn size_mismatch(declared: u64, given: u64) -> AttachmentIoError {
     AttachmentError::SizeMismatch { declared, given }.into()
 }
 
-type Stage<'a> = dyn FnMut(u64, &mut Buf) -> Result<(), AttachmentIoError> + 'a;
-
-/// Runs `input`, `crypt` and `output` over chunks `0..chunks`, each chunk
-/// through all three in order, the first and last on threads of their own
-/// and `crypt` on the caller's. Stops at the first error and returns it
-/// (the one that caused it, not a neighbour's hang-up).
-fn run<'a>(
+/// Runs `fill` over the batches of `chunks` chunks on the caller's thread
+/// and `output` over each filled batch, in order, on a thread of its own.
+/// Batches are made by `new` until [`BUFFERS`] exist, then reused as the
+/// output thread gives them back. When `fill` fails, its batch still goes
+/// to `output` if `partial` says it holds something worth writing; then
+/// both stop. Returns the first error that caused a stop (a stage's own,
+/// not the other's hang-up).
+fn run<B: Send>(
     chunks: u64,
-    mut input: impl FnMut(u64, &mut Buf) -> Result<(), AttachmentIoError> + Send + 'a,
-    mut crypt: impl FnMut(u64, &mut Buf) -> Result<(), AttachmentIoError>,
-    mut output: impl FnMut(u64, &Buf) -> Result<(), AttachmentIoError> + Send + 'a,
+    new: impl Fn() -> B,
+    mut fill: impl FnMut(u64, &mut B) -> Result<(), AttachmentIoError>,
+    partial: impl Fn(&B) -> bool,
+    mut output: impl FnMut(&B) -> Result<(), AttachmentIoError> + Send,
 ) -> Result<(), AttachmentIoError> {
-    let (to_crypt, filled) = sync_channel::<(u64, Buf)>(BUFFERS);
-    let (to_output, done) = sync_channel::<(u64, Buf)>(BUFFERS);
-    // Room for every buffer there is: giving one back never waits.
-    let (give_back, free) = sync_channel::<Buf>(BUFFERS);
+    let batches = chunks.div_ceil(BATCH as u64);
+    let (to_output, filled) = sync_channel::<B>(BUFFERS);
+    // Room for every batch there is: giving one back never waits.
+    let (give_back, free) = sync_channel::<B>(BUFFERS);
 
     std::thread::scope(|s| {
-        let reader = std::thread::Builder::new()
-            .name("ward-attach-in".into())
-            .spawn_scoped(s, move || feed(chunks, &mut input, to_crypt, free))
-            .map_err(|_| AttachmentIoError::Thread)?;
         let writer = std::thread::Builder::new()
             .name("ward-attach-out".into())
             .spawn_scoped(s, move || -> Result<(), AttachmentIoError> {
-                for (index, buf) in done {
-                    output(index, &buf)?;
-                    // Fails only once the input stage has ended.
-                    drop(give_back.send(buf));
+                for b in filled {
+                    output(&b)?;
+                    // Fails only once the caller has stopped.
+                    drop(give_back.send(b));
                 }
                 Ok(())
-            });
-        let crypted = match writer {
-            Ok(_) => (|| {
-                for index in 0..chunks {
-                    // A hang-up: the input stage stopped, and says why.
-                    let (i, mut buf) = filled.recv().map_err(|_| AttachmentIoError::Thread)?;
-                    debug_assert_eq!(i, index);
-                    crypt(index, &mut buf)?;
-                    to_output
-                        .send((index, buf))
-                        .map_err(|_| AttachmentIoError::Thread)?;
+            })
+            .map_err(|_| AttachmentIoError::Thread)?;
+        let mut made = 0;
+        let produced = (|| {
+            for batch in 0..batches {
+                let mut b = if made < BUFFERS {
+                    made += 1;
+                    new()
+                } else {
+                    // A hang-up: the output stage stopped, and says why.
+                    free.recv().map_err(|_| AttachmentIoError::Thread)?
+                };
+                if let Err(e) = fill(batch, &mut b) {
+                    if partial(&b) {
+                        drop(to_output.send(b));
+                    }
+                    return Err(e);
                 }
-                Ok(())
-            })(),
-            Err(_) => Err(AttachmentIoError::Thread),
-        };
-        drop((filled, to_output));
-        let read = reader.join().unwrap_or(Err(AttachmentIoError::Thread));
-        let written = match writer {
-            Ok(w) => w.join().unwrap_or(Err(AttachmentIoError::Thread)),
-            Err(_) => Err(AttachmentIoError::Thread),
-        };
-        first_cause([read, crypted, written])
+                to_output.send(b).map_err(|_| AttachmentIoError::Thread)?;
+            }
+            Ok(())
+        })();
+        drop(to_output);
+        let written = writer.join().unwrap_or(Err(AttachmentIoError::Thread));
+        first_cause([produced, written])
     })
 }
 
-/// The input stage: fills buffers (new ones until [`BUFFERS`] exist, then
-/// those the output stage gives back) and hands them on in order.
-fn feed(
-    chunks: u64,
-    input: &mut Stage<'_>,
-    to_crypt: SyncSender<(u64, Buf)>,
-    free: Receiver<Buf>,
-) -> Result<(), AttachmentIoError> {
-    let mut made = 0;
-    for index in 0..chunks {
-        let mut buf = if made < BUFFERS {
-            made += 1;
-            Zeroizing::new(Vec::with_capacity(SEALED_CHUNK_SIZE))
-        } else {
-            free.recv().map_err(|_| AttachmentIoError::Thread)?
-        };
-        input(index, &mut buf)?;
-        to_crypt
-            .send((index, buf))
-            .map_err(|_| AttachmentIoError::Thread)?;
-    }
-    Ok(())
-}
-
-/// The error that stopped the pipeline: a stage's own, before the hang-ups
-/// it caused in the others (reported as [`AttachmentIoError::Thread`]).
-fn first_cause(results: [Result<(), AttachmentIoError>; 3]) -> Result<(), AttachmentIoError> {
+/// The error that stopped the pipeline: a stage's own, before the hang-up
+/// it caused in the other (reported as [`AttachmentIoError::Thread`]).
+fn first_cause(results: [Result<(), AttachmentIoError>; 2]) -> Result<(), AttachmentIoError> {
     let mut hang_up = None;
     for r in results {
         match r {
@@ -490,6 +524,34 @@ mod tests {
         assert!(out == content, "only the end refuses");
     }
 
+    /// A batch holds several chunks: a failure in the middle of one still
+    /// writes exactly the chunks before it, all authentic, and nothing of
+    /// the failing chunk or after it.
+    #[test]
+    fn a_failure_inside_a_batch_writes_exactly_the_chunks_before_it() {
+        let chunks = 2 * BATCH + 3;
+        let content = file(chunks * C - 1000);
+        let (blob, d) = seal(&content, 11);
+        let sealed_chunk = C + TAG_SIZE;
+        for bad_chunk in [0, 1, BATCH - 1, BATCH, BATCH + 2, chunks - 1] {
+            let mut bad = blob.clone();
+            bad[HEADER_SIZE + bad_chunk * sealed_chunk + 17] ^= 0x80;
+            let (out, r) = open(&d, &bad);
+            assert_eq!(
+                r,
+                Err(AttachmentError::ChunkAuthFailed {
+                    index: bad_chunk as u64
+                })
+            );
+            assert!(out == content[..bad_chunk * C], "chunk {bad_chunk}");
+            // Cut in the middle of that chunk: the same prefix, truncated.
+            let cut = HEADER_SIZE + bad_chunk * sealed_chunk + 100;
+            let (out, r) = open(&d, &blob[..cut]);
+            assert_eq!(r, Err(AttachmentError::Truncated));
+            assert!(out == content[..bad_chunk * C], "cut in {bad_chunk}");
+        }
+    }
+
     struct Failing;
 
     impl Read for Failing {
@@ -509,7 +571,8 @@ mod tests {
 
     #[test]
     fn io_errors_surface_as_io_errors() {
-        let content = file(3 * C);
+        // Three batches: the failing writers below fail on the second.
+        let content = file((2 * BATCH + 1) * C);
         let (blob, d) = seal(&content, 3);
         assert!(matches!(
             seal_stream(&mut rand::rng(), 10, Failing, Vec::new()),
@@ -532,8 +595,8 @@ mod tests {
             open_stream(&d, &blob[..], Failing),
             Err(AttachmentIoError::Io(_))
         ));
-        // A writer that fails after the first chunk: the pipeline stops and
-        // the hash thread ends with it (the scope would otherwise hang).
+        // A writer that fails after the first batch: the pipeline stops and
+        // the caller's thread ends with it (the scope would otherwise hang).
         struct After(usize);
         impl Write for After {
             fn write(&mut self, b: &[u8]) -> io::Result<usize> {

@@ -87,6 +87,10 @@ pub enum ClientError {
     /// root, has expired, or does not match the delegation key.
     #[error("invalid invite: {0}")]
     InvalidInvite(ChainError),
+    /// An invite file (`ward admin invite --out`) lacks its `invite:` or
+    /// `delegation:` line, or one is not hex.
+    #[error("invalid invite file: {0}")]
+    InvalidInviteFile(&'static str),
     /// A key given to the client has the wrong length or form.
     #[error("invalid key: {0}")]
     Key(#[from] KeyError),

@@ -57,10 +57,10 @@ pub(crate) fn whole_pieces(layout: &Layout, len: u64) -> (u64, u64) {
 /// Encrypts the file at `src` into a new spool file at `spool` (created
 /// owner-only, never overwritten), fsynced; reports plaintext bytes read.
 ///
-/// Through ward-core's pipeline (`attachment::seal_stream`): the AEAD runs
-/// on this thread, reading, writing and the blob hash beside it, so a
+/// Through ward-core's pipeline (`attachment::seal_stream`): reading and
+/// the AEAD run on this thread, the blob hash and writing beside it, so a
 /// device with a free core encrypts at about the raw AEAD's speed, in
-/// constant memory. `progress` is called from the reading thread.
+/// constant memory. `progress` is called from this thread, as it reads.
 pub(crate) fn encrypt_to_spool(
     src: &Path,
     spool: &Path,

@@ -37,6 +37,7 @@ mod directory;
 mod error;
 mod events;
 mod file_crypto;
+mod invite_file;
 mod keyserver;
 mod own_log;
 mod receive;
@@ -70,6 +71,7 @@ use zeroize::Zeroizing;
 pub use attach::{AttachmentInfo, Phase, Progress};
 pub use error::{ClientError, Result};
 pub use events::Event;
+pub use invite_file::InviteFile;
 pub use rooms::{RoomInfo, RoomMemberInfo};
 pub use search::{DirectoryEntry, DirectoryQuery, MAX_PAGE_SIZE, Page, PageCursor};
 
@@ -788,6 +790,26 @@ impl Client {
         Ok(id)
     }
 
+    /// The conversation with exactly `members` and this user: the first one
+    /// the store holds with that member set, else a new one
+    /// ([`Self::create_conversation`]). What "send to Dr X" means in an app.
+    pub async fn conversation_with(&self, members: &[&str]) -> Result<ConversationId> {
+        let mut wanted: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        wanted.push(self.inner.user_id.clone());
+        wanted.sort();
+        wanted.dedup();
+        let existing = self.conversations().await?.into_iter().find(|c| {
+            let mut have = c.members.clone();
+            have.sort();
+            have.dedup();
+            have == wanted
+        });
+        match existing {
+            Some(c) => Ok(c.id),
+            None => self.create_conversation(members).await,
+        }
+    }
+
     /// Sends `text` to a conversation: sealed for every member user, queued
     /// durably, then delivered in the background (see [`Event::Sent`]).
     /// Returns once queued; works offline when the members' logs were
@@ -856,6 +878,22 @@ impl Client {
         self.inner
             .store
             .run(move |s| s.messages(&conversation))
+            .await
+    }
+
+    /// One message of the history, by its sender and resource id (as in an
+    /// [`Event::Message`] or [`Self::history`]): `None` if the store holds
+    /// none. For apps that keep ids, not messages (the bindings'
+    /// `download`).
+    pub async fn message(
+        &self,
+        sender_user_id: &str,
+        resource_id: ResourceId,
+    ) -> Result<Option<Message>> {
+        let sender = sender_user_id.to_owned();
+        self.inner
+            .store
+            .run(move |s| s.message(&sender, &resource_id))
             .await
     }
 

@@ -1,0 +1,235 @@
+//! One typed error for every binding: [`WardError`].
+
+use ward_sdk::ClientError;
+use ward_sdk::proto::v1::ErrorCode;
+use ward_sdk::store::StoreError;
+
+/// Everything a call can fail with, as Kotlin / Swift / Python exceptions
+/// (`WardException.WrongPin`, `WardError.WrongPin`, `WardError.WrongPin`).
+///
+/// The cases are stable: an app matches on them, never on `message`, which
+/// is the SDK's English description (ids and reasons only: never a
+/// plaintext, a key or a PIN).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum WardError {
+    /// The PIN is wrong; the attempt was counted.
+    #[error("wrong PIN ({attempts_left} attempts left before the store is wiped)")]
+    WrongPin {
+        /// Failed attempts left before the store wipes itself.
+        attempts_left: u32,
+    },
+    /// Too many wrong PINs: the store wiped itself. Enroll again.
+    #[error("too many wrong PINs: the store has been wiped")]
+    TooManyAttempts,
+    /// The PIN does not meet the rules (length): nothing was counted.
+    #[error("{message}")]
+    InvalidPin {
+        /// Why.
+        message: String,
+    },
+    /// The device store was written by a protocol v1 SDK: enroll again from
+    /// a new invite.
+    #[error("{message}")]
+    ReenrollRequired {
+        /// The SDK's explanation.
+        message: String,
+    },
+    /// A server could not be reached, did not answer in time, or is busy:
+    /// retrying later may succeed (queued messages stay queued).
+    #[error("{message}")]
+    Network {
+        /// What failed.
+        message: String,
+    },
+    /// The TLS connection failed (an untrusted certificate, a wrong CA
+    /// file): this does not fix itself, say so at once.
+    #[error("{message}")]
+    Tls {
+        /// What failed.
+        message: String,
+    },
+    /// No such user, conversation, room or store.
+    #[error("{message}")]
+    NotFound {
+        /// What was not found.
+        message: String,
+    },
+    /// Not allowed: not a member, not an admin, not an active device.
+    #[error("{message}")]
+    Forbidden {
+        /// Why.
+        message: String,
+    },
+    /// This device was revoked (and its store wiped): enroll again.
+    #[error("this device was revoked")]
+    DeviceRevoked,
+    /// An argument was refused: a malformed id, invite or key, an invite
+    /// already used or expired, a message too large, a file that exists.
+    #[error("{message}")]
+    Invalid {
+        /// Why.
+        message: String,
+    },
+    /// Something a server sent did not verify (a log, a signature, a
+    /// downloaded blob): refused, nothing of it was kept.
+    #[error("{message}")]
+    Verification {
+        /// What did not verify.
+        message: String,
+    },
+    /// Reading or writing a local file failed.
+    #[error("{message}")]
+    File {
+        /// What failed.
+        message: String,
+    },
+    /// The client was locked (or found revoked): open it again.
+    #[error("the client is closed")]
+    Closed,
+    /// The device store or a server failed in a way the app cannot act on
+    /// (a corrupt store, a protocol error): report it.
+    #[error("{message}")]
+    Internal {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl From<StoreError> for WardError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::WrongPin { attempts_left } => Self::WrongPin { attempts_left },
+            StoreError::Wiped => Self::TooManyAttempts,
+            StoreError::PinTooShort { .. } | StoreError::PinTooLong { .. } => {
+                Self::InvalidPin { message }
+            }
+            StoreError::ReenrollRequired => Self::ReenrollRequired { message },
+            StoreError::NotFound => Self::NotFound { message },
+            StoreError::AlreadyExists
+            | StoreError::InvalidKdfParams(_)
+            | StoreError::KdfDowngrade
+            | StoreError::InvalidPlatformSecret
+            | StoreError::PlatformSecretRequired
+            | StoreError::PlatformSecretNotExpected => Self::Invalid { message },
+            StoreError::Io(_) => Self::File { message },
+            _ => Self::Internal { message },
+        }
+    }
+}
+
+impl From<ClientError> for WardError {
+    fn from(e: ClientError) -> Self {
+        if e.is_device_revoked() {
+            return Self::DeviceRevoked;
+        }
+        let transient = e.is_transient();
+        let message = e.to_string();
+        match e {
+            ClientError::Store(s) => s.into(),
+            ClientError::ReenrollRequired => Self::ReenrollRequired { message },
+            ClientError::Net(ward_net::NetError::Tls(_)) => Self::Tls { message },
+            ClientError::Net(_) | ClientError::Timeout => Self::Network { message },
+            ClientError::Keyserver { code, .. } | ClientError::Relay { code, .. } => {
+                refused(code, transient, message)
+            }
+            ClientError::UnknownUser(_)
+            | ClientError::UnknownConversation
+            | ClientError::UnknownRoom
+            | ClientError::NotEnrolled => Self::NotFound { message },
+            ClientError::NotAMember
+            | ClientError::NotARoomMember
+            | ClientError::DeviceNotInLog
+            | ClientError::NoUserKey
+            | ClientError::NoEpochKey(_) => Self::Forbidden { message },
+            ClientError::InvalidInvite(_)
+            | ClientError::InvalidInviteFile(_)
+            | ClientError::Key(_)
+            | ClientError::Seal(_)
+            | ClientError::NotAnAttachment
+            | ClientError::FileExists(_) => Self::Invalid { message },
+            ClientError::Chain { .. }
+            | ClientError::DirectoryMismatch { .. }
+            | ClientError::Open(_)
+            | ClientError::Wrap(_)
+            | ClientError::SenderMismatch
+            | ClientError::Replay { .. }
+            | ClientError::WrappedKeyMissing(_)
+            | ClientError::Room { .. }
+            | ClientError::RoomCompromised { .. }
+            | ClientError::Attachment(_) => Self::Verification { message },
+            ClientError::File(_) => Self::File { message },
+            ClientError::Closed => Self::Closed,
+            _ => Self::Internal { message },
+        }
+    }
+}
+
+/// A server's typed refusal.
+fn refused(code: ErrorCode, transient: bool, message: String) -> WardError {
+    if transient {
+        return WardError::Network { message };
+    }
+    match code {
+        ErrorCode::NotFound | ErrorCode::UnknownUser => WardError::NotFound { message },
+        ErrorCode::Forbidden | ErrorCode::Unauthenticated => WardError::Forbidden { message },
+        ErrorCode::Internal => WardError::Internal { message },
+        _ => WardError::Invalid { message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_their_cases() {
+        assert!(matches!(
+            WardError::from(ClientError::Store(StoreError::WrongPin {
+                attempts_left: 3
+            })),
+            WardError::WrongPin { attempts_left: 3 }
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::Store(StoreError::Wiped)),
+            WardError::TooManyAttempts
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::from(StoreError::ReenrollRequired)),
+            WardError::ReenrollRequired { .. }
+        ));
+    }
+
+    #[test]
+    fn refusals_map_by_code() {
+        let ks = |code| ClientError::Keyserver {
+            code,
+            detail: "d".into(),
+        };
+        assert!(matches!(
+            WardError::from(ks(ErrorCode::RateLimited)),
+            WardError::Network { .. }
+        ));
+        assert!(matches!(
+            WardError::from(ks(ErrorCode::DeviceRevoked)),
+            WardError::DeviceRevoked
+        ));
+        assert!(matches!(
+            WardError::from(ks(ErrorCode::InviteUsed)),
+            WardError::Invalid { .. }
+        ));
+        assert!(matches!(
+            WardError::from(ks(ErrorCode::Forbidden)),
+            WardError::Forbidden { .. }
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::UnknownRoom),
+            WardError::NotFound { .. }
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::Timeout),
+            WardError::Network { .. }
+        ));
+    }
+}
