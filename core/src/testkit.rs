@@ -39,6 +39,25 @@ pub struct Clinician {
     pub delegation: DelegationKey,
 }
 
+impl Clinician {
+    /// This clinician's first device, as the author of a room entry.
+    pub fn room_author(&self) -> crate::room::RoomAuthor<'_> {
+        crate::room::RoomAuthor {
+            device: &self.device,
+            chain: &self.chain,
+        }
+    }
+}
+
+/// The metadata tests give a room.
+pub fn room_metadata() -> crate::room::RoomMetadata {
+    crate::room::RoomMetadata {
+        name: "Bed 12".into(),
+        case_reference: "case-881".into(),
+        topic: "post-op".into(),
+    }
+}
+
 impl Org {
     /// A new organisation.
     pub fn new<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {

@@ -3,10 +3,8 @@
 
 use std::path::PathBuf;
 
-use ward_core::room::{
-    HistoryPolicy, RoomAuthor, RoomChange, RoomKeyring, RoomMetadata, create_room, wrap_epoch_key,
-};
-use ward_core::testkit::{Clinician, Org};
+use ward_core::room::{HistoryPolicy, RoomChange, RoomKeyring, create_room, wrap_epoch_key};
+use ward_core::testkit::{Clinician, Org, room_metadata};
 use ward_proto::v1::{RoomWrapFor, ks_request};
 
 use super::*;
@@ -122,21 +120,6 @@ fn wraps_of(change: &RoomChange) -> Vec<RoomWrapFor> {
         .collect()
 }
 
-fn author(c: &Clinician) -> RoomAuthor<'_> {
-    RoomAuthor {
-        device: &c.device,
-        chain: &c.chain,
-    }
-}
-
-fn meta() -> RoomMetadata {
-    RoomMetadata {
-        name: "Bed 12".into(),
-        case_reference: "case-881".into(),
-        topic: "post-op".into(),
-    }
-}
-
 #[test]
 fn only_verified_entries_and_policy_conforming_wraps_are_stored() {
     let mut w = world();
@@ -152,10 +135,10 @@ fn only_verified_entries_and_policy_conforming_wraps_are_stored() {
 
     let created = create_room(
         rng,
-        author(&a),
+        a.room_author(),
         HistoryPolicy::FromJoin,
         &[&b.chain],
-        &meta(),
+        &room_metadata(),
         10,
     )
     .unwrap();
@@ -174,7 +157,7 @@ fn only_verified_entries_and_policy_conforming_wraps_are_stored() {
     // b is no admin: its addition verifies nowhere, and not here.
     let by_b = created
         .room
-        .add_members(rng, author(&b), &[&c.chain], &users[..], &keyring, 11)
+        .add_members(rng, b.room_author(), &[&c.chain], &users[..], &keyring, 11)
         .unwrap_err();
     assert!(matches!(by_b, ward_core::RoomError::NotAdmin { .. }));
     let forged = ward_proto::v1::RoomStatement {
@@ -199,7 +182,7 @@ fn only_verified_entries_and_policy_conforming_wraps_are_stored() {
     // FROM_JOIN: c's addition starts epoch 1; a wrap of epoch 0 to c is refused.
     let added = created
         .room
-        .add_members(rng, author(&a), &[&c.chain], &users[..], &keyring, 12)
+        .add_members(rng, a.room_author(), &[&c.chain], &users[..], &keyring, 12)
         .unwrap();
     keyring.insert(1, RoomEpochKeyCopy::copy(added.epoch_key.as_ref().unwrap()));
     // Submitted by someone else's session: refused, although it verifies.
@@ -222,7 +205,7 @@ fn only_verified_entries_and_policy_conforming_wraps_are_stored() {
     // b removed: epoch 2, wrapped to a and c only; a wrap of it to b is refused.
     let removed = added
         .room
-        .remove_member(rng, author(&a), "b", &users[..], &keyring, 13)
+        .remove_member(rng, a.room_author(), "b", &users[..], &keyring, 13)
         .unwrap();
     keyring.insert(
         2,
@@ -252,7 +235,7 @@ fn only_verified_entries_and_policy_conforming_wraps_are_stored() {
     // Readers: b up to its removal, a and c everything, d nothing.
     let rotated = removed
         .room
-        .rotate(rng, author(&c), &users[..], &keyring, 14)
+        .rotate(rng, c.room_author(), &users[..], &keyring, 14)
         .unwrap();
     assert_eq!(w.submit(&c, &rotated).unwrap().len, 4);
     assert_eq!(w.readable(&a, &id).unwrap(), 4);
@@ -300,10 +283,10 @@ fn room_message_keys_go_to_current_epoch_readers_only() {
     let rng = &mut rand::rng();
     let created = create_room(
         rng,
-        author(&a),
+        a.room_author(),
         HistoryPolicy::WholeHistory,
         &[&b.chain],
-        &meta(),
+        &room_metadata(),
         10,
     )
     .unwrap();

@@ -1,25 +1,10 @@
 //! The relay's room-log decisions and their storage (SECURITY.md §17.10),
 //! with entries from `ward-core`'s producers.
 
-use ward_core::room::{HistoryPolicy, RoomAuthor, RoomKeyring, RoomMetadata, create_room};
-use ward_core::testkit::{Clinician, Org};
+use ward_core::room::{HistoryPolicy, RoomKeyring, create_room};
+use ward_core::testkit::{Org, room_metadata};
 
 use super::*;
-
-fn author(c: &Clinician) -> RoomAuthor<'_> {
-    RoomAuthor {
-        device: &c.device,
-        chain: &c.chain,
-    }
-}
-
-fn meta() -> RoomMetadata {
-    RoomMetadata {
-        name: "Bed 12".into(),
-        case_reference: "case-881".into(),
-        topic: "post-op".into(),
-    }
-}
 
 struct Fixture {
     id: [u8; 32],
@@ -40,10 +25,10 @@ fn fixture() -> Fixture {
         .collect();
     let created = create_room(
         rng,
-        author(&a),
+        a.room_author(),
         HistoryPolicy::FromJoin,
         &[&b.chain, &c.chain],
-        &meta(),
+        &room_metadata(),
         10,
     )
     .unwrap();
@@ -51,11 +36,11 @@ fn fixture() -> Fixture {
     keyring.insert(0, created.epoch_key.unwrap());
     let removed = created
         .room
-        .remove_member(rng, author(&a), "c", &users, &keyring, 11)
+        .remove_member(rng, a.room_author(), "c", &users, &keyring, 11)
         .unwrap();
     let added = created
         .room
-        .add_members(rng, author(&a), &[&d.chain], &users, &keyring, 11)
+        .add_members(rng, a.room_author(), &[&d.chain], &users, &keyring, 11)
         .unwrap();
     Fixture {
         id: *created.room.id().as_bytes(),

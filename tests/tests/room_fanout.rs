@@ -9,10 +9,8 @@ use std::collections::HashMap;
 
 use tokio::sync::mpsc::Receiver;
 use ward_core::chain::VerifiedUser;
-use ward_core::room::{
-    HistoryPolicy, RoomAuthor, RoomKeyring, RoomMetadata, VerifiedRoom, create_room,
-};
-use ward_core::testkit::{Clinician, Org};
+use ward_core::room::{HistoryPolicy, RoomKeyring, VerifiedRoom, create_room};
+use ward_core::testkit::{Org, room_metadata};
 use ward_proto::Message as _;
 use ward_proto::v1::{
     Envelope, EnvelopeHeader, ErrorCode, RoomRecipient, Send, client_frame, server_frame,
@@ -22,21 +20,6 @@ use ward_sdk::store::Message;
 use ward_tests::link::{FakeKeyserver, link_to, service_key};
 use ward_tests::relay::{Client, Relay, WAIT, message_id, to};
 use ward_tests::world::{World, pin};
-
-fn author(c: &Clinician) -> RoomAuthor<'_> {
-    RoomAuthor {
-        device: &c.device,
-        chain: &c.chain,
-    }
-}
-
-fn meta() -> RoomMetadata {
-    RoomMetadata {
-        name: "Bed 12".into(),
-        case_reference: "case-881".into(),
-        topic: "post-op".into(),
-    }
-}
 
 /// An envelope whose clear header names `room` at its current epoch (or at
 /// `epoch`); the relay reads nothing else of it.
@@ -113,10 +96,10 @@ async fn the_relay_fans_out_to_the_room_log_it_verified_and_refuses_forged_ones(
         .collect();
     let created = create_room(
         rng,
-        author(&a),
+        a.room_author(),
         HistoryPolicy::FromJoin,
         &[&b.chain, &c.chain],
-        &meta(),
+        &room_metadata(),
         10,
     )
     .unwrap();
@@ -125,11 +108,11 @@ async fn the_relay_fans_out_to_the_room_log_it_verified_and_refuses_forged_ones(
     keyring.insert(0, created.epoch_key.unwrap());
     let removal = created
         .room
-        .remove_member(rng, author(&a), "c", &users, &keyring, 11)
+        .remove_member(rng, a.room_author(), "c", &users, &keyring, 11)
         .unwrap();
     let fork = created
         .room
-        .add_members(rng, author(&a), &[&d.chain], &users, &keyring, 11)
+        .add_members(rng, a.room_author(), &[&d.chain], &users, &keyring, 11)
         .unwrap();
     link.room_notice(&id, vec![created.entry.clone()]).await;
 
