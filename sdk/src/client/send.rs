@@ -220,6 +220,24 @@ pub(crate) async fn send(
 /// comes first), so it is sealed again, from freshly verified logs, under
 /// a new resource id, replacing the outbox entry and the history copy in
 /// one transaction.
+/// Whether a server refused the envelope as sealed to keys that are no
+/// longer current, so that sealing it again can succeed: the keyserver's
+/// CONFLICT, or the relay's on a room message (not the room's current epoch:
+/// a removal or rotation this device had not seen, SECURITY.md §17.10).
+fn sealed_to_a_stale_epoch(e: &ClientError, room: bool) -> bool {
+    match e {
+        ClientError::Keyserver {
+            code: ErrorCode::Conflict,
+            ..
+        } => true,
+        ClientError::Relay {
+            code: ErrorCode::Conflict,
+            ..
+        } => room,
+        _ => false,
+    }
+}
+
 async fn reseal(
     inner: &Inner,
     item: &OutboxItem,
@@ -307,26 +325,7 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
         let blob_ids = payload.blob_ids.clone();
         let room = payload.room_key.is_some();
         let outcome = match deliver(&inner, &item, payload, &mut connected).await {
-            Err(ClientError::Keyserver {
-                code: ErrorCode::Conflict,
-                ..
-            }) if reseals < MAX_RESEALS => {
-                reseals += 1;
-                match reseal(&inner, &item, rid, blob_ids).await {
-                    Ok(new) => {
-                        inner.emit(Event::Resealed { old: rid, new }).await;
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            // The relay's CONFLICT on a room message: the envelope is not
-            // sealed to the room's current epoch (a removal or rotation
-            // this device had not seen, SECURITY.md §17.10).
-            Err(ClientError::Relay {
-                code: ErrorCode::Conflict,
-                ..
-            }) if room && reseals < MAX_RESEALS => {
+            Err(e) if reseals < MAX_RESEALS && sealed_to_a_stale_epoch(&e, room) => {
                 reseals += 1;
                 match reseal(&inner, &item, rid, blob_ids).await {
                     Ok(new) => {
