@@ -495,6 +495,25 @@ async fn connect_all(url: &str, users: &[Clinician], first: usize) -> Result<Vec
     Ok(conns)
 }
 
+/// `n` plain WebSocket connections to `url` (the echo server: no
+/// handshake), 64 at a time.
+async fn connect_plain(url: &str, n: usize) -> Result<Vec<Conn>, Error> {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut connecting = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (url, gate) = (url.to_owned(), gate.clone());
+        connecting.push(tokio::spawn(async move {
+            let _p = gate.acquire().await;
+            ward_net::conn::connect(&url, &ward_net::Limits::default()).await
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for c in connecting {
+        conns.push(c.await??);
+    }
+    Ok(conns)
+}
+
 /// Workload D: `idle` authenticated connections that only answer pings,
 /// then one pair (users 0 and 1) messaging for `hold` while they stay
 /// connected. The relay's VmRSS is read with the pair alone, and again with
@@ -659,19 +678,7 @@ async fn idle_echo(idle: usize) -> Result<(), Error> {
     let url = format!("ws://{addr}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = status_kib(&child, "VmRSS:").ok_or("no echo RSS")?;
-    let gate = Arc::new(Semaphore::new(64));
-    let mut connecting = Vec::with_capacity(idle);
-    for _ in 0..idle {
-        let (url, gate) = (url.clone(), gate.clone());
-        connecting.push(tokio::spawn(async move {
-            let _p = gate.acquire().await;
-            ward_net::conn::connect(&url, &ward_net::Limits::default()).await
-        }));
-    }
-    let mut conns = Vec::with_capacity(idle);
-    for c in connecting {
-        conns.push(c.await??);
-    }
+    let conns = connect_plain(&url, idle).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = status_kib(&child, "VmRSS:").ok_or("no echo RSS")?;
     println!(
@@ -689,19 +696,7 @@ async fn run_echo(args: &Args) -> Result<Report, Error> {
     let (child, addr) = start_child(&me, &["echo-server".to_owned()]).await?;
     let url = format!("ws://{addr}");
     let n = args.connections.max(1);
-    let gate = Arc::new(Semaphore::new(64));
-    let mut connecting = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (url, gate) = (url.clone(), gate.clone());
-        connecting.push(tokio::spawn(async move {
-            let _p = gate.acquire().await;
-            ward_net::conn::connect(&url, &ward_net::Limits::default()).await
-        }));
-    }
-    let mut conns = Vec::with_capacity(n);
-    for c in connecting {
-        conns.push(c.await??);
-    }
+    let conns = connect_plain(&url, n).await?;
     let per = args.messages / n;
     let start = Instant::now();
     let workers: Vec<_> = conns

@@ -14,16 +14,14 @@
 //! tell a corrupted, duplicated, missing or reordered message.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use ward_core::testkit::Clinician;
 use ward_proto::v1::{ClientFrame, Recipient, Send, ServerFrame, client_frame, server_frame};
 
 use crate::{
-    Args, Conn, Error, Stats, ack, connect_all, merge, now_us, pct, peak_rss_kib, relay_args,
-    start_child, stop_child,
+    Args, Conn, Error, Stats, ack, connect_all, connect_plain, merge, now_us, pct, peak_rss_kib,
+    relay_args, start_child, stop_child,
 };
 
 const HEADER: usize = 4 + 8 + 8;
@@ -65,6 +63,50 @@ enum Pace {
     Every(Duration),
 }
 
+/// A sender's turn: send now, or wait for the next frame (or, paced, for
+/// the next tick). Shared by the relay's and the echo server's senders.
+struct Pacer {
+    pace: Pace,
+    tick: tokio::time::Interval,
+}
+
+impl Pacer {
+    fn new(pace: Pace) -> Self {
+        let mut tick = tokio::time::interval(match pace {
+            Pace::Every(d) => d,
+            Pace::Window(_) => Duration::from_secs(3600),
+        });
+        // Late ticks are sent at once: the rate is kept on average.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        Self { pace, tick }
+    }
+
+    /// Whether the next of `m` messages may go, `outstanding` unacked.
+    fn may_send(&self, next: u64, m: u64, outstanding: usize) -> bool {
+        next < m
+            && match self.pace {
+                Pace::Window(w) => outstanding < w.max(1),
+                Pace::Every(_) => true,
+            }
+    }
+
+    /// `None`: send now. Otherwise the next frame read from `conn`.
+    async fn turn<M: ward_proto::Message + Default + ward_proto::Bounded>(
+        &mut self,
+        conn: &mut Conn,
+        may_send: bool,
+    ) -> Option<Result<Option<M>, ward_net::NetError>> {
+        let paced = matches!(self.pace, Pace::Every(_));
+        if may_send && !paced {
+            return None;
+        }
+        tokio::select! {
+            _ = self.tick.tick(), if may_send => None,
+            f = conn.recv_msg::<M>() => Some(f),
+        }
+    }
+}
+
 /// Sends `m` messages to `to`, paced; records send→ack latencies. An ack
 /// for an id it did not send, or a refusal, is an error.
 async fn sender(
@@ -79,27 +121,10 @@ async fn sender(
     let mut st = Stats::default();
     let mut outstanding: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut next = 0u64;
-    let paced = matches!(pace, Pace::Every(_));
-    let mut tick = tokio::time::interval(match pace {
-        Pace::Every(d) => d,
-        Pace::Window(_) => Duration::from_secs(3600),
-    });
-    // Late ticks are sent at once: the rate is kept on average.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pacer = Pacer::new(pace);
     while next < m || !outstanding.is_empty() {
-        let may_send = next < m
-            && match pace {
-                Pace::Window(w) => outstanding.len() < w.max(1),
-                Pace::Every(_) => true,
-            };
-        let frame = if may_send && !paced {
-            None
-        } else {
-            tokio::select! {
-                _ = tick.tick(), if may_send => None,
-                f = conn.recv_msg::<ServerFrame>() => Some(f),
-            }
-        };
+        let may_send = pacer.may_send(next, m, outstanding.len());
+        let frame = pacer.turn::<ServerFrame>(&mut conn, may_send).await;
         let Some(frame) = frame else {
             if send_one(&mut conn, index, &to, next, size, start, &mut outstanding)
                 .await
@@ -351,19 +376,7 @@ async fn echo(
     let me = std::env::current_exe()?;
     let (child, addr) = start_child(&me, &["echo-server".to_owned()]).await?;
     let url = format!("ws://{addr}");
-    let gate = Arc::new(Semaphore::new(64));
-    let mut connecting = Vec::with_capacity(p);
-    for _ in 0..p {
-        let (url, gate) = (url.clone(), gate.clone());
-        connecting.push(tokio::spawn(async move {
-            let _g = gate.acquire().await;
-            ward_net::conn::connect(&url, &ward_net::Limits::default()).await
-        }));
-    }
-    let mut conns = Vec::with_capacity(p);
-    for c in connecting {
-        conns.push(c.await??);
-    }
+    let conns = connect_plain(&url, p).await?;
     let start = Instant::now();
     let to = Recipient {
         user_id: "echo".into(),
@@ -400,26 +413,10 @@ async fn echo_sender(
     let mut outstanding: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut acks = Vec::new();
     let mut next = 0u64;
-    let paced = matches!(pace, Pace::Every(_));
-    let mut tick = tokio::time::interval(match pace {
-        Pace::Every(d) => d,
-        Pace::Window(_) => Duration::from_secs(3600),
-    });
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pacer = Pacer::new(pace);
     while next < m || !outstanding.is_empty() {
-        let may_send = next < m
-            && match pace {
-                Pace::Window(w) => outstanding.len() < w.max(1),
-                Pace::Every(_) => true,
-            };
-        let got = if may_send && !paced {
-            None
-        } else {
-            tokio::select! {
-                _ = tick.tick(), if may_send => None,
-                f = conn.recv_msg::<ClientFrame>() => Some(f),
-            }
-        };
+        let may_send = pacer.may_send(next, m, outstanding.len());
+        let got = pacer.turn::<ClientFrame>(&mut conn, may_send).await;
         match got {
             None => {
                 if send_one(&mut conn, index, &to, next, size, start, &mut outstanding)
