@@ -272,6 +272,7 @@ async fn relay_worker(
                     payload,
                     blob_ids: Vec::new(),
                     room_id: Vec::new(),
+                    room_log_len: 0,
                 })),
             };
             if conn.send_msg(&frame).await.is_err() {
@@ -345,6 +346,7 @@ async fn echo_worker(mut conn: Conn, n_send: usize, size: usize, start: Instant)
             payload: vec![0u8; size],
             blob_ids: Vec::new(),
             room_id: Vec::new(),
+            room_log_len: 0,
         })),
     };
     for _ in 0..n_send {
@@ -633,6 +635,7 @@ async fn pair_worker(
                 payload: payload.clone(),
                 blob_ids: Vec::new(),
                 room_id: Vec::new(),
+                room_log_len: 0,
             })),
         };
         if a.send_msg(&frame).await.is_err() {

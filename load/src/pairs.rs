@@ -174,6 +174,7 @@ async fn send_one(
             payload: payload(index, counter, t, size),
             blob_ids: Vec::new(),
             room_id: Vec::new(),
+            room_log_len: 0,
         })),
     };
     conn.send_msg(&frame).await

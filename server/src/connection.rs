@@ -794,6 +794,14 @@ impl Session {
         if !send.room_id.is_empty() {
             return self.send_to_room(message_id, send).await;
         }
+        if send.room_log_len != 0 {
+            return Outcome::error(
+                ErrorCode::Malformed,
+                send.message_id,
+                "room_log_len without room_id",
+            )
+            .closing(close::PROTOCOL_ERROR, "malformed frame");
+        }
         if send.recipients.len() > limits.max_recipients {
             return Outcome::error(ErrorCode::TooLarge, send.message_id, "too many recipients")
                 .closing(close::TOO_BIG, "too many recipients");
@@ -872,6 +880,7 @@ impl Session {
             room_id,
             epoch: room.epoch,
             epoch_key: &room.epoch_key,
+            log_len: send.room_log_len,
         };
         let recipients = match crate::rooms::recipients(&self.shared, &self.mailbox, &target).await
         {

@@ -309,14 +309,21 @@ pub struct RoomSend<'a> {
     pub epoch: u64,
     /// The header's `epoch_key` (key id of that epoch's public key).
     pub epoch_key: &'a [u8],
+    /// `Send.room_log_len`: how long the sender's verified room log was when
+    /// it sealed (0: no claim).
+    pub log_len: u64,
 }
 
 /// The recipients of a room `Send` from `sender`: every active device of
 /// every current member, but the sending device. Waits (at most half the
 /// handshake timeout) for the link when the relay does not know the room
-/// yet, the sender is not a member yet, or the header names an epoch newer
-/// than the relay's: a client that just created the room, was just added,
-/// or just rotated may be ahead of the link by a few milliseconds.
+/// yet, the sender is not a member yet, the header names an epoch newer
+/// than the relay's, or the sender's log is longer than the relay's: a client
+/// that just created the room, was just added, just rotated or just added a
+/// member (which may keep the epoch) is ahead of the link by a few
+/// milliseconds, and fanning out to the relay's shorter log would skip the
+/// new member. Still behind at the deadline: `UNAVAILABLE`, and the sender
+/// retries; never a fan-out to fewer members than the sender sealed for.
 pub async fn recipients(
     shared: &Shared,
     sender: &Mailbox,
@@ -330,7 +337,11 @@ pub async fn recipients(
             .map_err(|_| (ErrorCode::Internal, "room log could not be read; retry"))?;
         let ahead = match &room {
             None => true,
-            Some(r) => !r.room.is_member(&sender.user_id) || send.epoch > r.room.current_epoch(),
+            Some(r) => {
+                !r.room.is_member(&sender.user_id)
+                    || send.epoch > r.room.current_epoch()
+                    || send.log_len > r.room.len()
+            }
         };
         if !ahead {
             break room;
@@ -340,13 +351,23 @@ pub async fn recipients(
             _ => break room,
         }
     };
+    let behind = (
+        ErrorCode::Unavailable,
+        "the relay's room log is behind the sender's (the keyserver link is late); retry",
+    );
     let Some(room) = room else {
+        if send.log_len > 0 && shared.config.keyserver_link.is_some() {
+            return Err(behind);
+        }
         return Err((
             ErrorCode::NotFound,
-            "unknown room: the relay has no verified log of it (yet); retry",
+            "unknown room: the relay has no verified log of it",
         ));
     };
     let room = &room.room;
+    if send.log_len > room.len() {
+        return Err(behind);
+    }
     if !room.is_member(&sender.user_id) {
         return Err((ErrorCode::Forbidden, "not a member of the room"));
     }

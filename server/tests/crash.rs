@@ -125,6 +125,7 @@ async fn sigkill_after_send_ack_loses_no_acknowledged_message() {
                         payload: n.to_be_bytes().repeat(64),
                         blob_ids: Vec::new(),
                         room_id: Vec::new(),
+                        room_log_len: 0,
                     })),
                 };
                 if c.send_msg(&send).await.is_err() {
@@ -282,6 +283,7 @@ async fn slow_reader_does_not_grow_relay_memory() {
                 payload: vec![i as u8; SIZE],
                 blob_ids: Vec::new(),
                 room_id: Vec::new(),
+                room_log_len: 0,
             })),
         })
         .await
@@ -390,6 +392,7 @@ async fn send_until_killed(mut c: Conn, log: Arc<Mutex<SenderLog>>, to: Vec<Reci
                 payload: id.repeat(4),
                 blob_ids: Vec::new(),
                 room_id: Vec::new(),
+                room_log_len: 0,
             })),
         };
         if c.send_msg(&send).await.is_err() {
@@ -558,6 +561,7 @@ async fn sigkill_loop_under_load_delivers_every_acked_message_once_in_order() {
                 payload: id.repeat(4),
                 blob_ids: Vec::new(),
                 room_id: Vec::new(),
+                room_log_len: 0,
             })),
         })
         .await

@@ -255,6 +255,7 @@ impl Client {
             payload,
             blob_ids: Vec::new(),
             room_id: Vec::new(),
+            room_log_len: 0,
         }))
         .await;
     }

@@ -553,6 +553,7 @@ async fn only_the_uploader_writes_and_only_recipients_read() {
             payload: seal(&alice, &[&bob.chain], "descriptor stand-in"),
             blob_ids,
             room_id: Vec::new(),
+            room_log_len: 0,
         })
     };
     am.frame(send(vec![id.clone()])).await;
@@ -585,6 +586,7 @@ async fn only_the_uploader_writes_and_only_recipients_read() {
         payload: seal(&carol, &[&carol.chain], "x"),
         blob_ids: vec![id.clone()],
         room_id: Vec::new(),
+        room_log_len: 0,
     }))
     .await;
     assert_eq!(cm.error().await.code, ErrorCode::BlobRefused as i32);
@@ -647,6 +649,7 @@ async fn a_blob_stays_until_every_reader_fetched_it() {
         payload: seal(&alice, &[&bob.chain, &carol.chain], "descriptor stand-in"),
         blob_ids: vec![id.clone()],
         room_id: Vec::new(),
+        room_log_len: 0,
     }))
     .await;
     assert!(matches!(am.next().await, S::SendAck(_)));

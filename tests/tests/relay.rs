@@ -663,6 +663,7 @@ async fn malformed_service_frames_are_refused() {
         payload: vec![1],
         blob_ids: Vec::new(),
         room_id: Vec::new(),
+        room_log_len: 0,
     }))
     .await;
     assert_eq!(a.error().await.code, ErrorCode::Malformed as i32);

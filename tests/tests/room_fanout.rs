@@ -42,6 +42,7 @@ fn room_payload(room: &VerifiedRoom, epoch: Option<u64>, sender: &str) -> Vec<u8
     .encode_to_vec()
 }
 
+/// A room `Send` from a sender whose verified log is `room`'s.
 async fn room_send(c: &mut Client, room: &VerifiedRoom, payload: Vec<u8>) -> [u8; 16] {
     let id = message_id();
     c.frame(client_frame::Frame::Send(Send {
@@ -50,6 +51,7 @@ async fn room_send(c: &mut Client, room: &VerifiedRoom, payload: Vec<u8>) -> [u8
         payload,
         blob_ids: Vec::new(),
         room_id: room.id().as_bytes().to_vec(),
+        room_log_len: room.len(),
     }))
     .await;
     id
@@ -216,6 +218,95 @@ async fn the_relay_fans_out_to_the_room_log_it_verified_and_refuses_forged_ones(
     );
     assert!(
         mc.next_within(std::time::Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+}
+
+/// A member added by an entry that keeps the epoch (`WHOLE_HISTORY`) and a
+/// message sent right after it, before the link brought the addition to the
+/// relay: the `Send` names the sender's log length, so the relay waits for
+/// the addition and the new member gets the message (it used to be fanned
+/// out to the relay's shorter log and skip them, silently). A link that
+/// never brings it: `UNAVAILABLE`, nothing stored, and the sender retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_just_before_a_message_is_not_skipped() {
+    let rng = &mut rand::rng();
+    let org = Org::new(rng);
+    let fake = FakeKeyserver::start(org.root_public()).await;
+    let relay = Relay::start_with(org.root_public(), |c| {
+        c.keyserver_link = Some(link_to(&fake.url(), service_key()));
+        // Waits for the link last half of this: a short wait for the
+        // refusal below.
+        c.limits.net.auth_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let mut link = fake.accept().await;
+    let [a, b, c] = ["a", "b", "c"].map(|u| org.enroll(rng, u));
+    for u in [&a, &b, &c] {
+        link.notice(u.chain.user_id(), u.log.clone()).await;
+    }
+    let users: HashMap<String, VerifiedUser> = [&a, &b, &c]
+        .into_iter()
+        .map(|u| (u.chain.user_id().to_owned(), u.chain.clone()))
+        .collect();
+    let created = create_room(
+        rng,
+        a.room_author(),
+        HistoryPolicy::WholeHistory,
+        &[&b.chain],
+        &room_metadata(),
+        10,
+    )
+    .unwrap();
+    let id = *created.room.id().as_bytes();
+    let mut keyring = RoomKeyring::new();
+    keyring.insert(0, created.epoch_key.unwrap());
+    let added = created
+        .room
+        .add_members(rng, a.room_author(), &[&c.chain], &users, &keyring, 11)
+        .unwrap();
+    assert_eq!(
+        added.room.current_epoch(),
+        created.room.current_epoch(),
+        "a whole-history addition keeps the epoch: the header cannot tell"
+    );
+    link.room_notice(&id, vec![created.entry.clone()]).await;
+    let (mut ma, mut mb, mut mc) = (
+        Client::of(&relay.url(), &a, "a").await,
+        Client::of(&relay.url(), &b, "b").await,
+        Client::of(&relay.url(), &c, "c").await,
+    );
+    // The relay holds the creation only; a has seen the addition.
+    let first = room_send(&mut ma, &added.room, room_payload(&added.room, None, "a")).await;
+    assert!(
+        ma.next_within(std::time::Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the relay waits for the log the sender sealed under"
+    );
+    link.room_notice(&id, vec![created.entry.clone(), added.entry.clone()])
+        .await;
+    acked(&mut ma, first).await;
+    for m in [&mut mb, &mut mc] {
+        let got = m.deliver().await;
+        assert_eq!(got.message_id, first.to_vec(), "the new member included");
+        m.ack(got.seq).await;
+    }
+
+    // A log the link never brings (a third entry): refused after the wait,
+    // retryable, nothing stored.
+    let claimed = added
+        .room
+        .grant_admin(a.room_author(), "b", &users, 12)
+        .unwrap()
+        .room;
+    let sends = relay.count("sends");
+    let ahead = room_send(&mut ma, &claimed, room_payload(&claimed, None, "a")).await;
+    assert_eq!(refused(&mut ma, ahead).await, ErrorCode::Unavailable);
+    assert_eq!(relay.count("sends"), sends);
+    assert!(
+        mb.next_within(std::time::Duration::from_millis(200))
             .await
             .is_none()
     );

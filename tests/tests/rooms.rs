@@ -502,15 +502,9 @@ async fn non_admin_entries_rollbacks_and_forks_are_refused() {
 }
 
 /// Done-when 1c: a member added later reads history as the room's policy
-/// says, and not more.
-///
-/// Ignored for a known bug of relay-verified fan-out (issue 10, open): the
-/// relay fans a room message out to the members of *its* verified room log,
-/// which lags the sender's by the keyserver link; a message sent right after
-/// an addition that keeps the epoch reaches the relay before the addition
-/// and skips the new member (failed 1 run in 4). Fix: `Send` names the room
-/// log length it was sealed under and the relay waits for it (or fetches).
-#[ignore = "known race in relay-verified fan-out: a just-added member can miss a message (issue 10)"]
+/// says, and not more. (The message right after the whole-history addition
+/// keeps the epoch: it reaches carol only because the relay waits for the
+/// room log length the `Send` names, §17.10.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_policy_from_join_and_whole_history() {
     let w = World::new().await;

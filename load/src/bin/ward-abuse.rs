@@ -376,6 +376,7 @@ async fn pair(
                 payload: vec![7u8; 1024],
                 blob_ids: Vec::new(),
                 room_id: Vec::new(),
+                room_log_len: 0,
             })),
         };
         a.send_msg(&frame).await?;

@@ -221,11 +221,15 @@ impl ClientError {
             Self::Keyserver { code, .. } => {
                 matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
             }
-            // The relay's quota frees as recipients read: the message stays
-            // queued and is retried with the outbox's backoff.
+            // The relay's quota frees as recipients read, and a relay whose
+            // room log is behind catches up over its keyserver link: the
+            // message stays queued and is retried with the outbox's backoff.
             Self::Relay { code, .. } => matches!(
                 code,
-                ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::QuotaExceeded
+                ErrorCode::RateLimited
+                    | ErrorCode::Internal
+                    | ErrorCode::QuotaExceeded
+                    | ErrorCode::Unavailable
             ),
             _ => false,
         }

@@ -568,6 +568,7 @@ pub(crate) async fn seal_message(
                 room_id: id.as_bytes().to_vec(),
                 epoch: sealed.epoch,
                 key: Some(sealed.wrapped_key),
+                log_len: room.len(),
             }),
         }
         .encode_to_vec(),

@@ -71,6 +71,10 @@ pub(crate) struct RoomKeyUpload {
     /// The wrapped key.
     #[prost(message, optional, tag = "3")]
     pub key: Option<ward_proto::v1::WrappedKey>,
+    /// How many entries the room log it was sealed under had
+    /// (`Send.room_log_len`, §17.10); 0 in entries written before it.
+    #[prost(uint64, tag = "4")]
+    pub log_len: u64,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -386,10 +390,10 @@ async fn deliver(
     // A room message names its room; the relay computes the recipients
     // (§17.10). Outbox entries written before that list them: the room
     // still decides, so the list is not sent.
-    let room_id = payload
+    let (room_id, room_log_len) = payload
         .room_key
         .as_ref()
-        .map(|k| k.room_id.clone())
+        .map(|k| (k.room_id.clone(), k.log_len))
         .unwrap_or_default();
     // Keys first: a recipient must find its key once the envelope arrives.
     match payload.room_key {
@@ -397,6 +401,7 @@ async fn deliver(
             room_id,
             epoch,
             key: Some(key),
+            ..
         }) => {
             inner.keyserver.put_room_key(room_id, epoch, key).await?;
         }
@@ -429,6 +434,7 @@ async fn deliver(
                 payload: payload.envelope,
                 blob_ids: payload.blob_ids,
                 room_id,
+                room_log_len,
             },
             reply,
         ))
