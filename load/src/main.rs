@@ -17,6 +17,10 @@
 //! With `--fanout K` a second run follows in which every `Send` lists K
 //! recipients (connections i+1..=i+K), as a room message lists its members'
 //! devices: one stored payload, K queue entries; it prints deliveries/s.
+//! With `--rooms` as well, a third run sends the same messages as room
+//! messages (`Send { room_id }`, K+1 members), which the relay fans out
+//! from the room logs it verified, brought by a keyserver link that this
+//! binary plays (`rooms.rs`).
 //!
 //! With `--idle N` (workload D of issue 15) it runs nothing of the above:
 //! N authenticated connections that only answer pings, held for
@@ -27,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 mod pairs;
+mod rooms;
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -67,6 +72,11 @@ struct Args {
     /// With more than 1, the 1:1 run comes first, then the fan-out run.
     #[arg(long, default_value_t = 1)]
     fanout: usize,
+    /// With --fanout K: a third run of room messages, each `Send` naming a
+    /// room of K+1 members that the relay fans out from the room log it
+    /// verified (SECURITY.md §17.10; this tool plays its keyserver link).
+    #[arg(long)]
+    rooms: bool,
     /// Workload D instead: this many idle authenticated connections, while
     /// one pair keeps messaging; prints the relay's RSS per connection.
     #[arg(long)]
@@ -249,7 +259,7 @@ fn now_us(start: Instant) -> u64 {
 /// One relay connection's workload.
 async fn relay_worker(
     mut conn: Conn,
-    to: Vec<Recipient>,
+    to: rooms::Target,
     n_send: usize,
     n_expect: usize,
     size: usize,
@@ -263,17 +273,8 @@ async fn relay_worker(
             let mut id = vec![0u8; 16];
             let _ = getrandom::fill(&mut id);
             let t = now_us(start);
-            let mut payload = vec![0u8; size.max(8)];
-            payload[..8].copy_from_slice(&t.to_be_bytes());
             let frame = ClientFrame {
-                frame: Some(client_frame::Frame::Send(Send {
-                    message_id: id.clone(),
-                    recipients: to.clone(),
-                    payload,
-                    blob_ids: Vec::new(),
-                    room_id: Vec::new(),
-                    room_log_len: 0,
-                })),
+                frame: Some(client_frame::Frame::Send(to.send(id.clone(), t, size))),
             };
             if conn.send_msg(&frame).await.is_err() {
                 st.errors += 1;
@@ -304,11 +305,9 @@ async fn relay_worker(
                 }
             }
             server_frame::Frame::Deliver(d) => {
-                if let Some(b) = d.payload.get(..8) {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(b);
-                    st.deliver_us
-                        .push(now_us(start).saturating_sub(u64::from_be_bytes(t)));
+                match rooms::sent_at(&d.payload, matches!(to, rooms::Target::Room { .. })) {
+                    Some(t) => st.deliver_us.push(now_us(start).saturating_sub(t)),
+                    None => st.errors += 1,
                 }
                 received += 1;
                 last_seq = d.seq;
@@ -383,31 +382,59 @@ async fn run_relay(
     users: &[Clinician],
     relay_bin: &std::path::Path,
     fanout: usize,
+    rooms: bool,
 ) -> Result<Report, Error> {
     let n = users.len();
+    let fanout = fanout.clamp(1, n.saturating_sub(1).max(1));
     let mut r = [0u8; 8];
     getrandom::fill(&mut r).map_err(|e| format!("{e}"))?;
     let dir = std::env::temp_dir().join(format!("ward-load-{}", hex::encode(r)));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("relay.db");
-    let relay_args = relay_args(&db, org_root, n);
+    let mut relay_args = relay_args(&db, org_root, n);
+    let mut room_link = None;
+    if rooms {
+        let fake = rooms::FakeKeyserver::start(*users[0].chain.org_root()).await?;
+        let admin = format!("127.0.0.1:{}", rooms::free_port()?);
+        relay_args.extend([
+            "--keyserver-url".into(),
+            fake.url()?,
+            "--admin-listen".into(),
+            admin.clone(),
+        ]);
+        room_link = Some((fake, rooms::rooms(users, fanout)?, admin));
+    }
     let (child, addr) = start_child(relay_bin, &relay_args).await?;
+    let (mut room_targets, mut serving) = (Vec::new().into_iter(), None);
+    if let Some((fake, created, admin)) = room_link {
+        serving = Some(fake.serve(users, &created).await?);
+        rooms::wait_applied(&admin, (users.len() + created.len()) as u64).await?;
+        room_targets = created
+            .into_iter()
+            .map(|c| c.target)
+            .collect::<Vec<_>>()
+            .into_iter();
+    }
     let url = format!("ws://{addr}");
     let conns = connect_all(&url, users, 0).await?;
     let per = args.messages / n;
     let start = Instant::now();
     let mut workers = Vec::with_capacity(n);
-    let fanout = fanout.clamp(1, n.saturating_sub(1).max(1));
     for (i, conn) in conns.into_iter().enumerate() {
-        let to = (1..=fanout)
-            .map(|k| {
-                let next = (i + k) % n;
-                Recipient {
-                    user_id: format!("load{next}"),
-                    device_id: users[next].device.public_key().as_bytes().to_vec(),
-                }
-            })
-            .collect();
+        let to = match room_targets.next() {
+            Some(room) => room,
+            None => rooms::Target::Devices(
+                (1..=fanout)
+                    .map(|k| {
+                        let next = (i + k) % n;
+                        Recipient {
+                            user_id: format!("load{next}"),
+                            device_id: users[next].device.public_key().as_bytes().to_vec(),
+                        }
+                    })
+                    .collect(),
+            ),
+        };
         workers.push(tokio::spawn(relay_worker(
             conn,
             to,
@@ -424,9 +451,14 @@ async fn run_relay(
     let elapsed = start.elapsed();
     let peak = peak_rss_kib(&child);
     stop_child(child).await;
+    if let Some(link) = serving {
+        link.abort();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Report {
-        name: if fanout > 1 {
+        name: if rooms {
+            "ward-relay, room fan-out (Send names the room; the relay fans out to the room log it verified)"
+        } else if fanout > 1 {
             "ward-relay, fan-out (one Send to several devices, as a room message)"
         } else {
             "ward-relay (auth, SQLite WAL synchronous=FULL, group commit)"
@@ -772,10 +804,11 @@ async fn main_load(args: Args) -> Result<(), Error> {
     if args.pairs.is_some() {
         return pairs::run(&args, root, &users, &relay_bin).await;
     }
-    let mut relay = run_relay(&args, root.clone(), &users, &relay_bin, 1).await?;
+    let mut relay = run_relay(&args, root.clone(), &users, &relay_bin, 1, false).await?;
     relay.print();
     if args.fanout > 1 {
-        let mut fan = run_relay(&args, root, &users, &relay_bin, args.fanout).await?;
+        let mut fan =
+            run_relay(&args, root.clone(), &users, &relay_bin, args.fanout, false).await?;
         fan.print();
         let one = relay.deliveries as f64 / relay.elapsed.as_secs_f64();
         let many = fan.deliveries as f64 / fan.elapsed.as_secs_f64();
@@ -783,6 +816,15 @@ async fn main_load(args: Args) -> Result<(), Error> {
             "== ratio fan-out/1:1 deliveries per second: {:.2}",
             many / one
         );
+        if args.rooms {
+            let mut room = run_relay(&args, root, &users, &relay_bin, args.fanout, true).await?;
+            room.print();
+            let rooms = room.deliveries as f64 / room.elapsed.as_secs_f64();
+            println!(
+                "== ratio room/list fan-out deliveries per second: {:.2}",
+                rooms / many
+            );
+        }
     }
     if !args.no_echo {
         let mut echo = run_echo(&args).await?;
