@@ -86,6 +86,10 @@ pub enum ContentType {
     /// `AttachmentRef` of a file sent as a separate blob. Seal and open
     /// check it (S1, R10) with [`crate::attachment::Descriptor::parse`].
     Attachment,
+    /// A room's earlier messages forwarded to a new member (SECURITY.md
+    /// §17.13): an encoded `RoomHistory`, whose envelopes the receiver
+    /// verifies one by one. Never shown as a message of its own.
+    RoomHistory,
 }
 
 impl ContentType {
@@ -94,6 +98,7 @@ impl ContentType {
             Self::Text => ward_proto::v1::ContentType::Text as i32,
             Self::File => ward_proto::v1::ContentType::File as i32,
             Self::Attachment => ward_proto::v1::ContentType::Attachment as i32,
+            Self::RoomHistory => ward_proto::v1::ContentType::RoomHistory as i32,
         }
     }
 
@@ -102,6 +107,7 @@ impl ContentType {
             ward_proto::v1::ContentType::Text => Some(Self::Text),
             ward_proto::v1::ContentType::File => Some(Self::File),
             ward_proto::v1::ContentType::Attachment => Some(Self::Attachment),
+            ward_proto::v1::ContentType::RoomHistory => Some(Self::RoomHistory),
             ward_proto::v1::ContentType::Unspecified => None,
         }
     }
@@ -1042,7 +1048,7 @@ mod tests {
             OpenError::Malformed("content type")
         );
         assert_eq!(
-            e(|h, _| h.content_type = 4),
+            e(|h, _| h.content_type = 5),
             OpenError::Malformed("content type")
         );
         assert_eq!(

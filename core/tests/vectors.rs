@@ -1103,6 +1103,7 @@ fn content_type_name(c: ContentType) -> &'static str {
         ContentType::Text => "text",
         ContentType::File => "file",
         ContentType::Attachment => "attachment",
+        ContentType::RoomHistory => "room_history",
     }
 }
 
@@ -4011,6 +4012,7 @@ fn msg_type(name: &str) -> ContentType {
         "text" => ContentType::Text,
         "file" => ContentType::File,
         "attachment" => ContentType::Attachment,
+        "room_history" => ContentType::RoomHistory,
         other => panic!("unknown content type {other}"),
     }
 }

@@ -545,7 +545,7 @@ fn check_fixture_content(s: &Store) {
 #[test]
 fn the_v1_fixture_opens_and_asks_to_reenroll() {
     assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
-    assert_eq!(SCHEMA_VERSION, 4, "new schema: add a fixture for it");
+    assert_eq!(SCHEMA_VERSION, 5, "new schema: add a fixture for it");
     let (_d, path) = fixture_copy("store-v1.db");
     check_fixture_header(&path);
     assert!(matches!(
@@ -670,6 +670,48 @@ fn the_committed_v3_fixture_still_opens() {
         .unwrap();
     assert!(s.uploads().unwrap().is_empty());
     assert_eq!(s.outbox_len().unwrap(), 2);
+}
+
+/// The room and the kept room envelope of the schema-5 fixture.
+const FIXTURE_ROOM: [u8; 32] = [5; 32];
+
+/// Opens `tests/fixtures/store-v5.db` (committed; schema 4, rooms, has no
+/// fixture of its own: this one covers it): `write_fixture`, a room, and a
+/// room envelope kept for a history forward (SECURITY.md §17.13). To
+/// regenerate after an intended format change (with a migration, and a new
+/// fixture beside this one):
+/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store v5_fixture`.
+#[test]
+fn the_committed_v5_fixture_still_opens() {
+    let committed = fixture_dir().join("store-v5.db");
+    let room = ward_core::RoomId(FIXTURE_ROOM);
+    if std::env::var_os("WARD_WRITE_FIXTURES").is_some() {
+        let _ = Store::wipe(&committed);
+        write_fixture(&committed);
+        let s = Store::unlock(&committed, &pin(FIXTURE_PIN), None).unwrap();
+        s.put_room(&room, &ConversationId([6; 16])).unwrap();
+        s.put_room_envelope(
+            &room,
+            "peer@ward",
+            &ward_core::ResourceId([7; 16]),
+            1_790_000_000_005,
+            b"room envelope",
+        )
+        .unwrap();
+        s.lock();
+    }
+    let (_d, path) = fixture_copy("store-v5.db");
+    check_v2_content(&path);
+    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    assert_eq!(s.room_ids().unwrap(), vec![room]);
+    assert_eq!(
+        s.room_by_conversation(&ConversationId([6; 16])).unwrap(),
+        Some(room)
+    );
+    assert_eq!(
+        s.room_envelopes(&room, 1 << 20).unwrap(),
+        vec![b"room envelope".to_vec()]
+    );
 }
 
 /// What `write_fixture` wrote, read back from a copy at `path`.

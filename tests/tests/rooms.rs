@@ -502,9 +502,12 @@ async fn non_admin_entries_rollbacks_and_forks_are_refused() {
 }
 
 /// Done-when 1c: a member added later reads history as the room's policy
-/// says, and not more. (The message right after the whole-history addition
-/// keeps the epoch: it reaches carol only because the relay waits for the
-/// room log length the `Send` names, §17.10.)
+/// says, and not more: under `WholeHistory` the earlier message reaches
+/// carol's app (the adding admin forwards it, §17.13) and her keys open it;
+/// under `FromJoin` nothing earlier is forwarded, and her keys would not
+/// open it. (The message right after the whole-history addition keeps the
+/// epoch: it reaches carol only because the relay waits for the room log
+/// length the `Send` names, §17.10.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_policy_from_join_and_whole_history() {
     let w = World::new().await;
@@ -532,12 +535,40 @@ async fn history_policy_from_join_and_whole_history() {
             .await
             .unwrap();
         sent(&mut ea, new).await;
+        // The forwarded history is queued before the next message, so it
+        // arrives first.
+        if policy == HistoryPolicy::WholeHistory {
+            let m = next_message(&mut ec).await;
+            assert_eq!(text(&m), "WholeHistory: before carol");
+            assert_eq!(
+                m.sender_user_id, ALICE,
+                "the original sender, not the forwarder"
+            );
+            assert_eq!(m.resource_id, old);
+        }
         assert_eq!(
             text(&next_message(&mut ec).await),
             format!("{policy:?}: after carol")
         );
+        let info = carol.room(&room).await.unwrap();
+        let seen: Vec<String> = carol
+            .history(info.conversation_id)
+            .await
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect();
+        let mut expected = vec![format!("{policy:?}: after carol")];
+        if policy == HistoryPolicy::WholeHistory {
+            expected.insert(0, "WholeHistory: before carol".into());
+        }
+        assert_eq!(seen, expected, "carol's history, oldest first, no bundle");
         rooms.push((policy, room, old));
     }
+    // Alice's own history lists her two messages and not the bundle.
+    let (_, whole, _) = &rooms[1];
+    let info = alice.room(whole).await.unwrap();
+    assert_eq!(alice.history(info.conversation_id).await.unwrap().len(), 2);
     carol.lock().await;
     let payloads = relay_payloads(&w);
     for (policy, room, old) in rooms {

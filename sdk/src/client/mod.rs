@@ -43,6 +43,7 @@ mod own_log;
 mod receive;
 mod relay;
 mod revoked;
+mod room_history;
 mod rooms;
 mod search;
 mod send;

@@ -38,7 +38,7 @@
 
 use std::sync::Arc;
 
-use ward_core::envelope::ReceivedEnvelope;
+use ward_core::envelope::{ContentType, ReceivedEnvelope};
 use ward_core::keys::{KeyId, UserEncryptionKey};
 use ward_core::wrap::{accept_grant, unwrap_resource_key};
 use ward_proto::v1::{Deliver, ErrorCode};
@@ -109,7 +109,10 @@ async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
             } else {
                 inner.ack(seq).await;
             }
-            let event = if new {
+            let event = if message.content_type == ContentType::RoomHistory {
+                // Its messages were emitted one by one.
+                return Ok(());
+            } else if new {
                 tracing::debug!(seq, resource = ?message.resource_id, "receive: message stored");
                 Event::Message(message)
             } else {
@@ -190,7 +193,12 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     let sender_id = claimed_user.to_owned();
     // A room message: opened against the room's verified log (§17.6).
     if let Some(addr) = env.room().copied() {
-        return super::rooms::receive(inner, &env, &addr, &sender_id).await;
+        let got = super::rooms::receive(inner, &env, &addr, &sender_id).await?;
+        if let Ok(m) = &got {
+            // Kept as signed, for a later forward to new members (§17.13).
+            super::room_history::keep(inner, addr.room_id, m, d.payload.clone()).await?;
+        }
+        return Ok(got);
     }
     // Not addressed to this user: it can never open here (R5 refuses it
     // after the signature check too); say so without waiting for a wrapped
@@ -273,6 +281,11 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
         Ok(m) => m,
         Err(e) => return Ok(Err(e.into())),
     };
+    // A room's history forwarded to this user: its envelopes are verified
+    // one by one; the bundle itself files nothing (§17.13).
+    if opened.content_type == ContentType::RoomHistory {
+        return super::room_history::receive(inner, opened).await;
+    }
 
     // Membership: v1 does not bind it cryptographically; the local view
     // decides (SECURITY.md §7.6). A new conversation takes the envelope's

@@ -192,6 +192,13 @@ async fn check_fault(inner: &Inner, id: &RoomId) -> Result<()> {
     }
 }
 
+/// The room's verified state, refreshed from the keyserver (the history
+/// receiver's membership check, §17.13).
+pub(crate) async fn refreshed(inner: &Inner, id: &RoomId) -> Result<VerifiedRoom> {
+    let mut book = inner.rooms.rooms.lock().await;
+    refresh(inner, &mut book, id).await
+}
+
 /// Fetches the room's log from the keyserver and verifies what is new
 /// (see the module docs), stores it, reports membership changes, and
 /// fetches the epoch-key wraps this user lacks.
@@ -761,7 +768,8 @@ impl Client {
 
     /// Adds members (an admin only): under `FromJoin` a new epoch they
     /// read from; under `WholeHistory` every earlier epoch key wrapped to
-    /// them too.
+    /// them too, and the room messages this device keeps forwarded to them
+    /// (SECURITY.md §17.13; queued in the outbox, sent like any message).
     pub async fn add_members(&self, room: &RoomId, members: &[&str]) -> Result<()> {
         let inner = &self.inner;
         let mut book = inner.rooms.rooms.lock().await;
@@ -784,6 +792,17 @@ impl Client {
             )
             .map_err(|e| room_err(*room, e))?;
         commit(inner, &mut book, Some(&current), change).await?;
+        drop(book);
+        if current.policy() == HistoryPolicy::WholeHistory {
+            let added: Vec<String> = new.into_iter().filter(|u| !current.is_member(u)).collect();
+            // The new members' logs were verified just above (and are
+            // cached if the keyserver went away since), so what fails here
+            // is this device's store; the addition stands.
+            if let Err(e) = super::room_history::forward(inner, *room, &added).await {
+                tracing::warn!(room = ?room, error = %e, "room history not forwarded");
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

@@ -256,7 +256,29 @@ async fn reseal(
         .ok_or(ClientError::Protocol(
             "outbox entry without its history copy",
         ))?;
-    let (rid, payload) = if let Some(room) = room_of(inner, original.conversation_id).await? {
+    let (rid, payload) = if original.content_type == ContentType::RoomHistory {
+        // A forwarded room history (§17.13): sealed again to the users its
+        // wrapped keys named.
+        let users: Vec<String> = OutboxPayload::decode(&item.payload[..])
+            .map_err(|_| ClientError::Protocol("undecodable outbox entry"))?
+            .keys
+            .into_iter()
+            .map(|k| k.recipient_user_id)
+            .collect();
+        let known = inner
+            .directory
+            .refresh(&inner.store, &inner.keyserver, &users)
+            .await?;
+        seal_for(
+            inner,
+            &known,
+            original.conversation_id,
+            original.content_type,
+            &original.content,
+            original.timestamp_ms,
+            Vec::new(),
+        )?
+    } else if let Some(room) = room_of(inner, original.conversation_id).await? {
         // A rotation the sender had not seen: sealed again to the new epoch.
         super::rooms::seal_message(
             inner,
@@ -328,6 +350,13 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
         };
         let blob_ids = payload.blob_ids.clone();
         let room = payload.room_key.is_some();
+        // A room message is kept as signed once acked, for a later history
+        // forward (§17.13).
+        let kept = payload
+            .room_key
+            .as_ref()
+            .and_then(|k| ward_core::RoomId::from_slice(&k.room_id))
+            .map(|r| (r, payload.envelope.clone()));
         let outcome = match deliver(&inner, &item, payload, &mut connected).await {
             Err(e) if reseals < MAX_RESEALS && sealed_to_a_stale_epoch(&e, room) => {
                 reseals += 1;
@@ -344,6 +373,12 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
         reseals = 0;
         match outcome {
             Ok(()) => {
+                if let Some((room, envelope)) = kept
+                    && let Err(e) =
+                        super::room_history::keep_sent(&inner, room, rid, envelope).await
+                {
+                    tracing::warn!(error = %e, "outbox: could not keep a sent room message");
+                }
                 if let Err(e) = inner.store.run(move |s| s.outbox_remove(id)).await {
                     tracing::warn!(error = %e, "outbox: could not remove a sent entry");
                     tokio::time::sleep(backoff.next_delay()).await;

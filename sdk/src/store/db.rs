@@ -112,6 +112,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (room_id, epoch)
     ) STRICT;
     ",
+    // 5: room messages as their senders signed them, for forwarding a
+    // room's history to members added under WHOLE_HISTORY (§17.13).
+    r"
+    CREATE TABLE room_envelopes (
+        room_id        BLOB NOT NULL,
+        sender_user_id TEXT NOT NULL,
+        resource_id    BLOB NOT NULL,
+        timestamp_ms   INTEGER NOT NULL,
+        envelope       BLOB NOT NULL,
+        PRIMARY KEY (sender_user_id, resource_id)
+    ) STRICT;
+    CREATE INDEX room_envelopes_by_room ON room_envelopes (room_id, timestamp_ms);
+    ",
 ];
 
 /// `PRAGMA <name> = "x'<hex>'"` in a buffer that is zeroized on drop.

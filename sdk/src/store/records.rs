@@ -145,6 +145,8 @@ fn content_type_to_db(t: ContentType) -> i64 {
         ContentType::File => 2,
         // An attachment descriptor (SECURITY.md §16.5); the value matches the wire enum.
         ContentType::Attachment => 3,
+        // A forwarded room history (§17.13): kept for a reseal, never listed.
+        ContentType::RoomHistory => 4,
     }
 }
 
@@ -153,6 +155,7 @@ fn content_type_from_db(v: i64) -> Result<ContentType> {
         1 => Ok(ContentType::Text),
         2 => Ok(ContentType::File),
         3 => Ok(ContentType::Attachment),
+        4 => Ok(ContentType::RoomHistory),
         _ => Err(StoreError::InvalidData("content type")),
     }
 }
@@ -513,7 +516,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT resource_id, conversation_id, sender_user_id, sender_device,
                     timestamp_ms, content_type, content
-             FROM messages WHERE conversation_id = ?1
+             FROM messages WHERE conversation_id = ?1 AND content_type != 4
              ORDER BY timestamp_ms, local_seq",
         )?;
         let rows = stmt
@@ -804,6 +807,45 @@ mod tests {
             content_type: ContentType::Text,
             content: Zeroizing::new(text.as_bytes().to_vec()),
         }
+    }
+
+    /// The room envelopes kept for a history forward (§17.13): the newest
+    /// that fit, oldest first, once each; a forwarded bundle's copy is kept
+    /// (a reseal needs it) but never listed.
+    #[test]
+    fn room_envelopes_are_the_newest_that_fit_and_bundles_are_not_listed() {
+        let (_d, s) = store();
+        let room = ward_core::RoomId([4; 32]);
+        for (rid, ts) in [(1u8, 30u64), (2, 10), (3, 20)] {
+            let m = message(rid, ts, "x");
+            s.put_room_envelope(&room, &m.sender_user_id, &m.resource_id, ts, &[rid; 100])
+                .unwrap();
+            // Once only, whatever is offered again under the same key.
+            s.put_room_envelope(&room, &m.sender_user_id, &m.resource_id, ts, &[0; 100])
+                .unwrap();
+        }
+        s.put_room_envelope(
+            &ward_core::RoomId([5; 32]),
+            "bob@x",
+            &ResourceId([7; 16]),
+            5,
+            &[7; 10],
+        )
+        .unwrap();
+        let all = s.room_envelopes(&room, 1000).unwrap();
+        assert_eq!(all, vec![vec![2u8; 100], vec![3; 100], vec![1; 100]]);
+        let newest = s.room_envelopes(&room, 250).unwrap();
+        assert_eq!(newest, vec![vec![3u8; 100], vec![1; 100]]);
+
+        s.insert_message(&message(1, 1, "hello")).unwrap();
+        let mut bundle = message(2, 2, "");
+        bundle.content_type = ContentType::RoomHistory;
+        s.insert_message(&bundle).unwrap();
+        let listed = s.messages(&ConversationId([9; 16])).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(&listed[0].content[..], b"hello");
+        let kept = s.message("alice@x", &ResourceId([2; 16])).unwrap().unwrap();
+        assert_eq!(kept.content_type, ContentType::RoomHistory);
     }
 
     #[test]

@@ -18,6 +18,54 @@ fn seq_i64(seq: u64) -> Result<i64> {
 }
 
 impl Store {
+    /// Keeps a room message as its sender signed it (idempotent on the
+    /// sender and resource id), so that it can be forwarded to members
+    /// added later under `WholeHistory` (§17.13). It is ciphertext only
+    /// readable with the room's epoch keys; the store encrypts it again.
+    pub fn put_room_envelope(
+        &self,
+        room: &RoomId,
+        sender_user_id: &str,
+        resource_id: &ward_core::ResourceId,
+        timestamp_ms: u64,
+        envelope: &[u8],
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO room_envelopes
+                 (room_id, sender_user_id, resource_id, timestamp_ms, envelope)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &room.as_bytes()[..],
+                sender_user_id,
+                &resource_id.as_bytes()[..],
+                i64::try_from(timestamp_ms).map_err(|_| StoreError::InvalidData("timestamp"))?,
+                envelope
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest room envelopes that fit in `max_bytes` together, oldest
+    /// first (by the sender's timestamp, then by arrival).
+    pub fn room_envelopes(&self, room: &RoomId, max_bytes: usize) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT envelope FROM room_envelopes WHERE room_id = ?1
+             ORDER BY timestamp_ms DESC, rowid DESC",
+        )?;
+        let mut rows = stmt.query([&room.as_bytes()[..]])?;
+        let (mut out, mut total) = (Vec::new(), 0usize);
+        while let Some(r) = rows.next()? {
+            let e: Vec<u8> = r.get(0)?;
+            total = total.saturating_add(e.len());
+            if total > max_bytes {
+                break;
+            }
+            out.push(e);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Records a room (idempotent) under its conversation id.
     pub fn put_room(&self, room: &RoomId, conversation: &ConversationId) -> Result<()> {
         self.conn.execute(

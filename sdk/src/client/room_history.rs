@@ -1,0 +1,217 @@
+//! A room's history for members added under `WholeHistory` (SECURITY.md
+//! §17.13). The relay queued each earlier message only for the members of
+//! its time and deletes it once they fetched it, so a new member holds the
+//! earlier epoch keys but no ciphertext to use them on. The adding admin's
+//! device forwards the room messages it keeps, exactly as their senders
+//! signed them, inside one ordinary user-addressed envelope per bundle
+//! (content type `RoomHistory`). The new member verifies and opens each
+//! forwarded envelope as if the relay had delivered it (R1–R4, RM1–RM3,
+//! key commitment), with the epoch keys its wraps give it: the forwarder
+//! can drop messages but neither alter nor forge one, and nobody reads
+//! more than the room's policy gives it.
+
+use prost::Message as _;
+use ward_core::envelope::{ContentType, OpenedMessage, ReceivedEnvelope, room_conversation_id};
+use ward_core::{ResourceId, RoomId};
+use ward_proto::v1::RoomHistory;
+use zeroize::Zeroizing;
+
+use super::Inner;
+use super::error::{ClientError, Result};
+use super::events::Event;
+use super::send::{now_ms, seal_for};
+use crate::store::Message;
+
+/// The most history forwarded to a new member: the newest messages that
+/// fit (a longer history is cut at its oldest end).
+pub(crate) const MAX_HISTORY_BYTES: usize = 32 * 1024 * 1024;
+
+/// The envelopes per bundle, by size: a bundle stays well under the
+/// relay's frame limit and the envelope limit (16 MiB).
+const BUNDLE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most envelopes a received bundle may hold (a 4 MiB bundle of the
+/// smallest room messages holds about 3,000).
+const MAX_BUNDLE_ENVELOPES: usize = 8192;
+
+/// Keeps a room message as its sender signed it, for a later forward.
+pub(crate) async fn keep(
+    inner: &Inner,
+    room: RoomId,
+    m: &Message,
+    envelope: Vec<u8>,
+) -> Result<()> {
+    let (sender, rid, ts) = (m.sender_user_id.clone(), m.resource_id, m.timestamp_ms);
+    inner
+        .store
+        .run(move |s| s.put_room_envelope(&room, &sender, &rid, ts, &envelope))
+        .await
+}
+
+/// Keeps this device's own room message once the relay acked it (its
+/// envelope is final then: a reseal replaces it before).
+pub(crate) async fn keep_sent(
+    inner: &Inner,
+    room: RoomId,
+    rid: ResourceId,
+    envelope: Vec<u8>,
+) -> Result<()> {
+    let me = inner.user_id.clone();
+    inner
+        .store
+        .run(move |s| match s.message(&me, &rid)? {
+            Some(m) => s.put_room_envelope(&room, &me, &rid, m.timestamp_ms, &envelope),
+            None => Ok(()),
+        })
+        .await
+}
+
+/// Queues the room's kept history for the users `added` (just added under
+/// `WholeHistory`), in bundles sealed to them and to this user (whose
+/// other devices drop what they already hold). Nothing to forward: nothing
+/// queued.
+pub(crate) async fn forward(inner: &Inner, room: RoomId, added: &[String]) -> Result<usize> {
+    if added.is_empty() {
+        return Ok(0);
+    }
+    let envelopes = inner
+        .store
+        .run(move |s| s.room_envelopes(&room, MAX_HISTORY_BYTES))
+        .await?;
+    if envelopes.is_empty() {
+        return Ok(0);
+    }
+    let mut users = vec![inner.user_id.clone()];
+    users.extend(added.iter().cloned());
+    let known = inner
+        .directory
+        .refresh_or_cached(&inner.store, &inner.keyserver, &users)
+        .await?;
+    let conversation_id = room_conversation_id(&room);
+    let mut bundles: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for e in envelopes {
+        if size + e.len() > BUNDLE_BYTES && bundles.last().is_some_and(|b| !b.is_empty()) {
+            bundles.push(Vec::new());
+            size = 0;
+        }
+        size += e.len();
+        if let Some(b) = bundles.last_mut() {
+            b.push(e);
+        }
+    }
+    let count = bundles.len();
+    for envelopes in bundles {
+        let content = Zeroizing::new(
+            RoomHistory {
+                room_id: room.as_bytes().to_vec(),
+                envelopes,
+            }
+            .encode_to_vec(),
+        );
+        let timestamp_ms = now_ms();
+        let (rid, payload) = seal_for(
+            inner,
+            &known,
+            conversation_id,
+            ContentType::RoomHistory,
+            &content,
+            timestamp_ms,
+            Vec::new(),
+        )?;
+        // The sender's copy is what a reseal seals again; `history` never
+        // lists it.
+        let message = Message {
+            resource_id: rid,
+            conversation_id,
+            sender_user_id: inner.user_id.clone(),
+            sender_device: inner.device.public_key(),
+            timestamp_ms,
+            content_type: ContentType::RoomHistory,
+            content,
+        };
+        inner
+            .store
+            .run(move |s| s.outbox_enqueue_with_message(&payload, timestamp_ms, &message))
+            .await?;
+    }
+    inner.outbox_notify.notify_one();
+    tracing::info!(room = ?room, bundles = count, users = added.len(), "room history queued");
+    Ok(count)
+}
+
+/// A received bundle, already opened and verified as the forwarder's
+/// message: each envelope is verified and opened on its own, stored and
+/// emitted as an `Event::Message` if new. The outer error: this device
+/// failed (retried); the inner one: the verdict on the bundle.
+pub(crate) async fn receive(inner: &Inner, opened: OpenedMessage) -> Result<Result<Message>> {
+    let Ok(history) = RoomHistory::decode(&opened.content[..]) else {
+        return Ok(Err(ClientError::Protocol("room history does not decode")));
+    };
+    let Some(room) = RoomId::from_slice(&history.room_id) else {
+        return Ok(Err(ClientError::Protocol("room history without a room id")));
+    };
+    if history.envelopes.len() > MAX_BUNDLE_ENVELOPES {
+        return Ok(Err(ClientError::Protocol("room history too long")));
+    }
+    // Only a member forwards a room's history (as this device verifies the
+    // room): anyone else's bundle is refused whole.
+    match super::rooms::refreshed(inner, &room).await {
+        Ok(r) if r.is_member(&opened.sender_user_id) => {}
+        Ok(_) => return Ok(Err(ClientError::NotARoomMember)),
+        Err(e @ (ClientError::Store(_) | ClientError::ReenrollRequired | ClientError::Closed)) => {
+            return Err(e);
+        }
+        Err(e) => return Ok(Err(e)),
+    }
+    let (mut stored, mut refused) = (0usize, 0usize);
+    for raw in history.envelopes {
+        let env = match ReceivedEnvelope::parse(&raw) {
+            Ok(e) => e,
+            Err(_) => {
+                refused += 1;
+                continue;
+            }
+        };
+        let Some(addr) = env.room().copied().filter(|a| a.room_id == room) else {
+            refused += 1;
+            continue;
+        };
+        let sender = env.claimed_sender().0.to_owned();
+        let rid = env.resource_id();
+        let s2 = sender.clone();
+        if inner
+            .store
+            .run(move |s| s.message(&s2, &rid))
+            .await?
+            .is_some()
+        {
+            continue; // already here (delivered by the relay, or an earlier bundle)
+        }
+        let m = match super::rooms::receive(inner, &env, &addr, &sender).await? {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(room = ?room, error = %e, "room history: an envelope refused");
+                refused += 1;
+                continue;
+            }
+        };
+        keep(inner, room, &m, raw).await?;
+        let m2 = m.clone();
+        if inner.store.run(move |s| s.insert_message(&m2)).await? {
+            stored += 1;
+            inner.emit(Event::Message(m)).await;
+        }
+    }
+    tracing::info!(room = ?room, stored, refused, "room history received");
+    Ok(Ok(Message {
+        resource_id: opened.resource_id,
+        conversation_id: room_conversation_id(&room),
+        sender_user_id: opened.sender_user_id,
+        sender_device: opened.sender_device,
+        timestamp_ms: opened.timestamp_ms,
+        content_type: ContentType::RoomHistory,
+        // Only its deduplication key matters once its messages are stored.
+        content: Zeroizing::new(Vec::new()),
+    }))
+}
