@@ -612,6 +612,114 @@ async fn history_policy_from_join_and_whole_history() {
     alice.lock().await;
 }
 
+/// The envelope the relay holds with resource id `rid`.
+fn held_envelope(w: &World, rid: ResourceId) -> Vec<u8> {
+    relay_payloads(w)
+        .into_iter()
+        .find(|p| ReceivedEnvelope::parse(p).unwrap().resource_id() == rid)
+        .expect("the relay holds it for a locked member")
+}
+
+/// `envelope` with another resource id in its signed header: it parses,
+/// is not a message already stored, and its signature no longer verifies.
+fn with_other_resource_id(envelope: &[u8]) -> Vec<u8> {
+    use ward_proto::Message as _;
+    let mut env = ward_proto::v1::Envelope::decode(envelope).unwrap();
+    let mut header = ward_proto::v1::EnvelopeHeader::decode(&env.header[..]).unwrap();
+    header.resource_id = vec![0xee; 16];
+    env.header = header.encode_to_vec();
+    env.encode_to_vec()
+}
+
+/// A forwarded history (§17.13) gives nobody more than the room's policy,
+/// and a forwarder can neither forge nor alter a message: a non-member's
+/// bundle is refused whole; a member's bundle with an envelope whose signed
+/// header was changed stores nothing of it; under `FromJoin` a forwarded
+/// earlier envelope does not open for a member added later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_history_can_be_neither_forged_nor_widened() {
+    const DAVE: &str = "dave@chu";
+    let w = World::new().await;
+    let mut alice = w.enroll(ALICE, ALICE).await;
+    let mut ea = alice.events().unwrap();
+    let bob = w.enroll(BOB, BOB).await;
+    bob.lock().await; // the relay keeps his copies: the envelopes to forward
+    let mut carol = w.enroll(CAROL, CAROL).await;
+    let mut ec = carol.events().unwrap();
+    let dave = w.enroll(DAVE, DAVE).await;
+
+    // Whole history: carol gets the earlier message from alice's forward.
+    let whole = alice
+        .create_room("Ward 4", "", "", &[BOB], HistoryPolicy::WholeHistory)
+        .await
+        .unwrap();
+    let old = alice.send_room_text(&whole, "whole: before").await.unwrap();
+    sent(&mut ea, old).await;
+    alice.add_members(&whole, &[CAROL]).await.unwrap();
+    assert_eq!(text(&next_message(&mut ec).await), "whole: before");
+    let genuine = held_envelope(&w, old);
+
+    // From join: nothing is forwarded, and a forward would not open.
+    let join = alice
+        .create_room("Ward 5", "", "", &[BOB], HistoryPolicy::FromJoin)
+        .await
+        .unwrap();
+    let early = alice.send_room_text(&join, "join: before").await.unwrap();
+    sent(&mut ea, early).await;
+    alice.add_members(&join, &[CAROL]).await.unwrap();
+    let early_env = held_envelope(&w, early);
+
+    // A non-member (dave) forwards a genuine envelope: refused whole.
+    dave.forward_room_history(&whole, &[CAROL], vec![genuine.clone()])
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(WAIT, async {
+        loop {
+            match ec.recv().await.unwrap() {
+                Event::Rejected { reason, .. } => return reason,
+                Event::Sent { .. } | Event::RoomChanged { .. } => {}
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("dave's bundle was not refused");
+    assert!(matches!(ev, ClientError::NotARoomMember), "{ev:?}");
+
+    // A member forwards an altered envelope and a From-join one: neither
+    // is stored; the next real message is the next thing carol sees.
+    alice
+        .forward_room_history(&whole, &[CAROL], vec![with_other_resource_id(&genuine)])
+        .await
+        .unwrap();
+    alice
+        .forward_room_history(&join, &[CAROL], vec![early_env])
+        .await
+        .unwrap();
+    for (room, t) in [(&whole, "whole: after"), (&join, "join: after")] {
+        let rid = alice.send_room_text(room, t).await.unwrap();
+        sent(&mut ea, rid).await;
+        assert_eq!(text(&next_message(&mut ec).await), t);
+    }
+    for (room, expected) in [
+        (&whole, vec!["whole: before", "whole: after"]),
+        (&join, vec!["join: after"]),
+    ] {
+        let info = carol.room(room).await.unwrap();
+        let seen: Vec<String> = carol
+            .history(info.conversation_id)
+            .await
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect();
+        assert_eq!(seen, expected);
+    }
+    for c in [alice, carol, dave] {
+        c.lock().await;
+    }
+}
+
 /// Done-when 1d: a 100-member room through the real servers, one device per
 /// member: every member device receives each message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -922,6 +922,21 @@ impl Client {
     }
 
     /// Test hook: the resource keys of the messages this client sealed.
+    /// Tests only: forwards `envelopes` as room `room`'s history to `to`,
+    /// whatever they are and whoever this user is (SECURITY.md §17.13), as
+    /// a dishonest forwarder would.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub async fn forward_room_history(
+        &self,
+        room: &ward_core::RoomId,
+        to: &[&str],
+        envelopes: Vec<Vec<u8>>,
+    ) -> Result<usize> {
+        let to: Vec<String> = to.iter().map(|u| (*u).to_owned()).collect();
+        room_history::queue(&self.inner, *room, &to, envelopes).await
+    }
+
     #[cfg(feature = "testkit")]
     #[doc(hidden)]
     pub fn sent_resource_keys(&self) -> Vec<[u8; 32]> {

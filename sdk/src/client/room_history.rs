@@ -78,11 +78,22 @@ pub(crate) async fn forward(inner: &Inner, room: RoomId, added: &[String]) -> Re
         .store
         .run(move |s| s.room_envelopes(&room, MAX_HISTORY_BYTES))
         .await?;
+    queue(inner, room, added, envelopes).await
+}
+
+/// Queues `envelopes` (kept room envelopes, oldest first) for `to` and this
+/// user, in bundles of at most [`BUNDLE_BYTES`]. Returns the bundle count.
+pub(crate) async fn queue(
+    inner: &Inner,
+    room: RoomId,
+    to: &[String],
+    envelopes: Vec<Vec<u8>>,
+) -> Result<usize> {
     if envelopes.is_empty() {
         return Ok(0);
     }
     let mut users = vec![inner.user_id.clone()];
-    users.extend(added.iter().cloned());
+    users.extend(to.iter().cloned());
     let known = inner
         .directory
         .refresh_or_cached(&inner.store, &inner.keyserver, &users)
@@ -136,7 +147,7 @@ pub(crate) async fn forward(inner: &Inner, room: RoomId, added: &[String]) -> Re
             .await?;
     }
     inner.outbox_notify.notify_one();
-    tracing::info!(room = ?room, bundles = count, users = added.len(), "room history queued");
+    tracing::info!(room = ?room, bundles = count, users = to.len(), "room history queued");
     Ok(count)
 }
 
