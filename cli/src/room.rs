@@ -157,6 +157,12 @@ async fn run_with(client: &Client, args: &DeviceArgs, cmd: &RoomCommand) -> Resu
                 members.join(", "),
                 short(id.as_bytes())
             );
+            // Under `--history whole` the room's earlier messages were
+            // queued for them (SECURITY.md §17.13): see them out before
+            // exiting, as `ward send` does.
+            if client.outbox_len().await.map_err(err)? > 0 {
+                await_outbox(client, args, Duration::from_secs(30)).await?;
+            }
         }
         RoomCommand::Remove { room, member, .. } => {
             let id = find(client, room).await?;
@@ -276,4 +282,28 @@ pub async fn send(
     .await;
     client.lock().await;
     result
+}
+
+/// Waits until the outbox is empty (the relay acked everything queued), or
+/// says what stays queued after `wait`.
+async fn await_outbox(client: &Client, args: &DeviceArgs, wait: Duration) -> Result<(), CliError> {
+    let err = |e| explain(e, args);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = client.outbox_len().await.map_err(err)?;
+        if left == 0 {
+            println!("Forwarded the room's history to the new members.");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "The room's history for the new members ({left} queued) goes out the next time \
+                 `{} send` or `{} listen` runs for you.",
+                crate::ward_cmd(),
+                crate::ward_cmd()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -741,6 +741,53 @@ fn rooms_from_the_readme_walkthrough() {
     assert_eq!(history.lines().count(), 2, "{history}");
     let list = up.ok(&["room", "list", "--as", "dr.okafor"]);
     assert!(list.contains("former member"), "{list}");
+
+    // `--history whole`: a member added later hears the earlier messages
+    // (`ward room add` forwards them before it exits, SECURITY.md §17.13).
+    let created = up.ok(&[
+        "room",
+        "create",
+        "--as",
+        "dr.martin",
+        "--name",
+        "Handover",
+        "--members",
+        "nurse.dubois",
+        "--history",
+        "whole",
+    ]);
+    let whole = created.split_whitespace().nth(1).unwrap()[..8].to_owned();
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--room",
+        &whole,
+        "Allergic to penicillin",
+    ]);
+    let added = up.ok(&[
+        "room",
+        "add",
+        &whole,
+        "--members",
+        "dr.okafor",
+        "--as",
+        "dr.martin",
+    ]);
+    assert!(added.contains("Forwarded the room's history"), "{added}");
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "dr.okafor",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(
+        heard.contains("Allergic to penicillin") && heard.contains(&format!("conv {whole}")),
+        "{heard}"
+    );
 }
 
 #[test]
