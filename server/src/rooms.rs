@@ -43,24 +43,49 @@ pub struct RelayRoom {
 /// Verified rooms by id, and the signal that a room notice was applied
 /// (for `Send`s waiting on a room the link has not brought yet).
 ///
-/// Not bounded: a room costs its log (a few KiB per epoch), and rooms are
-/// created by the organisation's members only (each creation a signed
-/// entry at the keyserver). Loaded from `room_logs` on a miss.
+/// Bounded by [`MAX_CACHED_ROOMS`]: a room costs its log (a few KiB per
+/// epoch, about 65 KiB for a 1,000-member room's creation), and a room not
+/// cached is loaded from `room_logs` and verified again on its next `Send`
+/// (well under a millisecond for 1,000 members, BENCHMARKS.md), so the
+/// relay's memory does not grow with the organisation's room count.
 pub struct RoomCache {
     rooms: Mutex<HashMap<[u8; 32], Arc<RelayRoom>>>,
+    capacity: usize,
     applied: watch::Sender<u64>,
 }
 
+/// Rooms kept verified in memory by default.
+pub const MAX_CACHED_ROOMS: usize = 10_000;
+
 impl Default for RoomCache {
     fn default() -> Self {
-        Self {
-            rooms: Mutex::new(HashMap::new()),
-            applied: watch::channel(0).0,
-        }
+        Self::with_capacity(MAX_CACHED_ROOMS)
     }
 }
 
 impl RoomCache {
+    /// A cache of at most `capacity` rooms (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            applied: watch::channel(0).0,
+        }
+    }
+
+    /// How many rooms are cached.
+    pub fn len(&self) -> usize {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no room is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn get(&self, id: &[u8; 32]) -> Option<Arc<RelayRoom>> {
         self.rooms
             .lock()
@@ -77,6 +102,13 @@ impl RoomCache {
             .is_some_and(|r| r.room.len() > room.room.len())
         {
             return;
+        }
+        if rooms.len() >= self.capacity && !rooms.contains_key(&id) {
+            // Full: one other room makes way (whichever the map yields
+            // first; it is reloaded from disk when it is next used).
+            if let Some(k) = rooms.keys().next().copied() {
+                rooms.remove(&k);
+            }
         }
         rooms.insert(id, room);
     }

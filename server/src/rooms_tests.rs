@@ -115,3 +115,23 @@ fn room_logs_are_stored_compare_and_swap_on_their_length() {
     // Another room is apart.
     assert_eq!(storage::load_room_log(&c, &[9; 32]).unwrap(), None);
 }
+
+/// The cache holds at most its capacity: a new room makes one other way,
+/// a longer log of a cached room replaces it, a shorter one does not.
+#[test]
+fn the_room_cache_is_bounded() {
+    let cache = RoomCache::with_capacity(2);
+    let f = fixture();
+    let short = decide(&f.id, None, &f.log[..1], &f.users).unwrap().unwrap();
+    let long = decide(&f.id, None, &f.log, &f.users).unwrap().unwrap();
+    let (short, long) = (Arc::new(short), Arc::new(long));
+    cache.offer(f.id, long.clone());
+    cache.offer(f.id, short.clone());
+    assert_eq!(cache.get(&f.id).unwrap().room.len(), 2, "logs only grow");
+    for i in 0..5u8 {
+        cache.offer([i; 32], short.clone());
+        assert!(cache.len() <= 2, "{} rooms cached", cache.len());
+        assert!(cache.get(&[i; 32]).is_some(), "the newest room is cached");
+    }
+    assert_eq!(cache.len(), 2);
+}
