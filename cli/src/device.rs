@@ -363,26 +363,16 @@ pub(crate) async fn conversation_with(
             "--to: name at least one clinician other than yourself".into(),
         ));
     }
-    let existing = client
-        .conversations()
+    // With more than one other member this is a room (SECURITY.md §17.12).
+    let others: Vec<&str> = members
+        .iter()
+        .filter(|m| **m != me)
+        .map(String::as_str)
+        .collect();
+    let conversation = client
+        .conversation_with(&others)
         .await
-        .map_err(|e| explain(e, args))?
-        .into_iter()
-        .find(|c| c.members.iter().cloned().collect::<BTreeSet<_>>() == members);
-    let conversation = match existing {
-        Some(c) => c.id,
-        None => {
-            let others: Vec<&str> = members
-                .iter()
-                .filter(|m| **m != me)
-                .map(String::as_str)
-                .collect();
-            client
-                .create_conversation(&others)
-                .await
-                .map_err(|e| explain(e, args))?
-        }
-    };
+        .map_err(|e| explain(e, args))?;
     Ok((conversation, members))
 }
 

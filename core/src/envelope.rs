@@ -420,6 +420,13 @@ pub fn seal_to_room<R: CryptoRng + ?Sized>(
     if req.content_type == ContentType::Text && core::str::from_utf8(req.content).is_err() {
         return Err(SealError::InvalidText);
     }
+    // S1 as for a user-addressed envelope: receivers refuse (R10) a
+    // descriptor they could not act on.
+    if req.content_type == ContentType::Attachment
+        && crate::attachment::Descriptor::parse(req.content).is_err()
+    {
+        return Err(SealError::InvalidAttachment);
+    }
     if !valid_user_id(sender.user_id()) {
         return Err(SealError::InvalidUserId);
     }

@@ -598,6 +598,17 @@ fn the_last_admin_cannot_leave_or_step_down_without_a_successor() {
         envelope::seal_to_room(&mut rng, &alice.device, &alice.chain, &left, &req).err(),
         Some(SealError::NotARoomMember)
     );
+    // S1 as on the user path: an attachment whose descriptor receivers
+    // would refuse (R10) is not sealed, before the membership checks.
+    let bad = RoomSealRequest {
+        content_type: ContentType::Attachment,
+        content: b"not a descriptor",
+        timestamp_ms: 0,
+    };
+    assert_eq!(
+        envelope::seal_to_room(&mut rng, &bob.device, &bob.chain, &left, &bad).err(),
+        Some(SealError::InvalidAttachment)
+    );
 }
 
 #[test]

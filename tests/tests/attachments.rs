@@ -804,3 +804,56 @@ async fn rates_over_loopback() {
         mib / down.as_secs_f64(),
     );
 }
+
+/// A file sent to a group (a room, §17.12): one upload, one room `Send`;
+/// every member device is a reader and gets it intact, a non-member holding
+/// the descriptor is refused like anyone who is not a reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_to_a_room_reaches_its_members_only() {
+    let w = World::new().await;
+    let alice = w.enroll("alice@chu", "alice").await;
+    let mut bob = w.enroll("bob@chu", "bob").await;
+    let mut carol = w.enroll("carol@chu", "carol").await;
+    let dave = w.enroll("dave@chu", "dave").await;
+    let (mut eb, mut ec) = (bob.events().unwrap(), carol.events().unwrap());
+    let conv = alice
+        .conversation_with(&["bob@chu", "carol@chu"])
+        .await
+        .unwrap();
+    assert!(
+        alice
+            .rooms()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.conversation_id == conv),
+        "the group is a room"
+    );
+    let src = w.dir().join("wound.jpg");
+    let hash = write_file(&src, 3 * CHUNK + 17, 7);
+    let sends = w.relay.count("sends");
+    alice
+        .send_file(conv, &src, "wound.jpg", "image/jpeg", |_| {})
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for (who, events) in [(&bob, &mut eb), (&carol, &mut ec)] {
+        let m = attachment(events).await;
+        assert_eq!(m.conversation_id, conv);
+        let out = w.dir().join(format!("{}.jpg", who.user_id()));
+        who.download(&m, &out, |_| {}).await.unwrap();
+        assert_eq!(file_hash(&out), hash);
+        got.push(m);
+    }
+    assert_eq!(w.relay.count("sends"), sends + 1, "one upload to the room");
+    match dave
+        .download(&got[0], w.dir().join("dave.jpg"), |_| {})
+        .await
+    {
+        Err(ClientError::Relay { code, .. }) => assert_eq!(code, ErrorCode::BlobRefused),
+        other => panic!("{other:?}"),
+    }
+    for c in [alice, bob, carol, dave] {
+        c.lock().await;
+    }
+}

@@ -720,6 +720,75 @@ async fn a_forwarded_history_can_be_neither_forged_nor_widened() {
     }
 }
 
+/// "The existing n-user conversations become rooms": a conversation with
+/// more than one other member is an unnamed room (one upload, one wrapped
+/// key per message), found again by its members, never a named case room
+/// with the same members; a 1:1 conversation stays a conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_conversation_is_a_room() {
+    let w = World::new().await;
+    let mut alice = w.enroll(ALICE, ALICE).await;
+    let mut ea = alice.events().unwrap();
+    let mut bob = w.enroll(BOB, BOB).await;
+    let mut eb = bob.events().unwrap();
+    let mut carol = w.enroll(CAROL, CAROL).await;
+    let mut ec = carol.events().unwrap();
+    let case = alice
+        .create_room(
+            "Bed 12",
+            "case-881",
+            "",
+            &[BOB, CAROL],
+            HistoryPolicy::FromJoin,
+        )
+        .await
+        .unwrap();
+    let conv = alice.conversation_with(&[BOB, CAROL]).await.unwrap();
+    let case_conv = alice.room(&case).await.unwrap().conversation_id;
+    assert_ne!(conv, case_conv, "a named case room is not picked");
+    assert_eq!(alice.conversation_with(&[CAROL, BOB]).await.unwrap(), conv);
+    assert_ne!(alice.conversation_with(&[BOB]).await.unwrap(), conv);
+    let group = alice
+        .rooms()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.conversation_id == conv)
+        .expect("the group is a room");
+    let mut members: Vec<(String, bool)> = group
+        .members
+        .iter()
+        .map(|m| (m.user_id.clone(), m.admin))
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        vec![
+            (ALICE.into(), true),
+            (BOB.into(), false),
+            (CAROL.into(), false)
+        ]
+    );
+
+    let sends = w.relay.count("sends");
+    let keys = ks_room_keys(&w).len();
+    let rid = alice.send_text(conv, "Rounds at 9").await.unwrap();
+    sent(&mut ea, rid).await;
+    assert_eq!(w.relay.count("sends"), sends + 1, "one upload");
+    assert_eq!(ks_room_keys(&w).len(), keys + 1, "one wrapped key");
+    for ev in [&mut eb, &mut ec] {
+        let m = next_message(ev).await;
+        assert_eq!(text(&m), "Rounds at 9");
+        assert_eq!(m.conversation_id, conv);
+    }
+    // A reply goes to the same room.
+    let reply = bob.conversation_with(&[ALICE, CAROL]).await.unwrap();
+    assert_eq!(reply, conv);
+    for c in [alice, bob, carol] {
+        c.lock().await;
+    }
+}
+
 /// Done-when 1d: a 100-member room through the real servers, one device per
 /// member: every member device receives each message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

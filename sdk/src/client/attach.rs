@@ -144,7 +144,7 @@ pub(crate) async fn send_file(
     if !ward_core::attachment::valid_file_name(file_name) {
         return Err(ward_core::AttachmentError::Malformed("file name").into());
     }
-    super::send::members(inner, conversation).await?;
+    super::send::check_sendable(inner, conversation).await?;
     let dir = spool_dir(inner);
     let (src, tmp) = (
         path.to_owned(),
@@ -285,21 +285,36 @@ async fn upload_once(
 /// upload and its spool.
 async fn finish_upload(inner: &Arc<Inner>, upload: Upload) -> Result<ResourceId> {
     let conversation = upload.conversation_id;
-    let members = super::send::members(inner, conversation).await?;
-    let known = inner
-        .directory
-        .refresh_or_cached(&inner.store, &inner.keyserver, &members)
-        .await?;
     let timestamp_ms = super::send::now_ms();
-    let (rid, payload) = super::send::seal_for(
-        inner,
-        &known,
-        conversation,
-        ContentType::Attachment,
-        &upload.descriptor,
-        timestamp_ms,
-        vec![upload.blob_id.to_vec()],
-    )?;
+    let blob_ids = vec![upload.blob_id.to_vec()];
+    let (rid, payload) = if let Some(room) = super::send::room_of(inner, conversation).await? {
+        // One wrap to the epoch key; the relay makes the member devices
+        // the blob's readers (§17.10).
+        super::rooms::seal_message(
+            inner,
+            &room,
+            ContentType::Attachment,
+            &upload.descriptor,
+            timestamp_ms,
+            blob_ids,
+        )
+        .await?
+    } else {
+        let members = super::send::members(inner, conversation).await?;
+        let known = inner
+            .directory
+            .refresh_or_cached(&inner.store, &inner.keyserver, &members)
+            .await?;
+        super::send::seal_for(
+            inner,
+            &known,
+            conversation,
+            ContentType::Attachment,
+            &upload.descriptor,
+            timestamp_ms,
+            blob_ids,
+        )?
+    };
     let message = Message {
         resource_id: rid,
         conversation_id: conversation,

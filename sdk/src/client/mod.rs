@@ -764,8 +764,14 @@ impl Client {
     }
 
     /// Creates a conversation with `members` (user ids; this user is added)
-    /// and returns its id. The members' logs are fetched and verified now
-    /// when the keyserver is reachable (an unknown user fails here).
+    /// and returns its id. With one other member, a conversation: the
+    /// members' logs are fetched and verified now when the keyserver is
+    /// reachable (an unknown user fails here). With more, a **room**
+    /// (SECURITY.md §17.12) without name, case or topic, under `FromJoin`,
+    /// this user its admin: its membership is a signed log every member
+    /// verifies and a message costs one wrap, whatever the group's size.
+    /// Creating one needs the keyserver. Its id is the room's conversation
+    /// id: `send_text` and `history` take it as any conversation's.
     pub async fn create_conversation(&self, members: &[&str]) -> Result<ConversationId> {
         let mut all: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
         all.push(self.inner.user_id.clone());
@@ -773,6 +779,23 @@ impl Client {
         all.dedup();
         if let Some(bad) = all.iter().find(|m| !valid_user_id(m)) {
             return Err(ClientError::UnknownUser(bad.clone()));
+        }
+        if all.len() > 2 {
+            let others: Vec<&str> = all
+                .iter()
+                .filter(|m| **m != self.inner.user_id)
+                .map(String::as_str)
+                .collect();
+            let room = self
+                .create_room(
+                    "",
+                    "",
+                    "",
+                    &others,
+                    ward_core::room::HistoryPolicy::FromJoin,
+                )
+                .await?;
+            return Ok(ward_core::envelope::room_conversation_id(&room));
         }
         let inner = &self.inner;
         match inner
@@ -792,13 +815,22 @@ impl Client {
     }
 
     /// The conversation with exactly `members` and this user: the first one
-    /// the store holds with that member set, else a new one
-    /// ([`Self::create_conversation`]). What "send to Dr X" means in an app.
+    /// the store holds with that member set (with more than one other
+    /// member, the unnamed room whose current members they are), else a new
+    /// one ([`Self::create_conversation`]). What "send to Dr X" means in an
+    /// app.
     pub async fn conversation_with(&self, members: &[&str]) -> Result<ConversationId> {
         let mut wanted: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
         wanted.push(self.inner.user_id.clone());
         wanted.sort();
         wanted.dedup();
+        if wanted.len() > 2 {
+            let set: std::collections::BTreeSet<String> = wanted.iter().cloned().collect();
+            return match rooms::unnamed_room_with(&self.inner, &set).await? {
+                Some(room) => Ok(ward_core::envelope::room_conversation_id(&room)),
+                None => self.create_conversation(members).await,
+            };
+        }
         let existing = self.conversations().await?.into_iter().find(|c| {
             let mut have = c.members.clone();
             have.sort();

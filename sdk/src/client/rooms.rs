@@ -192,6 +192,36 @@ async fn check_fault(inner: &Inner, id: &RoomId) -> Result<()> {
     }
 }
 
+/// The unnamed room (what [`Client::create_conversation`] makes for more
+/// than one other member) whose current members are exactly `members`, as
+/// this device last verified it. Named rooms (a patient case) are never
+/// picked: "send to Dr X and Dr Y" must not land in a case's room.
+pub(crate) async fn unnamed_room_with(
+    inner: &Inner,
+    members: &BTreeSet<String>,
+) -> Result<Option<RoomId>> {
+    let mut book = inner.rooms.rooms.lock().await;
+    let ids = inner.store.run(|s| s.room_ids()).await?;
+    for id in ids {
+        let Ok(Some(room)) = load(inner, &mut book, &id).await else {
+            continue;
+        };
+        if room.members().len() != members.len()
+            || !room.members().keys().all(|m| members.contains(m))
+        {
+            continue;
+        }
+        let ring = keyring(inner, &room).await?;
+        if room
+            .metadata(&ring)
+            .is_ok_and(|m| m.name.is_empty() && m.case_reference.is_empty() && m.topic.is_empty())
+        {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
 /// The room's verified state, refreshed from the keyserver (the history
 /// receiver's membership check, §17.13).
 pub(crate) async fn refreshed(inner: &Inner, id: &RoomId) -> Result<VerifiedRoom> {
@@ -533,6 +563,7 @@ pub(crate) async fn seal_message(
     content_type: ContentType,
     content: &[u8],
     timestamp_ms: u64,
+    blob_ids: Vec<Vec<u8>>,
 ) -> Result<(ResourceId, Zeroizing<Vec<u8>>)> {
     let mut book = inner.rooms.rooms.lock().await;
     let mut room = current(inner, &mut book, id).await?;
@@ -570,7 +601,9 @@ pub(crate) async fn seal_message(
             // log it verified (SECURITY.md §17.10): the `Send` names the
             // room only.
             recipients: Vec::new(),
-            blob_ids: Vec::new(),
+            // An attachment's blobs: the relay makes the room's member
+            // devices their readers (§16.9, §17.10).
+            blob_ids,
             room_key: Some(RoomKeyUpload {
                 room_id: id.as_bytes().to_vec(),
                 epoch: sealed.epoch,

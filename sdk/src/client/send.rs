@@ -152,8 +152,17 @@ pub(crate) fn seal_for(
     Ok((rid, payload))
 }
 
+/// Checks that this user may send to `conversation` (a room's membership
+/// is checked again when sealing, after a refresh).
+pub(crate) async fn check_sendable(inner: &Inner, conversation_id: ConversationId) -> Result<()> {
+    if room_of(inner, conversation_id).await?.is_none() {
+        members(inner, conversation_id).await?;
+    }
+    Ok(())
+}
+
 /// The room a conversation id belongs to, if it is a room's.
-async fn room_of(
+pub(crate) async fn room_of(
     inner: &Inner,
     conversation_id: ConversationId,
 ) -> Result<Option<ward_core::RoomId>> {
@@ -183,7 +192,15 @@ pub(crate) async fn send(
 ) -> Result<ResourceId> {
     let timestamp_ms = now_ms();
     let (rid, payload) = if let Some(room) = room_of(inner, conversation_id).await? {
-        super::rooms::seal_message(inner, &room, content_type, &content, timestamp_ms).await?
+        super::rooms::seal_message(
+            inner,
+            &room,
+            content_type,
+            &content,
+            timestamp_ms,
+            Vec::new(),
+        )
+        .await?
     } else {
         let members = members(inner, conversation_id).await?;
         let known = inner
@@ -286,6 +303,7 @@ async fn reseal(
             original.content_type,
             &original.content,
             original.timestamp_ms,
+            blob_ids,
         )
         .await?
     } else {
