@@ -13,10 +13,14 @@ use crate::CliError;
 use crate::device::{DeviceArgs, clean, explain, short};
 use crate::history::{Selection, select};
 
-/// `[attachment name, type, size; ward download <id>]`.
+/// `[attachment name, type, size(, thumbnail); ward download <id>]`.
 pub fn attachment_line(m: &Message, a: &AttachmentInfo) -> String {
+    let thumb = match &a.thumbnail {
+        Some(t) => format!(", {} thumbnail", clean(&t.media_type)),
+        None => String::new(),
+    };
     format!(
-        "[attachment {}, {}, {}; {} download {}]",
+        "[attachment {}, {}, {}{thumb}; {} download {}]",
         clean(&a.file_name),
         clean(&a.media_type),
         size(a.size),
@@ -142,6 +146,10 @@ pub struct SendFile {
     pub to: Vec<String>,
     /// `--conversation`: an existing conversation (id or prefix).
     pub conversation: Option<String>,
+    /// `--room`: a room (id or prefix).
+    pub room: Option<String>,
+    /// `--thumbnail`: an image file sent inline as the preview.
+    pub thumbnail: Option<PathBuf>,
     /// The file.
     pub path: PathBuf,
     /// `--media-type`, else guessed from the extension.
@@ -167,8 +175,11 @@ async fn send_file_inner(
     let mut events = client
         .events()
         .ok_or_else(|| CliError::Msg("internal: no event stream".into()))?;
-    let conversation = match &f.conversation {
-        Some(prefix) => {
+    let conversation = match (&f.room, &f.conversation) {
+        (Some(room), _) => {
+            ward_sdk::core::envelope::room_conversation_id(&crate::room::find(client, room).await?)
+        }
+        (None, Some(prefix)) => {
             let sel = Selection {
                 conversation: Some(prefix.clone()),
                 with: Vec::new(),
@@ -179,11 +190,35 @@ async fn send_file_inner(
                 .pop()
                 .ok_or_else(|| CliError::Msg("no such conversation".into()))?
         }
-        None => {
+        (None, None) => {
             crate::device::conversation_with(args, client, &f.to)
                 .await?
                 .0
         }
+    };
+    // The preview: an image of at most 64 KiB (SECURITY.md §16.5 D9),
+    // typed from its extension; checked again by the SDK before any work.
+    let thumbnail = match &f.thumbnail {
+        Some(p) => {
+            let media = guess_media_type(p);
+            if !media.starts_with("image/") {
+                return Err(CliError::Msg(format!(
+                    "--thumbnail {}: not an image (.jpg, .png, .heic or .gif)",
+                    p.display()
+                )));
+            }
+            let bytes = std::fs::read(p)
+                .map_err(|e| CliError::Msg(format!("--thumbnail {}: {e}", p.display())))?;
+            if bytes.len() > ward_sdk::core::attachment::MAX_THUMBNAIL_BYTES {
+                return Err(CliError::Msg(format!(
+                    "--thumbnail {}: {} bytes, at most 64 KiB",
+                    p.display(),
+                    bytes.len()
+                )));
+            }
+            Some((media, zeroize::Zeroizing::new(bytes)))
+        }
+        None => None,
     };
     let name = f
         .path
@@ -196,9 +231,20 @@ async fn send_file_inner(
         .clone()
         .unwrap_or_else(|| guess_media_type(&f.path).to_owned());
     let mut bar = Bar::new();
-    let sent = client
-        .send_file(conversation, &f.path, &name, &media, |p| bar.update(p))
-        .await;
+    let sent = match &thumbnail {
+        Some((tm, tb)) => {
+            client
+                .send_file_with_thumbnail(conversation, &f.path, &name, &media, (tm, tb), |p| {
+                    bar.update(p)
+                })
+                .await
+        }
+        None => {
+            client
+                .send_file(conversation, &f.path, &name, &media, |p| bar.update(p))
+                .await
+        }
+    };
     bar.done();
     let mut rid = sent.map_err(|e| file_error(e, args))?;
     let deadline = tokio::time::Instant::now() + f.wait;

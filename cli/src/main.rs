@@ -85,8 +85,8 @@ enum Command {
         device: device::DeviceArgs,
     },
     /// Send a text, or a file (--file), to one or more clinicians (reuses
-    /// the conversation with exactly these members, or starts one), or a
-    /// text to a room (--room).
+    /// the conversation with exactly these members, or starts one), or to a
+    /// room (--room).
     Send {
         /// The sending user (picks `<data>/clients/<user>.db`); optional when
         /// only one device store exists.
@@ -99,9 +99,8 @@ enum Command {
             required_unless_present_any = ["conversation", "room"]
         )]
         to: Vec<String>,
-        /// A room id, or the start of it (`ward room list`), instead of --to;
-        /// with a text only.
-        #[arg(long, conflicts_with_all = ["to", "conversation", "file"])]
+        /// A room id, or the start of it (`ward room list`), instead of --to.
+        #[arg(long, conflicts_with_all = ["to", "conversation"])]
         room: Option<String>,
         /// An existing conversation (id or its start, as `ward conversations`
         /// shows) instead of --to; with --file only.
@@ -113,6 +112,10 @@ enum Command {
         /// The file's media type; default: from its extension.
         #[arg(long, requires = "file")]
         media_type: Option<String>,
+        /// An image (at most 64 KiB) sent inline as the file's preview,
+        /// encrypted with the message.
+        #[arg(long, requires = "file")]
+        thumbnail: Option<PathBuf>,
         /// The message.
         #[arg(required_unless_present = "file")]
         text: Option<String>,
@@ -750,6 +753,7 @@ fn main() -> ExitCode {
         Command::Send {
             as_user,
             room: Some(room),
+            file: None,
             text,
             wait_secs,
             device,
@@ -765,8 +769,10 @@ fn main() -> ExitCode {
             as_user,
             to,
             conversation,
+            room,
             file: Some(path),
             media_type,
+            thumbnail,
             wait_secs,
             device,
             ..
@@ -776,8 +782,10 @@ fn main() -> ExitCode {
             files::SendFile {
                 to,
                 conversation,
+                room,
                 path,
                 media_type,
+                thumbnail,
                 wait: std::time::Duration::from_secs(wait_secs),
             },
         )),

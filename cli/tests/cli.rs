@@ -788,6 +788,36 @@ fn rooms_from_the_readme_walkthrough() {
         heard.contains("Allergic to penicillin") && heard.contains(&format!("conv {whole}")),
         "{heard}"
     );
+
+    // A photo to the room, with its preview inline.
+    let photo = up.data.join("wound.jpg");
+    std::fs::write(&photo, vec![7u8; 100_000]).unwrap();
+    let thumb = up.data.join("wound-small.png");
+    std::fs::write(&thumb, vec![9u8; 3_000]).unwrap();
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--room",
+        &whole,
+        "--file",
+        photo.to_str().unwrap(),
+        "--thumbnail",
+        thumb.to_str().unwrap(),
+    ]);
+    let heard = up.ok(&[
+        "listen",
+        "--as",
+        "dr.okafor",
+        "--count",
+        "1",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(
+        heard.contains("[attachment wound.jpg, image/jpeg, 97.7 KiB, image/png thumbnail;"),
+        "{heard}"
+    );
 }
 
 #[test]

@@ -285,6 +285,13 @@ pub fn valid_file_name(s: &str) -> bool {
         && !s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
+/// Whether an inline thumbnail passes D9 (§16.5): at most
+/// [`MAX_THUMBNAIL_BYTES`] of an `image/...` media type (none: both empty).
+/// Senders check it before encrypting a large file for nothing.
+pub fn valid_thumbnail(bytes: &[u8], media_type: &str) -> bool {
+    check_thumbnail(bytes, media_type).is_ok()
+}
+
 fn check_thumbnail(bytes: &[u8], media_type: &str) -> Result<(), AttachmentError> {
     let ok = if bytes.is_empty() {
         media_type.is_empty()

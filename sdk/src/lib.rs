@@ -110,7 +110,7 @@ pub mod store;
 pub use client::{
     AttachmentInfo, Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event,
     InviteFile, NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress, QueuedMessage,
-    RoomInfo, RoomMemberInfo,
+    RoomInfo, RoomMemberInfo, Thumbnail,
 };
 
 pub use ward_core as core;

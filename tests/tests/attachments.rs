@@ -857,3 +857,64 @@ async fn a_file_sent_to_a_room_reaches_its_members_only() {
         c.lock().await;
     }
 }
+
+/// An inline thumbnail (§16.5 D9) travels inside the signed, encrypted
+/// descriptor: the receiver has it before downloading anything, and it
+/// never reaches the relay in clear. One that receivers would refuse (not
+/// an image, over 64 KiB) is refused before any upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thumbnail_arrives_with_the_descriptor() {
+    let w = World::new().await;
+    let (alice, mut bob, conv) = pair(&w).await;
+    let mut eb = bob.events().unwrap();
+    let src = w.dir().join("wound.heic");
+    write_file(&src, 2 * CHUNK, 3);
+    let preview: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    for bad in [
+        ("text/plain", &preview[..]),
+        ("image/png", &vec![1u8; (64 << 10) + 1][..]),
+        ("image/png", &[][..]),
+    ] {
+        match alice
+            .send_file_with_thumbnail(conv, &src, "wound.heic", "image/heic", bad, |_| {})
+            .await
+        {
+            Err(ClientError::Attachment(AttachmentError::Malformed("thumbnail"))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(blob_files(&w).0.is_empty(), "nothing was uploaded");
+    alice
+        .send_file_with_thumbnail(
+            conv,
+            &src,
+            "wound.heic",
+            "image/heic",
+            ("image/jpeg", &preview),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let m = attachment(&mut eb).await;
+    let t = m.attachment().unwrap().thumbnail.expect("a thumbnail");
+    assert_eq!(t.media_type, "image/jpeg");
+    assert_eq!(&t.bytes[..], &preview[..]);
+    let dbg = format!("{t:?}");
+    assert!(
+        dbg.contains("len: 20000") && !dbg.contains("0, 1, 2"),
+        "Debug shows the size, not the bytes: {dbg}"
+    );
+    // The relay holds the descriptor only inside the encrypted envelope.
+    for f in [w.relay.db.clone(), w.relay.db.with_extension("db-wal")] {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert!(
+                !bytes.windows(64).any(|x| x == &preview[..64]),
+                "{} holds the thumbnail in clear",
+                f.display()
+            );
+        }
+    }
+    for c in [alice, bob] {
+        c.lock().await;
+    }
+}

@@ -88,6 +88,10 @@ pub struct AttachmentInfo {
     pub size: u64,
     /// The encrypted, padded size the transfer moves.
     pub blob_size: u64,
+    /// The sender's inline preview image (at most 64 KiB), if any.
+    pub thumbnail: Option<Vec<u8>>,
+    /// Its media type (`image/...`), if there is one.
+    pub thumbnail_media_type: Option<String>,
 }
 
 /// A verified, decrypted message (received, or sent from this user's
@@ -135,6 +139,8 @@ impl From<&Message> for WardMessage {
                 media_type: a.media_type,
                 size: a.size,
                 blob_size: a.blob_size,
+                thumbnail_media_type: a.thumbnail.as_ref().map(|t| t.media_type.clone()),
+                thumbnail: a.thumbnail.map(|t| t.bytes.to_vec()),
             }),
         }
     }

@@ -75,6 +75,28 @@ pub struct AttachmentInfo {
     pub size: u64,
     /// The blob's (padded, encrypted) size: what the transfer moves.
     pub blob_size: u64,
+    /// The sender's inline preview, if it sent one (at most 64 KiB of an
+    /// `image/...` type, inside the signed, encrypted descriptor).
+    pub thumbnail: Option<Thumbnail>,
+}
+
+/// An attachment's inline preview image. Its bytes are patient data:
+/// `Debug` shows only its type and size, and they are zeroized on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Thumbnail {
+    /// `image/...`, as the sender said (sniff before trusting it).
+    pub media_type: String,
+    /// The image.
+    pub bytes: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Thumbnail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Thumbnail")
+            .field("media_type", &self.media_type)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl Message {
@@ -89,6 +111,10 @@ impl Message {
             media_type: d.media_type().to_owned(),
             size: d.layout().plaintext,
             blob_size: d.layout().blob,
+            thumbnail: d.thumbnail().map(|t| Thumbnail {
+                media_type: t.media_type.clone(),
+                bytes: t.bytes.clone(),
+            }),
         })
     }
 }
@@ -135,14 +161,20 @@ pub(crate) async fn send_file(
     path: &Path,
     file_name: &str,
     media_type: &str,
+    thumbnail: Option<(&str, &[u8])>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<ResourceId> {
-    // Refuse what receivers would refuse before any work (D7, D8).
+    // Refuse what receivers would refuse before any work (D7-D9).
     if !ward_core::attachment::valid_media_type(media_type) {
         return Err(ward_core::AttachmentError::Malformed("media type").into());
     }
     if !ward_core::attachment::valid_file_name(file_name) {
         return Err(ward_core::AttachmentError::Malformed("file name").into());
+    }
+    if let Some((tm, tb)) = thumbnail
+        && (tb.is_empty() || !ward_core::attachment::valid_thumbnail(tb, tm))
+    {
+        return Err(ward_core::AttachmentError::Malformed("thumbnail").into());
     }
     super::send::check_sendable(inner, conversation).await?;
     let dir = spool_dir(inner);
@@ -174,7 +206,7 @@ pub(crate) async fn send_file(
             return Err(e);
         }
     };
-    let descriptor = sealed.describe(media_type, file_name, None)?;
+    let descriptor = sealed.describe(media_type, file_name, thumbnail)?;
     let spool = spool_dir(inner).join(format!("{}.blob", hex(&sealed.blob_id)));
     std::fs::rename(&tmp, &spool).map_err(ClientError::File)?;
     let upload = Upload {

@@ -69,7 +69,7 @@ use ward_proto::Message as _;
 use ward_proto::v1::SignedInvite;
 use zeroize::Zeroizing;
 
-pub use attach::{AttachmentInfo, Phase, Progress};
+pub use attach::{AttachmentInfo, Phase, Progress, Thumbnail};
 pub use error::{ClientError, Result};
 pub use events::Event;
 pub use invite_file::InviteFile;
@@ -880,6 +880,35 @@ impl Client {
             path.as_ref(),
             file_name,
             media_type,
+            None,
+            &mut progress,
+        )
+        .await
+    }
+
+    /// [`Self::send_file`] with an inline preview: `thumbnail` is `(media
+    /// type, bytes)`, an `image/...` of at most 64 KiB that the app made
+    /// (the SDK decodes no images), sealed inside the descriptor with the
+    /// file's key and name (SECURITY.md §16.5); receivers find it in
+    /// [`AttachmentInfo::thumbnail`] before downloading anything. Refused
+    /// (`Attachment(Malformed("thumbnail"))`) before any work when it does
+    /// not fit.
+    pub async fn send_file_with_thumbnail(
+        &self,
+        conversation: ConversationId,
+        path: impl AsRef<std::path::Path>,
+        file_name: &str,
+        media_type: &str,
+        thumbnail: (&str, &[u8]),
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<ResourceId> {
+        attach::send_file(
+            &self.inner,
+            conversation,
+            path.as_ref(),
+            file_name,
+            media_type,
+            Some(thumbnail),
             &mut progress,
         )
         .await
