@@ -9,8 +9,8 @@ use ward_sdk::{Client, Event, InviteFile};
 use zeroize::Zeroizing;
 
 use crate::types::{
-    ProgressListener, RoomHistory, RoomMember, WardConfig, WardConversation, WardEvent,
-    WardMessage, WardRoom, conversation_id, resource_id, room_id,
+    DirectoryPage, ProgressListener, RoomHistory, RoomMember, Thumbnail, WardConfig,
+    WardConversation, WardEvent, WardMessage, WardRoom, conversation_id, resource_id, room_id,
 };
 use crate::{WardError, run};
 
@@ -326,6 +326,75 @@ impl WardClient {
                 })
                 .await?;
             Ok(hex::encode(id.as_bytes()))
+        })
+    }
+
+    /// [`Self::send_file`] with an inline preview the app made: at most
+    /// 64 KiB of an `image/...` type, sealed with the file's descriptor;
+    /// receivers see it in `AttachmentInfo.thumbnail` before downloading.
+    /// One that does not fit is [`WardError::Invalid`] before any work.
+    pub async fn send_file_with_thumbnail(
+        &self,
+        conversation_id: String,
+        path: String,
+        file_name: String,
+        media_type: String,
+        thumbnail: Thumbnail,
+        progress: Option<Arc<dyn ProgressListener>>,
+    ) -> Result<String, WardError> {
+        let Thumbnail {
+            media_type: thumbnail_media_type,
+            bytes,
+        } = thumbnail;
+        let thumbnail = Zeroizing::new(bytes);
+        // The app's input, not a verification failure.
+        if thumbnail.is_empty()
+            || !ward_sdk::core::attachment::valid_thumbnail(&thumbnail, &thumbnail_media_type)
+        {
+            return Err(WardError::Invalid {
+                message: "thumbnail: an image/... of 1 byte to 64 KiB".into(),
+            });
+        }
+        with_client!(self, |c| {
+            let conversation = self::conversation_id(&conversation_id)?;
+            let id = c
+                .send_file_with_thumbnail(
+                    conversation,
+                    &path,
+                    &file_name,
+                    &media_type,
+                    (&thumbnail_media_type, &thumbnail),
+                    |p| {
+                        if let Some(l) = &progress {
+                            l.on_progress(p.into());
+                        }
+                    },
+                )
+                .await?;
+            Ok(hex::encode(id.as_bytes()))
+        })
+    }
+
+    /// Searches the organisation's professional directory by name words or
+    /// a registry-number prefix (`text`, may be empty with `profession`),
+    /// `page_size` results a page (1 to 50); `cursor` from the previous
+    /// page's `next_cursor`. Every result is the root-signed invite,
+    /// verified on this device.
+    pub async fn search_directory(
+        &self,
+        text: String,
+        profession: Option<String>,
+        page_size: u32,
+        cursor: Option<Vec<u8>>,
+    ) -> Result<DirectoryPage, WardError> {
+        with_client!(self, |c| {
+            let query = ward_sdk::DirectoryQuery {
+                text,
+                profession,
+                page_size,
+            };
+            let cursor = cursor.map(ward_sdk::PageCursor::from_bytes);
+            Ok(c.search_directory(&query, cursor.as_ref()).await?.into())
         })
     }
 

@@ -34,6 +34,16 @@ pub struct WardConfig {
     /// Also report `RelayUnreachable` and `SendDelayed` events.
     #[uniffi(default = false)]
     pub connection_events: bool,
+    /// Argon2id memory (KiB) for a store created by `enroll`; default 64 MiB.
+    /// Lower only for tests or very small devices (at least 8 MiB).
+    #[uniffi(default = None)]
+    pub kdf_memory_kib: Option<u32>,
+    /// Argon2id passes for a store created by `enroll`; default 3.
+    #[uniffi(default = None)]
+    pub kdf_passes: Option<u32>,
+    /// Wrong PINs before the store wipes itself; default 10.
+    #[uniffi(default = None)]
+    pub max_pin_attempts: Option<u32>,
 }
 
 impl WardConfig {
@@ -61,6 +71,15 @@ impl WardConfig {
             c.keyserver_instance.clone_from(i);
         }
         c.connection_events = self.connection_events;
+        if let Some(m) = self.kdf_memory_kib {
+            c.store_options.kdf.m_cost_kib = m;
+        }
+        if let Some(t) = self.kdf_passes {
+            c.store_options.kdf.t_cost = t;
+        }
+        if let Some(n) = self.max_pin_attempts {
+            c.store_options.max_attempts = n;
+        }
         Ok(c)
     }
 }
@@ -88,10 +107,18 @@ pub struct AttachmentInfo {
     pub size: u64,
     /// The encrypted, padded size the transfer moves.
     pub blob_size: u64,
-    /// The sender's inline preview image (at most 64 KiB), if any.
-    pub thumbnail: Option<Vec<u8>>,
-    /// Its media type (`image/...`), if there is one.
-    pub thumbnail_media_type: Option<String>,
+    /// The sender's inline preview image, if any.
+    pub thumbnail: Option<Thumbnail>,
+}
+
+/// An attachment's inline preview: at most 64 KiB of an `image/...` type,
+/// sealed with the descriptor. Its bytes are patient data (no `Debug`).
+#[derive(uniffi::Record, Clone)]
+pub struct Thumbnail {
+    /// `image/...`, as the sender said.
+    pub media_type: String,
+    /// The image.
+    pub bytes: Vec<u8>,
 }
 
 /// A verified, decrypted message (received, or sent from this user's
@@ -139,8 +166,10 @@ impl From<&Message> for WardMessage {
                 media_type: a.media_type,
                 size: a.size,
                 blob_size: a.blob_size,
-                thumbnail_media_type: a.thumbnail.as_ref().map(|t| t.media_type.clone()),
-                thumbnail: a.thumbnail.map(|t| t.bytes.to_vec()),
+                thumbnail: a.thumbnail.map(|t| Thumbnail {
+                    media_type: t.media_type,
+                    bytes: t.bytes.to_vec(),
+                }),
             }),
         }
     }
@@ -463,4 +492,45 @@ pub(crate) fn resource_id(s: &str) -> Result<ResourceId, WardError> {
 
 pub(crate) fn room_id(s: &str) -> Result<RoomId, WardError> {
     RoomId::from_slice(&unhex(s, "room id")?).ok_or_else(|| invalid("room id: not 32 bytes".into()))
+}
+
+/// A clinician of the professional directory: the root-signed invite,
+/// verified on this device before it is shown.
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct DirectoryEntry {
+    /// Their user id (what `conversation_with` takes).
+    pub user_id: String,
+    /// The display name their invite carries.
+    pub display_name: String,
+    /// Their profession.
+    pub profession: String,
+    /// Their registry number (RPPS-style).
+    pub registry_number: String,
+}
+
+/// One page of directory results.
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct DirectoryPage {
+    /// The results, in the keyserver's order.
+    pub entries: Vec<DirectoryEntry>,
+    /// Pass to `search_directory` for the next page; none: the last page.
+    pub next_cursor: Option<Vec<u8>>,
+}
+
+impl From<ward_sdk::Page<ward_sdk::DirectoryEntry>> for DirectoryPage {
+    fn from(p: ward_sdk::Page<ward_sdk::DirectoryEntry>) -> Self {
+        Self {
+            entries: p
+                .items
+                .into_iter()
+                .map(|e| DirectoryEntry {
+                    user_id: e.user_id,
+                    display_name: e.display_name,
+                    profession: e.profession,
+                    registry_number: e.registry_number,
+                })
+                .collect(),
+            next_cursor: p.next.map(|c| c.to_bytes()),
+        }
+    }
 }

@@ -46,6 +46,19 @@ impl DirectoryQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageCursor(Vec<u8>);
 
+impl PageCursor {
+    /// Its bytes, to carry across a language boundary or a restart.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+
+    /// A cursor from [`Self::to_bytes`]. The keyserver checks it (one it
+    /// did not make, or for another query, is refused there).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
 /// One page of results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {

@@ -197,3 +197,52 @@ def test_attachment_with_progress_and_identical_download(servers, tmp):
             await c.lock()
 
     asyncio.run(scenario())
+
+
+def test_directory_search_pages_and_a_thumbnail(servers, tmp):
+    async def scenario():
+        alice = await ward_ffi.enroll_with_invite_file(
+            servers.config(tmp / "dr.dir.db"),
+            str(servers.invite("dr.dir", "Claire Martin", "physician", "10001234567")), PIN)
+        for i, (uid, name) in enumerate(
+                [("nurse.dir1", "Luc Martin"), ("nurse.dir2", "Ana Martinez"),
+                 ("nurse.dir3", "Ada Martin")]):
+            await (await ward_ffi.enroll_with_invite_file(
+                servers.config(tmp / f"{uid}.db"),
+                str(servers.invite(uid, name, "nurse", f"2000000000{i}")), PIN)).lock()
+        # Name-word prefixes ("martin" is one of "Martinez" too), a
+        # profession filter (not the physician), pages of two.
+        first = await alice.search_directory("martin", "nurse", 2, None)
+        assert len(first.entries) == 2 and first.next_cursor is not None
+        second = await alice.search_directory("martin", "nurse", 2, first.next_cursor)
+        assert len(second.entries) == 1 and second.next_cursor is None
+        found = {e.user_id for e in first.entries + second.entries}
+        assert found == {"nurse.dir1", "nurse.dir2", "nurse.dir3"}, found
+        assert all(e.profession == "nurse" for e in first.entries + second.entries)
+        # Prefixes only: the middle of a name matches nothing.
+        assert (await alice.search_directory("artin", None, 10, None)).entries == []
+        # A registry-number prefix.
+        by_number = await alice.search_directory("1000123", None, 10, None)
+        assert [e.user_id for e in by_number.entries] == ["dr.dir"]
+        assert by_number.entries[0].registry_number == "10001234567"
+
+        # A file with its preview, to a colleague found in the directory.
+        bob = await ward_ffi.unlock(servers.config(tmp / "nurse.dir1.db"), PIN)
+        src = tmp / "wound.jpg"
+        src.write_bytes(os.urandom(70_000))
+        preview = os.urandom(5_000)
+        conversation = await alice.conversation_with(["nurse.dir1"])
+        with pytest.raises(WardError.Invalid):
+            await alice.send_file_with_thumbnail(
+                conversation, str(src), "wound.jpg", "image/jpeg",
+                ward_ffi.Thumbnail(media_type="text/plain", bytes=preview), None)
+        await alice.send_file_with_thumbnail(
+            conversation, str(src), "wound.jpg", "image/jpeg",
+            ward_ffi.Thumbnail(media_type="image/png", bytes=preview), None)
+        m = (await next_matching(bob, is_message)).message
+        assert m.attachment.thumbnail.bytes == preview
+        assert m.attachment.thumbnail.media_type == "image/png"
+        for c in (alice, bob):
+            await c.lock()
+
+    asyncio.run(scenario())
