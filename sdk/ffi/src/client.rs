@@ -83,6 +83,24 @@ pub async fn enroll_with_invite_file(
     .map(WardClient::new)
 }
 
+/// Enrolls again, from a new invite, into the store that [`unlock`]
+/// answered [`WardError::ReenrollRequired`] for (a store of the protocol v1
+/// SDK): same store, same PIN, its history kept.
+#[uniffi::export]
+pub async fn reenroll(
+    config: WardConfig,
+    invite: Vec<u8>,
+    delegation: Vec<u8>,
+    pin: String,
+) -> Result<Arc<WardClient>, WardError> {
+    let delegation = Zeroizing::new(delegation);
+    let pin = self::pin(pin)?;
+    let config = config.to_sdk()?;
+    run(async move { Ok(Client::reenroll(config, &invite, &delegation, pin).await?) })
+        .await
+        .map(WardClient::new)
+}
+
 /// Opens the enrolled store at `config.store_path` with `pin` and starts
 /// the client. A wrong PIN is [`WardError::WrongPin`] (with the attempts
 /// left), the last allowed one [`WardError::TooManyAttempts`] (the store is

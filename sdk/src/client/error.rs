@@ -36,6 +36,10 @@ pub enum ClientError {
          must enroll again, from a new invite"
     )]
     ReenrollRequired,
+    /// `reenroll` on a store whose device is enrolled under protocol v2:
+    /// nothing to do (unlock it instead); the store was not changed.
+    #[error("this device is already enrolled: unlock it instead")]
+    AlreadyEnrolled,
     /// A connection to the relay or the keyserver failed.
     #[error("network: {0}")]
     Net(#[from] NetError),

@@ -460,76 +460,44 @@ impl Client {
         delegation_secret: &[u8],
         pin: Pin,
     ) -> Result<Self> {
-        let signed: SignedInvite =
-            ward_core::invite::decode_signed_invite(invite).map_err(ClientError::InvalidInvite)?;
-        let verified =
-            verify_invite(&config.org_root, &signed).map_err(ClientError::InvalidInvite)?;
-        let delegation = DelegationKey::import_secret(delegation_secret)?;
-        let user_id = verified.details.user_id.clone();
-        let (user_key, device, device_key) = {
-            let mut rng = rand::rng();
-            (
-                UserEncryptionKey::generate(&mut rng),
-                DeviceSigningKey::generate(&mut rng),
-                DeviceEncryptionKey::generate(&mut rng),
-            )
-        };
-        let entry = create_user(
-            &config.org_root,
-            &signed,
-            &delegation,
-            &user_key.public_key(),
-            &device.public_key(),
-            &device_key.public_key(),
-            now_secs(),
-        )
-        .map_err(ClientError::InvalidInvite)?;
-        verify_log(&config.org_root, &user_id, std::slice::from_ref(&entry))
-            .map_err(ClientError::InvalidInvite)?;
-        let grant = grant_user_key(&mut rand::rng(), &user_key, &device_key.public_key())?;
+        enroll_into(config, invite, delegation_secret, EnrollInto::Fresh(pin)).await
+    }
 
-        let identity = Identity {
-            user_id: user_id.clone(),
-            device_signing: DeviceSigningKey::import_secret(&*device.export_secret())?,
-            device_encryption: DeviceEncryptionKey::import_secret(&*device_key.export_secret())?,
-        };
+    /// Enrolls again, from a new invite, into the store of a device that
+    /// [`Self::unlock`] answered [`ClientError::ReenrollRequired`] (a store
+    /// of the protocol v1 SDK, SECURITY.md §14.9): the store is opened with
+    /// its PIN, its unusable v1 keys, verified logs, outbox and relay cursor
+    /// are dropped ([`Store::reset_for_reenrollment`]), and the device
+    /// enrolls as [`Self::enroll`] does, keeping the store, its PIN and its
+    /// history. If the keyserver refuses the new enrolment, the store stays
+    /// reset (history kept) and `reenroll` may be called again with another
+    /// invite. A store that needs no re-enrolment is refused
+    /// ([`ClientError::AlreadyEnrolled`]) untouched.
+    pub async fn reenroll(
+        config: ClientConfig,
+        invite: &[u8],
+        delegation_secret: &[u8],
+        pin: Pin,
+    ) -> Result<Self> {
         let path = config.store_path.clone();
-        let options = config.store_options;
-        let raw = entry.encode_to_vec();
-        let uid = user_id.clone();
         let store = blocking(move || {
-            let mut s = Store::create(&path, &pin, None, options)?;
-            s.set_identity(&identity)?;
-            s.add_user_key(&user_key)?;
-            s.set_verified_log(&uid, &[raw])?;
+            let mut s = Store::unlock(&path, &pin, None)?;
+            match s.identity() {
+                Ok(Some(_)) => return Err(ClientError::AlreadyEnrolled),
+                Ok(None) | Err(StoreError::ReenrollRequired) => {}
+                Err(e) => return Err(e.into()),
+            }
+            s.reset_for_reenrollment()?;
             Ok(s)
         })
         .await?;
-        let store = StoreCell::new(store);
-
-        let device = Arc::new(device);
-        let ks = Keyserver::spawn_enrolling(
-            config.keyserver_url.clone(),
-            config.keyserver_audience(),
-            config.tls.clone(),
-            device.clone(),
-            user_id.clone(),
-            config.request_timeout,
-            (delegation, signed),
-        );
-        if let Err(e) = ks.append(entry).await {
-            store.close().await;
-            let path = config.store_path.clone();
-            let _ = blocking(move || Ok(Store::wipe(&path)?)).await;
-            return Err(e);
-        }
-        // The device already holds the user key; the grant serves recovery
-        // and is not worth failing the enrollment for.
-        if let Err(e) = ks.put_grants(vec![grant]).await {
-            tracing::warn!(error = %e, "enroll: self-grant not stored");
-        }
-        tracing::info!(user = %user_id, "enrolled");
-        Self::start(config, store).await
+        enroll_into(
+            config,
+            invite,
+            delegation_secret,
+            EnrollInto::Existing(store),
+        )
+        .await
     }
 
     /// Opens the store with `pin` and starts the client. A wrong PIN is
@@ -1080,4 +1048,103 @@ pub(crate) async fn refresh_own(inner: &Inner) -> Result<directory::Known> {
 
 fn first(mut v: Vec<directory::Known>) -> Result<directory::Known> {
     v.pop().ok_or(ClientError::Protocol("no log returned"))
+}
+
+/// Where [`enroll_into`] puts the new identity.
+enum EnrollInto {
+    /// A new store under this PIN (wiped if the keyserver refuses).
+    Fresh(Pin),
+    /// A store reset for re-enrolment (kept if the keyserver refuses).
+    Existing(Store),
+}
+
+/// [`Client::enroll`] and [`Client::reenroll`]: the new identity, its log's
+/// first entry appended at the keyserver, then the client started.
+async fn enroll_into(
+    config: ClientConfig,
+    invite: &[u8],
+    delegation_secret: &[u8],
+    into: EnrollInto,
+) -> Result<Client> {
+    let signed: SignedInvite =
+        ward_core::invite::decode_signed_invite(invite).map_err(ClientError::InvalidInvite)?;
+    let verified = verify_invite(&config.org_root, &signed).map_err(ClientError::InvalidInvite)?;
+    let delegation = DelegationKey::import_secret(delegation_secret)?;
+    let user_id = verified.details.user_id.clone();
+    let (user_key, device, device_key) = {
+        let mut rng = rand::rng();
+        (
+            UserEncryptionKey::generate(&mut rng),
+            DeviceSigningKey::generate(&mut rng),
+            DeviceEncryptionKey::generate(&mut rng),
+        )
+    };
+    let entry = create_user(
+        &config.org_root,
+        &signed,
+        &delegation,
+        &user_key.public_key(),
+        &device.public_key(),
+        &device_key.public_key(),
+        now_secs(),
+    )
+    .map_err(ClientError::InvalidInvite)?;
+    verify_log(&config.org_root, &user_id, std::slice::from_ref(&entry))
+        .map_err(ClientError::InvalidInvite)?;
+    let grant = grant_user_key(&mut rand::rng(), &user_key, &device_key.public_key())?;
+
+    let identity = Identity {
+        user_id: user_id.clone(),
+        device_signing: DeviceSigningKey::import_secret(&*device.export_secret())?,
+        device_encryption: DeviceEncryptionKey::import_secret(&*device_key.export_secret())?,
+    };
+    let path = config.store_path.clone();
+    let options = config.store_options;
+    let raw = entry.encode_to_vec();
+    let uid = user_id.clone();
+    let fresh = matches!(into, EnrollInto::Fresh(_));
+    let store = blocking(move || {
+        let mut s = match into {
+            EnrollInto::Fresh(pin) => Store::create(&path, &pin, None, options)?,
+            EnrollInto::Existing(s) => s,
+        };
+        s.set_identity(&identity)?;
+        s.add_user_key(&user_key)?;
+        s.set_verified_log(&uid, &[raw])?;
+        Ok(s)
+    })
+    .await?;
+    let store = StoreCell::new(store);
+
+    let device = Arc::new(device);
+    let ks = Keyserver::spawn_enrolling(
+        config.keyserver_url.clone(),
+        config.keyserver_audience(),
+        config.tls.clone(),
+        device.clone(),
+        user_id.clone(),
+        config.request_timeout,
+        (delegation, signed),
+    );
+    if let Err(e) = ks.append(entry).await {
+        if fresh {
+            store.close().await;
+            let path = config.store_path.clone();
+            let _ = blocking(move || Ok(Store::wipe(&path)?)).await;
+        } else {
+            // Keep the history: back to the reset state, for another try.
+            if let Err(e) = store.run(|s| s.clear_identity()).await {
+                tracing::warn!(error = %e, "reenroll: could not reset the store again");
+            }
+            store.close().await;
+        }
+        return Err(e);
+    }
+    // The device already holds the user key; the grant serves recovery
+    // and is not worth failing the enrollment for.
+    if let Err(e) = ks.put_grants(vec![grant]).await {
+        tracing::warn!(error = %e, "enroll: self-grant not stored");
+    }
+    tracing::info!(user = %user_id, "enrolled");
+    Client::start(config, store).await
 }

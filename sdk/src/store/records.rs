@@ -383,6 +383,21 @@ impl Store {
         Ok(true)
     }
 
+    /// Undoes an enrolment into an existing store that the keyserver
+    /// refused (`Client::reenroll`): deletes the identity, user keys,
+    /// verified logs, outbox and relay cursor it wrote, keeping
+    /// conversations and messages, so that the next attempt starts from the
+    /// same reset state. One transaction.
+    pub fn clear_identity(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM identity; DELETE FROM user_keys; DELETE FROM verified_logs;
+             DELETE FROM outbox; DELETE FROM relay_cursor;",
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every user encryption key held (v1 keys excluded).
     pub fn user_keys(&self) -> Result<Vec<UserEncryptionKey>> {
         let mut stmt = self
