@@ -715,6 +715,46 @@ async fn a_forwarded_history_can_be_neither_forged_nor_widened() {
             .collect();
         assert_eq!(seen, expected);
     }
+
+    // A member's own genuine envelopes whose message keys it never stored:
+    // each is refused at once (`WrappedKeyMissing`), not waited for, so a
+    // forwarder cannot stall the receiver for `key_wait` per envelope (four
+    // of them would outlast `WAIT` here).
+    alice.lock().await;
+    let device = Store::unlock(&w.store_path(ALICE), &pin(), None)
+        .unwrap()
+        .identity()
+        .unwrap()
+        .unwrap()
+        .device_signing;
+    let (users, verified) = (ks_users(&w), ks_room(&w, &whole));
+    let keyless: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let content = format!("keyless {i}");
+            ward_core::envelope::seal_to_room(
+                &mut rand::rng(),
+                &device,
+                &users[ALICE],
+                &verified,
+                &ward_core::envelope::RoomSealRequest {
+                    content_type: ward_core::envelope::ContentType::Text,
+                    content: content.as_bytes(),
+                    timestamp_ms: 1,
+                },
+            )
+            .unwrap()
+            .envelope
+        })
+        .collect();
+    let mut alice = w.unlock(ALICE).await;
+    let mut ea = alice.events().unwrap();
+    alice
+        .forward_room_history(&whole, &[CAROL], keyless)
+        .await
+        .unwrap();
+    let last = alice.send_room_text(&whole, "whole: last").await.unwrap();
+    sent(&mut ea, last).await;
+    assert_eq!(text(&next_message(&mut ec).await), "whole: last");
     for c in [alice, carol, dave] {
         c.lock().await;
     }

@@ -193,7 +193,8 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     let sender_id = claimed_user.to_owned();
     // A room message: opened against the room's verified log (§17.6).
     if let Some(addr) = env.room().copied() {
-        let got = super::rooms::receive(inner, &env, &addr, &sender_id).await?;
+        let got = super::rooms::receive(inner, &env, &addr, &sender_id, super::rooms::KeyWait::Yes)
+            .await?;
         if let Ok(m) = &got {
             // Kept as signed, for a later forward to new members (§17.13).
             super::room_history::keep(inner, addr.room_id, m, d.payload.clone()).await?;

@@ -199,7 +199,8 @@ pub(crate) async fn receive(inner: &Inner, opened: OpenedMessage) -> Result<Resu
         {
             continue; // already here (delivered by the relay, or an earlier bundle)
         }
-        let m = match super::rooms::receive(inner, &env, &addr, &sender).await? {
+        let got = super::rooms::receive(inner, &env, &addr, &sender, super::rooms::KeyWait::No);
+        let m = match got.await? {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(room = ?room, error = %e, "room history: an envelope refused");

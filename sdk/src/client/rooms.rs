@@ -650,6 +650,7 @@ pub(crate) async fn receive(
     env: &ReceivedEnvelope,
     addr: &RoomAddress,
     sender_id: &str,
+    key: KeyWait,
 ) -> Result<Result<Message>> {
     let id = addr.room_id;
     let room = {
@@ -726,7 +727,7 @@ pub(crate) async fn receive(
         if let Some(k) = keys.keys.into_iter().next() {
             break k;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if key == KeyWait::No || tokio::time::Instant::now() >= deadline {
             return Ok(Err(ClientError::WrappedKeyMissing(rid)));
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -750,6 +751,18 @@ pub(crate) async fn receive(
         content_type: opened.content_type,
         content: opened.content,
     }))
+}
+
+/// Whether [`receive`] waits for a message key the keyserver does not
+/// serve yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyWait {
+    /// Up to `key_wait`: a message just delivered, whose key may lag.
+    Yes,
+    /// No: a forwarded earlier message (§17.13), whose key was stored
+    /// before it was first sent; a forwarder must not stall this device
+    /// with envelopes whose keys never come.
+    No,
 }
 
 /// Rooms: create, change membership, list, send (SECURITY.md §17.12).
