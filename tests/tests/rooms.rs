@@ -829,6 +829,60 @@ async fn a_group_conversation_is_a_room() {
     }
 }
 
+/// The next `RoomChanged`: (room, added, removed); other events skipped.
+async fn room_changed(events: &mut Receiver<Event>) -> (RoomId, Vec<String>, Vec<String>) {
+    loop {
+        let ev = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("no RoomChanged in time")
+            .unwrap();
+        if let Event::RoomChanged {
+            room_id,
+            added,
+            removed,
+            ..
+        } = ev
+        {
+            return (room_id, added, removed);
+        }
+    }
+}
+
+/// The room watcher (`room_refresh_interval`): a member learns that it was
+/// added to a room, and then removed from it, without any message in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_learn_of_additions_and_removals_without_messages() {
+    let w = World::new().await;
+    let alice = w.enroll(ALICE, ALICE).await;
+    let mut config = w.config(BOB);
+    config.room_refresh_interval = Duration::from_millis(200);
+    let mut bob = w.enroll_with(BOB, config).await;
+    let mut eb = bob.events().unwrap();
+    let _carol = w.enroll(CAROL, CAROL).await;
+    let room = alice
+        .create_room(
+            "Night shift",
+            "",
+            "",
+            &[BOB, CAROL],
+            HistoryPolicy::FromJoin,
+        )
+        .await
+        .unwrap();
+    let (id, added, _) = room_changed(&mut eb).await;
+    assert_eq!(id, room);
+    assert!(added.iter().any(|u| u == BOB), "{added:?}");
+    alice.remove_member(&room, BOB).await.unwrap();
+    let (id, _, removed) = room_changed(&mut eb).await;
+    assert_eq!(id, room);
+    assert_eq!(removed, vec![BOB.to_owned()]);
+    let info = bob.room(&room).await.unwrap();
+    assert!(!info.is_member, "bob's view shows the removal");
+    for c in [alice, bob] {
+        c.lock().await;
+    }
+}
+
 /// Done-when 1d: a 100-member room through the real servers, one device per
 /// member: every member device receives each message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

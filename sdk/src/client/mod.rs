@@ -118,6 +118,12 @@ pub struct ClientConfig {
     /// key after a root-signed revocation and to hand the relay a newer log
     /// (so a lost phone revoked by the admin is cut off there too).
     pub own_log_interval: Duration,
+    /// How often the client asks the keyserver which rooms this user is in
+    /// and at what length, to refresh those that changed: a member learns of
+    /// an addition, a removal (its own included) or a new room without
+    /// sending or receiving in it (`Event::RoomChanged`). One small request
+    /// per interval, plus a refresh per changed room.
+    pub room_refresh_interval: Duration,
     /// The relay's instance id, as its operator configured it: the
     /// handshake binds it, so this device never signs for another relay
     /// (SECURITY.md §8).
@@ -146,7 +152,8 @@ impl ClientConfig {
     }
 
     /// Defaults: backoff 200 ms to 30 s, requests 15 s, key wait 30 s, own
-    /// log re-read every 60 s, the store's default Argon2id cost.
+    /// log re-read every 60 s, rooms checked every 5 minutes, the store's
+    /// default Argon2id cost.
     pub fn new(
         store_path: impl Into<PathBuf>,
         relay_url: impl Into<String>,
@@ -165,6 +172,7 @@ impl ClientConfig {
             key_wait: Duration::from_secs(30),
             event_capacity: 1024,
             own_log_interval: Duration::from_secs(60),
+            room_refresh_interval: Duration::from_secs(300),
             relay_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             keyserver_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             tls: ward_net::tls::ClientTls::default(),
@@ -610,6 +618,7 @@ impl Client {
             tokio::spawn(receive::run(inner.clone(), deliver_rx)),
             tokio::spawn(send::run_outbox(inner.clone(), connected_rx)),
             tokio::spawn(own_log::run(inner.clone())),
+            tokio::spawn(rooms::watch(inner.clone())),
             tokio::spawn(attach::resume_uploads(inner.clone())),
         ];
         Ok(Self {

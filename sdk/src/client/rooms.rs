@@ -192,6 +192,62 @@ async fn check_fault(inner: &Inner, id: &RoomId) -> Result<()> {
     }
 }
 
+/// The room watcher (`ClientConfig::room_refresh_interval`): asks the
+/// keyserver which rooms this user is a current member of and at what
+/// length, and refreshes every room whose length grew, that this device
+/// does not know yet, or that it holds as a member but the keyserver no
+/// longer lists (a removal: the refresh verifies it and reports it). Each
+/// refresh verifies as any other does and emits `Event::RoomChanged`.
+pub(crate) async fn watch(inner: std::sync::Arc<Inner>) {
+    loop {
+        tokio::time::sleep(inner.config.room_refresh_interval).await;
+        if super::revoked::is_revoked(&inner) {
+            return;
+        }
+        if let Err(e) = watch_round(&inner).await {
+            tracing::debug!(error = %e, "room check failed; retrying later");
+        }
+    }
+}
+
+async fn watch_round(inner: &Inner) -> Result<()> {
+    let heads = inner.keyserver.list_rooms().await?;
+    let listed: HashMap<RoomId, u64> = heads
+        .iter()
+        .filter_map(|h| RoomId::from_slice(&h.room_id).map(|id| (id, h.len)))
+        .collect();
+    let held = inner.store.run(|s| s.room_ids()).await?;
+    let mut book = inner.rooms.rooms.lock().await;
+    let mut stale = Vec::new();
+    for (id, len) in &listed {
+        let known = match load(inner, &mut book, id).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(room = ?id, error = %e, "room check: held state unreadable");
+                continue;
+            }
+        };
+        if known.is_none_or(|r| r.len() < *len) {
+            stale.push(*id);
+        }
+    }
+    for id in held.iter().filter(|id| !listed.contains_key(id)) {
+        if let Ok(Some(r)) = load(inner, &mut book, id).await
+            && r.is_member(&inner.user_id)
+        {
+            stale.push(*id);
+        }
+    }
+    for id in stale {
+        // A fault is recorded and reported by refresh itself; an error here
+        // only waits for the next round.
+        if let Err(e) = refresh(inner, &mut book, &id).await {
+            tracing::debug!(room = ?id, error = %e, "room check: refresh failed");
+        }
+    }
+    Ok(())
+}
+
 /// The unnamed room (what [`Client::create_conversation`] makes for more
 /// than one other member) whose current members are exactly `members`, as
 /// this device last verified it. Named rooms (a patient case) are never
