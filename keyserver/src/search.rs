@@ -704,3 +704,57 @@ mod tests {
         drop(crate::storage::Db::open(&d.path).unwrap());
     }
 }
+
+/// Properties of the normaliser and the request check over arbitrary
+/// input (any Unicode, any bytes as a cursor): what the index and every
+/// query rely on.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Words are never empty, hold only alphanumerics, no combining
+        /// mark and no upper-case Latin letter; the registry key is their
+        /// concatenation; the words of the words are the words, for text
+        /// whose lower case stays outside U+00C0..=U+017F.
+        #[test]
+        fn words_are_clean(text in "\\PC{0,64}") {
+            let words = normalise(&text);
+            for w in &words {
+                prop_assert!(!w.is_empty());
+                prop_assert!(w.chars().all(char::is_alphanumeric), "{w:?}");
+                prop_assert!(!w.chars().any(|c| (0x300..=0x36f).contains(&u32::from(c))));
+                prop_assert!(!w.chars().any(|c| c.is_ascii_uppercase()), "{w:?}");
+            }
+            prop_assert_eq!(registry_key(&text), words.concat());
+            let lower_in_fold_range = text
+                .chars()
+                .flat_map(char::to_lowercase)
+                .any(|c| (0xc0..=0x17f).contains(&u32::from(c)));
+            if !lower_in_fold_range {
+                prop_assert_eq!(normalise(&words.join(" ")), words);
+            }
+        }
+
+        /// Any request is either refused with a typed error or parsed
+        /// within the limits; never a panic.
+        #[test]
+        fn any_request_parses_or_is_refused(
+            query in "\\PC{0,300}",
+            profession in "\\PC{0,140}",
+            page_size in any::<u32>(),
+            cursor in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let req = SearchDirectory { query, profession, page_size, cursor };
+            if let Ok(q) = Query::parse(&req) {
+                prop_assert!(q.words.len() <= MAX_QUERY_WORDS);
+                prop_assert!((1..=50).contains(&q.page_size));
+                prop_assert!(!q.words.is_empty() || !q.profession.is_empty());
+            }
+        }
+    }
+}
