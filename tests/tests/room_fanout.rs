@@ -197,10 +197,12 @@ async fn the_relay_fans_out_to_the_room_log_it_verified_and_refuses_forged_ones(
     let sends = relay.count("sends");
     let by_d = room_send(&mut md, after, room_payload(after, None, "d")).await;
     assert_eq!(refused(&mut md, by_d).await, ErrorCode::Forbidden);
-    assert_eq!(
-        (relay.count("sends"), relay.count("queue")),
-        (sends, queued)
-    );
+    // Nothing stored or queued for it. (The queue may shrink meanwhile: b
+    // and c's acks of earlier deliveries land while the relay waits, up to
+    // half its handshake timeout, for a room notice that would make d a
+    // member.)
+    assert_eq!(relay.count("sends"), sends);
+    assert!(relay.count("queue") <= queued, "a queue entry was added");
     // c, removed, cannot send to the room.
     let sends = relay.count("sends");
     let by_c = room_send(&mut mc, after, room_payload(after, None, "c")).await;
