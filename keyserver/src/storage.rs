@@ -46,7 +46,7 @@ use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -242,6 +242,14 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
     CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log
         BEGIN SELECT RAISE(ABORT, 'access log is append-only'); END;
+    "#,
+    // 4 -> 5: the directory's normaliser lower-cases before it folds
+    // (SECURITY.md §10.9), so words indexed before may differ: the index is
+    // emptied here and rebuilt from every entry 0 at startup
+    // (`search::backfill`), as when it was created.
+    r#"
+    DELETE FROM directory_words;
+    DELETE FROM directory_index;
     "#,
 ];
 
