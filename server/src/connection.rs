@@ -33,8 +33,8 @@ use ward_net::handshake::{self, Peer};
 use ward_net::tls::ServerStream;
 use ward_net::{Conn, close};
 use ward_proto::v1::{
-    Ack, ClientFrame, Deliver, ErrorCode, LogAccepted, PublishLog, RelayError, Send, SendAck,
-    ServerFrame, client_frame, server_frame,
+    Ack, ClientFrame, Deliver, ErrorCode, LogAccepted, PublishLog, PushRegistered, RegisterPush,
+    RelayError, Send, SendAck, ServerFrame, client_frame, server_frame,
 };
 
 use crate::config::Limits;
@@ -245,7 +245,20 @@ pub(crate) async fn prune_revoked(
     if revoked.is_empty() {
         return;
     }
-    match shared.writer.prune(user_id.to_owned(), revoked).await {
+    let pruned = shared
+        .writer
+        .prune(user_id.to_owned(), revoked.clone())
+        .await;
+    if pruned.is_ok() {
+        // Their tokens went with their mailboxes.
+        for d in revoked {
+            shared.registry.pusher().remove(&Mailbox {
+                user_id: user_id.to_owned(),
+                device_id: d,
+            });
+        }
+    }
+    match pruned {
         Ok(n) if n > 0 => info!(
             user = user_id,
             entries = n,
@@ -756,6 +769,7 @@ impl Session {
             Some(client_frame::Frame::Send(send)) => self.send(send).await,
             Some(client_frame::Frame::Ack(ack)) => self.ack(ack).await,
             Some(client_frame::Frame::PublishLog(p)) => self.publish_log(p).await,
+            Some(client_frame::Frame::RegisterPush(r)) => self.register_push(r).await,
             Some(
                 client_frame::Frame::BlobOpen(_)
                 | client_frame::Frame::BlobPiece(_)
@@ -1015,6 +1029,47 @@ impl Session {
             Err(e) => {
                 warn!(error = %e, "ack failed");
                 Outcome::error(ErrorCode::Internal, Vec::new(), "ack not applied; retry")
+            }
+        }
+    }
+
+    /// Stores (or, empty, deletes) this device's push token (SECURITY.md
+    /// §9.2), answering once it is durable.
+    async fn register_push(&mut self, r: RegisterPush) -> Outcome {
+        // A write per frame: it draws on the same budget as sends.
+        if !self.bucket.try_take() {
+            return Outcome::error(ErrorCode::RateLimited, Vec::new(), "rate exceeded")
+                .closing(close::RATE_LIMITED, "rate exceeded");
+        }
+        if r.token.len() > crate::push::MAX_TOKEN_BYTES {
+            return Outcome::error(
+                ErrorCode::Malformed,
+                Vec::new(),
+                "push token over 1024 bytes",
+            );
+        }
+        let token_len = r.token.len();
+        match self
+            .shared
+            .writer
+            .set_push_token(self.mailbox.clone(), r.token.clone())
+            .await
+        {
+            Ok(()) => {
+                self.shared
+                    .registry
+                    .pusher()
+                    .set(self.mailbox.clone(), r.token);
+                debug!(user = %self.mailbox.user_id, token_len, "push token registered");
+                Outcome::reply(server_frame::Frame::PushRegistered(PushRegistered {}))
+            }
+            Err(e) => {
+                warn!(error = %e, "storing a push token failed");
+                Outcome::error(
+                    ErrorCode::Internal,
+                    Vec::new(),
+                    "push token not stored; retry",
+                )
             }
         }
     }

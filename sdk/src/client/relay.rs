@@ -275,6 +275,9 @@ async fn session(
                     Some(server_frame::Frame::LogAccepted(l)) => {
                         tracing::debug!(len = l.len, "relay: log accepted");
                     }
+                    Some(server_frame::Frame::PushRegistered(_)) => {
+                        tracing::debug!("relay: push token registered");
+                    }
                     Some(server_frame::Frame::BlobState(_) | server_frame::Frame::BlobData(_)) => {
                         return Err(ClientError::Protocol("blob frame on the message connection"));
                     }
