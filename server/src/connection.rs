@@ -486,6 +486,7 @@ async fn session(
     drop(out_rx);
     shared.registry.unregister(&mailbox, reg_id);
     shared.buckets.park(mailbox.clone(), s.bucket);
+    wake_if_unread(&shared, &mailbox).await;
     if let Some(r) = end
         && r.code != close::NORMAL
         && r.code != close::GOING_AWAY
@@ -499,6 +500,25 @@ async fn session(
     });
     shared.metrics.closed(end.code);
     finish(conn, Some(end), limits.close_grace).await;
+}
+
+/// A device that leaves with entries it has not acked (a connection that
+/// died, whose deliveries went nowhere, or a client that stopped reading)
+/// is offline with something waiting: that is a transition too
+/// (SECURITY.md §9.2). Without this, what arrived while a dead connection
+/// was still registered would wait for the next message or connection.
+async fn wake_if_unread(shared: &Shared, mailbox: &Mailbox) {
+    if !shared.registry.pusher().is_armed(mailbox) {
+        return;
+    }
+    let mb = mailbox.clone();
+    if let Ok(unread) = shared
+        .read(move |c| storage::backlog_sizes(c, &mb, 0, 1, 1))
+        .await
+        && !unread.is_empty()
+    {
+        shared.registry.pusher().offline_entry(mailbox);
+    }
 }
 
 async fn still_active(shared: &Shared, mailbox: &Mailbox) -> Result<(), CloseReason> {

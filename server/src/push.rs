@@ -279,6 +279,12 @@ impl Pusher {
         }
     }
 
+    /// Whether an entry of `mailbox` now would queue a wake-up (a gateway,
+    /// a token, armed).
+    pub fn is_armed(&self, mailbox: &Mailbox) -> bool {
+        self.jobs.is_some() && self.slots().get(mailbox).is_some_and(|s| s.armed)
+    }
+
     /// A new entry was committed for `mailbox`, which is not connected.
     /// Never blocks: called by the writer thread.
     pub fn offline_entry(&self, mailbox: &Mailbox) {

@@ -451,10 +451,14 @@ pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize
     Ok(ids.len())
 }
 
-/// The devices of `user_id` that have a mailbox.
+/// The devices of `user_id` that have a mailbox or a push token (what
+/// [`prune_devices`] deletes).
 pub fn mailbox_devices(conn: &Connection, user_id: &str) -> Result<Vec<[u8; 32]>, StorageError> {
     let rows: Vec<Vec<u8>> = conn
-        .prepare_cached("SELECT device_id FROM mailboxes WHERE user_id = ?1")?
+        .prepare_cached(
+            "SELECT device_id FROM mailboxes WHERE user_id = ?1
+             UNION SELECT device_id FROM push_tokens WHERE user_id = ?1",
+        )?
         .query_map(params![user_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(rows

@@ -301,6 +301,77 @@ async fn one_content_free_wake_up_per_offline_transition() {
     assert_eq!(metric(&metrics, "ward_relay_push_dropped_total"), 0.0);
 }
 
+/// A device that leaves with entries it has not acked (here: read but not
+/// acked, as after a connection that died) is woken once as it goes.
+#[tokio::test]
+async fn leaving_with_unacked_entries_wakes_once() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let mut gateway = Gateway::start(&[]).await;
+    let (relay, _) = start_relay(org.root_public(), &gateway, vec![]).await;
+    let url = relay.url();
+    let mut b = Client::of(&url, &bob, "bob").await;
+    register(&mut b, b"tok").await;
+    let mut a = Client::of(&url, &alice, "alice").await;
+    a.send_acked(message_id(), vec![to(&bob, "bob")], vec![1; 10])
+        .await;
+    b.deliver().await;
+    gateway.quiet().await;
+    disconnect(b).await;
+    assert_wake_up(&gateway.next().await, b"tok");
+    // Already woken: more messages add nothing until Bob connects again.
+    a.send_acked(message_id(), vec![to(&bob, "bob")], vec![2; 10])
+        .await;
+    gateway.quiet().await;
+}
+
+/// A revoked device's token is deleted with its mailbox: it is never woken
+/// again (here it never had a mailbox, only a token).
+#[tokio::test]
+async fn a_revoked_device_loses_its_token() {
+    use ward_core::keys::{DeviceEncryptionKey, DeviceSigningKey};
+    use ward_core::testkit::KIT_TIME;
+
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let bob = org.enroll(&mut rng, "bob");
+    let tablet = DeviceSigningKey::generate(&mut rng);
+    let tablet_enc = DeviceEncryptionKey::generate(&mut rng);
+    let add = bob
+        .chain
+        .add_device(&bob.device, &tablet, &tablet_enc.public_key(), KIT_TIME);
+    let mut log2 = bob.log.clone();
+    log2.push(add);
+    let chain2 = bob.chain.update(&org.root_public(), &log2).unwrap();
+    let revoke = chain2.revoke_device_as_root(&org.root, &bob.device.public_key(), KIT_TIME + 60);
+    let mut log3 = log2.clone();
+    log3.push(revoke);
+
+    let mut gateway = Gateway::start(&[]).await;
+    let (relay, _) = start_relay(org.root_public(), &gateway, vec![]).await;
+    let url = relay.url();
+    let mut phone = Client::of(&url, &bob, "bob").await;
+    register(&mut phone, b"phone").await;
+    disconnect(phone).await;
+    let mut t = Client::connect(&url, &org.root_public(), &tablet, "bob", &log2)
+        .await
+        .unwrap();
+    register(&mut t, b"tablet").await;
+    assert_eq!(relay.count("push_tokens"), 2);
+    t.frame(client_frame::Frame::PublishLog(
+        ward_proto::v1::PublishLog { entries: log3 },
+    ))
+    .await;
+    match t.next().await {
+        server_frame::Frame::LogAccepted(a) => assert_eq!(a.len, 3),
+        other => panic!("expected LogAccepted, got {other:?}"),
+    }
+    relay.wait_count("push_tokens", 1).await;
+    gateway.quiet().await;
+}
+
 /// (4) A gateway that fails twice gets the wake-up on the third attempt;
 /// one that keeps failing is given up after the last retry.
 #[tokio::test]
