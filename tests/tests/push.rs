@@ -446,3 +446,39 @@ async fn without_a_gateway_tokens_are_kept() {
     register(&mut b, b"t").await;
     assert_eq!(relay.count("push_tokens"), 1);
 }
+
+/// The SDK registers its token on the relay connection (and again on
+/// every connection); an offline SDK device is woken once by a message.
+#[tokio::test]
+async fn the_sdk_registers_its_token_and_is_woken_offline() {
+    let mut gateway = Gateway::start(&[]).await;
+    let url = gateway.url.clone();
+    let w = ward_tests::world::World::with_relay(move |c| c.push = Some(PushConfig::webhook(url)))
+        .await;
+    let bob = w.enroll("bob", "bob-phone").await;
+    assert!(matches!(
+        bob.register_push(&[0; 1025]).await,
+        Err(ward_sdk::ClientError::PushTokenTooLong(1025))
+    ));
+    bob.register_push(b"sdk-token").await.unwrap();
+    w.relay.wait_count("push_tokens", 1).await;
+    bob.lock().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while w.metric("ward_relay_connections") > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let alice = w.enroll("alice", "alice-laptop").await;
+    let conv = alice.conversation_with(&["bob"]).await.unwrap();
+    alice.send_text(conv, "bed 4: potassium 6.1").await.unwrap();
+    let r = gateway.next().await;
+    assert_wake_up(&r, b"sdk-token");
+    let text = String::from_utf8_lossy(&r.raw).to_lowercase();
+    assert!(!text.contains("alice") && !text.contains("potassium"));
+    gateway.quiet().await;
+    assert_eq!(w.metric("ward_relay_push_sent_total"), 1.0);
+}
