@@ -56,6 +56,9 @@ pub struct PushConfig {
     pub webhook: String,
     /// Allow plain `http://` to a host that is not loopback.
     pub allow_plain_remote: bool,
+    /// Whom an `https://` webhook's certificate must chain to (default:
+    /// the public web roots).
+    pub tls: ward_net::tls::ClientTls,
     /// The waits before each retry of a failed wake-up.
     pub retry_delays: Vec<Duration>,
 }
@@ -66,6 +69,7 @@ impl PushConfig {
         Self {
             webhook: url.into(),
             allow_plain_remote: false,
+            tls: ward_net::tls::ClientTls::web_roots(),
             retry_delays: crate::push::DEFAULT_RETRY_DELAYS.to_vec(),
         }
     }

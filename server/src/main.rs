@@ -156,6 +156,10 @@ struct Args {
     /// loopback (the token then crosses the network in clear).
     #[arg(long, env = "WARD_RELAY_PUSH_WEBHOOK_INSECURE")]
     push_webhook_insecure: bool,
+    /// PEM CA certificate(s) to trust for an https:// --push-webhook (a
+    /// private CA); default: the public web roots.
+    #[arg(long, env = "WARD_RELAY_PUSH_WEBHOOK_CA", value_name = "FILE")]
+    push_webhook_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -261,9 +265,17 @@ fn config(args: &Args) -> Result<Config, String> {
     if let Some(url) = &args.push_webhook {
         let mut push = ward_relay::PushConfig::webhook(url.clone());
         push.allow_plain_remote = args.push_webhook_insecure;
+        if let Some(ca) = &args.push_webhook_ca {
+            push.tls = ward_net::tls::ClientTls::pinned_ca_file(ca)
+                .map_err(|e| format!("--push-webhook-ca: {e}"))?;
+        }
         // Refused here, before serving, rather than at the first wake-up.
-        ward_relay::push::WebhookGateway::new(&push.webhook, push.allow_plain_remote)
-            .map_err(|e| format!("--push-webhook: {e}"))?;
+        ward_relay::push::WebhookGateway::new(
+            &push.webhook,
+            push.allow_plain_remote,
+            push.tls.clone(),
+        )
+        .map_err(|e| format!("--push-webhook: {e}"))?;
         config.push = Some(push);
     }
     Ok(config)

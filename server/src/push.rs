@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
@@ -66,6 +66,9 @@ pub enum PushError {
     /// The webhook URL is unusable.
     #[error("push webhook URL: {0}")]
     Url(String),
+    /// The TLS handshake with an `https://` webhook failed.
+    #[error("push gateway TLS: {0}")]
+    Tls(#[from] ward_net::tls::TlsError),
 }
 
 /// What [`PushGateway::wake`] returns.
@@ -79,32 +82,40 @@ pub trait PushGateway: Send + Sync {
 }
 
 /// A webhook: `POST <path>` with `Content-Type: application/json` and the
-/// body `{"token":"<lowercase hex>"}`, over plain HTTP/1.1. A 2xx status is
+/// body `{"token":"<lowercase hex>"}`, over HTTP/1.1, in TLS 1.3 for
+/// `https://` (verified as `wss://` is, `ward_net::tls`). A 2xx status is
 /// success.
 #[derive(Debug, Clone)]
 pub struct WebhookGateway {
     /// `host:port` to connect to.
     addr: String,
+    /// The host alone (no brackets, no port): the TLS server name.
+    hostname: String,
     /// The `Host` header.
     host: String,
     /// The request target (path and query), at least `/`.
     path: String,
+    /// `Some` for `https://`.
+    tls: Option<ward_net::tls::ClientTls>,
 }
 
 impl WebhookGateway {
-    /// Parses `http://host[:port][/path]`. A host that is not loopback is
-    /// refused unless `allow_plain_remote` (the token would cross a network
-    /// in clear). `https://` is refused: this version has no TLS client for
-    /// webhooks; put a TLS-terminating proxy on loopback in front.
-    pub fn new(url: &str, allow_plain_remote: bool) -> Result<Self, PushError> {
-        if url.starts_with("https://") {
-            return Err(PushError::Url(
-                "https:// is not supported yet: use http:// to a loopback bridge or proxy".into(),
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| PushError::Url("must start with http://".into()))?;
+    /// Parses `http://host[:port][/path]` or `https://…`. Plain `http://` to
+    /// a host that is not loopback is refused unless `allow_plain_remote`
+    /// (the token would cross a network in clear). `https://` servers are
+    /// verified against `tls` (the web roots, or a pinned CA).
+    pub fn new(
+        url: &str,
+        allow_plain_remote: bool,
+        tls: ward_net::tls::ClientTls,
+    ) -> Result<Self, PushError> {
+        let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("https://") {
+            (r, Some(tls), 443)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (r, None, 80)
+        } else {
+            return Err(PushError::Url("must start with http:// or https://".into()));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -127,12 +138,12 @@ impl WebhookGateway {
             Some(p) => p
                 .parse()
                 .map_err(|_| PushError::Url(format!("bad port {p:?}")))?,
-            None => 80,
+            None => default_port,
         };
         if host.is_empty() {
             return Err(PushError::Url("no host".into()));
         }
-        if !allow_plain_remote && !ward_net::tls::is_loopback_host(host) {
+        if tls.is_none() && !allow_plain_remote && !ward_net::tls::is_loopback_host(host) {
             return Err(PushError::Url(format!(
                 "plain http:// to {host}, which is not loopback (--push-webhook-insecure allows it)"
             )));
@@ -149,8 +160,10 @@ impl WebhookGateway {
         };
         Ok(Self {
             host: authority.to_owned(),
+            hostname: host.to_owned(),
             addr,
             path: path.to_owned(),
+            tls,
         })
     }
 
@@ -168,22 +181,35 @@ impl WebhookGateway {
     }
 
     async fn post(&self, token: &[u8]) -> Result<(), PushError> {
-        let mut tcp = TcpStream::connect(&self.addr).await?;
-        tcp.write_all(&self.request(token)).await?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
-        while !head.windows(2).any(|w| w == b"\r\n") {
-            let n = tcp.read(&mut buf).await?;
-            if n == 0 || head.len() > MAX_STATUS_LINE {
-                return Err(PushError::BadResponse);
-            }
-            head.extend_from_slice(&buf[..n]);
+        let tcp = TcpStream::connect(&self.addr).await?;
+        let request = self.request(token);
+        match &self.tls {
+            Some(tls) => exchange(tls.connect_stream(&self.hostname, tcp).await?, &request).await,
+            None => exchange(tcp, &request).await,
         }
-        match status_code(&head) {
-            Some(s) if (200..300).contains(&s) => Ok(()),
-            Some(s) => Err(PushError::Status(s)),
-            None => Err(PushError::BadResponse),
+    }
+}
+
+/// Writes `request` and reads the answer's status line.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    request: &[u8],
+) -> Result<(), PushError> {
+    stream.write_all(request).await?;
+    stream.flush().await?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() > MAX_STATUS_LINE {
+            return Err(PushError::BadResponse);
         }
+        head.extend_from_slice(&buf[..n]);
+    }
+    match status_code(&head) {
+        Some(s) if (200..300).contains(&s) => Ok(()),
+        Some(s) => Err(PushError::Status(s)),
+        None => Err(PushError::BadResponse),
     }
 }
 
@@ -389,24 +415,33 @@ mod tests {
         }
     }
 
+    fn gw(url: &str, insecure: bool) -> Result<WebhookGateway, PushError> {
+        WebhookGateway::new(url, insecure, ward_net::tls::ClientTls::web_roots())
+    }
+
     #[test]
     fn urls() {
-        let g = WebhookGateway::new("http://127.0.0.1:8080/wake?x=1", false).unwrap();
+        let g = gw("http://127.0.0.1:8080/wake?x=1", false).unwrap();
         assert_eq!(
             g.request(&[0xab, 0x01]),
             b"POST /wake?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{\"token\":\"ab01\"}"
         );
-        let g = WebhookGateway::new("http://[::1]:9", false).unwrap();
+        let g = gw("http://[::1]:9", false).unwrap();
         assert_eq!((g.addr.as_str(), g.path.as_str()), ("[::1]:9", "/"));
-        let g = WebhookGateway::new("http://localhost", false).unwrap();
+        let g = gw("http://localhost", false).unwrap();
         assert_eq!(g.addr, "localhost:80");
-        assert!(WebhookGateway::new("http://push.example.org/x", false).is_err());
-        assert!(WebhookGateway::new("http://push.example.org/x", true).is_ok());
-        assert!(WebhookGateway::new("https://push.example.org/x", true).is_err());
-        assert!(WebhookGateway::new("ftp://localhost/", true).is_err());
-        assert!(WebhookGateway::new("http://localhost:x/", true).is_err());
-        assert!(WebhookGateway::new("http://u@localhost/", true).is_err());
-        assert!(WebhookGateway::new("http://localhost/a b", true).is_err());
+        assert!(gw("http://push.example.org/x", false).is_err());
+        assert!(gw("http://push.example.org/x", true).is_ok());
+        let g = gw("https://push.example.org/x", false).unwrap();
+        assert_eq!(
+            (g.addr.as_str(), g.hostname.as_str()),
+            ("push.example.org:443", "push.example.org")
+        );
+        assert!(g.tls.is_some());
+        assert!(gw("ftp://localhost/", true).is_err());
+        assert!(gw("http://localhost:x/", true).is_err());
+        assert!(gw("http://u@localhost/", true).is_err());
+        assert!(gw("http://localhost/a b", true).is_err());
     }
 
     #[test]

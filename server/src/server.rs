@@ -240,7 +240,7 @@ fn start_push(
         );
         return Ok((Pusher::new(tokens, None, None), None));
     };
-    let gateway = WebhookGateway::new(&push.webhook, push.allow_plain_remote)
+    let gateway = WebhookGateway::new(&push.webhook, push.allow_plain_remote, push.tls.clone())
         .map_err(|e| RelayError::Config(e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel(crate::push::QUEUE);
     let task = tokio::spawn(worker(

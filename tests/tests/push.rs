@@ -7,11 +7,13 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use ward_core::testkit::{Clinician, Org};
 use ward_net::close;
+use ward_net::tls::Acceptor;
+use ward_net::tls::dev_ca::{DevPki, LOOPBACK_NAMES};
 use ward_proto::v1::{ErrorCode, RegisterPush, client_frame, server_frame};
 use ward_relay::PushConfig;
 use ward_tests::relay::{Client, Relay, WAIT, closed, message_id, seal, to};
@@ -48,14 +50,26 @@ struct Gateway {
 impl Gateway {
     /// Answers the scripted statuses in turn, then 200.
     async fn start(script: &[u16]) -> Self {
+        Self::start_on(script, Acceptor::InsecureLoopback).await
+    }
+
+    /// As [`Gateway::start`], in TLS when `acceptor` says so.
+    async fn start_on(script: &[u16], acceptor: Acceptor) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/wake", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = match acceptor {
+            Acceptor::Tls(_) => format!("https://localhost:{port}/v1/wake"),
+            Acceptor::InsecureLoopback => format!("http://127.0.0.1:{port}/v1/wake"),
+        };
         let (tx, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
         tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                let (tx, script) = (tx.clone(), script.clone());
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tx, script, acceptor) = (tx.clone(), script.clone(), acceptor.clone());
                 tokio::spawn(async move {
+                    let Ok(mut tcp) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let Some(req) = read_request(&mut tcp).await else {
                         return;
                     };
@@ -88,7 +102,7 @@ impl Gateway {
     }
 }
 
-async fn read_request(tcp: &mut tokio::net::TcpStream) -> Option<Request> {
+async fn read_request(tcp: &mut (impl AsyncRead + Unpin)) -> Option<Request> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 1024];
     let head_end = loop {
@@ -135,11 +149,23 @@ async fn start_relay(
     gateway: &Gateway,
     retry_delays: Vec<Duration>,
 ) -> (Relay, ward_ops::metrics::Registry) {
+    start_relay_trusting(root, gateway, retry_delays, None).await
+}
+
+async fn start_relay_trusting(
+    root: ward_core::keys::SigningPublicKey,
+    gateway: &Gateway,
+    retry_delays: Vec<Duration>,
+    tls: Option<ward_net::tls::ClientTls>,
+) -> (Relay, ward_ops::metrics::Registry) {
     let metrics = ward_ops::metrics::Registry::new();
     let (m, url) = (metrics.clone(), gateway.url.clone());
     let relay = Relay::start_with(root, move |c| {
         let mut push = PushConfig::webhook(url);
         push.retry_delays = retry_delays;
+        if let Some(tls) = tls {
+            push.tls = tls;
+        }
         c.push = Some(push);
         c.metrics = m;
     })
@@ -410,6 +436,46 @@ async fn failed_wake_ups_are_retried_then_given_up() {
     gateway.quiet().await;
     assert_eq!(metric(&metrics, "ward_relay_push_failed_total"), 1.0);
     assert_eq!(metric(&metrics, "ward_relay_push_sent_total"), 1.0);
+}
+
+/// An `https://` webhook gets the same request in TLS, verified against
+/// the configured CA; one whose certificate does not chain to it is never
+/// sent the token (the handshake fails first) and is given up.
+#[tokio::test]
+async fn an_https_webhook_is_verified() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let pki = DevPki::mint("push test CA", LOOPBACK_NAMES).unwrap();
+    let mut gateway = Gateway::start_on(&[], Acceptor::Tls(pki.server().unwrap())).await;
+    assert!(gateway.url.starts_with("https://"));
+    for (trust, woken) in [(Some(pki.client().unwrap()), true), (None, false)] {
+        let delays = vec![Duration::from_millis(20)];
+        let (relay, metrics) =
+            start_relay_trusting(org.root_public(), &gateway, delays, trust).await;
+        let url = relay.url();
+        let mut b = Client::of(&url, &bob, "bob").await;
+        register(&mut b, b"tls-token").await;
+        disconnect(b).await;
+        let mut a = Client::of(&url, &alice, "alice").await;
+        a.send_acked(message_id(), vec![to(&bob, "bob")], vec![5; 20])
+            .await;
+        if woken {
+            assert_wake_up(&gateway.next().await, b"tls-token");
+            gateway.quiet().await;
+            assert_eq!(metric(&metrics, "ward_relay_push_sent_total"), 1.0);
+        } else {
+            // The web roots do not know the test CA.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while metric(&metrics, "ward_relay_push_failed_total") < 1.0 {
+                assert!(tokio::time::Instant::now() < deadline, "not given up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            gateway.quiet().await;
+            assert_eq!(metric(&metrics, "ward_relay_push_sent_total"), 0.0);
+        }
+    }
 }
 
 /// (5) A token over 1,024 bytes is MALFORMED, and the connection stays
