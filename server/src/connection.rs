@@ -517,7 +517,7 @@ async fn wake_if_unread(shared: &Shared, mailbox: &Mailbox) {
         .await
         && !unread.is_empty()
     {
-        shared.registry.pusher().offline_entry(mailbox);
+        shared.registry.waiting_offline(mailbox);
     }
 }
 

@@ -171,6 +171,16 @@ impl Registry {
         }
     }
 
+    /// Reports an entry waiting in `mailbox` to the pusher, unless a
+    /// connection of it is registered (a newer connection replaced the one
+    /// that ended: it sees the mailbox itself).
+    pub fn waiting_offline(&self, mailbox: &Mailbox) {
+        let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if !devices.contains_key(mailbox) {
+            self.push.offline_entry(mailbox);
+        }
+    }
+
     /// Tells `mailbox`'s connection, if any, to close.
     pub fn close(&self, mailbox: &Mailbox, reason: CloseReason) {
         let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
