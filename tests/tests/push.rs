@@ -554,3 +554,36 @@ async fn the_sdk_registers_its_token_and_is_woken_offline() {
     gateway.quiet().await;
     assert_eq!(w.metric("ward_relay_push_sent_total"), 1.0);
 }
+
+/// Tokens are durable: a relay restarted on the same database wakes a
+/// device that registered before the restart (every token starts armed).
+#[tokio::test]
+async fn tokens_survive_a_restart() {
+    let mut rng = rand::rng();
+    let org = Org::new(&mut rng);
+    let alice = org.enroll(&mut rng, "alice");
+    let bob = org.enroll(&mut rng, "bob");
+    let dir = ward_tests::relay::TempDir::new("push-restart");
+    let db = dir.path().join("relay.db");
+    let mut gateway = Gateway::start(&[]).await;
+    let on_db = |db: std::path::PathBuf, url: String| {
+        move |c: &mut ward_relay::Config| {
+            c.blob_dir = ward_relay::config::default_blob_dir(&db);
+            c.db_path = db;
+            c.push = Some(PushConfig::webhook(url));
+        }
+    };
+    let mut first =
+        Relay::start_with(org.root_public(), on_db(db.clone(), gateway.url.clone())).await;
+    let mut b = Client::of(&first.url(), &bob, "bob").await;
+    register(&mut b, b"kept").await;
+    disconnect(b).await;
+    first.stop().await.unwrap();
+
+    let second = Relay::start_with(org.root_public(), on_db(db, gateway.url.clone())).await;
+    let mut a = Client::of(&second.url(), &alice, "alice").await;
+    a.send_acked(message_id(), vec![to(&bob, "bob")], vec![3; 30])
+        .await;
+    assert_wake_up(&gateway.next().await, b"kept");
+    gateway.quiet().await;
+}
