@@ -453,6 +453,34 @@ impl ClientTls {
     pub fn is_pinned(&self) -> bool {
         self.pinned
     }
+
+    /// TLS 1.3 over the connected `tcp`, verified for `host` (a DNS name
+    /// or an IP address) exactly as a `wss://` connection is: for the few
+    /// clients that speak another protocol than WebSocket (the relay's push
+    /// webhook, SECURITY.md §9.2).
+    pub async fn connect_stream(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| TlsError::BadUrl(host.to_owned()))?;
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(
+                |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(r) => rustls_error(r, host),
+                    None if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        TlsError::NotTls(host.to_owned())
+                    }
+                    None => TlsError::Handshake {
+                        host: host.to_owned(),
+                        reason: e.to_string(),
+                    },
+                },
+            )
+    }
 }
 
 fn empty_config() -> rustls::ClientConfig {

@@ -44,6 +44,35 @@ pub struct Config {
     /// revocation) at once (SECURITY.md §10.8); `None`: the relay learns
     /// logs from devices only (§9).
     pub keyserver_link: Option<crate::keyserver_link::KeyserverLink>,
+    /// The push gateway (SECURITY.md §9.2); `None`: tokens are stored but
+    /// no device is woken.
+    pub push: Option<PushConfig>,
+}
+
+/// Where wake-ups go (SECURITY.md §9.2).
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// The webhook, `http://host[:port][/path]`.
+    pub webhook: String,
+    /// Allow plain `http://` to a host that is not loopback.
+    pub allow_plain_remote: bool,
+    /// Whom an `https://` webhook's certificate must chain to (default:
+    /// the public web roots).
+    pub tls: ward_net::tls::ClientTls,
+    /// The waits before each retry of a failed wake-up.
+    pub retry_delays: Vec<Duration>,
+}
+
+impl PushConfig {
+    /// A webhook with the default retries ([`crate::push::DEFAULT_RETRY_DELAYS`]).
+    pub fn webhook(url: impl Into<String>) -> Self {
+        Self {
+            webhook: url.into(),
+            allow_plain_remote: false,
+            tls: ward_net::tls::ClientTls::web_roots(),
+            retry_delays: crate::push::DEFAULT_RETRY_DELAYS.to_vec(),
+        }
+    }
 }
 
 /// Limits. Each violation closes the connection with a reason code.
@@ -189,6 +218,7 @@ impl Config {
             log_cache_bytes: crate::logs::DEFAULT_LOG_CACHE_BYTES,
             log_stats: Arc::default(),
             keyserver_link: None,
+            push: None,
         }
     }
 }

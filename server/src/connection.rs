@@ -33,8 +33,8 @@ use ward_net::handshake::{self, Peer};
 use ward_net::tls::ServerStream;
 use ward_net::{Conn, close};
 use ward_proto::v1::{
-    Ack, ClientFrame, Deliver, ErrorCode, LogAccepted, PublishLog, RelayError, Send, SendAck,
-    ServerFrame, client_frame, server_frame,
+    Ack, ClientFrame, Deliver, ErrorCode, LogAccepted, PublishLog, PushRegistered, RegisterPush,
+    RelayError, Send, SendAck, ServerFrame, client_frame, server_frame,
 };
 
 use crate::config::Limits;
@@ -245,7 +245,20 @@ pub(crate) async fn prune_revoked(
     if revoked.is_empty() {
         return;
     }
-    match shared.writer.prune(user_id.to_owned(), revoked).await {
+    let pruned = shared
+        .writer
+        .prune(user_id.to_owned(), revoked.clone())
+        .await;
+    if pruned.is_ok() {
+        // Their tokens went with their mailboxes.
+        for d in revoked {
+            shared.registry.pusher().remove(&Mailbox {
+                user_id: user_id.to_owned(),
+                device_id: d,
+            });
+        }
+    }
+    match pruned {
         Ok(n) if n > 0 => info!(
             user = user_id,
             entries = n,
@@ -473,6 +486,7 @@ async fn session(
     drop(out_rx);
     shared.registry.unregister(&mailbox, reg_id);
     shared.buckets.park(mailbox.clone(), s.bucket);
+    wake_if_unread(&shared, &mailbox).await;
     if let Some(r) = end
         && r.code != close::NORMAL
         && r.code != close::GOING_AWAY
@@ -486,6 +500,25 @@ async fn session(
     });
     shared.metrics.closed(end.code);
     finish(conn, Some(end), limits.close_grace).await;
+}
+
+/// A device that leaves with entries it has not acked (a connection that
+/// died, whose deliveries went nowhere, or a client that stopped reading)
+/// is offline with something waiting: that is a transition too
+/// (SECURITY.md §9.2). Without this, what arrived while a dead connection
+/// was still registered would wait for the next message or connection.
+async fn wake_if_unread(shared: &Shared, mailbox: &Mailbox) {
+    if !shared.registry.pusher().is_armed(mailbox) {
+        return;
+    }
+    let mb = mailbox.clone();
+    if let Ok(unread) = shared
+        .read(move |c| storage::backlog_sizes(c, &mb, 0, 1, 1))
+        .await
+        && !unread.is_empty()
+    {
+        shared.registry.waiting_offline(mailbox);
+    }
 }
 
 async fn still_active(shared: &Shared, mailbox: &Mailbox) -> Result<(), CloseReason> {
@@ -756,6 +789,7 @@ impl Session {
             Some(client_frame::Frame::Send(send)) => self.send(send).await,
             Some(client_frame::Frame::Ack(ack)) => self.ack(ack).await,
             Some(client_frame::Frame::PublishLog(p)) => self.publish_log(p).await,
+            Some(client_frame::Frame::RegisterPush(r)) => self.register_push(r).await,
             Some(
                 client_frame::Frame::BlobOpen(_)
                 | client_frame::Frame::BlobPiece(_)
@@ -1015,6 +1049,47 @@ impl Session {
             Err(e) => {
                 warn!(error = %e, "ack failed");
                 Outcome::error(ErrorCode::Internal, Vec::new(), "ack not applied; retry")
+            }
+        }
+    }
+
+    /// Stores (or, empty, deletes) this device's push token (SECURITY.md
+    /// §9.2), answering once it is durable.
+    async fn register_push(&mut self, r: RegisterPush) -> Outcome {
+        // A write per frame: it draws on the same budget as sends.
+        if !self.bucket.try_take() {
+            return Outcome::error(ErrorCode::RateLimited, Vec::new(), "rate exceeded")
+                .closing(close::RATE_LIMITED, "rate exceeded");
+        }
+        if r.token.len() > crate::push::MAX_TOKEN_BYTES {
+            return Outcome::error(
+                ErrorCode::Malformed,
+                Vec::new(),
+                "push token over 1024 bytes",
+            );
+        }
+        let token_len = r.token.len();
+        match self
+            .shared
+            .writer
+            .set_push_token(self.mailbox.clone(), r.token.clone())
+            .await
+        {
+            Ok(()) => {
+                self.shared
+                    .registry
+                    .pusher()
+                    .set(self.mailbox.clone(), r.token);
+                debug!(user = %self.mailbox.user_id, token_len, "push token registered");
+                Outcome::reply(server_frame::Frame::PushRegistered(PushRegistered {}))
+            }
+            Err(e) => {
+                warn!(error = %e, "storing a push token failed");
+                Outcome::error(
+                    ErrorCode::Internal,
+                    Vec::new(),
+                    "push token not stored; retry",
+                )
             }
         }
     }

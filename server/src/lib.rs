@@ -13,6 +13,8 @@
 //!   uploaded and downloaded on a connection of their own (`/v2/blobs`),
 //!   records and readers in [`blob_meta`], deleted once every reader fetched
 //!   them or after retention.
+//! * Content-free push (SECURITY.md §9.2, [`push`]): an offline device's
+//!   registered token goes to a push gateway, alone, once per wake-up.
 //! * Bounded per-connection queues; limits on frame size, recipients, auth
 //!   time, send rate and connections, each violation closing with a code.
 //!
@@ -35,6 +37,7 @@ mod error;
 pub mod keyserver_link;
 pub mod logs;
 pub mod metrics;
+pub mod push;
 pub mod registry;
 pub mod rooms;
 mod server;
@@ -42,6 +45,6 @@ mod state;
 pub mod storage;
 pub mod writer;
 
-pub use config::{Config, DEFAULT_RETENTION, Limits};
+pub use config::{Config, DEFAULT_RETENTION, Limits, PushConfig};
 pub use error::{RelayError, StorageError};
 pub use server::run;

@@ -147,6 +147,19 @@ struct Args {
     /// evicted past it and verified again at their next login).
     #[arg(long, env = "WARD_RELAY_LOG_CACHE_MIB", default_value_t = 128)]
     log_cache_mib: usize,
+    /// Push webhook (http://host[:port]/path) that wakes offline devices
+    /// with their registered token and nothing else (SECURITY.md §9.2).
+    /// None: tokens are stored, no device is woken.
+    #[arg(long, env = "WARD_RELAY_PUSH_WEBHOOK", value_name = "URL")]
+    push_webhook: Option<String>,
+    /// Allow --push-webhook over plain http:// to a host that is not
+    /// loopback (the token then crosses the network in clear).
+    #[arg(long, env = "WARD_RELAY_PUSH_WEBHOOK_INSECURE")]
+    push_webhook_insecure: bool,
+    /// PEM CA certificate(s) to trust for an https:// --push-webhook (a
+    /// private CA); default: the public web roots.
+    #[arg(long, env = "WARD_RELAY_PUSH_WEBHOOK_CA", value_name = "FILE")]
+    push_webhook_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -249,6 +262,22 @@ fn config(args: &Args) -> Result<Config, String> {
     config.sweep_interval = Duration::from_secs(args.sweep_interval_secs.max(1));
     config.log_cache_bytes = args.log_cache_mib.saturating_mul(1 << 20);
     config.keyserver_link = keyserver_link(args)?;
+    if let Some(url) = &args.push_webhook {
+        let mut push = ward_relay::PushConfig::webhook(url.clone());
+        push.allow_plain_remote = args.push_webhook_insecure;
+        if let Some(ca) = &args.push_webhook_ca {
+            push.tls = ward_net::tls::ClientTls::pinned_ca_file(ca)
+                .map_err(|e| format!("--push-webhook-ca: {e}"))?;
+        }
+        // Refused here, before serving, rather than at the first wake-up.
+        ward_relay::push::WebhookGateway::new(
+            &push.webhook,
+            push.allow_plain_remote,
+            push.tls.clone(),
+        )
+        .map_err(|e| format!("--push-webhook: {e}"))?;
+        config.push = Some(push);
+    }
     Ok(config)
 }
 

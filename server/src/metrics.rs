@@ -40,6 +40,12 @@ pub struct RelayMetrics {
     pub blob_bytes_out: Counter,
     /// Blobs deleted (fetched by every reader, expired, abandoned).
     pub blobs_deleted: Counter,
+    /// Push wake-ups the gateway accepted (SECURITY.md §9.2).
+    pub push_sent: Counter,
+    /// Push wake-ups given up after every retry failed.
+    pub push_failed: Counter,
+    /// Push wake-ups dropped because the queue to the gateway was full.
+    pub push_dropped: Counter,
 }
 
 impl RelayMetrics {
@@ -90,6 +96,18 @@ impl RelayMetrics {
             blobs_deleted: r.counter(
                 "ward_relay_blobs_deleted_total",
                 "Blobs deleted (fetched by every reader, expired or abandoned).",
+            ),
+            push_sent: r.counter(
+                "ward_relay_push_sent_total",
+                "Push wake-ups the gateway accepted (2xx).",
+            ),
+            push_failed: r.counter(
+                "ward_relay_push_failed_total",
+                "Push wake-ups given up after every retry failed.",
+            ),
+            push_dropped: r.counter(
+                "ward_relay_push_dropped_total",
+                "Push wake-ups dropped: the queue to the gateway was full.",
             ),
         }
     }

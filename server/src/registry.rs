@@ -76,9 +76,24 @@ pub struct Registration {
 pub struct Registry {
     devices: Mutex<HashMap<Mailbox, Registered>>,
     next_id: AtomicU64,
+    /// Wakes offline devices (SECURITY.md §9.2).
+    push: crate::push::Pusher,
 }
 
 impl Registry {
+    /// A registry that reports entries of offline mailboxes to `push`.
+    pub fn with_pusher(push: crate::push::Pusher) -> Self {
+        Self {
+            push,
+            ..Self::default()
+        }
+    }
+
+    /// The push tokens and their coalescing state.
+    pub fn pusher(&self) -> &crate::push::Pusher {
+        &self.push
+    }
+
     /// Registers the one connection of `mailbox`, closing any previous one.
     pub fn register(&self, mailbox: Mailbox) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -86,11 +101,12 @@ impl Registry {
         let (close_tx, close_rx) = watch::channel(None);
         let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let previous = self
-            .devices
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
+        let previous = {
+            let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+            // Under the registry's lock: an entry committed from now on is
+            // handed to this connection, never also pushed.
+            self.push.arm(&mailbox);
+            devices.insert(
                 mailbox,
                 Registered {
                     id,
@@ -99,7 +115,8 @@ impl Registry {
                     hints: hints_tx,
                     overflow: overflow.clone(),
                 },
-            );
+            )
+        };
         if let Some(prev) = previous {
             let _ = prev.close.send(Some(CloseReason {
                 code: ward_net::close::NORMAL,
@@ -124,12 +141,15 @@ impl Registry {
     }
 
     /// Hands each committed entry of a connected mailbox to its delivery
-    /// task (in seq order) and wakes it. Called by the writer after COMMIT.
+    /// task (in seq order) and wakes it; reports each entry of a mailbox
+    /// that is not connected to the pusher. Called by the writer after
+    /// COMMIT.
     pub fn deliver_fresh(&self, fresh: &[Fresh]) {
         let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
         for m in fresh {
             for (mailbox, seq) in &m.entries {
                 let Some(r) = devices.get(mailbox) else {
+                    self.push.offline_entry(mailbox);
                     continue;
                 };
                 let handed = m.payload.len() <= HINT_MAX_BYTES
@@ -148,6 +168,16 @@ impl Registry {
                 }
                 r.notify.notify_one();
             }
+        }
+    }
+
+    /// Reports an entry waiting in `mailbox` to the pusher, unless a
+    /// connection of it is registered (a newer connection replaced the one
+    /// that ended: it sees the mailbox itself).
+    pub fn waiting_offline(&self, mailbox: &Mailbox) {
+        let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if !devices.contains_key(mailbox) {
+            self.push.offline_entry(mailbox);
         }
     }
 

@@ -44,7 +44,8 @@ pub async fn run(
     let mut db = storage::open(&config.db_path)?;
     storage::migrate(&mut db)?;
     let metrics = RelayMetrics::new(&config.metrics);
-    let registry = Arc::new(Registry::default());
+    let (pusher, push_worker) = start_push(&config, &db, &metrics)?;
+    let registry = Arc::new(Registry::with_pusher(pusher));
     let quotas = storage::Quotas {
         user_entries: config.limits.max_user_pending_entries,
         user_bytes: config.limits.max_user_pending_bytes,
@@ -215,7 +216,47 @@ pub async fn run(
         Ok(Ok(())) => info!("writer flushed; relay stopped"),
         _ => error!("writer thread failed"),
     }
+    // Wake-ups not yet sent are lost: the devices see their mailbox at
+    // their next connection anyway.
+    if let Some(w) = push_worker {
+        w.abort();
+    }
     Ok(())
+}
+
+/// The pusher, with the stored tokens, and the worker feeding the
+/// configured gateway (none: tokens are kept, nothing is sent).
+fn start_push(
+    config: &Config,
+    db: &rusqlite::Connection,
+    metrics: &RelayMetrics,
+) -> Result<(crate::push::Pusher, Option<tokio::task::JoinHandle<()>>), RelayError> {
+    use crate::push::{Pusher, WebhookGateway, WorkerMetrics, worker};
+    let tokens = storage::push_tokens(db)?;
+    let Some(push) = &config.push else {
+        info!(
+            tokens = tokens.len(),
+            "no push gateway configured: push tokens are stored, no device is woken"
+        );
+        return Ok((Pusher::new(tokens, None, None), None));
+    };
+    let gateway = WebhookGateway::new(&push.webhook, push.allow_plain_remote, push.tls.clone())
+        .map_err(|e| RelayError::Config(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::push::QUEUE);
+    let task = tokio::spawn(worker(
+        Arc::new(gateway),
+        rx,
+        push.retry_delays.clone(),
+        WorkerMetrics {
+            sent: metrics.push_sent.clone(),
+            failed: metrics.push_failed.clone(),
+        },
+    ));
+    info!(tokens = tokens.len(), "push webhook configured");
+    Ok((
+        Pusher::new(tokens, Some(tx), Some(metrics.push_dropped.clone())),
+        Some(task),
+    ))
 }
 
 fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {

@@ -2,7 +2,7 @@
 //! readers run. Every function here blocks: call them from the writer thread
 //! or from `spawn_blocking`, never on the async runtime.
 //!
-//! Schema (version 4):
+//! Schema (version 6):
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
@@ -16,6 +16,7 @@
 //! | `seq_floor` | (one row) | the first seq of a new mailbox is `floor + 1`; raised by [`after_restore`] |
 //! | `blobs` | attachment blob | owner device, declared size (the blob quota), complete; bytes are files (`crate::blobs`) |
 //! | `blob_readers` | (blob, reader device) | recorded from the `Send` naming the blob; `fetched` once it said so |
+//! | `push_tokens` | device that registered one | its push token (SECURITY.md §9.2); deleted with a revoked device's mailbox |
 //!
 //! Client message ids are random, so every index keyed by them costs one
 //! random page write per message. Only `sends.message_id` is; the ciphertext
@@ -129,6 +130,16 @@ const MIGRATIONS: &[&str] = &[
         len        INTEGER NOT NULL,
         entries    BLOB NOT NULL,            -- encoded RoomLog
         updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
+    // 5 -> 6: content-free push (SECURITY.md §9.2; `crate::push`): the
+    // token each device registered, handed to the push gateway alone.
+    "
+    CREATE TABLE push_tokens (
+        user_id   TEXT NOT NULL,
+        device_id BLOB NOT NULL,
+        token     BLOB NOT NULL,             -- 1..=1024 bytes, opaque
+        PRIMARY KEY (user_id, device_id)
     ) WITHOUT ROWID;
     ",
 ];
@@ -440,10 +451,14 @@ pub fn ack(conn: &Connection, mailbox: &Mailbox, up_to_seq: u64) -> Result<usize
     Ok(ids.len())
 }
 
-/// The devices of `user_id` that have a mailbox.
+/// The devices of `user_id` that have a mailbox or a push token (what
+/// [`prune_devices`] deletes).
 pub fn mailbox_devices(conn: &Connection, user_id: &str) -> Result<Vec<[u8; 32]>, StorageError> {
     let rows: Vec<Vec<u8>> = conn
-        .prepare_cached("SELECT device_id FROM mailboxes WHERE user_id = ?1")?
+        .prepare_cached(
+            "SELECT device_id FROM mailboxes WHERE user_id = ?1
+             UNION SELECT device_id FROM push_tokens WHERE user_id = ?1",
+        )?
         .query_map(params![user_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(rows
@@ -470,10 +485,47 @@ pub fn prune_devices(
             .collect::<Result<_, _>>()?;
         conn.prepare_cached("DELETE FROM mailboxes WHERE user_id = ?1 AND device_id = ?2")?
             .execute(params![user_id, &d[..]])?;
+        // A revoked device is never woken again.
+        conn.prepare_cached("DELETE FROM push_tokens WHERE user_id = ?1 AND device_id = ?2")?
+            .execute(params![user_id, &d[..]])?;
         release_entries(conn, &ids)?;
         deleted += ids.len();
     }
     Ok(deleted)
+}
+
+/// Stores `mailbox`'s push token, or deletes it when `token` is empty.
+pub fn set_push_token(
+    conn: &Connection,
+    mailbox: &Mailbox,
+    token: &[u8],
+) -> Result<(), StorageError> {
+    if token.is_empty() {
+        conn.prepare_cached("DELETE FROM push_tokens WHERE user_id = ?1 AND device_id = ?2")?
+            .execute(params![mailbox.user_id, &mailbox.device_id[..]])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO push_tokens (user_id, device_id, token) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET token = excluded.token",
+        )?
+        .execute(params![mailbox.user_id, &mailbox.device_id[..], token])?;
+    }
+    Ok(())
+}
+
+/// Every stored push token, for the pusher at start.
+pub fn push_tokens(conn: &Connection) -> Result<Vec<(Mailbox, Vec<u8>)>, StorageError> {
+    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached("SELECT user_id, device_id, token FROM push_tokens")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user_id, d, token)| {
+            let device_id = <[u8; 32]>::try_from(d.as_slice()).ok()?;
+            Some((Mailbox { user_id, device_id }, token))
+        })
+        .collect())
 }
 
 /// What a retention sweep removed.

@@ -62,6 +62,11 @@ enum Command {
         op: crate::blob_meta::BlobOp,
         reply: Reply<crate::blob_meta::BlobOutcome>,
     },
+    SetPushToken {
+        mailbox: Mailbox,
+        token: Vec<u8>,
+        reply: Reply<()>,
+    },
     Stop,
 }
 
@@ -75,6 +80,7 @@ enum Done {
         Reply<crate::blob_meta::BlobOutcome>,
         Result<crate::blob_meta::BlobOutcome, StorageError>,
     ),
+    Unit(Reply<()>, Result<(), StorageError>),
 }
 
 impl Done {
@@ -87,6 +93,7 @@ impl Done {
             Done::Sweep(r, _) => Done::Sweep(r, Err(e())),
             Done::Prune(r, _) => Done::Prune(r, Err(e())),
             Done::Blob(r, _) => Done::Blob(r, Err(e())),
+            Done::Unit(r, _) => Done::Unit(r, Err(e())),
         }
     }
 
@@ -99,6 +106,7 @@ impl Done {
             Done::Sweep(r, v) => drop(r.send(v)),
             Done::Prune(r, v) => drop(r.send(v)),
             Done::Blob(r, v) => drop(r.send(v)),
+            Done::Unit(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -277,6 +285,21 @@ impl Writer {
         self.call(|reply| Command::Blob { op, reply }).await
     }
 
+    /// Stores `mailbox`'s push token (empty: deletes it); returns once
+    /// committed.
+    pub async fn set_push_token(
+        &self,
+        mailbox: Mailbox,
+        token: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.call(|reply| Command::SetPushToken {
+            mailbox,
+            token,
+            reply,
+        })
+        .await
+    }
+
     /// Asks the writer to commit what it holds and exit. Commands sent
     /// afterwards fail with [`StorageError::WriterGone`].
     pub async fn stop(&self) {
@@ -363,6 +386,7 @@ fn commit_batch(
                 Command::Sweep { reply, .. } => done.push(Done::Sweep(reply, Err(fail()))),
                 Command::Prune { reply, .. } => done.push(Done::Prune(reply, Err(fail()))),
                 Command::Blob { reply, .. } => done.push(Done::Blob(reply, Err(fail()))),
+                Command::SetPushToken { reply, .. } => done.push(Done::Unit(reply, Err(fail()))),
             }
             continue;
         }
@@ -435,6 +459,14 @@ fn commit_batch(
             Command::Blob { op, reply } => Done::Blob(
                 reply,
                 in_savepoint(conn, || crate::blob_meta::run(conn, &op, now)),
+            ),
+            Command::SetPushToken {
+                mailbox,
+                token,
+                reply,
+            } => Done::Unit(
+                reply,
+                in_savepoint(conn, || storage::set_push_token(conn, &mailbox, &token)),
             ),
         };
         done.push(item);

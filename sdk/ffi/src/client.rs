@@ -194,6 +194,18 @@ impl WardClient {
         })
     }
 
+    /// Registers this device's push token (the bytes APNs, FCM or the
+    /// deployment's bridge gave the app; at most 1,024, empty to
+    /// unregister): the relay then wakes the device through its push
+    /// gateway when something arrives while it is offline, giving the
+    /// gateway the token and nothing else. Call it at each start.
+    pub async fn register_push(&self, token: Vec<u8>) -> Result<(), WardError> {
+        with_client!(self, |c| {
+            c.register_push(&token).await?;
+            Ok(())
+        })
+    }
+
     /// Sends `text` to a conversation; its id (hex) once queued durably.
     pub async fn send_text(
         &self,

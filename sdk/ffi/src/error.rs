@@ -148,6 +148,7 @@ impl From<ClientError> for WardError {
             | ClientError::Key(_)
             | ClientError::Seal(_)
             | ClientError::NotAnAttachment
+            | ClientError::PushTokenTooLong(_)
             | ClientError::FileExists(_) => Self::Invalid { message },
             ClientError::Chain { .. }
             | ClientError::DirectoryMismatch { .. }

@@ -62,6 +62,9 @@ pub enum ClientError {
         /// Its human-readable detail (never payload bytes).
         detail: String,
     },
+    /// A push token over the relay's limit of 1,024 bytes (SECURITY.md §9.2).
+    #[error("push token of {0} bytes: at most 1024")]
+    PushTokenTooLong(usize),
     /// A server answered with a frame that does not fit the request.
     #[error("unexpected reply from the server: {0}")]
     Protocol(&'static str),

@@ -247,6 +247,9 @@ pub(crate) struct Inner {
     pub(crate) rooms: rooms::RoomBook,
     /// Set once this device was found revoked and wiped (`revoked.rs`).
     pub(crate) revoked: std::sync::atomic::AtomicBool,
+    /// The push token the app registered (SECURITY.md §9.2), sent on every
+    /// relay connection; empty: unregister.
+    pub(crate) push_token: std::sync::Mutex<Option<Vec<u8>>>,
     #[cfg(feature = "testkit")]
     resource_keys: Mutex<Vec<[u8; 32]>>,
 }
@@ -604,6 +607,7 @@ impl Client {
             outbox_notify: Notify::new(),
             rooms: rooms::RoomBook::new(),
             revoked: std::sync::atomic::AtomicBool::new(false),
+            push_token: std::sync::Mutex::new(None),
             #[cfg(feature = "testkit")]
             resource_keys: Mutex::new(Vec::new()),
         });
@@ -714,6 +718,29 @@ impl Client {
             .await;
         tracing::info!(device = ?keys.signing, "device approved");
         Ok(())
+    }
+
+    /// Registers this device's push token (from APNs, FCM or the
+    /// deployment's bridge; 1 to 1,024 bytes, empty to unregister) at the
+    /// relay, which then wakes the device through its push gateway when
+    /// something arrives while it is offline, giving the gateway the token
+    /// and nothing else (SECURITY.md §9.2). Sent now if connected and again
+    /// on every connection; kept in memory only: call it at each start, as
+    /// a platform hands out its token.
+    pub async fn register_push(&self, token: &[u8]) -> Result<()> {
+        if token.len() > 1024 {
+            return Err(ClientError::PushTokenTooLong(token.len()));
+        }
+        *self
+            .inner
+            .push_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token.to_vec());
+        self.inner
+            .relay_cmds
+            .send(RelayCmd::RegisterPush)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Rotates the user key: appends a key rotation signed by this device,

@@ -23,7 +23,8 @@ use rand::RngExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use ward_net::{Limits, NetError};
 use ward_proto::v1::{
-    Ack, ClientFrame, Deliver, ErrorCode, PublishLog, Send, ServerFrame, client_frame, server_frame,
+    Ack, ClientFrame, Deliver, ErrorCode, PublishLog, RegisterPush, Send, ServerFrame,
+    client_frame, server_frame,
 };
 
 use super::Inner;
@@ -35,6 +36,8 @@ pub(crate) enum RelayCmd {
     Send(Send, oneshot::Sender<Result<()>>),
     /// Publish this user's log (after it changed).
     PublishLog(Vec<ward_proto::v1::SignedStatement>),
+    /// Send the push token now held in `Inner::push_token` (SECURITY.md §9.2).
+    RegisterPush,
 }
 
 /// Most bytes of log entries presented at login: the newest entries that fit
@@ -165,12 +168,25 @@ pub(crate) async fn run(
                     Some(RelayCmd::Send(_, reply)) => {
                         let _ = reply.send(Err(ClientError::Net(NetError::Closed(None, String::new()))));
                     }
-                    // The log is presented at the next handshake.
-                    Some(RelayCmd::PublishLog(_)) => {}
+                    // The log is presented at the next handshake, and the
+                    // push token sent right after it.
+                    Some(RelayCmd::PublishLog(_) | RelayCmd::RegisterPush) => {}
                 },
             }
         }
     }
+}
+
+/// The frame carrying this device's push token, if the app registered one.
+fn push_frame(inner: &Inner) -> Option<ClientFrame> {
+    let token = inner
+        .push_token
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()?;
+    Some(ClientFrame {
+        frame: Some(client_frame::Frame::RegisterPush(RegisterPush { token })),
+    })
 }
 
 fn ack_frame(up_to_seq: u64) -> ClientFrame {
@@ -221,6 +237,11 @@ async fn session(
     backoff.reset();
     // Marked seen: only acks of what this connection delivers are sent.
     acked.borrow_and_update();
+    // Again on every connection: the relay may have been restored from a
+    // backup older than the registration, or be another relay.
+    if let Some(frame) = push_frame(inner) {
+        conn.send_msg(&frame).await?;
+    }
     let _ = connected.send(true);
     let mut pending: HashMap<Vec<u8>, oneshot::Sender<Result<()>>> = HashMap::new();
     loop {
@@ -246,6 +267,12 @@ async fn session(
                         client_frame::Frame::Send(send)
                     }
                     Some(RelayCmd::PublishLog(entries)) => client_frame::Frame::PublishLog(PublishLog { entries }),
+                    Some(RelayCmd::RegisterPush) => {
+                        if let Some(frame) = push_frame(inner) {
+                            conn.send_msg(&frame).await?;
+                        }
+                        continue;
+                    }
                 };
                 conn.send_msg(&ClientFrame { frame: Some(frame) }).await?;
             }
@@ -274,6 +301,9 @@ async fn session(
                     }
                     Some(server_frame::Frame::LogAccepted(l)) => {
                         tracing::debug!(len = l.len, "relay: log accepted");
+                    }
+                    Some(server_frame::Frame::PushRegistered(_)) => {
+                        tracing::debug!("relay: push token registered");
                     }
                     Some(server_frame::Frame::BlobState(_) | server_frame::Frame::BlobData(_)) => {
                         return Err(ClientError::Protocol("blob frame on the message connection"));

@@ -53,6 +53,11 @@ def test_enroll_wrong_pin_then_right_send_and_receive(servers, tmp):
         alice, bob = await enroll_pair(servers, tmp, "dr.martin", "nurse.dubois")
         assert alice.user_id() == "dr.martin" and bob.user_id() == "nurse.dubois"
         assert len(alice.device_id()) == 64
+        # A push token: bytes, at most 1,024 (the relay of `ward up` stores
+        # it; no gateway is configured there).
+        await bob.register_push(bytes.fromhex("a1b2c3"))
+        with pytest.raises(WardError.Invalid):
+            await bob.register_push(bytes(1025))
 
         # Locked, then a wrong PIN: the typed exception, with the count.
         await alice.lock()
