@@ -13,6 +13,7 @@
 mod admin;
 mod demo;
 mod device;
+mod devices;
 mod directory;
 mod endpoints;
 mod files;
@@ -60,6 +61,11 @@ enum Command {
     Room {
         #[command(subcommand)]
         command: room::RoomCommand,
+    },
+    /// Your own devices: list them, revoke a lost one.
+    Device {
+        #[command(subcommand)]
+        command: devices::DeviceCommand,
     },
     /// Administer the dev organisation.
     Admin {
@@ -804,6 +810,7 @@ fn main() -> ExitCode {
             std::time::Duration::from_secs(wait_secs),
         )),
         Command::Room { command } => block_on(room::run(command)),
+        Command::Device { command } => block_on(devices::run(command)),
         Command::Download {
             as_user,
             message_id,

@@ -818,6 +818,18 @@ fn rooms_from_the_readme_walkthrough() {
         heard.contains("[attachment wound.jpg, image/jpeg, 97.7 KiB, image/png thumbnail;"),
         "{heard}"
     );
+
+    // `ward device list`: one device, this one; it cannot revoke itself here.
+    let devices = up.ok(&["device", "list", "--as", "dr.martin"]);
+    let line = devices.lines().next().unwrap();
+    assert!(line.ends_with("active  (this device)"), "{devices}");
+    assert_eq!(devices.lines().count(), 1, "{devices}");
+    let own = &line[..8];
+    let refused = up.ward(&["device", "revoke", own, "--as", "dr.martin"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("that is this device"));
+    let unknown = up.ward(&["device", "revoke", "ffffffffff", "--as", "dr.martin"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no device ffffffffff"));
 }
 
 #[test]

@@ -108,9 +108,9 @@ pub mod fuzzing;
 pub mod store;
 
 pub use client::{
-    AttachmentInfo, Client, ClientConfig, ClientError, DirectoryEntry, DirectoryQuery, Event,
-    InviteFile, NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress, QueuedMessage,
-    RoomInfo, RoomMemberInfo, Thumbnail,
+    AttachmentInfo, Client, ClientConfig, ClientError, DeviceInfo, DirectoryEntry, DirectoryQuery,
+    Event, InviteFile, NewDeviceKeys, Page, PageCursor, PendingDevice, Phase, Progress,
+    QueuedMessage, RoomInfo, RoomMemberInfo, Thumbnail,
 };
 
 pub use ward_core as core;

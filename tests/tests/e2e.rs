@@ -975,3 +975,30 @@ async fn a_root_revocation_reaches_a_lost_phone_with_no_other_device_online() {
     // Nothing more from it; it does not reconnect.
     quiet(&mut lost_ev, Duration::from_millis(500)).await;
 }
+
+/// `Client::devices`: the user's devices from its freshly verified log, in
+/// the order they were added, this one marked; a revocation from the other
+/// device shows there at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_lists_this_users_devices_and_a_revocation() {
+    let w = world().await;
+    let a1 = w.enroll("alice@chu", "alice-phone").await;
+    let pending = Client::pair_new_device(w.config("alice-tablet"), "alice@chu", pin())
+        .await
+        .unwrap();
+    a1.approve_device(&pending.device_keys()).await.unwrap();
+    let tablet = pending.complete().await.unwrap();
+    let list = a1.devices().await.unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list[0].this_device && list[0].active);
+    assert_eq!(list[1].device_id, tablet.device_id());
+    assert!(!list[1].this_device && list[1].active);
+    let from_tablet = tablet.devices().await.unwrap();
+    assert!(from_tablet[1].this_device && !from_tablet[0].this_device);
+
+    a1.revoke_device(&tablet.device_id()).await.unwrap();
+    let list = a1.devices().await.unwrap();
+    assert!(list[0].active && !list[1].active, "{list:?}");
+    a1.lock().await;
+    tablet.lock().await;
+}

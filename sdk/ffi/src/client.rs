@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 
 use crate::types::{
     DirectoryPage, ProgressListener, RoomHistory, RoomMember, Thumbnail, WardConfig,
-    WardConversation, WardEvent, WardMessage, WardRoom, conversation_id, resource_id, room_id,
+    WardConversation, WardDevice, WardEvent, WardMessage, WardRoom, conversation_id, resource_id,
+    room_id,
 };
 use crate::{WardError, run};
 
@@ -402,6 +403,37 @@ impl WardClient {
                 )
                 .await?;
             Ok(hex::encode(id.as_bytes()))
+        })
+    }
+
+    /// This user's devices, from its freshly verified log (the keyserver
+    /// must be reachable), oldest first.
+    pub async fn devices(&self) -> Result<Vec<WardDevice>, WardError> {
+        with_client!(self, |c| {
+            Ok(c.devices()
+                .await?
+                .into_iter()
+                .map(|d| WardDevice {
+                    device_id: hex::encode(d.device_id.as_bytes()),
+                    active: d.active,
+                    this_device: d.this_device,
+                })
+                .collect())
+        })
+    }
+
+    /// Revokes another device of this user (a lost phone, by its id from
+    /// `devices`): the user key is rotated so that it reads nothing sent
+    /// from now on.
+    pub async fn revoke_device(&self, device_id: String) -> Result<(), WardError> {
+        with_client!(self, |c| {
+            let id = hex::decode(device_id.trim())
+                .ok()
+                .and_then(|b| ward_sdk::core::keys::SigningPublicKey::from_bytes(&b).ok())
+                .ok_or_else(|| WardError::Invalid {
+                    message: "device_id: 64 hex digits of a device key".into(),
+                })?;
+            Ok(c.revoke_device(&id).await?)
         })
     }
 

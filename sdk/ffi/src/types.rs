@@ -534,3 +534,14 @@ impl From<ward_sdk::Page<ward_sdk::DirectoryEntry>> for DirectoryPage {
         }
     }
 }
+
+/// One of this user's devices (`devices`).
+#[derive(uniffi::Record, Debug, Clone)]
+pub struct WardDevice {
+    /// Its id (hex): what `revoke_device` takes.
+    pub device_id: String,
+    /// Not revoked.
+    pub active: bool,
+    /// The device this client runs on.
+    pub this_device: bool,
+}

@@ -763,6 +763,27 @@ impl Client {
         self.change_user_key(Some(*device)).await
     }
 
+    /// This user's devices, as its freshly verified log has them (the
+    /// keyserver must be reachable: a stale list could hide a device
+    /// someone added), in the order they were added. What a "your devices"
+    /// screen shows, and where the device to revoke is picked.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        let own = refresh_own(&self.inner).await?;
+        let me = self.inner.device.public_key();
+        let mut out: Vec<DeviceInfo> = own
+            .user
+            .devices()
+            .map(|d| DeviceInfo {
+                device_id: d.signing_key,
+                active: d.is_active(),
+                this_device: d.signing_key == me,
+                added_at: d.added_at,
+            })
+            .collect();
+        out.sort_by_key(|d| d.added_at);
+        Ok(out)
+    }
+
     async fn change_user_key(&self, revoke: Option<SigningPublicKey>) -> Result<()> {
         change_user_key(&self.inner, revoke).await
     }
@@ -1084,6 +1105,19 @@ pub(crate) async fn refresh_own(inner: &Inner) -> Result<directory::Known> {
 
 fn first(mut v: Vec<directory::Known>) -> Result<directory::Known> {
     v.pop().ok_or(ClientError::Protocol("no log returned"))
+}
+
+/// One device of this user ([`Client::devices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its id: its signing key.
+    pub device_id: SigningPublicKey,
+    /// Not revoked.
+    pub active: bool,
+    /// The device this client runs on.
+    pub this_device: bool,
+    /// The position in the user's log of the entry that added it.
+    pub added_at: u64,
 }
 
 /// Where [`enroll_into`] puts the new identity.

@@ -226,6 +226,11 @@ def test_directory_search_pages_and_a_thumbnail(servers, tmp):
         assert all(e.profession == "nurse" for e in first.entries + second.entries)
         # Prefixes only: the middle of a name matches nothing.
         assert (await alice.search_directory("artin", None, 10, None)).entries == []
+        # This user's devices: one, this one.
+        devices = await alice.devices()
+        assert len(devices) == 1 and devices[0].this_device and devices[0].active
+        with pytest.raises(WardError.Invalid):
+            await alice.revoke_device("not hex")
         # A registry-number prefix.
         by_number = await alice.search_directory("1000123", None, 10, None)
         assert [e.user_id for e in by_number.entries] == ["dr.dir"]
