@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Refills at `rate` tokens per second up to `capacity`; each frame takes one.
 #[derive(Debug)]
@@ -32,6 +32,26 @@ impl TokenBucket {
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
         self.try_take_at(Instant::now())
+    }
+
+    /// Takes `n` tokens (bytes, for a byte budget), going into debt when
+    /// there are fewer, and returns how long the caller waits before using
+    /// them: zero while the bucket held `n`, else the time the rate takes to
+    /// refill what was missing. A later call also waits out the debt, so a
+    /// sustained stream gets the rate whatever the size of each piece.
+    pub fn take_many(&mut self, n: f64) -> Duration {
+        self.take_many_at(Instant::now(), n)
+    }
+
+    fn take_many_at(&mut self, now: Instant, n: f64) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity) - n.max(0.0);
+        if self.tokens >= 0.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
     }
 
     /// Whether the bucket has refilled completely by `now`.
@@ -132,7 +152,24 @@ impl<K: Eq + Hash + Clone> SharedBuckets<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// A byte budget: a burst passes at once, then pieces wait for the
+    /// rate, debt included; an idle pause refills it.
+    #[test]
+    fn take_many_waits_for_the_rate_beyond_the_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000.0, 2000);
+        b.last = t0;
+        assert_eq!(b.take_many_at(t0, 1500.0), Duration::ZERO);
+        // 500 left: 1,000 more is 500 short, half a second at 1,000/s.
+        assert_eq!(b.take_many_at(t0, 1000.0), Duration::from_millis(500));
+        // The debt stays: another 1,000 at once waits 1.5 s in all.
+        assert_eq!(b.take_many_at(t0, 1000.0), Duration::from_millis(1500));
+        // Ten idle seconds refill it to the burst, not beyond.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(b.take_many_at(later, 2000.0), Duration::ZERO);
+        assert!(b.take_many_at(later, 1.0) > Duration::ZERO);
+    }
 
     #[test]
     fn burst_then_rate() {

@@ -86,6 +86,31 @@ struct BlobSession {
     readable: HashMap<BlobId, u64>,
     /// The global outbound budget the last `BlobRead` holds.
     held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// This device's blob byte budget (none: no limit), parked for its next
+    /// blob connection when this one ends.
+    bytes: Option<ward_net::rate::TokenBucket>,
+}
+
+impl BlobSession {
+    /// Waits until this device's byte budget covers `n` more bytes.
+    async fn throttle(&mut self, n: u64) {
+        let Some(b) = &mut self.bytes else {
+            return;
+        };
+        let wait = b.take_many(n as f64);
+        if !wait.is_zero() {
+            self.shared.metrics.blob_throttled.inc();
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Drop for BlobSession {
+    fn drop(&mut self) {
+        if let Some(b) = self.bytes.take() {
+            self.shared.blob_bytes.park(self.mailbox.clone(), b);
+        }
+    }
 }
 
 /// Most blobs one connection keeps authorisations for (a client transfers
@@ -126,12 +151,14 @@ pub(crate) async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<CloseReason> {
     let limits = shared.config.limits;
+    let bytes = (limits.blob_bytes_per_sec > 0).then(|| shared.blob_bytes.take(&mailbox));
     let mut s = BlobSession {
         shared: shared.clone(),
         mailbox,
         uploads: HashMap::new(),
         readable: HashMap::new(),
         held: None,
+        bytes,
     };
     let write_timeout = limits.slow_consumer_timeout;
     let mut ping = tokio::time::interval(limits.ping_interval.max(Duration::from_millis(10)));
@@ -316,6 +343,7 @@ impl BlobSession {
         let owner = owner_key(&self.mailbox);
         let (index, data) = (f.index, f.data);
         let len = data.len() as u64;
+        self.throttle(len).await;
         match blocking(move || store.put_piece(&id, &owner, index, &data)).await {
             Ok(st) => {
                 self.shared.metrics.blob_pieces_in.inc();
@@ -399,6 +427,7 @@ impl BlobSession {
                 "range outside the blob",
             ));
         }
+        self.throttle(f.length).await;
         // Data read for blob connections counts against the same global
         // budget as deliveries (`global_outbound_bytes`): the memory reads
         // hold is bounded whatever the number of downloads.

@@ -89,6 +89,13 @@ pub struct Limits {
     pub send_rate_per_sec: f64,
     /// `Send` frames a device may burst above the rate (bucket size).
     pub send_burst: u32,
+    /// Blob bytes per second per device, uploads and downloads together
+    /// (a token bucket of [`Self::blob_burst_bytes`]): one device cannot
+    /// take the relay's disk or network from the others, for instance by
+    /// reading its own blob in a loop. 0: no limit.
+    pub blob_bytes_per_sec: u64,
+    /// Blob bytes a device may move at once above that rate.
+    pub blob_burst_bytes: u32,
     /// Frames queued towards one connection before it counts as slow.
     pub outbound_queue: usize,
     /// Bytes of payload queued towards one connection before it counts as
@@ -163,6 +170,8 @@ impl Limits {
         max_connections: 10_000,
         send_rate_per_sec: 100.0,
         send_burst: 200,
+        blob_bytes_per_sec: 64 << 20,
+        blob_burst_bytes: 32 << 20,
         outbound_queue: 64,
         outbound_bytes: 4 << 20,
         global_outbound_bytes: 512 << 20,

@@ -76,6 +76,10 @@ struct Args {
     /// Sends a device may burst above the rate.
     #[arg(long, env = "WARD_RELAY_SEND_BURST", default_value_t = DEF.send_burst)]
     send_burst: u32,
+    /// Blob bytes per second per device, uploads and downloads together
+    /// (0: no limit), with bursts of half a second's worth.
+    #[arg(long, env = "WARD_RELAY_BLOB_RATE", default_value_t = DEF.blob_bytes_per_sec)]
+    blob_rate: u64,
     /// Frames queued towards one connection.
     #[arg(long, env = "WARD_RELAY_OUTBOUND_QUEUE", default_value_t = DEF.outbound_queue)]
     outbound_queue: usize,
@@ -233,6 +237,8 @@ fn config(args: &Args) -> Result<Config, String> {
         max_connections: args.max_connections,
         send_rate_per_sec: args.send_rate,
         send_burst: args.send_burst,
+        blob_bytes_per_sec: args.blob_rate,
+        blob_burst_bytes: u32::try_from(args.blob_rate / 2).unwrap_or(u32::MAX),
         outbound_queue: args.outbound_queue,
         outbound_bytes: args.outbound_bytes,
         global_outbound_bytes: args.global_outbound_bytes,

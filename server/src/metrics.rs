@@ -36,6 +36,8 @@ pub struct RelayMetrics {
     pub blob_bytes_in: Counter,
     /// Blob pieces refused (out of order, wrong length, not the uploader's).
     pub blob_pieces_refused: Counter,
+    /// Blob frames that waited for the device's byte budget.
+    pub blob_throttled: Counter,
     /// Blob bytes served to readers.
     pub blob_bytes_out: Counter,
     /// Blobs deleted (fetched by every reader, expired, abandoned).
@@ -88,6 +90,10 @@ impl RelayMetrics {
             blob_pieces_refused: r.counter(
                 "ward_relay_blob_pieces_refused_total",
                 "Blob pieces refused (out of order, wrong length, not the uploader's).",
+            ),
+            blob_throttled: r.counter(
+                "ward_relay_blob_throttled_total",
+                "Blob pieces and reads that waited for their device's byte budget (--blob-rate).",
             ),
             blob_bytes_out: r.counter(
                 "ward_relay_blob_bytes_out_total",

@@ -76,6 +76,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Send-rate buckets of devices between connections.
     pub buckets: Buckets<Mailbox>,
+    /// Blob byte budgets of devices between their blob connections.
+    pub blob_bytes: Buckets<Mailbox>,
     /// Payload bytes that may be queued towards all connections together.
     pub outbound: Arc<Semaphore>,
     /// Verified user logs ([`crate::logs`]).
@@ -104,6 +106,10 @@ impl Shared {
     ) -> Self {
         let readers = Arc::new(Readers::new(config.db_path.clone()));
         let buckets = Buckets::new(config.limits.send_rate_per_sec, config.limits.send_burst);
+        let blob_bytes = Buckets::new(
+            config.limits.blob_bytes_per_sec as f64,
+            config.limits.blob_burst_bytes,
+        );
         let outbound = Arc::new(Semaphore::new(global_permits(&config)));
         let logs = crate::logs::LogCache::new(config.log_cache_bytes, config.log_stats.clone());
         let link_fetch = crate::keyserver_link::Fetcher::new(config.keyserver_link.is_some());
@@ -115,6 +121,7 @@ impl Shared {
             writer,
             registry,
             buckets,
+            blob_bytes,
             outbound,
             readers,
             pruned: Mutex::new(std::collections::HashMap::new()),

@@ -918,3 +918,33 @@ async fn a_thumbnail_arrives_with_the_descriptor() {
         c.lock().await;
     }
 }
+
+/// The relay's per-device blob byte budget (`--blob-rate`): a device over
+/// it is slowed, not refused: the transfer completes intact, and the relay
+/// counts the waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_blob_rate_is_slowed_not_refused() {
+    let w = World::with_relay(|c| {
+        c.limits.blob_bytes_per_sec = 2 << 20;
+        c.limits.blob_burst_bytes = 256 << 10;
+    })
+    .await;
+    let (alice, mut bob, conv) = pair(&w).await;
+    let mut eb = bob.events().unwrap();
+    let src = w.dir().join("scan.pdf");
+    let hash = write_file(&src, 3 << 20, 5);
+    alice
+        .send_file(conv, &src, "scan.pdf", "application/pdf", |_| {})
+        .await
+        .unwrap();
+    let uploads_waited = w.metric("ward_relay_blob_throttled_total");
+    assert!(uploads_waited > 0.0, "3 MiB over a 256 KiB burst waited");
+    let m = attachment(&mut eb).await;
+    let out = w.dir().join("scan-out.pdf");
+    bob.download(&m, &out, |_| {}).await.unwrap();
+    assert_eq!(file_hash(&out), hash);
+    assert!(w.metric("ward_relay_blob_throttled_total") > uploads_waited);
+    for c in [alice, bob] {
+        c.lock().await;
+    }
+}
