@@ -30,6 +30,10 @@ pub(crate) const MAX_HISTORY_BYTES: usize = 32 * 1024 * 1024;
 /// relay's frame limit and the envelope limit (16 MiB).
 const BUNDLE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Message keys asked for in one `get_room_keys`: under the keyserver's
+/// default item limit (256).
+const KEYS_PER_REQUEST: usize = 128;
+
 /// Most envelopes a received bundle may hold (a 4 MiB bundle of the
 /// smallest room messages holds about 3,000).
 const MAX_BUNDLE_ENVELOPES: usize = 8192;
@@ -176,21 +180,20 @@ pub(crate) async fn receive(inner: &Inner, opened: OpenedMessage) -> Result<Resu
         Err(e) => return Ok(Err(e)),
     }
     let (mut stored, mut refused) = (0usize, 0usize);
+    // Parsed first, so that the message keys come in a few requests (the
+    // keyserver's item limit) instead of one per envelope.
+    let mut todo = Vec::with_capacity(history.envelopes.len());
     for raw in history.envelopes {
-        let env = match ReceivedEnvelope::parse(&raw) {
-            Ok(e) => e,
-            Err(_) => {
-                refused += 1;
-                continue;
-            }
+        let Ok(env) = ReceivedEnvelope::parse(&raw) else {
+            refused += 1;
+            continue;
         };
         let Some(addr) = env.room().copied().filter(|a| a.room_id == room) else {
             refused += 1;
             continue;
         };
         let sender = env.claimed_sender().0.to_owned();
-        let rid = env.resource_id();
-        let s2 = sender.clone();
+        let (s2, rid) = (sender.clone(), env.resource_id());
         if inner
             .store
             .run(move |s| s.message(&s2, &rid))
@@ -199,7 +202,34 @@ pub(crate) async fn receive(inner: &Inner, opened: OpenedMessage) -> Result<Resu
         {
             continue; // already here (delivered by the relay, or an earlier bundle)
         }
-        let got = super::rooms::receive(inner, &env, &addr, &sender, super::rooms::KeyWait::No);
+        todo.push((env, addr, sender, raw));
+    }
+    let mut keys = std::collections::HashMap::new();
+    for chunk in todo.chunks(KEYS_PER_REQUEST) {
+        let rids = chunk
+            .iter()
+            .map(|(e, ..)| e.resource_id().as_bytes().to_vec())
+            .collect();
+        match inner
+            .keyserver
+            .get_room_keys(room.as_bytes().to_vec(), rids)
+            .await
+        {
+            Ok(got) => keys.extend(got.keys.into_iter().map(|k| (k.resource_id.clone(), k))),
+            Err(e @ (ClientError::Store(_) | ClientError::Closed)) => return Err(e),
+            // What could not be fetched is missing below, and skipped.
+            Err(e) => tracing::debug!(room = ?room, error = %e, "room history: keys not fetched"),
+        }
+    }
+    for (env, addr, sender, raw) in todo {
+        let key = keys.remove(env.resource_id().as_bytes().as_slice());
+        let got = super::rooms::receive(
+            inner,
+            &env,
+            &addr,
+            &sender,
+            super::rooms::KeyWait::Prefetched(key),
+        );
         let m = match got.await? {
             Ok(m) => m,
             Err(e) => {

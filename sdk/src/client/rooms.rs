@@ -769,24 +769,31 @@ pub(crate) async fn receive(
     };
     let rid = env.resource_id();
     let (deadline, mut backoff) = super::receive::key_wait(inner);
-    let wrapped = loop {
-        let got = retry_transient(inner, || {
-            inner
-                .keyserver
-                .get_room_keys(id.as_bytes().to_vec(), vec![rid.as_bytes().to_vec()])
-        })
-        .await;
-        let keys = match verdict(got)? {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let Some(k) = keys.keys.into_iter().next() {
-            break k;
+    let wrapped = if let KeyWait::Prefetched(k) = key {
+        match k {
+            Some(k) => k,
+            None => return Ok(Err(ClientError::WrappedKeyMissing(rid))),
         }
-        if key == KeyWait::No || tokio::time::Instant::now() >= deadline {
-            return Ok(Err(ClientError::WrappedKeyMissing(rid)));
+    } else {
+        loop {
+            let got = retry_transient(inner, || {
+                inner
+                    .keyserver
+                    .get_room_keys(id.as_bytes().to_vec(), vec![rid.as_bytes().to_vec()])
+            })
+            .await;
+            let keys = match verdict(got)? {
+                Ok(k) => k,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(k) = keys.keys.into_iter().next() {
+                break k;
+            }
+            if key == KeyWait::No || tokio::time::Instant::now() >= deadline {
+                return Ok(Err(ClientError::WrappedKeyMissing(rid)));
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
-        tokio::time::sleep(backoff.next_delay()).await;
     };
     let key = match unwrap_room_resource_key(&wrapped, &rid, epoch_key) {
         Ok(k) => k,
@@ -809,16 +816,20 @@ pub(crate) async fn receive(
     }))
 }
 
-/// Whether [`receive`] waits for a message key the keyserver does not
-/// serve yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where [`receive`] gets the message key, and whether it waits for one
+/// the keyserver does not serve yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyWait {
-    /// Up to `key_wait`: a message just delivered, whose key may lag.
+    /// Fetched, waiting up to `key_wait`: a message just delivered, whose
+    /// key may lag.
     Yes,
-    /// No: a forwarded earlier message (§17.13), whose key was stored
-    /// before it was first sent; a forwarder must not stall this device
-    /// with envelopes whose keys never come.
+    /// Fetched, not waited for: an earlier message, whose key was stored
+    /// before it was first sent (a forwarder must not stall this device
+    /// with envelopes whose keys never come).
     No,
+    /// Fetched by the caller with others in one request (a forwarded
+    /// history, §17.13); `None`: the keyserver served none.
+    Prefetched(Option<ward_proto::v1::WrappedKey>),
 }
 
 /// Rooms: create, change membership, list, send (SECURITY.md §17.12).
