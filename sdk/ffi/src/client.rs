@@ -59,12 +59,29 @@ pub async fn enroll(
     delegation: Vec<u8>,
     pin: String,
 ) -> Result<Arc<WardClient>, WardError> {
+    enroll_as(config, invite, delegation, pin, false).await
+}
+
+/// [`enroll`] (`again`: [`reenroll`]).
+async fn enroll_as(
+    config: WardConfig,
+    invite: Vec<u8>,
+    delegation: Vec<u8>,
+    pin: String,
+    again: bool,
+) -> Result<Arc<WardClient>, WardError> {
     let delegation = Zeroizing::new(delegation);
     let pin = self::pin(pin)?;
     let config = config.to_sdk()?;
-    run(async move { Ok(Client::enroll(config, &invite, &delegation, pin).await?) })
-        .await
-        .map(WardClient::new)
+    run(async move {
+        Ok(if again {
+            Client::reenroll(config, &invite, &delegation, pin).await?
+        } else {
+            Client::enroll(config, &invite, &delegation, pin).await?
+        })
+    })
+    .await
+    .map(WardClient::new)
 }
 
 /// [`enroll`] from the invite file `ward admin invite --out FILE` wrote.
@@ -94,12 +111,7 @@ pub async fn reenroll(
     delegation: Vec<u8>,
     pin: String,
 ) -> Result<Arc<WardClient>, WardError> {
-    let delegation = Zeroizing::new(delegation);
-    let pin = self::pin(pin)?;
-    let config = config.to_sdk()?;
-    run(async move { Ok(Client::reenroll(config, &invite, &delegation, pin).await?) })
-        .await
-        .map(WardClient::new)
+    enroll_as(config, invite, delegation, pin, true).await
 }
 
 /// Opens the enrolled store at `config.store_path` with `pin` and starts

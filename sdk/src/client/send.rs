@@ -273,54 +273,47 @@ async fn reseal(
         .ok_or(ClientError::Protocol(
             "outbox entry without its history copy",
         ))?;
-    let (rid, payload) = if original.content_type == ContentType::RoomHistory {
-        // A forwarded room history (§17.13): sealed again to the users its
-        // wrapped keys named.
-        let users: Vec<String> = OutboxPayload::decode(&item.payload[..])
-            .map_err(|_| ClientError::Protocol("undecodable outbox entry"))?
-            .keys
-            .into_iter()
-            .map(|k| k.recipient_user_id)
-            .collect();
-        let known = inner
-            .directory
-            .refresh(&inner.store, &inner.keyserver, &users)
-            .await?;
-        seal_for(
-            inner,
-            &known,
-            original.conversation_id,
-            original.content_type,
-            &original.content,
-            original.timestamp_ms,
-            Vec::new(),
-        )?
-    } else if let Some(room) = room_of(inner, original.conversation_id).await? {
+    let (rid, payload) = match room_of(inner, original.conversation_id).await? {
         // A rotation the sender had not seen: sealed again to the new epoch.
-        super::rooms::seal_message(
-            inner,
-            &room,
-            original.content_type,
-            &original.content,
-            original.timestamp_ms,
-            blob_ids,
-        )
-        .await?
-    } else {
-        let members = members(inner, original.conversation_id).await?;
-        let known = inner
-            .directory
-            .refresh(&inner.store, &inner.keyserver, &members)
-            .await?;
-        seal_for(
-            inner,
-            &known,
-            original.conversation_id,
-            original.content_type,
-            &original.content,
-            original.timestamp_ms,
-            blob_ids,
-        )?
+        Some(room) if original.content_type != ContentType::RoomHistory => {
+            super::rooms::seal_message(
+                inner,
+                &room,
+                original.content_type,
+                &original.content,
+                original.timestamp_ms,
+                blob_ids,
+            )
+            .await?
+        }
+        _ => {
+            // A forwarded room history (§17.13) is a user-addressed message
+            // filed under the room's id: sealed again to the users its
+            // wrapped keys named; any other message, to its conversation.
+            let users: Vec<String> = if original.content_type == ContentType::RoomHistory {
+                OutboxPayload::decode(&item.payload[..])
+                    .map_err(|_| ClientError::Protocol("undecodable outbox entry"))?
+                    .keys
+                    .into_iter()
+                    .map(|k| k.recipient_user_id)
+                    .collect()
+            } else {
+                members(inner, original.conversation_id).await?
+            };
+            let known = inner
+                .directory
+                .refresh(&inner.store, &inner.keyserver, &users)
+                .await?;
+            seal_for(
+                inner,
+                &known,
+                original.conversation_id,
+                original.content_type,
+                &original.content,
+                original.timestamp_ms,
+                blob_ids,
+            )?
+        }
     };
     let id = item.id;
     let me = inner.user_id.clone();

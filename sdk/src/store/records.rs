@@ -374,12 +374,7 @@ impl Store {
         if !self.holds_v1_keys()? {
             return Ok(false);
         }
-        let tx = self.conn.transaction()?;
-        tx.execute_batch(
-            "DELETE FROM identity; DELETE FROM user_keys; DELETE FROM verified_logs;
-             DELETE FROM outbox; DELETE FROM relay_cursor;",
-        )?;
-        tx.commit()?;
+        self.clear_identity()?;
         Ok(true)
     }
 
