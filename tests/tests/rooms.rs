@@ -829,6 +829,62 @@ async fn a_group_conversation_is_a_room() {
     }
 }
 
+/// A longer history (more messages than one `get_room_keys` asks for, 128)
+/// reaches the member added under `WholeHistory` whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_reaches_the_new_member_whole() {
+    const N: usize = 130;
+    let w = World::new().await;
+    let mut alice = w.enroll(ALICE, ALICE).await;
+    let mut ea = alice.events().unwrap();
+    let bob = w.enroll(BOB, BOB).await;
+    bob.lock().await;
+    let mut carol = w.enroll(CAROL, CAROL).await;
+    let mut ec = carol.events().unwrap();
+    let room = alice
+        .create_room(
+            "Oncology board",
+            "",
+            "",
+            &[BOB],
+            HistoryPolicy::WholeHistory,
+        )
+        .await
+        .unwrap();
+    let mut last = None;
+    for i in 0..N {
+        last = Some(
+            alice
+                .send_room_text(&room, &format!("note {i:03}"))
+                .await
+                .unwrap(),
+        );
+    }
+    sent(&mut ea, last.unwrap()).await;
+    // Every message is acked (kept for the forward) before the addition.
+    while alice.outbox_len().await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 130 sends spent alice's keyserver request budget: the addition may be
+    // refused as `RateLimited`, a transient error an app retries.
+    loop {
+        match alice.add_members(&room, &[CAROL]).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let mut got = Vec::with_capacity(N);
+    for _ in 0..N {
+        got.push(text(&next_message(&mut ec).await));
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("note {i:03}")).collect();
+    assert_eq!(got, expected);
+    for c in [alice, carol] {
+        c.lock().await;
+    }
+}
+
 /// The next `RoomChanged`: (room, added, removed); other events skipped.
 async fn room_changed(events: &mut Receiver<Event>) -> (RoomId, Vec<String>, Vec<String>) {
     loop {
