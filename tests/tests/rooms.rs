@@ -571,6 +571,7 @@ async fn history_policy_from_join_and_whole_history() {
     assert_eq!(alice.history(info.conversation_id).await.unwrap().len(), 2);
     carol.lock().await;
     let payloads = relay_payloads(&w);
+    let ids: Vec<(HistoryPolicy, RoomId)> = rooms.iter().map(|(p, r, _)| (*p, *r)).collect();
     for (policy, room, old) in rooms {
         let l = loot(&w, CAROL, &room);
         let held: Vec<u64> = l.epoch_keys.keys().copied().collect();
@@ -610,6 +611,16 @@ async fn history_policy_from_join_and_whole_history() {
         }
     }
     alice.lock().await;
+    // Only a WholeHistory room's messages are kept as signed for a forward
+    // (a FromJoin room's would never be forwarded).
+    let store = Store::unlock(&w.store_path(ALICE), &pin(), None).unwrap();
+    for (policy, room) in ids {
+        let kept = store.room_envelopes(&room, 1 << 20).unwrap().len();
+        match policy {
+            HistoryPolicy::FromJoin => assert_eq!(kept, 0),
+            HistoryPolicy::WholeHistory => assert_eq!(kept, 2, "both of alice's messages"),
+        }
+    }
 }
 
 /// The envelope the relay holds with resource id `rid`.

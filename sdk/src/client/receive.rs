@@ -38,6 +38,7 @@
 
 use std::sync::Arc;
 
+use ward_core::RoomId;
 use ward_core::envelope::{ContentType, ReceivedEnvelope};
 use ward_core::keys::{KeyId, UserEncryptionKey};
 use ward_core::wrap::{accept_grant, unwrap_resource_key};
@@ -90,12 +91,18 @@ async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
         return Ok(());
     }
     match process(inner, d).await? {
-        Ok(message) => {
+        Ok((message, keep)) => {
             let m = message.clone();
             let rewind = behind.is_some();
+            // A message of a WholeHistory room is kept as signed, for a later
+            // forward to new members (§17.13), in the same transaction.
+            let envelope = keep.map(|room| (room, d.payload.clone()));
             let new = inner
                 .store
-                .run(move |s| s.record_delivery_at(seq, Some(&m), rewind))
+                .run(move |s| {
+                    let keep = envelope.as_ref().map(|(r, e)| (r, &e[..]));
+                    s.record_delivery_at(seq, Some(&m), rewind, keep)
+                })
                 .await?;
             if let (Some(cursor), true) = (behind, new) {
                 // A new message below the cursor: the relay's numbering went
@@ -131,7 +138,7 @@ async fn handle(inner: &Inner, d: &Deliver) -> Result<()> {
         Err(reason) => {
             inner
                 .store
-                .run(move |s| s.record_delivery_at(seq, None, false))
+                .run(move |s| s.record_delivery_at(seq, None, false, None))
                 .await?;
             inner.ack(seq).await;
             tracing::debug!(seq, error = %reason, "receive: rejected");
@@ -180,8 +187,9 @@ macro_rules! retry_transient {
 }
 
 /// The outer error: this device failed (retry). The inner one: the
-/// verdict on the entry (reject and ack).
-async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
+/// verdict on the entry (reject and ack). With the message, the room whose
+/// history keeps its envelope, if any.
+async fn process(inner: &Inner, d: &Deliver) -> Result<Result<(Message, Option<RoomId>)>> {
     let env = match ReceivedEnvelope::parse(&d.payload) {
         Ok(e) => e,
         Err(e) => return Ok(Err(e.into())),
@@ -195,11 +203,15 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     if let Some(addr) = env.room().copied() {
         let got = super::rooms::receive(inner, &env, &addr, &sender_id, super::rooms::KeyWait::Yes)
             .await?;
-        if let Ok(m) = &got {
-            // Kept as signed, for a later forward to new members (§17.13).
-            super::room_history::keep(inner, addr.room_id, m, d.payload.clone()).await?;
-        }
-        return Ok(got);
+        return Ok(match got {
+            Ok(m) => {
+                let keep = super::rooms::keeps_history(inner, &addr.room_id)
+                    .await
+                    .then_some(addr.room_id);
+                Ok((m, keep))
+            }
+            Err(e) => Err(e),
+        });
     }
     // Not addressed to this user: it can never open here (R5 refuses it
     // after the signature check too); say so without waiting for a wrapped
@@ -285,7 +297,9 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
     // A room's history forwarded to this user: its envelopes are verified
     // one by one; the bundle itself files nothing (§17.13).
     if opened.content_type == ContentType::RoomHistory {
-        return super::room_history::receive(inner, opened).await;
+        return Ok(super::room_history::receive(inner, opened)
+            .await?
+            .map(|m| (m, None)));
     }
 
     // Membership: v1 does not bind it cryptographically; the local view
@@ -307,15 +321,18 @@ async fn process(inner: &Inner, d: &Deliver) -> Result<Result<Message>> {
                 .await?;
         }
     }
-    Ok(Ok(Message {
-        resource_id: opened.resource_id,
-        conversation_id: opened.conversation_id,
-        sender_user_id: opened.sender_user_id,
-        sender_device: opened.sender_device,
-        timestamp_ms: opened.timestamp_ms,
-        content_type: opened.content_type,
-        content: opened.content,
-    }))
+    Ok(Ok((
+        Message {
+            resource_id: opened.resource_id,
+            conversation_id: opened.conversation_id,
+            sender_user_id: opened.sender_user_id,
+            sender_device: opened.sender_device,
+            timestamp_ms: opened.timestamp_ms,
+            content_type: opened.content_type,
+            content: opened.content,
+        },
+        None,
+    )))
 }
 
 /// The grant of the key with id `key_id` to this device, accepted only if it

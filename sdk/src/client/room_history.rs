@@ -11,8 +11,8 @@
 //! more than the room's policy gives it.
 
 use prost::Message as _;
+use ward_core::RoomId;
 use ward_core::envelope::{ContentType, OpenedMessage, ReceivedEnvelope, room_conversation_id};
-use ward_core::{ResourceId, RoomId};
 use ward_proto::v1::RoomHistory;
 use zeroize::Zeroizing;
 
@@ -37,38 +37,6 @@ const KEYS_PER_REQUEST: usize = 128;
 /// Most envelopes a received bundle may hold (a 4 MiB bundle of the
 /// smallest room messages holds about 3,000).
 const MAX_BUNDLE_ENVELOPES: usize = 8192;
-
-/// Keeps a room message as its sender signed it, for a later forward.
-pub(crate) async fn keep(
-    inner: &Inner,
-    room: RoomId,
-    m: &Message,
-    envelope: Vec<u8>,
-) -> Result<()> {
-    let (sender, rid, ts) = (m.sender_user_id.clone(), m.resource_id, m.timestamp_ms);
-    inner
-        .store
-        .run(move |s| s.put_room_envelope(&room, &sender, &rid, ts, &envelope))
-        .await
-}
-
-/// Keeps this device's own room message once the relay acked it (its
-/// envelope is final then: a reseal replaces it before).
-pub(crate) async fn keep_sent(
-    inner: &Inner,
-    room: RoomId,
-    rid: ResourceId,
-    envelope: Vec<u8>,
-) -> Result<()> {
-    let me = inner.user_id.clone();
-    inner
-        .store
-        .run(move |s| match s.message(&me, &rid)? {
-            Some(m) => s.put_room_envelope(&room, &me, &rid, m.timestamp_ms, &envelope),
-            None => Ok(()),
-        })
-        .await
-}
 
 /// Queues the room's kept history for the users `added` (just added under
 /// `WholeHistory`), in bundles sealed to them and to this user (whose
@@ -238,9 +206,12 @@ pub(crate) async fn receive(inner: &Inner, opened: OpenedMessage) -> Result<Resu
                 continue;
             }
         };
-        keep(inner, room, &m, raw).await?;
         let m2 = m.clone();
-        if inner.store.run(move |s| s.insert_message(&m2)).await? {
+        if inner
+            .store
+            .run(move |s| s.insert_room_message(&m2, &room, &raw))
+            .await?
+        {
             stored += 1;
             inner.emit(Event::Message(m)).await;
         }

@@ -278,6 +278,17 @@ pub(crate) async fn unnamed_room_with(
     Ok(None)
 }
 
+/// Whether this device keeps `id`'s messages as signed, for a history
+/// forward (§17.13): only a `WholeHistory` room's are ever forwarded. The
+/// room's verified state is in memory after the message that asks.
+pub(crate) async fn keeps_history(inner: &Inner, id: &RoomId) -> bool {
+    let mut book = inner.rooms.rooms.lock().await;
+    matches!(
+        load(inner, &mut book, id).await,
+        Ok(Some(r)) if r.policy() == HistoryPolicy::WholeHistory
+    )
+}
+
 /// The room's verified state, refreshed from the keyserver (the history
 /// receiver's membership check, §17.13).
 pub(crate) async fn refreshed(inner: &Inner, id: &RoomId) -> Result<VerifiedRoom> {

@@ -361,13 +361,17 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
         };
         let blob_ids = payload.blob_ids.clone();
         let room = payload.room_key.is_some();
-        // A room message is kept as signed once acked, for a later history
-        // forward (§17.13).
-        let kept = payload
+        // A WholeHistory room's message is kept as signed once acked, for a
+        // later history forward (§17.13).
+        let mut kept = None;
+        if let Some(r) = payload
             .room_key
             .as_ref()
             .and_then(|k| ward_core::RoomId::from_slice(&k.room_id))
-            .map(|r| (r, payload.envelope.clone()));
+            && super::rooms::keeps_history(&inner, &r).await
+        {
+            kept = Some((r, payload.envelope.clone()));
+        }
         let outcome = match deliver(&inner, &item, payload, &mut connected).await {
             Err(e) if reseals < MAX_RESEALS && sealed_to_a_stale_epoch(&e, room) => {
                 reseals += 1;
@@ -384,13 +388,18 @@ pub(crate) async fn run_outbox(inner: Arc<Inner>, mut connected: watch::Receiver
         reseals = 0;
         match outcome {
             Ok(()) => {
-                if let Some((room, envelope)) = kept
-                    && let Err(e) =
-                        super::room_history::keep_sent(&inner, room, rid, envelope).await
-                {
-                    tracing::warn!(error = %e, "outbox: could not keep a sent room message");
-                }
-                if let Err(e) = inner.store.run(move |s| s.outbox_remove(id)).await {
+                let me = inner.user_id.clone();
+                let removed = inner
+                    .store
+                    .run(move |s| match &kept {
+                        // One transaction: the entry leaves, its envelope stays.
+                        Some((room, envelope)) => {
+                            s.outbox_remove_keeping(id, room, &me, &rid, envelope)
+                        }
+                        None => s.outbox_remove(id),
+                    })
+                    .await;
+                if let Err(e) = removed {
                     tracing::warn!(error = %e, "outbox: could not remove a sent entry");
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;

@@ -729,18 +729,21 @@ impl Store {
     /// cursor to `seq`, in one transaction. Returns whether the message was
     /// new. Durable when it returns: ack the relay after this.
     pub fn record_delivery(&mut self, seq: u64, message: Option<&Message>) -> Result<bool> {
-        self.record_delivery_at(seq, message, false)
+        self.record_delivery_at(seq, message, false, None)
     }
 
     /// [`Store::record_delivery`]; with `rewind`, the cursor is set to `seq`
     /// even if it was higher (the relay's numbering went back), but only if
     /// the message was new. A `seq` above `i64::MAX` is refused with
-    /// [`StoreError::InvalidData`] before anything is written.
+    /// [`StoreError::InvalidData`] before anything is written. With
+    /// `keep`, the message's signed room envelope is kept for a history
+    /// forward (§17.13) in the same transaction.
     pub fn record_delivery_at(
         &mut self,
         seq: u64,
         message: Option<&Message>,
         rewind: bool,
+        keep: Option<(&ward_core::RoomId, &[u8])>,
     ) -> Result<bool> {
         let seq = to_i64(seq, "relay cursor")?;
         let tx = self.conn.transaction()?;
@@ -748,6 +751,16 @@ impl Store {
             Some(m) => insert_message_in(&tx, m)?,
             None => false,
         };
+        if let (Some(m), Some((room, envelope))) = (message, keep) {
+            super::rooms::put_room_envelope_in(
+                &tx,
+                room,
+                &m.sender_user_id,
+                &m.resource_id,
+                m.timestamp_ms,
+                envelope,
+            )?;
+        }
         let sql = if rewind && new {
             "INSERT INTO relay_cursor (id, last_acked_seq) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET last_acked_seq = excluded.last_acked_seq"

@@ -30,19 +30,64 @@ impl Store {
         timestamp_ms: u64,
         envelope: &[u8],
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO room_envelopes
-                 (room_id, sender_user_id, resource_id, timestamp_ms, envelope)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                &room.as_bytes()[..],
-                sender_user_id,
-                &resource_id.as_bytes()[..],
-                i64::try_from(timestamp_ms).map_err(|_| StoreError::InvalidData("timestamp"))?,
-                envelope
-            ],
+        put_room_envelope_in(
+            &self.conn,
+            room,
+            sender_user_id,
+            resource_id,
+            timestamp_ms,
+            envelope,
+        )
+    }
+
+    /// Stores a room message and keeps its signed envelope for a forward,
+    /// in one transaction (one fsync). Returns whether the message was new.
+    pub fn insert_room_message(
+        &mut self,
+        m: &super::Message,
+        room: &RoomId,
+        envelope: &[u8],
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let new = super::records::insert_message_in(&tx, m)?;
+        put_room_envelope_in(
+            &tx,
+            room,
+            &m.sender_user_id,
+            &m.resource_id,
+            m.timestamp_ms,
+            envelope,
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Removes a delivered outbox entry and keeps the room envelope it
+    /// sent, with its history copy's time, in one transaction (one fsync).
+    /// Returns whether the entry existed.
+    pub fn outbox_remove_keeping(
+        &mut self,
+        id: super::OutboxId,
+        room: &RoomId,
+        sender_user_id: &str,
+        resource_id: &ward_core::ResourceId,
+        envelope: &[u8],
+    ) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let ts: Option<i64> = tx
+            .query_row(
+                "SELECT timestamp_ms FROM messages WHERE sender_user_id = ?1 AND resource_id = ?2",
+                params![sender_user_id, &resource_id.as_bytes()[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(ts) = ts {
+            let ts = u64::try_from(ts).map_err(|_| StoreError::InvalidData("timestamp"))?;
+            put_room_envelope_in(&tx, room, sender_user_id, resource_id, ts, envelope)?;
+        }
+        let n = tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0])?;
+        tx.commit()?;
+        Ok(n == 1)
     }
 
     /// The newest room envelopes that fit in `max_bytes` together, oldest
@@ -192,4 +237,27 @@ impl Store {
         }
         Ok(ring)
     }
+}
+
+pub(super) fn put_room_envelope_in(
+    conn: &super::rusqlite::Connection,
+    room: &RoomId,
+    sender_user_id: &str,
+    resource_id: &ward_core::ResourceId,
+    timestamp_ms: u64,
+    envelope: &[u8],
+) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO room_envelopes
+             (room_id, sender_user_id, resource_id, timestamp_ms, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            &room.as_bytes()[..],
+            sender_user_id,
+            &resource_id.as_bytes()[..],
+            i64::try_from(timestamp_ms).map_err(|_| StoreError::InvalidData("timestamp"))?,
+            envelope
+        ],
+    )?;
+    Ok(())
 }
