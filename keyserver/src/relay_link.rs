@@ -37,8 +37,8 @@ use ward_net::handshake::Audience;
 use ward_net::tls::ServerStream;
 use ward_net::{Conn, NetError, close};
 use ward_proto::v1::{
-    AuthResponse, AuthResult, ErrorCode, LinkFetch, LinkFrame, LinkNotice, LinkSubscribe,
-    LinkSynced, SignedRoomStatement, SignedStatement, link_frame,
+    LinkFetch, LinkFrame, LinkNotice, LinkSubscribe, LinkSynced, SignedRoomStatement,
+    SignedStatement, link_frame,
 };
 
 use crate::error::RequestError;
@@ -177,35 +177,8 @@ async fn handshake(
     state: &LinkState,
     nonce: [u8; 32],
 ) -> Result<SigningPublicKey, NetError> {
-    let challenge = state.audience.challenge(nonce);
-    conn.send_msg(&challenge).await?;
-    let response: AuthResponse = conn
-        .recv_msg()
-        .await?
-        .ok_or(NetError::Closed(None, String::new()))?;
-    let refuse = |code: ErrorCode| AuthResult {
-        ok: false,
-        error: code as i32,
-    };
-    let key = match ward_core::auth::verify_link_response(&state.audience, &challenge, &response) {
-        Ok(k) => k,
-        Err(e) => {
-            let code = ward_net::handshake::refusal_code(&e);
-            let _ = conn.send_msg(&refuse(code)).await;
-            return Err(e.into());
-        }
-    };
-    // Public keys: nothing secret to compare in constant time.
-    if !state.allowed.contains(&key) {
-        let _ = conn.send_msg(&refuse(ErrorCode::Unauthenticated)).await;
-        return Err(NetError::Refused(ErrorCode::Unauthenticated));
-    }
-    conn.send_msg(&AuthResult {
-        ok: true,
-        error: ErrorCode::Unspecified as i32,
-    })
-    .await?;
-    Ok(key)
+    ward_net::handshake::link_server(conn, &state.audience, nonce, |k| state.allowed.contains(k))
+        .await
 }
 
 /// One batch of changed logs after `cursor`, and the cursor it brings the

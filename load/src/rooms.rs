@@ -14,8 +14,8 @@ use ward_core::room::{HistoryPolicy, VerifiedRoom, create_room};
 use ward_core::testkit::{Clinician, room_metadata};
 use ward_proto::Message as _;
 use ward_proto::v1::{
-    AuthResponse, AuthResult, Envelope, EnvelopeHeader, ErrorCode, LinkFrame, LinkNotice,
-    LinkSubscribe, Recipient, RoomRecipient, Send, link_frame,
+    Envelope, EnvelopeHeader, LinkFrame, LinkNotice, LinkSubscribe, Recipient, RoomRecipient, Send,
+    link_frame,
 };
 
 use crate::Error;
@@ -166,16 +166,7 @@ impl FakeKeyserver {
             ward_net::conn::accept_with_path(tcp, &ward_net::Limits::default()).await?;
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| format!("{e}"))?;
-        let challenge = self.audience.challenge(nonce);
-        conn.send_msg(&challenge).await?;
-        let response: AuthResponse = conn.recv_msg().await?.ok_or("link closed")?;
-        ward_core::auth::verify_link_response(&self.audience, &challenge, &response)
-            .map_err(|e| format!("relay link: {e}"))?;
-        conn.send_msg(&AuthResult {
-            ok: true,
-            error: ErrorCode::Unspecified as i32,
-        })
-        .await?;
+        ward_net::handshake::link_server(&mut conn, &self.audience, nonce, |_| true).await?;
         let _sub: LinkSubscribe = conn.recv_msg().await?.ok_or("link closed")?;
         let notice = |n: LinkNotice| LinkFrame {
             frame: Some(link_frame::Frame::Notice(n)),

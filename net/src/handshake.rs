@@ -141,6 +141,49 @@ where
         .map_err(|_| NetError::Timeout)?
 }
 
+/// The keyserver's side of its relay link's handshake (SECURITY.md
+/// §10.8): sends the challenge of `audience` with `nonce`, verifies the
+/// relay's service-key signature, refuses (with the reason) a key that
+/// `allowed` does not accept, and answers. Returns the relay's key.
+pub async fn link_server<S>(
+    conn: &mut Conn<S>,
+    audience: &Audience,
+    nonce: [u8; 32],
+    allowed: impl FnOnce(&SigningPublicKey) -> bool,
+) -> Result<SigningPublicKey, NetError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let challenge = audience.challenge(nonce);
+    conn.send_msg(&challenge).await?;
+    let response: AuthResponse = conn
+        .recv_msg()
+        .await?
+        .ok_or(NetError::Closed(None, String::new()))?;
+    let refuse = |code: ErrorCode| AuthResult {
+        ok: false,
+        error: code as i32,
+    };
+    let key = match ward_core::auth::verify_link_response(audience, &challenge, &response) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = conn.send_msg(&refuse(refusal_code(&e))).await;
+            return Err(e.into());
+        }
+    };
+    // Public keys: nothing secret to compare in constant time.
+    if !allowed(&key) {
+        let _ = conn.send_msg(&refuse(ErrorCode::Unauthenticated)).await;
+        return Err(NetError::Refused(ErrorCode::Unauthenticated));
+    }
+    conn.send_msg(&AuthResult {
+        ok: true,
+        error: ErrorCode::Unspecified as i32,
+    })
+    .await?;
+    Ok(key)
+}
+
 /// Client side: answers the server's challenge as `device` of `user_id`,
 /// presenting `log` (the user's own log, for the relay; may be empty), and
 /// checks that the server is the `expected` audience (service and instance;

@@ -36,6 +36,10 @@ pub mod v1 {
 /// name is not the protocol version.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Longest `RegisterPush.token` (SECURITY.md §9.2): the relay refuses a
+/// longer one, and the SDK before sending it.
+pub const MAX_PUSH_TOKEN_BYTES: usize = 1024;
+
 /// Why untrusted bytes could not be decoded.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {

@@ -31,7 +31,7 @@ use ward_ops::metrics::Counter;
 use crate::storage::Mailbox;
 
 /// Longest push token accepted (APNs tokens are 32 bytes, FCM's some 160).
-pub const MAX_TOKEN_BYTES: usize = 1024;
+pub const MAX_TOKEN_BYTES: usize = ward_proto::MAX_PUSH_TOKEN_BYTES;
 /// Wake-ups waiting for the gateway; more are dropped (and counted).
 pub const QUEUE: usize = 4096;
 /// Wake-ups being sent (or waiting to be retried) at once: a slow or

@@ -728,7 +728,7 @@ impl Client {
     /// on every connection; kept in memory only: call it at each start, as
     /// a platform hands out its token.
     pub async fn register_push(&self, token: &[u8]) -> Result<()> {
-        if token.len() > 1024 {
+        if token.len() > ward_proto::MAX_PUSH_TOKEN_BYTES {
             return Err(ClientError::PushTokenTooLong(token.len()));
         }
         *self
@@ -1007,7 +1007,6 @@ impl Client {
         self.inner.store.run(|s| s.outbox_len()).await
     }
 
-    /// Test hook: the resource keys of the messages this client sealed.
     /// Tests only: forwards `envelopes` as room `room`'s history to `to`,
     /// whatever they are and whoever this user is (SECURITY.md §17.13), as
     /// a dishonest forwarder would.
@@ -1023,6 +1022,7 @@ impl Client {
         room_history::queue(&self.inner, *room, &to, envelopes).await
     }
 
+    /// Test hook: the resource keys of the messages this client sealed.
     #[cfg(feature = "testkit")]
     #[doc(hidden)]
     pub fn sent_resource_keys(&self) -> Vec<[u8; 32]> {
