@@ -166,6 +166,22 @@ pub fn possession_proof(
     ))
 }
 
+/// Checks a new device's proof of possession (as [`possession_proof`]
+/// makes it) before its keys are shown for approval: the approving device
+/// refuses a device that cannot sign for its own keys, as the log would.
+pub fn verify_possession_proof(
+    root: &SigningPublicKey,
+    user_id: &str,
+    signing: &SigningPublicKey,
+    encryption: &EncryptionPublicKey,
+    proof: &[u8],
+) -> bool {
+    signing.verify(
+        &possession_message(root, user_id, signing.as_bytes(), encryption.as_bytes()),
+        proof,
+    )
+}
+
 /// Makes entry 0 of a new user's log, signed by the invite's delegation key.
 /// Checks the invite against the pinned root and the delegation key first.
 pub fn create_user(

@@ -68,6 +68,19 @@ pub const ROOM_METADATA_KEY: &[u8] = b"ward/v2/room/metadata-key";
 /// Associated data of sealed room metadata: `frame(ROOM_METADATA_AAD, room_id, u64_be(epoch))` (§17.5).
 pub const ROOM_METADATA_AAD: &[u8] = b"ward/v2/room/metadata";
 
+/// HKDF-Extract salt of a device link's key schedule (§4.9), unframed.
+pub const LINK_SALT: &[u8] = b"ward/v2/link";
+/// HKDF-Expand `info` of a device link's rendezvous id (§4.9).
+pub const LINK_RENDEZVOUS: &[u8] = b"ward/v2/link/rendezvous";
+/// HKDF-Expand `info` of the key sealing link messages from the new device (§4.9).
+pub const LINK_KEY_TO_EXISTING: &[u8] = b"ward/v2/link/key-to-existing";
+/// HKDF-Expand `info` of the key sealing link messages from the existing device (§4.9).
+pub const LINK_KEY_TO_NEW: &[u8] = b"ward/v2/link/key-to-new";
+/// Hash of the new device's SAS nonce: its commitment in the hello (§4.9).
+pub const HASH_LINK_NONCE: &[u8] = b"ward/v2/hash/link-nonce";
+/// Hash the short authentication string is taken from (§4.9).
+pub const HASH_LINK_SAS: &[u8] = b"ward/v2/hash/link-sas";
+
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let len = label.len() + 1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>();

@@ -21,6 +21,7 @@
 //! | [`room`] | patient-case rooms: membership log, epoch keys, sealed metadata |
 //! | [`stream`], [`attachment`] | chunked file encryption (STREAM), the attachment descriptor, the file pipeline |
 //! | [`root_store`] | the organisation root sealed under a passphrase |
+//! | [`link`] | linking a new device by a scanned code: rendezvous, sealed messages, SAS |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -68,6 +69,7 @@ pub mod ids;
 pub mod invite;
 pub mod keys;
 pub mod labels;
+pub mod link;
 pub mod padding;
 pub mod room;
 pub mod root_store;
