@@ -460,6 +460,13 @@ async fn forward(
         Err(e) => {
             return match failure(&e) {
                 None => Step::End(None, Some(PEER_CLOSED)),
+                // Its transport failed (a reset, a broken frame): nothing
+                // the other side did or should act on.
+                Some(r) if matches!(e, NetError::WebSocket(_)) && r.code != close::TOO_BIG => {
+                    Step::End(Some(r), Some(PEER_CLOSED))
+                }
+                // A frame over the cap, a text frame, an undecodable one:
+                // the link is broken for both, and both are told why.
                 Some(r) => Step::End(Some(r), Some(r)),
             };
         }
