@@ -134,11 +134,6 @@ impl Links {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Rendezvous waiting now (for tests and the gauge).
-    pub fn waiting(&self) -> usize {
-        self.lock().waiting.len()
-    }
 }
 
 /// An open link's place in [`Links`]: dropping it removes the waiting entry
@@ -310,33 +305,41 @@ pub(crate) async fn open(
     // Waiting: the relay pings as on every authenticated connection, and a
     // pong counts as traffic, so a device that waits (reading) is never
     // idle; only a vanished one is closed before the TTL.
-    let joiner = loop {
+    let waited = loop {
         tokio::select! {
             biased;
             // Before the expiry: a joiner that took the entry in time is
             // paired (and told "link expired" by the pipe, not dropped).
-            j = &mut joined => match j {
-                Ok(j) => break j,
+            j = &mut joined => break match j {
+                Ok(j) => Ok(j),
                 // The entry is only ever taken to be sent: unreachable, but
                 // not worth a panic.
-                Err(_) => return close_one(&shared, conn, Some(INTERNAL)).await,
+                Err(_) => Err(Some(INTERNAL)),
             },
-            () = &mut expiry => return close_one(&shared, conn, Some(EXPIRED)).await,
-            () = stopped(&mut shutdown) => return close_one(&shared, conn, Some(GOING_AWAY)).await,
+            () = &mut expiry => break Err(Some(EXPIRED)),
+            () = stopped(&mut shutdown) => break Err(Some(GOING_AWAY)),
             _ = ping.tick() => {
                 if let Err(reason) = keep_alive(&shared, &mut conn).await {
-                    return close_one(&shared, conn, reason).await;
+                    break Err(reason);
                 }
             }
             inbound = conn.recv_msg::<LinkClientFrame>() => {
-                let reason = match inbound {
+                break Err(match inbound {
                     // Data before the joiner is there has nowhere to go.
                     Ok(Some(_)) => Some(MALFORMED),
                     Ok(None) => None,
                     Err(e) => failure(&e),
-                };
-                return close_one(&shared, conn, reason).await;
+                });
             }
+        }
+    };
+    let joiner = match waited {
+        Ok(j) => j,
+        Err(reason) => {
+            // Freed before the close handshake (up to `close_grace`): once
+            // the device reads the close, it may open again at once.
+            drop(registered);
+            return close_one(&shared, conn, reason).await;
         }
     };
     shared.metrics.links_joined.inc();
