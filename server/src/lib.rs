@@ -51,4 +51,5 @@ pub mod writer;
 
 pub use config::{Config, DEFAULT_RETENTION, Limits, PushConfig};
 pub use error::{RelayError, StorageError};
+pub use link::{LINK_JOIN_PATH, LINK_PATH};
 pub use server::run;

@@ -24,7 +24,7 @@ use ward_proto::v1::{
     ServerFrame, client_frame, link_client_frame::Frame as C, link_server_frame::Frame as S,
     server_frame,
 };
-use ward_relay::{Config, Limits};
+use ward_relay::{Config, LINK_JOIN_PATH, LINK_PATH, Limits};
 
 struct TempDir(PathBuf);
 
@@ -181,7 +181,7 @@ async fn device(relay: &Relay, path: &str, who: &Clinician, user: &str) -> Side 
 
 /// `who` opens `rendezvous`: the `expires_at` of its `LinkWaiting`.
 async fn open(relay: &Relay, who: &Clinician, user: &str, rendezvous: [u8; 32]) -> (Side, u64) {
-    let mut s = device(relay, "/v2/link", who, user).await;
+    let mut s = device(relay, LINK_PATH, who, user).await;
     s.send(C::Open(LinkOpen {
         rendezvous: rendezvous.to_vec(),
     }))
@@ -195,9 +195,12 @@ async fn open(relay: &Relay, who: &Clinician, user: &str, rendezvous: [u8; 32]) 
 /// A new device's connection on the join path (no handshake), its
 /// `LinkJoin` sent.
 async fn join(relay: &Relay, rendezvous: &[u8]) -> Side {
-    let c = ward_net::conn::connect(&format!("{}/v2/link/join", relay.url), &Limits::DEFAULT.net)
-        .await
-        .unwrap();
+    let c = ward_net::conn::connect(
+        &format!("{}{LINK_JOIN_PATH}", relay.url),
+        &Limits::DEFAULT.net,
+    )
+    .await
+    .unwrap();
     let mut s = Side(c.into_inner());
     s.send(C::Join(LinkJoin {
         rendezvous: rendezvous.to_vec(),
@@ -275,6 +278,8 @@ async fn message_path_works(relay: &Relay, from: (&Clinician, &str), to: (&Clini
 /// `GOING_AWAY`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_join_and_data_both_ways_byte_exact() {
+    // The paths clients are built against.
+    assert_eq!((LINK_PATH, LINK_JOIN_PATH), ("/v2/link", "/v2/link/join"));
     let mut rng = rand::rng();
     let org = Org::new(&mut rng);
     let alice = org.enroll(&mut rng, "alice");
@@ -358,9 +363,12 @@ async fn unknown_rendezvous_and_second_joiner_are_refused() {
         short.closed().await,
         (close::PROTOCOL_ERROR, "malformed link frame".to_owned())
     );
-    let c = ward_net::conn::connect(&format!("{}/v2/link/join", relay.url), &Limits::DEFAULT.net)
-        .await
-        .unwrap();
+    let c = ward_net::conn::connect(
+        &format!("{}{LINK_JOIN_PATH}", relay.url),
+        &Limits::DEFAULT.net,
+    )
+    .await
+    .unwrap();
     let mut wrong = Side(c.into_inner());
     wrong
         .send(C::Open(LinkOpen {
@@ -454,7 +462,7 @@ async fn open_refusals() {
     let relay = start(&org, |l| l.max_links_waiting = 2).await;
 
     let (_a1, _) = open(&relay, &alice, "alice", [10u8; 32]).await;
-    let mut a2 = device(&relay, "/v2/link", &alice, "alice").await;
+    let mut a2 = device(&relay, LINK_PATH, &alice, "alice").await;
     a2.send(C::Open(LinkOpen {
         rendezvous: vec![11u8; 32],
     }))
@@ -464,7 +472,7 @@ async fn open_refusals() {
         forbidden("a link is already open on this device")
     );
 
-    let mut dup = device(&relay, "/v2/link", &bob, "bob").await;
+    let mut dup = device(&relay, LINK_PATH, &bob, "bob").await;
     dup.send(C::Open(LinkOpen {
         rendezvous: vec![10u8; 32],
     }))
@@ -473,7 +481,7 @@ async fn open_refusals() {
         dup.closed().await,
         (close::PROTOCOL_ERROR, "rendezvous already open".to_owned())
     );
-    let mut short = device(&relay, "/v2/link", &bob, "bob").await;
+    let mut short = device(&relay, LINK_PATH, &bob, "bob").await;
     short
         .send(C::Open(LinkOpen {
             rendezvous: vec![12u8; 33],
@@ -483,7 +491,7 @@ async fn open_refusals() {
         short.closed().await,
         (close::PROTOCOL_ERROR, "malformed link frame".to_owned())
     );
-    let mut data_first = device(&relay, "/v2/link", &bob, "bob").await;
+    let mut data_first = device(&relay, LINK_PATH, &bob, "bob").await;
     data_first.send(C::Data(b"x".to_vec())).await;
     assert_eq!(
         data_first.closed().await,
@@ -491,7 +499,7 @@ async fn open_refusals() {
     );
 
     let (_b1, _) = open(&relay, &bob, "bob", [13u8; 32]).await;
-    let mut full = device(&relay, "/v2/link", &carol, "carol").await;
+    let mut full = device(&relay, LINK_PATH, &carol, "carol").await;
     full.send(C::Open(LinkOpen {
         rendezvous: vec![14u8; 32],
     }))
@@ -506,7 +514,7 @@ async fn open_refusals() {
 
     // Without the handshake: the relay's challenge comes first, and a
     // LinkOpen in place of the AuthResponse is refused; nothing waits.
-    let c = ward_net::conn::connect(&format!("{}/v2/link", relay.url), &Limits::DEFAULT.net)
+    let c = ward_net::conn::connect(&format!("{}{LINK_PATH}", relay.url), &Limits::DEFAULT.net)
         .await
         .unwrap();
     let mut anon = Side(c.into_inner());
@@ -533,7 +541,7 @@ async fn open_refusals() {
     // While alice's first link pipes, a second is still refused.
     let mut j = join(&relay, &[10u8; 32]).await;
     assert_eq!(j.next().await, Ev::Frame(S::PeerJoined(Default::default())));
-    let mut a3 = device(&relay, "/v2/link", &alice, "alice").await;
+    let mut a3 = device(&relay, LINK_PATH, &alice, "alice").await;
     a3.send(C::Open(LinkOpen {
         rendezvous: vec![16u8; 32],
     }))
