@@ -154,6 +154,15 @@ pub struct Limits {
     /// at once, until they are deleted; over it `BlobOpen` gets
     /// `QUOTA_EXCEEDED`.
     pub max_user_blob_bytes: u64,
+    /// How long a device-link rendezvous lives from its `LinkOpen`, waiting
+    /// and piping together (SECURITY.md §9.3); then both sides are closed.
+    pub link_ttl: Duration,
+    /// Most `data` bytes through one link pipe, both directions together;
+    /// over it both sides are closed with `TOO_BIG`.
+    pub link_max_bytes: u64,
+    /// Most rendezvous waiting for a joiner at once, from everyone; over it
+    /// a `LinkOpen` is closed with `TOO_MANY_CONNECTIONS`.
+    pub max_links_waiting: usize,
 }
 
 impl Default for Limits {
@@ -190,6 +199,9 @@ impl Limits {
         max_mailbox_entries: 20_000,
         max_blob_bytes: crate::blobs::DEFAULT_MAX_BLOB_BYTES,
         max_user_blob_bytes: 10 << 30,
+        link_ttl: Duration::from_secs(600),
+        link_max_bytes: 256 << 20,
+        max_links_waiting: 1_000,
     };
 }
 

@@ -44,7 +44,7 @@ use crate::state::Shared;
 use crate::storage::{self, Mailbox, NewMessage, Quota, SendOutcome};
 use ward_net::rate::TokenBucket;
 
-const GOING_AWAY: CloseReason = CloseReason {
+pub(crate) const GOING_AWAY: CloseReason = CloseReason {
     code: close::GOING_AWAY,
     reason: "relay shutting down",
 };
@@ -66,7 +66,7 @@ const INTERNAL: CloseReason = CloseReason {
 };
 
 /// Resolves once the relay is shutting down.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // An error means the server is gone: stop as well.
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
@@ -79,17 +79,28 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     ticket: ward_net::peers::Ticket,
 ) {
-    // Boxed: the upgrade's and the handshake's states (the presented log's
-    // verification among them) are large and over once the device is in;
-    // inline, every idle session's future would keep their size (issue 15).
-    let Some((conn, path, mailbox)) =
-        Box::pin(authenticate(stream, addr, &shared, &mut shutdown, ticket)).await
+    let Some((conn, path)) = Box::pin(upgrade(stream, addr, &shared)).await else {
+        return;
+    };
+    if path == crate::link::LINK_JOIN_PATH {
+        // No handshake: a new device has no identity in any log yet
+        // (SECURITY.md §9.3). The ticket stays with it until it is paired.
+        return Box::pin(crate::link::join(conn, addr, shared, shutdown, ticket)).await;
+    }
+    // Boxed: the handshake's state (the presented log's verification among
+    // them) is large and over once the device is in; inline, every idle
+    // session's future would keep its size (issue 15).
+    let Some((conn, mailbox)) =
+        Box::pin(authenticate(conn, addr, &shared, &mut shutdown, ticket)).await
     else {
         return;
     };
     if path == crate::blob_session::BLOB_PATH {
         // Boxed: a blob connection's state is not every message session's.
         return Box::pin(blob_connection(conn, shared, mailbox, shutdown)).await;
+    }
+    if path == crate::link::LINK_PATH {
+        return Box::pin(crate::link::open(conn, shared, mailbox, shutdown)).await;
     }
     session(conn, shared, mailbox, shutdown).await;
 }
@@ -117,33 +128,43 @@ async fn blob_connection(
     finish(conn, Some(end), limits.close_grace).await;
 }
 
-/// The WebSocket upgrade and the device handshake: the authenticated
-/// connection, its path and its mailbox, or `None` once the peer was
-/// answered (refused, timed out, or the relay is stopping).
-async fn authenticate(
+/// The WebSocket upgrade (every path has one): the connection and its
+/// path, or `None` once the peer was answered.
+async fn upgrade(
     stream: ServerStream,
     addr: SocketAddr,
     shared: &Arc<Shared>,
-    shutdown: &mut watch::Receiver<bool>,
-    ticket: ward_net::peers::Ticket,
-) -> Option<(Conn<ServerStream>, String, Mailbox)> {
+) -> Option<(Conn<ServerStream>, String)> {
     let limits = shared.config.limits;
-    let (mut conn, path) = match timeout(
+    match timeout(
         limits.net.auth_timeout,
         ward_net::conn::accept_with_path(stream, &limits.net),
     )
     .await
     {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
             debug!(%addr, error = %e, "websocket upgrade failed");
-            return None;
+            None
         }
         Err(_) => {
             debug!(%addr, "websocket upgrade timed out");
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// The device handshake on an upgraded connection: the authenticated
+/// connection and its mailbox, or `None` once the peer was answered
+/// (refused, timed out, or the relay is stopping).
+async fn authenticate(
+    mut conn: Conn<ServerStream>,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    ticket: ward_net::peers::Ticket,
+) -> Option<(Conn<ServerStream>, Mailbox)> {
+    let limits = shared.config.limits;
     let mut nonce = [0u8; 32];
     if getrandom::fill(&mut nonce).is_err() {
         warn!("no randomness for a challenge");
@@ -190,7 +211,7 @@ async fn authenticate(
         device_id: *peer.device.as_bytes(),
     };
     debug!(%addr, user = %mailbox.user_id, "device authenticated");
-    Some((conn, path, mailbox))
+    Some((conn, mailbox))
 }
 
 /// Refuses a connection over the limit with `TOO_MANY_CONNECTIONS`, holding
@@ -272,7 +293,11 @@ pub(crate) async fn prune_revoked(
 /// Sends the close frame (if any) within `grace`, half-closes the socket and
 /// waits for the peer to finish, so that the close frame is not lost to a
 /// reset.
-async fn finish(mut conn: Conn<ServerStream>, reason: Option<CloseReason>, grace: Duration) {
+pub(crate) async fn finish(
+    mut conn: Conn<ServerStream>,
+    reason: Option<CloseReason>,
+    grace: Duration,
+) {
     if let Some(r) = reason {
         let _ = timeout(grace, conn.close(r.code, r.reason)).await;
     }

@@ -15,6 +15,9 @@
 //!   them or after retention.
 //! * Content-free push (SECURITY.md §9.2, [`push`]): an offline device's
 //!   registered token goes to a push gateway, alone, once per wake-up.
+//! * Device linking (SECURITY.md §9.3): a rendezvous an existing device
+//!   opens on `/v2/link` and a new device joins on `/v2/link/join`; the
+//!   relay forwards the sealed link messages between them, opaque to it.
 //! * Bounded per-connection queues; limits on frame size, recipients, auth
 //!   time, send rate and connections, each violation closing with a code.
 //!
@@ -35,6 +38,7 @@ pub mod config;
 mod connection;
 mod error;
 pub mod keyserver_link;
+mod link;
 pub mod logs;
 pub mod metrics;
 pub mod push;
@@ -47,4 +51,5 @@ pub mod writer;
 
 pub use config::{Config, DEFAULT_RETENTION, Limits, PushConfig};
 pub use error::{RelayError, StorageError};
+pub use link::{LINK_JOIN_PATH, LINK_PATH};
 pub use server::run;

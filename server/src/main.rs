@@ -135,6 +135,17 @@ struct Args {
     /// uploading at once; over it: QUOTA_EXCEEDED.
     #[arg(long, env = "WARD_RELAY_MAX_USER_BLOB_BYTES", default_value_t = DEF.max_user_blob_bytes)]
     max_user_blob_bytes: u64,
+    /// Seconds a device-link rendezvous lives from its opening, waiting and
+    /// piping together (SECURITY.md §9.3).
+    #[arg(long, env = "WARD_RELAY_LINK_TTL_SECS", default_value_t = DEF.link_ttl.as_secs())]
+    link_ttl_secs: u64,
+    /// Most bytes through one device-link pipe, both ways together (256 MiB
+    /// by default); over it: both sides closed TOO_BIG.
+    #[arg(long, env = "WARD_RELAY_LINK_MAX_BYTES", default_value_t = DEF.link_max_bytes)]
+    link_max_bytes: u64,
+    /// Most device-link rendezvous waiting for their new device at once.
+    #[arg(long, env = "WARD_RELAY_MAX_LINKS_WAITING", default_value_t = DEF.max_links_waiting)]
+    max_links_waiting: usize,
     /// Directory of attachment blob files; default: beside --db, <db>.blobs.
     #[arg(long, env = "WARD_RELAY_BLOB_DIR", value_name = "DIR")]
     blob_dir: Option<PathBuf>,
@@ -258,6 +269,9 @@ fn config(args: &Args) -> Result<Config, String> {
         max_mailbox_entries: args.max_mailbox_entries,
         max_blob_bytes: args.max_blob_bytes,
         max_user_blob_bytes: args.max_user_blob_bytes,
+        link_ttl: Duration::from_secs(args.link_ttl_secs.max(1)),
+        link_max_bytes: args.link_max_bytes,
+        max_links_waiting: args.max_links_waiting,
         ..d
     };
     if let Some(dir) = &args.blob_dir {

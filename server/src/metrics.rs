@@ -48,6 +48,12 @@ pub struct RelayMetrics {
     pub push_failed: Counter,
     /// Push wake-ups dropped because the queue to the gateway was full.
     pub push_dropped: Counter,
+    /// Device-link rendezvous waiting for their joiner (SECURITY.md §9.3).
+    pub links_waiting: Gauge,
+    /// Link joins paired with their opener.
+    pub links_joined: Counter,
+    /// Link joins refused (no such link, expired, already joined, malformed).
+    pub link_joins_refused: Counter,
 }
 
 impl RelayMetrics {
@@ -114,6 +120,18 @@ impl RelayMetrics {
             push_dropped: r.counter(
                 "ward_relay_push_dropped_total",
                 "Push wake-ups dropped: the queue to the gateway was full.",
+            ),
+            links_waiting: r.gauge(
+                "ward_relay_links_waiting",
+                "Device-link rendezvous waiting for the new device.",
+            ),
+            links_joined: r.counter(
+                "ward_relay_links_joined_total",
+                "Device links joined (both sides paired).",
+            ),
+            link_joins_refused: r.counter(
+                "ward_relay_link_joins_refused_total",
+                "Device-link joins refused (no such link, expired, already joined, malformed).",
             ),
         }
     }

@@ -93,6 +93,9 @@ pub struct Shared {
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Logs asked of the keyserver's link at a login (SECURITY.md §9).
     pub link_fetch: crate::keyserver_link::Fetcher,
+    /// Device-link rendezvous waiting, and devices with a link open
+    /// (SECURITY.md §9.3).
+    pub links: crate::link::Links,
 }
 
 impl Shared {
@@ -115,6 +118,7 @@ impl Shared {
         let link_fetch = crate::keyserver_link::Fetcher::new(config.keyserver_link.is_some());
         Self {
             link_fetch,
+            links: crate::link::Links::default(),
             logs,
             rooms: crate::rooms::RoomCache::default(),
             config,
