@@ -93,7 +93,9 @@ pub enum ContentType {
 }
 
 impl ContentType {
-    fn to_wire(self) -> i32 {
+    /// The `ward.v1.ContentType` value (also what a linked device's history
+    /// carries, §4.9).
+    pub fn to_wire(self) -> i32 {
         match self {
             Self::Text => ward_proto::v1::ContentType::Text as i32,
             Self::File => ward_proto::v1::ContentType::File as i32,
@@ -102,7 +104,8 @@ impl ContentType {
         }
     }
 
-    fn from_wire(v: i32) -> Option<Self> {
+    /// From a `ward.v1.ContentType` value; `None` for unspecified or unknown.
+    pub fn from_wire(v: i32) -> Option<Self> {
         match ward_proto::v1::ContentType::try_from(v).ok()? {
             ward_proto::v1::ContentType::Text => Some(Self::Text),
             ward_proto::v1::ContentType::File => Some(Self::File),

@@ -34,7 +34,7 @@ use prost::Message as _;
 use rand_core::CryptoRng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use ward_proto::v1::{
     LinkApproved, LinkDone, LinkHello, LinkHistory, LinkMessage, LinkNonce, LinkRefused,
@@ -647,7 +647,17 @@ impl Approver {
             return Err(LinkError::Unexpected("history before the approval"));
         }
         self.messages += batch.messages.len() as u64;
-        Ok(self.channel.seal(Body::History(batch)))
+        let mut msg = LinkMessage {
+            body: Some(Body::History(batch)),
+        };
+        let plain = Zeroizing::new(msg.encode_to_vec());
+        // The history is plaintext health data: no copy outlives the seal.
+        if let Some(Body::History(h)) = &mut msg.body {
+            for m in &mut h.messages {
+                m.content.zeroize();
+            }
+        }
+        Ok(self.channel.seal_bytes(&plain))
     }
 
     /// The end of the history, with the count of messages sent.

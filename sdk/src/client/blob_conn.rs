@@ -34,6 +34,43 @@ pub(crate) fn blob_url(relay_url: &str) -> String {
     format!("{}/v2/blobs", relay_url.trim_end_matches('/'))
 }
 
+/// A connection to `url` on the relay, authenticated as this device with
+/// the end of its log (the whole log if the relay lacks its start,
+/// SECURITY.md §9): the blob path's and the link path's.
+pub(crate) async fn device_conn(
+    inner: &Inner,
+    url: &str,
+) -> Result<Conn<MaybeTlsStream<TcpStream>>> {
+    let own = inner
+        .directory
+        .cached(&inner.store, &inner.user_id)
+        .await?
+        .ok_or(ClientError::NotEnrolled)?;
+    let limits = Limits::default();
+    for whole in [false, true] {
+        let r = tokio::time::timeout(inner.config.request_timeout, async {
+            let mut conn = ward_net::tls::connect(url, &limits, &inner.config.tls).await?;
+            ward_net::handshake::client(
+                &mut conn,
+                &inner.device,
+                &inner.user_id,
+                &inner.config.relay_audience(),
+                super::relay::presented_log(&own.entries, whole),
+            )
+            .await?;
+            Ok::<_, ClientError>(conn)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)?;
+        match r {
+            Err(ClientError::Net(ward_net::NetError::Refused(ErrorCode::UnknownUser)))
+                if !whole => {}
+            r => return r,
+        }
+    }
+    Err(ClientError::Protocol("relay refused the whole log"))
+}
+
 pub(crate) struct BlobConn {
     conn: Conn<MaybeTlsStream<TcpStream>>,
 }
@@ -52,37 +89,10 @@ fn frame(f: client_frame::Frame) -> ClientFrame {
 impl BlobConn {
     /// Connects and authenticates as this device.
     pub(crate) async fn connect(inner: &Inner) -> Result<Self> {
-        let own = inner
-            .directory
-            .cached(&inner.store, &inner.user_id)
-            .await?
-            .ok_or(ClientError::NotEnrolled)?;
-        let limits = Limits::default();
         let url = blob_url(&inner.config.relay_url);
-        // The end of the log, as the message connection presents it; the
-        // whole log if the relay lacks its start (SECURITY.md §9).
-        for whole in [false, true] {
-            let r = tokio::time::timeout(inner.config.request_timeout, async {
-                let mut conn = ward_net::tls::connect(&url, &limits, &inner.config.tls).await?;
-                ward_net::handshake::client(
-                    &mut conn,
-                    &inner.device,
-                    &inner.user_id,
-                    &inner.config.relay_audience(),
-                    super::relay::presented_log(&own.entries, whole),
-                )
-                .await?;
-                Ok::<_, ClientError>(conn)
-            })
-            .await
-            .map_err(|_| ClientError::Timeout)?;
-            match r {
-                Err(ClientError::Net(ward_net::NetError::Refused(ErrorCode::UnknownUser)))
-                    if !whole => {}
-                r => return r.map(|conn| Self { conn }),
-            }
-        }
-        Err(ClientError::Protocol("relay refused the whole log"))
+        Ok(Self {
+            conn: device_conn(inner, &url).await?,
+        })
     }
 
     async fn send(&mut self, f: client_frame::Frame) -> Result<()> {

@@ -200,6 +200,24 @@ pub enum ClientError {
     /// The download's destination exists: it is never overwritten.
     #[error("{0} exists; not overwritten")]
     FileExists(std::path::PathBuf),
+    /// Linking a device failed in its protocol (SECURITY.md §4.9):
+    /// `BadCode` (not a link code), `Tampered` (a message did not open under
+    /// the code's keys: the relay or someone else altered, swapped or
+    /// reordered it), `CommitmentMismatch`, `BadOffer`, `Truncated`. Nothing
+    /// was approved, or the new device keeps nothing of the history.
+    #[error("device link: {0}")]
+    Link(#[from] ward_core::link::LinkError),
+    /// The relay knows no link under this code: it expired, was used, or
+    /// the existing device stopped waiting. Show a new code and scan again.
+    #[error("no such link at the relay: it expired or was already used")]
+    NoSuchLink,
+    /// The other device ended the link before it was done (or the relay
+    /// closed it: expired, too large).
+    #[error("the link was closed before it was done")]
+    LinkClosed,
+    /// The existing device's user refused this device (the codes differed).
+    #[error("the existing device refused the link")]
+    LinkRefused,
 }
 
 /// Store errors become [`ClientError::Store`], except the one an app must act

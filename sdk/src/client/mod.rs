@@ -6,7 +6,8 @@
 //! |---|---|
 //! | [`Client::enroll`] | first device of a user, from an invite, with a PIN |
 //! | [`Client::unlock`] / [`Client::lock`] | open the store with the PIN / close it and zeroize |
-//! | [`Client::pair_new_device`], [`Client::approve_device`], [`PendingDevice::complete`] | a second device |
+//! | [`Client::link_device`], [`PendingDevice::link`] | a second device, by a scanned code (`link.rs`) |
+//! | [`Client::pair_new_device`], [`Client::approve_device`], [`PendingDevice::complete`] | a second device, keys carried by the app |
 //! | [`Client::create_conversation`], [`Client::send_text`] | send (queued durably, delivered in the background) |
 //! | [`Client::send_file`], [`Client::download`] | attachments: streamed, resumable (`attach.rs`) |
 //! | [`Client::events`] | verified messages, typed rejections, send outcomes |
@@ -25,6 +26,7 @@
 //! | `send.rs` | seal, outbox, keys before ciphertext |
 //! | `attach.rs` | `send_file`, `download`, resumed uploads |
 //! | `blob_conn.rs` | the relay's blob connection (`/v2/blobs`) |
+//! | `link.rs` | device linking over the relay's rendezvous (`/v2/link`) |
 //! | `file_crypto.rs` | the one use of ward-core's attachment encryptor and decryptor |
 //! | `receive.rs` | verify, open, store, then ack |
 //! | `rooms.rs` | rooms: verified membership logs, epoch keys, room messages |
@@ -39,6 +41,7 @@ mod events;
 mod file_crypto;
 mod invite_file;
 mod keyserver;
+mod link;
 mod own_log;
 mod receive;
 mod relay;
@@ -73,6 +76,7 @@ pub use attach::{AttachmentInfo, Phase, Progress, Thumbnail};
 pub use error::{ClientError, Result};
 pub use events::Event;
 pub use invite_file::InviteFile;
+pub use link::{LinkOffer, LinkRequest, LinkingDevice};
 pub use rooms::{RoomInfo, RoomMemberInfo};
 pub use search::{DirectoryEntry, DirectoryQuery, MAX_PAGE_SIZE, Page, PageCursor};
 
@@ -218,6 +222,45 @@ impl StoreCell {
         })
         .await;
     }
+}
+
+/// [`Client::approve_device`], also the approval of a link (`link.rs`).
+async fn approve_keys(inner: &Inner, keys: &NewDeviceKeys) -> Result<()> {
+    let own = refresh_own(inner).await?;
+    let entry = own.user.add_device_with_proof(
+        &inner.device,
+        &keys.signing,
+        &keys.encryption,
+        &keys.proof,
+        now_secs(),
+    );
+    inner.keyserver.append(entry).await?;
+    let own = refresh_own(inner).await?;
+    if !own
+        .user
+        .device(&keys.signing)
+        .is_some_and(|d| d.is_active())
+    {
+        return Err(ClientError::DeviceNotInLog);
+    }
+    let held = inner.store.run(|s| s.user_keys()).await?;
+    let mut grants = Vec::new();
+    {
+        let mut rng = rand::rng();
+        for k in &held {
+            let pk = k.public_key();
+            if pk == *own.user.encryption_key() || own.user.past_encryption_keys().contains(&pk) {
+                grants.push(grant_user_key(&mut rng, k, &keys.encryption)?);
+            }
+        }
+    }
+    inner.keyserver.put_grants(grants).await?;
+    let _ = inner
+        .relay_cmds
+        .send(RelayCmd::PublishLog(own.entries))
+        .await;
+    tracing::info!(device = ?keys.signing, "device approved");
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -681,43 +724,7 @@ impl Client {
     /// it the user keys this device holds, and publishes the new log to the
     /// relay.
     pub async fn approve_device(&self, keys: &NewDeviceKeys) -> Result<()> {
-        let inner = &self.inner;
-        let own = refresh_own(inner).await?;
-        let entry = own.user.add_device_with_proof(
-            &inner.device,
-            &keys.signing,
-            &keys.encryption,
-            &keys.proof,
-            now_secs(),
-        );
-        inner.keyserver.append(entry).await?;
-        let own = refresh_own(inner).await?;
-        if !own
-            .user
-            .device(&keys.signing)
-            .is_some_and(|d| d.is_active())
-        {
-            return Err(ClientError::DeviceNotInLog);
-        }
-        let held = inner.store.run(|s| s.user_keys()).await?;
-        let mut grants = Vec::new();
-        {
-            let mut rng = rand::rng();
-            for k in &held {
-                let pk = k.public_key();
-                if pk == *own.user.encryption_key() || own.user.past_encryption_keys().contains(&pk)
-                {
-                    grants.push(grant_user_key(&mut rng, k, &keys.encryption)?);
-                }
-            }
-        }
-        inner.keyserver.put_grants(grants).await?;
-        let _ = inner
-            .relay_cmds
-            .send(RelayCmd::PublishLog(own.entries))
-            .await;
-        tracing::info!(device = ?keys.signing, "device approved");
-        Ok(())
+        approve_keys(&self.inner, keys).await
     }
 
     /// Registers this device's push token (from APNs, FCM or the

@@ -471,6 +471,42 @@ impl Store {
         Ok(())
     }
 
+    /// Takes a batch of history from another device of this user (a link,
+    /// SECURITY.md §4.9): creates the conversations it names (members of
+    /// one already here are left as they are) and stores its messages
+    /// unless already stored, all in one transaction. Returns how many
+    /// messages were new.
+    pub fn import_history(
+        &mut self,
+        conversations: &[Conversation],
+        messages: &[Message],
+    ) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        for c in conversations {
+            let added = tx.execute(
+                "INSERT OR IGNORE INTO conversations (id) VALUES (?1)",
+                [&c.id.as_bytes()[..]],
+            )?;
+            if added == 1 {
+                let mut stmt = tx.prepare(
+                    "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id)
+                     VALUES (?1, ?2)",
+                )?;
+                for m in &c.members {
+                    stmt.execute(params![&c.id.as_bytes()[..], m])?;
+                }
+            }
+        }
+        let mut new = 0;
+        for m in messages {
+            if insert_message_in(&tx, m)? {
+                new += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
     /// One conversation.
     pub fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>> {
         let known = self

@@ -133,6 +133,21 @@ impl Store {
             .collect()
     }
 
+    /// Every room's conversation id, in the order the rooms were recorded.
+    pub fn room_conversation_ids(&self) -> Result<Vec<ConversationId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT conversation_id FROM rooms ORDER BY rowid")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<super::rusqlite::Result<Vec<_>>>()?;
+        ids.iter()
+            .map(|b| {
+                ConversationId::from_slice(b).ok_or(StoreError::InvalidData("conversation id"))
+            })
+            .collect()
+    }
+
     /// The room whose conversation id is `conversation`, if any.
     pub fn room_by_conversation(&self, conversation: &ConversationId) -> Result<Option<RoomId>> {
         let id: Option<Vec<u8>> = self
