@@ -88,7 +88,7 @@ impl DeviceArgs {
         }
     }
 
-    fn pin(&self) -> PinSource {
+    pub(crate) fn pin(&self) -> PinSource {
         PinSource {
             stdin: self.pin_stdin,
         }
@@ -107,7 +107,7 @@ impl DeviceArgs {
             .map_err(|e| CliError::Msg(format!("--ca-file {}: {e}", file.display())))
     }
 
-    fn config(&self, store: PathBuf) -> Result<ClientConfig, CliError> {
+    pub(crate) fn config(&self, store: PathBuf) -> Result<ClientConfig, CliError> {
         let mut c = ClientConfig::new(store, self.relay(), self.keyserver(), self.org_root()?);
         c.tls = self.client_tls()?;
         c.connection_events = true;
@@ -120,7 +120,7 @@ impl DeviceArgs {
 
     /// The store of `user` (or `--store`); with neither, the only store
     /// under `<data>/clients/`.
-    fn store_for(&self, user: Option<&str>) -> Result<PathBuf, CliError> {
+    pub(crate) fn store_for(&self, user: Option<&str>) -> Result<PathBuf, CliError> {
         if let Some(s) = &self.store {
             return Ok(s.clone());
         }

@@ -62,7 +62,7 @@ enum Command {
         #[command(subcommand)]
         command: room::RoomCommand,
     },
-    /// Your own devices: list them, revoke a lost one.
+    /// Your own devices: list them, link a new one by a code, revoke a lost one.
     Device {
         #[command(subcommand)]
         command: devices::DeviceCommand,

@@ -1512,3 +1512,169 @@ fn admin_init_reads_the_passphrase_from_a_terminal_without_echo() {
     assert_eq!(std::fs::read(data.join("org-root.enc")).unwrap().len(), 144);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A long-running `ward` with its stdin and stdout piped: lines read on a
+/// thread, so that a step that never comes fails the test instead of
+/// hanging it.
+struct Interactive {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Interactive {
+    fn spawn(up: &Up, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args(args)
+            .env("WARD_DATA", &up.data)
+            .env("WARD_RELAY_URL", &up.relay)
+            .env("WARD_KEYSERVER_URL", &up.keyserver)
+            .env("WARD_PIN", "ward-pin-493817")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (trimmed) that `pick` accepts, within a minute.
+    fn until(&mut self, pick: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pick(line.trim()) {
+                        return line.trim().to_owned();
+                    }
+                }
+                Err(_) => panic!("no such line; so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    fn write(&mut self, text: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the exit; the rest of its output.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().unwrap();
+        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status, self.seen.join("\n"))
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Issue 13, done-when 3: linking a second device through the CLI on
+/// `ward up`. The phone shows a code, the tablet takes it (from standard
+/// input, never argv), both print the same six digits, the phone's user
+/// types "y"; the tablet then holds the history and is listed.
+#[test]
+fn ward_device_approve_and_link_add_a_device_with_its_history() {
+    let up = Up::start("link");
+    up.enroll("nurse.okafor", "Nurse Okafor");
+    up.enroll("dr.martin", "Dr Claire Martin");
+    up.ok(&[
+        "send",
+        "--as",
+        "nurse.okafor",
+        "--to",
+        "dr.martin",
+        "WARD-CLI-LINK-1",
+    ]);
+
+    let is_digits = |l: &str| {
+        l.len() == 7
+            && l.as_bytes()[3] == b' '
+            && l.bytes()
+                .enumerate()
+                .all(|(i, b)| i == 3 || b.is_ascii_digit())
+    };
+    let mut phone = Interactive::spawn(&up, &["device", "approve", "--as", "nurse.okafor"]);
+    let code = phone.until(|l| l.starts_with("ward-link:1:"));
+    assert!(code.ends_with(":nurse.okafor"));
+    let tablet_store = up.data.join("tablet.db");
+    let mut tablet = Interactive::spawn(
+        &up,
+        &["device", "link", "--store", tablet_store.to_str().unwrap()],
+    );
+    tablet.write(&format!("{code}\n"));
+    let tablet_digits = tablet.until(is_digits);
+    let phone_digits = phone.until(is_digits);
+    assert_eq!(phone_digits, tablet_digits, "both show the same digits");
+    phone.write("y\n");
+    let (status, out) = phone.finish();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("Approved: device"), "{out}");
+    assert!(out.contains("1 messages of history sent"), "{out}");
+    let (status, out) = tablet.finish();
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("Linked: this is now a device of nurse.okafor")
+            && out.contains("with 1 messages of history"),
+        "{out}"
+    );
+
+    let listed = up.ok(&["device", "list", "--as", "nurse.okafor"]);
+    assert_eq!(listed.matches("active").count(), 2, "{listed}");
+    // The tablet reads what is sent to its user from now on.
+    up.ok(&[
+        "send",
+        "--as",
+        "dr.martin",
+        "--to",
+        "nurse.okafor",
+        "WARD-CLI-LINK-2",
+    ]);
+    let history = up.ok(&[
+        "history",
+        "--store",
+        tablet_store.to_str().unwrap(),
+        "--with",
+        "dr.martin",
+    ]);
+    assert!(history.contains("WARD-CLI-LINK-1"), "{history}");
+
+    // A refusal: "n" on the phone, and the tablet says so and keeps nothing.
+    let mut phone = Interactive::spawn(&up, &["device", "approve", "--as", "nurse.okafor"]);
+    let code = phone.until(|l| l.starts_with("ward-link:1:"));
+    let other_store = up.data.join("other.db");
+    let mut other = Interactive::spawn(
+        &up,
+        &["device", "link", "--store", other_store.to_str().unwrap()],
+    );
+    other.write(&format!("{code}\n"));
+    other.until(is_digits);
+    phone.until(is_digits);
+    phone.write("n\n");
+    let (status, out) = phone.finish();
+    assert!(status.success() && out.contains("Refused"), "{out}");
+    let (status, _) = other.finish();
+    assert!(!status.success());
+    assert!(!other_store.exists());
+}
