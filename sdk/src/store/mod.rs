@@ -40,6 +40,17 @@
 //! returns [`StoreError::Wiped`]. The counter lives in a plain file: an
 //! attacker holding a copy of the disk can reset it and guess offline, which
 //! only a platform secret prevents.
+//!
+//! # Platform unlock
+//!
+//! [`Store::enable_platform_unlock`] wraps the database key of an unlocked
+//! store under a 32-byte secret the platform keystore releases after a
+//! biometric check, for a limited time ([`platform`], header version 2);
+//! [`Store::unlock_with_platform_secret`] then opens the store without the
+//! PIN. Every refusal is [`StoreError::PinRequired`]: no slot, expired, too
+//! many wrong secrets (3, counted before each try like the PIN's; the slot
+//! is then deleted, the store is not), or a wrong secret. A PIN change or a
+//! KDF upgrade changes the database key and drops the slot.
 
 mod db;
 mod error;
