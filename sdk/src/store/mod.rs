@@ -481,12 +481,12 @@ impl Store {
     ) -> Result<()> {
         if valid_for.as_secs() == 0 {
             return Err(StoreError::InvalidPlatformUnlock(
-                "a validity of at least one second",
+                "the validity must be at least one second",
             ));
         }
         if valid_for > Self::MAX_PLATFORM_UNLOCK_VALIDITY {
             return Err(StoreError::InvalidPlatformUnlock(
-                "a validity of at most 30 days",
+                "the validity must be at most 30 days",
             ));
         }
         let hpath = header_path(&self.path);
