@@ -8,11 +8,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::header::{HEADER_BYTES, Header};
+use crate::store::header::{HEADER_BYTES, HEADER_V2_BYTES, Header, PlatformSlot};
 use crate::store::kdf::KdfParams;
-
-/// Bytes 0..76 are checksummed by the last 32.
-const BODY_BYTES: usize = 76;
 
 /// Target `store_header`. Mode 0: the bytes as read from disk. Mode 1: the
 /// checksum is recomputed first, so the field checks behind it are reached.
@@ -23,9 +20,11 @@ pub fn store_header(data: &[u8]) {
         return;
     };
     let mut b = bytes.to_vec();
-    if mode % 2 == 1 && b.len() == HEADER_BYTES {
-        let digest = Sha256::digest(&b[..BODY_BYTES]);
-        b[BODY_BYTES..].copy_from_slice(&digest);
+    // Either version: everything but the last 32 bytes is checksummed by them.
+    if mode % 2 == 1 && (b.len() == HEADER_BYTES || b.len() == HEADER_V2_BYTES) {
+        let body = b.len() - 32;
+        let digest = Sha256::digest(&b[..body]);
+        b[body..].copy_from_slice(&digest);
     }
     if let Ok(h) = Header::decode(&b) {
         assert_eq!(&h.encode()[..], &b[..], "header does not round-trip");
@@ -34,6 +33,8 @@ pub fn store_header(data: &[u8]) {
             assert!(slot.params.m_cost_kib <= KdfParams::MAX_M_COST_KIB);
         }
         assert!(h.max_attempts > 0);
+        assert!(h.platform_slot.is_none() || h.pending.is_none());
+        assert!(h.platform_slot.as_ref().is_none_or(|s| s.max_failures > 0));
     }
 }
 
@@ -50,6 +51,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         max_attempts: 10,
         failed_attempts: 2,
         pending: None,
+        platform_slot: None,
     };
     let upgrading = Header {
         platform_secret: true,
@@ -63,8 +65,19 @@ pub fn seeds() -> Vec<Vec<u8>> {
         }),
         ..plain.clone()
     };
+    let with_slot = Header {
+        platform_slot: Some(PlatformSlot {
+            salt: [0x3c; 16],
+            expires_at: 1_790_000_000,
+            max_failures: 3,
+            failures: 1,
+            nonce: [0xc3; 24],
+            wrapped: [0x69; 48],
+        }),
+        ..plain.clone()
+    };
     let mut out = Vec::new();
-    for h in [plain, upgrading] {
+    for h in [plain, upgrading, with_slot] {
         for mode in [0u8, 1] {
             let mut v = vec![mode];
             v.extend_from_slice(&h.encode());

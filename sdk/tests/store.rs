@@ -744,3 +744,38 @@ fn check_v2_content(path: &Path) {
     assert_eq!(out.created_at_ms, 1_790_000_000_002);
     assert_eq!(s.relay_cursor().unwrap(), Some(42));
 }
+
+/// A store with a version 1 header (the committed v5 fixture) takes a
+/// platform-unlock slot: the header becomes version 2 (212 bytes, the first
+/// 76 unchanged but for the version and flag bit 2), the platform secret
+/// opens it, and disabling the slot gives back the very same 108 bytes
+/// (SECURITY.md §14.3, §14.10).
+#[test]
+fn a_v1_header_store_takes_a_platform_slot_and_gives_it_back() {
+    let (_d, path) = fixture_copy("store-v5.db");
+    let before = header_bytes(&path);
+    assert_eq!(before.len(), 108);
+    let secret = PlatformSecret::new([0x42; 32]);
+    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    s.enable_platform_unlock(&secret, std::time::Duration::from_secs(3600))
+        .unwrap();
+    s.lock();
+    let v2 = header_bytes(&path);
+    assert_eq!(v2.len(), 212);
+    assert_eq!(&v2[8..11], &[0, 2, 0b100]);
+    assert_eq!(&v2[11..76], &before[11..76]);
+    let s = Store::unlock_with_platform_secret(&path, &secret).unwrap();
+    assert_eq!(
+        s.messages(&ConversationId(FIXTURE_CONV)).unwrap(),
+        fixture_messages()
+    );
+    s.disable_platform_unlock().unwrap();
+    s.lock();
+    assert_eq!(header_bytes(&path), before);
+    assert!(matches!(
+        Store::unlock_with_platform_secret(&path, &secret),
+        Err(StoreError::PinRequired(
+            ward_sdk::store::PinRequiredReason::NoSlot
+        ))
+    ));
+}

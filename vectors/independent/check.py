@@ -1623,6 +1623,58 @@ def check_store():
         key = HKDF(hashes.SHA256(), 32, b"ward/v1/store", b"ward/v1/store/db-key").derive(ikm)
         check(n + " db key", lambda c=c, key=key: eq(key, X(c["db_key"])))
         check(n + " PRAGMA key", lambda c=c, key=key: eq(f'PRAGMA key = "x\'{key.hex()}\'";', c["sqlcipher_key_pragma"]))
+    check_store_platform_slot(d)
+
+
+def check_store_platform_slot(d):
+    """§14.3 and §14.10: the platform-unlock slot and the version 2 header, rebuilt from the fields."""
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    v = d.get("platform_slot")
+    check("store platform slot vector present (§14.10)", lambda: eq(v is not None, True))
+    if v is None:
+        return
+    c = d["cases"][v["db_key_case"]]
+    n = "store platform slot"
+    check(n + " db key is the case's", lambda: eq(X(v["db_key"]), X(c["db_key"])))
+    check(n + " argon2 salt is the case's", lambda: eq(X(v["argon2_salt"]), X(c["salt"])))
+    check(n + " hkdf info", lambda: eq(v["hkdf_info"], "ward/v1/store/platform-slot"))
+    secret = X(v["platform_secret"])
+    salt = X(v["slot_salt"])
+    nonce = X(v["nonce"])
+    check(n + " secret from label", lambda: eq(secret, hashlib.sha256(v["platform_secret_label"].encode()).digest()))
+    check(n + " salt from label", lambda: eq(salt, hashlib.sha256(v["slot_salt_label"].encode()).digest()[:16]))
+    check(n + " nonce from label", lambda: eq(nonce, hashlib.sha256(v["nonce_label"].encode()).digest()[:24]))
+    slot_key = HKDF(hashes.SHA256(), 32, salt, b"ward/v1/store/platform-slot").derive(secret)
+    check(n + " slot key", lambda: eq(slot_key, X(v["slot_key"])))
+    aad = X(c["salt"]) + salt + v["expires_at"].to_bytes(8, "big") + v["max_failures"].to_bytes(4, "big")
+    check(n + " aad", lambda: eq(aad, X(v["aad"])))
+    wrapped = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(X(c["db_key"]), aad, nonce, slot_key)
+    check(n + " wrapped key (XChaCha20-Poly1305)", lambda: eq(wrapped, X(v["wrapped"])))
+    check(n + " unwraps", lambda: eq(sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(wrapped, aad, nonce, slot_key),
+                                       X(c["db_key"])))
+
+    def refused(key, a):
+        try:
+            sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(wrapped, a, nonce, key)
+        except Exception:  # noqa: BLE001 - libsodium's CryptoError: the tag does not verify
+            return True
+        return "opened"
+    other = HKDF(hashes.SHA256(), 32, salt, b"ward/v1/store/platform-slot").derive(bytes(32))
+    check(n + " another secret is refused", lambda: eq(refused(other, aad), True))
+    later = aad[:32] + (v["expires_at"] + 1).to_bytes(8, "big") + aad[40:]
+    check(n + " a later expiry is refused", lambda: eq(refused(slot_key, later), True))
+
+    a2 = c["argon2id"]
+    common = (b"WARDSTOR" + bytes([0, 1, 0, 1]) + u32(a2["m_cost_kib"]) + u32(a2["t_cost"]) + u32(a2["p_cost"])
+              + X(c["salt"]) + u32(10) + u32(0) + bytes(28))
+    v1 = common + hashlib.sha256(common).digest()
+    check(n + " header v1 (108 bytes)", lambda: eq(v1, X(v["header_v1"])))
+    body = (common[:8] + bytes([0, 2, 0b100, 1]) + common[12:] + salt + v["expires_at"].to_bytes(8, "big")
+            + u32(v["max_failures"]) + u32(0) + nonce + wrapped)
+    check(n + " header v2 body is 180 bytes", lambda: eq(len(body), 180))
+    v2 = body + hashlib.sha256(body).digest()
+    check(n + " header v2 (212 bytes)", lambda: eq(v2, X(v["header"])))
+    check(n + " aad is header[24:40] + header[76:104]", lambda: eq(v2[24:40] + v2[76:104], aad))
 
 
 def check_attachments():

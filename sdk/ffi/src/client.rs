@@ -1,10 +1,10 @@
 //! [`WardClient`] and the calls that make one: [`enroll`],
-//! [`enroll_with_invite_file`], [`unlock`].
+//! [`enroll_with_invite_file`], [`unlock`], [`unlock_with_platform_secret`].
 
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, RwLock, mpsc};
-use ward_sdk::store::Pin;
+use ward_sdk::store::{Pin, PlatformSecret};
 use ward_sdk::{Client, Event, InviteFile};
 use zeroize::Zeroizing;
 
@@ -123,6 +123,31 @@ pub async fn unlock(config: WardConfig, pin: String) -> Result<Arc<WardClient>, 
     let pin = self::pin(pin)?;
     let config = config.to_sdk()?;
     run(async move { Ok(Client::unlock(config, pin).await?) })
+        .await
+        .map(WardClient::new)
+}
+
+/// Takes 32 bytes into the SDK's zeroizing type (another length is
+/// [`WardError::Invalid`]); the `Vec` is zeroized too.
+fn platform_secret(secret: Vec<u8>) -> Result<PlatformSecret, WardError> {
+    let secret = Zeroizing::new(secret);
+    Ok(PlatformSecret::from_slice(&secret)?)
+}
+
+/// Opens the enrolled store at `config.store_path` with the 32-byte secret
+/// the platform keystore released after a biometric check, without the
+/// PIN, and starts the client. Only while the slot that
+/// [`WardClient::enable_platform_unlock`] made is valid: otherwise
+/// [`WardError::PinRequired`] with the reason, and the app asks for the PIN
+/// ([`unlock`]).
+#[uniffi::export]
+pub async fn unlock_with_platform_secret(
+    config: WardConfig,
+    secret: Vec<u8>,
+) -> Result<Arc<WardClient>, WardError> {
+    let secret = platform_secret(secret)?;
+    let config = config.to_sdk()?;
+    run(async move { Ok(Client::unlock_with_platform_secret(config, secret).await?) })
         .await
         .map(WardClient::new)
 }
@@ -499,6 +524,31 @@ impl WardClient {
                 .await?;
             Ok(written.display().to_string())
         })
+    }
+
+    /// Lets [`unlock_with_platform_secret`] open this store with `secret`
+    /// (32 bytes kept by the platform keystore behind a biometric check)
+    /// for `valid_for_secs` seconds from now (1 s to 30 days), allowing 3
+    /// wrong secrets; replaces any earlier one. A PIN change or a KDF
+    /// upgrade removes it.
+    pub async fn enable_platform_unlock(
+        &self,
+        secret: Vec<u8>,
+        valid_for_secs: u64,
+    ) -> Result<(), WardError> {
+        let secret = platform_secret(secret)?;
+        with_client!(self, |c| {
+            Ok(
+                c.enable_platform_unlock(secret, std::time::Duration::from_secs(valid_for_secs))
+                    .await?,
+            )
+        })
+    }
+
+    /// Removes the platform unlock: from then on only the PIN opens the
+    /// store.
+    pub async fn disable_platform_unlock(&self) -> Result<(), WardError> {
+        with_client!(self, |c| Ok(c.disable_platform_unlock().await?))
     }
 
     /// Stops the client, closes the store and zeroizes its key. Queued

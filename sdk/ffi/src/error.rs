@@ -2,7 +2,23 @@
 
 use ward_sdk::ClientError;
 use ward_sdk::proto::v1::ErrorCode;
-use ward_sdk::store::StoreError;
+use ward_sdk::store::{PinRequiredReason as StoreReason, StoreError};
+
+/// Why the platform secret did not open the store
+/// ([`WardError::PinRequired`]): in every case, ask for the PIN.
+#[derive(uniffi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinRequiredReason {
+    /// No platform unlock is enabled (never, disabled, or removed by a PIN
+    /// change, a KDF upgrade, an expiry or too many failures).
+    NoSlot,
+    /// The platform unlock has expired (and is removed).
+    Expired,
+    /// That was the last wrong secret allowed: the platform unlock is
+    /// removed.
+    TooManyFailures,
+    /// A wrong secret, counted; `attempts_left` more are allowed.
+    WrongSecret,
+}
 
 /// Everything a call can fail with, as Kotlin / Swift / Python exceptions
 /// (`WardException.WrongPin`, `WardError.WrongPin`, `WardError.WrongPin`).
@@ -17,6 +33,17 @@ pub enum WardError {
     #[error("wrong PIN ({attempts_left} attempts left before the store is wiped)")]
     WrongPin {
         /// Failed attempts left before the store wipes itself.
+        attempts_left: u32,
+    },
+    /// The platform secret cannot open the store (`unlock_with_platform_secret`):
+    /// ask for the PIN and call `unlock`. `attempts_left` is the number of
+    /// wrong secrets the slot still allows (non-zero only for
+    /// [`PinRequiredReason::WrongSecret`]).
+    #[error("the PIN is required ({reason:?})")]
+    PinRequired {
+        /// Why.
+        reason: PinRequiredReason,
+        /// Wrong platform secrets left before the slot is removed.
         attempts_left: u32,
     },
     /// Too many wrong PINs: the store wiped itself. Enroll again.
@@ -102,6 +129,21 @@ impl From<StoreError> for WardError {
         match e {
             StoreError::WrongPin { attempts_left } => Self::WrongPin { attempts_left },
             StoreError::Wiped => Self::TooManyAttempts,
+            StoreError::PinRequired(r) => {
+                let (reason, attempts_left) = match r {
+                    StoreReason::WrongSecret { attempts_left } => {
+                        (PinRequiredReason::WrongSecret, attempts_left)
+                    }
+                    StoreReason::Expired => (PinRequiredReason::Expired, 0),
+                    StoreReason::TooManyFailures => (PinRequiredReason::TooManyFailures, 0),
+                    // `NoSlot` and any reason a later SDK adds: the PIN it is.
+                    _ => (PinRequiredReason::NoSlot, 0),
+                };
+                Self::PinRequired {
+                    reason,
+                    attempts_left,
+                }
+            }
             StoreError::PinTooShort { .. } | StoreError::PinTooLong { .. } => {
                 Self::InvalidPin { message }
             }
@@ -112,7 +154,8 @@ impl From<StoreError> for WardError {
             | StoreError::KdfDowngrade
             | StoreError::InvalidPlatformSecret
             | StoreError::PlatformSecretRequired
-            | StoreError::PlatformSecretNotExpected => Self::Invalid { message },
+            | StoreError::PlatformSecretNotExpected
+            | StoreError::InvalidPlatformUnlock(_) => Self::Invalid { message },
             StoreError::Io(_) => Self::File { message },
             _ => Self::Internal { message },
         }
@@ -200,6 +243,28 @@ mod tests {
             WardError::from(ClientError::from(StoreError::ReenrollRequired)),
             WardError::ReenrollRequired { .. }
         ));
+        for (store, reason, left) in [
+            (
+                StoreReason::WrongSecret { attempts_left: 2 },
+                PinRequiredReason::WrongSecret,
+                2,
+            ),
+            (StoreReason::NoSlot, PinRequiredReason::NoSlot, 0),
+            (StoreReason::Expired, PinRequiredReason::Expired, 0),
+            (
+                StoreReason::TooManyFailures,
+                PinRequiredReason::TooManyFailures,
+                0,
+            ),
+        ] {
+            match WardError::from(ClientError::Store(StoreError::PinRequired(store))) {
+                WardError::PinRequired {
+                    reason: r,
+                    attempts_left,
+                } => assert_eq!((r, attempts_left), (reason, left)),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

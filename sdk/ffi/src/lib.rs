@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`enroll`], [`enroll_with_invite_file`] | first device of a clinician: invite, delegation, PIN |
 //! | [`unlock`] | open an enrolled store with the PIN (wrong: [`WardError::WrongPin`]) |
+//! | [`unlock_with_platform_secret`], [`WardClient::enable_platform_unlock`], [`WardClient::disable_platform_unlock`] | biometric unlock: the platform keystore's secret instead of the PIN while the slot is valid (else [`WardError::PinRequired`]) |
 //! | [`WardClient::next_event`] | the next verified message or outcome (`None`: closed) |
 //! | [`WardClient::send_text_to_user`], [`WardClient::send_text`] | send text |
 //! | [`WardClient::history`], [`WardClient::conversations`] | what the store holds |
@@ -63,8 +64,10 @@ mod client;
 mod error;
 mod types;
 
-pub use client::{WardClient, enroll, enroll_with_invite_file, unlock};
-pub use error::WardError;
+pub use client::{
+    WardClient, enroll, enroll_with_invite_file, unlock, unlock_with_platform_secret,
+};
+pub use error::{PinRequiredReason, WardError};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`Client::enroll`] | first device of a user, from an invite, with a PIN |
 //! | [`Client::unlock`] / [`Client::lock`] | open the store with the PIN / close it and zeroize |
+//! | [`Client::unlock_with_platform_secret`], [`Client::enable_platform_unlock`], [`Client::disable_platform_unlock`] | biometric unlock through the platform keystore, without the PIN while the slot is valid |
 //! | [`Client::link_device`], [`PendingDevice::link`] | a second device, by a scanned code (`link.rs`) |
 //! | [`Client::pair_new_device`], [`Client::approve_device`], [`PendingDevice::complete`] | a second device, keys carried by the app |
 //! | [`Client::create_conversation`], [`Client::send_text`] | send (queued durably, delivered in the background) |
@@ -80,7 +81,9 @@ pub use link::{LinkOffer, LinkRequest, LinkingDevice};
 pub use rooms::{RoomInfo, RoomMemberInfo};
 pub use search::{DirectoryEntry, DirectoryQuery, MAX_PAGE_SIZE, Page, PageCursor};
 
-use crate::store::{Conversation, CreateOptions, Identity, Message, Pin, Store, StoreError};
+use crate::store::{
+    Conversation, CreateOptions, Identity, Message, Pin, PlatformSecret, Store, StoreError,
+};
 use directory::Directory;
 use keyserver::Keyserver;
 use relay::RelayCmd;
@@ -561,6 +564,41 @@ impl Client {
         let path = config.store_path.clone();
         let store = blocking(move || Ok(Store::unlock(&path, &pin, None)?)).await?;
         Self::start(config, StoreCell::new(store)).await
+    }
+
+    /// Opens the store with the 32-byte secret the platform keystore
+    /// released (after a biometric check) instead of the PIN, and starts
+    /// the client. Works while the slot that
+    /// [`Self::enable_platform_unlock`] made is valid; otherwise
+    /// [`ClientError::Store`] with [`StoreError::PinRequired`] and the
+    /// reason: ask for the PIN and call [`Self::unlock`].
+    pub async fn unlock_with_platform_secret(
+        config: ClientConfig,
+        secret: PlatformSecret,
+    ) -> Result<Self> {
+        let path = config.store_path.clone();
+        let store =
+            blocking(move || Ok(Store::unlock_with_platform_secret(&path, &secret)?)).await?;
+        Self::start(config, StoreCell::new(store)).await
+    }
+
+    /// Lets [`Self::unlock_with_platform_secret`] open this store with
+    /// `secret` for `valid_for` from now (SECURITY.md §14.10), replacing any
+    /// earlier slot. A PIN change or a KDF upgrade removes it.
+    pub async fn enable_platform_unlock(
+        &self,
+        secret: PlatformSecret,
+        valid_for: std::time::Duration,
+    ) -> Result<()> {
+        self.inner
+            .store
+            .run(move |s| s.enable_platform_unlock(&secret, valid_for))
+            .await
+    }
+
+    /// Removes the platform-unlock slot: only the PIN opens the store.
+    pub async fn disable_platform_unlock(&self) -> Result<()> {
+        self.inner.store.run(|s| s.disable_platform_unlock()).await
     }
 
     /// Creates a new device of `user_id` (its keys and its store under

@@ -2,6 +2,7 @@
 
 use std::io;
 
+use super::platform::PinRequiredReason;
 use super::rusqlite;
 
 /// Everything the device store can refuse or fail with.
@@ -46,6 +47,16 @@ pub enum StoreError {
     /// No attempt was counted.
     #[error("this store was created without a platform secret")]
     PlatformSecretNotExpected,
+    /// The platform secret cannot open the store now: ask for the PIN (and
+    /// unlock with [`crate::store::Store::unlock`]). The reason says why;
+    /// only [`PinRequiredReason::WrongSecret`] leaves the slot usable.
+    #[error("the PIN is required: {0}")]
+    PinRequired(PinRequiredReason),
+    /// `enable_platform_unlock` was refused: a validity of zero or above
+    /// [`crate::store::Store::MAX_PLATFORM_UNLOCK_VALIDITY`], a KDF upgrade
+    /// left pending, or a clock before 1970.
+    #[error("the platform unlock cannot be enabled: {0}")]
+    InvalidPlatformUnlock(&'static str),
     /// `create` found a store (its header or its database) at this path.
     #[error("a store already exists at this path")]
     AlreadyExists,

@@ -96,6 +96,11 @@ impl PlatformSecret {
     fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The 32 bytes, for the platform-unlock slot's key derivation.
+    pub(crate) fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Debug for PlatformSecret {
@@ -173,6 +178,16 @@ pub(crate) struct DbKey(Zeroizing<[u8; 32]>);
 impl DbKey {
     #[cfg(test)]
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A key unwrapped from the platform-unlock slot.
+    pub(crate) fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 bytes, to wrap them into the platform-unlock slot.
+    pub(crate) fn expose(&self) -> &[u8; 32] {
         &self.0
     }
 
@@ -374,7 +389,8 @@ mod tests {
             ),
         ];
         let mut out = Vec::new();
-        for (pin_str, salt_label, ps_label, params) in cases {
+        let mut slot = None;
+        for (i, (pin_str, salt_label, ps_label, params)) in cases.into_iter().enumerate() {
             let mut salt = [0u8; SALT_BYTES];
             salt.copy_from_slice(&sha256(salt_label)[..SALT_BYTES]);
             let ps = ps_label.map(|l| PlatformSecret::new(sha256(l)));
@@ -382,6 +398,10 @@ mod tests {
             let key = mix(&a, ps.as_ref()).unwrap();
             let whole = derive_db_key(&pin(pin_str), &salt, &params, ps.as_ref()).unwrap();
             assert!(key.ct_eq(&whole));
+            if i == 2 {
+                // The slot vector wraps the key of the cheapest case.
+                slot = Some(crate::store::platform::tests::vector(&key, salt, params, i));
+            }
             out.push(serde_json::json!({
                 "pin": pin_str,
                 "pin_utf8": h(pin_str.as_bytes()),
@@ -411,6 +431,7 @@ mod tests {
             "hkdf_salt": String::from_utf8_lossy(DB_KEY_SALT),
             "hkdf_info": String::from_utf8_lossy(DB_KEY_INFO),
             "cases": out,
+            "platform_slot": slot,
         });
         let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../vectors/ward-v1-store.json");

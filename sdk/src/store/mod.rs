@@ -40,11 +40,23 @@
 //! returns [`StoreError::Wiped`]. The counter lives in a plain file: an
 //! attacker holding a copy of the disk can reset it and guess offline, which
 //! only a platform secret prevents.
+//!
+//! # Platform unlock
+//!
+//! [`Store::enable_platform_unlock`] wraps the database key of an unlocked
+//! store under a 32-byte secret the platform keystore releases after a
+//! biometric check, for a limited time ([`platform`], header version 2);
+//! [`Store::unlock_with_platform_secret`] then opens the store without the
+//! PIN. Every refusal is [`StoreError::PinRequired`]: no slot, expired, too
+//! many wrong secrets (3, counted before each try like the PIN's; the slot
+//! is then deleted, the store is not), or a wrong secret. A PIN change or a
+//! KDF upgrade changes the database key and drops the slot.
 
 mod db;
 mod error;
 pub mod header;
 pub mod kdf;
+pub mod platform;
 mod records;
 mod rooms;
 mod uploads;
@@ -53,13 +65,15 @@ use core::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(crate) use rusqlite_sqlcipher as rusqlite;
 
 pub use db::SCHEMA_VERSION;
 pub use error::{Result, StoreError};
-pub use header::FORMAT_VERSION;
+pub use header::{FORMAT_VERSION, FORMAT_VERSION_PLATFORM_SLOT};
 pub use kdf::{KdfParams, Pin, PlatformSecret};
+pub use platform::PinRequiredReason;
 pub use records::{Conversation, Identity, Message, OutboxId, OutboxItem, OutboxState};
 pub use uploads::Upload;
 
@@ -217,6 +231,7 @@ impl Store {
             max_attempts: options.max_attempts,
             failed_attempts: 0,
             pending: None,
+            platform_slot: None,
         };
         let key = derive_db_key(pin, &salt, &options.kdf, platform_secret)?;
         // The header first: a database must never exist without the salt
@@ -288,6 +303,20 @@ impl Store {
                 header.kdf = slot;
                 header.pending = None;
                 header.failed_attempts = 0;
+                // The PIN proves more than the platform secret: the slot
+                // gets its full budget of tries back. An expired one is
+                // removed now rather than left on disk until the next try.
+                let now = now_secs().unwrap_or(u64::MAX);
+                if let Some(s) = header.platform_slot.as_mut() {
+                    s.failures = 0;
+                }
+                if header
+                    .platform_slot
+                    .as_ref()
+                    .is_some_and(|s| now >= s.expires_at)
+                {
+                    header.platform_slot = None;
+                }
                 header.write_atomic(&hpath)?;
                 Ok(Self {
                     conn,
@@ -401,6 +430,12 @@ impl Store {
         };
         let new_key = derive_db_key(new, &slot.salt, &slot.params, platform_secret)?;
         header.pending = Some(slot);
+        // The database key changes and the slot wraps the old one; it
+        // cannot be re-wrapped without the platform secret, which a rekey
+        // is not given. Dropped in the write that starts the rekey, so that
+        // no header ever holds a slot beside a pending upgrade (the app
+        // enables it again, after a biometric check, if it wants it).
+        header.platform_slot = None;
         header.write_atomic(&hpath)?;
         db::rekey(&self.conn, &new_key)?;
         header.kdf = slot;
@@ -414,6 +449,190 @@ impl Store {
     pub fn kdf_params(&self) -> Result<KdfParams> {
         Ok(Header::read(&header_path(&self.path))?.kdf.params)
     }
+
+    /// The longest validity [`Store::enable_platform_unlock`] accepts: 30
+    /// days. The slot is a shortcut between PIN entries, not a replacement
+    /// for the PIN.
+    pub const MAX_PLATFORM_UNLOCK_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// Enables the platform unlock (SECURITY.md §14.10): wraps this store's
+    /// database key under a key derived from `secret` (32 bytes the
+    /// platform keystore releases after a biometric check), valid for
+    /// `valid_for` from now (whole seconds, at least 1, at most
+    /// [`Self::MAX_PLATFORM_UNLOCK_VALIDITY`]), allowing
+    /// [`platform::DEFAULT_MAX_FAILURES`] wrong secrets. Replaces any slot
+    /// there was. Writes a version 2 header.
+    pub fn enable_platform_unlock(
+        &self,
+        secret: &PlatformSecret,
+        valid_for: Duration,
+    ) -> Result<()> {
+        let now = now_secs().ok_or(StoreError::InvalidPlatformUnlock(
+            "the clock is before 1970",
+        ))?;
+        self.enable_platform_unlock_at(secret, valid_for, now)
+    }
+
+    fn enable_platform_unlock_at(
+        &self,
+        secret: &PlatformSecret,
+        valid_for: Duration,
+        now: u64,
+    ) -> Result<()> {
+        if valid_for.as_secs() == 0 {
+            return Err(StoreError::InvalidPlatformUnlock(
+                "the validity must be at least one second",
+            ));
+        }
+        if valid_for > Self::MAX_PLATFORM_UNLOCK_VALIDITY {
+            return Err(StoreError::InvalidPlatformUnlock(
+                "the validity must be at most 30 days",
+            ));
+        }
+        let hpath = header_path(&self.path);
+        let mut header = Header::read(&hpath)?;
+        if header.pending.is_some() {
+            // `self.key` may or may not be the key the database ends up
+            // under: unlocking again settles it.
+            return Err(StoreError::InvalidPlatformUnlock(
+                "a KDF upgrade is pending: lock and unlock with the PIN first",
+            ));
+        }
+        let mut salt = [0u8; header::SLOT_SALT_BYTES];
+        let mut nonce = [0u8; header::SLOT_NONCE_BYTES];
+        fill_random(&mut salt)?;
+        fill_random(&mut nonce)?;
+        header.platform_slot = Some(platform::wrap(
+            secret,
+            &self.key,
+            &header.kdf.salt,
+            now.saturating_add(valid_for.as_secs()),
+            platform::DEFAULT_MAX_FAILURES,
+            salt,
+            nonce,
+        )?);
+        header.write_atomic(&hpath)
+    }
+
+    /// Removes the platform-unlock slot, if any (the header goes back to
+    /// version 1). From then on only the PIN unlocks.
+    pub fn disable_platform_unlock(&self) -> Result<()> {
+        let hpath = header_path(&self.path);
+        let mut header = Header::read(&hpath)?;
+        if header.platform_slot.take().is_some() {
+            header.write_atomic(&hpath)?;
+        }
+        Ok(())
+    }
+
+    /// When the platform-unlock slot expires (Unix seconds), or `None`
+    /// without one.
+    pub fn platform_unlock_expires_at(&self) -> Result<Option<u64>> {
+        Ok(Header::read(&header_path(&self.path))?
+            .platform_slot
+            .map(|s| s.expires_at))
+    }
+
+    /// Opens the store at `path` with the platform secret instead of the
+    /// PIN, while its slot is valid. Every refusal is
+    /// [`StoreError::PinRequired`]:
+    ///
+    /// - [`PinRequiredReason::NoSlot`]: none enabled (or it was removed);
+    /// - [`PinRequiredReason::Expired`]: past its validity (removed now);
+    /// - [`PinRequiredReason::WrongSecret`]: counted, in the header,
+    ///   *before* the try (as the PIN's attempts are, §14.4);
+    /// - [`PinRequiredReason::TooManyFailures`]: that was the last allowed
+    ///   wrong secret, the slot is removed.
+    ///
+    /// A success resets the slot's failures and leaves the PIN's failed
+    /// attempts as they are (the platform secret says nothing about the
+    /// PIN). [`StoreError::Wiped`] / [`StoreError::NotFound`] as for
+    /// [`Store::unlock`].
+    pub fn unlock_with_platform_secret(path: &Path, secret: &PlatformSecret) -> Result<Self> {
+        // A clock that cannot be read fails closed: the slot counts as expired.
+        Self::unlock_with_platform_secret_at(path, secret, now_secs().unwrap_or(u64::MAX))
+    }
+
+    fn unlock_with_platform_secret_at(
+        path: &Path,
+        secret: &PlatformSecret,
+        now: u64,
+    ) -> Result<Self> {
+        let hpath = header_path(path);
+        let mut header = Header::read(&hpath)?;
+        if header.failed_attempts >= header.max_attempts {
+            Self::wipe(path)?;
+            return Err(StoreError::Wiped);
+        }
+        if !path.exists() {
+            return Err(StoreError::Corrupt("the database file is missing"));
+        }
+        let Some(slot) = header.platform_slot.as_mut() else {
+            return Err(StoreError::PinRequired(PinRequiredReason::NoSlot));
+        };
+        let refused = if slot.failures >= slot.max_failures {
+            // A removal that was interrupted: finish it.
+            Some(PinRequiredReason::TooManyFailures)
+        } else if now >= slot.expires_at {
+            Some(PinRequiredReason::Expired)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            header.platform_slot = None;
+            header.write_atomic(&hpath)?;
+            return Err(StoreError::PinRequired(reason));
+        }
+        // Count the try before making it: killing the app after the
+        // unwrap gives no free guess.
+        slot.failures = slot.failures.saturating_add(1);
+        let slot = slot.clone();
+        header.write_atomic(&hpath)?;
+        let (failures, max) = (slot.failures, slot.max_failures);
+        let Some(key) = platform::unwrap(secret, &header.kdf.salt, &slot)? else {
+            if failures >= max {
+                header.platform_slot = None;
+                header.write_atomic(&hpath)?;
+                return Err(StoreError::PinRequired(PinRequiredReason::TooManyFailures));
+            }
+            return Err(StoreError::PinRequired(PinRequiredReason::WrongSecret {
+                attempts_left: max - failures,
+            }));
+        };
+        match db::open(path, &key, false)? {
+            Some(conn) => {
+                if let Some(s) = header.platform_slot.as_mut() {
+                    s.failures = 0;
+                }
+                header.write_atomic(&hpath)?;
+                Ok(Self {
+                    conn,
+                    key,
+                    path: path.to_path_buf(),
+                })
+            }
+            None => {
+                // The tag verified, so this is the key the slot was made
+                // with, yet the database is under another one (a header
+                // restored from elsewhere): the slot is useless, drop it.
+                header.platform_slot = None;
+                header.write_atomic(&hpath)?;
+                Err(StoreError::PinRequired(PinRequiredReason::NoSlot))
+            }
+        }
+    }
+}
+
+/// Unix seconds now; `None` for a clock before 1970.
+fn now_secs() -> Option<u64> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+fn fill_random(out: &mut [u8]) -> Result<()> {
+    getrandom::fill(out).map_err(|e| StoreError::Io(io::Error::other(e.to_string())))
 }
 
 #[cfg(test)]
@@ -534,6 +753,380 @@ mod tests {
         assert!(Store::unlock(&path, &pin(), None).is_err());
         let hp = header_path(&path);
         assert_eq!(Header::read(&hp).unwrap().failed_attempts, 1);
+    }
+
+    fn secret(b: u8) -> PlatformSecret {
+        PlatformSecret::new([b; 32])
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A FAST store with relay cursor 7, locked.
+    fn store_at(ps: Option<&PlatformSecret>, max_attempts: u32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = Store::create(
+            &path,
+            &pin(),
+            ps,
+            CreateOptions {
+                kdf: FAST,
+                max_attempts,
+            },
+        )
+        .unwrap();
+        s.set_relay_cursor(7).unwrap();
+        s.lock();
+        (dir, path)
+    }
+
+    fn header_len(path: &Path) -> usize {
+        std::fs::read(header_path(path)).unwrap().len()
+    }
+
+    fn slot_of(path: &Path) -> Option<header::PlatformSlot> {
+        Header::read(&header_path(path)).unwrap().platform_slot
+    }
+
+    fn pin_required(r: Result<Store>) -> PinRequiredReason {
+        match r {
+            Err(StoreError::PinRequired(reason)) => reason,
+            other => panic!("expected PinRequired, got {other:?}"),
+        }
+    }
+
+    fn enable(path: &Path, ps: Option<&PlatformSecret>, slot_secret: &PlatformSecret) {
+        let s = Store::unlock(path, &pin(), ps).unwrap();
+        s.enable_platform_unlock(slot_secret, 12 * HOUR).unwrap();
+        s.lock();
+    }
+
+    #[test]
+    fn a_v1_header_store_opens_and_stays_v1_without_a_slot() {
+        let (_d, path) = store_at(None, 10);
+        assert_eq!(header_len(&path), header::HEADER_BYTES);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(7));
+        assert_eq!(s.platform_unlock_expires_at().unwrap(), None);
+        s.lock();
+        assert_eq!(header_len(&path), header::HEADER_BYTES);
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(1))),
+            PinRequiredReason::NoSlot
+        );
+    }
+
+    #[test]
+    fn the_platform_secret_unlocks_without_the_pin() {
+        let (_d, path) = store_at(None, 10);
+        enable(&path, None, &secret(1));
+        assert_eq!(header_len(&path), header::HEADER_V2_BYTES);
+        let s = Store::unlock_with_platform_secret(&path, &secret(1)).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(7));
+        let exp = s.platform_unlock_expires_at().unwrap().unwrap();
+        let now = now_secs().unwrap();
+        assert!(exp > now + 11 * 3600 && exp <= now + 12 * 3600);
+        s.lock();
+        // Again: a success leaves the slot in place.
+        Store::unlock_with_platform_secret(&path, &secret(1))
+            .unwrap()
+            .lock();
+    }
+
+    #[test]
+    fn wrong_secrets_are_counted_before_the_try_then_the_slot_is_deleted() {
+        let (_d, path) = store_at(None, 10);
+        enable(&path, None, &secret(1));
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(2))),
+            PinRequiredReason::WrongSecret { attempts_left: 2 }
+        );
+        assert_eq!(slot_of(&path).unwrap().failures, 1);
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(2))),
+            PinRequiredReason::WrongSecret { attempts_left: 1 }
+        );
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(2))),
+            PinRequiredReason::TooManyFailures
+        );
+        // Gone: the right secret is refused too, and the header is v1 again.
+        assert!(slot_of(&path).is_none());
+        assert_eq!(header_len(&path), header::HEADER_BYTES);
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(1))),
+            PinRequiredReason::NoSlot
+        );
+        // Slot failures are not PIN failures.
+        assert_eq!(
+            Header::read(&header_path(&path)).unwrap().failed_attempts,
+            0
+        );
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn the_slot_try_is_counted_even_when_the_process_dies_after_it() {
+        let (_d, path) = store_at(None, 10);
+        enable(&path, None, &secret(1));
+        // The database fails to open after the unwrap (as a kill would
+        // leave it): the try stays counted.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(Store::unlock_with_platform_secret(&path, &secret(1)).is_err());
+        assert_eq!(slot_of(&path).unwrap().failures, 1);
+    }
+
+    #[test]
+    fn a_success_resets_the_slot_failures_and_so_does_the_pin() {
+        let (_d, path) = store_at(None, 10);
+        enable(&path, None, &secret(1));
+        let _ = Store::unlock_with_platform_secret(&path, &secret(2));
+        Store::unlock_with_platform_secret(&path, &secret(1))
+            .unwrap()
+            .lock();
+        assert_eq!(slot_of(&path).unwrap().failures, 0);
+        let _ = Store::unlock_with_platform_secret(&path, &secret(2));
+        let _ = Store::unlock_with_platform_secret(&path, &secret(2));
+        Store::unlock(&path, &pin(), None).unwrap().lock();
+        // The PIN kept the slot and gave it its three tries back.
+        assert_eq!(slot_of(&path).unwrap().failures, 0);
+        for left in [2, 1] {
+            assert_eq!(
+                pin_required(Store::unlock_with_platform_secret(&path, &secret(2))),
+                PinRequiredReason::WrongSecret {
+                    attempts_left: left
+                }
+            );
+        }
+        Store::unlock_with_platform_secret(&path, &secret(1))
+            .unwrap()
+            .lock();
+    }
+
+    #[test]
+    fn an_expired_slot_is_refused_and_removed() {
+        let (_d, path) = store_at(None, 10);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        s.enable_platform_unlock_at(&secret(1), Duration::from_secs(10), 1_000)
+            .unwrap();
+        s.lock();
+        Store::unlock_with_platform_secret_at(&path, &secret(1), 1_009)
+            .unwrap()
+            .lock();
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret_at(
+                &path,
+                &secret(1),
+                1_010
+            )),
+            PinRequiredReason::Expired
+        );
+        assert!(slot_of(&path).is_none());
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret_at(
+                &path,
+                &secret(1),
+                1_009
+            )),
+            PinRequiredReason::NoSlot
+        );
+    }
+
+    #[test]
+    fn an_expired_slot_is_removed_at_the_next_pin_unlock() {
+        let (_d, path) = store_at(None, 10);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        // Expired long ago by the real clock.
+        s.enable_platform_unlock_at(&secret(1), HOUR, 1_000)
+            .unwrap();
+        s.lock();
+        Store::unlock(&path, &pin(), None).unwrap().lock();
+        assert!(slot_of(&path).is_none());
+    }
+
+    #[test]
+    fn the_expiry_and_the_budget_are_authenticated() {
+        let (_d, path) = store_at(None, 10);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        s.enable_platform_unlock_at(&secret(1), Duration::from_secs(10), 1_000)
+            .unwrap();
+        s.lock();
+        let hp = header_path(&path);
+        for edit in [
+            |s: &mut header::PlatformSlot| s.expires_at = u64::MAX,
+            |s: &mut header::PlatformSlot| s.max_failures = 1_000,
+        ] {
+            let original = Header::read(&hp).unwrap();
+            let mut h = original.clone();
+            edit(h.platform_slot.as_mut().unwrap());
+            h.write_atomic(&hp).unwrap();
+            assert!(matches!(
+                pin_required(Store::unlock_with_platform_secret_at(
+                    &path,
+                    &secret(1),
+                    1_005
+                )),
+                PinRequiredReason::WrongSecret { .. }
+            ));
+            original.write_atomic(&hp).unwrap();
+        }
+    }
+
+    #[test]
+    fn disable_and_replace() {
+        let (_d, path) = store_at(None, 10);
+        enable(&path, None, &secret(1));
+        enable(&path, None, &secret(3));
+        assert!(matches!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(1))),
+            PinRequiredReason::WrongSecret { attempts_left: 2 }
+        ));
+        let s = Store::unlock_with_platform_secret(&path, &secret(3)).unwrap();
+        s.disable_platform_unlock().unwrap();
+        assert_eq!(s.platform_unlock_expires_at().unwrap(), None);
+        s.disable_platform_unlock().unwrap();
+        s.lock();
+        assert_eq!(header_len(&path), header::HEADER_BYTES);
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(3))),
+            PinRequiredReason::NoSlot
+        );
+    }
+
+    #[test]
+    fn validities_out_of_range_are_refused() {
+        let (_d, path) = store_at(None, 10);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        for v in [
+            Duration::ZERO,
+            Duration::from_millis(999),
+            Store::MAX_PLATFORM_UNLOCK_VALIDITY + Duration::from_secs(1),
+        ] {
+            assert!(matches!(
+                s.enable_platform_unlock(&secret(1), v),
+                Err(StoreError::InvalidPlatformUnlock(_))
+            ));
+        }
+        s.enable_platform_unlock(&secret(1), Store::MAX_PLATFORM_UNLOCK_VALIDITY)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_pin_change_or_a_kdf_upgrade_drops_the_slot() {
+        let (_d, path) = store_at(None, 10);
+        let new_pin = Pin::new("654321".into()).unwrap();
+        enable(&path, None, &secret(1));
+        let mut s = Store::unlock_with_platform_secret(&path, &secret(1)).unwrap();
+        s.change_pin(&pin(), &new_pin, None).unwrap();
+        s.lock();
+        assert!(slot_of(&path).is_none());
+        assert_eq!(
+            pin_required(Store::unlock_with_platform_secret(&path, &secret(1))),
+            PinRequiredReason::NoSlot
+        );
+        let mut s = Store::unlock(&path, &new_pin, None).unwrap();
+        s.enable_platform_unlock(&secret(1), HOUR).unwrap();
+        // A wrong current PIN keeps the slot (only the PIN attempt counts).
+        assert!(matches!(
+            s.upgrade_kdf(&pin(), None, STRONGER),
+            Err(StoreError::WrongPin { .. })
+        ));
+        assert!(slot_of(&path).is_some());
+        s.upgrade_kdf(&new_pin, None, STRONGER).unwrap();
+        // The slot wrapped the old key: gone.
+        assert!(slot_of(&path).is_none());
+        s.enable_platform_unlock(&secret(1), HOUR).unwrap();
+        s.lock();
+        let s = Store::unlock_with_platform_secret(&path, &secret(1)).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_store_that_mixes_in_a_platform_secret_can_have_a_slot() {
+        // The slot wraps the final database key, whatever went into it.
+        let mixed = secret(9);
+        let (_d, path) = store_at(Some(&mixed), 10);
+        enable(&path, Some(&mixed), &mixed);
+        let s = Store::unlock_with_platform_secret(&path, &mixed).unwrap();
+        assert_eq!(s.relay_cursor().unwrap(), Some(7));
+        // Another slot secret than the mixed-in one works as well.
+        s.enable_platform_unlock(&secret(4), HOUR).unwrap();
+        s.lock();
+        Store::unlock_with_platform_secret(&path, &secret(4))
+            .unwrap()
+            .lock();
+        // The PIN path still wants both.
+        assert!(matches!(
+            Store::unlock(&path, &pin(), None),
+            Err(StoreError::PlatformSecretRequired)
+        ));
+        Store::unlock(&path, &pin(), Some(&mixed)).unwrap().lock();
+        assert!(slot_of(&path).is_some());
+    }
+
+    #[test]
+    fn a_pin_wipe_removes_the_slot_with_the_rest() {
+        let (_d, path) = store_at(None, 2);
+        enable(&path, None, &secret(1));
+        let wrong = Pin::new("000000".into()).unwrap();
+        assert!(matches!(
+            Store::unlock(&path, &wrong, None),
+            Err(StoreError::WrongPin { attempts_left: 1 })
+        ));
+        // The slot survives a wrong PIN.
+        assert!(slot_of(&path).is_some());
+        assert!(matches!(
+            Store::unlock(&path, &wrong, None),
+            Err(StoreError::Wiped)
+        ));
+        assert!(!Store::exists(&path));
+        assert!(matches!(
+            Store::unlock_with_platform_secret(&path, &secret(1)),
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn an_interrupted_wipe_is_finished_by_the_platform_unlock_too() {
+        let (_d, path) = store_at(None, 2);
+        enable(&path, None, &secret(1));
+        let hp = header_path(&path);
+        let mut h = Header::read(&hp).unwrap();
+        h.failed_attempts = 2;
+        h.write_atomic(&hp).unwrap();
+        assert!(matches!(
+            Store::unlock_with_platform_secret(&path, &secret(1)),
+            Err(StoreError::Wiped)
+        ));
+        assert!(!Store::exists(&path));
+    }
+
+    #[test]
+    fn the_slot_leaks_no_key_in_debug() {
+        let (_d, path) = store_at(None, 10);
+        let s = Store::unlock(&path, &pin(), None).unwrap();
+        s.enable_platform_unlock(&secret(1), HOUR).unwrap();
+        let key_hex = s.key.sqlcipher_literal();
+        let h = Header::read(&header_path(&path)).unwrap();
+        let slot = h.platform_slot.clone().unwrap();
+        // Four bytes of each, as Debug would print them inside a slice.
+        let inner = |b: &[u8]| {
+            let d = format!("{:?}", &b[..4]);
+            d[1..d.len() - 1].to_owned()
+        };
+        let (w, n) = (inner(&slot.wrapped), inner(&slot.nonce));
+        for d in [format!("{h:?}"), format!("{slot:?}"), format!("{s:?}")] {
+            assert!(!d.contains(&key_hex[2..10]), "{d}");
+            assert!(!d.contains(&w) && !d.contains(&n), "{d}");
+        }
+        let e = format!(
+            "{:?} {}",
+            StoreError::PinRequired(PinRequiredReason::WrongSecret { attempts_left: 2 }),
+            StoreError::PinRequired(PinRequiredReason::Expired)
+        );
+        assert!(!e.contains(&key_hex[2..10]));
     }
 
     #[test]

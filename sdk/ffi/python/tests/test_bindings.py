@@ -104,6 +104,75 @@ def test_enroll_wrong_pin_then_right_send_and_receive(servers, tmp):
     asyncio.run(scenario())
 
 
+def test_platform_unlock(servers, tmp):
+    """Biometric unlock: the keystore's 32-byte secret instead of the PIN while
+    the slot is valid (SECURITY.md §14.10); every refusal says: ask for the PIN."""
+    async def scenario():
+        store = tmp / "dr.bio.db"
+        config = servers.config(store)
+        # The PIN is set at enrolment, as always.
+        c = await ward_ffi.enroll_with_invite_file(config, str(servers.invite("dr.bio", "Bio")), PIN)
+        secret, wrong = bytes(range(32)), bytes(32)
+        with pytest.raises(WardError.Invalid):
+            await c.enable_platform_unlock(secret[:31], 3600)
+        with pytest.raises(WardError.Invalid):
+            await c.enable_platform_unlock(secret, 0)
+        await c.enable_platform_unlock(secret, 12 * 3600)
+        device = c.device_id()
+        await c.lock()
+
+        # No PIN: the same device, its store open.
+        c = await ward_ffi.unlock_with_platform_secret(config, secret)
+        assert c.device_id() == device and c.user_id() == "dr.bio"
+        await c.conversations()
+        await c.lock()
+
+        # Three wrong secrets: counted, then the slot is gone.
+        for left in (2, 1):
+            with pytest.raises(WardError.PinRequired) as e:
+                await ward_ffi.unlock_with_platform_secret(config, wrong)
+            assert e.value.reason == ward_ffi.PinRequiredReason.WRONG_SECRET
+            assert e.value.attempts_left == left
+        with pytest.raises(WardError.PinRequired) as e:
+            await ward_ffi.unlock_with_platform_secret(config, wrong)
+        assert e.value.reason == ward_ffi.PinRequiredReason.TOO_MANY_FAILURES
+        # ... and the right secret is refused too.
+        with pytest.raises(WardError.PinRequired) as e:
+            await ward_ffi.unlock_with_platform_secret(config, secret)
+        assert e.value.reason == ward_ffi.PinRequiredReason.NO_SLOT
+
+        # Slot failures are not PIN attempts: a wrong PIN now is the first.
+        with pytest.raises(WardError.WrongPin) as wrong_pin:
+            await ward_ffi.unlock(config, "not-the-pin-000")
+        assert wrong_pin.value.attempts_left == 9
+        # The PIN still works, and enables the slot again.
+        c = await ward_ffi.unlock(config, PIN)
+        assert c.device_id() == device
+        await c.enable_platform_unlock(secret, 1)
+        await c.lock()
+        # An expired slot is refused (and removed).
+        await asyncio.sleep(2.1)
+        with pytest.raises(WardError.PinRequired) as e:
+            await ward_ffi.unlock_with_platform_secret(config, secret)
+        assert e.value.reason == ward_ffi.PinRequiredReason.EXPIRED
+        with pytest.raises(WardError.PinRequired) as e:
+            await ward_ffi.unlock_with_platform_secret(config, secret)
+        assert e.value.reason == ward_ffi.PinRequiredReason.NO_SLOT
+
+        # Disabled: only the PIN.
+        c = await ward_ffi.unlock(config, PIN)
+        await c.enable_platform_unlock(secret, 3600)
+        await c.disable_platform_unlock()
+        await c.lock()
+        with pytest.raises(WardError.PinRequired) as e:
+            await ward_ffi.unlock_with_platform_secret(config, secret)
+        assert e.value.reason == ward_ffi.PinRequiredReason.NO_SLOT
+        c = await ward_ffi.unlock(config, PIN)
+        await c.lock()
+
+    asyncio.run(scenario())
+
+
 def test_room_create_add_remove_send_list(servers, tmp):
     async def scenario():
         alice, bob = await enroll_pair(servers, tmp, "dr.room", "nurse.room")
