@@ -472,8 +472,8 @@ impl Store {
     }
 
     /// Takes a batch of history from another device of this user (a link,
-    /// SECURITY.md §4.9): creates the conversations it names (members of
-    /// one already here are left as they are) and stores its messages
+    /// SECURITY.md §4.9): creates the conversations it names with members
+    /// (members of one already here are left as they are) and stores its messages
     /// unless already stored, all in one transaction. Returns how many
     /// messages were new.
     pub fn import_history(
@@ -482,7 +482,9 @@ impl Store {
         messages: &[Message],
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        for c in conversations {
+        // A room's conversation comes without members (its log names
+        // them): only its messages are kept.
+        for c in conversations.iter().filter(|c| !c.members.is_empty()) {
             let added = tx.execute(
                 "INSERT OR IGNORE INTO conversations (id) VALUES (?1)",
                 [&c.id.as_bytes()[..]],
