@@ -129,11 +129,9 @@ async fn a_refused_or_unknown_link_leaves_nothing() {
     let linking = PendingDevice::link(w.config("alice-tablet"), &code, pin())
         .await
         .unwrap();
-    refusing.await.unwrap();
-    assert!(matches!(
-        linking.finish().await.unwrap_err(),
-        ClientError::LinkRefused
-    ));
+    let (refused, finished) = tokio::join!(refusing, linking.finish());
+    refused.unwrap();
+    assert!(matches!(finished.unwrap_err(), ClientError::LinkRefused));
     assert!(!Store::exists(&w.store_path("alice-tablet")));
     assert_eq!(phone.devices().await.unwrap().len(), 1);
 
