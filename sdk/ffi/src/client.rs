@@ -22,7 +22,7 @@ use crate::{WardError, run};
 #[derive(uniffi::Object)]
 pub struct WardClient {
     /// `None` once locked. Calls hold it shared; `lock` takes it.
-    client: Arc<RwLock<Option<Client>>>,
+    pub(crate) client: Arc<RwLock<Option<Client>>>,
     /// The SDK's one event stream, read by `next_event`.
     events: Arc<Mutex<Option<mpsc::Receiver<Event>>>>,
     user_id: String,
@@ -30,7 +30,7 @@ pub struct WardClient {
 }
 
 impl WardClient {
-    fn new(mut client: Client) -> Arc<Self> {
+    pub(crate) fn new(mut client: Client) -> Arc<Self> {
         let events = client.events();
         Arc::new(Self {
             user_id: client.user_id().to_owned(),
@@ -43,7 +43,7 @@ impl WardClient {
 
 /// Takes the PIN into the SDK's zeroizing type (a bad one is
 /// [`WardError::InvalidPin`]).
-fn pin(pin: String) -> Result<Pin, WardError> {
+pub(crate) fn pin(pin: String) -> Result<Pin, WardError> {
     Ok(Pin::new(pin)?)
 }
 

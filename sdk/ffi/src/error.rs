@@ -1,6 +1,7 @@
 //! One typed error for every binding: [`WardError`].
 
 use ward_sdk::ClientError;
+use ward_sdk::core::link::LinkError;
 use ward_sdk::proto::v1::ErrorCode;
 use ward_sdk::store::{PinRequiredReason as StoreReason, StoreError};
 
@@ -121,6 +122,38 @@ pub enum WardError {
         /// What failed.
         message: String,
     },
+    /// The scanned text is not a Ward link code (`ward-link:1:...`):
+    /// nothing was created. Scan the code again.
+    #[error("{message}")]
+    BadLinkCode {
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A device link was tampered with: a message did not open under the
+    /// code's key, or the other device's keys or commitment did not hold
+    /// (the relay, or someone without the code, altered or swapped it).
+    /// Nothing was approved; do not retry this code: show a new one.
+    #[error("{message}")]
+    LinkTampered {
+        /// What did not hold.
+        message: String,
+    },
+    /// The relay knows no link under this code: it expired, was used, or
+    /// the existing device stopped waiting. Show a new code and scan again.
+    #[error("no such link at the relay: it expired or was already used")]
+    NoSuchLink,
+    /// The other device (or the relay: the link expired) ended the link
+    /// before it was done.
+    #[error("the link was closed before it was done")]
+    LinkClosed,
+    /// The user refused this device on the existing device (the digits
+    /// differed): this device's new store was wiped.
+    #[error("the existing device refused the link")]
+    LinkRefused,
+    /// This step of the link already ran (each of `wait_for_device`,
+    /// `approve` / `refuse` and `finish` runs once): start a new link.
+    #[error("this link step was already used")]
+    LinkAlreadyUsed,
 }
 
 impl From<StoreError> for WardError {
@@ -205,8 +238,28 @@ impl From<ClientError> for WardError {
             | ClientError::Attachment(_) => Self::Verification { message },
             ClientError::File(_) => Self::File { message },
             ClientError::Closed => Self::Closed,
+            ClientError::Link(l) => link(l, message),
+            ClientError::NoSuchLink => Self::NoSuchLink,
+            ClientError::LinkClosed => Self::LinkClosed,
+            ClientError::LinkRefused => Self::LinkRefused,
             _ => Self::Internal { message },
         }
+    }
+}
+
+/// A link's protocol failure. What an app shows differs: a bad code is the
+/// user's to scan again; a message that did not open, a commitment or an
+/// offer that did not hold, or a cut history is an attack (or a faulty
+/// device) to warn about; an authentic message out of place or that does
+/// not decode is a bug to report.
+fn link(e: LinkError, message: String) -> WardError {
+    match e {
+        LinkError::BadCode(_) => WardError::BadLinkCode { message },
+        LinkError::Tampered
+        | LinkError::CommitmentMismatch
+        | LinkError::BadOffer(_)
+        | LinkError::Truncated { .. } => WardError::LinkTampered { message },
+        _ => WardError::Internal { message },
     }
 }
 
@@ -265,6 +318,47 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn link_errors_map_to_their_cases() {
+        assert!(matches!(
+            WardError::from(ClientError::Link(LinkError::BadCode("prefix"))),
+            WardError::BadLinkCode { .. }
+        ));
+        for tampered in [
+            LinkError::Tampered,
+            LinkError::CommitmentMismatch,
+            LinkError::BadOffer("proof"),
+            LinkError::Truncated {
+                got: 1,
+                announced: 2,
+            },
+        ] {
+            assert!(matches!(
+                WardError::from(ClientError::Link(tampered)),
+                WardError::LinkTampered { .. }
+            ));
+        }
+        assert!(matches!(
+            WardError::from(ClientError::Link(LinkError::Unexpected("step"))),
+            WardError::Internal { .. }
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::NoSuchLink),
+            WardError::NoSuchLink
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::LinkClosed),
+            WardError::LinkClosed
+        ));
+        assert!(matches!(
+            WardError::from(ClientError::LinkRefused),
+            WardError::LinkRefused
+        ));
+        // The message an app may show says what happened.
+        let e = WardError::from(ClientError::Link(LinkError::Tampered));
+        assert!(e.to_string().contains("tampered"), "{e}");
     }
 
     #[test]

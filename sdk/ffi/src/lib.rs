@@ -20,6 +20,7 @@
 //! | [`WardClient::history`], [`WardClient::conversations`] | what the store holds |
 //! | [`WardClient::create_room`] ... [`WardClient::send_room_text`] | patient-case rooms |
 //! | [`WardClient::send_file`], [`WardClient::download`] | attachments, with a [`ProgressListener`] |
+//! | [`WardClient::link_device`], [`link_device_from_code`] | a second device, by a scanned code (`link.rs`) |
 //! | [`WardClient::lock`] | close the store and zeroize its key |
 //!
 //! # Events: an async `next_event()`, not a callback
@@ -62,12 +63,14 @@
 
 mod client;
 mod error;
+mod link;
 mod types;
 
 pub use client::{
     WardClient, enroll, enroll_with_invite_file, unlock, unlock_with_platform_secret,
 };
 pub use error::{PinRequiredReason, WardError};
+pub use link::{LinkOffer, LinkRequest, LinkingDevice, link_device_from_code};
 pub use types::*;
 
 uniffi::setup_scaffolding!();
