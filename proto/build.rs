@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ward/v1/attachment.proto",
         "proto/ward/v1/blob.proto",
         "proto/ward/v1/link.proto",
+        "proto/ward/v1/kt.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let bounds = bounds(&fds)?;

@@ -263,6 +263,15 @@ signing_key_type!(
     DelegationKey
 );
 signing_key_type!(
+    /// The keyserver's directory key: signs the key-transparency epochs
+    /// (SECURITY.md §18.3), certified by the organisation root.
+    DirectoryKey
+);
+signing_key_type!(
+    /// An auditor's witness key: countersigns epochs it verified (§18.5).
+    WitnessKey
+);
+signing_key_type!(
     /// A relay's service key: it authenticates the relay to the keyserver's
     /// relay link (SECURITY.md §10.8) and signs nothing else.
     RelayServiceKey

@@ -81,6 +81,15 @@ pub const HASH_LINK_NONCE: &[u8] = b"ward/v2/hash/link-nonce";
 /// Hash the short authentication string is taken from (§4.9).
 pub const HASH_LINK_SAS: &[u8] = b"ward/v2/hash/link-sas";
 
+/// The data of a key-transparency leaf: `frame(KT_LEAF, user_id, u64_be(log_len), head_hash)` (§18.2).
+pub const KT_LEAF: &[u8] = b"ward/v2/kt/leaf";
+/// The directory key's signature over an epoch head (§18.3).
+pub const SIG_KT_EPOCH: &[u8] = b"ward/v2/sig/kt-epoch";
+/// The organisation root's certificate of the directory key (§18.3).
+pub const SIG_KT_KEY: &[u8] = b"ward/v2/sig/kt-key";
+/// A witness's countersignature over an epoch head (§18.5).
+pub const SIG_KT_WITNESS: &[u8] = b"ward/v2/sig/kt-witness";
+
 /// `label || 0x00 || (u32_be(len) || part)*`: the input to every Ward signature.
 pub(crate) fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let len = label.len() + 1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>();

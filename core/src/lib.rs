@@ -22,6 +22,7 @@
 //! | [`stream`], [`attachment`] | chunked file encryption (STREAM), the attachment descriptor, the file pipeline |
 //! | [`root_store`] | the organisation root sealed under a passphrase |
 //! | [`link`] | linking a new device by a scanned code: rendezvous, sealed messages, SAS |
+//! | [`transparency`] | key transparency: the directory's Merkle log, signed epochs, proofs |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -76,6 +77,7 @@ pub mod root_store;
 pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod transparency;
 pub mod wrap;
 
 pub use error::{
