@@ -488,11 +488,11 @@ async fn up(
     opts: UpOptions,
 ) -> Result<(), CliError> {
     // An organisation of `ward admin init`: only its public key is needed here.
-    let (org_root, created) = match root_store::public_key(&data)? {
-        Some(public) => (public, false),
+    let (org_root, created, dev_root) = match root_store::public_key(&data)? {
+        Some(public) => (public, false, None),
         None => {
             let (root, created) = load_or_create_root(&data)?;
-            (root.public_key(), created)
+            (root.public_key(), created, Some(root))
         }
     };
     write_org_public(&data, &org_root)?;
@@ -532,6 +532,25 @@ async fn up(
     relay_config.tls = tls.clone();
     let mut ks_config = ward_keyserver::Config::new(data.join("keyserver.db"), org_root);
     ks_config.tls = tls;
+    // Key transparency (SECURITY.md §18.4): the keyserver's directory key,
+    // certified by the dev root when this folder holds it (an offline root
+    // of `ward admin init` certifies it with `ward admin`, not here).
+    let (directory_key, _) =
+        ward_keyserver::transparency::load_or_create_key(&data.join("keyserver-directory.key"))
+            .map_err(|e| CliError::Msg(format!("directory key: {e}")))?;
+    let cert_path = data.join("keyserver-directory.cert");
+    if let Some(root) = &dev_root {
+        let cert =
+            ward_core::transparency::certify_directory_key(root, &directory_key.public_key());
+        std::fs::write(&cert_path, hex(&cert)).map_err(io(cert_path.display().to_string()))?;
+    }
+    if cert_path.exists() {
+        ks_config.kt.certificate = Some(
+            ward_keyserver::transparency::read_certificate(&cert_path)
+                .map_err(|e| CliError::Msg(format!("directory certificate: {e}")))?,
+        );
+    }
+    ks_config.kt.directory_key = Some(std::sync::Arc::new(directory_key));
     for (what, addr, registry) in [
         (
             "relay",

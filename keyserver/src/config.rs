@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ward_core::keys::SigningPublicKey;
+use ward_core::keys::{DirectoryKey, SigningPublicKey};
 
 /// Where the keyserver reads the time (unix seconds). Tests may pin it.
 #[derive(Clone)]
@@ -194,6 +194,53 @@ pub struct Config {
     /// Relay service keys allowed on the relay link (SECURITY.md §10.8);
     /// empty: every relay is refused there.
     pub relay_keys: Vec<SigningPublicKey>,
+    /// Key transparency: publication schedule, directory key, public path
+    /// limits (SECURITY.md §18.4).
+    pub kt: KtConfig,
+}
+
+/// Key-transparency settings (SECURITY.md §18.4).
+#[derive(Debug, Clone)]
+pub struct KtConfig {
+    /// How often the publisher looks for grown logs and, if any, publishes
+    /// an epoch with their new heads.
+    pub epoch_interval: Duration,
+    /// Longest time without an epoch: an idle directory still publishes
+    /// (same tree, new timestamp), so that a client can tell it is alive.
+    pub max_epoch_age: Duration,
+    /// The key that signs epochs. `None`: a fresh key for this process only
+    /// (a test or a throwaway server; the binary always loads one from
+    /// `directory_key_file`), since clients pin what the root certifies.
+    pub directory_key: Option<Arc<DirectoryKey>>,
+    /// The organisation root's signature over the directory key
+    /// (`ward_core::transparency::certify_directory_key`). `None`: epochs
+    /// are still published, and served with an empty certificate, which
+    /// clients refuse.
+    pub certificate: Option<[u8; 64]>,
+    /// Sustained requests per second one source address may send on the
+    /// public `/v2/kt` path (token bucket refill rate).
+    pub public_rate: u32,
+    /// Requests a source address may send there in a burst.
+    pub public_burst: u32,
+}
+
+/// Default epoch interval: 2 s.
+pub const DEFAULT_KT_EPOCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Default longest time between epochs: 60 s.
+pub const DEFAULT_KT_MAX_EPOCH_AGE: Duration = Duration::from_secs(60);
+
+impl Default for KtConfig {
+    fn default() -> Self {
+        Self {
+            epoch_interval: DEFAULT_KT_EPOCH_INTERVAL,
+            max_epoch_age: DEFAULT_KT_MAX_EPOCH_AGE,
+            directory_key: None,
+            certificate: None,
+            // An auditor catching up pages 1024 leaves a request.
+            public_rate: 20,
+            public_burst: 100,
+        }
+    }
 }
 
 impl Config {
@@ -208,6 +255,7 @@ impl Config {
             tls: ward_net::tls::Acceptor::InsecureLoopback,
             metrics: ward_ops::metrics::Registry::new(),
             relay_keys: Vec::new(),
+            kt: KtConfig::default(),
         }
     }
 }

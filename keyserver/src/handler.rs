@@ -52,6 +52,8 @@ pub struct Ctx {
     pub limits: KsLimits,
     /// Per-device directory search budgets.
     pub search: search::Limiter,
+    /// The key-transparency directory (SECURITY.md §18.4).
+    pub kt: Arc<crate::transparency::Directory>,
 }
 
 const RESOURCE_ID_BYTES: usize = 16;
@@ -178,6 +180,8 @@ pub fn check_request(
             search::Query::parse(s)?;
         }
         Body::AdminSubmit(_) => return Err(admin_only()),
+        // Checked by the directory (shared with the public path).
+        Body::GetEpoch(_) | Body::GetInclusion(_) | Body::GetLeaves(_) => {}
         room if crate::rooms::is_room_request(room) => crate::rooms::check(limits, room)?,
         _ => return Err(RequestError::malformed("unknown request")),
     }
@@ -343,8 +347,21 @@ async fn run(
         }
         // Refused by `check_request` already.
         Body::AdminSubmit(_) => Err(admin_only()),
+        Body::GetEpoch(g) => kt(ctx, crate::transparency::Query::Epoch(g)).await,
+        Body::GetInclusion(g) => kt(ctx, crate::transparency::Query::Inclusion(g)).await,
+        Body::GetLeaves(g) => kt(ctx, crate::transparency::Query::Leaves(g)).await,
         room => crate::rooms::run(ctx, user, device, now, room).await,
     }
+}
+
+/// A key-transparency request on a device session (SECURITY.md §18.4).
+async fn kt(ctx: &Ctx, q: crate::transparency::Query) -> Result<ks_response::Body, RequestError> {
+    use crate::transparency::Answer;
+    Ok(match ctx.kt.answer(&ctx.db, q).await? {
+        Answer::Epoch(p) => ks_response::Body::EpochProof(p),
+        Answer::Inclusion(p) => ks_response::Body::InclusionProof(p),
+        Answer::Leaves(l) => ks_response::Body::Leaves(l),
+    })
 }
 
 /// A device session sent a root session's request (SECURITY.md §10.7).

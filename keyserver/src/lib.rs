@@ -15,6 +15,7 @@
 //! | [`room_storage`] | room logs verified on append, epoch-key wraps, room message keys, who reads what |
 //! | [`admin`] | root sessions: root-signed entries from the offline root, no device needed |
 //! | [`search`] | the professional directory: search index, normalisation, search budgets |
+//! | [`transparency`] | key transparency: epochs published, proofs served, the public `/v2/kt` path (SECURITY.md §18.4) |
 //! | `server` | accept loop, per-connection task, revocation fan-out, shutdown ([`run`]) |
 //!
 //! Transport and authentication are `ward-net`'s, shared with the relay: one
@@ -70,7 +71,8 @@ pub mod rooms;
 pub mod search;
 mod server;
 pub mod storage;
+pub mod transparency;
 
-pub use config::{Clock, Config, KsLimits, Quotas};
+pub use config::{Clock, Config, KsLimits, KtConfig, Quotas};
 pub use error::{KeyserverError, RequestError, StorageError};
 pub use server::run;

@@ -2,7 +2,7 @@
 //! `ward_ops::admin`). Counts by request kind and error code only: no user,
 //! device or resource id becomes a label.
 
-use ward_ops::metrics::{Counter, CounterVec, Gauge, Registry};
+use ward_ops::metrics::{Counter, CounterVec, Gauge, Histogram, Registry};
 use ward_proto::v1::{ErrorCode, KsRequest, KsResponse, ks_request, ks_response};
 
 /// Every series the keyserver updates.
@@ -59,6 +59,9 @@ impl KsMetrics {
             Some(ks_request::Body::GetRoomKeys(_)) => "get_room_keys",
             Some(ks_request::Body::ListRooms(_)) => "list_rooms",
             Some(ks_request::Body::SearchDirectory(_)) => "search_directory",
+            Some(ks_request::Body::GetEpoch(_)) => "get_epoch",
+            Some(ks_request::Body::GetInclusion(_)) => "get_inclusion",
+            Some(ks_request::Body::GetLeaves(_)) => "get_leaves",
             None => "empty",
         }
     }
@@ -75,6 +78,46 @@ impl KsMetrics {
             Some(ks_response::Body::Grant(_)) => self.access_log_rows.inc(),
             Some(ks_response::Body::RoomWraps(w)) => self.access_log_rows.add(w.wraps.len() as u64),
             _ => {}
+        }
+    }
+}
+
+/// Key transparency's series (SECURITY.md §18.4).
+#[derive(Clone, Debug)]
+pub struct KtMetrics {
+    /// The latest published epoch.
+    pub epoch: Gauge,
+    /// Leaves in the latest epoch's tree.
+    pub tree_size: Gauge,
+    /// Time to publish an epoch: the changed users read, the leaves and
+    /// the epoch written and committed, the root computed and signed.
+    pub publication_seconds: Histogram,
+    /// Requests on the public `/v2/kt` path, by kind.
+    pub public_requests: CounterVec,
+}
+
+impl KtMetrics {
+    /// Registers the series on `r`.
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            epoch: r.gauge(
+                "ward_keyserver_kt_epoch",
+                "Latest published key-transparency epoch.",
+            ),
+            tree_size: r.gauge(
+                "ward_keyserver_kt_tree_size",
+                "Leaves in the latest key-transparency epoch.",
+            ),
+            publication_seconds: r.histogram(
+                "ward_keyserver_kt_publication_seconds",
+                "Time to publish a key-transparency epoch (read, write, sign, commit).",
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+            ),
+            public_requests: r.counter_vec(
+                "ward_keyserver_kt_public_requests_total",
+                "Requests on the public /v2/kt path, by kind (refused: by error code).",
+                "kind",
+            ),
         }
     }
 }

@@ -12,11 +12,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use ward_core::keys::SigningPublicKey;
 use ward_net::handshake::{self, Peer};
-use ward_net::peers::{Gate, Reason, RefusalLog, Ticket};
+use ward_net::peers::{Gate, Reason, RefusalLog, Source, Ticket};
 use ward_net::tls::{Acceptor, ServerStream};
 use ward_net::{Conn, close};
 use ward_proto::decode_bounded;
-use ward_proto::v1::{ErrorCode, KsRequest};
+use ward_proto::v1::{ErrorCode, KsRequest, KtRequest, KtResponse, kt_request, kt_response};
 
 use crate::config::{Config, KsLimits};
 use crate::error::{KeyserverError, RequestError};
@@ -121,7 +121,16 @@ struct State {
     /// The relay link (SECURITY.md §10.8) and its change signal.
     link: crate::relay_link::LinkState,
     log_changed: watch::Sender<u64>,
+    /// Public `/v2/kt` request budgets, per source address.
+    kt_rate: ward_net::rate::SharedBuckets<Source>,
+    kt_metrics: crate::metrics::KtMetrics,
 }
+
+/// The public key-transparency path (SECURITY.md §18.4): no handshake.
+pub const KT_PATH: &str = "/v2/kt";
+
+/// A public `/v2/kt` connection silent this long is closed.
+const KT_IDLE: Duration = Duration::from_secs(30);
 
 /// Connections over the cap that are being closed with a code at once.
 const REFUSALS_IN_FLIGHT: usize = 64;
@@ -173,6 +182,9 @@ pub async fn run(
             "connection cap lowered to fit the file-descriptor limit"
         );
     }
+    let kt_metrics = crate::metrics::KtMetrics::new(&config.metrics);
+    let directory =
+        crate::transparency::open(&db, &config.kt, &config.org_root, kt_metrics.clone()).await?;
     let (log_changed, changes) = watch::channel(0u64);
     let link = crate::relay_link::LinkState {
         db: Arc::clone(&db),
@@ -183,6 +195,11 @@ pub async fn run(
         metrics: crate::relay_link::LinkMetrics::new(&config.metrics),
     };
     let state = Arc::new(State {
+        kt_rate: ward_net::rate::SharedBuckets::new(
+            f64::from(config.kt.public_rate.max(1)),
+            config.kt.public_burst.max(1),
+        ),
+        kt_metrics,
         link,
         log_changed,
         tls: config.tls.clone(),
@@ -204,9 +221,10 @@ pub async fn run(
         refusal_log: RefusalLog::new(REFUSAL_LOG_INTERVAL),
         audience: handshake::Audience::keyserver(config.org_root, config.instance.clone()),
         ctx: Ctx {
-            db,
+            db: Arc::clone(&db),
+            kt: Arc::clone(&directory),
             root: config.org_root,
-            clock: config.clock,
+            clock: config.clock.clone(),
             search: crate::search::Limiter::new(
                 config.limits.searches_per_minute,
                 config.limits.search_burst,
@@ -221,6 +239,13 @@ pub async fn run(
     let ready = config.metrics.clone();
     ready.set_ready(true);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let publisher = tokio::spawn(crate::transparency::publisher(
+        directory,
+        db,
+        config.clock.clone(),
+        config.kt.clone(),
+        stop_rx.clone(),
+    ));
     let mut tasks = JoinSet::new();
     let shutdown = std::pin::pin!(shutdown);
     let mut shutdown = shutdown;
@@ -271,6 +296,8 @@ pub async fn run(
     tracing::info!("keyserver shutting down");
     drop(listener);
     let _ = stop_tx.send(true);
+    // A publication in flight commits or rolls back as a whole.
+    let _ = publisher.await;
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(state.ctx.limits.shutdown_grace, drain)
         .await
@@ -334,6 +361,13 @@ async fn connection(
     };
     if path == crate::relay_link::RELAY_LINK_PATH {
         crate::relay_link::serve(conn, &state.link, nonce, &mut stop, ticket).await;
+        return;
+    }
+    if path == KT_PATH {
+        // Counted as unauthenticated for its whole life: the per-address
+        // cap on those bounds a source's open public connections.
+        serve_kt(&mut conn, &state, &mut stop, addr).await;
+        drop(ticket);
         return;
     }
 
@@ -553,6 +587,96 @@ async fn serve(
         if sent.is_err() {
             return;
         }
+    }
+}
+
+/// The public `/v2/kt` path: `KtRequest` / `KtResponse` frames, no
+/// handshake, pre-login frame size, rate limited per source address. A
+/// request it cannot serve gets a typed error; the connection stays open.
+async fn serve_kt(
+    conn: &mut Conn<ServerStream>,
+    state: &State,
+    stop: &mut watch::Receiver<bool>,
+    addr: std::net::SocketAddr,
+) {
+    let source = Source::from(addr.ip());
+    let max = state.ctx.limits.net.max_preauth_frame_bytes;
+    loop {
+        let frame = tokio::select! {
+            _ = stop.changed() => {
+                conn.close(close::GOING_AWAY, "shutting down").await;
+                return;
+            }
+            r = tokio::time::timeout(KT_IDLE, conn.recv()) => match r {
+                Ok(f) => f,
+                Err(_) => {
+                    conn.close(close::NORMAL, "idle").await;
+                    return;
+                }
+            },
+        };
+        let bytes = match frame {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "closing public kt connection");
+                conn.close_for(&e).await;
+                return;
+            }
+        };
+        let response = kt_public(state, &source, &bytes, max).await;
+        if let Some(kt_response::Body::Error(e)) = &response.body {
+            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+            state.kt_metrics.public_requests.inc(code.as_str_name());
+        }
+        if conn.send_msg(&response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn kt_public(state: &State, source: &Source, bytes: &[u8], max: usize) -> KtResponse {
+    use crate::transparency::{Answer, Query};
+    let refuse = |request_id: u64, e: RequestError| KtResponse {
+        request_id,
+        body: Some(kt_response::Body::Error(e.to_proto())),
+    };
+    // Counted before decoding: garbage costs the sender its budget too.
+    if !state.kt_rate.allow(source) {
+        return refuse(0, RequestError::new(ErrorCode::RateLimited, "slow down"));
+    }
+    let req = match decode_bounded::<KtRequest>(bytes, max) {
+        Ok(r) => r,
+        Err(ward_proto::DecodeError::TooLarge { .. }) => {
+            return refuse(
+                0,
+                RequestError::new(ErrorCode::TooLarge, "request too large"),
+            );
+        }
+        Err(_) => return refuse(0, RequestError::malformed("undecodable KtRequest")),
+    };
+    let id = req.request_id;
+    let query = match req.body {
+        Some(kt_request::Body::GetEpoch(g)) => Query::Epoch(g),
+        Some(kt_request::Body::GetInclusion(g)) => Query::Inclusion(g),
+        Some(kt_request::Body::GetLeaves(g)) => Query::Leaves(g),
+        None => return refuse(id, RequestError::malformed("request without body")),
+    };
+    state.kt_metrics.public_requests.inc(match &query {
+        Query::Epoch(_) => "get_epoch",
+        Query::Inclusion(_) => "get_inclusion",
+        Query::Leaves(_) => "get_leaves",
+    });
+    match state.ctx.kt.answer(&state.ctx.db, query).await {
+        Ok(a) => KtResponse {
+            request_id: id,
+            body: Some(match a {
+                Answer::Epoch(p) => kt_response::Body::EpochProof(p),
+                Answer::Inclusion(p) => kt_response::Body::InclusionProof(p),
+                Answer::Leaves(l) => kt_response::Body::Leaves(l),
+            }),
+        },
+        Err(e) => refuse(id, e),
     }
 }
 

@@ -28,6 +28,14 @@
 //! Version 4 adds the rooms' tables (`rooms`, `room_entries`, `room_access`,
 //! `room_epochs`, `room_epoch_members`, `room_wraps`, `room_keys`), queried
 //! by [`crate::room_storage`].
+//!
+//! Version 6 adds key transparency's append-only tables (triggers refuse
+//! UPDATE and DELETE), written by [`crate::transparency`]:
+//!
+//! | table | rows | key |
+//! |---|---|---|
+//! | `kt_leaves` | each published leaf: user id, log length, head entry hash, epoch that published it | `idx` (unique `(user_id, log_len)`) |
+//! | `kt_epochs` | each signed epoch: tree size, root, timestamp, directory-key signature | `epoch` |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -46,7 +54,7 @@ use crate::directory::{self, Change, Kind, VerifiedCache};
 use crate::error::{RequestError, StorageError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -250,6 +258,34 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DELETE FROM directory_words;
     DELETE FROM directory_index;
+    "#,
+    // 5 -> 6: key transparency (SECURITY.md §18.4). Both tables only grow:
+    // a published leaf or epoch that changed would be a split view, so the
+    // database refuses it as it refuses edits of the access log.
+    r#"
+    CREATE TABLE kt_leaves (
+        idx       INTEGER PRIMARY KEY,
+        user_id   TEXT NOT NULL,
+        log_len   INTEGER NOT NULL,
+        head_hash BLOB NOT NULL,
+        epoch     INTEGER NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX kt_leaves_user ON kt_leaves(user_id, log_len);
+    CREATE TABLE kt_epochs (
+        epoch     INTEGER PRIMARY KEY,
+        tree_size INTEGER NOT NULL,
+        root      BLOB NOT NULL,
+        timestamp INTEGER NOT NULL,
+        signature BLOB NOT NULL
+    ) STRICT;
+    CREATE TRIGGER kt_leaves_no_update BEFORE UPDATE ON kt_leaves
+        BEGIN SELECT RAISE(ABORT, 'kt_leaves is append-only'); END;
+    CREATE TRIGGER kt_leaves_no_delete BEFORE DELETE ON kt_leaves
+        BEGIN SELECT RAISE(ABORT, 'kt_leaves is append-only'); END;
+    CREATE TRIGGER kt_epochs_no_update BEFORE UPDATE ON kt_epochs
+        BEGIN SELECT RAISE(ABORT, 'kt_epochs is append-only'); END;
+    CREATE TRIGGER kt_epochs_no_delete BEFORE DELETE ON kt_epochs
+        BEGIN SELECT RAISE(ABORT, 'kt_epochs is append-only'); END;
     "#,
 ];
 

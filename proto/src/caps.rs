@@ -33,6 +33,12 @@ pub const REPEATED_CAPS: &[(&str, u32)] = &[
     ("ward.v1.AppendRoom.wraps", 1024),
     // The keyserver serves at most 50 directory results a page (SECURITY.md §10.9).
     ("ward.v1.DirectoryPage.entries", 64),
+    // Key transparency (SECURITY.md §18): ward_core::transparency::MAX_PROOF_NODES
+    // (128) per proof; the keyserver serves at most 1024 leaves a page.
+    ("ward.v1.EpochProof.consistency", 128),
+    ("ward.v1.InclusionProof.path", 128),
+    ("ward.v1.Leaves.leaves", 1024),
+    ("ward.v1.SignedEpoch.witnesses", 64),
     // `ward.v1.AdminSubmit` has no repeated field (one `SignedStatement`):
     // its size is bounded by the frame and by MAX_STATEMENT_BYTES.
 ];

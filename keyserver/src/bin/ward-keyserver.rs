@@ -128,6 +128,43 @@ struct Args {
     /// Days a wrapped key (and a grant of a past user key) is kept.
     #[arg(long, env = "WARD_KEYSERVER_KEY_RETENTION_DAYS", default_value_t = 60)]
     key_retention_days: u64,
+    /// Key transparency: milliseconds between looks for grown logs; an
+    /// epoch is published when one grew (SECURITY.md §18.4).
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_KT_EPOCH_INTERVAL_MS",
+        default_value_t = 2000
+    )]
+    kt_epoch_interval_ms: u64,
+    /// Key transparency: longest time between epochs, in seconds; an idle
+    /// directory publishes its unchanged tree with a new timestamp.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_KT_MAX_EPOCH_AGE_SECS",
+        default_value_t = 60
+    )]
+    kt_max_epoch_age_secs: u64,
+    /// The directory key's 32-byte Ed25519 seed (signs epochs); created,
+    /// 0600, on first start if missing.
+    #[arg(
+        long,
+        env = "WARD_KEYSERVER_DIRECTORY_KEY_FILE",
+        default_value = "keyserver-directory.key"
+    )]
+    directory_key_file: PathBuf,
+    /// The organisation root's signature over the directory key, 128 hex
+    /// digits (`ward-admin certify-directory-key`; `ward up` writes it).
+    /// Without it epochs are served with an empty certificate, which
+    /// clients refuse.
+    #[arg(long, env = "WARD_KEYSERVER_DIRECTORY_CERTIFICATE_FILE")]
+    directory_certificate_file: Option<PathBuf>,
+    /// Sustained requests per second one IPv4 address or IPv6 /64 may send
+    /// on the public /v2/kt path.
+    #[arg(long, env = "WARD_KEYSERVER_KT_PUBLIC_RATE", default_value_t = 20)]
+    kt_public_rate: u32,
+    /// Requests a source may send there in a burst.
+    #[arg(long, env = "WARD_KEYSERVER_KT_PUBLIC_BURST", default_value_t = 100)]
+    kt_public_burst: u32,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -193,7 +230,19 @@ fn config(args: &Args) -> Result<Config, String> {
         },
         ..defaults
     };
+    config.kt.epoch_interval = Duration::from_millis(args.kt_epoch_interval_ms.max(10));
+    config.kt.max_epoch_age = Duration::from_secs(args.kt_max_epoch_age_secs.max(1));
+    config.kt.public_rate = args.kt_public_rate;
+    config.kt.public_burst = args.kt_public_burst;
+    if let Some(path) = &args.directory_certificate_file {
+        config.kt.certificate = Some(read_certificate(path)?);
+    }
     Ok(config)
+}
+
+fn read_certificate(path: &std::path::Path) -> Result<[u8; 64], String> {
+    ward_keyserver::transparency::read_certificate(path)
+        .map_err(|e| format!("--directory-certificate-file: {e}"))
 }
 
 #[tokio::main]
@@ -256,6 +305,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match ward_keyserver::transparency::load_or_create_key(&args.directory_key_file) {
+        Ok((k, _)) => {
+            tracing::info!(
+                directory_key = %hex::encode(k.public_key().as_bytes()),
+                "key transparency directory key loaded"
+            );
+            config.kt.directory_key = Some(std::sync::Arc::new(k));
+        }
+        Err(e) => {
+            eprintln!("ward-keyserver: --directory-key-file: {e}");
+            return ExitCode::from(2);
+        }
+    }
     config.tls = match args.tls.acceptor() {
         Ok(t) => t,
         Err(e) => {
