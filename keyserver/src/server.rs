@@ -641,12 +641,12 @@ async fn kt_public(state: &State, source: &Source, bytes: &[u8], max: usize) -> 
         request_id,
         body: Some(kt_response::Body::Error(e.to_proto())),
     };
-    // Counted before decoding: garbage costs the sender its budget too.
-    if !state.kt_rate.allow(source) {
-        return refuse(0, RequestError::new(ErrorCode::RateLimited, "slow down"));
-    }
+    // Counted whatever the frame holds: garbage costs the sender its budget too.
+    let allowed = state.kt_rate.allow(source);
+    let slow_down = || RequestError::new(ErrorCode::RateLimited, "slow down");
     let req = match decode_bounded::<KtRequest>(bytes, max) {
         Ok(r) => r,
+        Err(_) if !allowed => return refuse(0, slow_down()),
         Err(ward_proto::DecodeError::TooLarge { .. }) => {
             return refuse(
                 0,
@@ -656,6 +656,9 @@ async fn kt_public(state: &State, source: &Source, bytes: &[u8], max: usize) -> 
         Err(_) => return refuse(0, RequestError::malformed("undecodable KtRequest")),
     };
     let id = req.request_id;
+    if !allowed {
+        return refuse(id, slow_down());
+    }
     let query = match req.body {
         Some(kt_request::Body::GetEpoch(g)) => Query::Epoch(g),
         Some(kt_request::Body::GetInclusion(g)) => Query::Inclusion(g),

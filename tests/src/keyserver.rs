@@ -44,6 +44,18 @@ pub fn remove_db(path: &Path) {
 pub fn test_config(org: &Org, db_path: &Path) -> Config {
     let mut config = Config::new(db_path, org.root_public());
     config.clock = Clock::fixed(KIT_TIME);
+    // A directory key fixed by the org (its root's public key as the seed:
+    // test only), so that a keyserver restarted on the same database signs
+    // with the same key; certified by the org's root as `ward up` does.
+    if let Ok(key) = ward_core::keys::DirectoryKey::import_secret(org.root_public().as_bytes()) {
+        config.kt.certificate = Some(ward_core::transparency::certify_directory_key(
+            &org.root,
+            &key.public_key(),
+        ));
+        config.kt.directory_key = Some(std::sync::Arc::new(key));
+    }
+    // Fast epochs: a test waits for one in a fraction of a second.
+    config.kt.epoch_interval = std::time::Duration::from_millis(100);
     config
 }
 
