@@ -674,7 +674,7 @@ pub(crate) async fn open(
         None => tracing::warn!(
             directory_key = %hex::encode(public.as_bytes()),
             "key transparency: no directory certificate; epochs are published with an empty \
-             certificate, which clients refuse (ward-admin certifies the key with the root)"
+             certificate, which clients refuse (the organisation root must sign the directory key)"
         ),
     }
     let certificate = kt.certificate;

@@ -152,10 +152,10 @@ struct Args {
         default_value = "keyserver-directory.key"
     )]
     directory_key_file: PathBuf,
-    /// The organisation root's signature over the directory key, 128 hex
-    /// digits (`ward-admin certify-directory-key`; `ward up` writes it).
-    /// Without it epochs are served with an empty certificate, which
-    /// clients refuse.
+    /// The organisation root's signature over the directory key
+    /// (`ward_core::transparency::certify_directory_key`), 128 hex digits;
+    /// `ward up` writes it for its dev root. Without it epochs are served
+    /// with an empty certificate, which clients refuse.
     #[arg(long, env = "WARD_KEYSERVER_DIRECTORY_CERTIFICATE_FILE")]
     directory_certificate_file: Option<PathBuf>,
     /// Sustained requests per second one IPv4 address or IPv6 /64 may send
