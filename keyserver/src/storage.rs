@@ -261,30 +261,31 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 5 -> 6: key transparency (SECURITY.md §18.4). Both tables only grow:
     // a published leaf or epoch that changed would be a split view, so the
-    // database refuses it as it refuses edits of the access log.
+    // database refuses it as it refuses edits of the access log. `IF NOT
+    // EXISTS`: a database set back to an older version re-runs this step.
     r#"
-    CREATE TABLE kt_leaves (
+    CREATE TABLE IF NOT EXISTS kt_leaves (
         idx       INTEGER PRIMARY KEY,
         user_id   TEXT NOT NULL,
         log_len   INTEGER NOT NULL,
         head_hash BLOB NOT NULL,
         epoch     INTEGER NOT NULL
     ) STRICT;
-    CREATE UNIQUE INDEX kt_leaves_user ON kt_leaves(user_id, log_len);
-    CREATE TABLE kt_epochs (
+    CREATE UNIQUE INDEX IF NOT EXISTS kt_leaves_user ON kt_leaves(user_id, log_len);
+    CREATE TABLE IF NOT EXISTS kt_epochs (
         epoch     INTEGER PRIMARY KEY,
         tree_size INTEGER NOT NULL,
         root      BLOB NOT NULL,
         timestamp INTEGER NOT NULL,
         signature BLOB NOT NULL
     ) STRICT;
-    CREATE TRIGGER kt_leaves_no_update BEFORE UPDATE ON kt_leaves
+    CREATE TRIGGER IF NOT EXISTS kt_leaves_no_update BEFORE UPDATE ON kt_leaves
         BEGIN SELECT RAISE(ABORT, 'kt_leaves is append-only'); END;
-    CREATE TRIGGER kt_leaves_no_delete BEFORE DELETE ON kt_leaves
+    CREATE TRIGGER IF NOT EXISTS kt_leaves_no_delete BEFORE DELETE ON kt_leaves
         BEGIN SELECT RAISE(ABORT, 'kt_leaves is append-only'); END;
-    CREATE TRIGGER kt_epochs_no_update BEFORE UPDATE ON kt_epochs
+    CREATE TRIGGER IF NOT EXISTS kt_epochs_no_update BEFORE UPDATE ON kt_epochs
         BEGIN SELECT RAISE(ABORT, 'kt_epochs is append-only'); END;
-    CREATE TRIGGER kt_epochs_no_delete BEFORE DELETE ON kt_epochs
+    CREATE TRIGGER IF NOT EXISTS kt_epochs_no_delete BEFORE DELETE ON kt_epochs
         BEGIN SELECT RAISE(ABORT, 'kt_epochs is append-only'); END;
     "#,
 ];

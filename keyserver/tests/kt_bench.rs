@@ -61,8 +61,11 @@ fn run(users: usize) {
                 params![user, h.as_slice()],
             )
             .unwrap();
-            tx.execute("UPDATE users SET log_len = 2 WHERE user_id = ?1", params![user])
-                .unwrap();
+            tx.execute(
+                "UPDATE users SET log_len = 2 WHERE user_id = ?1",
+                params![user],
+            )
+            .unwrap();
         }
         tx.commit().unwrap();
     }
