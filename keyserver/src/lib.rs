@@ -52,6 +52,12 @@
 //! | `--key-retention-days` | `WARD_KEYSERVER_KEY_RETENTION_DAYS` | 60 | age at which wrapped keys (and grants of past user keys) are deleted |
 //! | `--searches-per-minute` | `WARD_KEYSERVER_SEARCHES_PER_MINUTE` | 60 | sustained directory searches per device |
 //! | `--search-burst` | `WARD_KEYSERVER_SEARCH_BURST` | 20 | directory search burst per device |
+//! | `--kt-epoch-interval-ms` | `WARD_KEYSERVER_KT_EPOCH_INTERVAL_MS` | 2000 | how often grown logs are published in an epoch (SECURITY.md §18.4) |
+//! | `--kt-max-epoch-age-secs` | `WARD_KEYSERVER_KT_MAX_EPOCH_AGE_SECS` | 60 | longest time between epochs (an idle directory republishes its tree) |
+//! | `--directory-key-file` | `WARD_KEYSERVER_DIRECTORY_KEY_FILE` | `keyserver-directory.key` | the directory key's 32-byte seed (created 0600 if missing) |
+//! | `--directory-certificate-file` | `WARD_KEYSERVER_DIRECTORY_CERTIFICATE_FILE` | none | the root's certificate of the directory key, hex; none: clients refuse the epochs |
+//! | `--kt-public-rate` | `WARD_KEYSERVER_KT_PUBLIC_RATE` | 20 | sustained `/v2/kt` requests per second per source address |
+//! | `--kt-public-burst` | `WARD_KEYSERVER_KT_PUBLIC_BURST` | 100 | `/v2/kt` request burst per source address |
 //!
 //! Logging follows `RUST_LOG` (default `info`). SIGINT or SIGTERM stops the
 //! server gracefully.
