@@ -19,11 +19,14 @@ async fn binary_serves_and_stops_on_sigterm() {
     let mut suffix = [0u8; 8];
     rand::fill(&mut suffix);
     let db = std::env::temp_dir().join(format!("ward-ks-bin-{}.db", hex::encode(suffix)));
+    let key_file = std::env::temp_dir().join(format!("ward-ks-bin-{}.key", hex::encode(suffix)));
     let mut child = Command::new(env!("CARGO_BIN_EXE_ward-keyserver"))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--insecure-loopback")
         .env("WARD_KEYSERVER_DB", &db)
+        // Beside the database, not in the working directory.
+        .env("WARD_KEYSERVER_DIRECTORY_KEY_FILE", &key_file)
         .env(
             "WARD_KEYSERVER_ORG_ROOT",
             hex::encode(org.root_public().as_bytes()),
@@ -91,6 +94,15 @@ async fn binary_serves_and_stops_on_sigterm() {
         panic!("binary did not stop on SIGTERM")
     });
     assert!(exited.success());
+    // The directory key was created on first start, owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::read(&key_file).unwrap().len(), 32);
+    let _ = std::fs::remove_file(&key_file);
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }

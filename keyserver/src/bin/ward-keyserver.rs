@@ -305,19 +305,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match ward_keyserver::transparency::load_or_create_key(&args.directory_key_file) {
-        Ok((k, _)) => {
-            tracing::info!(
-                directory_key = %hex::encode(k.public_key().as_bytes()),
-                "key transparency directory key loaded"
-            );
-            config.kt.directory_key = Some(std::sync::Arc::new(k));
-        }
-        Err(e) => {
-            eprintln!("ward-keyserver: --directory-key-file: {e}");
-            return ExitCode::from(2);
-        }
-    }
     config.tls = match args.tls.acceptor() {
         Ok(t) => t,
         Err(e) => {
@@ -367,6 +354,21 @@ async fn main() -> ExitCode {
         )
     {
         tracing::warn!("{w}");
+    }
+    // Last before serving: a run that fails earlier (flags, TLS, listening)
+    // creates no key file.
+    match ward_keyserver::transparency::load_or_create_key(&args.directory_key_file) {
+        Ok((k, _)) => {
+            tracing::info!(
+                directory_key = %hex::encode(k.public_key().as_bytes()),
+                "key transparency directory key loaded"
+            );
+            config.kt.directory_key = Some(std::sync::Arc::new(k));
+        }
+        Err(e) => {
+            eprintln!("ward-keyserver: --directory-key-file: {e}");
+            return ExitCode::from(2);
+        }
     }
     match ward_keyserver::run(listener, config, stop).await {
         Ok(()) => ExitCode::SUCCESS,
