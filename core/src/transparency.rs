@@ -434,3 +434,7 @@ pub fn verify_directory_key(
 ) -> bool {
     root.verify(&key_certificate_message(directory.as_bytes()), signature)
 }
+
+#[cfg(test)]
+#[path = "transparency_tests.rs"]
+mod tests;
