@@ -82,6 +82,11 @@ pub enum KtError {
     /// The leaf is not in the epoch's tree (the inclusion proof fails).
     #[error("leaf not included in the epoch's tree")]
     NotIncluded,
+    /// The leaves served do not hash to the signed root (an auditor's
+    /// check, [`crate::kt_audit`]): the keyserver shows leaves other than
+    /// the ones its epochs commit to.
+    #[error("the served leaves do not hash to the epoch's root")]
+    LeavesMismatch,
 }
 
 /// RFC 9162 §2.1.1: the hash of a leaf, `SHA-256(0x00 || data)`.
