@@ -31,7 +31,16 @@ pub enum DeviceCommand {
     /// PIN, compare the six digits, and wait for the approval.
     Link {
         /// The link code (`ward-link:1:...`).
+        #[arg(conflicts_with = "resume")]
         code: Option<String>,
+        /// Finish a link that was approved but cut before it was done (this
+        /// device is in your log already): fetches its keys, without the
+        /// rest of the history. Name the store with --store (or --as).
+        #[arg(long)]
+        resume: bool,
+        /// The user, with --resume (picks `<data>/clients/<user>.db`).
+        #[arg(long = "as", env = "WARD_USER", requires = "resume")]
+        as_user: Option<String>,
         #[command(flatten)]
         device: crate::device::DeviceArgs,
     },
@@ -54,7 +63,13 @@ pub enum DeviceCommand {
 /// Runs a `ward device` command.
 pub async fn run(cmd: DeviceCommand) -> Result<(), CliError> {
     let who = match &cmd {
-        DeviceCommand::Link { code, device } => return link(code.as_deref(), device).await,
+        DeviceCommand::Link {
+            resume: true,
+            as_user,
+            device,
+            ..
+        } => return resume_link(as_user.as_deref(), device).await,
+        DeviceCommand::Link { code, device, .. } => return link(code.as_deref(), device).await,
         DeviceCommand::List { who }
         | DeviceCommand::Revoke { who, .. }
         | DeviceCommand::Approve { who, .. } => who,
@@ -240,6 +255,40 @@ async fn link(code: Option<&str>, args: &crate::device::DeviceArgs) -> Result<()
     Ok(())
 }
 
+/// `ward device link --resume`: a link approved but cut before its end.
+async fn resume_link(user: Option<&str>, args: &crate::device::DeviceArgs) -> Result<(), CliError> {
+    let path = args.store_for(user)?;
+    if !ward_sdk::store::Store::exists(&path) {
+        return Err(CliError::Msg(format!(
+            "no device store at {}: nothing to resume (run `ward device link` with a new code)",
+            path.display()
+        )));
+    }
+    let config = args.config(path.clone())?;
+    let pin = args.pin().read(
+        &format!("PIN of the device store {}: ", path.display()),
+        false,
+    )?;
+    let pending = ward_sdk::PendingDevice::resume(config, pin)
+        .await
+        .map_err(|e| explain(e, args))?;
+    let client = pending.complete().await.map_err(|e| match e {
+        ward_sdk::ClientError::DeviceNotInLog => CliError::Msg(
+            "this device was never approved: move its store aside and run `ward device link` \
+             with a new code"
+                .into(),
+        ),
+        e => explain(e, args),
+    })?;
+    println!(
+        "Linked: this is now a device of {} ({}).",
+        client.user_id(),
+        short(client.device_id().as_bytes())
+    );
+    client.lock().await;
+    Ok(())
+}
+
 /// A link failure, said so that the next step is plain.
 fn explain_link(e: ward_sdk::ClientError, args: &crate::device::DeviceArgs) -> CliError {
     use ward_sdk::ClientError as E;
@@ -262,7 +311,10 @@ fn explain_link(e: ward_sdk::ClientError, args: &crate::device::DeviceArgs) -> C
             .into(),
         ),
         E::LinkClosed => CliError::Msg(
-            "the other device ended the link before it was done; run both commands again".into(),
+            "the other device ended the link before it was done. If it had approved this \
+             device, `ward device link --resume --store <this store>` finishes it; else run \
+             both commands again"
+                .into(),
         ),
         e => explain(e, args),
     }

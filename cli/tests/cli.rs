@@ -1677,4 +1677,27 @@ fn ward_device_approve_and_link_add_a_device_with_its_history() {
     let (status, _) = other.finish();
     assert!(!status.success());
     assert!(!other_store.exists());
+
+    // --resume: nothing to resume without a store; an approved device's
+    // store finishes (again) from its log and grants.
+    let out = up.ward(&[
+        "device",
+        "link",
+        "--resume",
+        "--store",
+        other_store.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nothing to resume"), "{}", text(&out));
+    let out = up.ok(&[
+        "device",
+        "link",
+        "--resume",
+        "--store",
+        tablet_store.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("Linked: this is now a device of nurse.okafor"),
+        "{out}"
+    );
 }

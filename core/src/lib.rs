@@ -22,7 +22,7 @@
 //! | [`stream`], [`attachment`] | chunked file encryption (STREAM), the attachment descriptor, the file pipeline |
 //! | [`root_store`] | the organisation root sealed under a passphrase |
 //! | [`link`] | linking a new device by a scanned code: rendezvous, sealed messages, SAS |
-//! | [`transparency`] | key transparency: the directory's Merkle log, signed epochs, proofs |
+//! | [`transparency`], [`kt_audit`] | key transparency: the directory's Merkle log, signed epochs, proofs; the auditor |
 //!
 //! The smallest correct use: enroll from an invite, verify the log.
 //!
@@ -69,6 +69,7 @@ mod hpke;
 pub mod ids;
 pub mod invite;
 pub mod keys;
+pub mod kt_audit;
 pub mod labels;
 pub mod link;
 pub mod padding;

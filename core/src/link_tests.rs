@@ -1,5 +1,6 @@
 use super::*;
 use crate::chain::possession_proof;
+use crate::ids::valid_user_id;
 use crate::keys::{DeviceEncryptionKey, DeviceSigningKey, OrgRootKey};
 use sha2::Digest;
 use ward_proto::v1::{LinkConversation, LinkedMessage};
@@ -433,4 +434,26 @@ fn vectors() {
         committed, text,
         "vectors/ward-v2-link.json differs from the format"
     );
+}
+
+proptest::proptest! {
+    /// Any text: a code or a typed refusal, never a panic (the CLI and the
+    /// bindings hand it whatever was pasted or scanned).
+    #[test]
+    fn any_text_parses_or_is_refused(text in ".{0,200}") {
+        match LinkCode::parse(&text) {
+            Ok(code) => proptest::prop_assert!(valid_user_id(&code.user_id)),
+            Err(e) => proptest::prop_assert!(matches!(e, LinkError::BadCode(_))),
+        }
+    }
+
+    /// Every code reads back as itself, whatever its user id holds.
+    #[test]
+    fn codes_round_trip(secret in proptest::array::uniform32(0u8..), user in "[^\\x00-\\x1f\\x7f]{1,64}") {
+        proptest::prop_assume!(valid_user_id(&user) && user.trim() == user);
+        let code = LinkCode { user_id: user.clone(), secret: LinkSecret::from_bytes(secret) };
+        let back = LinkCode::parse(&code.encode()).unwrap();
+        proptest::prop_assert_eq!(back.user_id, user);
+        proptest::prop_assert_eq!(back.secret.rendezvous(), code.secret.rendezvous());
+    }
 }

@@ -19,6 +19,8 @@
 
 use sha2::{Digest, Sha256};
 
+use ward_proto::v1 as pb;
+
 use crate::keys::{DirectoryKey, OrgRootKey, SigningPublicKey, WitnessKey};
 use crate::labels::{KT_LEAF, SIG_KT_EPOCH, SIG_KT_KEY, SIG_KT_WITNESS, framed};
 
@@ -42,6 +44,49 @@ pub enum KtError {
     /// The proof does not lead to the root it should.
     #[error("proof does not match the root")]
     RootMismatch,
+    /// A message from the keyserver is not well formed (a hash that is not
+    /// 32 bytes, a signature that is not 64, a missing head, …).
+    #[error("malformed key-transparency message: {0}")]
+    Malformed(&'static str),
+    /// The directory key certificate is not the pinned organisation root's.
+    #[error("directory key certificate does not verify")]
+    BadCertificate,
+    /// The epoch head is not signed by the certified directory key.
+    #[error("epoch signature does not verify")]
+    BadSignature,
+    /// A required witness's countersignature is present but does not verify.
+    #[error("witness countersignature does not verify")]
+    BadWitness,
+    /// Fewer required witnesses countersigned the epoch than the threshold.
+    #[error("{have} of the {need} required witness countersignatures")]
+    NotEnoughWitnesses {
+        /// Valid countersignatures by distinct required witnesses.
+        have: usize,
+        /// The threshold.
+        need: usize,
+    },
+    /// An epoch older than the one held: a smaller epoch number, tree size
+    /// or timestamp.
+    #[error("epoch goes backwards: {0}")]
+    Rollback(&'static str),
+    /// A later epoch whose tree does not extend the held one's: the
+    /// consistency proof fails.
+    #[error("epoch's tree does not extend the held one (fork)")]
+    Fork,
+    /// The same epoch number as the held epoch, with a different head.
+    #[error("two different heads for the same epoch (equivocation)")]
+    Equivocation,
+    /// An inclusion proof against an epoch the view has not verified.
+    #[error("epoch not verified by this view")]
+    UnknownEpoch,
+    /// The leaf is not in the epoch's tree (the inclusion proof fails).
+    #[error("leaf not included in the epoch's tree")]
+    NotIncluded,
+    /// The leaves served do not hash to the signed root (an auditor's
+    /// check, [`crate::kt_audit`]): the keyserver shows leaves other than
+    /// the ones its epochs commit to.
+    #[error("the served leaves do not hash to the epoch's root")]
+    LeavesMismatch,
 }
 
 /// RFC 9162 §2.1.1: the hash of a leaf, `SHA-256(0x00 || data)`.
@@ -434,3 +479,397 @@ pub fn verify_directory_key(
 ) -> bool {
     root.verify(&key_certificate_message(directory.as_bytes()), signature)
 }
+
+/// Most witness countersignatures parsed from one epoch: more than any
+/// deployment configures, few enough that checking them all is cheap.
+pub const MAX_WITNESSES: usize = 16;
+
+fn hash32(bytes: &[u8], what: &'static str) -> Result<Hash, KtError> {
+    bytes.try_into().map_err(|_| KtError::Malformed(what))
+}
+
+fn sig64(bytes: &[u8], what: &'static str) -> Result<[u8; 64], KtError> {
+    bytes.try_into().map_err(|_| KtError::Malformed(what))
+}
+
+/// Parses the nodes of an inclusion or consistency proof: at most
+/// [`MAX_PROOF_NODES`], 32 bytes each.
+pub fn proof_nodes(nodes: &[Vec<u8>]) -> Result<Vec<Hash>, KtError> {
+    if nodes.len() > MAX_PROOF_NODES {
+        return Err(KtError::BadProofLength);
+    }
+    nodes
+        .iter()
+        .map(|n| hash32(n, "proof node is not 32 bytes"))
+        .collect()
+}
+
+impl Epoch {
+    /// Parses an `EpochHead`: the root must be 32 bytes and the epoch
+    /// number at least 1.
+    pub fn from_proto(head: &pb::EpochHead) -> Result<Self, KtError> {
+        if head.epoch == 0 {
+            return Err(KtError::Malformed("epoch number 0"));
+        }
+        Ok(Self {
+            epoch: head.epoch,
+            tree_size: head.tree_size,
+            root: hash32(&head.root, "root is not 32 bytes")?,
+            timestamp: head.timestamp,
+        })
+    }
+
+    /// The `EpochHead` message.
+    pub fn to_proto(&self) -> pb::EpochHead {
+        pb::EpochHead {
+            epoch: self.epoch,
+            tree_size: self.tree_size,
+            root: self.root.to_vec(),
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A witness's countersignature, parsed (not yet verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessSignature {
+    /// The witness's public key.
+    pub key: SigningPublicKey,
+    /// Its signature over [`witness_message`].
+    pub signature: [u8; 64],
+}
+
+/// An epoch head with the directory key's signature and any witness
+/// countersignatures, parsed (not yet verified: [`EpochView::advance`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEpoch {
+    /// The head.
+    pub head: Epoch,
+    /// The directory key's signature over [`Epoch::message`].
+    pub signature: [u8; 64],
+    /// Countersignatures, in the order received.
+    pub witnesses: Vec<WitnessSignature>,
+}
+
+impl SignedEpoch {
+    /// Signs `head` with the directory key (the keyserver's side).
+    pub fn sign(head: Epoch, key: &DirectoryKey) -> Self {
+        Self {
+            signature: head.sign(key),
+            head,
+            witnesses: Vec::new(),
+        }
+    }
+
+    /// Parses a `SignedEpoch`, with its length checks.
+    pub fn from_proto(m: &pb::SignedEpoch) -> Result<Self, KtError> {
+        let head = m.head.as_ref().ok_or(KtError::Malformed("no epoch head"))?;
+        if m.witnesses.len() > MAX_WITNESSES {
+            return Err(KtError::Malformed("too many witness signatures"));
+        }
+        let witnesses = m
+            .witnesses
+            .iter()
+            .map(|w| {
+                Ok(WitnessSignature {
+                    key: SigningPublicKey::from_bytes(&w.witness_key)
+                        .map_err(|_| KtError::Malformed("witness key"))?,
+                    signature: sig64(&w.signature, "witness signature is not 64 bytes")?,
+                })
+            })
+            .collect::<Result<_, KtError>>()?;
+        Ok(Self {
+            head: Epoch::from_proto(head)?,
+            signature: sig64(&m.signature, "epoch signature is not 64 bytes")?,
+            witnesses,
+        })
+    }
+
+    /// The `SignedEpoch` message.
+    pub fn to_proto(&self) -> pb::SignedEpoch {
+        pb::SignedEpoch {
+            head: Some(self.head.to_proto()),
+            signature: self.signature.to_vec(),
+            witnesses: self
+                .witnesses
+                .iter()
+                .map(|w| pb::WitnessSignature {
+                    witness_key: w.key.as_bytes().to_vec(),
+                    signature: w.signature.to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The organisation root's certificate of a directory key, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryCertificate {
+    /// The certified directory key.
+    pub directory_key: SigningPublicKey,
+    /// The root's signature over [`key_certificate_message`].
+    pub root_signature: [u8; 64],
+}
+
+impl DirectoryCertificate {
+    /// Certifies `directory` with the organisation root (an admin's side).
+    pub fn issue(root: &OrgRootKey, directory: &SigningPublicKey) -> Self {
+        Self {
+            directory_key: *directory,
+            root_signature: certify_directory_key(root, directory),
+        }
+    }
+
+    /// Parses a `DirectoryKeyCertificate`, with its length checks. A
+    /// directory key that is not a valid point is a bad certificate.
+    pub fn from_proto(m: &pb::DirectoryKeyCertificate) -> Result<Self, KtError> {
+        Ok(Self {
+            directory_key: SigningPublicKey::from_bytes(&m.directory_key)
+                .map_err(|_| KtError::BadCertificate)?,
+            root_signature: sig64(&m.root_signature, "root signature is not 64 bytes")?,
+        })
+    }
+
+    /// The `DirectoryKeyCertificate` message.
+    pub fn to_proto(&self) -> pb::DirectoryKeyCertificate {
+        pb::DirectoryKeyCertificate {
+            directory_key: self.directory_key.as_bytes().to_vec(),
+            root_signature: self.root_signature.to_vec(),
+        }
+    }
+
+    /// The directory key, if the pinned `org_root` certified it.
+    pub fn verify(&self, org_root: &SigningPublicKey) -> Result<SigningPublicKey, KtError> {
+        if verify_directory_key(org_root, &self.directory_key, &self.root_signature) {
+            Ok(self.directory_key)
+        } else {
+            Err(KtError::BadCertificate)
+        }
+    }
+}
+
+/// An `InclusionProof` response, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedInclusion {
+    /// The epoch the proof is against (advance the view to it first).
+    pub epoch: SignedEpoch,
+    /// The leaf's index in the epoch's tree.
+    pub leaf_index: u64,
+    /// The inclusion path.
+    pub path: Vec<Hash>,
+    /// The leaf's head hash.
+    pub head_hash: Hash,
+}
+
+impl ParsedInclusion {
+    /// Parses an `InclusionProof`, with its length checks.
+    pub fn from_proto(m: &pb::InclusionProof) -> Result<Self, KtError> {
+        let epoch = m.epoch.as_ref().ok_or(KtError::Malformed("no epoch"))?;
+        Ok(Self {
+            epoch: SignedEpoch::from_proto(epoch)?,
+            leaf_index: m.leaf_index,
+            path: proof_nodes(&m.path)?,
+            head_hash: hash32(&m.head_hash, "head hash is not 32 bytes")?,
+        })
+    }
+}
+
+/// What [`EpochView::advance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// The view held no epoch; it now holds this one (trusted on its
+    /// signature alone: nothing earlier to be consistent with).
+    First,
+    /// The same epoch as held, again.
+    Unchanged,
+    /// A later epoch that extends the held one; it replaces it.
+    Extended {
+        /// The epoch held before.
+        from: Epoch,
+    },
+}
+
+/// The sans-IO verifier of epochs that clients and auditors share
+/// (SECURITY.md §18.3): it holds the directory key the pinned
+/// organisation root certified and the latest epoch it verified, and only
+/// ever moves forward to epochs that extend it.
+#[derive(Debug, Clone)]
+pub struct EpochView {
+    directory: SigningPublicKey,
+    witnesses: Vec<SigningPublicKey>,
+    threshold: usize,
+    latest: Option<Epoch>,
+}
+
+impl EpochView {
+    /// A view with no epoch yet, trusting the directory key `certificate`
+    /// certifies if the pinned `org_root` signed it.
+    pub fn new(
+        org_root: &SigningPublicKey,
+        certificate: &DirectoryCertificate,
+    ) -> Result<Self, KtError> {
+        Ok(Self {
+            directory: certificate.verify(org_root)?,
+            witnesses: Vec::new(),
+            threshold: 0,
+            latest: None,
+        })
+    }
+
+    /// A view resumed from an epoch this device verified earlier and
+    /// stored (the store is trusted: it is the device's own).
+    pub fn resume(
+        org_root: &SigningPublicKey,
+        certificate: &DirectoryCertificate,
+        latest: Epoch,
+    ) -> Result<Self, KtError> {
+        let mut view = Self::new(org_root, certificate)?;
+        view.latest = Some(latest);
+        Ok(view)
+    }
+
+    /// Requires, from now on, valid countersignatures by at least
+    /// `threshold` distinct keys of `keys` on every epoch `advance` accepts.
+    /// A threshold of 0 removes the requirement.
+    pub fn require_witness(
+        &mut self,
+        keys: &[SigningPublicKey],
+        threshold: usize,
+    ) -> Result<(), KtError> {
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
+        if threshold > keys.len() {
+            return Err(KtError::OutOfRange("witness threshold above the witnesses"));
+        }
+        self.witnesses = keys;
+        self.threshold = threshold;
+        Ok(())
+    }
+
+    /// The certified directory key.
+    pub fn directory_key(&self) -> &SigningPublicKey {
+        &self.directory
+    }
+
+    /// The latest verified epoch.
+    pub fn latest(&self) -> Option<&Epoch> {
+        self.latest.as_ref()
+    }
+
+    /// Moves to `signed` if it is signed by the directory key, carries the
+    /// required witnesses, and extends the held epoch: a larger epoch
+    /// number (any gap: a client does not see every epoch), a tree size and
+    /// a timestamp no smaller, and `consistency` proving the held tree a
+    /// prefix of the new one. The same epoch again is accepted unchanged
+    /// (with an empty proof); the same number with another head is
+    /// equivocation. Nothing changes on an error.
+    pub fn advance(
+        &mut self,
+        signed: &SignedEpoch,
+        consistency: &[Hash],
+    ) -> Result<Advance, KtError> {
+        let head = &signed.head;
+        if head.epoch == 0 {
+            return Err(KtError::Malformed("epoch number 0"));
+        }
+        // The signature first: nothing about an unsigned head is evidence.
+        if !head.verify(&self.directory, &signed.signature) {
+            return Err(KtError::BadSignature);
+        }
+        self.check_witnesses(signed)?;
+        let Some(held) = self.latest else {
+            if !consistency.is_empty() {
+                return Err(KtError::BadProofLength);
+            }
+            self.latest = Some(*head);
+            return Ok(Advance::First);
+        };
+        if head.epoch == held.epoch {
+            if *head != held {
+                return Err(KtError::Equivocation);
+            }
+            if !consistency.is_empty() {
+                return Err(KtError::BadProofLength);
+            }
+            return Ok(Advance::Unchanged);
+        }
+        if head.epoch < held.epoch {
+            return Err(KtError::Rollback("epoch number"));
+        }
+        if head.tree_size < held.tree_size {
+            return Err(KtError::Rollback("tree size"));
+        }
+        if head.timestamp < held.timestamp {
+            return Err(KtError::Rollback("timestamp"));
+        }
+        verify_consistency(
+            held.tree_size,
+            head.tree_size,
+            &held.root,
+            &head.root,
+            consistency,
+        )
+        .map_err(|e| match e {
+            KtError::RootMismatch => KtError::Fork,
+            other => other,
+        })?;
+        self.latest = Some(*head);
+        Ok(Advance::Extended { from: held })
+    }
+
+    fn check_witnesses(&self, signed: &SignedEpoch) -> Result<(), KtError> {
+        if self.threshold == 0 {
+            return Ok(());
+        }
+        let mut seen: Vec<SigningPublicKey> = Vec::new();
+        for w in &signed.witnesses {
+            // Countersignatures by keys not required are ignored: a
+            // witness this view does not know proves nothing to it.
+            if !self.witnesses.contains(&w.key) || seen.contains(&w.key) {
+                continue;
+            }
+            if !signed.head.verify_witness(&w.key, &w.signature) {
+                return Err(KtError::BadWitness);
+            }
+            seen.push(w.key);
+        }
+        if seen.len() < self.threshold {
+            return Err(KtError::NotEnoughWitnesses {
+                have: seen.len(),
+                need: self.threshold,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `user_id`'s log of `log_len` entries ending in
+    /// `head_hash` is leaf `leaf_index` of `epoch`'s tree, `epoch` being
+    /// the one this view holds (advance to it first).
+    pub fn check_inclusion(
+        &self,
+        user_id: &str,
+        log_len: u64,
+        head_hash: &Hash,
+        leaf_index: u64,
+        path: &[Hash],
+        epoch: &Epoch,
+    ) -> Result<(), KtError> {
+        if self.latest.as_ref() != Some(epoch) {
+            return Err(KtError::UnknownEpoch);
+        }
+        if log_len == 0 {
+            return Err(KtError::Malformed("log length 0"));
+        }
+        let leaf = leaf_hash(&leaf_data(user_id, log_len, head_hash));
+        verify_inclusion(&leaf, leaf_index, epoch.tree_size, path, &epoch.root).map_err(|e| match e
+        {
+            KtError::RootMismatch => KtError::NotIncluded,
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "transparency_tests.rs"]
+mod tests;

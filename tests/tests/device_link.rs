@@ -355,3 +355,38 @@ async fn a_relay_that_swaps_or_alters_linking_messages_is_detected() {
     assert!(!Store::exists(&w.store_path("bob-tablet")));
     assert_eq!(bob.devices().await.unwrap().len(), 1);
 }
+
+/// The new device's app dies right after the user approved: the device is
+/// in the log, and `PendingDevice::resume` + `complete` finish it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_after_the_approval_is_finished_by_resume() {
+    let w = World::new().await;
+    let phone = w.enroll("alice@chu", "alice-phone").await;
+    let offer = phone.link_device().await.unwrap();
+    let code = offer.code().to_owned();
+    let waiting = tokio::spawn(offer.wait_for_device());
+    let linking = PendingDevice::link(w.config("alice-tablet"), &code, pin())
+        .await
+        .unwrap();
+    let request = waiting.await.unwrap().unwrap();
+    // The tablet's app is gone before it reads the approval.
+    drop(linking);
+    // The approval itself (log entry, grants) does not need the tablet; the
+    // history cannot reach it.
+    let _ = request.approve(true).await;
+    assert_eq!(
+        phone
+            .devices()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|d| d.active)
+            .count(),
+        2
+    );
+    let pending = PendingDevice::resume(w.config("alice-tablet"), pin())
+        .await
+        .unwrap();
+    let tablet = pending.complete().await.unwrap();
+    assert_eq!(tablet.user_id(), "alice@chu");
+}

@@ -70,7 +70,9 @@ pub use client::{
     WardClient, enroll, enroll_with_invite_file, unlock, unlock_with_platform_secret,
 };
 pub use error::{PinRequiredReason, WardError};
-pub use link::{LinkOffer, LinkRequest, LinkingDevice, link_device_from_code};
+pub use link::{
+    LinkOffer, LinkRequest, LinkingDevice, finish_interrupted_link, link_device_from_code,
+};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

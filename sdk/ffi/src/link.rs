@@ -7,6 +7,7 @@
 //!           LinkRequest.approve(with_history) | refuse
 //! new:      link_device_from_code(config, code, pin) -> LinkingDevice.sas (compare)
 //!           LinkingDevice.finish -> WardClient
+//!           (broken after the approval: finish_interrupted_link(config, pin))
 //! ```
 //!
 //! Each SDK step consumes its value (a link runs once, forward only);
@@ -189,6 +190,28 @@ pub async fn link_device_from_code(
         }))
     })
     .await
+}
+
+/// Finishes a link that broke after the approval (the app died, or the
+/// link closed while the history arrived): the device is in its user's log,
+/// so this opens its store with `pin`, fetches and verifies the log and the
+/// grants, and starts the client, with the history that had arrived. Before
+/// the approval there is nothing to finish (the store was wiped, or the
+/// device is in no log: [`WardError::NotFound`] or a refusal from the
+/// keyserver): scan a new code.
+#[uniffi::export]
+pub async fn finish_interrupted_link(
+    config: WardConfig,
+    pin: String,
+) -> Result<Arc<WardClient>, WardError> {
+    let pin = self::pin(pin)?;
+    let config = config.to_sdk()?;
+    run(async move {
+        let pending = ward_sdk::PendingDevice::resume(config, pin).await?;
+        Ok(pending.complete().await?)
+    })
+    .await
+    .map(WardClient::new)
 }
 
 #[uniffi::export]

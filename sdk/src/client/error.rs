@@ -203,8 +203,10 @@ pub enum ClientError {
     /// Linking a device failed in its protocol (SECURITY.md §4.9):
     /// `BadCode` (not a link code), `Tampered` (a message did not open under
     /// the code's keys: the relay or someone else altered, swapped or
-    /// reordered it), `CommitmentMismatch`, `BadOffer`, `Truncated`. Nothing
-    /// was approved, or the new device keeps nothing of the history.
+    /// reordered it), `CommitmentMismatch`, `BadOffer`, `Truncated`. Before
+    /// the approval nothing was added; after it, the new device is in the
+    /// log with the history batches that arrived (each authenticated), and
+    /// [`crate::PendingDevice::resume`] + `complete` finish it.
     #[error("device link: {0}")]
     Link(#[from] ward_core::link::LinkError),
     /// The relay knows no link under this code: it expired, was used, or
