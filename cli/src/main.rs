@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod demo;
 mod device;
 mod devices;
@@ -61,6 +62,13 @@ enum Command {
     Room {
         #[command(subcommand)]
         command: room::RoomCommand,
+    },
+    /// Audit the keyserver's key-transparency directory (no account needed):
+    /// follow every epoch, check each extends the last and that the leaves
+    /// served hash to its root; fails, saying why, if any does not.
+    Audit {
+        #[command(flatten)]
+        args: audit::AuditArgs,
     },
     /// Your own devices: list them, link a new one by a code, revoke a lost one.
     Device {
@@ -830,6 +838,7 @@ fn main() -> ExitCode {
         )),
         Command::Room { command } => block_on(room::run(command)),
         Command::Device { command } => block_on(devices::run(command)),
+        Command::Audit { args } => block_on(audit::run(args)),
         Command::Download {
             as_user,
             message_id,

@@ -1701,3 +1701,85 @@ fn ward_device_approve_and_link_add_a_device_with_its_history() {
         "{out}"
     );
 }
+
+/// Issue 14: `ward audit` follows the directory's epochs over the public
+/// path (no account), resumes from its state, and catches a keyserver that
+/// shows it an old epoch other than the one it verified (here: the state
+/// holds an epoch signed by the real directory key over another tree, as
+/// if the keyserver had shown that one before and rewritten it since).
+#[test]
+fn ward_audit_follows_epochs_and_catches_a_rewritten_one() {
+    use ward_core::keys::DirectoryKey;
+    use ward_core::transparency::{
+        DirectoryCertificate, Epoch, MerkleTree, SignedEpoch, leaf_data, leaf_hash,
+    };
+    let up = Up::start("audit");
+    up.enroll("nurse.okafor", "Nurse Okafor");
+    let state = up.data.join("audit.state");
+    let state_arg = state.to_str().unwrap();
+    let wait_epoch = || std::thread::sleep(std::time::Duration::from_millis(2500));
+    wait_epoch();
+    let out = up.ok(&["audit", "--state", state_arg]);
+    assert!(out.starts_with("ok: epoch "), "{out}");
+    up.enroll("dr.martin", "Dr Claire Martin");
+    wait_epoch();
+    let out = up.ok(&["audit", "--state", state_arg]);
+    assert!(
+        out.starts_with("ok: epoch ") && !out.contains("; 0 new epochs"),
+        "{out}"
+    );
+
+    // The rewritten history: the held epoch's number, another tree.
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let mut lines = saved.lines();
+    assert_eq!(lines.next(), Some("ward-audit-state 1"));
+    let cert =
+        ward_proto::v1::DirectoryKeyCertificate::decode(&unhex(lines.next().unwrap())[..]).unwrap();
+    let held = ward_proto::v1::SignedEpoch::decode(&unhex(lines.next().unwrap())[..]).unwrap();
+    let held = SignedEpoch::from_proto(&held).unwrap().head;
+    let key = DirectoryKey::import_secret(
+        &std::fs::read(up.data.join("keyserver-directory.key")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        DirectoryCertificate::from_proto(&cert)
+            .unwrap()
+            .directory_key,
+        key.public_key()
+    );
+    let mut tree = MerkleTree::new();
+    let mut leaves = String::new();
+    for i in 0..held.tree_size {
+        // A device the victim never approved, in the history shown to it.
+        let l = leaf_hash(&leaf_data("nurse.okafor", 2 + i, &[0xee; 32]));
+        tree.push(l);
+        leaves.push_str(&format!("{}\n", hex(&l)));
+    }
+    let forged = SignedEpoch::sign(
+        Epoch {
+            root: tree.root_at(held.tree_size).unwrap(),
+            ..held
+        },
+        &key,
+    );
+    std::fs::write(
+        &state,
+        format!(
+            "ward-audit-state 1\n{}\n{}\n{leaves}",
+            hex(&cert.encode_to_vec()),
+            hex(&forged.to_proto().encode_to_vec())
+        ),
+    )
+    .unwrap();
+    let out = up.ward(&["audit", "--state", state_arg]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("ALERT") && said.contains("equivocation"),
+        "{said}"
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
