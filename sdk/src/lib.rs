@@ -109,8 +109,8 @@ pub mod store;
 
 pub use client::{
     AttachmentInfo, Client, ClientConfig, ClientError, DeviceInfo, DirectoryEntry, DirectoryQuery,
-    Event, InviteFile, LinkOffer, LinkRequest, LinkingDevice, NewDeviceKeys, Page, PageCursor,
-    PendingDevice, Phase, Progress, QueuedMessage, RoomInfo, RoomMemberInfo, Thumbnail,
+    Event, InviteFile, KtAlert, LinkOffer, LinkRequest, LinkingDevice, NewDeviceKeys, Page,
+    PageCursor, PendingDevice, Phase, Progress, QueuedMessage, RoomInfo, RoomMemberInfo, Thumbnail,
 };
 
 pub use ward_core as core;

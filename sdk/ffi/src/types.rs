@@ -267,6 +267,22 @@ pub enum WardEvent {
         /// The new cursor.
         seq: u64,
     },
+    /// A device this device did not add joined this user (key
+    /// transparency): "a new device was linked to your account". If the
+    /// user did not link it, `revoke_device` it at once.
+    DeviceAdded {
+        /// The new device (hex): what `revoke_device` takes.
+        device_id: String,
+        /// The device (or organisation root) that added it (hex).
+        added_by: String,
+    },
+    /// The keyserver's directory misbehaved (a fork, a rollback, a bad
+    /// signature, this user's log shown to others differently): the device
+    /// kept its last good view. Worth showing and telling an operator.
+    TransparencyAlert {
+        /// What was wrong.
+        reason: String,
+    },
     /// An event this version of the bindings does not know yet.
     Other,
 }
@@ -336,6 +352,16 @@ impl From<Event> for WardEvent {
             Event::RelayCursorRegressed { cursor, seq } => {
                 Self::RelayCursorRegressed { cursor, seq }
             }
+            Event::DeviceAdded {
+                device_id,
+                added_by,
+            } => Self::DeviceAdded {
+                device_id: hex::encode(device_id.as_bytes()),
+                added_by: hex::encode(added_by.as_bytes()),
+            },
+            Event::TransparencyAlert { alert } => Self::TransparencyAlert {
+                reason: alert.to_string(),
+            },
             _ => Self::Other,
         }
     }

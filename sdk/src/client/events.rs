@@ -110,6 +110,28 @@ pub enum Event {
         /// Why.
         reason: ClientError,
     },
+    /// The key-transparency monitor (SECURITY.md §18.8) found a device in
+    /// this user's own log that this device did not add and did not know
+    /// of: "a new device was linked to your account". If the user did not
+    /// link it, revoke it at once (`Client::revoke_device`). Sent once per
+    /// device, persisted across restarts.
+    DeviceAdded {
+        /// The new device's id (its signing key).
+        device_id: ward_core::keys::SigningPublicKey,
+        /// The device that signed its addition (another device of this
+        /// user, or the organisation root).
+        added_by: ward_core::keys::SigningPublicKey,
+    },
+    /// The key-transparency monitor found the directory misbehaving: an
+    /// epoch that does not extend the one this device verified, a bad
+    /// signature, leaves that do not match the epoch's root, or this user's
+    /// own log shown in the directory with a head this device does not
+    /// have. The monitor keeps its last good epoch and does not move past
+    /// the bad one. Sent once per distinct problem while the client runs.
+    TransparencyAlert {
+        /// What was wrong.
+        alert: super::kt::KtAlert,
+    },
     /// An outgoing message was refused for good (a keyserver or relay
     /// refusal that retrying cannot fix); it stays in the local history but
     /// left the outbox.

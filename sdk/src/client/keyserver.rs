@@ -18,11 +18,11 @@ use ward_core::keys::{DelegationKey, DeviceSigningKey};
 use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
-    AppendRoom, DeviceGrant, DirectoryPage, ErrorCode, GetDeviceGrant, GetLogs, GetRoomKeys,
-    GetRoomLog, GetRoomWraps, GetWrappedKeys, KsRequest, KsResponse, ListRooms, PutDeviceGrants,
-    PutRoomKey, PutWrappedKeys, RoomAppended, RoomHead, RoomKeyWrap, RoomLogPage, SearchDirectory,
-    SignedInvite, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys, ks_request,
-    ks_response,
+    AppendRoom, DeviceGrant, DirectoryPage, EpochProof, ErrorCode, GetDeviceGrant, GetEpoch,
+    GetLeaves, GetLogs, GetRoomKeys, GetRoomLog, GetRoomWraps, GetWrappedKeys, KsRequest,
+    KsResponse, Leaves, ListRooms, PutDeviceGrants, PutRoomKey, PutWrappedKeys, RoomAppended,
+    RoomHead, RoomKeyWrap, RoomLogPage, SearchDirectory, SignedInvite, SignedStatement, UserLog,
+    WrappedKey, WrappedKeyFor, WrappedKeys, ks_request, ks_response,
 };
 
 use super::error::{ClientError, Result};
@@ -190,6 +190,39 @@ impl Keyserver {
             ks_response::Body::Grant(g) => Ok(g),
             _ => Err(ClientError::Protocol(
                 "get_grant answered with another body",
+            )),
+        }
+    }
+}
+
+/// The key-transparency requests (SECURITY.md §18.4), for the monitor.
+impl Keyserver {
+    /// The latest epoch, with a consistency proof from the tree of
+    /// `known_size` leaves (0: none).
+    pub(crate) async fn get_epoch(&self, known_size: u64) -> Result<EpochProof> {
+        match self
+            .call(ks_request::Body::GetEpoch(GetEpoch {
+                epoch: 0,
+                known_size,
+            }))
+            .await?
+        {
+            ks_response::Body::EpochProof(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "get_epoch answered with another body",
+            )),
+        }
+    }
+
+    /// Up to `max` directory leaves from index `from`.
+    pub(crate) async fn get_leaves(&self, from: u64, max: u32) -> Result<Leaves> {
+        match self
+            .call(ks_request::Body::GetLeaves(GetLeaves { from, max }))
+            .await?
+        {
+            ks_response::Body::Leaves(l) => Ok(l),
+            _ => Err(ClientError::Protocol(
+                "get_leaves answered with another body",
             )),
         }
     }

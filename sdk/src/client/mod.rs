@@ -42,6 +42,7 @@ mod events;
 mod file_crypto;
 mod invite_file;
 mod keyserver;
+mod kt;
 mod link;
 mod own_log;
 mod receive;
@@ -77,6 +78,7 @@ pub use attach::{AttachmentInfo, Phase, Progress, Thumbnail};
 pub use error::{ClientError, Result};
 pub use events::Event;
 pub use invite_file::InviteFile;
+pub use kt::KtAlert;
 pub use link::{LinkOffer, LinkRequest, LinkingDevice};
 pub use rooms::{RoomInfo, RoomMemberInfo};
 pub use search::{DirectoryEntry, DirectoryQuery, MAX_PAGE_SIZE, Page, PageCursor};
@@ -145,6 +147,12 @@ pub struct ClientConfig {
     /// `Event::SendDelayed` (off by default: an app that only shows messages
     /// need not handle them; a CLI or a status bar wants them).
     pub connection_events: bool,
+    /// How often the key-transparency monitor follows the keyserver's
+    /// directory (SECURITY.md §18.8): verifies the latest epoch, scans the
+    /// new leaves and checks this user's own, raising
+    /// `Event::DeviceAdded` and `Event::TransparencyAlert`. `None` turns
+    /// it off.
+    pub kt_interval: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -159,8 +167,8 @@ impl ClientConfig {
     }
 
     /// Defaults: backoff 200 ms to 30 s, requests 15 s, key wait 30 s, own
-    /// log re-read every 60 s, rooms checked every 5 minutes, the store's
-    /// default Argon2id cost.
+    /// log re-read every 60 s, rooms checked every 5 minutes, the directory
+    /// monitored every 30 s, the store's default Argon2id cost.
     pub fn new(
         store_path: impl Into<PathBuf>,
         relay_url: impl Into<String>,
@@ -184,6 +192,7 @@ impl ClientConfig {
             keyserver_instance: ward_core::auth::DEFAULT_INSTANCE.to_owned(),
             tls: ward_net::tls::ClientTls::default(),
             connection_events: false,
+            kt_interval: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -692,7 +701,7 @@ impl Client {
             #[cfg(feature = "testkit")]
             resource_keys: Mutex::new(Vec::new()),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(relay::run(
                 inner.clone(),
                 relay_rx,
@@ -706,6 +715,9 @@ impl Client {
             tokio::spawn(rooms::watch(inner.clone())),
             tokio::spawn(attach::resume_uploads(inner.clone())),
         ];
+        if let Some(interval) = inner.config.kt_interval {
+            tasks.push(tokio::spawn(kt::run(inner.clone(), interval)));
+        }
         Ok(Self {
             inner,
             tasks,

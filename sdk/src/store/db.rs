@@ -125,6 +125,19 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX room_envelopes_by_room ON room_envelopes (room_id, timestamp_ms);
     ",
+    // 6: the key-transparency monitor's state (`client/kt.rs`, SECURITY.md
+    // §18.8): one row, so that a restart resumes from the last epoch this
+    // device verified instead of trusting the next one on its signature.
+    r"
+    CREATE TABLE kt_state (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        certificate   BLOB NOT NULL,
+        epoch         BLOB NOT NULL,
+        scanned       INTEGER NOT NULL,
+        frontier      BLOB NOT NULL,
+        known_devices BLOB NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// `PRAGMA <name> = "x'<hex>'"` in a buffer that is zeroized on drop.

@@ -74,7 +74,7 @@ pub use error::{Result, StoreError};
 pub use header::{FORMAT_VERSION, FORMAT_VERSION_PLATFORM_SLOT};
 pub use kdf::{KdfParams, Pin, PlatformSecret};
 pub use platform::PinRequiredReason;
-pub use records::{Conversation, Identity, Message, OutboxId, OutboxItem, OutboxState};
+pub use records::{Conversation, Identity, KtState, Message, OutboxId, OutboxItem, OutboxState};
 pub use uploads::Upload;
 
 use header::{Header, KdfSlot, sync_dir, with_suffix};

@@ -387,7 +387,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute_batch(
             "DELETE FROM identity; DELETE FROM user_keys; DELETE FROM verified_logs;
-             DELETE FROM outbox; DELETE FROM relay_cursor;",
+             DELETE FROM outbox; DELETE FROM relay_cursor; DELETE FROM kt_state;",
         )?;
         tx.commit()?;
         Ok(())
@@ -837,6 +837,76 @@ impl Store {
     }
 }
 
+/// The key-transparency monitor's state (`client/kt.rs`): opaque encoded
+/// values, checked by the monitor, not by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KtState {
+    /// The directory key certificate (`DirectoryKeyCertificate`, encoded).
+    pub certificate: Vec<u8>,
+    /// The latest epoch verified (`SignedEpoch`, encoded).
+    pub epoch: Vec<u8>,
+    /// Leaves of the directory scanned so far.
+    pub scanned: u64,
+    /// The roots of the perfect subtrees covering the scanned leaves,
+    /// largest first, 32 bytes each.
+    pub frontier: Vec<u8>,
+    /// The device ids this device knows of its own user, 32 bytes each.
+    pub known_devices: Vec<u8>,
+}
+
+impl Store {
+    /// The key-transparency monitor's state, if it ever verified an epoch.
+    pub fn kt_state(&self) -> Result<Option<KtState>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT certificate, epoch, scanned, frontier, known_devices
+                 FROM kt_state WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(certificate, epoch, scanned, frontier, known_devices)| {
+            Ok(KtState {
+                certificate,
+                epoch,
+                scanned: to_u64(scanned, "kt scanned leaves")?,
+                frontier,
+                known_devices,
+            })
+        })
+        .transpose()
+    }
+
+    /// Replaces the key-transparency monitor's state (one statement: a
+    /// crash keeps the old state or the new one, never a mix).
+    pub fn set_kt_state(&self, state: &KtState) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO kt_state (id, certificate, epoch, scanned, frontier, known_devices)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET certificate = excluded.certificate,
+               epoch = excluded.epoch, scanned = excluded.scanned,
+               frontier = excluded.frontier, known_devices = excluded.known_devices",
+            params![
+                state.certificate,
+                state.epoch,
+                to_i64(state.scanned, "kt scanned leaves")?,
+                state.frontier,
+                state.known_devices
+            ],
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{CreateOptions, KdfParams, Pin};
@@ -1061,5 +1131,29 @@ mod tests {
             s.set_relay_cursor(u64::MAX),
             Err(StoreError::InvalidData(_))
         ));
+    }
+
+    #[test]
+    fn kt_state_is_replaced_whole() {
+        let (_d, s) = store();
+        assert_eq!(s.kt_state().unwrap(), None);
+        let first = KtState {
+            certificate: vec![1; 96],
+            epoch: vec![2; 120],
+            scanned: 3,
+            frontier: vec![3; 64],
+            known_devices: vec![4; 32],
+        };
+        s.set_kt_state(&first).unwrap();
+        assert_eq!(s.kt_state().unwrap(), Some(first));
+        let second = KtState {
+            certificate: vec![5; 96],
+            epoch: vec![6; 120],
+            scanned: 4,
+            frontier: vec![7; 32],
+            known_devices: Vec::new(),
+        };
+        s.set_kt_state(&second).unwrap();
+        assert_eq!(s.kt_state().unwrap(), Some(second));
     }
 }
