@@ -545,7 +545,7 @@ fn check_fixture_content(s: &Store) {
 #[test]
 fn the_v1_fixture_opens_and_asks_to_reenroll() {
     assert_eq!(FORMAT_VERSION, 1, "new header format: add a fixture for it");
-    assert_eq!(SCHEMA_VERSION, 5, "new schema: add a fixture for it");
+    assert_eq!(SCHEMA_VERSION, 6, "new schema: add a fixture for it");
     let (_d, path) = fixture_copy("store-v1.db");
     check_fixture_header(&path);
     assert!(matches!(
@@ -712,6 +712,38 @@ fn the_committed_v5_fixture_still_opens() {
         s.room_envelopes(&room, 1 << 20).unwrap(),
         vec![b"room envelope".to_vec()]
     );
+}
+
+/// The key-transparency state of the schema-6 fixture.
+fn fixture_kt_state() -> ward_sdk::store::KtState {
+    ward_sdk::store::KtState {
+        certificate: b"certificate".to_vec(),
+        epoch: b"signed epoch".to_vec(),
+        scanned: 3,
+        frontier: vec![8; 64],
+        known_devices: vec![9; 32],
+    }
+}
+
+/// Opens `tests/fixtures/store-v6.db` (committed; schema 6, the
+/// key-transparency monitor's state, SECURITY.md §18.8): `write_fixture`
+/// and a `kt_state` row. To regenerate after an intended format change
+/// (with a migration, and a new fixture beside this one):
+/// `WARD_WRITE_FIXTURES=1 cargo test -p ward-sdk --test store v6_fixture`.
+#[test]
+fn the_committed_v6_fixture_still_opens() {
+    let committed = fixture_dir().join("store-v6.db");
+    if std::env::var_os("WARD_WRITE_FIXTURES").is_some() {
+        let _ = Store::wipe(&committed);
+        write_fixture(&committed);
+        let s = Store::unlock(&committed, &pin(FIXTURE_PIN), None).unwrap();
+        s.set_kt_state(&fixture_kt_state()).unwrap();
+        s.lock();
+    }
+    let (_d, path) = fixture_copy("store-v6.db");
+    check_v2_content(&path);
+    let s = Store::unlock(&path, &pin(FIXTURE_PIN), None).unwrap();
+    assert_eq!(s.kt_state().unwrap(), Some(fixture_kt_state()));
 }
 
 /// What `write_fixture` wrote, read back from a copy at `path`.
