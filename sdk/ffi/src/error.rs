@@ -235,7 +235,8 @@ impl From<ClientError> for WardError {
             | ClientError::WrappedKeyMissing(_)
             | ClientError::Room { .. }
             | ClientError::RoomCompromised { .. }
-            | ClientError::Attachment(_) => Self::Verification { message },
+            | ClientError::Attachment(_)
+            | ClientError::Transparency(_) => Self::Verification { message },
             ClientError::File(_) => Self::File { message },
             ClientError::Closed => Self::Closed,
             ClientError::Link(l) => link(l, message),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ward_core::ChainError;
-use ward_core::chain::{VerifiedUser, decode_signed_statement, verify_log};
+use ward_core::chain::{VerifiedUser, decode_signed_statement, entry_hash, verify_log};
 use ward_core::keys::SigningPublicKey;
 use ward_proto::Message as _;
 use ward_proto::v1::SignedStatement;
@@ -20,6 +20,7 @@ use ward_proto::v1::SignedStatement;
 use super::StoreCell;
 use super::error::{ClientError, Result};
 use super::keyserver::Keyserver;
+use super::kt::Shared;
 
 /// A verified log: the state and the exact entries this device verified it
 /// from (its own copies, not the bytes a later fetch served).
@@ -32,6 +33,9 @@ pub(crate) struct Known {
 pub(crate) struct Directory {
     root: SigningPublicKey,
     cache: Mutex<HashMap<String, Known>>,
+    /// The key-transparency view, shared with the monitor: every other
+    /// user's head accepted is checked in it (SECURITY.md §18.9).
+    kt: Shared,
 }
 
 fn chain_err(user_id: &str, error: ChainError) -> ClientError {
@@ -42,11 +46,17 @@ fn chain_err(user_id: &str, error: ChainError) -> ClientError {
 }
 
 impl Directory {
-    pub(crate) fn new(root: SigningPublicKey) -> Self {
+    pub(crate) fn new(root: SigningPublicKey, kt: Shared) -> Self {
         Self {
             root,
             cache: Mutex::new(HashMap::new()),
+            kt,
         }
+    }
+
+    /// The key-transparency state this directory checks heads in.
+    pub(crate) fn kt(&self) -> &Shared {
+        &self.kt
     }
 
     fn memory(&self, user_id: &str) -> Option<Known> {
@@ -171,6 +181,14 @@ impl Directory {
                 }
             };
             let (known, changed) = next;
+            // A new or longer head of another user must be in the
+            // directory before it is kept (a refuted one fails the whole
+            // operation, as a log that does not verify).
+            if changed && let Some(last) = known.entries.last() {
+                self.kt
+                    .check_head(store, keyserver, u, known.user.len(), entry_hash(last))
+                    .await?;
+            }
             if changed {
                 let raw: Vec<Vec<u8>> = known.entries.iter().map(|e| e.encode_to_vec()).collect();
                 let uid = u.clone();

@@ -78,6 +78,13 @@ pub enum ClientError {
         /// Why.
         error: ChainError,
     },
+    /// A log verified, but its head is not in the keyserver's directory as
+    /// the directory's proofs show it (SECURITY.md §18.9): the keyserver
+    /// may be showing this device a log others are not shown. The log was
+    /// not accepted, as for a log that does not verify; an
+    /// [`crate::Event::TransparencyAlert`] with the same alert was raised.
+    #[error("the key-transparency directory refutes a log: {0}")]
+    Transparency(super::kt::KtAlert),
     /// A directory search result carries a root-signed invite that is not
     /// the invite of that user's verified log entry 0 (another invite for
     /// the same user id, or one naming another user): the keyserver lied

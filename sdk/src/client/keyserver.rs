@@ -19,10 +19,11 @@ use ward_net::handshake::Audience;
 use ward_net::{Conn, Limits, NetError};
 use ward_proto::v1::{
     AppendRoom, DeviceGrant, DirectoryPage, EpochProof, ErrorCode, GetDeviceGrant, GetEpoch,
-    GetLeaves, GetLogs, GetRoomKeys, GetRoomLog, GetRoomWraps, GetWrappedKeys, KsRequest,
-    KsResponse, Leaves, ListRooms, PutDeviceGrants, PutRoomKey, PutWrappedKeys, RoomAppended,
-    RoomHead, RoomKeyWrap, RoomLogPage, SearchDirectory, SignedInvite, SignedStatement, UserLog,
-    WrappedKey, WrappedKeyFor, WrappedKeys, ks_request, ks_response,
+    GetInclusion, GetLeaves, GetLogs, GetRoomKeys, GetRoomLog, GetRoomWraps, GetWrappedKeys,
+    InclusionProof, KsRequest, KsResponse, Leaves, ListRooms, PutDeviceGrants, PutRoomKey,
+    PutWrappedKeys, RoomAppended, RoomHead, RoomKeyWrap, RoomLogPage, SearchDirectory,
+    SignedInvite, SignedStatement, UserLog, WrappedKey, WrappedKeyFor, WrappedKeys, ks_request,
+    ks_response,
 };
 
 use super::error::{ClientError, Result};
@@ -210,6 +211,43 @@ impl Keyserver {
             ks_response::Body::EpochProof(p) => Ok(p),
             _ => Err(ClientError::Protocol(
                 "get_epoch answered with another body",
+            )),
+        }
+    }
+
+    /// Epoch `epoch` (0: the latest), with a consistency proof from the
+    /// tree of `known_size` leaves (0: none).
+    pub(crate) async fn get_epoch_at(&self, epoch: u64, known_size: u64) -> Result<EpochProof> {
+        match self
+            .call(ks_request::Body::GetEpoch(GetEpoch { epoch, known_size }))
+            .await?
+        {
+            ks_response::Body::EpochProof(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "get_epoch answered with another body",
+            )),
+        }
+    }
+
+    /// The inclusion proof of `user_id`'s log head at `log_len` entries in
+    /// epoch `epoch` (0: the latest that holds it).
+    pub(crate) async fn get_inclusion(
+        &self,
+        user_id: &str,
+        log_len: u64,
+        epoch: u64,
+    ) -> Result<InclusionProof> {
+        match self
+            .call(ks_request::Body::GetInclusion(GetInclusion {
+                user_id: user_id.to_owned(),
+                log_len,
+                epoch,
+            }))
+            .await?
+        {
+            ks_response::Body::InclusionProof(p) => Ok(p),
+            _ => Err(ClientError::Protocol(
+                "get_inclusion answered with another body",
             )),
         }
     }

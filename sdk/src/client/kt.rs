@@ -24,18 +24,21 @@
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use ward_core::chain::entry_hash;
 use ward_core::keys::SigningPublicKey;
 use ward_core::transparency::{
-    Advance, DirectoryCertificate, EpochView, Hash, KtError, SignedEpoch, empty_root, leaf_data,
-    leaf_hash, node_hash, proof_nodes,
+    Advance, DirectoryCertificate, EpochView, Hash, KtError, ParsedInclusion, SignedEpoch,
+    empty_root, leaf_data, leaf_hash, node_hash, proof_nodes,
 };
 use ward_proto::Message as _;
 use ward_proto::v1 as pb;
+use ward_proto::v1::ErrorCode;
 
 use super::error::{ClientError, Result};
 use super::events::Event;
-use super::{Inner, refresh_own, revoked};
+use super::keyserver::Keyserver;
+use super::{Inner, StoreCell, refresh_own, revoked};
 use crate::store::KtState;
 
 /// Leaves asked for per request (the keyserver's maximum).
@@ -77,6 +80,29 @@ pub enum KtAlert {
         log_len: u64,
         /// The length served to this device.
         served: u64,
+    },
+    /// Another user's log head, served to this device and verified from
+    /// the root, has an inclusion proof that fails in a verified epoch
+    /// (SECURITY.md §18.9): this device is shown a log the directory does
+    /// not hold. The log was refused.
+    #[error("the log of {user_id} at {log_len} entries is not the one in the directory")]
+    HeadNotInDirectory {
+        /// Whose log.
+        user_id: String,
+        /// Its length as served.
+        log_len: u64,
+    },
+    /// Another user's log head that this device accepted while no epoch
+    /// held it yet never appeared in one: still absent after the pending
+    /// rounds, or superseded by a log the keyserver does not serve this
+    /// device. The log was accepted (messaging does not wait for an
+    /// epoch); this alert is the evidence.
+    #[error("the log of {user_id} at {log_len} entries was never published in the directory")]
+    HeadNeverPublished {
+        /// Whose log.
+        user_id: String,
+        /// Its length as accepted.
+        log_len: u64,
     },
 }
 
@@ -160,7 +186,10 @@ impl Monitor {
         let signed = SignedEpoch::from_proto(&epoch).ok()?;
         let view = EpochView::resume(org_root, &certificate, signed.head).ok()?;
         let frontier = Frontier::decode(s.scanned, &s.frontier)?;
-        if frontier.size != signed.head.tree_size {
+        // The directory check of other users' heads (§18.9) may move the
+        // view past the leaves the monitor scanned: the next round scans
+        // the rest.
+        if frontier.size > signed.head.tree_size {
             return None;
         }
         let known = s
@@ -186,41 +215,418 @@ enum Outcome {
     Alert(KtAlert),
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, interval: std::time::Duration) {
-    let mut held = match inner.store.run(|s| s.kt_state()).await {
-        Ok(Some(state)) => {
-            let m = Monitor::from_state(&inner.config.org_root, &state);
-            if m.is_none() {
+/// The held view, loaded from the store on first use.
+#[derive(Default)]
+struct Held {
+    loaded: bool,
+    monitor: Option<Monitor>,
+}
+
+impl Held {
+    /// Loads the stored state once. Errors leave it unloaded (retried at
+    /// the next use).
+    async fn load(&mut self, store: &StoreCell, org_root: &SigningPublicKey) -> Result<()> {
+        if self.loaded {
+            return Ok(());
+        }
+        if let Some(state) = store.run(|s| s.kt_state()).await? {
+            self.monitor = Monitor::from_state(org_root, &state);
+            if self.monitor.is_none() {
                 // The store is this device's own; a state that does not
                 // parse is a bug, not an attack: start over from the next
                 // epoch rather than stop monitoring.
                 tracing::warn!("stored key-transparency state unreadable; starting over");
             }
-            m
         }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "key-transparency state not readable; monitor stopped");
-            return;
+        self.loaded = true;
+        Ok(())
+    }
+}
+
+/// Another user's head accepted before any epoch held it (§18.9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    user_id: String,
+    log_len: u64,
+    head: Hash,
+    /// Monitor rounds it was re-checked at and still absent.
+    rounds: u32,
+}
+
+/// Why a head could not be checked now (accepted, and pending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// `UNAVAILABLE`: in no epoch yet.
+    NoEpochYet,
+    /// `NOT_FOUND`: superseded before an epoch published it (or unknown).
+    Superseded,
+    /// The keyserver unreachable, the view busy or not loadable.
+    Unchecked,
+}
+
+/// How long a directory check waits for the view while a monitor round
+/// holds it, before accepting the head as pending: messaging never waits
+/// on key transparency alone.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A keyserver publishes an epoch at least every minute (§18.4); a head
+/// still absent after twice that is reported.
+const MAX_EPOCH_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The key-transparency state one client shares between its monitor and
+/// its directory (one view per client, SECURITY.md §18.9): the view behind
+/// one mutex, which both hold for a whole check so that neither persists a
+/// view the other moved past.
+pub(crate) struct Shared {
+    org_root: SigningPublicKey,
+    own_user: String,
+    /// Whether other users' heads are checked
+    /// ([`super::ClientConfig::kt_check_heads`] and a monitor running).
+    enabled: bool,
+    /// Rounds a pending head may stay absent.
+    max_rounds: u32,
+    events: mpsc::Sender<Event>,
+    held: tokio::sync::Mutex<Held>,
+    pending: std::sync::Mutex<Vec<Pending>>,
+    alerted: std::sync::Mutex<Vec<KtAlert>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        org_root: SigningPublicKey,
+        own_user: String,
+        interval: Option<std::time::Duration>,
+        check_heads: bool,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        let max_rounds = interval.map_or(0, |i| {
+            let twice = MAX_EPOCH_AGE.as_millis() * 2;
+            let per = i.as_millis().max(1);
+            u32::try_from(twice / per + 1).unwrap_or(u32::MAX).max(3)
+        });
+        Self {
+            org_root,
+            own_user,
+            enabled: check_heads && interval.is_some(),
+            max_rounds,
+            events,
+            held: tokio::sync::Mutex::new(Held::default()),
+            pending: std::sync::Mutex::new(Vec::new()),
+            alerted: std::sync::Mutex::new(Vec::new()),
         }
-    };
-    let mut alerted: Vec<KtAlert> = Vec::new();
+    }
+
+    /// Emits `alert` once per distinct problem while the client runs.
+    async fn alert(&self, alert: KtAlert) {
+        tracing::warn!(%alert, "key transparency");
+        let first = self.alerted.lock().is_ok_and(|mut a| {
+            if a.contains(&alert) {
+                false
+            } else {
+                a.push(alert.clone());
+                true
+            }
+        });
+        if first {
+            // No receiver (the app dropped it): nothing else to do.
+            let _ = self.events.send(Event::TransparencyAlert { alert }).await;
+        }
+    }
+
+    /// The heads accepted and not yet confirmed in an epoch.
+    pub(crate) fn pending(&self) -> Vec<(String, u64)> {
+        self.pending.lock().map_or_else(
+            |_| Vec::new(),
+            |p| p.iter().map(|p| (p.user_id.clone(), p.log_len)).collect(),
+        )
+    }
+
+    fn pend(&self, p: Pending) {
+        if let Ok(mut all) = self.pending.lock() {
+            match all
+                .iter_mut()
+                .find(|q| q.user_id == p.user_id && q.log_len == p.log_len)
+            {
+                Some(q) => q.rounds = q.rounds.max(p.rounds),
+                None => all.push(p),
+            }
+        }
+    }
+
+    /// A head of `user_id` at `log_len` is in a verified epoch: so is the
+    /// prefix of it that every shorter pending head was (the log verified
+    /// as an extension of those).
+    fn confirm(&self, user_id: &str, log_len: u64) {
+        if let Ok(mut all) = self.pending.lock() {
+            all.retain(|p| !(p.user_id == user_id && p.log_len <= log_len));
+        }
+    }
+
+    /// Checks another user's verified log head before the directory
+    /// accepts it: `Ok` to accept (included, or pending), a
+    /// [`ClientError::Transparency`] to refuse (after the alert).
+    pub(crate) async fn check_head(
+        &self,
+        store: &StoreCell,
+        keyserver: &Keyserver,
+        user_id: &str,
+        log_len: u64,
+        head: Hash,
+    ) -> Result<()> {
+        if !self.enabled || user_id == self.own_user {
+            return Ok(());
+        }
+        match self
+            .verify_head(store, keyserver, user_id, log_len, &head)
+            .await
+        {
+            Ok(None) => {
+                self.confirm(user_id, log_len);
+                Ok(())
+            }
+            Ok(Some(why)) => {
+                tracing::debug!(user = %user_id, log_len, ?why, "head pending in the directory");
+                self.pend(Pending {
+                    user_id: user_id.to_owned(),
+                    log_len,
+                    head,
+                    rounds: 0,
+                });
+                Ok(())
+            }
+            Err(alert) => {
+                self.alert(alert.clone()).await;
+                Err(ClientError::Transparency(alert))
+            }
+        }
+    }
+
+    /// `Ok(None)`: included in a verified epoch (the view moved to it);
+    /// `Ok(Some(_))`: not checkable now; `Err`: refuted.
+    async fn verify_head(
+        &self,
+        store: &StoreCell,
+        keyserver: &Keyserver,
+        user_id: &str,
+        log_len: u64,
+        head: &Hash,
+    ) -> core::result::Result<Option<Absent>, KtAlert> {
+        let absent = |e: &ClientError| match e {
+            ClientError::Keyserver {
+                code: ErrorCode::Unavailable,
+                ..
+            } => Absent::NoEpochYet,
+            ClientError::Keyserver {
+                code: ErrorCode::NotFound,
+                ..
+            } => Absent::Superseded,
+            _ => Absent::Unchecked,
+        };
+        let proof = match keyserver.get_inclusion(user_id, log_len, 0).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(absent(&e))),
+        };
+        let mut parsed = ParsedInclusion::from_proto(&proof).map_err(KtAlert::Epoch)?;
+        let Ok(mut held) = tokio::time::timeout(VIEW_WAIT, self.held.lock()).await else {
+            return Ok(Some(Absent::Unchecked));
+        };
+        if held.load(store, &self.org_root).await.is_err() {
+            return Ok(Some(Absent::Unchecked));
+        }
+        let mut next = match &held.monitor {
+            Some(m) => m.clone(),
+            None => {
+                let Ok(first) = keyserver.get_epoch_at(parsed.epoch.head.epoch, 0).await else {
+                    return Ok(Some(Absent::Unchecked));
+                };
+                let certificate = first
+                    .certificate
+                    .as_ref()
+                    .ok_or(KtError::Malformed("no directory key certificate"))
+                    .and_then(DirectoryCertificate::from_proto)
+                    .map_err(KtAlert::Epoch)?;
+                Monitor {
+                    view: EpochView::new(&self.org_root, &certificate).map_err(KtAlert::Epoch)?,
+                    certificate,
+                    signed: parsed.epoch.clone(),
+                    frontier: Frontier::default(),
+                    known: Vec::new(),
+                }
+            }
+        };
+        // A view ahead of the proof: the proof again, in the view's epoch
+        // (a view only checks inclusion in the epoch it holds).
+        if let Some(latest) = next.view.latest().copied()
+            && latest.epoch > parsed.epoch.head.epoch
+        {
+            let again = match keyserver
+                .get_inclusion(user_id, log_len, latest.epoch)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => return Ok(Some(absent(&e))),
+            };
+            parsed = ParsedInclusion::from_proto(&again).map_err(KtAlert::Epoch)?;
+        }
+        // A view behind the proof: the consistency proof from the size held
+        // to the proof's epoch.
+        let consistency = match next.view.latest().copied() {
+            Some(latest) if latest.epoch < parsed.epoch.head.epoch => {
+                let Ok(ep) = keyserver
+                    .get_epoch_at(parsed.epoch.head.epoch, latest.tree_size)
+                    .await
+                else {
+                    return Ok(Some(Absent::Unchecked));
+                };
+                let signed = ep
+                    .epoch
+                    .as_ref()
+                    .ok_or(KtError::Malformed("no epoch"))
+                    .and_then(SignedEpoch::from_proto)
+                    .map_err(KtAlert::Epoch)?;
+                // Two heads for one epoch number, one with the proof and
+                // one with the consistency proof.
+                if signed.head != parsed.epoch.head {
+                    return Err(KtAlert::Epoch(KtError::Equivocation));
+                }
+                proof_nodes(&ep.consistency).map_err(KtAlert::Epoch)?
+            }
+            _ => Vec::new(),
+        };
+        let advanced = next
+            .view
+            .advance(&parsed.epoch, &consistency)
+            .map_err(KtAlert::Epoch)?;
+        next.view
+            .check_inclusion(
+                user_id,
+                log_len,
+                head,
+                parsed.leaf_index,
+                &parsed.path,
+                &parsed.epoch.head,
+            )
+            .map_err(|e| match e {
+                KtError::NotIncluded | KtError::BadProofLength | KtError::OutOfRange(_) => {
+                    KtAlert::HeadNotInDirectory {
+                        user_id: user_id.to_owned(),
+                        log_len,
+                    }
+                }
+                e => KtAlert::Epoch(e),
+            })?;
+        if advanced != Advance::Unchanged || held.monitor.is_none() {
+            next.signed = parsed.epoch;
+            let state = next.to_state();
+            if let Err(e) = store.run(move |s| s.set_kt_state(&state)).await {
+                // Kept in memory: the next round persists it.
+                tracing::warn!(error = %e, "key-transparency state not stored");
+            }
+        }
+        held.monitor = Some(next);
+        Ok(None)
+    }
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, interval: std::time::Duration) {
+    let shared = inner.directory.kt();
     loop {
         if revoked::is_revoked(&inner) {
             return;
         }
-        match round(&inner, &mut held).await {
-            Ok(Outcome::Good) => {}
-            Ok(Outcome::Alert(alert)) => {
-                tracing::warn!(%alert, "key transparency");
-                if !alerted.contains(&alert) {
-                    alerted.push(alert.clone());
-                    inner.emit(Event::TransparencyAlert { alert }).await;
-                }
+        let outcome = {
+            let mut held = shared.held.lock().await;
+            match held.load(&inner.store, &inner.config.org_root).await {
+                Ok(()) => round(&inner, &mut held.monitor).await,
+                Err(e) => Err(e),
             }
+        };
+        match outcome {
+            Ok(Outcome::Good) => {}
+            Ok(Outcome::Alert(alert)) => shared.alert(alert).await,
             Err(e) => tracing::debug!(error = %e, "key-transparency round failed; retrying later"),
         }
+        recheck_pending(&inner, shared).await;
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Re-checks the heads accepted while no epoch held them (§18.9).
+async fn recheck_pending(inner: &Inner, shared: &Shared) {
+    let pending = shared
+        .pending
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    for mut p in pending {
+        let never = || KtAlert::HeadNeverPublished {
+            user_id: p.user_id.clone(),
+            log_len: p.log_len,
+        };
+        let result = shared
+            .verify_head(
+                &inner.store,
+                &inner.keyserver,
+                &p.user_id,
+                p.log_len,
+                &p.head,
+            )
+            .await;
+        match result {
+            Ok(None) => {
+                tracing::debug!(user = %p.user_id, log_len = p.log_len, "pending head confirmed");
+                shared.confirm(&p.user_id, p.log_len);
+            }
+            Ok(Some(Absent::Superseded)) => {
+                // Superseded before an epoch: the log grew. Its newer head
+                // is checked as the log is fetched again; a log that did
+                // not grow past this head hides what superseded it.
+                let ids = [p.user_id.clone()];
+                match inner
+                    .directory
+                    .refresh(&inner.store, &inner.keyserver, &ids)
+                    .await
+                {
+                    Ok(k) if k.iter().any(|k| k.user.len() > p.log_len) => {
+                        shared.confirm_superseded(&p);
+                    }
+                    Ok(_) => shared.alert(never()).await,
+                    // Already alerted by the check.
+                    Err(ClientError::Transparency(_)) => {}
+                    Err(_) => {
+                        p.rounds += 1;
+                        shared.retry_or_alert(p).await;
+                    }
+                }
+            }
+            Ok(Some(_)) => {
+                p.rounds += 1;
+                shared.retry_or_alert(p).await;
+            }
+            Err(alert) => shared.alert(alert).await,
+        }
+    }
+}
+
+impl Shared {
+    async fn retry_or_alert(&self, p: Pending) {
+        if p.rounds >= self.max_rounds {
+            self.alert(KtAlert::HeadNeverPublished {
+                user_id: p.user_id,
+                log_len: p.log_len,
+            })
+            .await;
+        } else {
+            self.pend(p);
+        }
+    }
+
+    /// A pending head superseded by a longer verified log: only that one
+    /// pending entry goes (the longer head has its own check, or entry).
+    fn confirm_superseded(&self, p: &Pending) {
+        if let Ok(mut all) = self.pending.lock() {
+            all.retain(|q| !(q.user_id == p.user_id && q.log_len == p.log_len));
+        }
     }
 }
 

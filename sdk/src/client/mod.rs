@@ -153,6 +153,12 @@ pub struct ClientConfig {
     /// `Event::DeviceAdded` and `Event::TransparencyAlert`. `None` turns
     /// it off.
     pub kt_interval: Option<Duration>,
+    /// Whether every other user's log head this device accepts is checked
+    /// against the directory's inclusion proofs (SECURITY.md §18.9): a
+    /// head a verified epoch refutes makes the log refused; a head no
+    /// epoch holds yet is accepted and re-checked at the monitor's rounds.
+    /// Needs the monitor (`kt_interval`); on by default.
+    pub kt_check_heads: bool,
 }
 
 impl ClientConfig {
@@ -193,6 +199,7 @@ impl ClientConfig {
             tls: ward_net::tls::ClientTls::default(),
             connection_events: false,
             kt_interval: Some(Duration::from_secs(30)),
+            kt_check_heads: true,
         }
     }
 }
@@ -665,7 +672,15 @@ impl Client {
         } = identity;
         let device = Arc::new(device_signing);
         let device_encryption = Arc::new(device_encryption);
-        let directory = Directory::new(config.org_root);
+        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let kt = kt::Shared::new(
+            config.org_root,
+            user_id.clone(),
+            config.kt_interval,
+            config.kt_check_heads,
+            events_tx.clone(),
+        );
+        let directory = Directory::new(config.org_root, kt);
         if directory.cached(&store, &user_id).await?.is_none() {
             return Err(ClientError::NotEnrolled);
         }
@@ -680,7 +695,6 @@ impl Client {
         let (relay_cmds, relay_rx) = mpsc::channel(256);
         let cursor = store.run(|s| s.relay_cursor()).await?.unwrap_or(0);
         let (acked, acked_rx) = watch::channel(cursor);
-        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
         let (connected_tx, connected_rx) = watch::channel(false);
         let (deliver_tx, deliver_rx) = mpsc::channel(256);
         let inner = Arc::new(Inner {
@@ -738,6 +752,13 @@ impl Client {
     /// This device's user id.
     pub fn user_id(&self) -> &str {
         &self.inner.user_id
+    }
+
+    /// Other users' log heads this device accepted before any epoch of the
+    /// directory held them, not confirmed yet (user id, log length;
+    /// SECURITY.md §18.9): each is re-checked at the monitor's rounds.
+    pub fn transparency_pending(&self) -> Vec<(String, u64)> {
+        self.inner.directory.kt().pending()
     }
 
     /// This device's id (its signing public key).
