@@ -135,7 +135,37 @@ async fn a_colleagues_head_in_the_directory_is_checked_and_accepted() {
 /// accepted, pending, and confirmed at a later monitor round.
 #[tokio::test]
 async fn a_head_not_yet_in_an_epoch_is_accepted_then_confirmed() {
+    let (w, mark) = accepted_then_confirmed(ErrorCode::Unavailable).await;
+    assert_eq!(get_logs(&w, mark, "bob@chu", "alice@chu"), 1);
+}
+
+/// (a'') A head superseded before an epoch (NOT_FOUND: her log grew twice
+/// between two epochs) makes Bob fetch Alice's log again; it did not grow,
+/// so the head is pending, and confirmed at a later round.
+#[tokio::test]
+async fn a_superseded_head_is_fetched_again_then_confirmed() {
+    let (w, mark) = accepted_then_confirmed(ErrorCode::NotFound).await;
+    assert_eq!(get_logs(&w, mark, "bob@chu", "alice@chu"), 2);
+}
+
+/// The GetLogs requests of `user_id`'s devices naming `about` since `mark`.
+fn get_logs(w: &World, mark: usize, user_id: &str, about: &str) -> usize {
+    w.ks_proxy
+        .as_ref()
+        .unwrap()
+        .ks_requests(mark, user_id)
+        .into_iter()
+        .filter(|r| {
+            matches!(&r.body, Some(ks_request::Body::GetLogs(g)) if g.user_ids.iter().any(|u| u == about))
+        })
+        .count()
+}
+
+/// Bob's first inclusion proof answered with `code`: Alice's message
+/// arrives, her head is pending, then confirmed without an alert.
+async fn accepted_then_confirmed(code: ErrorCode) -> (World, usize) {
     let w = World::with_keyserver_proxy().await;
+    let mark = w.ks_proxy.as_ref().unwrap().mark();
     let alice = w.enroll_with("alice@chu", config(&w, "alice")).await;
     let mut bob = w.enroll_with("bob@chu", config(&w, "bob")).await;
     let mut b_ev = bob.events().unwrap();
@@ -152,8 +182,8 @@ async fn a_head_not_yet_in_an_epoch_is_accepted_then_confirmed() {
                 && flag.swap(false, Ordering::SeqCst)
             {
                 resp.body = Some(ks_response::Body::Error(KsError {
-                    code: ErrorCode::Unavailable as i32,
-                    detail: "in no epoch yet".to_owned(),
+                    code: code as i32,
+                    detail: "not in an epoch".to_owned(),
                 }));
             }
             vec![resp]
@@ -177,7 +207,11 @@ async fn a_head_not_yet_in_an_epoch_is_accepted_then_confirmed() {
         assert!(tokio::time::Instant::now() < deadline, "still pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Refused once, then asked again at a round and answered.
+    assert!(inclusions(&w, mark, "bob@chu", "alice@chu") >= 2);
     assert!(alerts(&watch(&mut b_ev, QUIET, |_| false).await).is_empty());
+    drop((alice, bob));
+    (w, mark)
 }
 
 /// (b) A keyserver that serves Bob Alice's log with an inclusion proof that

@@ -20,7 +20,7 @@ use ward_proto::v1::SignedStatement;
 use super::StoreCell;
 use super::error::{ClientError, Result};
 use super::keyserver::Keyserver;
-use super::kt::Shared;
+use super::kt::{Head, Shared};
 
 /// A verified log: the state and the exact entries this device verified it
 /// from (its own copies, not the bytes a later fetch served).
@@ -180,14 +180,12 @@ impl Directory {
                     (Known { user, entries }, true)
                 }
             };
-            let (known, changed) = next;
+            let (mut known, changed) = next;
             // A new or longer head of another user must be in the
             // directory before it is kept (a refuted one fails the whole
             // operation, as a log that does not verify).
-            if changed && let Some(last) = known.entries.last() {
-                self.kt
-                    .check_head(store, keyserver, u, known.user.len(), entry_hash(last))
-                    .await?;
+            if changed {
+                known = self.in_directory(store, keyserver, u, known).await?;
             }
             if changed {
                 let raw: Vec<Vec<u8>> = known.entries.iter().map(|e| e.encode_to_vec()).collect();
@@ -202,6 +200,54 @@ impl Directory {
             out.push(known);
         }
         Ok(out)
+    }
+
+    /// `known` (a new or longer verified log of `user_id`) checked in the
+    /// key-transparency directory (SECURITY.md §18.9). A head superseded
+    /// before any epoch published it is fetched again: the longer log,
+    /// verified as an extension, is checked and returned instead. One that
+    /// did not grow stays pending (the monitor's re-check decides).
+    async fn in_directory(
+        &self,
+        store: &StoreCell,
+        keyserver: &Keyserver,
+        user_id: &str,
+        mut known: Known,
+    ) -> Result<Known> {
+        // Fetched again once at most: a log that keeps growing between
+        // checks is taken pending (as checked last) rather than chased.
+        for attempt in 0..2 {
+            let Some(last) = known.entries.last() else {
+                return Ok(known);
+            };
+            let head = entry_hash(last);
+            if self
+                .kt
+                .check_head(store, keyserver, user_id, known.user.len(), head)
+                .await?
+                == Head::Accepted
+                || attempt == 1
+            {
+                return Ok(known);
+            }
+            let Ok(mut served) = keyserver.get_logs(vec![user_id.to_owned()]).await else {
+                return Ok(known);
+            };
+            let Some(log) = served.remove(user_id) else {
+                return Ok(known);
+            };
+            let (user, suffix) = known
+                .user
+                .update_suffix(&self.root, &log.entries)
+                .map_err(|e| chain_err(user_id, e))?;
+            if suffix.is_empty() {
+                return Ok(known);
+            }
+            let mut entries = known.entries;
+            entries.extend_from_slice(suffix);
+            known = Known { user, entries };
+        }
+        Ok(known)
     }
 
     /// [`Self::refresh`], falling back to the verified states already held

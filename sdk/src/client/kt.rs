@@ -264,6 +264,16 @@ enum Absent {
     Unchecked,
 }
 
+/// What the directory does with a head it checked (and did not refuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// Included, pending, or not checked: keep the log.
+    Accepted,
+    /// Superseded before an epoch published it (pending meanwhile): the
+    /// log grew, fetch it again and check the newer head.
+    Superseded,
+}
+
 /// How long a directory check waits for the view while a monitor round
 /// holds it, before accepting the head as pending: messaging never waits
 /// on key transparency alone.
@@ -363,8 +373,9 @@ impl Shared {
     }
 
     /// Checks another user's verified log head before the directory
-    /// accepts it: `Ok` to accept (included, or pending), a
-    /// [`ClientError::Transparency`] to refuse (after the alert).
+    /// accepts it: `Ok` to accept (included, or pending; [`Head::Superseded`]
+    /// asks for the log again), a [`ClientError::Transparency`] to refuse
+    /// (after the alert).
     pub(crate) async fn check_head(
         &self,
         store: &StoreCell,
@@ -372,9 +383,9 @@ impl Shared {
         user_id: &str,
         log_len: u64,
         head: Hash,
-    ) -> Result<()> {
+    ) -> Result<Head> {
         if !self.enabled || user_id == self.own_user {
-            return Ok(());
+            return Ok(Head::Accepted);
         }
         match self
             .verify_head(store, keyserver, user_id, log_len, &head)
@@ -382,7 +393,7 @@ impl Shared {
         {
             Ok(None) => {
                 self.confirm(user_id, log_len);
-                Ok(())
+                Ok(Head::Accepted)
             }
             Ok(Some(why)) => {
                 tracing::debug!(user = %user_id, log_len, ?why, "head pending in the directory");
@@ -392,7 +403,11 @@ impl Shared {
                     head,
                     rounds: 0,
                 });
-                Ok(())
+                Ok(if why == Absent::Superseded {
+                    Head::Superseded
+                } else {
+                    Head::Accepted
+                })
             }
             Err(alert) => {
                 self.alert(alert.clone()).await;
