@@ -684,6 +684,9 @@ async fn round(inner: &Inner, held: &mut Option<Monitor>) -> Result<Outcome> {
         Err(e) => return Ok(Outcome::Alert(KtAlert::Epoch(e))),
     };
     next.signed = signed;
+    // The directory check (§18.9) may have moved the view without the
+    // leaves: what this round scans is new state even at the same epoch.
+    let scanned_before = next.frontier.size;
     let mut own_leaves: Vec<(u64, Vec<u8>)> = Vec::new();
     let size = next.signed.head.tree_size;
     while next.frontier.size < size {
@@ -750,7 +753,11 @@ async fn round(inner: &Inner, held: &mut Option<Monitor>) -> Result<Outcome> {
     for e in events {
         inner.emit(e).await;
     }
-    if held.is_none() || next.known.len() != known_before || advanced != Advance::Unchanged {
+    if held.is_none()
+        || next.known.len() != known_before
+        || advanced != Advance::Unchanged
+        || next.frontier.size != scanned_before
+    {
         let state = next.to_state();
         inner.store.run(move |s| s.set_kt_state(&state)).await?;
     }
