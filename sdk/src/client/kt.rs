@@ -844,6 +844,25 @@ mod tests {
     }
 
     #[test]
+    fn pending_heads_outlive_twice_the_longest_epoch_age() {
+        let root = ward_core::keys::DeviceSigningKey::generate(&mut rand::rng()).public_key();
+        let rounds = |interval: Option<std::time::Duration>| {
+            let (tx, _rx) = mpsc::channel(1);
+            let s = Shared::new(root, "me@chu".to_owned(), interval, true, tx);
+            (s.max_rounds, s.enabled)
+        };
+        let secs = std::time::Duration::from_secs;
+        // The default 30 s: 5 rounds, 150 s > 120 s.
+        assert_eq!(rounds(Some(secs(30))), (5, true));
+        // Never fewer than 3, and always N * interval > 2 * 60 s.
+        assert_eq!(rounds(Some(secs(600))), (3, true));
+        let (n, _) = rounds(Some(std::time::Duration::from_millis(200)));
+        assert!(u128::from(n) * 200 > 120_000);
+        // No monitor: nothing re-checks pending heads, so nothing is checked.
+        assert_eq!(rounds(None), (0, false));
+    }
+
+    #[test]
     fn an_own_leaf_must_carry_this_devices_entry_hash_at_its_length() {
         let entries: Vec<pb::SignedStatement> = (0u8..3)
             .map(|i| pb::SignedStatement {
