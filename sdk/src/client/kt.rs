@@ -568,11 +568,9 @@ pub(crate) async fn run(inner: Arc<Inner>, interval: std::time::Duration) {
 
 /// Re-checks the heads accepted while no epoch held them (§18.9).
 async fn recheck_pending(inner: &Inner, shared: &Shared) {
-    let pending = shared
-        .pending
-        .lock()
-        .map(|mut p| std::mem::take(&mut *p))
-        .unwrap_or_default();
+    // A snapshot: the list itself keeps every head until its outcome (what
+    // `Client::transparency_pending` shows during a re-check).
+    let pending = shared.pending.lock().map(|p| p.clone()).unwrap_or_default();
     for mut p in pending {
         let never = || KtAlert::HeadNeverPublished {
             user_id: p.user_id.clone(),
@@ -603,11 +601,14 @@ async fn recheck_pending(inner: &Inner, shared: &Shared) {
                     .await
                 {
                     Ok(k) if k.iter().any(|k| k.user.len() > p.log_len) => {
-                        shared.confirm_superseded(&p);
+                        shared.unpend(&p);
                     }
-                    Ok(_) => shared.alert(never()).await,
+                    Ok(_) => {
+                        shared.unpend(&p);
+                        shared.alert(never()).await;
+                    }
                     // Already alerted by the check.
-                    Err(ClientError::Transparency(_)) => {}
+                    Err(ClientError::Transparency(_)) => shared.unpend(&p),
                     Err(_) => {
                         p.rounds += 1;
                         shared.retry_or_alert(p).await;
@@ -618,27 +619,47 @@ async fn recheck_pending(inner: &Inner, shared: &Shared) {
                 p.rounds += 1;
                 shared.retry_or_alert(p).await;
             }
-            Err(alert) => shared.alert(alert).await,
+            Err(alert) => {
+                shared.unpend(&p);
+                shared.alert(alert).await;
+            }
         }
     }
 }
 
 impl Shared {
+    /// One more round absent: counted, or alerted after the last. A head
+    /// confirmed meanwhile (by another check) is left confirmed.
     async fn retry_or_alert(&self, p: Pending) {
-        if p.rounds >= self.max_rounds {
+        let still = self.pending.lock().is_ok_and(|mut all| {
+            let Some(i) = all
+                .iter()
+                .position(|q| q.user_id == p.user_id && q.log_len == p.log_len)
+            else {
+                return false;
+            };
+            if p.rounds >= self.max_rounds {
+                all.remove(i);
+                true
+            } else {
+                if let Some(q) = all.get_mut(i) {
+                    q.rounds = q.rounds.max(p.rounds);
+                }
+                false
+            }
+        });
+        if still {
             self.alert(KtAlert::HeadNeverPublished {
                 user_id: p.user_id,
                 log_len: p.log_len,
             })
             .await;
-        } else {
-            self.pend(p);
         }
     }
 
-    /// A pending head superseded by a longer verified log: only that one
-    /// pending entry goes (the longer head has its own check, or entry).
-    fn confirm_superseded(&self, p: &Pending) {
+    /// That one pending entry goes (settled: superseded by a longer
+    /// verified log, or alerted).
+    fn unpend(&self, p: &Pending) {
         if let Ok(mut all) = self.pending.lock() {
             all.retain(|q| !(q.user_id == p.user_id && q.log_len == p.log_len));
         }
