@@ -263,6 +263,75 @@ impl MerkleTree {
     }
 }
 
+/// The roots of the perfect subtrees covering the first `size` leaves,
+/// largest first: enough to append leaves and compute the RFC 9162 root
+/// without keeping the leaves (at most 64 hashes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    nodes: Vec<Hash>,
+}
+
+impl Frontier {
+    /// An empty frontier (no leaf).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Leaves covered.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether no leaf is covered.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = leaf;
+        let mut size = self.size;
+        // Each trailing one bit of the size is a subtree of the new leaf's
+        // height: merge it in.
+        while size & 1 == 1 {
+            let Some(left) = self.nodes.pop() else { break };
+            node = node_hash(&left, &node);
+            size >>= 1;
+        }
+        self.nodes.push(node);
+        self.size += 1;
+    }
+
+    /// MTH(D[0:size]): the subtrees folded from the right, as RFC 9162's
+    /// split at the largest power of two gives.
+    pub fn root(&self) -> Hash {
+        let mut it = self.nodes.iter().rev();
+        match it.next() {
+            None => empty_root(),
+            Some(last) => it.fold(*last, |acc, left| node_hash(left, &acc)),
+        }
+    }
+
+    /// The nodes, concatenated (32 bytes each, largest subtree first).
+    pub fn encode(&self) -> Vec<u8> {
+        self.nodes.concat()
+    }
+
+    /// A frontier of `size` leaves from [`Self::encode`]'s bytes; `None`
+    /// unless they hold exactly one node per set bit of `size`.
+    pub fn decode(size: u64, bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size.count_ones() as usize * 32 {
+            return None;
+        }
+        let nodes = bytes
+            .chunks_exact(32)
+            .map(|c| c.try_into().ok())
+            .collect::<Option<Vec<Hash>>>()?;
+        Some(Self { size, nodes })
+    }
+}
+
 /// RFC 9162 §2.1.3.2: checks that `leaf` is leaf `index` of the tree of
 /// `tree_size` leaves whose root is `root`.
 pub fn verify_inclusion(

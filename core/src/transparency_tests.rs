@@ -929,3 +929,19 @@ fn vectors() {
         "vectors/ward-v2-kt.json differs from the format"
     );
 }
+
+#[test]
+fn the_frontier_computes_the_rfc9162_root_at_every_size() {
+    let mut tree = MerkleTree::new();
+    let mut frontier = Frontier::default();
+    assert_eq!(frontier.root(), empty_root());
+    for i in 0u8..70 {
+        let leaf = leaf_hash(&[i]);
+        tree.push(leaf);
+        frontier.push(leaf);
+        assert_eq!(frontier.root(), tree.root_at(tree.len()).unwrap());
+        let again = Frontier::decode(frontier.len(), &frontier.encode()).unwrap();
+        assert_eq!(again, frontier);
+    }
+    assert!(Frontier::decode(3, &[0; 32]).is_none());
+}

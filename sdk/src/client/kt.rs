@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use ward_core::chain::entry_hash;
 use ward_core::keys::SigningPublicKey;
 use ward_core::transparency::{
-    Advance, DirectoryCertificate, EpochView, Hash, KtError, ParsedInclusion, SignedEpoch,
-    empty_root, leaf_data, leaf_hash, node_hash, proof_nodes,
+    Advance, DirectoryCertificate, EpochView, Frontier, Hash, KtError, ParsedInclusion,
+    SignedEpoch, leaf_data, leaf_hash, proof_nodes,
 };
 use ward_proto::Message as _;
 use ward_proto::v1 as pb;
@@ -106,56 +106,6 @@ pub enum KtAlert {
     },
 }
 
-/// The roots of the perfect subtrees covering the first `size` leaves,
-/// largest first: enough to append leaves and compute the RFC 9162 root
-/// without keeping the leaves (at most 64 hashes).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Frontier {
-    size: u64,
-    nodes: Vec<Hash>,
-}
-
-impl Frontier {
-    fn push(&mut self, leaf: Hash) {
-        let mut node = leaf;
-        let mut size = self.size;
-        // Each trailing one bit of the size is a subtree of the new leaf's
-        // height: merge it in.
-        while size & 1 == 1 {
-            let Some(left) = self.nodes.pop() else { break };
-            node = node_hash(&left, &node);
-            size >>= 1;
-        }
-        self.nodes.push(node);
-        self.size += 1;
-    }
-
-    /// MTH(D[0:size]): the subtrees folded from the right, as RFC 9162's
-    /// split at the largest power of two gives.
-    fn root(&self) -> Hash {
-        let mut it = self.nodes.iter().rev();
-        match it.next() {
-            None => empty_root(),
-            Some(last) => it.fold(*last, |acc, left| node_hash(left, &acc)),
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        self.nodes.concat()
-    }
-
-    fn decode(size: u64, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != size.count_ones() as usize * 32 {
-            return None;
-        }
-        let nodes = bytes
-            .chunks_exact(32)
-            .map(|c| c.try_into().ok())
-            .collect::<Option<Vec<Hash>>>()?;
-        Some(Self { size, nodes })
-    }
-}
-
 /// What the monitor holds between rounds (and in the store).
 #[derive(Clone)]
 struct Monitor {
@@ -173,7 +123,7 @@ impl Monitor {
         KtState {
             certificate: self.certificate.to_proto().encode_to_vec(),
             epoch: self.signed.to_proto().encode_to_vec(),
-            scanned: self.frontier.size,
+            scanned: self.frontier.len(),
             frontier: self.frontier.encode(),
             known_devices: self.known.iter().flat_map(|k| *k.as_bytes()).collect(),
         }
@@ -189,7 +139,7 @@ impl Monitor {
         // The directory check of other users' heads (§18.9) may move the
         // view past the leaves the monitor scanned: the next round scans
         // the rest.
-        if frontier.size > signed.head.tree_size {
+        if frontier.len() > signed.head.tree_size {
             return None;
         }
         let known = s
@@ -707,11 +657,11 @@ async fn round(inner: &Inner, held: &mut Option<Monitor>) -> Result<Outcome> {
     next.signed = signed;
     // The directory check (§18.9) may have moved the view without the
     // leaves: what this round scans is new state even at the same epoch.
-    let scanned_before = next.frontier.size;
+    let scanned_before = next.frontier.len();
     let mut own_leaves: Vec<(u64, Vec<u8>)> = Vec::new();
     let size = next.signed.head.tree_size;
-    while next.frontier.size < size {
-        let from = next.frontier.size;
+    while next.frontier.len() < size {
+        let from = next.frontier.len();
         let page = inner.keyserver.get_leaves(from, LEAVES_PAGE).await?;
         if page.from != from || page.leaves.is_empty() {
             return Ok(Outcome::Alert(KtAlert::LeavesMismatch {
@@ -777,7 +727,7 @@ async fn round(inner: &Inner, held: &mut Option<Monitor>) -> Result<Outcome> {
     if held.is_none()
         || next.known.len() != known_before
         || advanced != Advance::Unchanged
-        || next.frontier.size != scanned_before
+        || next.frontier.len() != scanned_before
     {
         let state = next.to_state();
         inner.store.run(move |s| s.set_kt_state(&state)).await?;
@@ -846,23 +796,6 @@ fn new_devices(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_core::transparency::MerkleTree;
-
-    #[test]
-    fn the_frontier_computes_the_rfc9162_root_at_every_size() {
-        let mut tree = MerkleTree::new();
-        let mut frontier = Frontier::default();
-        assert_eq!(frontier.root(), empty_root());
-        for i in 0u8..70 {
-            let leaf = leaf_hash(&[i]);
-            tree.push(leaf);
-            frontier.push(leaf);
-            assert_eq!(frontier.root(), tree.root_at(tree.len()).unwrap());
-            let again = Frontier::decode(frontier.size, &frontier.encode()).unwrap();
-            assert_eq!(again, frontier);
-        }
-        assert!(Frontier::decode(3, &[0; 32]).is_none());
-    }
 
     #[test]
     fn pending_heads_outlive_twice_the_longest_epoch_age() {
