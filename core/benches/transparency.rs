@@ -10,9 +10,12 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use ward_core::keys::{DirectoryKey, OrgRootKey};
+use ward_core::kt_audit::{Audit, ServedLeaf};
 use ward_core::transparency::{
-    Hash, MerkleTree, leaf_data, leaf_hash, verify_consistency, verify_inclusion,
+    DirectoryCertificate, Epoch, EpochView, Hash, MerkleTree, SignedEpoch, leaf_data, leaf_hash,
+    verify_consistency, verify_inclusion,
 };
 
 fn leaves(n: u64) -> Vec<Hash> {
@@ -81,5 +84,64 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The auditor's work for one epoch (`ward audit`, SECURITY.md §18.5), past
+/// the network: `new` leaves hashed into its tree, the epoch's signature,
+/// the consistency proof and the root recomputed, on a directory of `n`
+/// leaves. Each iteration starts from a copy of the audit at the previous
+/// epoch, made outside the measurement (its drop is inside).
+fn audit_epoch(c: &mut Criterion) {
+    let root = must(OrgRootKey::import_secret(&[1; 32]));
+    let key = must(DirectoryKey::import_secret(&[2; 32]));
+    let cert = DirectoryCertificate::issue(&root, &key.public_key());
+    let mut g = c.benchmark_group("kt/audit_epoch");
+    for (n, new) in [(10_000u64, 100u64), (100_000, 1_000), (100_000, 0)] {
+        let served: Vec<ServedLeaf> = (0..n + new)
+            .map(|i| ServedLeaf {
+                user_id: format!("clinician-{i:06}@chu-example"),
+                log_len: 1 + i % 7,
+                head_hash: leaf_hash(&i.to_be_bytes()),
+            })
+            .collect();
+        let hashes: Vec<Hash> = served
+            .iter()
+            .map(|l| leaf_hash(&leaf_data(&l.user_id, l.log_len, &l.head_hash)))
+            .collect();
+        let full = tree(&hashes);
+        let epoch = |number: u64, size: u64| {
+            SignedEpoch::sign(
+                Epoch {
+                    epoch: number,
+                    tree_size: size,
+                    root: must(full.root_at(size)),
+                    timestamp: 1_800_000_000 + number,
+                },
+                &key,
+            )
+        };
+        let first = epoch(1, n);
+        let next = epoch(2, n + new);
+        let proof = must(full.consistency_proof(n, n + new));
+        let mut before = Audit::new(must(EpochView::new(&root.public_key(), &cert)));
+        must(before.add_leaves(0, &served[..n as usize]));
+        must(before.advance(&first, &[]));
+        g.bench_with_input(
+            BenchmarkId::new(format!("{new}_new_leaves"), n),
+            &n,
+            |b, _| {
+                b.iter_batched(
+                    || before.clone(),
+                    |mut a| {
+                        must(a.add_leaves(n, &served[n as usize..]));
+                        black_box(must(a.advance(&next, &proof)));
+                        a
+                    },
+                    BatchSize::LargeInput,
+                )
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, audit_epoch);
 criterion_main!(benches);
