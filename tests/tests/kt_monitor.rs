@@ -84,6 +84,20 @@ async fn first_kt_event(rx: &mut Receiver<Event>, within: Duration) -> (Kt, Dura
     }
 }
 
+/// The next key-transparency event, within 5 s, must report `device` as
+/// added by `by`; how long it took.
+async fn reported_added(rx: &mut Receiver<Event>, device: &Client, by: &Client) -> Duration {
+    let (e, took) = first_kt_event(rx, Duration::from_secs(5)).await;
+    assert_eq!(
+        e,
+        Kt::Added {
+            device: device.device_id(),
+            by: by.device_id()
+        }
+    );
+    took
+}
+
 /// `approver` approves a new device of `user_id` stored as `name`; the
 /// new device's client.
 async fn add_device(w: &World, approver: &Client, user_id: &str, name: &str) -> Client {
@@ -115,14 +129,7 @@ async fn a_device_this_one_approved_and_the_devices_before_it_raise_nothing() {
     // The monitors ran: a device the tablet then approves is reported to
     // the phone (which did not add it), not to the tablet.
     let laptop = add_device(&w, &tablet, "alice@chu", "laptop").await;
-    let (e, _) = first_kt_event(&mut phone_ev, Duration::from_secs(5)).await;
-    assert_eq!(
-        e,
-        Kt::Added {
-            device: laptop.device_id(),
-            by: tablet.device_id()
-        }
-    );
+    reported_added(&mut phone_ev, &laptop, &tablet).await;
     assert_eq!(kt_events(&mut tablet_ev, QUIET).await, vec![]);
 }
 
@@ -139,14 +146,7 @@ async fn a_device_added_by_another_device_is_reported_within_an_epoch() {
     assert_eq!(kt_events(&mut ev1, QUIET).await, vec![]);
 
     let stranger = add_device(&w, &phone2, "alice@chu", "stranger").await;
-    let (e, took) = first_kt_event(&mut ev1, Duration::from_secs(5)).await;
-    assert_eq!(
-        e,
-        Kt::Added {
-            device: stranger.device_id(),
-            by: phone2.device_id()
-        }
-    );
+    let took = reported_added(&mut ev1, &stranger, &phone2).await;
     // One epoch (100 ms) plus one monitor round (200 ms), with slack for
     // a loaded machine.
     assert!(took < Duration::from_secs(2), "took {took:?}");
@@ -193,14 +193,7 @@ async fn a_forked_epoch_is_reported_once_and_never_followed() {
     // real one would not extend it and nothing would be reported.
     proxy.clear_hook();
     let stranger = add_device(&w, &phone2, "alice@chu", "stranger").await;
-    let (e, _) = first_kt_event(&mut ev1, Duration::from_secs(5)).await;
-    assert_eq!(
-        e,
-        Kt::Added {
-            device: stranger.device_id(),
-            by: phone2.device_id()
-        }
-    );
+    reported_added(&mut ev1, &stranger, &phone2).await;
 }
 
 /// (c') Leaves that do not recompute the epoch's root (one of them
@@ -246,14 +239,7 @@ async fn the_view_persists_across_a_restart() {
     let mut ev1 = phone1.events().unwrap();
     let phone2 = add_device(&w, &phone1, "alice@chu", "phone2").await;
     let stranger = add_device(&w, &phone2, "alice@chu", "stranger").await;
-    let (e, _) = first_kt_event(&mut ev1, Duration::from_secs(5)).await;
-    assert_eq!(
-        e,
-        Kt::Added {
-            device: stranger.device_id(),
-            by: phone2.device_id()
-        }
-    );
+    reported_added(&mut ev1, &stranger, &phone2).await;
     // Some epochs later, so that epoch 1 is behind the one held.
     assert_eq!(kt_events(&mut ev1, QUIET).await, vec![]);
     drop(ev1);
@@ -286,14 +272,7 @@ async fn the_view_persists_across_a_restart() {
     // No second report of the stranger, no more alerts.
     assert_eq!(kt_events(&mut ev1, QUIET).await, vec![]);
     let another = add_device(&w, &phone2, "alice@chu", "another").await;
-    let (e, _) = first_kt_event(&mut ev1, Duration::from_secs(5)).await;
-    assert_eq!(
-        e,
-        Kt::Added {
-            device: another.device_id(),
-            by: phone2.device_id()
-        }
-    );
+    reported_added(&mut ev1, &another, &phone2).await;
     assert_eq!(kt_events(&mut ev1, QUIET).await, vec![]);
 }
 
