@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,20 +21,11 @@ use ward_core::testkit::{Clinician, Org};
 use ward_net::handshake::{Audience, client};
 use ward_proto::v1::{ClientFrame, Recipient, Send, ServerFrame, client_frame, server_frame};
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn temp_dir() -> TempDir {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).unwrap();
-    let p = std::env::temp_dir().join(format!("ward-crash-{}", hex::encode(r)));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
+    common::temp_dir("crash")
 }
 
 /// Starts the relay binary; returns it and its `ws://` URL.

@@ -5,7 +5,6 @@
 //! every refusal and limit with the close code and reason a client sees.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -26,20 +25,11 @@ use ward_proto::v1::{
 };
 use ward_relay::{Config, LINK_JOIN_PATH, LINK_PATH, Limits};
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn temp_dir() -> TempDir {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).unwrap();
-    let p = std::env::temp_dir().join(format!("ward-link-{}", hex::encode(r)));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
+    common::temp_dir("link")
 }
 
 struct Relay {

@@ -9,7 +9,7 @@
 //!   back an older log in which a revoked device is still active.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,20 +23,11 @@ use ward_proto::v1::{ErrorCode, SignedStatement};
 use ward_relay::Config;
 use ward_relay::logs::LogStats;
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn temp_dir() -> TempDir {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).unwrap();
-    let p = std::env::temp_dir().join(format!("ward-logs-{}", hex::encode(r)));
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
+    common::temp_dir("logs")
 }
 
 struct Relay {
